@@ -1,0 +1,1 @@
+"""vmis.transport."""
