@@ -1,1 +1,80 @@
-"""vmis.protocol."""
+"""The sans-IO vmis wire protocol (docs/protocol.md).
+
+This package contains no networking code at all: it turns bytes into events
+and events into bytes. The transports in :mod:`vmis.transport` move the bytes.
+
+Typical host-side use::
+
+    conn = Connection(Role.HOST)
+    conn.start_sync()
+    write(conn.data_to_send())
+    conn.receive_data(read())
+    for event in conn.events():
+        ...
+"""
+
+from vmis.protocol.frames import (
+    DEFAULT_MAX_PAYLOAD,
+    HEADER_SIZE,
+    MAGIC,
+    Frame,
+    FrameDecoder,
+    Kind,
+    encode_frame,
+)
+from vmis.protocol.services import (
+    CONTROL,
+    FRAMEWORK_VERSIONS,
+    ControlOp,
+    Negotiated,
+    ServiceId,
+    Version,
+    negotiate,
+)
+from vmis.protocol.session import (
+    NEED_DATA,
+    Connection,
+    ErrorReceived,
+    Event,
+    NeedData,
+    NotificationReceived,
+    RequestReceived,
+    ResponseReceived,
+    Role,
+    State,
+    StrayResponse,
+    Synced,
+    decode_json,
+    encode_json,
+)
+
+__all__ = [
+    "CONTROL",
+    "DEFAULT_MAX_PAYLOAD",
+    "FRAMEWORK_VERSIONS",
+    "HEADER_SIZE",
+    "MAGIC",
+    "NEED_DATA",
+    "Connection",
+    "ControlOp",
+    "ErrorReceived",
+    "Event",
+    "Frame",
+    "FrameDecoder",
+    "Kind",
+    "NeedData",
+    "Negotiated",
+    "NotificationReceived",
+    "RequestReceived",
+    "ResponseReceived",
+    "Role",
+    "ServiceId",
+    "State",
+    "StrayResponse",
+    "Synced",
+    "Version",
+    "decode_json",
+    "encode_frame",
+    "encode_json",
+    "negotiate",
+]

@@ -1,0 +1,233 @@
+"""Frame codec of docs/protocol.md §2: bytes in, frames out.
+
+No I/O happens here. :class:`FrameDecoder` buffers whatever the caller feeds
+it and hands back complete frames; :func:`encode_frame` turns a frame into
+the buffers to write. Both directions are written for bulk data: a payload is
+copied once out of the receive buffer, and encoding returns the header and
+the payload as separate buffers so a caller can ``writelines`` them without
+concatenating.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+from vmis.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MIN_MAX_PAYLOAD",
+    "VERSION",
+    "Frame",
+    "FrameDecoder",
+    "Kind",
+    "encode_frame",
+]
+
+#: docs/protocol.md §2.1: the first byte is not ASCII so text is never a frame
+MAGIC = b"\x89VMI"
+#: docs/protocol.md §2.1: framing version
+VERSION = 1
+#: magic, version, kind, service, op, id, length, header CRC-32
+_HEADER = struct.Struct("<4sBBBBIII")
+HEADER_SIZE = _HEADER.size
+_CRC_SPAN = HEADER_SIZE - 4
+#: docs/protocol.md §2.4
+DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
+MIN_MAX_PAYLOAD = 64 * 1024
+_MAX_U32 = 0xFFFFFFFF
+
+
+class Kind(IntEnum):
+    """Frame kinds, docs/protocol.md §2.3."""
+
+    #: expects exactly one RESPONSE or ERROR with the same id
+    REQUEST = 0
+    #: successful answer to a request
+    RESPONSE = 1
+    #: failed answer; payload is json ``{"code", "message"}``
+    ERROR = 2
+    #: one-way message, id 0, never answered
+    NOTIFY = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame of docs/protocol.md §2.1, header fields plus payload."""
+
+    kind: Kind
+    service: int
+    op: int
+    id: int
+    payload: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.service <= 0xFF or not 0 <= self.op <= 0xFF:
+            raise LocalProtocolError(f"service and op must fit in a byte: {self.service}/{self.op}")
+        if not 0 <= self.id <= _MAX_U32:
+            raise LocalProtocolError(f"request id out of range: {self.id}")
+        if (self.kind is Kind.NOTIFY) != (self.id == 0):
+            raise LocalProtocolError("notifications, and only they, carry id 0")
+
+
+def encode_header(kind: Kind, service: int, op: int, id: int, length: int) -> bytes:
+    """Return the 20-byte header of a frame, checksum included."""
+    head = _HEADER.pack(MAGIC, VERSION, kind, service, op, id, length, 0)[:_CRC_SPAN]
+    return head + (zlib.crc32(head) & _MAX_U32).to_bytes(4, "little")
+
+
+def encode_frame(frame: Frame, max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[bytes]:
+    """Encode *frame* as ``[header, payload]`` (payload omitted when empty).
+
+    :param max_payload: the peer's announced limit (docs/protocol.md §2.4).
+    :raise LocalProtocolError: When the payload exceeds *max_payload*.
+    """
+    size = len(frame.payload)
+    if size > max_payload:
+        raise LocalProtocolError(
+            f"payload of {size} bytes exceeds the peer's limit of {max_payload}"
+        )
+    header = encode_header(frame.kind, frame.service, frame.op, frame.id, size)
+    return [header, frame.payload] if size else [header]
+
+
+class FrameDecoder:
+    """Incremental decoder: :meth:`feed` bytes, then call :meth:`next_frame`.
+
+    Reading a short frame out of a long buffer costs O(frame), not O(buffer):
+    consumed bytes are skipped by an offset and only compacted once they make
+    up most of the buffer.
+
+    :param max_payload: our own limit; a longer frame is rejected from its
+        header, before any of its payload is buffered.
+    """
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        if max_payload < MIN_MAX_PAYLOAD:
+            raise ValueError(f"max_payload below the protocol minimum of {MIN_MAX_PAYLOAD}")
+        #: our limit, announced to the peer in HELLO
+        self.max_payload = max_payload
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    # Section: feeding
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes; an empty *data* marks the end of the stream.
+
+        :raise RuntimeError: When data is fed after the end of the stream.
+        """
+        if self._eof:
+            raise RuntimeError("data fed after end of stream")
+        if not data:
+            self._eof = True
+            return
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Number of bytes received but not yet consumed."""
+        return len(self._buf) - self._pos
+
+    @property
+    def at_eof(self) -> bool:
+        """True once the end of the stream was fed."""
+        return self._eof
+
+    def clear(self) -> None:
+        """Drop every buffered byte (used when a session is reset)."""
+        self._buf.clear()
+        self._pos = 0
+
+    # Section: decoding
+
+    def next_frame(self) -> Frame | None:
+        """Return the next complete frame, or None if more bytes are needed.
+
+        :raise RemoteProtocolError: On any framing error of docs/protocol.md
+            §2.4, including end of stream inside a frame.
+        """
+        avail = len(self._buf) - self._pos
+        if avail < HEADER_SIZE:
+            if self._eof and avail:
+                raise RemoteProtocolError(f"stream ended inside a frame header ({avail} bytes)")
+            return None
+        kind, service, op, id, length = self._check_header(self._pos)
+        end = self._pos + HEADER_SIZE + length
+        if end > len(self._buf):
+            if self._eof:
+                raise RemoteProtocolError("stream ended inside a frame payload")
+            return None
+        payload = bytes(self._buf[self._pos + HEADER_SIZE : end])
+        self._consume(end)
+        return Frame(kind, service, op, id, payload)
+
+    def hunt(self, accept: tuple[int, int, Kind]) -> Frame | None:
+        """Skip bytes until a frame with the given ``(service, op, kind)`` is whole.
+
+        Used while resynchronising (docs/protocol.md §3.1): every byte that is
+        not part of such a frame is discarded, including valid frames of other
+        types. A frame start whose header checksum fails is skipped one byte
+        at a time, so garbage that merely contains the magic cannot derail
+        the search.
+
+        :return: the frame, or None if more bytes are needed.
+        """
+        while True:
+            start = self._buf.find(MAGIC, self._pos)
+            if start < 0:
+                # Keep the tail: it may be the first bytes of a split magic.
+                keep = min(len(self._buf) - self._pos, len(MAGIC) - 1)
+                self._consume(len(self._buf) - keep)
+                return None
+            self._consume(start)
+            if len(self._buf) - self._pos < HEADER_SIZE:
+                return None
+            try:
+                kind, service, op, _id, length = self._check_header(self._pos)
+            except RemoteProtocolError:
+                self._consume(self._pos + 1)
+                continue
+            if (service, op, kind) != accept:
+                if self._pos + HEADER_SIZE + length > len(self._buf):
+                    # Do not wait for the body of a frame we will discard:
+                    # skip its header and keep scanning what follows.
+                    self._consume(self._pos + HEADER_SIZE)
+                else:
+                    self._consume(self._pos + HEADER_SIZE + length)
+                continue
+            frame = self.next_frame()
+            return frame
+
+    def _check_header(self, pos: int) -> tuple[Kind, int, int, int, int]:
+        magic, version, kind, service, op, id, length, crc = _HEADER.unpack_from(self._buf, pos)
+        if magic != MAGIC:
+            raise RemoteProtocolError(f"bad frame magic {bytes(magic)!r}")
+        if zlib.crc32(memoryview(self._buf)[pos : pos + _CRC_SPAN]) & _MAX_U32 != crc:
+            raise RemoteProtocolError("frame header checksum mismatch")
+        if version != VERSION:
+            raise RemoteProtocolError(f"unsupported framing version {version}")
+        if kind > Kind.NOTIFY:
+            raise RemoteProtocolError(f"unknown frame kind {kind:#x}")
+        if length > self.max_payload:
+            raise RemoteProtocolError(
+                f"frame of {length} bytes exceeds the limit of {self.max_payload}"
+            )
+        if (kind == Kind.NOTIFY) != (id == 0):
+            raise RemoteProtocolError("notification id must be 0 and request ids non-zero")
+        return Kind(kind), service, op, id, length
+
+    def _consume(self, end: int) -> None:
+        self._pos = end
+        if self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
