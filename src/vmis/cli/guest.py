@@ -1,0 +1,223 @@
+"""``vmis-guest``: the guest agent and the guest tools. Standard library only.
+
+Global options come before the command: ``--root DIR`` (all guest paths
+inside DIR, for lab VMs) and ``--config FILE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import vmis
+from vmis.cli.psargs import Command, Param, UsageError, find_command, parse, usage
+from vmis.cli.table import Column, format_table
+from vmis.errors import VmisError
+from vmis.guest.client import ControlClient
+from vmis.guest.config import CONFIG_PATH, AgentConfig, load_config
+from vmis.services.catalog import CATALOG, StartupType, match_guest_names
+
+__all__ = ["main"]
+
+
+class Globals:
+    """Options that apply to every guest command."""
+
+    def __init__(self, root: Path, config_path: Path) -> None:
+        self.root = root
+        self.config_path = config_path
+
+    def config(self) -> AgentConfig:
+        return load_config(self.config_path)
+
+    def inside(self, path: str) -> Path:
+        p = Path(path)
+        return self.root / p.relative_to("/") if p.is_absolute() else p
+
+    def client(self) -> ControlClient:
+        return ControlClient(self.inside(self.config().control_socket))
+
+
+# Section: commands
+
+
+def cmd_run(g: Globals, args: dict[str, Any]) -> int:
+    from vmis.guest.adapters import make_adapters
+    from vmis.guest.agent import Agent
+    from vmis.guest.services import available_services, parse_offer
+
+    config = g.config()
+    if args["Channel"]:
+        config = replace(config, channel=args["Channel"])
+    if args["Adapters"]:
+        config = replace(config, adapters=args["Adapters"])
+    level = (args["LogLevel"] or config.log_level).upper()
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    services = available_services()
+    versions: dict[str, Any] = {}
+    if args["Offer"]:
+        services, versions = parse_offer(args["Offer"], services)
+    agent = Agent(config, g.root, services, make_adapters(config.adapters, g.root), versions)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.shutdown)
+        await agent.run()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_get_service(g: Globals, args: dict[str, Any]) -> int:
+    rows = g.client().call("services")
+    wanted = {s.guest_name for s in match_guest_names(args["Name"] or ["vm*"])}
+    rows = [r for r in rows if r["name"] in wanted and r["state"] != "absent"]
+    if args["json"]:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [(r["state"].capitalize(), r["name"], r["display_name"]) for r in rows]
+    print(format_table([Column("Status", 8), Column("Name", 18), Column("DisplayName", 38)],
+                       table))
+    return 0
+
+
+def _one_service(g: Globals, args: dict[str, Any], op: str, **extra: Any) -> int:
+    results = []
+    for spec in match_guest_names(args["Name"]):
+        results.append({"name": spec.guest_name, **g.client().call(op, name=spec.guest_name,
+                                                                    **extra)})
+    if args["json"]:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_start_service(g: Globals, args: dict[str, Any]) -> int:
+    return _one_service(g, args, "start")
+
+
+def cmd_stop_service(g: Globals, args: dict[str, Any]) -> int:
+    return _one_service(g, args, "stop")
+
+
+def cmd_set_service(g: Globals, args: dict[str, Any]) -> int:
+    return _one_service(g, args, "set-startup", startup=args["StartupType"].lower())
+
+
+def cmd_version(g: Globals, args: dict[str, Any]) -> int:
+    if args["json"]:
+        print(json.dumps({"IntegrationServicesVersion": vmis.__version__}))
+        return 0
+    # The shape of the article's `REG QUERY ... /v IntegrationServicesVersion`.
+    print("\nHKEY_LOCAL_MACHINE\\Software\\Microsoft\\Virtual Machine\\Auto")
+    print(f"    IntegrationServicesVersion    REG_SZ    {vmis.__version__}\n")
+    return 0
+
+
+def cmd_delegate(module: str) -> Callable[[Globals, dict[str, Any]], int]:
+    def run(g: Globals, args: dict[str, Any]) -> int:
+        import importlib
+
+        main: Callable[[list[str]], int] = importlib.import_module(module).main
+        argv = list(args["args"])
+        if g.root != Path("/") and "--root" not in argv and module.endswith("diagnose"):
+            argv = ["--root", str(g.root), *argv]
+        return main(argv)
+
+    return run
+
+
+JSON = Param("json", "switch", help="print JSON for scripts")
+NAME = Param("Name", "list", required=True, position=0, help="guest service names, wildcards ok")
+
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "Run the guest agent (as the systemd service does).", (
+        Param("Channel", help="override [agent] channel, e.g. unix:/run/vmis/channel.sock"),
+        Param("Adapters", choices=("real", "fake"), help="fake: lab adapters"),
+        Param("LogLevel", choices=("debug", "info", "warning", "error")),
+        Param("Offer", help="offer only these services/versions: heartbeat=1.0,kvp"),
+    ), cmd_run),
+    Command("Get-Service", "List the integration services in this guest.", (
+        Param("Name", "list", position=0, help="names or wildcards (default vm*)"), JSON,
+    ), cmd_get_service, aliases=("services", "gsv")),
+    Command("Start-Service", "Start a guest service.", (NAME, JSON), cmd_start_service,
+            aliases=("start", "sasv")),
+    Command("Stop-Service", "Stop a guest service.", (NAME, JSON), cmd_stop_service,
+            aliases=("stop", "spsv")),
+    Command("Set-Service", "Change a guest service's startup type.", (
+        NAME, Param("StartupType", required=True, position=1,
+                    choices=("Automatic", "Manual", "Disabled")), JSON,
+    ), cmd_set_service, aliases=("set-startup",)),
+    Command("Get-IntegrationServicesVersion", "Print the integration services version.",
+            (JSON,), cmd_version, aliases=("version",)),
+    Command("hyperv", "Hyper-V daemons: hyperv kvp|vss|fcopy [options] (see --help there).",
+            (), cmd_delegate("vmis.hyperv.cli"), rest="args"),
+    Command("diagnose", "Check what integration drivers, daemons and agents this guest has.",
+            (), cmd_delegate("vmis.guest.diagnose"), rest="args"),
+)
+
+
+def _help() -> str:
+    lines = [f"vmis-guest {vmis.__version__}: the vmis guest agent and tools", "",
+             "usage: vmis-guest [--root DIR] [--config FILE] COMMAND [parameters]", "",
+             "commands:"]
+    lines += [f"  {c.name:32} {c.summary}" for c in COMMANDS]
+    lines += ["", "Run 'vmis-guest COMMAND -?' for a command's parameters.",
+              f"Guest services: {', '.join(s.guest_name for s in CATALOG)}",
+              f"Startup types: {', '.join(t.title for t in StartupType)}"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``vmis-guest``; returns the exit status."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    root = Path(os.environ.get("VMIS_GUEST_ROOT", "/"))
+    config_path: Path | None = None
+    try:
+        while words and words[0] in ("--root", "--config"):
+            if len(words) < 2:
+                raise UsageError(f"{words[0]} needs a value")
+            if words[0] == "--root":
+                root = Path(words[1])
+            else:
+                config_path = Path(words[1])
+            words = words[2:]
+        if not words or words[0] in ("-h", "--help", "-?", "help"):
+            print(_help())
+            return 0 if words else 2
+        if words[0] == "--version":
+            print(vmis.__version__)
+            return 0
+        cmd = find_command(COMMANDS, words[0])
+        if cmd.rest is not None:
+            args: dict[str, Any] = {"args": words[1:]}
+        elif any(w in ("-h", "--help", "-?") for w in words[1:]):
+            print(usage(cmd))
+            return 0
+        else:
+            args = parse(cmd, words[1:])
+        g = Globals(root, config_path or root / CONFIG_PATH.lstrip("/"))
+        result: int = cmd.run(g, args)
+        return result
+    except VmisError as exc:
+        print(f"vmis-guest: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""PowerShell-style command lines: ``Verb-Noun -Param value -Switch``.
+
+Administrators who know Hyper-V type ``Enable-VMIntegrationService -VMName
+DemoVM -Name "Guest Service Interface"``. This parser accepts that the way
+PowerShell does:
+
+- command names and parameter names are case-insensitive;
+- a parameter may be shortened to any unambiguous prefix (``-VMN``);
+- list parameters take ``a,b`` or several words (``-Name Heartbeat VSS``);
+- switches take no value (``-Force``), or ``-Force:$false``;
+- parameters may be given by position where the command declares one;
+- GNU spellings work too: ``--vm-name``, ``--json``, ``-h``/``--help``.
+
+Standard library only: the guest tools use it as well.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmis.errors import VmisError
+
+__all__ = ["Command", "Param", "UsageError", "find_command", "parse", "usage"]
+
+
+class UsageError(VmisError):
+    """The command line is wrong; the message says how."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a command."""
+
+    name: str
+    #: "str", "list", "switch", "int" or "float"
+    kind: str = "str"
+    required: bool = False
+    #: position for positional use, or None
+    position: int | None = None
+    help: str = ""
+    #: allowed values (case-insensitive), normalised to these spellings
+    choices: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class Command:
+    """One verb of a command line."""
+
+    name: str
+    summary: str
+    params: tuple[Param, ...]
+    run: Callable[..., Any]
+    aliases: tuple[str, ...] = ()
+    #: words after ``--`` are passed as the parameter of this name
+    rest: str | None = None
+    examples: tuple[str, ...] = field(default=())
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_]", "", name).lower()
+
+
+def find_command(commands: Sequence[Command], word: str) -> Command:
+    """Look a verb up by name or alias, case-insensitively.
+
+    :raise UsageError: Naming close matches.
+    """
+    key = word.lower()
+    for cmd in commands:
+        if key == cmd.name.lower() or key in (a.lower() for a in cmd.aliases):
+            return cmd
+    close = [c.name for c in commands if key.split("-")[-1] in c.name.lower()][:3]
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UsageError(f"'{word}' is not a known command.{hint} See --help.")
+
+
+def _lookup(cmd: Command, raw: str) -> Param:
+    wanted = _norm(raw)
+    exact = [p for p in cmd.params if wanted in (_norm(p.name), *map(_norm, p.aliases))]
+    if exact:
+        return exact[0]
+    prefixed = [p for p in cmd.params if _norm(p.name).startswith(wanted)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if len(prefixed) > 1:
+        names = ", ".join(f"-{p.name}" for p in prefixed)
+        raise UsageError(f"{cmd.name}: parameter -{raw} is ambiguous: {names}.")
+    raise UsageError(
+        f"{cmd.name}: a parameter cannot be found that matches parameter name '{raw}'."
+    )
+
+
+def _convert(cmd: Command, param: Param, values: list[str]) -> Any:
+    if param.kind == "list":
+        items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+        if not items:
+            raise UsageError(f"{cmd.name}: -{param.name} needs a value.")
+        if param.choices:
+            return [_choose(cmd, param, v) for v in items]
+        return items
+    if len(values) != 1:
+        raise UsageError(f"{cmd.name}: -{param.name} takes one value, got {len(values)}.")
+    value = values[0]
+    if param.kind == "int":
+        try:
+            return int(value)
+        except ValueError:
+            raise UsageError(f"{cmd.name}: -{param.name} must be a whole number.") from None
+    if param.kind == "float":
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"{cmd.name}: -{param.name} must be a number.") from None
+    return _choose(cmd, param, value) if param.choices else value
+
+
+def _choose(cmd: Command, param: Param, value: str) -> str:
+    for choice in param.choices:
+        if choice.lower() == value.lower():
+            return choice
+    raise UsageError(
+        f"{cmd.name}: -{param.name} must be one of {', '.join(param.choices)}, not '{value}'."
+    )
+
+
+def _is_param(word: str) -> bool:
+    # "-5" and "-" are values, not parameter names
+    return len(word) > 1 and word[0] == "-" and not re.fullmatch(r"-[\d.]+", word)
+
+
+def parse(cmd: Command, argv: Sequence[str]) -> dict[str, Any]:
+    """Parse the words after the verb into ``{param name: value}``.
+
+    Every declared parameter appears in the result (its default when absent).
+
+    :raise UsageError: For unknown, ambiguous, missing or malformed parameters.
+    """
+    given: dict[str, list[str]] = {}
+    switches: dict[str, bool] = {}
+    positional: list[str] = []
+    rest: list[str] = []
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word == "--":
+            if cmd.rest is None:
+                raise UsageError(f"{cmd.name}: unexpected '--'.")
+            rest = words[i:]
+            break
+        if not _is_param(word):
+            positional.append(word)
+            continue
+        name, colon, inline = word.lstrip("-").partition(":")
+        name, eq, inline2 = name.partition("=")
+        param = _lookup(cmd, name)
+        if param.kind == "switch":
+            value = (inline or inline2).lower()
+            switches[param.name] = value not in ("$false", "false", "0", "no")
+            continue
+        values = [inline or inline2] if (colon or eq) else []
+        while i < len(words) and not _is_param(words[i]) and words[i] != "--":
+            values.append(words[i])
+            i += 1
+            if param.kind != "list":
+                break
+        if not values:
+            raise UsageError(f"{cmd.name}: missing an argument for parameter '{param.name}'.")
+        given.setdefault(param.name, []).extend(values)
+    by_position = sorted((p for p in cmd.params if p.position is not None),
+                         key=lambda p: p.position or 0)
+    free = [p for p in by_position if p.name not in given]
+    for word in positional:
+        if not free:
+            raise UsageError(f"{cmd.name}: a positional parameter cannot be found that accepts "
+                             f"argument '{word}'.")
+        param = free.pop(0)
+        given[param.name] = [word]
+    result: dict[str, Any] = {}
+    for param in cmd.params:
+        if param.kind == "switch":
+            result[param.name] = switches.get(param.name, bool(param.default))
+        elif param.name in given:
+            result[param.name] = _convert(cmd, param, given[param.name])
+        elif param.required:
+            raise UsageError(f"{cmd.name}: missing mandatory parameter -{param.name}.")
+        else:
+            result[param.name] = param.default
+    if cmd.rest is not None:
+        result[cmd.rest] = rest
+    return result
+
+
+def usage(cmd: Command) -> str:
+    """A help text for one command, in PowerShell's SYNTAX shape."""
+    parts = []
+    for p in cmd.params:
+        value = "" if p.kind == "switch" else f" <{'String[]' if p.kind == 'list' else p.kind}>"
+        if p.choices:
+            value = f" {{{' | '.join(p.choices)}}}"
+        text = f"-{p.name}{value}"
+        parts.append(text if p.required else f"[{text}]")
+    if cmd.rest:
+        parts.append("[-- COMMAND ARGS...]")
+    lines = [f"{cmd.name} {' '.join(parts)}", "", f"    {cmd.summary}"]
+    if cmd.aliases:
+        lines.append(f"    Aliases: {', '.join(cmd.aliases)}")
+    details = [f"    -{p.name}: {p.help}" for p in cmd.params if p.help]
+    if details:
+        lines += ["", *details]
+    if cmd.examples:
+        lines += ["", "  Examples:", *(f"    {e}" for e in cmd.examples)]
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""PowerShell's Format-Table output shape, which administrators read and scripts grep.
+
+Header, a dashed underline as long as each header, left-aligned cells one
+space apart, trailing blanks trimmed. A column with a fixed ``width`` cuts
+longer cells with ``...`` as PowerShell does (Get-Service's DisplayName);
+otherwise a column is as wide as its widest cell, at least ``min_width``.
+Standard library only: the guest tools use it as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Column", "format_list", "format_table"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column."""
+
+    header: str
+    #: fixed width (cells cut with "..."), or None to fit the widest cell
+    width: int | None = None
+    #: least width when fitting
+    min_width: int = 0
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+
+
+def format_table(columns: Sequence[Column], rows: Sequence[Sequence[object]]) -> str:
+    """Render *rows* under *columns*; ``None`` cells print empty."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = []
+    for i, col in enumerate(columns):
+        if col.width is not None:
+            widths.append(col.width)
+        else:
+            widths.append(max([len(col.header), col.min_width, *(len(r[i]) for r in cells)]))
+    lines = [
+        " ".join(c.header.ljust(w) for c, w in zip(columns, widths, strict=True)),
+        " ".join(("-" * len(c.header)).ljust(w) for c, w in zip(columns, widths, strict=True)),
+    ]
+    for row in cells:
+        lines.append(" ".join(_cut(v, w).ljust(w) for v, w in zip(row, widths, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def format_list(records: Sequence[Sequence[tuple[str, object]]]) -> str:
+    """Render records as Format-List does: ``Name : value``, a blank line between records."""
+    blocks = []
+    for record in records:
+        width = max((len(k) for k, _ in record), default=0)
+        blocks.append(
+            "\n".join(f"{k.ljust(width)} : {'' if v is None else v}".rstrip() for k, v in record)
+        )
+    return "\n\n".join(blocks)

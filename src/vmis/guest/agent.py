@@ -1,0 +1,268 @@
+"""The guest agent: services, the host channel, and the local control socket.
+
+:class:`Agent` is the :class:`~vmis.transport.channel.ChannelHandler` of the
+guest's channels. It answers the control service itself (HELLO, SET_SERVICE,
+PING, docs/protocol.md §6) and hands every other request to the service it
+is for, which must be running (else ``service-stopped``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import socket
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import vmis
+from vmis.errors import RemoteProtocolError, VmisError
+from vmis.guest.config import AgentConfig
+from vmis.guest.control import ControlServer
+from vmis.guest.manager import ServiceManager
+from vmis.guest.state import ServiceState
+from vmis.protocol import (
+    CONTROL,
+    FRAMEWORK_VERSIONS,
+    ControlOp,
+    NotificationReceived,
+    RequestReceived,
+    Role,
+    ServiceId,
+    Synced,
+    Version,
+    decode_json,
+    encode_json,
+    negotiate,
+)
+from vmis.protocol.services import parse_version_list
+from vmis.services.base import GuestContext, GuestService, ServiceError
+from vmis.services.catalog import ServiceSpec, by_id, by_key
+from vmis.transport.address import UnixAddress, parse_address
+from vmis.transport.channel import Channel
+from vmis.transport.listen import serve
+
+__all__ = ["Agent"]
+
+_log = logging.getLogger("vmis.guest")
+
+
+class Agent:
+    """The guest agent.
+
+    :param config: loaded configuration.
+    :param root: directory all guest paths resolve in (``/`` in a real guest).
+    :param service_types: the guest service classes this agent offers.
+    :param adapters: real-effect adapters by name, given to every service.
+    :param versions: per-service version override (key -> versions), used to
+        stand in for an older agent.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        root: Path,
+        service_types: Sequence[type[GuestService]],
+        adapters: Mapping[str, Any] | None = None,
+        versions: Mapping[str, Sequence[Version]] | None = None,
+    ) -> None:
+        self.config = config
+        self.root = root
+        self.ctx = GuestContext(root=root, config=config, notify=self.notify,
+                                adapters=dict(adapters or {}))
+        state = ServiceState(self.ctx.path(config.state_dir) / "services.json", config.startup)
+        services = {t.spec.key: t(self.ctx) for t in service_types}
+        self.manager = ServiceManager(services, state, self._guest_changed)
+        self.versions: dict[str, Sequence[Version]] = {
+            key: (versions or {}).get(key, s.spec.versions) for key, s in services.items()
+        }
+        #: the channel whose session is running, if any
+        self.channel: Channel | None = None
+        self.boot_id = uuid.uuid4().hex
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+
+    # Section: running
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Run until :meth:`shutdown` is called or the task is cancelled."""
+        address = parse_address(self.config.channel)
+        if isinstance(address, UnixAddress):
+            address = UnixAddress(str(self.ctx.path(address.path)))
+        control = ControlServer(self, self.ctx.path(self.config.control_socket))
+        await control.start()
+        try:
+            await self.manager.start_at_boot()
+            server = asyncio.ensure_future(serve(address, self._new_channel))
+            stopper = asyncio.ensure_future(self._stopping.wait())
+            _log.info("agent %s listening on %s", vmis.__version__, address)
+            if ready is not None:
+                ready()
+            done, _ = await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (server, stopper):
+                task.cancel()
+            if server in done and not server.cancelled() and server.exception():
+                raise server.exception()  # type: ignore[misc]
+        finally:
+            await control.close()
+            if self.channel is not None:
+                self.channel.close()
+            await self.manager.stop_all()
+
+    def shutdown(self) -> None:
+        """Ask :meth:`run` to return (SIGTERM)."""
+        self._stopping.set()
+
+    def _new_channel(self) -> Channel:
+        return Channel(Role.GUEST, self, max_payload=self.config.max_payload)
+
+    def notify(self, service: int, op: int, payload: bytes) -> None:
+        """Send a notification over the running session, if there is one."""
+        if self.channel is not None and self.channel.running:
+            self.channel.notify(service, op, payload)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Section: ChannelHandler
+
+    def on_synced(self, channel: Channel, event: Synced) -> None:
+        _log.info("host session starting%s", " (replacing the old one)" if event.replaced else "")
+        if self.channel is not None and self.channel is not channel:
+            # One host per guest: a new connection supersedes the old one.
+            self.channel.close()
+        self.channel = channel
+        self._session_changed(False)
+
+    def on_session_lost(self, channel: Channel, reason: str) -> None:
+        if channel is self.channel:
+            _log.info("host session ended: %s", reason)
+            self._session_changed(False)
+
+    def _session_changed(self, running: bool) -> None:
+        for service in self.manager.services.values():
+            service.on_session(running)
+
+    def on_notification(self, channel: Channel, note: NotificationReceived) -> None:
+        spec = by_id(note.service)
+        service = self.manager.services.get(spec.key) if spec else None
+        handler = service.notification_handlers.get(note.op) if service else None
+        if handler is None or service is None or not service.running:
+            _log.debug("ignored notification %d/%d", note.service, note.op)
+            return
+        try:
+            handler(note.payload)
+        except (RemoteProtocolError, ServiceError, ValueError, KeyError) as exc:
+            _log.warning("bad %s notification: %s", service.spec.key, exc)
+
+    def on_request(self, channel: Channel, request: RequestReceived) -> None:
+        if request.service == CONTROL:
+            self._spawn(self._answer(channel, request, self._control))
+            return
+        spec = by_id(request.service)
+        service = self.manager.services.get(spec.key) if spec else None
+        if service is None or spec is None:
+            channel.fail(request, "unknown-service", f"this agent has no service {request.service}")
+            return
+        if not service.running:
+            code = "service-disabled" if self.manager.state.startup[spec.guest_name].value == \
+                "disabled" else "service-stopped"
+            channel.fail(request, code, f"{spec.guest_name} is not running in the guest")
+            return
+        handler = service.handlers.get(request.op)
+        if handler is None:
+            channel.fail(request, "unknown-op", f"{spec.key} has no operation {request.op}")
+            return
+        self._spawn(self._answer(channel, request, handler))
+
+    async def _answer(
+        self, channel: Channel, request: RequestReceived, handler: Callable[[RequestReceived], Any]
+    ) -> None:
+        # docs/protocol.md §5.2: every request gets an answer.
+        try:
+            payload = await handler(request)
+        except ServiceError as exc:
+            channel.fail(request, exc.code, str(exc))
+        except RemoteProtocolError as exc:
+            channel.fail(request, "bad-request", str(exc))
+        except VmisError as exc:
+            channel.fail(request, "failed", str(exc))
+        except asyncio.CancelledError:
+            channel.fail(request, "failed", "the agent is stopping")
+            raise
+        except Exception as exc:
+            _log.exception("request %d/%d failed", request.service, request.op)
+            channel.fail(request, "failed", f"internal error: {exc}")
+        else:
+            channel.respond(request, payload)
+
+    # Section: control service (docs/protocol.md §6)
+
+    async def _control(self, request: RequestReceived) -> bytes:
+        if request.op == ControlOp.HELLO:
+            return self._hello(request)
+        if request.op == ControlOp.SET_SERVICE:
+            body = decode_json(request.payload)
+            try:
+                spec = by_key(str(body["service"]))
+            except KeyError:
+                raise ServiceError("unknown-service", f"no service {body.get('service')!r}") \
+                    from None
+            if not self.manager.has(spec):
+                raise ServiceError("unknown-service", f"this agent has no {spec.guest_name}")
+            settings = body.get("settings") or {}
+            if not isinstance(settings, dict):
+                raise ServiceError("bad-request", "settings must be an object")
+            status = await self.manager.set_host_enabled(spec, bool(body["enabled"]), settings)
+            return encode_json(status)
+        if request.op == ControlOp.PING:
+            return b""
+        raise ServiceError("unknown-op", f"control has no operation {request.op}")
+
+    def _hello(self, request: RequestReceived) -> bytes:
+        body = decode_json(request.payload)
+        offered = body.get("services") or {}
+        if not isinstance(offered, dict):
+            raise RemoteProtocolError("HELLO services must be an object")
+        result = negotiate(
+            parse_version_list(body.get("framework")),
+            {str(k): parse_version_list(v) for k, v in offered.items()},
+            FRAMEWORK_VERSIONS,
+            self.versions,
+        )
+        if result is None:
+            raise ServiceError("protocol-mismatch", "no common framework version")
+        peer_max = body.get("max_payload")
+        channel = self.channel
+        if channel is not None and isinstance(peer_max, int) and peer_max >= 64 * 1024:
+            channel.conn.peer_max_payload = peer_max
+        services = {}
+        for key, version in result.services.items():
+            entry: dict[str, Any] = {"version": list(version) if version else None}
+            entry.update(self.manager.status(by_key(key)))
+            services[key] = entry
+        answer = {
+            "framework": list(result.framework),
+            "services": services,
+            "max_payload": self.config.max_payload,
+            "agent": {
+                "version": vmis.__version__,
+                "os": platform.system(),
+                "hostname": socket.gethostname(),
+                "boot_id": self.boot_id,
+            },
+        }
+        asyncio.get_running_loop().call_soon(self._session_changed, True)
+        return encode_json(answer)
+
+    def _guest_changed(self, spec: ServiceSpec) -> None:
+        status = self.manager.status(spec)
+        self.notify(
+            ServiceId.CONTROL,
+            ControlOp.SERVICE_STATE,
+            encode_json({"service": spec.key, **status, "reason": "guest"}),
+        )

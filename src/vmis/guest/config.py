@@ -1,0 +1,127 @@
+"""The guest agent's configuration file, ``/etc/vmis/agent.conf`` (INI).
+
+Every setting, with its default::
+
+    [agent]
+    # where the host reaches the agent: serial:<port name or device>,
+    # vsock:PORT, or unix:/path (lab agents)
+    channel = serial:org.vmis.agent.0
+    # local socket for the guest tools (vmis-guest Get-Service, kvp, ...)
+    control_socket = /run/vmis/agent.sock
+    # persistent state: start types, the host's last wishes, KVP, copies
+    state_dir = /var/lib/vmis
+    # debug, info, warning or error
+    log_level = info
+    # largest frame payload accepted, bytes (docs/protocol.md §2.4)
+    max_payload = 16777216
+    # real: act on this machine; fake: lab adapters (never in a real guest)
+    adapters = real
+
+    [heartbeat]
+    # seconds between two runs of the health checks in /etc/vmis/health.d
+    health_interval = 5
+    # seconds a health check may run before it counts as failed
+    health_timeout = 10
+
+    [services]
+    # start type of a service before any Set-Service: automatic, manual, disabled
+    # (defaults: vmicguestinterface manual, vmicvmsession disabled, others automatic)
+    vmicvmsession = disabled
+
+A lab agent runs with ``--root DIR``: the configuration file and every guest
+path named here resolve inside DIR, so a lab VM never touches the machine it
+runs on.
+"""
+
+from __future__ import annotations
+
+import configparser
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from vmis.errors import ConfigError, NotFoundError
+from vmis.protocol import DEFAULT_MAX_PAYLOAD
+from vmis.protocol.frames import MIN_MAX_PAYLOAD
+from vmis.services.catalog import CATALOG, StartupType, by_guest_name
+
+__all__ = ["CONFIG_PATH", "AgentConfig", "load_config"]
+
+#: the configuration file, relative to the agent's root
+CONFIG_PATH = "/etc/vmis/agent.conf"
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Loaded once at start and passed down; never a global."""
+
+    channel: str = "serial:org.vmis.agent.0"
+    control_socket: str = "/run/vmis/agent.sock"
+    state_dir: str = "/var/lib/vmis"
+    log_level: str = "info"
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    adapters: str = "real"
+    health_interval: float = 5.0
+    health_timeout: float = 10.0
+    #: guest service name -> start type before any Set-Service
+    startup: dict[str, StartupType] = field(
+        default_factory=lambda: {s.guest_name: s.default_startup for s in CATALOG}
+    )
+
+
+_SECTIONS = {
+    "agent": ("channel", "control_socket", "state_dir", "log_level", "max_payload", "adapters"),
+    "heartbeat": ("health_interval", "health_timeout"),
+}
+
+
+def _convert(name: str, text: str, kind: type) -> object:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"{name} = {text!r}: expected a {kind.__name__}") from None
+    if kind is float and not value > 0:
+        raise ConfigError(f"{name} must be positive, not {text}")
+    return value
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read the configuration file; a missing file means all defaults.
+
+    :raise ConfigError: Naming the file, the setting and what is wrong.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(path.read_text(), source=str(path))
+    except FileNotFoundError:
+        return AgentConfig()
+    except (OSError, configparser.Error) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    types = {f.name: f.type for f in fields(AgentConfig)}
+    values: dict[str, object] = {}
+    for section in parser.sections():
+        known = _SECTIONS.get(section)
+        if section == "services":
+            continue
+        if known is None:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        for key, text in parser.items(section):
+            if key not in known:
+                raise ConfigError(f"{path}: unknown setting {key!r} in [{section}]")
+            kind = {"int": int, "float": float}.get(str(types[key]), str)
+            values[key] = _convert(key, text, kind)
+    startup = AgentConfig().startup
+    if parser.has_section("services"):
+        for name, text in parser.items("services"):
+            try:
+                startup[by_guest_name(name).guest_name] = StartupType.parse(text)
+            except NotFoundError as exc:
+                raise ConfigError(f"{path}: [services] {exc}") from None
+    config = AgentConfig(**values, startup=startup)  # type: ignore[arg-type]
+    if config.log_level not in _LOG_LEVELS:
+        raise ConfigError(f"{path}: log_level must be one of {', '.join(_LOG_LEVELS)}")
+    if config.adapters not in ("real", "fake"):
+        raise ConfigError(f"{path}: adapters must be real or fake")
+    if config.max_payload < MIN_MAX_PAYLOAD:
+        raise ConfigError(f"{path}: max_payload must be at least {MIN_MAX_PAYLOAD}")
+    return config

@@ -1,0 +1,125 @@
+"""Guest half of the heartbeat: periodic beats and application health checks.
+
+Health checks are executables in ``/etc/vmis/health.d/`` (inside the agent's
+root). Each runs every ``health_interval`` seconds with a timeout; any check
+that exits non-zero or times out makes the application health ``critical``,
+which reaches the host at once as a HEALTH notification and turns its
+Heartbeat secondary status to Application Critical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from vmis.protocol import ServiceId, encode_json
+from vmis.services.base import GuestContext, GuestService
+from vmis.services.catalog import by_key
+from vmis.services.heartbeat import DEFAULT_INTERVAL_MS, HeartbeatOp
+
+__all__ = ["HeartbeatService", "run_checks"]
+
+HEALTH_DIR = "/etc/vmis/health.d"
+_MIN_INTERVAL_MS = 100
+
+
+async def _run_check(path: Path, timeout: float) -> bool:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return False
+    try:
+        async with asyncio.timeout(timeout):
+            return await proc.wait() == 0
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        await proc.wait()
+        return False
+
+
+async def run_checks(directory: Path, timeout: float) -> list[str]:
+    """Run every executable in *directory* at once; return the names that failed."""
+    try:
+        checks = sorted(
+            p for p in directory.iterdir()
+            if p.is_file() and os.access(p, os.X_OK) and not p.name.startswith(".")
+        )
+    except FileNotFoundError:
+        return []
+    results = await asyncio.gather(*(_run_check(p, timeout) for p in checks))
+    return [p.name for p, ok in zip(checks, results, strict=True) if not ok]
+
+
+class HeartbeatService(GuestService):
+    """vmicheartbeat: beats every interval, health pushed on change."""
+
+    spec = by_key("heartbeat")
+
+    def __init__(self, ctx: GuestContext) -> None:
+        super().__init__(ctx)
+        self.seq = 0
+        self.health = "ok"
+        self.failed: list[str] = []
+        self._wake = asyncio.Event()
+
+    @property
+    def interval(self) -> float:
+        """Seconds between beats (host setting ``interval_ms``)."""
+        ms = self.settings.get("interval_ms", DEFAULT_INTERVAL_MS)
+        return max(int(ms), _MIN_INTERVAL_MS) / 1000
+
+    def configure(self, settings: Mapping[str, Any]) -> None:
+        super().configure(settings)
+        self._wake.set()
+
+    def on_session(self, running: bool) -> None:
+        if running:
+            # Beat at once so a new session leaves No Contact without waiting
+            # a whole interval.
+            self._wake.set()
+
+    async def on_start(self) -> None:
+        self.spawn(self._beat_loop(), "beat")
+        self.spawn(self._health_loop(), "health")
+
+    def _beat(self) -> None:
+        self.seq += 1
+        payload = encode_json({"seq": self.seq, "health": self.health})
+        self.ctx.notify(ServiceId.HEARTBEAT, HeartbeatOp.BEAT, payload)
+
+    async def _beat_loop(self) -> None:
+        while True:
+            self._beat()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+
+    async def _health_loop(self) -> None:
+        cfg = self.ctx.config
+        directory = self.ctx.path(HEALTH_DIR)
+        while True:
+            failed = await run_checks(directory, cfg.health_timeout)
+            health = "critical" if failed else "ok"
+            if health != self.health or failed != self.failed:
+                changed = health != self.health
+                self.health, self.failed = health, failed
+                if changed:
+                    self.log.warning("application health is now %s %s", health, failed or "")
+                self.ctx.notify(
+                    ServiceId.HEARTBEAT,
+                    HeartbeatOp.HEALTH,
+                    encode_json({"health": health, "failed": failed}),
+                )
+            await asyncio.sleep(cfg.health_interval)
