@@ -1,0 +1,664 @@
+"""One QEMU virtual machine: its process, its work directory, and the operations on it.
+
+:class:`QemuMachine` starts QEMU with the command line of
+:mod:`vmis.qemu.cmdline`, records what it started in ``machine.json`` inside
+the work directory, and drives the machine through QMP (:mod:`vmis.qemu.monitor`).
+Another process (the host manager, the CLI) gets an equivalent object with
+:meth:`QemuMachine.attach`, which checks by pid *and* process start time that
+the recorded QEMU is still the one running, so a recycled pid is never
+mistaken for the machine.
+
+Process control (:meth:`~QemuMachine.start`, :meth:`~QemuMachine.kill`) is
+synchronous and quick; everything that waits on the guest or talks QMP is a
+coroutine with a bounded timeout. A typical test::
+
+    machine = QemuMachine("vm1", workdir, image)
+    machine.start()
+    try:
+        await machine.wait_for_boot(timeout=120)
+        await machine.wait_for_channel(timeout=60)
+        ...  # talk to the agent over machine.paths.channel
+        await machine.shutdown(timeout=30)
+    finally:
+        machine.cleanup()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+from vmis.errors import NotFoundError, RequestTimeout, StateError
+from vmis.qemu.cmdline import (
+    AGENT_CHARDEV_ID,
+    BootSpec,
+    DiskMode,
+    MachineConfig,
+    MachinePaths,
+    build_command,
+)
+from vmis.qemu.errors import (
+    MachineNotRunning,
+    MachineStartError,
+    MonitorError,
+    QemuNotInstalled,
+)
+from vmis.qemu.image._recipe import BOOT_MARKER, INITRAMFS_FAILURE
+from vmis.qemu.monitor import BlockSnapshot, QmpMonitor
+
+__all__ = ["BootReport", "Bootable", "QemuMachine", "default_vsock_cid", "host_has_vhost_vsock"]
+
+log = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+_VHOST_VSOCK = Path("/dev/vhost-vsock")
+
+
+class Bootable(Protocol):
+    """Anything that says how to boot it; :class:`vmis.qemu.image.GuestImage` does."""
+
+    def boot_spec(self) -> BootSpec: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BootReport:
+    """What the guest announced when systemd reached multi-user.target."""
+
+    #: wall-clock seconds from QEMU's start to the announcement (host side)
+    seconds: float
+    #: the guest kernel's uptime at the announcement
+    guest_uptime: float
+    #: systemd units that had failed by then
+    failed_units: tuple[str, ...]
+
+
+def host_has_vhost_vsock() -> bool:
+    """Whether this host can give guests a vsock device (``/dev/vhost-vsock`` exists)."""
+    return _VHOST_VSOCK.exists()
+
+
+def default_vsock_cid(workdir: Path) -> int:
+    """A guest CID derived from the work directory: stable across restarts, rarely shared.
+
+    CIDs must be unique per host; QEMU refuses to start on a clash, and an
+    explicit ``vsock_cid`` resolves it.
+    """
+    return 3 + zlib.crc32(str(workdir.absolute()).encode()) % (1 << 30)
+
+
+def _proc_identity(pid: int) -> str | None:
+    """The start time (clock ticks since boot) of a live process, ``None`` if gone or a zombie."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses; fields resume after the last ')'.
+    fields = raw[raw.rfind(")") + 2 :].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def _qmp_greets(path: Path, timeout: float) -> bool:
+    """Whether QEMU's QMP socket accepts a connection and sends its greeting.
+
+    QEMU answers on QMP only once machine setup is done, so this also proves
+    the kernel and disks were accepted.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            data = b""
+            while b"\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                data += chunk
+            return b'"QMP"' in data
+    except OSError:
+        return False
+
+
+def _config_to_json(config: MachineConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["boot"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in data["boot"].items()}
+    data["disk_mode"] = config.disk_mode.value
+    return data
+
+
+def _config_from_json(data: dict[str, Any]) -> MachineConfig:
+    boot = dict(data["boot"])
+    for key in ("kernel", "initrd", "firmware", "disk"):
+        if boot.get(key) is not None:
+            boot[key] = Path(boot[key])
+    fields = dict(data)
+    fields["boot"] = BootSpec(**boot)
+    fields["disk_mode"] = DiskMode(data["disk_mode"])
+    fields["extra_append"] = tuple(data.get("extra_append", ()))
+    fields["extra_args"] = tuple(data.get("extra_args", ()))
+    return MachineConfig(**fields)
+
+
+class QemuMachine:
+    """A QEMU virtual machine run by vmis, with everything it owns in one work directory.
+
+    :param name: machine name (QEMU's ``-name``).
+    :param workdir: directory for sockets, logs, the state record and overlays;
+        short enough for Unix socket paths (about 90 bytes).
+    :param image: what to boot: a :class:`~vmis.qemu.image.GuestImage` or a :class:`BootSpec`.
+    :param memory_mib: guest RAM.
+    :param cpus: virtual CPUs.
+    :param accel: ``"tcg"`` (default; see feasibility.md §2 on KVM) or ``"kvm"``.
+    :param disk_mode: :attr:`DiskMode.SNAPSHOT` discards the guest's disk writes at
+        exit; :attr:`DiskMode.OVERLAY` keeps them in a qcow2 overlay and allows
+        block snapshots.
+    :param clock_offset: seconds the guest's clock starts ahead of the host's.
+    :param network: attach a NIC on user-mode networking (``restrict=on``).
+    :param cdrom: attach an empty CD-ROM drive.
+    :param vsock_cid: ``"auto"`` adds a vhost-vsock device with
+        :func:`default_vsock_cid` when the host has ``/dev/vhost-vsock``;
+        an int forces one with that CID; ``None`` never adds one.
+    :param no_reboot: make a guest reboot end QEMU instead.
+    :param extra_append: words added to the kernel command line.
+    :param extra_args: arguments added to QEMU's command line.
+    :param qemu: the QEMU program; default ``$VMIS_QEMU`` or ``qemu-system-x86_64``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        image: Bootable | BootSpec,
+        *,
+        memory_mib: int = 512,
+        cpus: int = 1,
+        accel: str = "tcg",
+        disk_mode: DiskMode = DiskMode.SNAPSHOT,
+        clock_offset: float = 0.0,
+        network: bool = True,
+        cdrom: bool = True,
+        vsock_cid: int | Literal["auto"] | None = "auto",
+        no_reboot: bool = False,
+        extra_append: tuple[str, ...] = (),
+        extra_args: tuple[str, ...] = (),
+        qemu: str | None = None,
+    ) -> None:
+        workdir = workdir.absolute()
+        boot = image if isinstance(image, BootSpec) else image.boot_spec()
+        if vsock_cid == "auto":
+            vsock_cid = default_vsock_cid(workdir) if host_has_vhost_vsock() else None
+        config = MachineConfig(
+            name=name, boot=boot, memory_mib=memory_mib, cpus=cpus, accel=accel,
+            disk_mode=disk_mode, clock_offset=clock_offset, network=network, cdrom=cdrom,
+            vsock_cid=vsock_cid, no_reboot=no_reboot, extra_append=extra_append,
+            extra_args=extra_args,
+        )  # fmt: skip
+        self._init(config, workdir, qemu)
+
+    def _init(self, config: MachineConfig, workdir: Path, qemu: str | None) -> None:
+        #: the configuration the command line is built from
+        self.config = config
+        #: the machine's files
+        self.paths = MachinePaths(workdir)
+        #: the QEMU program
+        self.qemu = qemu or os.environ.get("VMIS_QEMU", "qemu-system-x86_64")
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+        self._identity: str | None = None
+        self._started_at: float | None = None  # wall clock
+        self._started_mono: float | None = None  # monotonic, this process only
+        #: qcow2 files of the root disk, oldest first; the last one is written to
+        self.disk_chain: list[Path] = []
+
+    @classmethod
+    def from_config(
+        cls, config: MachineConfig, workdir: Path, *, qemu: str | None = None
+    ) -> QemuMachine:
+        """A machine from a ready :class:`MachineConfig`."""
+        machine = cls.__new__(cls)
+        machine._init(config, workdir.absolute(), qemu)
+        return machine
+
+    @classmethod
+    def attach(cls, workdir: Path) -> QemuMachine:
+        """The machine recorded in a work directory, started by this or another process.
+
+        The result may describe a machine that is no longer running
+        (:meth:`is_running` is false, :meth:`status` says ``"off"``); it can be
+        started again with the same configuration.
+
+        :raise NotFoundError: When the directory holds no machine record.
+        """
+        paths = MachinePaths(workdir.absolute())
+        try:
+            state = json.loads(paths.state.read_text())
+        except FileNotFoundError as err:
+            raise NotFoundError(f"no vmis machine in {paths.workdir}") from err
+        except (OSError, ValueError) as err:
+            raise NotFoundError(f"unreadable machine record {paths.state}: {err}") from err
+        if state.get("version") != _STATE_VERSION:
+            raise NotFoundError(f"machine record {paths.state} has an unknown version")
+        machine = cls.from_config(
+            _config_from_json(state["config"]), paths.workdir, qemu=state["qemu"]
+        )
+        machine._pid = state.get("pid")
+        machine._identity = state.get("identity")
+        machine._started_at = state.get("started_at")
+        machine.disk_chain = [Path(p) for p in state.get("disk_chain", [])]
+        return machine
+
+    # Section: process
+
+    @property
+    def pid(self) -> int | None:
+        """QEMU's process id while it runs, else ``None``."""
+        return self._pid if self.is_running() else None
+
+    @property
+    def started_at(self) -> float | None:
+        """When QEMU was last started (seconds since the epoch)."""
+        return self._started_at
+
+    def is_running(self) -> bool:
+        """Whether the QEMU process of this machine is alive."""
+        if self._popen is not None:
+            return self._popen.poll() is None
+        if self._pid is None:
+            return False
+        return _proc_identity(self._pid) == self._identity
+
+    def command(self) -> list[str]:
+        """The QEMU command line :meth:`start` runs (for logs, docs and tests)."""
+        overlay = self.disk_chain[-1] if self.disk_chain else None
+        return build_command(
+            self.config, self.paths, qemu=self.qemu, now=time.time(), overlay=overlay
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start QEMU and wait until its monitor answers (typically well under a second).
+
+        The guest then boots on its own; see :meth:`wait_for_boot`.
+
+        :param timeout: seconds allowed for QEMU to set the machine up.
+        :raise StateError: When the machine is already running.
+        :raise QemuNotInstalled: When QEMU (or ``qemu-img`` for an overlay) is missing.
+        :raise MachineStartError: When QEMU exits or does not answer in time; the
+            message quotes QEMU's last words.
+        """
+        if self.is_running():
+            raise StateError(f"machine {self.config.name} is already running (pid {self._pid})")
+        program = shutil.which(self.qemu)
+        if program is None:
+            raise QemuNotInstalled(
+                f"{self.qemu} is not installed; install the Debian package qemu-system-x86"
+            )
+        self.paths.check()
+        self.paths.workdir.mkdir(parents=True, exist_ok=True)
+        for stale in (self.paths.qmp, self.paths.channel):
+            stale.unlink(missing_ok=True)
+        if self.config.disk_mode is DiskMode.OVERLAY:
+            self._prepare_overlay()
+        argv = build_command(
+            self.config,
+            self.paths,
+            qemu=program,
+            now=time.time(),
+            overlay=self.disk_chain[-1] if self.disk_chain else None,
+        )
+        log.info("starting %s: %s", self.config.name, " ".join(argv))
+        with self.paths.qemu_log.open("wb") as qemu_log:
+            self._started_mono = time.monotonic()
+            self._started_at = time.time()
+            # A session of its own: a Ctrl-C meant for the caller does not kill
+            # the machine, and the machine may outlive the process that started it.
+            self._popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )  # fmt: skip
+        self._pid = self._popen.pid
+        self._identity = None
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._popen.poll() is not None:
+                code = self._popen.returncode
+                raise MachineStartError(
+                    f"QEMU exited with status {code} while starting {self.config.name}: "
+                    f"{_tail(self.paths.qemu_log) or 'no output'}"
+                )
+            if self.paths.qmp.exists() and _qmp_greets(self.paths.qmp, timeout=2.0):
+                break
+            if time.monotonic() > deadline:
+                self.kill()
+                raise MachineStartError(
+                    f"QEMU did not answer on {self.paths.qmp} within {timeout:.0f} s; "
+                    f"see {self.paths.qemu_log}"
+                )
+            time.sleep(0.05)
+        self._identity = _proc_identity(self._pid)
+        self._save_state(argv)
+
+    def _prepare_overlay(self) -> None:
+        if self.disk_chain and self.disk_chain[-1].exists():
+            return
+        qemu_img = shutil.which("qemu-img")
+        if qemu_img is None:
+            raise QemuNotInstalled(
+                "qemu-img is not installed; install the Debian package qemu-utils"
+            )
+        boot = self.config.boot
+        overlay = self.paths.overlay
+        overlay.unlink(missing_ok=True)
+        proc = subprocess.run(
+            [qemu_img, "create", "-q", "-f", "qcow2", "-F", boot.disk_format,
+             "-b", str(boot.disk.absolute()), str(overlay)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise MachineStartError(f"cannot create disk overlay {overlay}: {proc.stderr.strip()}")
+        self.disk_chain = [overlay]
+
+    def _save_state(self, argv: list[str] | None = None) -> None:
+        state = {
+            "version": _STATE_VERSION,
+            "qemu": self.qemu,
+            "pid": self._pid,
+            "identity": self._identity,
+            "started_at": self._started_at,
+            "argv": argv,
+            "config": _config_to_json(self.config),
+            "disk_chain": [str(p) for p in self.disk_chain],
+        }
+        if argv is None and self.paths.state.exists():
+            state["argv"] = json.loads(self.paths.state.read_text()).get("argv")
+        tmp = self.paths.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, self.paths.state)
+
+    def kill(self) -> None:
+        """Kill QEMU at once (SIGKILL) and wait until it is gone; nothing if it is not running."""
+        self._signal(signal.SIGKILL, wait=10.0)
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        """Ask QEMU to exit (SIGTERM; the guest gets no say); kill it after ``timeout`` s."""
+        if not self._signal(signal.SIGTERM, wait=timeout):
+            self.kill()
+
+    def _signal(self, sig: signal.Signals, wait: float) -> bool:
+        """Send a signal to a running QEMU and wait up to ``wait`` s for it to exit."""
+        if not self.is_running() or self._pid is None:
+            return True
+        try:
+            os.kill(self._pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while self.is_running():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    async def wait_exit(self, timeout: float) -> bool:
+        """Wait for QEMU to exit.
+
+        :return: ``True`` if it exited within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while self.is_running():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def shutdown(self, timeout: float = 60.0) -> bool:
+        """Shut the guest down: ACPI power button, then QMP ``quit``, then SIGKILL.
+
+        :param timeout: seconds the guest gets to power off by itself.
+        :return: ``True`` if the guest powered off by itself.
+        """
+        if not self.is_running():
+            return True
+        try:
+            await self.monitor.powerdown()
+            if await self.wait_exit(timeout):
+                return True
+            log.warning(
+                "%s ignored the power button for %.0f s; quitting", self.config.name, timeout
+            )
+            await self.monitor.quit()
+        except MonitorError as err:
+            log.warning("%s: %s; killing it", self.config.name, err)
+        if not await self.wait_exit(5.0):
+            self.kill()
+        return False
+
+    def cleanup(self, *, remove_disk: bool = False) -> None:
+        """Kill QEMU if it runs and remove its sockets, pid file and state record.
+
+        Logs stay for post-mortems; overlays stay unless ``remove_disk``.
+        """
+        self.kill()
+        for path in (self.paths.qmp, self.paths.channel, self.paths.pidfile, self.paths.state):
+            path.unlink(missing_ok=True)
+        if remove_disk:
+            for disk in self.disk_chain:
+                disk.unlink(missing_ok=True)
+            self.disk_chain = []
+
+    def __enter__(self) -> QemuMachine:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    async def __aenter__(self) -> QemuMachine:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    # Section: watching the guest
+
+    def console_size(self) -> int:
+        """Current length of the console log; pass it as ``since`` to wait for *new* output."""
+        try:
+            return self.paths.console.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    async def wait_for_console(
+        self, pattern: str | re.Pattern[str], timeout: float, *, since: int = 0
+    ) -> re.Match[str]:
+        """Wait until the guest's serial console shows a pattern.
+
+        :param pattern: a regular expression, searched in the console text.
+        :param timeout: seconds to wait.
+        :param since: byte offset in the console log to search from.
+        :return: the match.
+        :raise MachineNotRunning: When QEMU exits first.
+        :raise RequestTimeout: When the pattern does not show in time.
+        """
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        text = ""
+        while True:
+            try:
+                with self.paths.console.open("rb") as console:
+                    console.seek(since)
+                    text = console.read().decode("utf-8", "replace")
+            except FileNotFoundError:
+                text = ""
+            match = regex.search(text)
+            if match is not None:
+                return match
+            if not self.is_running():
+                raise MachineNotRunning(
+                    f"{self.config.name} stopped before its console showed {regex.pattern!r}; "
+                    f"console: {self.paths.console}"
+                )
+            if time.monotonic() > deadline:
+                raise RequestTimeout(
+                    f"{self.config.name}: {regex.pattern!r} not on the console within "
+                    f"{timeout:.0f} s; console: {self.paths.console}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def wait_for_boot(self, timeout: float = 120.0, *, since: int = 0) -> BootReport:
+        """Wait until systemd in a vmis test image reaches multi-user.target.
+
+        Relies on the image's announcement unit (:data:`~vmis.qemu.image.BOOT_MARKER`).
+
+        :raise MachineStartError: When the initramfs reports it cannot mount the root.
+        :raise MachineNotRunning: When QEMU exits first.
+        :raise RequestTimeout: When the guest does not get there in time.
+        """
+        match = await self.wait_for_console(
+            rf"{BOOT_MARKER} uptime=(\S+) failed=(\S+)|{INITRAMFS_FAILURE}: (.*)",
+            timeout,
+            since=since,
+        )
+        if match.group(3) is not None:
+            raise MachineStartError(f"{self.config.name} cannot boot: {match.group(3).strip()}")
+        failed = (
+            () if match.group(2) == "none" else tuple(u for u in match.group(2).split(",") if u)
+        )
+        started = self._started_mono
+        seconds = time.monotonic() - started if started is not None else float("nan")
+        return BootReport(seconds=seconds, guest_uptime=float(match.group(1)), failed_units=failed)
+
+    async def wait_for_channel(
+        self, timeout: float = 60.0, *, chardev: str = AGENT_CHARDEV_ID
+    ) -> Path:
+        """Wait until the guest opens the agent's virtio-serial port.
+
+        Before that, QEMU keeps host writes queued and drops guest writes
+        (feasibility.md §8), so a host waits here before its first request.
+
+        :return: the host end of the channel (:attr:`MachinePaths.channel`).
+        :raise MachineNotRunning: When QEMU exits first.
+        :raise RequestTimeout: When the port is not opened in time.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self._require_running()
+            if await self.monitor.chardev_open(chardev):
+                return self.paths.channel
+            if time.monotonic() > deadline:
+                raise RequestTimeout(
+                    f"{self.config.name}: the guest did not open its agent port "
+                    f"within {timeout:.0f} s"
+                )
+            await asyncio.sleep(0.2)
+
+    # Section: hypervisor operations
+
+    @property
+    def monitor(self) -> QmpMonitor:
+        """QMP commands to this machine."""
+        return QmpMonitor(self.paths.qmp)
+
+    def _require_running(self) -> None:
+        if not self.is_running():
+            raise MachineNotRunning(f"machine {self.config.name} is not running")
+
+    async def status(self) -> str:
+        """``"off"`` without a QEMU process, else QMP's run state (``"running"``, ``"paused"``)."""
+        if not self.is_running():
+            return "off"
+        try:
+            return await self.monitor.status()
+        except MonitorError:
+            if not self.is_running():  # exited between the two checks
+                return "off"
+            raise
+
+    async def pause(self) -> None:
+        """Freeze the virtual CPUs."""
+        self._require_running()
+        await self.monitor.pause()
+
+    async def resume(self) -> None:
+        """Resume the virtual CPUs."""
+        self._require_running()
+        await self.monitor.resume()
+
+    async def powerdown(self) -> None:
+        """Press the ACPI power button; returns at once (see :meth:`wait_exit`)."""
+        self._require_running()
+        await self.monitor.powerdown()
+
+    async def quit(self, timeout: float = 10.0) -> None:
+        """End QEMU through QMP ``quit``; wait for the process to go, kill it after ``timeout``."""
+        self._require_running()
+        await self.monitor.quit()
+        if not await self.wait_exit(timeout):
+            self.kill()
+
+    async def insert_cdrom(self, image: Path) -> None:
+        """Put a disc image into the CD-ROM drive (replacing any disc)."""
+        self._require_running()
+        if not self.config.cdrom:
+            raise StateError(f"machine {self.config.name} has no CD-ROM drive")
+        await self.monitor.insert_cdrom(image.absolute())
+
+    async def eject_cdrom(self) -> None:
+        """Eject the disc from the CD-ROM drive."""
+        self._require_running()
+        if not self.config.cdrom:
+            raise StateError(f"machine {self.config.name} has no CD-ROM drive")
+        await self.monitor.eject_cdrom()
+
+    async def snapshot(self, target: Path | None = None) -> BlockSnapshot:
+        """Take an external block snapshot of the root disk (``blockdev-snapshot-sync``).
+
+        Only for :attr:`DiskMode.OVERLAY`: with ``snapshot=on`` QEMU's
+        temporary overlay is deleted at exit, so there would be nothing to keep.
+        The new overlay becomes the disk this machine boots from next time.
+
+        :param target: the new overlay; default ``disk-<n>.qcow2`` in the work directory.
+        :return: :attr:`BlockSnapshot.frozen` holds the point-in-time disk.
+        :raise StateError: When the machine does not run with an overlay.
+        """
+        self._require_running()
+        if self.config.disk_mode is not DiskMode.OVERLAY:
+            raise StateError(f"machine {self.config.name}: block snapshots need disk_mode=overlay")
+        if target is None:
+            target = self.paths.workdir / f"disk-{len(self.disk_chain)}.qcow2"
+        snap = await self.monitor.block_snapshot(target.absolute())
+        self.disk_chain.append(target.absolute())
+        self._save_state()
+        return snap
