@@ -1,0 +1,20 @@
+"""Linux guests on real Hyper-V: the user-space half of ``hv_utils``.
+
+The kernel module ``hv_utils`` carries the Hyper-V integration services; for
+Data Exchange (KVP), Backup (VSS) and Guest Service Interface (file copy) it
+forwards each host request to a user-space daemon through a character device
+(``/dev/vmbus/hv_kvp``, ``hv_vss``, ``hv_fcopy``).  This package is those
+daemons, in Python and standard library only, speaking the kernel's own
+message layouts byte for byte (docs/hyperv-daemons.md):
+
+``constants``  operation, status (HRESULT) and version codes
+``messages``   ``struct`` layouts of every message, sizes asserted
+``utf``        the kernel's UTF-16 <-> UTF-8 converters, quirks included
+``device``     the character device, or a SOCK_SEQPACKET socket standing in for it
+``daemon``     the loop every daemon shares: registration, reopen, SIGTERM, pid file
+``kvp`` / ``vss`` / ``fcopy``   the three request handlers (sans-IO: bytes in, bytes out)
+``netinfo``    interface addresses and routes via rtnetlink (the daemon's getifaddrs)
+``scripts``    Python equivalents of hv_get_dhcp_info, hv_get_dns_info, hv_set_ifconfig
+``emulator``   the hv_utils side, for tests: a SOCK_SEQPACKET server that plays the kernel
+``cli``        ``vmis-guest hyperv kvp|vss|fcopy``
+"""
