@@ -168,11 +168,21 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+def _all_commands() -> tuple[Command, ...]:
+    # vmis.cli.guest_commands.<key>.COMMANDS: guest tools of each service
+    from vmis.services.plugins import service_modules
+
+    found = list(COMMANDS)
+    for _, module in service_modules("vmis.cli.guest_commands.{key}"):
+        found.extend(module.COMMANDS)
+    return tuple(found)
+
+
 def _help() -> str:
     lines = [f"vmis-guest {vmis.__version__}: the vmis guest agent and tools", "",
              "usage: vmis-guest [--root DIR] [--config FILE] COMMAND [parameters]", "",
              "commands:"]
-    lines += [f"  {c.name:32} {c.summary}" for c in COMMANDS]
+    lines += [f"  {c.name:32} {c.summary}" for c in _all_commands()]
     lines += ["", "Run 'vmis-guest COMMAND -?' for a command's parameters.",
               f"Guest services: {', '.join(s.guest_name for s in CATALOG)}",
               f"Startup types: {', '.join(t.title for t in StartupType)}"]
@@ -199,7 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if words[0] == "--version":
             print(vmis.__version__)
             return 0
-        cmd = find_command(COMMANDS, words[0])
+        commands = _all_commands()
+        if len(words) > 1 and words[0].lower() in {c.name.split()[0].lower() for c in commands
+                                                     if " " in c.name}:
+            cmd = find_command(commands, f"{words[0]} {words[1]}")
+            words = [cmd.name, *words[2:]]
+        else:
+            cmd = find_command(commands, words[0])
         if cmd.rest is not None:
             args: dict[str, Any] = {"args": words[1:]}
         elif any(w in ("-h", "--help", "-?") for w in words[1:]):

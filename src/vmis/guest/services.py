@@ -10,14 +10,17 @@ from __future__ import annotations
 from vmis.errors import ConfigError
 from vmis.protocol.services import Version
 from vmis.services.base import GuestService
-from vmis.services.heartbeat.guest import HeartbeatService
+from vmis.services.plugins import service_modules
 
 __all__ = ["available_services", "parse_offer"]
 
 
 def available_services() -> list[type[GuestService]]:
-    """Every guest service half implemented in this release."""
-    return [HeartbeatService]
+    """Every guest service half installed: ``vmis.services.<key>.guest.SERVICE``."""
+    services: list[type[GuestService]] = [
+        module.SERVICE for _, module in service_modules("vmis.services.{key}.guest")
+    ]
+    return services
 
 
 def parse_offer(

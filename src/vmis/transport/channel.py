@@ -193,6 +193,11 @@ class Channel(asyncio.Protocol):
     # Section: public interface (upper half)
 
     @property
+    def lost_reason(self) -> str:
+        """Why the session ended, or "" while it has not."""
+        return self._lost_reason
+
+    @property
     def running(self) -> bool:
         """True while the session is RUNNING (handshake done, not lost)."""
         return self.conn.state is State.RUNNING

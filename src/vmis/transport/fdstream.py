@@ -35,7 +35,7 @@ class FdStreamTransport(asyncio.Transport):
         self._loop = loop
         self._fd = fd
         self._protocol = protocol
-        self._buffer: collections.deque[memoryview] = collections.deque()
+        self._buffer: collections.deque[bytes | memoryview] = collections.deque()
         self._buffered = 0
         self._closing = False
         self._reading = True
@@ -104,7 +104,7 @@ class FdStreamTransport(asyncio.Transport):
 
     def _write_ready(self) -> None:
         while self._buffer:
-            view = self._buffer[0]
+            view = memoryview(self._buffer[0])
             try:
                 n = os.write(self._fd, view)
             except (BlockingIOError, InterruptedError):

@@ -21,7 +21,7 @@ from vmis.services.base import GuestContext, GuestService
 from vmis.services.catalog import by_key
 from vmis.services.heartbeat import DEFAULT_INTERVAL_MS, HeartbeatOp
 
-__all__ = ["HeartbeatService", "run_checks"]
+__all__ = ["SERVICE", "HeartbeatService", "run_checks"]
 
 HEALTH_DIR = "/etc/vmis/health.d"
 _MIN_INTERVAL_MS = 100
@@ -123,3 +123,7 @@ class HeartbeatService(GuestService):
                     encode_json({"health": health, "failed": failed}),
                 )
             await asyncio.sleep(cfg.health_interval)
+
+
+#: the agent offers the service this module defines (vmis.guest.services)
+SERVICE = HeartbeatService

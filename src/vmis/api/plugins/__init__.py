@@ -1,0 +1,1 @@
+"""API routers of the data-plane services, one module per service key (see vmis.api.routes)."""

@@ -1,0 +1,88 @@
+"""``vmis host serve``: the host manager with its API on a Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from vmis.api.app import create_app
+from vmis.errors import ConfigError
+from vmis.host.manager import HostManager
+from vmis.host.store import Store
+
+__all__ = ["bind_socket", "serve"]
+
+_log = logging.getLogger("vmis.host")
+
+
+class _Server(uvicorn.Server):
+    # uvicorn captures SIGTERM/SIGINT and re-raises them once it has stopped,
+    # which would end the process before the manager closes its sessions;
+    # serve() handles the signals itself instead.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Bind the API socket with mode 0600 from the start (uvicorn would make it 0666).
+
+    :raise ConfigError: When another manager is answering there already.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+        else:
+            raise ConfigError(f"a host manager is already running on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return sock
+
+
+async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None) -> None:
+    """Run the manager until SIGTERM/SIGINT or cancellation."""
+    from vmis.api.routes import api_routers
+    from vmis.host.services import notification_hooks, setup
+
+    store = Store(db_url)
+    sock = bind_socket(socket_path)
+    manager = HostManager(store, notification_hooks())
+    setup(manager)
+    await manager.start()
+    app = create_app(manager, api_routers())
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    _log.info("host manager listening on %s (database %s)", socket_path, db_url)
+    try:
+        serve_task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serve_task.done():
+            await asyncio.sleep(0.02)
+        if ready is not None:
+            ready.set()
+        await serve_task
+    finally:
+        await manager.close()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()

@@ -1,0 +1,285 @@
+"""``vmis``: the host command line, in Hyper-V's cmdlet shapes.
+
+Every command is a thin call of the host manager's API (vmis.api), except
+``host serve`` (which runs the manager) and ``lab`` (which starts lab VMs).
+Verbs and parameters are case-insensitive; ``--json`` prints what scripts
+should parse; errors are one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import vmis
+from vmis.api.client import ApiClient
+from vmis.cli.psargs import Command, Param, UsageError, find_command, parse, usage
+from vmis.cli.table import Column, format_table
+from vmis.errors import VmisError
+
+__all__ = ["COMMANDS", "main"]
+
+JSON = Param("json", "switch", help="print JSON for scripts")
+
+
+def _out(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def warn(text: str) -> None:
+    """PowerShell's WARNING stream: stderr, so tables on stdout stay parseable."""
+    print(f"WARNING: {text}", file=sys.stderr)
+
+
+# Section: integration services
+
+
+SERVICE_COLUMNS = [Column("VMName", min_width=11), Column("Name"), Column("Enabled"),
+                   Column("PrimaryStatusDescription"), Column("SecondaryStatusDescription")]
+
+
+def print_services(rows: list[dict[str, Any]]) -> None:
+    """Get-VMIntegrationService's table (SPEC.md §4), reasons as warnings."""
+    print(format_table(SERVICE_COLUMNS, [
+        (r["VMName"], r["Name"], r["Enabled"], r["PrimaryStatusDescription"],
+         r["SecondaryStatusDescription"]) for r in rows
+    ]))
+    for r in rows:
+        if r["Reason"]:
+            warn(f"{r['VMName']}: {r['Name']}: {r['PrimaryStatusDescription']}: {r['Reason']}")
+
+
+def cmd_get_services(api: ApiClient, args: dict[str, Any]) -> int:
+    params = {"vm": args["VMName"]}
+    if args["Name"]:
+        params["name"] = args["Name"]
+    rows = api.call("GET", "/services", params=params)
+    if args["json"]:
+        _out(rows)
+    else:
+        print_services(rows)
+    return 0
+
+
+def _set_services(api: ApiClient, args: dict[str, Any], enable: bool, verb: str) -> int:
+    results = api.call("POST", f"/services/{'enable' if enable else 'disable'}",
+                       json={"vms": args["VMName"], "names": args["Name"]})
+    failed = [r for r in results if r["Error"]]
+    if args["json"]:
+        _out(results)
+    else:
+        for r in failed:
+            print(f"{verb}: {r['Error']}", file=sys.stderr)
+        pending = sorted({r["VMName"] for r in results if not r["Applied"] and not r["Error"]})
+        for name in pending:
+            warn(f"{name}: no guest agent connected; the change is saved and applies when it "
+                 "connects")
+        if args["Passthru"]:
+            names = sorted({r["Name"] for r in results})
+            print_services(api.call("GET", "/services",
+                                    params={"vm": args["VMName"], "name": names}))
+    return 1 if failed else 0
+
+
+def cmd_enable(api: ApiClient, args: dict[str, Any]) -> int:
+    return _set_services(api, args, True, "Enable-VMIntegrationService")
+
+
+def cmd_disable(api: ApiClient, args: dict[str, Any]) -> int:
+    return _set_services(api, args, False, "Disable-VMIntegrationService")
+
+
+# Section: VM registry
+
+
+def cmd_vm_add(api: ApiClient, args: dict[str, Any]) -> int:
+    vm = api.call("POST", "/vms", json={
+        "name": args["Name"], "channel": args["Channel"], "qmp": args["Qmp"],
+        "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
+    })
+    if args["json"]:
+        _out(vm)
+    else:
+        print(f"VM {vm['Name']} registered ({vm['Channel']}), id {vm['Id']}")
+    return 0
+
+
+def cmd_vm_list(api: ApiClient, args: dict[str, Any]) -> int:
+    vms = api.call("GET", "/vms")
+    if args["json"]:
+        _out(vms)
+        return 0
+    print(format_table(
+        [Column("Name"), Column("Connected"), Column("Heartbeat"), Column("AgentVersion"),
+         Column("Channel")],
+        [(v["Name"], v["Connected"], v["Heartbeat"], v["AgentVersion"] or "", v["Channel"])
+         for v in vms],
+    ))
+    return 0
+
+
+def cmd_vm_remove(api: ApiClient, args: dict[str, Any]) -> int:
+    for name in args["Name"]:
+        vm = api.call("DELETE", f"/vms/{name}")
+        if not args["json"]:
+            print(f"VM {vm['Name']} removed")
+    return 0
+
+
+def cmd_vm_set(api: ApiClient, args: dict[str, Any]) -> int:
+    patch = {"channel": args["Channel"], "qmp": args["Qmp"],
+             "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
+             "heartbeat_latency_ms": args["HeartbeatLatencyMs"],
+             "heartbeat_error_threshold": args["HeartbeatErrorThreshold"]}
+    vm = api.call("PATCH", f"/vms/{args['Name']}",
+                  json={k: v for k, v in patch.items() if v is not None})
+    if args["json"]:
+        _out(vm)
+    return 0
+
+
+# Section: the manager itself
+
+
+def cmd_host_serve(args: dict[str, Any]) -> int:
+    from vmis.api.client import SYSTEM_SOCKET
+    from vmis.api.server import serve
+
+    socket_path = Path(args["Socket"] or os.environ.get("VMIS_SOCKET") or SYSTEM_SOCKET)
+    db = args["Db"] or "sqlite:////var/lib/vmis/host.db"
+    if db.startswith("sqlite:///"):
+        Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=args["LogLevel"].upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(db, socket_path))
+    return 0
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("Get-VMIntegrationService", "List a VM's integration services and their status.", (
+        Param("VMName", "list", required=True, position=0, aliases=("VM",),
+              help="VM names; wildcards allowed"),
+        Param("Name", "list", position=1, help="service names; wildcards allowed"), JSON,
+    ), cmd_get_services, aliases=("services", "gvmis"),
+        examples=('vmis Get-VMIntegrationService -VMName DemoVM',)),
+    Command("Enable-VMIntegrationService", "Let a VM use integration services.", (
+        Param("Name", "list", required=True, position=0, help='service names, "*" for all'),
+        Param("VMName", "list", required=True, position=1, aliases=("VM",),
+              help="VM names; wildcards allowed"),
+        Param("Passthru", "switch", help="print the resulting rows"), JSON,
+    ), cmd_enable, aliases=("enable",),
+        examples=('vmis Enable-VMIntegrationService -VMName DemoVM -Name "Guest Service '
+                  'Interface"',)),
+    Command("Disable-VMIntegrationService", "Stop a VM from using integration services.", (
+        Param("Name", "list", required=True, position=0, help='service names, "*" for all'),
+        Param("VMName", "list", required=True, position=1, aliases=("VM",),
+              help="VM names; wildcards allowed"),
+        Param("Passthru", "switch", help="print the resulting rows"), JSON,
+    ), cmd_disable, aliases=("disable",)),
+    Command("vm add", "Register a VM with the host manager.", (
+        Param("Name", required=True, position=0),
+        Param("Channel", required=True,
+              help="unix:/path | vsock:CID:PORT | hvsock:/path:PORT"),
+        Param("Qmp", help="QEMU QMP socket of the VM"),
+        Param("HeartbeatIntervalMs", "int", help="heartbeat interval (default 2000)"), JSON,
+    ), cmd_vm_add),
+    Command("vm list", "List registered VMs.", (JSON,), cmd_vm_list),
+    Command("vm set", "Change a registered VM's settings.", (
+        Param("Name", required=True, position=0), Param("Channel"), Param("Qmp"),
+        Param("HeartbeatIntervalMs", "int"), Param("HeartbeatLatencyMs", "int"),
+        Param("HeartbeatErrorThreshold", "int"), JSON,
+    ), cmd_vm_set),
+    Command("vm remove", "Unregister VMs.", (Param("Name", "list", required=True, position=0),
+                                             JSON), cmd_vm_remove),
+)
+
+LOCAL_COMMANDS: tuple[Command, ...] = (
+    Command("host serve", "Run the host manager (API on a Unix socket, mode 0600).", (
+        Param("Db", help="SQLAlchemy URL (default sqlite:////var/lib/vmis/host.db)"),
+        Param("Socket", help="API socket (default /run/vmis/host.sock, or $VMIS_SOCKET)"),
+        Param("LogLevel", choices=("debug", "info", "warning", "error"), default="info"),
+    ), cmd_host_serve),
+)
+
+
+def _service_commands() -> tuple[Command, ...]:
+    # vmis.cli.host_commands.<key>.COMMANDS: API commands of each data-plane service
+    from vmis.services.plugins import service_modules
+
+    found: list[Command] = []
+    for _, module in service_modules("vmis.cli.host_commands.{key}"):
+        found.extend(module.COMMANDS)
+    return tuple(found)
+
+
+def _all_commands() -> tuple[Command, ...]:
+    from vmis.cli.labcmd import LAB_COMMANDS
+
+    return COMMANDS + _service_commands() + LOCAL_COMMANDS + LAB_COMMANDS
+
+
+def _help(commands: Sequence[Command]) -> str:
+    lines = [f"vmis {vmis.__version__}: integration services for virtual machines (host)", "",
+             "usage: vmis COMMAND [parameters]   (verbs and parameters are case-insensitive)",
+             "", "commands:"]
+    for c in commands:
+        alias = f" (alias: {', '.join(c.aliases)})" if c.aliases else ""
+        lines.append(f"  {c.name:30} {c.summary}{alias}")
+    lines += ["", "Run 'vmis COMMAND -?' for a command's parameters.",
+              "The manager's socket: $VMIS_SOCKET, else ./.vmis-lab/host.sock when a lab runs, "
+              "else /run/vmis/host.sock."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``vmis``; returns the exit status."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    commands = _all_commands()
+    try:
+        if not words or words[0] in ("-h", "--help", "-?", "help"):
+            print(_help(commands))
+            return 0 if words else 2
+        if words[0] == "--version":
+            print(vmis.__version__)
+            return 0
+        if len(words) > 1 and words[0].lower() in ("host", "vm", "lab"):
+            cmd = find_command(commands, f"{words[0]} {words[1]}")
+            rest = words[2:]
+        else:
+            cmd = find_command(commands, words[0])
+            rest = words[1:]
+        if cmd.rest is None and any(w in ("-h", "--help", "-?") for w in rest):
+            print(usage(cmd))
+            return 0
+        if cmd.name == "lab guest":
+            # Everything after the VM name belongs to vmis-guest, dashes included.
+            if not rest:
+                raise UsageError("lab guest: name a lab VM: vmis lab guest NAME ARGS...")
+            args = {"Name": rest[0], "args": rest[2:] if rest[1:2] == ["--"] else rest[1:]}
+        else:
+            args = parse(cmd, rest)
+        if cmd not in LOCAL_COMMANDS and not cmd.name.startswith("lab "):
+            with ApiClient() as api:
+                code: int = cmd.run(api, args)
+        else:
+            code = cmd.run(args)
+        return code
+    except VmisError as exc:
+        name = words[0] if words else "vmis"
+        prefix = "vmis" if isinstance(exc, UsageError) else name
+        print(f"{prefix}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

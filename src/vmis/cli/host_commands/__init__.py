@@ -1,0 +1,1 @@
+"""Host commands of the data-plane services, one module per service key, each with COMMANDS."""

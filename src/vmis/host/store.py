@@ -1,0 +1,215 @@
+"""The host manager's persistent state, through SQLAlchemy Core.
+
+SQLite by default (``sqlite:///path``); any SQLAlchemy URL works, so a
+fleet can point several tools at one PostgreSQL database (``--db
+postgresql+psycopg://...``). Tables are created on first use.
+
+Only plain values cross this module's boundary (:class:`VmRecord` and dicts);
+no SQLAlchemy object leaks into the manager.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from vmis.errors import ConfigError, NotFoundError, StateError
+from vmis.services.catalog import HOST_SERVICES
+from vmis.services.heartbeat import (
+    DEFAULT_ERROR_THRESHOLD,
+    DEFAULT_INTERVAL_MS,
+    DEFAULT_LATENCY_MS,
+)
+
+__all__ = ["Store", "VmRecord", "metadata"]
+
+metadata = sa.MetaData()
+
+vms = sa.Table(
+    "vms",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    #: lower-case name: VM names are case-insensitive, as in Hyper-V
+    sa.Column("name_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("channel", sa.String(1024), nullable=False),
+    #: QMP socket of a QEMU VM (hypervisor operations), if any
+    sa.Column("qmp", sa.String(1024)),
+    #: "external", "lab" or "qemu": who starts and stops the VM
+    sa.Column("kind", sa.String(16), nullable=False, server_default="external"),
+    sa.Column("heartbeat_interval_ms", sa.Integer, nullable=False,
+              server_default=str(DEFAULT_INTERVAL_MS)),
+    sa.Column("heartbeat_latency_ms", sa.Integer, nullable=False,
+              server_default=str(DEFAULT_LATENCY_MS)),
+    sa.Column("heartbeat_error_threshold", sa.Integer, nullable=False,
+              server_default=str(DEFAULT_ERROR_THRESHOLD)),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+)
+
+service_settings = sa.Table(
+    "service_settings",
+    metadata,
+    sa.Column("vm_id", sa.String(36), sa.ForeignKey("vms.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("service", sa.String(32), primary_key=True),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VmRecord:
+    """A registered VM and its host-side settings."""
+
+    id: str
+    name: str
+    channel: str
+    qmp: str | None
+    kind: str
+    heartbeat_interval_ms: int
+    heartbeat_latency_ms: int
+    heartbeat_error_threshold: int
+    #: service key -> enabled on the host
+    enabled: dict[str, bool]
+
+
+class Store:
+    """Registry of VMs and their desired service state.
+
+    :param url: an SQLAlchemy database URL.
+    :raise ConfigError: When the database cannot be opened.
+    """
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.engine: Engine = sa.create_engine(url)
+            if self.engine.dialect.name == "sqlite":
+                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            metadata.create_all(self.engine)
+        except (SQLAlchemyError, ValueError) as exc:
+            raise ConfigError(f"cannot open the database {url!r}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StateError(f"database error: {exc.orig}") from exc
+
+    # Section: VMs
+
+    def add_vm(self, name: str, channel: str, *, qmp: str | None = None,
+               kind: str = "external", heartbeat_interval_ms: int | None = None) -> VmRecord:
+        """Register a VM with the default service settings (SPEC.md §2).
+
+        :raise StateError: When a VM of that name exists.
+        """
+        vm_id = str(uuid.uuid4())
+        values: dict[str, Any] = dict(
+            id=vm_id, name=name, name_key=name.lower(), channel=channel, qmp=qmp, kind=kind,
+            created=datetime.now(UTC),
+        )
+        if heartbeat_interval_ms is not None:
+            values["heartbeat_interval_ms"] = heartbeat_interval_ms
+        try:
+            with self._tx() as conn:
+                conn.execute(vms.insert().values(**values))
+                conn.execute(service_settings.insert(), [
+                    {"vm_id": vm_id, "service": s.key, "enabled": s.default_enabled}
+                    for s in HOST_SERVICES
+                ])
+        except IntegrityError:
+            raise StateError(f"a VM named {name!r} is already registered") from None
+        return self.get_vm(name)
+
+    def update_vm(self, name: str, **values: Any) -> VmRecord:
+        """Change a VM's channel, QMP socket or heartbeat settings."""
+        vm = self.get_vm(name)
+        with self._tx() as conn:
+            conn.execute(vms.update().where(vms.c.id == vm.id).values(**values))
+        return self.get_vm(name)
+
+    def remove_vm(self, name: str) -> VmRecord:
+        """Unregister a VM.
+
+        :raise NotFoundError: When there is no such VM.
+        """
+        vm = self.get_vm(name)
+        with self._tx() as conn:
+            conn.execute(service_settings.delete().where(service_settings.c.vm_id == vm.id))
+            conn.execute(vms.delete().where(vms.c.id == vm.id))
+        return vm
+
+    def get_vm(self, name: str) -> VmRecord:
+        """Look a VM up by name, case-insensitively.
+
+        :raise NotFoundError: When there is no such VM.
+        """
+        found = self._load(vms.c.name_key == name.lower())
+        if not found:
+            raise NotFoundError(f"no VM named {name!r} is registered (see 'vmis vm list')")
+        return found[0]
+
+    def list_vms(self) -> list[VmRecord]:
+        """Every registered VM, by name."""
+        return self._load(None)
+
+    def _load(self, where: Any) -> list[VmRecord]:
+        query = sa.select(vms).order_by(vms.c.name_key)
+        if where is not None:
+            query = query.where(where)
+        with self._tx() as conn:
+            rows = conn.execute(query).mappings().all()
+            ids = [r["id"] for r in rows]
+            settings: dict[str, dict[str, bool]] = {i: {} for i in ids}
+            if ids:
+                for s in conn.execute(
+                    sa.select(service_settings).where(service_settings.c.vm_id.in_(ids))
+                ).mappings():
+                    settings[s["vm_id"]][s["service"]] = bool(s["enabled"])
+        return [
+            VmRecord(
+                id=r["id"], name=r["name"], channel=r["channel"], qmp=r["qmp"], kind=r["kind"],
+                heartbeat_interval_ms=r["heartbeat_interval_ms"],
+                heartbeat_latency_ms=r["heartbeat_latency_ms"],
+                heartbeat_error_threshold=r["heartbeat_error_threshold"],
+                enabled={s.key: settings[r["id"]].get(s.key, s.default_enabled)
+                         for s in HOST_SERVICES},
+            )
+            for r in rows
+        ]
+
+    # Section: services
+
+    def set_enabled(self, changes: Iterable[tuple[str, str, bool]]) -> None:
+        """Record ``(vm_id, service key, enabled)`` changes in one transaction."""
+        rows = [{"vm_id": v, "service": s, "enabled": e} for v, s, e in changes]
+        if not rows:
+            return
+        with self._tx() as conn:
+            for row in rows:
+                updated = conn.execute(
+                    service_settings.update()
+                    .where(service_settings.c.vm_id == row["vm_id"])
+                    .where(service_settings.c.service == row["service"])
+                    .values(enabled=row["enabled"])
+                )
+                if updated.rowcount == 0:
+                    conn.execute(service_settings.insert().values(**row))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the CLI read while the manager writes; foreign keys for CASCADE.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -1,0 +1,272 @@
+"""The lab: a host manager and local lab VMs, for demos and tests.
+
+A lab VM is an honest stand-in for a guest: a separate ``vmis-guest run``
+process with its own root directory (its config, state, hooks and file-copy
+destinations all resolve inside it) and fake clock, power and freeze
+adapters, reached by the host only through its channel socket. Everything
+lives in one directory, ``./.vmis-lab`` or ``$VMIS_LAB_DIR``::
+
+    .vmis-lab/
+      host.sock host.db host.log host.pid     the host manager
+      vms/<name>/root/                        the lab VM's filesystem
+      vms/<name>/agent.log agent.pid          its agent process
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmis.api.client import ApiClient
+from vmis.errors import ConnectError, NotFoundError, StateError, VmisError
+
+__all__ = ["Lab", "LabVm"]
+
+#: seconds to wait for a process to come up
+START_TIMEOUT = 20.0
+
+
+def pid_alive(pid: int | None, marker: str = "vmis") -> bool:
+    """True if *pid* runs a vmis process (not a recycled pid)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+        return False  # a zombie: exited, not yet reaped
+    return marker.encode() in cmdline
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid in a pid file, or None."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    """Poll *check* until true.
+
+    :raise StateError: On timeout, pointing at the log file.
+    """
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            hint = f"; see {log}" if log else ""
+            raise StateError(f"{what} did not come up within {timeout:g} s{hint}")
+        time.sleep(0.05)
+
+
+def stop_pid(pid: int | None, timeout: float = 10.0) -> bool:
+    """SIGTERM a process and wait for it (SIGKILL after *timeout*); True if it ran."""
+    if not pid_alive(pid):
+        return False
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, env=env)
+    return proc.pid
+
+
+@dataclass
+class LabVm:
+    """One lab VM's directory and process."""
+
+    name: str
+    dir: Path
+
+    @property
+    def root(self) -> Path:
+        return self.dir / "root"
+
+    @property
+    def channel_path(self) -> Path:
+        return self.root / "run/vmis/channel.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "agent.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "agent.log"
+
+    @property
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid_alive(pid) else None
+
+    def status(self) -> dict[str, Any]:
+        """Name, agent pid, root directory, running or not."""
+        pid = self.pid
+        return {"Name": self.name, "Pid": pid, "Root": str(self.root), "Running": pid is not None,
+                "Log": str(self.log)}
+
+
+class Lab:
+    """The lab directory and what runs from it."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.dir = (directory or Path(os.environ.get("VMIS_LAB_DIR", ".vmis-lab"))).absolute()
+
+    # Section: host manager
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "host.sock"
+
+    def api(self) -> ApiClient:
+        return ApiClient(self.socket)
+
+    def host_pid(self) -> int | None:
+        pid = read_pid(self.dir / "host.pid")
+        return pid if pid_alive(pid) else None
+
+    def _host_answers(self) -> bool:
+        try:
+            with self.api() as api:
+                api.call("GET", "/ping", timeout=2)
+            return True
+        except ConnectError:
+            return False
+
+    def ensure_host(self) -> int:
+        """Start the lab's host manager unless one answers; return its pid."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pid = self.host_pid()
+        if pid and self._host_answers():
+            return pid
+        stop_pid(pid)
+        log = self.dir / "host.log"
+        argv = [sys.executable, "-m", "vmis.cli.host", "host", "serve",
+                "-Db", f"sqlite:///{self.dir / 'host.db'}", "-Socket", str(self.socket)]
+        pid = _spawn(argv, log)
+        (self.dir / "host.pid").write_text(f"{pid}\n")
+        wait_for(self._host_answers, START_TIMEOUT, "the lab host manager", log)
+        return pid
+
+    # Section: lab VMs
+
+    def vm(self, name: str) -> LabVm:
+        return LabVm(name, self.dir / "vms" / name)
+
+    def vms(self) -> list[LabVm]:
+        base = self.dir / "vms"
+        if not base.is_dir():
+            return []
+        return [self.vm(p.name) for p in sorted(base.iterdir()) if p.is_dir()]
+
+    def _write_config(self, vm: LabVm) -> None:
+        conf = vm.root / "etc/vmis/agent.conf"
+        if conf.exists():
+            return
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(
+            "# lab VM: every path below resolves inside this root directory\n"
+            "[agent]\nchannel = unix:/run/vmis/channel.sock\nadapters = fake\n"
+            "\n[heartbeat]\nhealth_interval = 1\nhealth_timeout = 5\n"
+        )
+
+    def start_vm(self, name: str, clock_offset: float | None = None) -> LabVm:
+        """Start a lab VM's agent unless it runs; register it with the host."""
+        if not name or "/" in name or name.startswith("."):
+            raise StateError(f"invalid lab VM name {name!r}")
+        vm = self.vm(name)
+        self._write_config(vm)
+        if clock_offset is not None:
+            clock = vm.root / "var/lib/vmis/clock.json"
+            clock.parent.mkdir(parents=True, exist_ok=True)
+            clock.write_text(json.dumps({"offset_ns": int(clock_offset * 1e9)}))
+        if vm.pid is None:
+            with contextlib.suppress(FileNotFoundError):
+                (vm.root / "var/lib/vmis/power.json").unlink()
+            argv = [sys.executable, "-m", "vmis.cli.guest", "--root", str(vm.root), "run"]
+            pid = _spawn(argv, vm.log)
+            vm.pid_file.write_text(f"{pid}\n")
+            wait_for(lambda: vm.channel_path.is_socket() or not pid_alive(pid), START_TIMEOUT,
+                     f"lab VM {name}", vm.log)
+            if not pid_alive(pid):
+                raise StateError(f"lab VM {name} exited at start; see {vm.log}")
+        with self.api() as api:
+            try:
+                api.call("POST", "/vms", json={"name": name, "kind": "lab",
+                                               "channel": f"unix:{vm.channel_path}"})
+            except StateError:
+                api.call("PATCH", f"/vms/{name}", json={"channel": f"unix:{vm.channel_path}"})
+            api.call("POST", f"/vms/{name}/reconnect")
+        return vm
+
+    def wait_ready(self, names: list[str], timeout: float = START_TIMEOUT) -> None:
+        """Wait until every named VM's heartbeat is OK."""
+        def ready() -> bool:
+            with self.api() as api:
+                vms = {v["Name"]: v for v in api.call("GET", "/vms")}
+            return all(vms.get(n, {}).get("Heartbeat") == "Ok" for n in names)
+
+        wait_for(ready, timeout, f"the heartbeat of {', '.join(names)}", self.dir / "host.log")
+
+    def stop_vm(self, name: str) -> bool:
+        """Stop a lab VM's agent (SIGTERM); True if it was running."""
+        vm = self.vm(name)
+        if not vm.dir.is_dir():
+            raise NotFoundError(f"no lab VM named {name!r}")
+        return stop_pid(read_pid(vm.pid_file))
+
+    def down(self, names: list[str] | None) -> list[str]:
+        """Stop the named lab VMs, or all of them and the host manager."""
+        targets = names or [vm.name for vm in self.vms()]
+        stopped = [n for n in targets if self.stop_vm(n)]
+        if not names:
+            stop_pid(read_pid(self.dir / "host.pid"))
+        return stopped
+
+    def status(self) -> dict[str, Any]:
+        """The host manager and every lab VM, for ``lab status``."""
+        return {"Directory": str(self.dir), "HostPid": self.host_pid(),
+                "HostSocket": str(self.socket), "VMs": [vm.status() for vm in self.vms()]}
+
+    def guest(self, name: str, argv: list[str]) -> int:
+        """Run a ``vmis-guest`` command against a lab VM."""
+        from vmis.cli.guest import main as guest_main
+
+        vm = self.vm(name)
+        if not vm.root.is_dir():
+            raise NotFoundError(f"no lab VM named {name!r} (start it with 'vmis lab up {name}')")
+        return guest_main(["--root", str(vm.root), *argv])
+
+
+def run_lab_up(lab: Lab, names: list[str], clock_offset: float | None,
+               timeout: float = START_TIMEOUT) -> list[LabVm]:
+    """``vmis lab up``: host manager, then each VM, then wait for heartbeats."""
+    lab.ensure_host()
+    vms = [lab.start_vm(name, clock_offset) for name in names]
+    try:
+        lab.wait_ready(names, timeout)
+    except VmisError as exc:
+        raise StateError(f"{exc}; agent logs: {', '.join(str(vm.log) for vm in vms)}") from None
+    return vms
