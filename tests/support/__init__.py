@@ -1,0 +1,1 @@
+"""Shared test support: in-process host/guest pairs, lab fixtures, CLI runners."""
