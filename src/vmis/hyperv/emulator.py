@@ -153,6 +153,12 @@ def _utf16(text: str, units: int) -> bytes:
     return raw.ljust(2 * units, b"\0")
 
 
+def _host_string(text: str, units: int) -> bytes:
+    """``text`` as the host puts it in a ``units``-code-unit field: UTF-16LE,
+    cut to fit with its NUL (the host never overruns a field)."""
+    return text.encode("utf-16-le")[: 2 * (units - 1)] + b"\0\0"
+
+
 def _from_utf16(field: bytes) -> str:
     for i in range(0, len(field) - 1, 2):
         if field[i : i + 2] == b"\0\0":
@@ -235,6 +241,17 @@ class KernelEmulator:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
+    def disconnect(self) -> None:
+        """Drop the daemon's connection but keep listening, as a transport
+        reset (e.g. after hibernation) does: the daemon should reopen."""
+        with self._cond:
+            conn = self._conn
+            if conn is not None:
+                self._release(conn)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
     def __enter__(self) -> KernelEmulator:
         return self.start()
 
@@ -304,13 +321,17 @@ class KernelEmulator:
                 self._cond.notify_all()
         with self._cond:
             if self._conn is conn:
-                # hvt_op_release: the service resets; a pending request fails
-                self._conn = None
-                if self._state != HvUtilState.DEVICE_DYING:
-                    self._state = HvUtilState.DEVICE_INIT
-                self._cond.notify_all()
+                self._release(conn)
         with contextlib.suppress(OSError):
             conn.close()
+
+    def _release(self, conn: socket.socket) -> None:
+        """hvt_op_release (lock held): the service resets; a pending request fails."""
+        del conn
+        self._conn = None
+        if self._state != HvUtilState.DEVICE_DYING:
+            self._state = HvUtilState.DEVICE_INIT
+        self._cond.notify_all()
 
     def _to_daemon(self, message: bytes) -> bool:
         conn = self._conn
@@ -625,27 +646,27 @@ class KernelEmulator:
         """
         if value_type is None:
             value_type = RegType.REG_SZ if isinstance(value, str) else RegType.REG_U32
-        k = key.encode("utf-16-le") + b"\0\0"
+        k = _host_string(key, 256)
         if value_type == RegType.REG_SZ:
-            v = str(value).encode("utf-16-le") + b"\0\0"
+            v = _host_string(str(value), 1024)
         elif value_type == RegType.REG_U32:
             v = struct.pack("<I", int(value))
         else:
             v = struct.pack("<Q", int(value))
-        body = struct.pack("<III", value_type, len(k), len(v)) + k[:512].ljust(512, b"\0") + v
+        body = struct.pack("<III", value_type, len(k), len(v)) + k.ljust(512, b"\0") + v
         return self.host_request(self._kvp_packet(KvpOp.SET, pool, body)).status
 
     def kvp_get(self, pool: int, key: str) -> tuple[int, str]:
         """Host GET: status and the value (UTF-16 decoded)."""
-        k = key.encode("utf-16-le") + b"\0\0"
-        body = struct.pack("<III", RegType.REG_SZ, len(k), 0) + k[:512]
+        k = _host_string(key, 256)
+        body = struct.pack("<III", RegType.REG_SZ, len(k), 0) + k
         r = self.host_request(self._kvp_packet(KvpOp.GET, pool, body))
         return r.status, _from_utf16(r.payload[4 + 524 : 4 + 524 + 2048])
 
     def kvp_delete(self, pool: int, key: str) -> int:
         """Host DELETE: the status."""
-        k = key.encode("utf-16-le") + b"\0\0"
-        body = struct.pack("<I", len(k)) + k[:512]
+        k = _host_string(key, 256)
+        body = struct.pack("<I", len(k)) + k
         return self.host_request(self._kvp_packet(KvpOp.DELETE, pool, body)).status
 
     def kvp_enumerate(self, pool: int, index: int) -> tuple[int, tuple[str, str] | None]:
