@@ -73,6 +73,7 @@ class Agent:
         self.ctx = GuestContext(root=root, config=config, notify=self.notify,
                                 adapters=dict(adapters or {}))
         state = ServiceState(self.ctx.path(config.state_dir) / "services.json", config.startup)
+        self.ctx.freeze_listeners.append(state.set_hold)
         services = {t.spec.key: t(self.ctx) for t in service_types}
         self.manager = ServiceManager(services, state, self._guest_changed)
         self.versions: dict[str, Sequence[Version]] = {

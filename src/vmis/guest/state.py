@@ -73,6 +73,12 @@ class ServiceState:
             enabled = entry.get("host_enabled")
             self.host_enabled[name] = enabled if isinstance(enabled, bool) else None
 
+    def set_hold(self, frozen: bool) -> None:
+        """Hold writes while the filesystems are frozen; write what waited after the thaw."""
+        self.hold = frozen
+        if not frozen:
+            self.flush()
+
     def set_startup(self, name: str, startup: StartupType) -> None:
         """Record a Set-Service start type."""
         self.startup[name] = startup

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from vmis.errors import NotFoundError, ServiceUnavailable, StateError
-from vmis.host.session import NotificationHook, VmSession
+from vmis.host.session import NotificationHook, RunningHook, VmSession
 from vmis.host.status import ServiceStatus
 from vmis.host.store import Store, VmRecord
 from vmis.services.catalog import HOST_SERVICES, ServiceSpec, match_host_names
@@ -46,6 +46,8 @@ class HostManager:
         self._seen: dict[str, str] = {}
         #: called with (session) whenever a VM is added, for services that keep state
         self.on_vm_added: list[Callable[[VmSession], None]] = []
+        #: awaited with (session) each time a VM's session starts running
+        self.on_running: list[RunningHook] = []
 
     # Section: lifecycle
 
@@ -63,7 +65,7 @@ class HostManager:
         self.sessions.clear()
 
     def _start_session(self, vm: VmRecord) -> VmSession:
-        session = VmSession(vm, self.hooks)
+        session = VmSession(vm, self.hooks, self.on_running)
         self.sessions[vm.id] = session
         session.start()
         for hook in self.on_vm_added:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vmis.errors import (
@@ -45,12 +45,14 @@ from vmis.transport.address import parse_address
 from vmis.transport.channel import Channel
 from vmis.transport.dial import dial
 
-__all__ = ["Backoff", "GuestServiceState", "VmSession"]
+__all__ = ["Backoff", "GuestServiceState", "NotificationHook", "RunningHook", "VmSession"]
 
 _log = logging.getLogger("vmis.host")
 
 #: host handlers of data-plane notifications: (service, op) -> callable(session, payload)
 NotificationHook = Callable[["VmSession", bytes], None]
+#: called with the session each time a session starts running
+RunningHook = Callable[["VmSession"], Awaitable[None]]
 
 
 class Backoff:
@@ -91,10 +93,14 @@ class VmSession:
     """
 
     def __init__(self, vm: VmRecord,
-                 hooks: dict[tuple[int, int], NotificationHook] | None = None) -> None:
+                 hooks: dict[tuple[int, int], NotificationHook] | None = None,
+                 on_running: list[RunningHook] | None = None) -> None:
         self.vm = vm
         self.log = _log.getChild(vm.name)
         self.hooks = hooks or {}
+        #: awaited after each session reaches RUNNING and the desired state is applied
+        #: (e.g. deliver KVP writes made while the VM was away, start time sync)
+        self.on_running = on_running if on_running is not None else []
         self.heartbeat = HeartbeatMonitor(self._heartbeat_settings(vm))
         self.channel: Channel | None = None
         #: True once any session with this VM completed HELLO
@@ -198,6 +204,12 @@ class VmSession:
             self.heartbeat.new_session()
             self.log.info("session running (agent %s)", self.agent.get("version", "?"))
             await self._apply_desired(channel)
+            for hook in list(self.on_running):
+                try:
+                    await hook(self)
+                except (VmisError, OSError) as exc:
+                    self.log.warning("after-connect step %s failed: %s",
+                                     getattr(hook, "__qualname__", hook), exc)
             await channel.wait_closed()
             raise ChannelError(channel_lost_reason(channel))
         finally:

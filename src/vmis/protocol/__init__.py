@@ -20,6 +20,7 @@ from vmis.protocol.frames import (
     Frame,
     FrameDecoder,
     Kind,
+    Payload,
     encode_frame,
 )
 from vmis.protocol.services import (
@@ -45,7 +46,9 @@ from vmis.protocol.session import (
     StrayResponse,
     Synced,
     decode_json,
+    decode_json_raw,
     encode_json,
+    encode_json_raw,
 )
 
 __all__ = [
@@ -65,6 +68,7 @@ __all__ = [
     "NeedData",
     "Negotiated",
     "NotificationReceived",
+    "Payload",
     "RequestReceived",
     "ResponseReceived",
     "Role",
@@ -74,7 +78,9 @@ __all__ = [
     "Synced",
     "Version",
     "decode_json",
+    "decode_json_raw",
     "encode_frame",
     "encode_json",
+    "encode_json_raw",
     "negotiate",
 ]

@@ -26,7 +26,9 @@ __all__ = [
     "Frame",
     "FrameDecoder",
     "Kind",
+    "Payload",
     "encode_frame",
+    "payload_size",
 ]
 
 #: docs/protocol.md §2.1: the first byte is not ASCII so text is never a frame
@@ -56,15 +58,38 @@ class Kind(IntEnum):
     NOTIFY = 3
 
 
+#: an outgoing payload may be several buffers, written one after another
+#: without being joined (bulk data is never copied to be framed)
+Payload = bytes | memoryview | tuple[bytes | memoryview, ...]
+
+
+def payload_size(payload: Payload) -> int:
+    """Length in bytes of a payload given as one buffer or several."""
+    if isinstance(payload, tuple):
+        return sum(memoryview(p).nbytes for p in payload)
+    return memoryview(payload).nbytes
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One frame of docs/protocol.md §2.1, header fields plus payload."""
+    """One frame of docs/protocol.md §2.1, header fields plus payload.
+
+    Received frames always carry ``bytes``; frames to send may carry a tuple
+    of buffers.
+    """
 
     kind: Kind
     service: int
     op: int
     id: int
-    payload: bytes = b""
+    payload: Payload = b""
+
+    @property
+    def body(self) -> bytes:
+        """The payload of a received frame, which the decoder always makes ``bytes``."""
+        if not isinstance(self.payload, bytes):
+            raise LocalProtocolError("body is only defined for received frames")
+        return self.payload
 
     def __post_init__(self) -> None:
         if not 0 <= self.service <= 0xFF or not 0 <= self.op <= 0xFF:
@@ -81,19 +106,22 @@ def encode_header(kind: Kind, service: int, op: int, id: int, length: int) -> by
     return head + (zlib.crc32(head) & _MAX_U32).to_bytes(4, "little")
 
 
-def encode_frame(frame: Frame, max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[bytes]:
-    """Encode *frame* as ``[header, payload]`` (payload omitted when empty).
+def encode_frame(
+    frame: Frame, max_payload: int = DEFAULT_MAX_PAYLOAD
+) -> list[bytes | memoryview]:
+    """Encode *frame* as ``[header, *payload buffers]`` (empty buffers omitted).
 
     :param max_payload: the peer's announced limit (docs/protocol.md §2.4).
     :raise LocalProtocolError: When the payload exceeds *max_payload*.
     """
-    size = len(frame.payload)
+    size = payload_size(frame.payload)
     if size > max_payload:
         raise LocalProtocolError(
             f"payload of {size} bytes exceeds the peer's limit of {max_payload}"
         )
     header = encode_header(frame.kind, frame.service, frame.op, frame.id, size)
-    return [header, frame.payload] if size else [header]
+    parts = frame.payload if isinstance(frame.payload, tuple) else (frame.payload,)
+    return [header, *(p for p in parts if len(p))]
 
 
 class FrameDecoder:

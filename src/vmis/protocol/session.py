@@ -21,7 +21,14 @@ from enum import Enum
 from typing import Any
 
 from vmis.errors import LocalProtocolError, RemoteProtocolError
-from vmis.protocol.frames import DEFAULT_MAX_PAYLOAD, Frame, FrameDecoder, Kind, encode_frame
+from vmis.protocol.frames import (
+    DEFAULT_MAX_PAYLOAD,
+    Frame,
+    FrameDecoder,
+    Kind,
+    Payload,
+    encode_frame,
+)
 from vmis.protocol.services import CONTROL, ControlOp
 
 __all__ = [
@@ -38,7 +45,9 @@ __all__ = [
     "StrayResponse",
     "Synced",
     "decode_json",
+    "decode_json_raw",
     "encode_json",
+    "encode_json_raw",
 ]
 
 _NONCE_SIZE = 8
@@ -189,6 +198,26 @@ def decode_json(payload: bytes) -> dict[str, Any]:
     return obj
 
 
+def encode_json_raw(obj: Any, raw: bytes | memoryview = b"") -> tuple[bytes, bytes | memoryview]:
+    """Encode a json+raw payload (docs/protocol.md §2.2); the raw bytes are not copied."""
+    head = encode_json(obj)
+    return (len(head).to_bytes(4, "little") + head, raw)
+
+
+def decode_json_raw(payload: bytes) -> tuple[dict[str, Any], memoryview]:
+    """Split a json+raw payload into its object and a view of the raw bytes.
+
+    :raise RemoteProtocolError: When the length prefix or the JSON is malformed.
+    """
+    if len(payload) < 4:
+        raise RemoteProtocolError("json+raw payload shorter than its length prefix")
+    size = int.from_bytes(payload[:4], "little")
+    if size > len(payload) - 4:
+        raise RemoteProtocolError("json+raw length prefix exceeds the payload")
+    view = memoryview(payload)
+    return decode_json(bytes(view[4 : 4 + size])), view[4 + size :]
+
+
 # Section: the connection
 
 
@@ -212,7 +241,7 @@ class Connection:
         self._state = State.HUNTING
         self._decoder = FrameDecoder(max_payload)
         self._random = random_bytes
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._nonce = b""
         self._next_id = 1
         #: request id -> (service, op) of our requests still waiting for an answer
@@ -283,7 +312,7 @@ class Connection:
         self._hello_id = self._request(CONTROL, ControlOp.HELLO, encode_json(offer))
         return self._hello_id
 
-    def send_request(self, service: int, op: int, payload: bytes = b"") -> int:
+    def send_request(self, service: int, op: int, payload: Payload = b"") -> int:
         """Queue a request.
 
         :return: the request id to match the answer with.
@@ -293,7 +322,7 @@ class Connection:
         self._require_running()
         return self._request(service, op, payload)
 
-    def send_response(self, request: RequestReceived, payload: bytes = b"") -> None:
+    def send_response(self, request: RequestReceived, payload: Payload = b"") -> None:
         """Queue the successful answer to *request*."""
         self._emit(Frame(Kind.RESPONSE, request.service, request.op, request.id, payload))
         if request.service == CONTROL and request.op == ControlOp.HELLO:
@@ -307,7 +336,7 @@ class Connection:
             # docs/protocol.md §3.2: a refused HELLO leaves the guest hunting
             self._go("reset")
 
-    def send_notification(self, service: int, op: int, payload: bytes = b"") -> None:
+    def send_notification(self, service: int, op: int, payload: Payload = b"") -> None:
         """Queue a notification.
 
         :raise LocalProtocolError: Before the session is RUNNING.
@@ -319,7 +348,7 @@ class Connection:
         """Stop waiting for a request's answer (the caller gave up on it)."""
         self._outstanding.pop(request_id, None)
 
-    def data_to_send(self) -> list[bytes]:
+    def data_to_send(self) -> list[bytes | memoryview]:
         """Take the buffers queued for the peer, in order; write them as they are."""
         out, self._out = self._out, []
         return out
@@ -328,7 +357,7 @@ class Connection:
         if self._state is not State.RUNNING:
             raise LocalProtocolError(f"the session is {self._state.value}, not running")
 
-    def _request(self, service: int, op: int, payload: bytes) -> int:
+    def _request(self, service: int, op: int, payload: Payload) -> int:
         rid = self._take_id()
         self._emit(Frame(Kind.REQUEST, service, op, rid, payload))
         self._outstanding[rid] = (service, op)
@@ -387,7 +416,7 @@ class Connection:
         if self.role is Role.HOST and self._state is State.SYNCING:
             while True:
                 frame = self._decoder.hunt((CONTROL, ControlOp.SYNC, Kind.RESPONSE))
-                if frame is None or frame.payload == self._nonce:
+                if frame is None or frame.body == self._nonce:
                     return frame
         if self._state is State.HUNTING:
             # Host before start_sync: nothing it receives can be meant for it.
@@ -399,7 +428,7 @@ class Connection:
         if frame.service == CONTROL and frame.op == ControlOp.SYNC:
             return self._handle_sync(frame)
         if frame.kind is Kind.REQUEST:
-            request = RequestReceived(frame.service, frame.op, frame.id, frame.payload)
+            request = RequestReceived(frame.service, frame.op, frame.id, frame.body)
             if self._state is not State.RUNNING and not (
                 frame.service == CONTROL and frame.op == ControlOp.HELLO
             ):
@@ -411,7 +440,7 @@ class Connection:
         if frame.kind is Kind.NOTIFY:
             if self._state is not State.RUNNING:
                 return None
-            return NotificationReceived(frame.service, frame.op, frame.payload)
+            return NotificationReceived(frame.service, frame.op, frame.body)
         return self._handle_answer(frame)
 
     def _handle_sync(self, frame: Frame) -> Event | None:
@@ -421,13 +450,13 @@ class Connection:
             self._outstanding.clear()
             replaced = self._state is State.RUNNING
             self._go("sync_received")
-            self._emit(Frame(Kind.RESPONSE, CONTROL, ControlOp.SYNC, frame.id, frame.payload))
-            return Synced(frame.payload, replaced=replaced)
+            self._emit(Frame(Kind.RESPONSE, CONTROL, ControlOp.SYNC, frame.id, frame.body))
+            return Synced(frame.body, replaced=replaced)
         # Host: only the awaited answer reaches here (see _read_frame); any
         # other SYNC traffic in a running session is a stale duplicate.
         if self._state is State.SYNCING and frame.kind is Kind.RESPONSE:
             self._go("sync_acked")
-            return Synced(frame.payload)
+            return Synced(frame.body)
         return None
 
     def _handle_answer(self, frame: Frame) -> Event:
@@ -441,13 +470,13 @@ class Connection:
             )
         if frame.kind is Kind.ERROR:
             try:
-                body = decode_json(frame.payload)
+                body = decode_json(frame.body)
                 code, message = str(body["code"]), str(body.get("message", ""))
             except (RemoteProtocolError, KeyError):
                 code, message = "failed", "malformed error answer"
             event: Event = ErrorReceived(frame.service, frame.op, frame.id, code, message)
         else:
-            event = ResponseReceived(frame.service, frame.op, frame.id, frame.payload)
+            event = ResponseReceived(frame.service, frame.op, frame.id, frame.body)
         if frame.id == self._hello_id and self._state is State.NEGOTIATING:
             self._hello_id = 0
             if isinstance(event, ResponseReceived):

@@ -62,8 +62,21 @@ class GuestContext:
     notify: Notifier
     #: real-effect adapters by name ("clock", "power", "freezer", ...), real or fake
     adapters: Mapping[str, Any] = field(default_factory=dict)
-    #: True while filesystems are frozen: nothing may write to disk
-    frozen: bool = False
+    #: called with True when the guest's filesystems are frozen, False after the thaw
+    freeze_listeners: list[Callable[[bool], None]] = field(default_factory=list)
+    _frozen: bool = False
+
+    @property
+    def frozen(self) -> bool:
+        """True while filesystems are frozen: nothing may write to disk."""
+        return self._frozen
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Record a freeze or thaw and tell every listener (VSS calls this)."""
+        if frozen != self._frozen:
+            self._frozen = frozen
+            for listener in self.freeze_listeners:
+                listener(frozen)
 
     def path(self, guest_path: str | Path) -> Path:
         """Map an absolute guest path into :attr:`root`."""

@@ -29,6 +29,7 @@ from vmis.protocol import (
     Connection,
     ErrorReceived,
     NotificationReceived,
+    Payload,
     RequestReceived,
     ResponseReceived,
     Role,
@@ -240,7 +241,7 @@ class Channel(asyncio.Protocol):
         return body
 
     async def request(
-        self, service: int, op: int, payload: bytes = b"", timeout: float | None = 30.0
+        self, service: int, op: int, payload: Payload = b"", timeout: float | None = 30.0
     ) -> bytes:
         """Send a request and return the answer's payload.
 
@@ -268,7 +269,7 @@ class Channel(asyncio.Protocol):
             if self._pending.pop(rid, None) is not None:
                 self.conn.forget(rid)
 
-    def notify(self, service: int, op: int, payload: bytes = b"") -> None:
+    def notify(self, service: int, op: int, payload: Payload = b"") -> None:
         """Send a notification (dropped with a debug log if the session is not running)."""
         try:
             self.conn.send_notification(service, op, payload)
@@ -277,7 +278,7 @@ class Channel(asyncio.Protocol):
             return
         self._flush()
 
-    def respond(self, request: RequestReceived, payload: bytes = b"") -> None:
+    def respond(self, request: RequestReceived, payload: Payload = b"") -> None:
         """Answer *request* successfully (a no-op if its session has ended)."""
         if self._answerable(request):
             self.conn.send_response(request, payload)
