@@ -1,0 +1,73 @@
+"""The guest agent as one file: a zipapp of the standard-library-only modules.
+
+``vmis-guest.pyz`` runs with any Python >= 3.11 (``python3 vmis-guest.pyz
+Get-Service``) and is what the installer, the setup disk and the online
+update ship. It is built reproducibly: sorted entries and fixed timestamps,
+so the same sources give the same bytes (and the same SHA-256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import vmis
+
+__all__ = ["GUEST_SIDE", "build_bundle", "bundle_bytes", "guest_files"]
+
+#: the guest side of the package, relative to the vmis package directory
+GUEST_SIDE = (
+    "__init__.py", "errors.py", "py.typed", "protocol", "transport", "services", "guest",
+    "hyperv", "cli/__init__.py", "cli/guest.py", "cli/guest_commands", "cli/psargs.py",
+    "cli/table.py", "data",
+)
+
+_MAIN = b"""import sys
+
+from vmis.cli.guest import main
+
+sys.exit(main())
+"""
+#: zip entries carry this time so a rebuild gives the same bytes (1980-01-01)
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def guest_files(package: Path | None = None) -> list[tuple[str, Path]]:
+    """``(archive name, source path)`` of every guest-side file, sorted."""
+    base = package or Path(vmis.__file__).parent
+    found: list[tuple[str, Path]] = []
+    for spec in GUEST_SIDE:
+        path = base / spec
+        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for p in paths:
+            if "__pycache__" in p.parts or p.suffix in (".pyc", ".pyo"):
+                continue
+            found.append((f"vmis/{p.relative_to(base).as_posix()}", p))
+    return sorted(found)
+
+
+def bundle_bytes(package: Path | None = None) -> bytes:
+    """The zipapp's bytes (deterministic)."""
+    out = io.BytesIO()
+    out.write(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        entries = [("__main__.py", _MAIN)] + [(n, p.read_bytes()) for n, p in guest_files(package)]
+        for name, data in entries:
+            info = zipfile.ZipInfo(name, _EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    return out.getvalue()
+
+
+def build_bundle(path: Path, package: Path | None = None) -> str:
+    """Write the zipapp to *path* (mode 0755) and return its SHA-256."""
+    data = bundle_bytes(package)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o755)
+    tmp.replace(path)
+    return hashlib.sha256(data).hexdigest()
