@@ -1,0 +1,101 @@
+"""Heartbeat: Hyper-V's timing rules (unit, fake clock) and the real thing end to end."""
+
+import time
+
+from support.pair import eventually, host_guest_pair
+from vmis.host.status import OperationalStatus
+from vmis.services.catalog import by_key
+from vmis.services.heartbeat.host import HeartbeatMonitor, HeartbeatSettings, HeartbeatState
+
+HB = by_key("heartbeat")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_hyperv_defaults_and_lost_threshold():
+    settings = HeartbeatSettings()
+    assert (settings.interval_ms, settings.latency_ms, settings.error_threshold) == (2000, 1000, 2)
+    # first miss at interval+latency after a beat, lost at the second miss
+    assert settings.lost_after == 5.0
+
+
+def test_no_contact_then_ok_then_lost_then_ok():
+    clock = FakeClock()
+    mon = HeartbeatMonitor(HeartbeatSettings(), clock)
+    assert mon.state() == HeartbeatState.NO_CONTACT
+    mon.beat(1, "ok")
+    clock.now += 4.9
+    assert mon.state() == HeartbeatState.OK
+    clock.now += 0.2
+    assert mon.state() == HeartbeatState.LOST
+    mon.beat(2, "ok")
+    assert mon.state() == HeartbeatState.OK
+    mon.session_ended()
+    assert mon.state() == HeartbeatState.LOST
+    mon.new_session()
+    mon.beat(1, "ok")
+    assert mon.state() == HeartbeatState.OK
+
+
+async def test_stopped_beats_turn_lost_and_recover(short_tmp):
+    async with host_guest_pair(short_tmp, heartbeat_interval_ms=200) as pair:
+        service = pair.agent.manager.services["heartbeat"]
+        assert service.interval == 0.2  # the host's interval reached the guest
+        # a hung guest: beats stop, but the channel stays open
+        await service.stop()
+        started = time.monotonic()
+        await eventually(lambda: pair.session.status(HB).primary
+                         is OperationalStatus.LOST_COMMUNICATION, timeout=10)
+        # 2 intervals + 1 s latency, measured generously on a loaded machine
+        assert time.monotonic() - started < 6
+        await service.start()
+        await eventually(lambda: pair.session.status(HB).primary is OperationalStatus.OK)
+
+
+async def test_application_health_is_pushed_and_turns_secondary_critical(short_tmp):
+    async with host_guest_pair(short_tmp) as pair:
+        checks = pair.root / "etc/vmis/health.d"
+        checks.mkdir(parents=True)
+        good = checks / "10-web"
+        good.write_text("#!/bin/sh\nexit 0\n")
+        good.chmod(0o755)
+        bad = checks / "20-db"
+        bad.write_text("#!/bin/sh\nexit 3\n")
+        bad.chmod(0o755)
+        row = await eventually(
+            lambda: (r := pair.session.status(HB)).secondary
+            is OperationalStatus.APPLICATION_CRITICAL and r)
+        assert row.primary is OperationalStatus.OK and "20-db" in row.reason
+        assert row.to_json()["SecondaryStatusDescription"] == "Application Critical"
+        bad.write_text("#!/bin/sh\nexit 0\n")
+        await eventually(lambda: pair.session.status(HB).secondary is OperationalStatus.OK)
+
+
+async def test_a_hung_health_check_counts_as_failed(short_tmp):
+    from support.pair import quick_config
+
+    async with host_guest_pair(short_tmp, config=quick_config(health_timeout=0.3)) as pair:
+        checks = pair.root / "etc/vmis/health.d"
+        checks.mkdir(parents=True)
+        slow = checks / "slow"
+        slow.write_text("#!/bin/sh\nsleep 30\n")
+        slow.chmod(0o755)
+        await eventually(lambda: pair.session.status(HB).secondary
+                         is OperationalStatus.APPLICATION_CRITICAL, timeout=10)
+
+
+async def test_lost_when_the_agent_goes_and_ok_when_it_returns(short_tmp):
+    async with host_guest_pair(short_tmp) as pair:
+        await pair._stop_agent()
+        await eventually(lambda: pair.session.status(HB).primary
+                         is OperationalStatus.LOST_COMMUNICATION)
+        await pair.restart_agent()
+        pair.session.reconnect_now()
+        await eventually(lambda: pair.session.status(HB).primary is OperationalStatus.OK,
+                         timeout=15)
