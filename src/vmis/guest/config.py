@@ -23,6 +23,13 @@ Every setting, with its default::
     # seconds a health check may run before it counts as failed
     health_timeout = 10
 
+    [vss]
+    # seconds the filesystems may stay frozen before the agent thaws them by
+    # itself, even if the host never sends THAW (docs/services/vss.md; at most 900)
+    freeze_timeout = 60
+    # seconds one hook of /etc/vmis/freeze.d may run before it is killed
+    hook_timeout = 30
+
     [services]
     # start type of a service before any Set-Service: automatic, manual, disabled
     # (defaults: vmicguestinterface manual, vmicvmsession disabled, others automatic)
@@ -63,6 +70,8 @@ class AgentConfig:
     adapters: str = "real"
     health_interval: float = 5.0
     health_timeout: float = 10.0
+    freeze_timeout: float = 60.0
+    hook_timeout: float = 30.0
     #: guest service name -> start type before any Set-Service
     startup: dict[str, StartupType] = field(
         default_factory=lambda: {s.guest_name: s.default_startup for s in CATALOG}
@@ -72,6 +81,7 @@ class AgentConfig:
 _SECTIONS = {
     "agent": ("channel", "control_socket", "state_dir", "log_level", "max_payload", "adapters"),
     "heartbeat": ("health_interval", "health_timeout"),
+    "vss": ("freeze_timeout", "hook_timeout"),
 }
 
 
@@ -122,6 +132,8 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: log_level must be one of {', '.join(_LOG_LEVELS)}")
     if config.adapters not in ("real", "fake"):
         raise ConfigError(f"{path}: adapters must be real or fake")
+    if config.freeze_timeout > 900:
+        raise ConfigError(f"{path}: [vss] freeze_timeout is at most 900 seconds (Hyper-V's limit)")
     if config.max_payload < MIN_MAX_PAYLOAD:
         raise ConfigError(f"{path}: max_payload must be at least {MIN_MAX_PAYLOAD}")
     return config
