@@ -35,6 +35,10 @@ Every setting, with its default::
     # (defaults: vmicguestinterface manual, vmicvmsession disabled, others automatic)
     vmicvmsession = disabled
 
+    [vmsession]
+    # what the host may run with Invoke-Command (vmis.services.vmsession.policy)
+    allow =
+
 A lab agent runs with ``--root DIR``: the configuration file and every guest
 path named here resolve inside DIR, so a lab VM never touches the machine it
 runs on.
@@ -50,6 +54,7 @@ from vmis.errors import ConfigError, NotFoundError
 from vmis.protocol import DEFAULT_MAX_PAYLOAD
 from vmis.protocol.frames import MIN_MAX_PAYLOAD
 from vmis.services.catalog import CATALOG, StartupType, by_guest_name
+from vmis.services.vmsession.policy import SessionConfig
 
 __all__ = ["CONFIG_PATH", "AgentConfig", "load_config"]
 
@@ -76,6 +81,8 @@ class AgentConfig:
     startup: dict[str, StartupType] = field(
         default_factory=lambda: {s.guest_name: s.default_startup for s in CATALOG}
     )
+    #: the [vmsession] section: VM Session policy (docs/services/vmsession.md §6)
+    vmsession: SessionConfig = field(default_factory=SessionConfig)
 
 
 _SECTIONS = {
@@ -112,6 +119,9 @@ def load_config(path: Path) -> AgentConfig:
     for section in parser.sections():
         known = _SECTIONS.get(section)
         if section == "services":
+            continue
+        if section == "vmsession":
+            values[section] = SessionConfig.from_section(dict(parser.items(section)), str(path))
             continue
         if known is None:
             raise ConfigError(f"{path}: unknown section [{section}]")
