@@ -9,7 +9,9 @@ only, so the machine running the lab is never touched:
   change the offset, never the machine's clock;
 - :class:`LabPower` ends the lab agent's process, the way a guest powering
   off ends its VM, leaving a note the lab reads (``reboot`` restarts it);
-- the freezer is :class:`vmis.services.vss.freeze.FakeFreezer`.
+- :class:`LabFreezer` is a :class:`~vmis.services.vss.freeze.FakeFreezer`
+  that gives the lab VM a mount table and shows what it holds frozen in
+  ``<root>/run/vmis/freezer.json``, for tools in other processes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from vmis.services.vss.freeze import FakeFreezer, IoctlFreezer
 
 __all__ = [
     "Clock",
+    "LabFreezer",
     "LabPower",
     "Power",
     "SystemClock",
@@ -218,6 +221,59 @@ class LabPower:
         self._end("reboot", reason)
 
 
+#: the mount table of a lab VM without one: what a small VM's /proc/mounts lists
+LAB_MOUNTS = (
+    "/dev/vda1 / ext4 rw,relatime 0 0\n"
+    "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
+    "tmpfs /run tmpfs rw,nosuid,nodev,mode=755 0 0\n"
+    "/dev/vda2 /var ext4 rw,relatime 0 0\n"
+    "/dev/vda15 /boot/efi vfat rw,relatime 0 0\n"
+)
+
+
+class LabFreezer(FakeFreezer):
+    """The lab VM's freezer: remembers, and shows what it remembers.
+
+    A lab VM has no kernel, so this fake gives it a mount table
+    (``<root>/proc/mounts``, written once if absent: ``/``, ``/var`` and
+    mounts the VSS rules skip) and, after every call, records the mount
+    points it holds frozen and its last calls in ``<root>/run/vmis/freezer.json``:
+    the kernel's freeze state, which a test or ``vmis lab`` in another process
+    can read. ``/run`` is a tmpfs in a real guest, never frozen, so this is no
+    write to a frozen disk.
+    """
+
+    #: calls kept in the state file
+    KEEP_CALLS = 100
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.state_file = root / "run/vmis/freezer.json"
+        mounts = root / "proc/mounts"
+        if not mounts.exists():
+            mounts.parent.mkdir(parents=True, exist_ok=True)
+            mounts.write_text(LAB_MOUNTS)
+
+    def freeze(self, mountpoint: str) -> None:
+        try:
+            super().freeze(mountpoint)
+        finally:
+            self._record()
+
+    def thaw(self, mountpoint: str) -> None:
+        try:
+            super().thaw(mountpoint)
+        finally:
+            self._record()
+
+    def _record(self) -> None:
+        state = {"frozen": sorted(self.frozen), "calls": self.calls[-self.KEEP_CALLS:]}
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_file)
+
+
 def make_adapters(kind: str, root: Path) -> dict[str, Any]:
     """Build the adapters for ``adapters = real`` or ``fake`` (lab).
 
@@ -229,6 +285,6 @@ def make_adapters(kind: str, root: Path) -> dict[str, Any]:
         return {
             "clock": VirtualClock(root / "var/lib/vmis/clock.json"),
             "power": LabPower(root),
-            "freezer": FakeFreezer(),
+            "freezer": LabFreezer(root),
         }
     raise ConfigError(f"unknown adapters kind {kind!r}: use real or fake")
