@@ -30,6 +30,24 @@ Every setting, with its default::
     # seconds one hook of /etc/vmis/freeze.d may run before it is killed
     hook_timeout = 30
 
+    [shutdown]
+    # commands run for Stop-VM and Restart-VM (after the host has its answer)
+    poweroff_command = systemctl poweroff
+    reboot_command = systemctl reboot
+    # without -Force, refuse while logind holds a block inhibitor on shutdown
+    # (no: always proceed, as Linux's own Hyper-V driver does)
+    check_inhibitors = yes
+
+    [timesync]
+    # offsets at least this large (seconds) are stepped at once, smaller ones slewed
+    step_threshold = 0.128
+    # chronyd's SOCK refclock socket (chrony.conf: refclock SOCK <path> refid VMIS);
+    # while chronyd listens there it gets the samples and the clock is left to it
+    chrony_socket = /run/chrony.vmis.sock
+    # auto: leave the clock to a running NTP daemon (step only on SYNC);
+    # ignore: always adjust the clock
+    ntp_daemons = auto
+
     [services]
     # start type of a service before any Set-Service: automatic, manual, disabled
     # (defaults: vmicguestinterface manual, vmicvmsession disabled, others automatic)
@@ -77,6 +95,12 @@ class AgentConfig:
     health_timeout: float = 10.0
     freeze_timeout: float = 60.0
     hook_timeout: float = 30.0
+    poweroff_command: str = "systemctl poweroff"
+    reboot_command: str = "systemctl reboot"
+    check_inhibitors: bool = True
+    step_threshold: float = 0.128
+    chrony_socket: str = "/run/chrony.vmis.sock"
+    ntp_daemons: str = "auto"
     #: guest service name -> start type before any Set-Service
     startup: dict[str, StartupType] = field(
         default_factory=lambda: {s.guest_name: s.default_startup for s in CATALOG}
@@ -89,14 +113,27 @@ _SECTIONS = {
     "agent": ("channel", "control_socket", "state_dir", "log_level", "max_payload", "adapters"),
     "heartbeat": ("health_interval", "health_timeout"),
     "vss": ("freeze_timeout", "hook_timeout"),
+    "shutdown": ("poweroff_command", "reboot_command", "check_inhibitors"),
+    "timesync": ("step_threshold", "chrony_socket", "ntp_daemons"),
 }
+
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}
+
+
+def _bool(text: str) -> bool:
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(text) from None
 
 
 def _convert(name: str, text: str, kind: type) -> object:
     try:
         value = kind(text)
     except ValueError:
-        raise ConfigError(f"{name} = {text!r}: expected a {kind.__name__}") from None
+        expected = "yes or no" if kind is _bool else f"a {kind.__name__}"
+        raise ConfigError(f"{name} = {text!r}: expected {expected}") from None
     if kind is float and not value > 0:
         raise ConfigError(f"{name} must be positive, not {text}")
     return value
@@ -128,7 +165,7 @@ def load_config(path: Path) -> AgentConfig:
         for key, text in parser.items(section):
             if key not in known:
                 raise ConfigError(f"{path}: unknown setting {key!r} in [{section}]")
-            kind = {"int": int, "float": float}.get(str(types[key]), str)
+            kind = {"int": int, "float": float, "bool": _bool}.get(str(types[key]), str)
             values[key] = _convert(key, text, kind)
     startup = AgentConfig().startup
     if parser.has_section("services"):
@@ -144,6 +181,10 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: adapters must be real or fake")
     if config.freeze_timeout > 900:
         raise ConfigError(f"{path}: [vss] freeze_timeout is at most 900 seconds (Hyper-V's limit)")
+    if config.ntp_daemons not in ("auto", "ignore"):
+        raise ConfigError(f"{path}: [timesync] ntp_daemons must be auto or ignore")
+    if not (config.poweroff_command.strip() and config.reboot_command.strip()):
+        raise ConfigError(f"{path}: [shutdown] power commands must not be empty")
     if config.max_payload < MIN_MAX_PAYLOAD:
         raise ConfigError(f"{path}: max_payload must be at least {MIN_MAX_PAYLOAD}")
     return config
