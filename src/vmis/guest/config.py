@@ -65,6 +65,7 @@ runs on.
 from __future__ import annotations
 
 import configparser
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -128,11 +129,11 @@ def _bool(text: str) -> bool:
         raise ValueError(text) from None
 
 
-def _convert(name: str, text: str, kind: type) -> object:
+def _convert(name: str, text: str, kind: Callable[[str], object]) -> object:
     try:
         value = kind(text)
     except ValueError:
-        expected = "yes or no" if kind is _bool else f"a {kind.__name__}"
+        expected = "yes or no" if kind is _bool else f"a {getattr(kind, '__name__', 'value')}"
         raise ConfigError(f"{name} = {text!r}: expected {expected}") from None
     if kind is float and not value > 0:
         raise ConfigError(f"{name} must be positive, not {text}")
