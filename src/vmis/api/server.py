@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Iterator
@@ -58,8 +59,16 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
+def raise_file_limit() -> None:
+    """Raise the open-files soft limit to the hard limit: one channel per VM."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None) -> None:
     """Run the manager until SIGTERM/SIGINT or cancellation."""
+    raise_file_limit()
     from vmis.api.routes import api_routers
     from vmis.host.services import notification_hooks, setup
 
