@@ -123,10 +123,15 @@ _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
 
 
 def _bool(text: str) -> bool:
+    """yes/no, true/false, on/off, 1/0."""
     try:
         return _BOOLEANS[text.strip().lower()]
     except KeyError:
         raise ValueError(text) from None
+
+
+#: field type name -> converter of its text
+_CONVERTERS: dict[str, Callable[[str], object]] = {"int": int, "float": float, "bool": _bool}
 
 
 def _convert(name: str, text: str, kind: Callable[[str], object]) -> object:
@@ -135,7 +140,7 @@ def _convert(name: str, text: str, kind: Callable[[str], object]) -> object:
     except ValueError:
         expected = "yes or no" if kind is _bool else f"a {getattr(kind, '__name__', 'value')}"
         raise ConfigError(f"{name} = {text!r}: expected {expected}") from None
-    if kind is float and not value > 0:
+    if isinstance(value, float) and not value > 0:
         raise ConfigError(f"{name} must be positive, not {text}")
     return value
 
@@ -166,7 +171,7 @@ def load_config(path: Path) -> AgentConfig:
         for key, text in parser.items(section):
             if key not in known:
                 raise ConfigError(f"{path}: unknown setting {key!r} in [{section}]")
-            kind = {"int": int, "float": float, "bool": _bool}.get(str(types[key]), str)
+            kind = _CONVERTERS.get(str(types[key]), str)
             values[key] = _convert(key, text, kind)
     startup = AgentConfig().startup
     if parser.has_section("services"):
