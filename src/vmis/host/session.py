@@ -30,6 +30,7 @@ from vmis.protocol import (
     FRAMEWORK_VERSIONS,
     ControlOp,
     NotificationReceived,
+    Payload,
     RequestReceived,
     Role,
     ServiceId,
@@ -384,7 +385,7 @@ class VmSession:
 
     # Section: requests for data-plane services
 
-    async def request(self, spec: ServiceSpec, op: int, payload: bytes = b"",
+    async def request(self, spec: ServiceSpec, op: int, payload: Payload = b"",
                       timeout: float | None = 30.0) -> bytes:
         """Send a data-plane request, checking first that the service can answer.
 
