@@ -84,6 +84,12 @@ def core_router() -> APIRouter:
         record = await manager_of(request).remove_vm(name)
         return {"Name": record.name, "Id": record.id}
 
+    @router.get("/vm-status")
+    async def get_vms(
+        request: Request, name: Annotated[list[str] | None, Query()] = None
+    ) -> list[dict[str, Any]]:
+        return await manager_of(request).get_vms(name)
+
     @router.get("/services")
     async def services(
         request: Request,

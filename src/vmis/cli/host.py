@@ -98,6 +98,21 @@ def cmd_disable(api: ApiClient, args: dict[str, Any]) -> int:
 # Section: VM registry
 
 
+def cmd_get_vm(api: ApiClient, args: dict[str, Any]) -> int:
+    params = {"name": args["Name"]} if args["Name"] else None
+    rows = api.call("GET", "/vm-status", params=params)
+    if args["json"]:
+        _out(rows)
+        return 0
+    print(format_table(
+        [Column("Name"), Column("State"), Column("Heartbeat"),
+         Column("IntegrationServicesVersion"), Column("IntegrationServicesState")],
+        [(r["Name"], r["State"], r["Heartbeat"], r["IntegrationServicesVersion"],
+          r["IntegrationServicesState"]) for r in rows],
+    ))
+    return 0
+
+
 def cmd_vm_add(api: ApiClient, args: dict[str, Any]) -> int:
     vm = api.call("POST", "/vms", json={
         "name": args["Name"], "channel": args["Channel"], "qmp": args["Qmp"],
@@ -182,6 +197,10 @@ COMMANDS: tuple[Command, ...] = (
               help="VM names; wildcards allowed"),
         Param("Passthru", "switch", help="print the resulting rows"), JSON,
     ), cmd_disable, aliases=("disable",)),
+    Command("Get-VM", "Show VMs: state, heartbeat, integration services version.", (
+        Param("Name", "list", position=0, aliases=("VMName",),
+              help="VM names; wildcards allowed (default all)"), JSON,
+    ), cmd_get_vm, aliases=("vms",)),
     Command("vm add", "Register a VM with the host manager.", (
         Param("Name", required=True, position=0),
         Param("Channel", required=True,

@@ -18,6 +18,7 @@ from vmis.errors import NotFoundError, ServiceUnavailable, StateError
 from vmis.host.session import NotificationHook, RunningHook, VmSession
 from vmis.host.status import ServiceStatus
 from vmis.host.store import Store, VmRecord
+from vmis.host.vminfo import StateProvider, vm_row
 from vmis.services.catalog import HOST_SERVICES, ServiceSpec, match_host_names
 from vmis.services.heartbeat.host import HeartbeatState
 from vmis.transport.address import parse_address
@@ -48,6 +49,8 @@ class HostManager:
         self.on_vm_added: list[Callable[[VmSession], None]] = []
         #: awaited with (session) each time a VM's session starts running
         self.on_running: list[RunningHook] = []
+        #: hypervisor connections that know VMs' power states (QMP), asked in order
+        self.state_providers: list[StateProvider] = []
 
     # Section: lifecycle
 
@@ -165,6 +168,12 @@ class HostManager:
             "AgentVersion": session.agent.get("version"), "LastError": session.last_error,
             "HeartbeatIntervalMs": vm.heartbeat_interval_ms,
         }
+
+    async def get_vms(self, patterns: list[str] | None) -> list[dict[str, Any]]:
+        """Get-VM rows (vmis.host.vminfo)."""
+        sessions = self.match(patterns) if patterns else sorted(
+            self.sessions.values(), key=lambda s: s.vm.name.lower())
+        return list(await asyncio.gather(*(vm_row(s, self.state_providers) for s in sessions)))
 
     # Section: integration services
 

@@ -1,0 +1,92 @@
+"""Get-VM: a VM's state, heartbeat and integration services version (hyperv-facts.md §8.4).
+
+``IntegrationServicesState`` compares the guest agent's version (from its
+HELLO) with the version this host ships: ``Up to date`` when the guest's is
+the same or newer, ``Update required`` when older, empty before any contact
+(Hyper-V's ICStatus None/UpToDate/RequiresUpdate).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import vmis
+from vmis.host.session import VmSession
+from vmis.host.status import VMHeartbeatStatus
+from vmis.services.catalog import by_key
+from vmis.services.heartbeat.host import HeartbeatState
+
+__all__ = ["StateProvider", "heartbeat_status", "integration_state", "parse_version", "vm_row"]
+
+#: asks a hypervisor for a VM's power state ("Running", "Off", "Paused", ...), None if it
+#: does not know the VM (e.g. no QMP socket)
+StateProvider = Callable[[VmSession], Awaitable[str | None]]
+
+UP_TO_DATE = "Up to date"
+UPDATE_REQUIRED = "Update required"
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"0.1.0"`` -> ``(0, 1, 0)``; pre-release suffixes are ignored."""
+    release = re.split(r"[+-]", text, maxsplit=1)[0]
+    return tuple(int(p) for p in re.findall(r"\d+", release)[:4])
+
+
+def integration_state(agent_version: str | None, host_version: str = vmis.__version__) -> str:
+    """``Up to date``, ``Update required``, or ``""`` when the guest's version is unknown."""
+    if not agent_version:
+        return ""
+    if parse_version(agent_version) < parse_version(host_version):
+        return UPDATE_REQUIRED
+    return UP_TO_DATE
+
+
+def heartbeat_status(session: VmSession, state: str) -> VMHeartbeatStatus | None:
+    """Get-VM's Heartbeat: None when the VM is off."""
+    if state == "Off":
+        return None
+    if not session.vm.enabled.get("heartbeat", True):
+        return VMHeartbeatStatus.Disabled
+    if not session.contacted:
+        return VMHeartbeatStatus.NoContact
+    hb = session.heartbeat.state() if session.connected else HeartbeatState.LOST
+    if hb == HeartbeatState.NO_CONTACT:
+        return VMHeartbeatStatus.NoContact
+    if hb == HeartbeatState.LOST:
+        return VMHeartbeatStatus.LostCommunication
+    if session.heartbeat.health == "critical":
+        return VMHeartbeatStatus.OkApplicationsCritical
+    return VMHeartbeatStatus.OkApplicationsHealthy
+
+
+async def vm_row(session: VmSession, providers: list[StateProvider]) -> dict[str, Any]:
+    """One Get-VM object."""
+    state = None
+    for provider in providers:
+        state = await provider(session)
+        if state:
+            break
+    if not state:
+        if session.connected:
+            state = "Running"
+        elif session.extra.get("powered_off"):
+            state = "Off"
+        else:
+            state = "Unknown"
+    heartbeat = heartbeat_status(session, state)
+    version = session.agent.get("version") if session.contacted else None
+    hb_spec = by_key("heartbeat")
+    status = "Operating normally" if session.connected else (
+        "" if state == "Off" else session.status(hb_spec).primary.description)
+    return {
+        "Name": session.vm.name,
+        "Id": session.vm.id,
+        "State": state,
+        "Status": status,
+        "Heartbeat": heartbeat.name if heartbeat is not None else None,
+        "IntegrationServicesVersion": version,
+        "IntegrationServicesState": integration_state(version),
+        "HostIntegrationServicesVersion": vmis.__version__,
+    }
