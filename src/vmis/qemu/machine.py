@@ -296,12 +296,16 @@ class QemuMachine:
             self.config, self.paths, qemu=self.qemu, now=time.time(), overlay=overlay
         )
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, *, die_with_parent: bool = False) -> None:
         """Start QEMU and wait until its monitor answers (typically well under a second).
 
         The guest then boots on its own; see :meth:`wait_for_boot`.
 
         :param timeout: seconds allowed for QEMU to set the machine up.
+        :param die_with_parent: have the kernel kill QEMU when the calling
+            *thread* ends (``PR_SET_PDEATHSIG``), so a test run that is killed
+            leaves no machine behind. Not for machines meant to outlive their
+            starter, and only from a long-lived thread.
         :raise StateError: When the machine is already running.
         :raise QemuNotInstalled: When QEMU (or ``qemu-img`` for an overlay) is missing.
         :raise MachineStartError: When QEMU exits or does not answer in time; the
@@ -328,13 +332,20 @@ class QemuMachine:
             overlay=self.disk_chain[-1] if self.disk_chain else None,
         )
         log.info("starting %s: %s", self.config.name, " ".join(argv))
+        launch = argv
+        if die_with_parent:
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                raise QemuNotInstalled("setpriv is not installed; it is part of util-linux")
+            # setpriv sets PR_SET_PDEATHSIG and execs QEMU in the same process.
+            launch = [setpriv, "--pdeathsig", "KILL", "--", *argv]
         with self.paths.qemu_log.open("wb") as qemu_log:
             self._started_mono = time.monotonic()
             self._started_at = time.time()
             # A session of its own: a Ctrl-C meant for the caller does not kill
             # the machine, and the machine may outlive the process that started it.
             self._popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT,
+                launch, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True,
             )  # fmt: skip
         self._pid = self._popen.pid

@@ -123,7 +123,8 @@ done
 
 mkdir -p /newroot
 mount -t "$fstype" -o rw "$root" /newroot || fail "cannot mount $root ($fstype)"
-[ -x /newroot/sbin/init ] || fail "no /sbin/init on $root"
+# /sbin/init is an absolute symlink into the new root: test the link, not its target.
+[ -L /newroot/sbin/init ] || [ -x /newroot/sbin/init ] || fail "no /sbin/init on $root"
 mount --move /dev /newroot/dev
 umount /sys /proc
 exec switch_root /newroot /sbin/init
