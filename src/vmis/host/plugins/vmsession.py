@@ -1,0 +1,472 @@
+"""Host half of VM Session: one :class:`RemoteCommand` per command run in a guest.
+
+A caller (the API's WebSocket relay, or a test) starts a command with
+:meth:`RemoteCommand.start` and then reads its events with
+:meth:`RemoteCommand.next_event`: :class:`Output` (bytes of stdout or
+stderr), :class:`InputCredit` (the guest consumed stdin bytes) and finally
+one :class:`Exit`. Output is held here only up to the window the host
+granted; the guest sends more only after :meth:`RemoteCommand.ack`, so a
+slow reader slows the command down instead of filling memory
+(docs/services/vmsession.md §3).
+
+The guest's notifications reach the command through :data:`HOOKS`
+(vmis.host.services); per-VM state lives in ``VmSession.extra["vmsession"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vmis.errors import (
+    ChannelClosed,
+    ChannelError,
+    ProtocolError,
+    RemoteServiceError,
+    ServiceUnavailable,
+    StateError,
+    VmisError,
+)
+from vmis.host.session import NotificationHook, VmSession
+from vmis.protocol import ServiceId, decode_json, decode_json_raw, encode_json, encode_json_raw
+from vmis.services.catalog import by_key
+from vmis.services.vmsession import (
+    CHUNK,
+    DEFAULT_WINDOW,
+    Stream,
+    VmSessionOp,
+    exit_status,
+    idle_deadline,
+)
+from vmis.transport.channel import Channel
+
+__all__ = ["HOOKS", "Exit", "InputCredit", "Output", "RemoteCommand"]
+
+SPEC = by_key("vmsession")
+_log = logging.getLogger("vmis.host.vmsession")
+
+#: how a guest administrator lets the host in (docs/services/vmsession.md §6)
+ENABLE_HINT = ("a guest administrator enables it with 'vmis-guest Set-Service -Name "
+               "vmicvmsession -StartupType Automatic' and 'vmis-guest Start-Service -Name "
+               "vmicvmsession'")
+
+
+# Section: events
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Bytes the command wrote; call :meth:`RemoteCommand.ack` once they are delivered."""
+
+    stream: Stream
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class InputCredit:
+    """The guest consumed this many stdin bytes: that many more may be written."""
+
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """The command ended (EXIT, docs/services/vmsession.md §2); nothing follows."""
+
+    #: exit code, when it exited
+    code: int | None
+    #: the signal that ended it, when one did
+    signal: int | None
+    #: exited, timeout, cancelled, host-lost, stopped or failed
+    reason: str
+    duration_ms: int
+
+    @property
+    def status(self) -> int:
+        """The shell's exit status: the code, or 128+n after signal n."""
+        return exit_status(self.code, self.signal)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "signal": self.signal, "reason": self.reason,
+                "duration_ms": self.duration_ms, "status": self.status}
+
+
+Event = Output | InputCredit | Exit
+
+
+class _Failed:
+    """Queued when the command's fate can no longer be learned."""
+
+    def __init__(self, error: VmisError) -> None:
+        self.error = error
+
+
+# Section: per-VM registry
+
+
+class _Registry:
+    """Open commands of one VM, by session number (numbers are never reused)."""
+
+    def __init__(self) -> None:
+        self.next_id = 1
+        self.open: dict[int, RemoteCommand] = {}
+
+    def take_id(self) -> int:
+        sid = self.next_id
+        self.next_id = sid % 0xFFFFFFFF + 1
+        return sid
+
+
+def _registry(vm: VmSession) -> _Registry:
+    registry = vm.extra.get("vmsession")
+    if not isinstance(registry, _Registry):
+        registry = vm.extra["vmsession"] = _Registry()
+    return registry
+
+
+# Section: the command
+
+
+class RemoteCommand:
+    """One command running in a guest, seen from the host.
+
+    Create it with :meth:`start`. Not thread-safe; one reader of events.
+    """
+
+    def __init__(self, vm: VmSession, channel: Channel, sid: int, window: int) -> None:
+        self.vm = vm
+        self.channel = channel
+        #: the session number on the wire
+        self.sid = sid
+        self.window = window
+        self.log = vm.log
+        #: facts from the guest's START answer: pid, user, cwd, program, ...
+        self.info: dict[str, Any] = {}
+        self.argv: list[str] = []
+        self.exit: Exit | None = None
+        self._events: asyncio.Queue[Event | _Failed] = asyncio.Queue()
+        #: output bytes received and not yet acknowledged by the reader
+        self.buffered = 0
+        self._unacked_credit = 0
+        self._input_credit = 0
+        self._input_more = asyncio.Event()
+        self._input_closed = False
+        self._discard = False
+        self._done = False
+        loop = asyncio.get_running_loop()
+        self._last_heard = loop.time()
+        self._keepalive = 15.0
+        self._watchdog: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(
+        cls,
+        vm: VmSession,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bool = False,
+        timeout: float | None = None,
+        requested_by: str = "",
+        window: int = DEFAULT_WINDOW,
+    ) -> RemoteCommand:
+        """Start *argv* in the guest of *vm*.
+
+        :param cwd: working directory (a guest path); None: the guest's default.
+        :param env: variables added to the command's environment.
+        :param stdin: True to feed stdin with :meth:`write`; else it reads /dev/null.
+        :param timeout: seconds after which the guest kills the process group.
+        :param requested_by: who asked, for both sides' logs.
+        :param window: output bytes the guest may send ahead of :meth:`ack`.
+        :raise ServiceUnavailable: When the VM Session service cannot take
+            requests (disabled or stopped in the guest, no contact, ...).
+        :raise RemoteServiceError: When the guest refuses (``denied``: not on
+            its allow-list; ``not-found``: no such program; ``busy``; ...).
+        """
+        try:
+            vm.require(SPEC)
+        except ServiceUnavailable as exc:
+            state = vm.guest.get(SPEC.key)
+            if state is not None and state.state != "running":
+                raise ServiceUnavailable(f"{exc}; {ENABLE_HINT}") from None
+            raise
+        assert vm.channel is not None
+        registry = _registry(vm)
+        cmd = cls(vm, vm.channel, registry.take_id(), window)
+        cmd.argv = list(argv)
+        body: dict[str, Any] = {
+            "session": cmd.sid, "argv": cmd.argv, "stdin": stdin, "window": window,
+            "host": {"name": socket.gethostname(), "vm_name": vm.vm.name, "vm_id": vm.vm.id},
+            "requested_by": requested_by,
+        }
+        if cwd is not None:
+            body["cwd"] = cwd
+        if env:
+            body["env"] = dict(env)
+        if timeout is not None:
+            body["timeout_ms"] = max(1, int(timeout * 1000))
+        # Registered before START goes out: the guest's first OUTPUT may be
+        # handled before the answer's waiter runs.
+        registry.open[cmd.sid] = cmd
+        try:
+            answer = decode_json(await vm.request(SPEC, VmSessionOp.START, encode_json(body)))
+        except ServiceUnavailable as exc:
+            registry.open.pop(cmd.sid, None)
+            raise ServiceUnavailable(f"{exc}; {ENABLE_HINT}") from None
+        except RemoteServiceError as exc:
+            registry.open.pop(cmd.sid, None)
+            vm.log.warning("session %d refused: %s: %s", cmd.sid, shlex.join(cmd.argv), exc)
+            raise RemoteServiceError(exc.code, f"{vm.vm.name}: {exc}") from None
+        except BaseException:
+            registry.open.pop(cmd.sid, None)
+            raise
+        cmd.info = answer
+        cmd._keepalive = max(int(answer.get("keepalive_ms", 15000)), 50) / 1000
+        cmd._input_credit = int(answer.get("input_window", 0)) if stdin else 0
+        cmd._input_closed = not stdin
+        cmd._watchdog = asyncio.create_task(cmd._watch(), name=f"vmsession:{cmd.sid}")
+        vm.log.info("session %d requested by %s: started %s as %s in %s (pid %s)", cmd.sid,
+                    requested_by or "?", shlex.join(cmd.argv), answer.get("user", "?"),
+                    answer.get("cwd", "?"), answer.get("pid", "?"))
+        return cmd
+
+    # Section: reading
+
+    @property
+    def pid(self) -> int | None:
+        """The command's process id in the guest."""
+        pid = self.info.get("pid")
+        return pid if isinstance(pid, int) else None
+
+    @property
+    def input_window(self) -> int:
+        """Stdin bytes that may be written now without waiting."""
+        return self._input_credit
+
+    async def next_event(self) -> Event:
+        """The next event; :class:`Exit` is the last.
+
+        :raise ChannelError: When the channel closed or the guest fell silent
+            (the command was killed with its session, or its fate is unknown).
+        """
+        item = await self._events.get()
+        if isinstance(item, _Failed):
+            self._events.put_nowait(item)  # every later call fails the same way
+            raise item.error
+        if isinstance(item, Exit):
+            self._events.put_nowait(item)
+        return item
+
+    def ack(self, n: int) -> None:
+        """The reader delivered *n* output bytes; the guest may send as many more."""
+        self.buffered -= n
+        self._unacked_credit += n
+        # Batched: one WINDOW per quarter window, never fewer (see §3).
+        if self._unacked_credit >= max(self.window // 4, 1) or self.buffered <= 0:
+            self._notify(VmSessionOp.WINDOW, encode_json({"session": self.sid,
+                                                          "bytes": self._unacked_credit}))
+            self._unacked_credit = 0
+
+    # Section: writing and signals
+
+    async def write(self, data: bytes | memoryview) -> None:
+        """Send bytes to the command's stdin, waiting for the guest's credit.
+
+        :raise StateError: When stdin was not asked for, or was closed.
+        """
+        if self._input_closed:
+            raise StateError(f"session {self.sid}: stdin is closed")
+        view = memoryview(data)
+        while view:
+            while self._input_credit <= 0 and not self._done:
+                self._input_more.clear()
+                await self._input_more.wait()
+            if self._done:
+                return  # the command ended; what it did not read is dropped
+            n = min(len(view), self._input_credit, CHUNK)
+            self._input_credit -= n
+            self._notify(VmSessionOp.INPUT,
+                         encode_json_raw({"session": self.sid, "eof": False}, view[:n]))
+            view = view[n:]
+
+    def close_input(self) -> None:
+        """End the command's stdin (it reads end of file)."""
+        if not self._input_closed:
+            self._input_closed = True
+            self._notify(VmSessionOp.INPUT, encode_json_raw({"session": self.sid, "eof": True}))
+
+    async def signal(self, name: str, *, cancel: bool = True) -> None:
+        """Signal the command's process group (INT, TERM, KILL, HUP, QUIT).
+
+        :param cancel: the session ends: SIGKILL follows after the guest's
+            ``kill_grace`` if the group is still there (docs/services/vmsession.md §5.3).
+        :raise RemoteServiceError: When the guest refuses; a session that
+            ended meanwhile is not an error.
+        """
+        if self._done:
+            return
+        self.log.info("session %d: %s SIG%s", self.sid, "cancel with" if cancel else "send",
+                      name)
+        try:
+            await self.channel.request(SPEC.id, VmSessionOp.SIGNAL, encode_json(
+                {"session": self.sid, "signal": name, "cancel": cancel}), timeout=15)
+        except RemoteServiceError as exc:
+            if exc.code != "not-found":
+                raise
+        except ChannelError as exc:
+            self.log.debug("SIGNAL not delivered: %s", exc)
+
+    def abandon(self) -> None:
+        """Nobody reads any more: discard output from now on and kill the command."""
+        if self._done:
+            return
+        self._discard = True
+        self.ack(self.buffered)
+        while not self._events.empty():
+            self._events.get_nowait()
+        task = asyncio.ensure_future(self.signal("KILL"))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    # Section: the guest's notifications (bottom half: never raise)
+
+    def _heard(self) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
+
+    def _on_output(self, stream: Stream, data: memoryview) -> None:
+        self._heard()
+        self.buffered += len(data)
+        if self._discard:
+            self.ack(len(data))
+        else:
+            self._events.put_nowait(Output(stream, data))
+
+    def _on_window(self, n: int) -> None:
+        self._heard()
+        self._input_credit += n
+        self._input_more.set()
+        if not self._discard and not self._done:
+            self._events.put_nowait(InputCredit(n))
+
+    def _on_exit(self, body: Mapping[str, Any]) -> None:
+        def number(key: str) -> int | None:
+            value = body.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        ended = Exit(number("code"), number("signal"), str(body.get("reason", "exited")),
+                     number("duration_ms") or 0)
+        self.exit = ended
+        how = (f"killed by signal {ended.signal}" if ended.signal is not None
+               else f"exit code {ended.code}" if ended.code is not None else "no exit status")
+        self.log.info("session %d ended: %s, %s after %.3f s", self.sid, ended.reason, how,
+                      ended.duration_ms / 1000)
+        self._finish(ended)
+
+    def _fail(self, error: VmisError) -> None:
+        if self._done:
+            return
+        self.log.warning("session %d lost: %s", self.sid, error)
+        self._finish(_Failed(error))
+
+    def _finish(self, last: Exit | _Failed) -> None:
+        self._done = True
+        self._input_more.set()
+        self._events.put_nowait(last)
+        _registry(self.vm).open.pop(self.sid, None)
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
+
+    def _notify(self, op: VmSessionOp, payload: bytes | tuple[bytes, bytes | memoryview]) -> None:
+        self.channel.notify(SPEC.id, op, payload)
+
+    async def _watch(self) -> None:
+        # docs/services/vmsession.md §4: keepalives both ways; silence or a
+        # closed channel ends the command's story on the host.
+        closed = asyncio.ensure_future(self.channel.wait_closed())
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._done:
+                done, _ = await asyncio.wait({closed}, timeout=self._keepalive)
+                if done or not self.channel.running:
+                    reason = self.channel.lost_reason or "the channel closed"
+                    self._fail(ChannelClosed(
+                        f"{self.vm.vm.name}: the channel to the guest closed ({reason}); "
+                        "the guest kills commands of a lost session"))
+                    return
+                self._notify(VmSessionOp.KEEPALIVE, encode_json({"sessions": [self.sid]}))
+                silent = loop.time() - self._last_heard
+                if silent > idle_deadline(self._keepalive):
+                    self._fail(ChannelError(
+                        f"{self.vm.vm.name}: nothing heard from session {self.sid} for "
+                        f"{silent:.1f} s (keepalive every {self._keepalive:g} s); "
+                        "the guest is not answering"))
+                    # Our keepalives stop now: the guest kills the command
+                    # after the same silence on its side.
+                    return
+        finally:
+            closed.cancel()
+
+
+# Section: notification hooks (vmis.host.services)
+
+
+def _command(vm: VmSession, body: Mapping[str, Any]) -> RemoteCommand | None:
+    cmd = _registry(vm).open.get(body.get("session"))  # type: ignore[arg-type]
+    if cmd is None:
+        vm.log.debug("VM Session notification for unknown session %r", body.get("session"))
+    return cmd
+
+
+def _guarded(hook: NotificationHook) -> NotificationHook:
+    # Hooks run in the channel's bottom half: a bad payload is logged, never raised.
+    def run(vm: VmSession, payload: bytes) -> None:
+        try:
+            hook(vm, payload)
+        except (ProtocolError, ValueError, KeyError, TypeError) as exc:
+            vm.log.warning("bad VM Session notification: %s", exc)
+
+    return run
+
+
+def _on_output(vm: VmSession, payload: bytes) -> None:
+    body, raw = decode_json_raw(payload)
+    cmd = _command(vm, body)
+    if cmd is not None:
+        cmd._on_output(Stream(body["stream"]), raw)
+
+
+def _on_window(vm: VmSession, payload: bytes) -> None:
+    body = decode_json(payload)
+    cmd = _command(vm, body)
+    n = body.get("bytes")
+    if cmd is not None and isinstance(n, int) and n > 0:
+        cmd._on_window(n)
+
+
+def _on_exit(vm: VmSession, payload: bytes) -> None:
+    body = decode_json(payload)
+    cmd = _command(vm, body)
+    if cmd is not None:
+        cmd._on_exit(body)
+
+
+def _on_keepalive(vm: VmSession, payload: bytes) -> None:
+    body = decode_json(payload)
+    for sid in body.get("sessions") or []:
+        cmd = _registry(vm).open.get(sid)
+        if cmd is not None:
+            cmd._heard()
+
+
+#: guest -> host notifications of VM Session
+HOOKS: dict[tuple[int, int], NotificationHook] = {
+    (ServiceId.VMSESSION, VmSessionOp.OUTPUT): _guarded(_on_output),
+    (ServiceId.VMSESSION, VmSessionOp.WINDOW): _guarded(_on_window),
+    (ServiceId.VMSESSION, VmSessionOp.EXIT): _guarded(_on_exit),
+    (ServiceId.VMSESSION, VmSessionOp.KEEPALIVE): _guarded(_on_keepalive),
+}
