@@ -1,0 +1,317 @@
+"""``vmis Invoke-Command -VMName V -- CMD ARGS`` (alias ``exec``, ``icm``): VM Session.
+
+The command's stdout and stderr arrive live on this process's stdout and
+stderr, stdin is passed through, and the exit status is the remote
+command's (128+n when signal n ended it). Ctrl-C cancels the remote command
+(SIGINT to its process group, SIGKILL after the guest's grace time); a second
+Ctrl-C kills it at once; a third gives up waiting. See
+docs/services/vmsession.md §8-9 for the stream to the host manager.
+
+Exit statuses of this command itself: 124 when -TimeoutSec ran out (as
+timeout(1)), 255 when vmis failed (refused, no contact, ...; as ssh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import pwd
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from websockets.asyncio.client import ClientConnection, unix_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from vmis.api.client import ApiClient
+from vmis.api.errors import error_from_json
+from vmis.cli.psargs import Command, Param, UsageError, usage
+from vmis.errors import ChannelError, ConnectError, VmisError
+from vmis.services.vmsession import CHUNK, KEEPALIVE_MISSES
+
+__all__ = ["COMMANDS"]
+
+#: exit status when -TimeoutSec ran out, as timeout(1)
+TIMEOUT_STATUS = 124
+#: exit status when vmis itself failed, as ssh
+FAILURE_STATUS = 255
+_SIGNAL_NAMES: dict[int, str] = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+class _StdinReader(threading.Thread):
+    """Reads stdin in a thread, never more than the credit the manager granted.
+
+    A daemon thread: a read blocked on a terminal must not keep the process
+    alive once the remote command has ended.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes],
+                 fd: int = 0) -> None:
+        super().__init__(name="vmis-stdin", daemon=True)
+        self._loop = loop
+        self._queue = queue
+        self._fd = fd
+        self._credit = 0
+        self._cond = threading.Condition()
+
+    def add_credit(self, n: int) -> None:
+        with self._cond:
+            self._credit += n
+            self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while self._credit <= 0:
+                    self._cond.wait()
+                wanted = min(self._credit, CHUNK)
+            try:
+                data = os.read(self._fd, wanted)
+            except OSError:
+                data = b""
+            with self._cond:
+                self._credit -= len(data)
+            try:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
+            except RuntimeError:
+                return  # the loop is closed: the command has ended
+            if not data:
+                return
+
+
+class _Invocation:
+    """One Invoke-Command: the WebSocket to the manager and the local streams."""
+
+    def __init__(self, socket: Path, vm: str, start: dict[str, Any]) -> None:
+        self.socket = socket
+        self.vm = vm
+        self.start = start
+        self.keepalive: float = start["keepalive"]
+        self.ws: ClientConnection | None = None
+        self.interrupts = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, "vmis-output")
+        self._stdin: _StdinReader | None = None
+
+    async def run(self) -> int:
+        uri = f"ws://vmis/v1/vms/{quote(self.vm, safe='')}/exec"
+        try:
+            ws = await unix_connect(str(self.socket), uri, compression=None,
+                                    ping_interval=self.keepalive,
+                                    ping_timeout=self.keepalive * KEEPALIVE_MISSES,
+                                    max_size=4 * CHUNK, open_timeout=30)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise ConnectError(
+                f"the vmis host manager is not running or does not stream (no WebSocket on "
+                f"{self.socket}: {exc}); start it with 'vmis host serve' or 'vmis lab up'",
+                exc) from exc
+        self.ws = ws
+        try:
+            await ws.send(json.dumps(self.start))
+            started = await self._receive_json(timeout=90)
+            if started.get("type") != "started":
+                raise VmisError(f"unexpected answer from the host manager: {started}")
+            self._install_signals()
+            if self.start["stdin"]:
+                self._start_stdin(int(started.get("input_window", 0)))
+            return await self._pump()
+        except ConnectionClosed as exc:
+            raise ChannelError(f"the host manager closed the stream before the command ended "
+                               f"({exc})") from None
+        finally:
+            self._remove_signals()
+            for task in self._tasks:
+                task.cancel()
+            await ws.close()
+            self._writer.shutdown(wait=False, cancel_futures=True)
+
+    async def _receive_json(self, timeout: float) -> dict[str, Any]:
+        assert self.ws is not None
+        async with asyncio.timeout(timeout):
+            message = await self.ws.recv()
+        body = json.loads(message)
+        if not isinstance(body, dict):
+            raise VmisError(f"unexpected message from the host manager: {message!r}")
+        if body.get("type") == "error":
+            raise error_from_json({"error": body.get("error"), "type": body.get("error_type"),
+                                   "code": body.get("code")})
+        return body
+
+    async def _pump(self) -> int:
+        assert self.ws is not None
+        loop = asyncio.get_running_loop()
+        deadline = self.keepalive * KEEPALIVE_MISSES + 5
+        while True:
+            try:
+                async with asyncio.timeout(deadline):
+                    message = await self.ws.recv()
+            except TimeoutError:
+                raise ChannelError(f"lost contact with the host manager: nothing heard for "
+                                   f"{deadline:g} s") from None
+            if isinstance(message, bytes):
+                view = memoryview(message)
+                fd = 2 if view[0] == 2 else 1
+                try:
+                    await loop.run_in_executor(self._writer, _write_all, fd, view[1:])
+                except BrokenPipeError:
+                    # Our reader is gone (| head): stop the command, as a pipe would.
+                    return 128 + signal.SIGPIPE
+                continue
+            body = json.loads(message)
+            kind = body.get("type")
+            if kind == "window" and self._stdin is not None:
+                self._stdin.add_credit(int(body.get("bytes", 0)))
+            elif kind == "exit":
+                return self._exit_status(body)
+            elif kind == "error":
+                raise error_from_json({"error": body.get("error"),
+                                       "type": body.get("error_type"),
+                                       "code": body.get("code")})
+
+    def _exit_status(self, body: dict[str, Any]) -> int:
+        reason = body.get("reason")
+        status = int(body.get("status", FAILURE_STATUS))
+        if reason == "timeout":
+            print(f"Invoke-Command: {self.vm}: the command ran out of time "
+                  f"({self.start['timeout']:g} s); its process group was killed",
+                  file=sys.stderr)
+            return TIMEOUT_STATUS
+        if reason in ("host-lost", "stopped", "failed"):
+            why = {"host-lost": "the guest lost its session with the host",
+                   "stopped": "the VM Session service was stopped in the guest",
+                   "failed": "the guest failed to run it"}[str(reason)]
+            print(f"Invoke-Command: {self.vm}: the command was killed: {why}", file=sys.stderr)
+            return status if body.get("code") is not None or body.get("signal") else \
+                FAILURE_STATUS
+        return status
+
+    # Section: stdin
+
+    def _start_stdin(self, credit: int) -> None:
+        assert self.ws is not None
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        try:
+            os.fstat(0)
+        except OSError:
+            self._spawn(self.ws.send(json.dumps({"type": "eof"})))
+            return
+        self._stdin = _StdinReader(asyncio.get_running_loop(), queue)
+        self._stdin.add_credit(credit)
+        self._stdin.start()
+        self._spawn(self._send_stdin(queue))
+
+    async def _send_stdin(self, queue: asyncio.Queue[bytes]) -> None:
+        assert self.ws is not None
+        while data := await queue.get():
+            await self.ws.send(data)
+        await self.ws.send(json.dumps({"type": "eof"}))
+
+    # Section: Ctrl-C
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in _SIGNAL_NAMES:
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _remove_signals(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+            for signum in _SIGNAL_NAMES:
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        assert self.ws is not None
+        name = _SIGNAL_NAMES[signum]
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts == 2:
+                name = "KILL"
+            elif self.interrupts > 2:
+                # Give up waiting: the manager kills the command when we go.
+                for task in self._tasks:
+                    task.cancel()
+                raise KeyboardInterrupt
+        self._spawn(self.ws.send(json.dumps({"type": "signal", "signal": name,
+                                             "cancel": True})))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # a send on a closing socket: the pump reports it
+
+
+def _login_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def cmd_invoke(api: ApiClient, args: dict[str, Any]) -> int:
+    if args["Help"]:
+        print(usage(INVOKE))
+        return 0
+    argv = args["Command"]
+    if not argv:
+        raise UsageError("Invoke-Command: name the command to run after '--': "
+                         "vmis Invoke-Command -VMName VM -- COMMAND ARGS...")
+    env = {}
+    for item in args["Environment"] or []:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise UsageError(f"Invoke-Command: -Environment takes NAME=VALUE, not {item!r}")
+        env[name] = value
+    timeout = args["TimeoutSec"]
+    if timeout is not None and timeout <= 0:
+        raise UsageError("Invoke-Command: -TimeoutSec must be positive")
+    keepalive = args["KeepAliveSec"]
+    if not 0.05 <= keepalive <= 3600:
+        raise UsageError("Invoke-Command: -KeepAliveSec must be between 0.05 and 3600")
+    start = {"type": "start", "argv": argv, "cwd": args["WorkingDirectory"], "env": env,
+             "stdin": not args["NoStdin"], "timeout": timeout, "keepalive": keepalive,
+             "requested_by": _login_name()}
+    try:
+        return asyncio.run(_Invocation(api.socket, args["VMName"], start).run())
+    except VmisError as exc:
+        print(f"Invoke-Command: {exc}", file=sys.stderr)
+        return FAILURE_STATUS
+
+
+INVOKE = Command(
+    "Invoke-Command", "Run a command in a VM's guest (VM Session): streams, exit status, Ctrl-C.",
+    (
+        Param("VMName", required=True, position=0, aliases=("VM",), help="the VM"),
+        Param("TimeoutSec", "float",
+              help="kill the remote process group after this many seconds (exit status 124)"),
+        Param("WorkingDirectory", help="working directory in the guest (default: the user's "
+                                       "home, else /)"),
+        Param("Environment", "list", aliases=("Env",),
+              help="NAME=VALUE variables for the command (no commas in values)"),
+        Param("NoStdin", "switch", help="do not pass stdin; the command reads /dev/null"),
+        Param("KeepAliveSec", "float", default=15.0,
+              help="seconds between keepalives on a quiet stream to the manager (default 15)"),
+        Param("Help", "switch", aliases=("?", "h"), help="show this help"),
+    ),
+    cmd_invoke, aliases=("exec", "icm"), rest="Command",
+    examples=("vmis Invoke-Command -VMName DemoVM -- uptime",
+              "vmis exec DemoVM -TimeoutSec 60 -- journalctl -n 20",
+              "tar cf - dir | vmis exec DemoVM -- tar xf - -C /srv"),
+)
+
+COMMANDS: tuple[Command, ...] = (INVOKE,)
