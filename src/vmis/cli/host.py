@@ -19,6 +19,7 @@ from typing import Any
 
 import vmis
 from vmis.api.client import ApiClient
+from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
 from vmis.cli.psargs import Command, Param, UsageError, find_command, parse, usage
 from vmis.cli.table import Column, format_table
 from vmis.errors import VmisError
@@ -224,6 +225,7 @@ LOCAL_COMMANDS: tuple[Command, ...] = (
         Param("Socket", help="API socket (default /run/vmis/host.sock, or $VMIS_SOCKET)"),
         Param("LogLevel", choices=("debug", "info", "warning", "error"), default="info"),
     ), cmd_host_serve),
+    *UPDATE_PATH_COMMANDS,
 )
 
 
