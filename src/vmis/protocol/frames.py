@@ -5,7 +5,9 @@ it and hands back complete frames; :func:`encode_frame` turns a frame into
 the buffers to write. Both directions are written for bulk data: a payload is
 copied once out of the receive buffer, and encoding returns the header and
 the payload as separate buffers so a caller can ``writelines`` them without
-concatenating.
+concatenating. A large payload that arrives in many reads is not even
+gathered in the receive buffer: the decoder keeps the received ``bytes``
+objects as they are and joins them once, when the frame is whole.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ _CRC_SPAN = HEADER_SIZE - 4
 #: docs/protocol.md §2.4
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 MIN_MAX_PAYLOAD = 64 * 1024
+#: a payload at least this long that is still arriving is collected piece by
+#: piece instead of in the receive buffer (one copy instead of three)
+_PIECES_FROM = 64 * 1024
 _MAX_U32 = 0xFFFFFFFF
 
 
@@ -143,11 +148,19 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
+        #: a large frame in progress: its header fields, and its payload so far
+        #: as the buffers that were fed (see _next_large)
+        self._large: tuple[Kind, int, int, int, int] | None = None
+        self._pieces: list[bytes] = []
+        self._have = 0
 
     # Section: feeding
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes; an empty *data* marks the end of the stream.
+
+        While a large payload is arriving, *data* is kept by reference if it
+        is ``bytes`` (the caller must not change a buffer it fed).
 
         :raise RuntimeError: When data is fed after the end of the stream.
         """
@@ -156,12 +169,17 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
+        if self._large is not None:
+            piece = data if isinstance(data, bytes) else bytes(data)
+            self._pieces.append(piece)
+            self._have += len(piece)
+            return
         self._buf += data
 
     @property
     def buffered(self) -> int:
         """Number of bytes received but not yet consumed."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + self._have
 
     @property
     def at_eof(self) -> bool:
@@ -172,6 +190,9 @@ class FrameDecoder:
         """Drop every buffered byte (used when a session is reset)."""
         self._buf.clear()
         self._pos = 0
+        self._large = None
+        self._pieces = []
+        self._have = 0
 
     # Section: decoding
 
@@ -181,20 +202,64 @@ class FrameDecoder:
         :raise RemoteProtocolError: On any framing error of docs/protocol.md
             §2.4, including end of stream inside a frame.
         """
+        if self._large is not None:
+            return self._next_large()
         avail = len(self._buf) - self._pos
         if avail < HEADER_SIZE:
             if self._eof and avail:
                 raise RemoteProtocolError(f"stream ended inside a frame header ({avail} bytes)")
             return None
         kind, service, op, id, length = self._check_header(self._pos)
-        end = self._pos + HEADER_SIZE + length
+        start = self._pos + HEADER_SIZE
+        end = start + length
         if end > len(self._buf):
             if self._eof:
                 raise RemoteProtocolError("stream ended inside a frame payload")
+            if length >= _PIECES_FROM:
+                # Collect the rest as fed; what is here already is the first piece.
+                first = bytes(memoryview(self._buf)[start:])
+                self._consume(len(self._buf))
+                self._large = (kind, service, op, id, length)
+                self._pieces = [first] if first else []
+                self._have = len(first)
             return None
-        payload = bytes(self._buf[self._pos + HEADER_SIZE : end])
+        payload = bytes(memoryview(self._buf)[start:end])
         self._consume(end)
         return Frame(kind, service, op, id, payload)
+
+    def _next_large(self) -> Frame | None:
+        assert self._large is not None
+        kind, service, op, id, length = self._large
+        if self._have < length:
+            if self._eof:
+                raise RemoteProtocolError("stream ended inside a frame payload")
+            return None
+        pieces: list[bytes | memoryview] = list(self._pieces)
+        over = self._have - length
+        rest = b""
+        if over:
+            last = self._pieces[-1]
+            cut = len(last) - over
+            rest = last[cut:]
+            pieces[-1] = memoryview(last)[:cut]
+        only = pieces[0] if len(pieces) == 1 else None
+        payload = only if isinstance(only, bytes) else b"".join(pieces)
+        self._large = None
+        self._pieces = []
+        self._have = 0
+        self._buf += rest
+        return Frame(kind, service, op, id, payload)
+
+    def _unlarge(self) -> None:
+        # Hunting re-scans raw bytes: put a partial large frame back as bytes.
+        if self._large is not None:
+            kind, service, op, id, length = self._large
+            header = encode_header(kind, service, op, id, length)
+            self._buf = bytearray(header) + b"".join(self._pieces) + self._buf[self._pos:]
+            self._pos = 0
+            self._large = None
+            self._pieces = []
+            self._have = 0
 
     def hunt(self, accept: tuple[int, int, Kind]) -> Frame | None:
         """Skip bytes until a frame with the given ``(service, op, kind)`` is whole.
@@ -207,6 +272,7 @@ class FrameDecoder:
 
         :return: the frame, or None if more bytes are needed.
         """
+        self._unlarge()
         while True:
             start = self._buf.find(MAGIC, self._pos)
             if start < 0:
