@@ -15,7 +15,9 @@ a framing error is logged and ends the session instead (docs/protocol.md §2.4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import Any, Protocol
 
 from vmis.errors import (
@@ -46,6 +48,10 @@ _log = logging.getLogger("vmis.channel")
 #: docs/protocol.md §3.1
 SYNC_TIMEOUT = 2.0
 _FIRST_FLUSH = 64 * 1024
+#: bytes of kernel socket buffer asked for each way
+_SOCKET_BUFFER = 4 * 1024 * 1024
+#: buffers shorter than this are joined before being written (see _flush)
+_JOIN_BELOW = 64 * 1024
 
 
 class ChannelHandler(Protocol):
@@ -105,6 +111,15 @@ class Channel(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Room in the kernel for a whole bulk frame: the transport then
+            # hands it over in one send instead of copying the rest into its
+            # own buffer (docs/services/fcopy.md §3.3). The kernel caps the
+            # sizes at net.core.wmem_max / rmem_max.
+            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -188,8 +203,23 @@ class Channel(asyncio.Protocol):
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(data)  # type: ignore[attr-defined]
+        if not data or self.transport is None or self.transport.is_closing():
+            return
+        write = self.transport.write  # type: ignore[attr-defined]
+        # Small buffers go out joined, in one write; a large one (bulk data)
+        # on its own: Python 3.11's socket transports implement writelines
+        # by joining, which would copy every payload once more.
+        small: list[bytes | memoryview] = []
+        for buf in data:
+            if len(buf) < _JOIN_BELOW:
+                small.append(buf)
+                continue
+            if small:
+                write(b"".join(small))
+                small = []
+            write(buf)
+        if small:
+            write(b"".join(small) if len(small) > 1 else small[0])
 
     # Section: public interface (upper half)
 

@@ -1,0 +1,59 @@
+"""Bulk payloads through two real channels: several buffers per frame, large and small mixed."""
+
+import asyncio
+import hashlib
+import os
+import socket
+
+from vmis.protocol import Role, encode_json
+from vmis.transport.channel import Channel
+
+
+class Echo:
+    """Guest side: answers HELLO, echoes every other request's payload."""
+
+    def on_synced(self, channel, event):
+        pass
+
+    def on_request(self, channel, request):
+        if request.service == 0:
+            channel.respond(request, encode_json({"framework": [1, 0], "services": {},
+                                                  "max_payload": 16 * 1024 * 1024}))
+        else:
+            channel.respond(request, request.payload)
+
+    def on_notification(self, channel, note):
+        pass
+
+    def on_session_lost(self, channel, reason):
+        pass
+
+
+async def connected_pair():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    host = Channel(Role.HOST, Echo())
+    guest = Channel(Role.GUEST, Echo())
+    await loop.create_unix_connection(lambda: host, sock=a)
+    await loop.create_unix_connection(lambda: guest, sock=b)
+    await host.sync()
+    await host.hello({"framework": [[1, 0]], "services": {}})
+    return host, guest
+
+
+async def test_payloads_of_several_buffers_arrive_whole_in_any_mix():
+    host, guest = await connected_pair()
+    try:
+        big = os.urandom(5 * 1024 * 1024 + 7)
+        sizes = [0, 1, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 300_000]
+        payloads: list = [(b"head", memoryview(big)), b"x" * 10]
+        payloads += [(encode_json({"n": n}), os.urandom(n)) for n in sizes]
+        answers = await asyncio.gather(*(host.request(6, 4, p, timeout=30) for p in payloads))
+        for payload, answer in zip(payloads, answers, strict=True):
+            expected = b"".join(payload) if isinstance(payload, tuple) else payload
+            assert hashlib.sha256(answer).digest() == hashlib.sha256(expected).digest()
+            assert len(answer) == len(expected)
+    finally:
+        host.close()
+        guest.close()
+        await host.wait_closed()
