@@ -63,8 +63,9 @@ def emulator(tmp_path: Path) -> Iterator[Callable[..., KernelEmulator]]:
 def daemon(logger: logging.Logger) -> Iterator[Callable[[Handler, KernelEmulator], RunningDaemon]]:
     running: list[RunningDaemon] = []
 
-    def start(handler: Handler, emu: KernelEmulator, register: bool = True) -> RunningDaemon:
-        d = RunningDaemon(handler, str(emu.path), logger)
+    def start(handler: Handler, emu: KernelEmulator, register: bool = True,
+              log: logging.Logger | None = None) -> RunningDaemon:
+        d = RunningDaemon(handler, str(emu.path), log or logger)
         running.append(d)
         if register:
             assert emu.wait_registered(WAIT), "daemon did not register"

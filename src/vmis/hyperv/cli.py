@@ -154,14 +154,14 @@ def main(argv: list[str], prog: str = PROG) -> int:
             logger.info("starting on %s", args.device)
             status = DaemonRunner(handler, args.device, stop, logger).run()
         finally:
-            holder.release()
+            holder.resume()
             if pid_file is not None:
                 pid_file.release()
         if status == 0:
             logger.info("stopped")
         return status
     except VmisError as err:
-        holder.release()
+        holder.resume()
         print(f"{prog} {args.service}: {err}", file=sys.stderr)
         return 1
     finally:

@@ -312,7 +312,9 @@ class HoldableHandler(logging.Handler):
             if self._held is None:
                 self._held = []
 
-    def release(self) -> None:
+    # Not "release": logging.Handler.release() is its I/O lock's, called
+    # after every emit.
+    def resume(self) -> None:
         """Stop holding and emit everything held, oldest first."""
         with self.lock or contextlib.nullcontext():
             held, self._held = self._held or [], None

@@ -122,12 +122,12 @@ class VssHandler:
             frozen = self._fs.freeze()
         except FreezeError as err:
             self._deadline = None
-            self._holder.release()
+            self._holder.resume()
             self._log.error("VSS: %s", err)
             return HResult.HV_E_FAIL
         except OSError as err:
             self._deadline = None
-            self._holder.release()
+            self._holder.resume()
             self._log.error("VSS: cannot read the mount table: %s", err)
             return HResult.HV_E_FAIL
         self._deadline = self._clock() + self._thaw_timeout
@@ -140,10 +140,10 @@ class VssHandler:
         try:
             thawed = self._fs.thaw()
         except ThawError as err:
-            self._holder.release()
+            self._holder.resume()
             self._log.error("VSS: %s", err)
             return HResult.HV_E_FAIL
-        self._holder.release()
+        self._holder.resume()
         self._log.info("VSS: thawed %s (%s)", ", ".join(thawed) or "nothing", why)
         return HResult.HV_S_OK
 
