@@ -440,3 +440,21 @@ def test_failing_installer_is_a_build_error(tmp_path: Path) -> None:
 def test_incomplete_image_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ImageBuildError, match="not a complete image"):
         GuestImage.load(tmp_path)
+
+
+@needs_mkfs
+def test_agent_layers_of_a_vanished_base_are_pruned(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    base = fake_base(cache)
+
+    def installer(root: Path) -> None:
+        (root / "etc").mkdir(exist_ok=True)
+        (root / "etc/agent.conf").write_text("x=1\n")
+
+    layer = ensure_agent_image(installer, base=base, cache=cache)
+    assert prune_images(cache) == []
+    shutil.rmtree(base.directory)
+    with pytest.raises(ImageBuildError, match=r"base image of .* is gone"):
+        GuestImage.load(layer.directory)
+    assert prune_images(cache) == [layer.directory]
+    assert not layer.directory.exists()

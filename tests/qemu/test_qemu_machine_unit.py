@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from vmis.errors import NotFoundError
 from vmis.qemu.cmdline import BootSpec, DiskMode, MachineConfig
-from vmis.qemu.errors import MachineNotRunning, QemuNotInstalled
+from vmis.qemu.errors import MachineNotRunning, MachineStartError, QemuNotInstalled
 from vmis.qemu.machine import (
     QemuMachine,
     _config_from_json,
@@ -87,3 +88,41 @@ def test_vsock_device_only_when_asked_or_available(tmp_path: Path) -> None:
     expected = default_vsock_cid(tmp_path) if Path("/dev/vhost-vsock").exists() else None
     assert auto.config.vsock_cid == expected
     assert 3 <= default_vsock_cid(tmp_path) < 3 + 2**30
+
+
+@pytest.mark.skipif(
+    shutil.which("qemu-img") is None, reason="qemu-img (qemu-utils) is not installed"
+)
+def test_a_persistent_disk_is_created_once_and_then_reused(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * (1 << 20))
+    workdir = tmp_path / "vm"
+    workdir.mkdir()
+    first = QemuMachine("vm1", workdir, spec(tmp_path), disk_mode=DiskMode.OVERLAY, vsock_cid=None)
+    first._prepare_overlay()
+    overlay = workdir / "disk.qcow2"
+    assert first.disk_chain == [overlay]
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(overlay)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(info)["backing-filename"] == str(disk)
+    inode = overlay.stat().st_ino
+
+    # A new object for the same directory (a restart) keeps the disk it finds.
+    second = QemuMachine("vm1", workdir, spec(tmp_path), disk_mode=DiskMode.OVERLAY, vsock_cid=None)
+    second._prepare_overlay()
+    assert second.disk_chain == [overlay] and overlay.stat().st_ino == inode
+
+    overlay.unlink()
+    (workdir / "disk-1.qcow2").write_bytes(b"")
+    (workdir / "machine.json").write_text(
+        json.dumps({"disk_chain": [str(overlay), str(workdir / "disk-1.qcow2")]})
+    )
+    third = QemuMachine("vm1", workdir, spec(tmp_path), disk_mode=DiskMode.OVERLAY, vsock_cid=None)
+    third._prepare_overlay()
+    assert third.disk_chain[-1] == workdir / "disk-1.qcow2"
+    (workdir / "disk-1.qcow2").unlink()
+    fourth = QemuMachine("vm1", workdir, spec(tmp_path), disk_mode=DiskMode.OVERLAY, vsock_cid=None)
+    with pytest.raises(MachineStartError, match=r"disk-1\.qcow2 is missing"):
+        fourth._prepare_overlay()

@@ -107,8 +107,16 @@ def _proc_identity(pid: int) -> str | None:
         return None
     # The command name may contain spaces and parentheses; fields resume after the last ')'.
     fields = raw[raw.rfind(")") + 2 :].split()
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
+    if len(fields) < 20 or fields[0] == "X":
         return None
+    if fields[0] == "Z":
+        # The main thread of a multi-threaded process turns into a zombie
+        # first; the process has exited only when its other threads are gone too.
+        try:
+            if len(os.listdir(f"/proc/{pid}/task")) <= 1:
+                return None
+        except OSError:
+            return None
     return fields[19]
 
 
@@ -120,23 +128,31 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
-def _qmp_greets(path: Path, timeout: float) -> bool:
-    """Whether QEMU's QMP socket accepts a connection and sends its greeting.
+def _qmp_ready(path: Path, timeout: float) -> bool:
+    """Whether QEMU answers a QMP command, which proves the machine was set up.
 
-    QEMU answers on QMP only once machine setup is done, so this also proves
-    the kernel and disks were accepted.
+    The greeting alone proves nothing: QEMU may send it while it is still
+    loading the kernel (and about to fail). Commands are only answered from
+    the main loop, which runs once the machine exists.
     """
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
-            data = b""
-            while b"\n" not in data:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return False
-                data += chunk
-            return b'"QMP"' in data
+            reader = sock.makefile("rb")
+            if b'"QMP"' not in reader.readline():
+                return False
+            for command in (b"qmp_capabilities", b"query-status"):
+                sock.sendall(b'{"execute": "' + command + b'"}\n')
+                while True:
+                    line = reader.readline()
+                    if not line:
+                        return False
+                    if b'"return"' in line:
+                        break
+                    if b'"error"' in line:
+                        return False
+            return True
     except OSError:
         return False
 
@@ -358,7 +374,7 @@ class QemuMachine:
                     f"QEMU exited with status {code} while starting {self.config.name}: "
                     f"{_tail(self.paths.qemu_log) or 'no output'}"
                 )
-            if self.paths.qmp.exists() and _qmp_greets(self.paths.qmp, timeout=2.0):
+            if self.paths.qmp.exists() and _qmp_ready(self.paths.qmp, timeout=5.0):
                 break
             if time.monotonic() > deadline:
                 self.kill()
@@ -371,7 +387,25 @@ class QemuMachine:
         self._save_state(argv)
 
     def _prepare_overlay(self) -> None:
-        if self.disk_chain and self.disk_chain[-1].exists():
+        """Find the machine's existing qcow2 chain, or create its first overlay.
+
+        A persistent disk is never replaced: a new :class:`QemuMachine` for a
+        work directory that already holds a disk picks up where the last one
+        left off (including overlays added by block snapshots).
+        """
+        if not self.disk_chain and self.paths.state.exists():
+            try:
+                recorded = json.loads(self.paths.state.read_text()).get("disk_chain", [])
+            except (OSError, ValueError):
+                recorded = []
+            self.disk_chain = [Path(p) for p in recorded]
+        if not self.disk_chain and self.paths.overlay.exists():
+            self.disk_chain = [self.paths.overlay]
+        if self.disk_chain:
+            if not self.disk_chain[-1].exists():
+                raise MachineStartError(
+                    f"the disk of {self.config.name} is gone: {self.disk_chain[-1]} is missing"
+                )
             return
         qemu_img = shutil.which("qemu-img")
         if qemu_img is None:
@@ -380,7 +414,6 @@ class QemuMachine:
             )
         boot = self.config.boot
         overlay = self.paths.overlay
-        overlay.unlink(missing_ok=True)
         proc = subprocess.run(
             [qemu_img, "create", "-q", "-f", "qcow2", "-F", boot.disk_format,
              "-b", str(boot.disk.absolute()), str(overlay)],

@@ -432,15 +432,19 @@ def prune_images(
     """
     images = _images(cache or cache_dir())
     removed: list[Path] = []
-    for kind, keep in (("agent", keep_agent), ("base", keep_base)):
+    for kind, keep in (("base", keep_base), ("agent", keep_agent)):
         found = []
         for directory in images.glob(f"{kind}-*"):
-            try:
-                used = (directory / "manifest.json").stat().st_mtime
-            except OSError:
+            manifest = _read_manifest(directory)
+            if manifest is None:
                 continue
+            used = (directory / "manifest.json").stat().st_mtime
+            if kind == "agent" and not (images / f"base-{manifest.get('base_key')}").is_dir():
+                used = -1.0  # its base image is gone: unusable, pruned first
             found.append((used, directory))
-        for _, directory in sorted(found, reverse=True)[keep:]:
+        ranked = sorted(found, reverse=True)
+        doomed = ranked[keep:] + [item for item in ranked[:keep] if item[0] < 0]
+        for _, directory in doomed:
             try:
                 with build_lock(images.parent, directory.name, timeout=0):
                     shutil.rmtree(directory, ignore_errors=True)
