@@ -1,0 +1,96 @@
+"""Guest Service Interface (vmicguestinterface): file copy, docs/services/fcopy.md.
+
+Hyper-V's Copy-VMFile, done the way its users asked for (research/anchors.md
+§3 A): host to guest *and* guest to host, whole directory trees, large raw
+frames with several in flight, SHA-256 verified end to end, a temporary
+file renamed into place, and resumable after an interruption.
+
+The modules of this package, all standard library only:
+
+- :mod:`.paths`: guest path resolution inside the agent's root, symlinks
+  resolved chroot-style, the ``[fcopy] allowed_roots`` policy;
+- :mod:`.files`: the blocking file work both ends share (partial files,
+  resume records, hashing readers and writers);
+- :mod:`.guest`: the guest service (handlers of the operations below);
+- :mod:`.host`: the copy engine the host manager runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import IntEnum
+
+__all__ = [
+    "CHECKPOINT_BYTES",
+    "CHUNK_SIZE",
+    "DATA_TIMEOUT",
+    "DEFAULT_ALLOWED_ROOTS",
+    "HEAD_ROOM",
+    "LIST_PAGE",
+    "WINDOW",
+    "FcopyOp",
+    "resume_token",
+]
+
+
+class FcopyOp(IntEnum):
+    """Operations of the fcopy service (number 6), docs/services/fcopy.md §2."""
+
+    #: json {path} -> {type, size, mode, mtime_ns}: what a guest path is
+    STAT = 1
+    #: json {path, parents} -> {path}: create a directory (-Recurse)
+    MKDIR = 2
+    #: json {path, name, size, token, ...} -> {handle, path, offset, prefix_sha256}
+    OPEN_WRITE = 3
+    #: json+raw {handle, offset} + data -> empty: data at the next offset
+    WRITE = 4
+    #: json {handle, sha256} -> {path, size, sha256}: verify, fsync, rename
+    COMMIT = 5
+    #: json {handle, keep} -> {}: give up a write (keep: resumable) or a read
+    ABORT = 6
+    #: json+raw {path, name, size, sha256, ...} + data -> {path, size, sha256}: small file
+    PUT = 7
+    #: json {path, mode, atime_ns, mtime_ns} -> {}: a directory's mode and times
+    SETMETA = 8
+    #: json {path, inline_max} -> json+raw {handle, size, ...} (+ the data if small)
+    OPEN_READ = 9
+    #: json {handle, offset, length} -> raw data
+    READ = 10
+    #: json {handle, offset} -> {prefix_sha256}: resume a read at offset
+    SEEK = 11
+    #: json {handle} -> {size, sha256}: end a read, the guest's hash of it
+    CLOSE = 12
+    #: json {path, start} -> {entries, next}: one directory, a page at a time
+    LIST = 13
+
+
+#: bytes of file data per frame: large frames amortise the per-frame costs
+#: (the peer's max_payload still caps it, docs/protocol.md §2.4)
+CHUNK_SIZE = 1024 * 1024
+#: data frames in flight per file, so the channel's latency does not bound throughput
+WINDOW = 8
+#: room kept in a frame for the json head of a json+raw payload
+HEAD_ROOM = 4096
+#: a receiver records a resume checkpoint every this many bytes
+CHECKPOINT_BYTES = 8 * 1024 * 1024
+#: directory entries per LIST answer
+LIST_PAGE = 1000
+#: seconds the host waits for one data request: a guest frozen for a backup
+#: pauses copies into it until the thaw (docs/services/fcopy.md §6)
+DATA_TIMEOUT = 120.0
+#: guest directories copies may touch when the configuration names none
+DEFAULT_ALLOWED_ROOTS = "/tmp /var/tmp /home /root /srv /opt"
+
+
+def resume_token(direction: str, source: str, size: int, mtime_ns: int, destination: str) -> str:
+    """The resume token of a copy, docs/services/fcopy.md §4.
+
+    It names a copy, not a content: the same source file (path, size and
+    modification time unchanged) copied to the same destination gets the
+    same token, so a rerun finds the partial file of an interrupted run.
+    Whether the partial data still matches the source is then checked by
+    hashing, never assumed from the token.
+    """
+    identity = json.dumps(["vmis-fcopy-1", direction, source, size, mtime_ns, destination])
+    return hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:32]

@@ -1,0 +1,491 @@
+"""The file work of a copy, shared by the guest service and the host engine.
+
+Everything here blocks (disk I/O, hashing, fsync); the async callers run it
+in worker threads, where hashlib and os.pwrite release the GIL.
+
+- :class:`Receiver` writes one incoming file: a partial file next to the
+  destination, a running SHA-256, resume checkpoints, and the final verify,
+  fsync and rename (docs/services/fcopy.md §3-4);
+- :class:`Reader` reads one outgoing file in order, hashing as it goes;
+- :func:`stat_entry` and :func:`list_dir` describe files for the peer.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import stat
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from vmis.services.base import ServiceError
+from vmis.services.fcopy import CHECKPOINT_BYTES, LIST_PAGE
+
+__all__ = [
+    "PART_SUFFIX",
+    "Reader",
+    "Receiver",
+    "entry_type",
+    "file_mode",
+    "list_dir",
+    "part_names",
+    "set_times",
+    "stat_entry",
+]
+
+PART_SUFFIX = ".vmis-part"
+RESUME_SUFFIX = ".vmis-resume"
+#: bytes of the destination name kept in partial file names (NAME_MAX is 255)
+_NAME_KEEP = 200
+_HASH_BLOCK = 1024 * 1024
+_RECORD_VERSION = 1
+
+
+def file_mode(mode: int) -> int:
+    """The permission bits a copy keeps: rwx for all and the sticky bit, not setuid/setgid.
+
+    A file copied by the agent belongs to root; keeping a set-user-ID bit
+    would turn any host file into a root program in the guest.
+    """
+    return stat.S_IMODE(mode) & 0o1777
+
+
+def entry_type(mode: int) -> str:
+    """``file``, ``dir``, ``link`` or ``other`` for an lstat mode."""
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "link"
+    return "other"
+
+
+def stat_entry(st: os.stat_result) -> dict[str, Any]:
+    """What the peer learns of a file: type, size, mode, times."""
+    return {"type": entry_type(st.st_mode), "size": st.st_size,
+            "mode": stat.S_IMODE(st.st_mode), "atime_ns": st.st_atime_ns,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def list_dir(dir_fd: int, start: int) -> tuple[list[dict[str, Any]], int | None, list[str]]:
+    """One page of a directory's entries, sorted by name.
+
+    :return: ``(entries, next start or None, names skipped)``; a name that is
+        not valid UTF-8 cannot travel in json and is skipped (reported
+        with its bytes escaped).
+    """
+    names = sorted(os.listdir(dir_fd))
+    page = names[start : start + LIST_PAGE]
+    entries, skipped = [], []
+    for name in page:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            skipped.append(name.encode("utf-8", "surrogateescape").decode("utf-8",
+                                                                            "backslashreplace"))
+            continue
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        entries.append({"name": name, **stat_entry(st)})
+    nxt = start + LIST_PAGE if start + LIST_PAGE < len(names) else None
+    return entries, nxt, skipped
+
+
+def set_times(fd: int, atime_ns: int, mtime_ns: int) -> None:
+    """Set an open file's times."""
+    os.utime(fd, ns=(atime_ns, mtime_ns))
+
+
+def part_names(name: str, token: str) -> tuple[str, str]:
+    """The partial file and resume record names of a destination name and token."""
+    raw = name.encode("utf-8", "surrogateescape")[:_NAME_KEEP]
+    keep = raw.decode("utf-8", "ignore")
+    return f".{keep}.{token[:16]}{PART_SUFFIX}", f".{keep}.{token[:16]}{RESUME_SUFFIX}"
+
+
+def _os_error(exc: OSError, what: str) -> ServiceError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return ServiceError("too-large", f"{what}: {os.strerror(exc.errno or 0)}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ServiceError("denied", f"{what}: {os.strerror(exc.errno or 0)}")
+    if exc.errno == errno.ENOENT:
+        return ServiceError("not-found", f"{what}: {os.strerror(exc.errno)}")
+    return ServiceError("failed", f"{what}: {exc.strerror or exc}")
+
+
+class Receiver:
+    """One file being received into ``dir_fd``/``name`` (docs/services/fcopy.md §3-4).
+
+    The data goes to a partial file beside the destination, named after the
+    copy's resume token, created 0600. Every :data:`CHECKPOINT_BYTES` a
+    resume record beside it notes how many bytes were written and the
+    SHA-256 of those bytes. :meth:`commit` compares the whole file's hash
+    with the sender's, fsyncs, sets mode and times and renames the partial
+    file over the destination: the destination never holds a partial file.
+
+    :param dir_fd: the destination directory; the receiver takes ownership.
+    :param name: the destination's name in it.
+    :param display: the destination's path, for messages.
+    :param token: the copy's resume token.
+    :param size: the file's size, announced by the sender.
+    :param gate: waited on before every write (the guest's thaw event), or None.
+    """
+
+    def __init__(self, dir_fd: int, name: str, display: str, token: str, size: int, *,
+                 mode: int, atime_ns: int, mtime_ns: int, force: bool,
+                 gate: Callable[[], None] | None = None) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
+        self.display = display
+        self.token = token
+        self.size = size
+        self.mode = file_mode(mode)
+        self.atime_ns = atime_ns
+        self.mtime_ns = mtime_ns
+        self.force = force
+        self._gate = gate
+        self.part, self.record = part_names(name, token)
+        self.fd = -1
+        self._hash = hashlib.sha256()
+        #: bytes written, in order, from offset 0
+        self.written = 0
+        #: the offset the next write must start at (claimed ahead of the worker)
+        self.expected = 0
+        #: bytes found already written when the copy resumed
+        self.resumed = 0
+        self._checkpointed = 0
+        self._lock = threading.RLock()
+
+    # Section: opening
+
+    def open(self, resume: bool) -> tuple[int, str]:
+        """Open the partial file, resuming from its last checkpoint if asked and possible.
+
+        The bytes a checkpoint vouches for are hashed again from the disk
+        and must match the checkpoint's hash; anything after it is cut off.
+
+        :return: ``(offset, SHA-256 of the bytes before it)``: the sender
+            must find the same hash for its first ``offset`` bytes.
+        """
+        try:
+            if resume and self._try_resume():
+                return self.written, self._hash.copy().hexdigest()
+            self._create()
+        except OSError as exc:
+            self.close(keep=False)
+            raise _os_error(exc, f"cannot create a file in the directory of {self.display}") \
+                from exc
+        return 0, self._hash.copy().hexdigest()
+
+    def _try_resume(self) -> bool:
+        try:
+            record = json.loads(self._read_record())
+            fd = os.open(self.part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        except (OSError, ValueError):
+            return False
+        st = os.fstat(fd)
+        verified = record.get("verified") if isinstance(record, dict) else None
+        if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid()
+                or st.st_mode & 0o077 or record.get("v") != _RECORD_VERSION
+                or record.get("token") != self.token or record.get("size") != self.size
+                or not isinstance(verified, int) or not 0 <= verified <= min(st.st_size,
+                                                                              self.size)):
+            os.close(fd)
+            return False
+        h = hashlib.sha256()
+        pos = 0
+        while pos < verified:
+            block = os.pread(fd, min(_HASH_BLOCK, verified - pos), pos)
+            if not block:
+                break
+            h.update(block)
+            pos += len(block)
+        if pos != verified or h.hexdigest() != record.get("sha256"):
+            os.close(fd)
+            return False
+        os.ftruncate(fd, verified)
+        self.fd = fd
+        self._hash = h
+        self.written = self.expected = self.resumed = self._checkpointed = verified
+        return True
+
+    def restart(self) -> None:
+        """Drop what a resume found (the sender's prefix differs) and start from 0."""
+        with self._lock:
+            if self.fd < 0:
+                raise ServiceError("failed", "the copy was closed")
+            os.ftruncate(self.fd, 0)
+            self._remove_parts(self.record)
+            self._hash = hashlib.sha256()
+            self.written = self.expected = self.resumed = self._checkpointed = 0
+
+    def _read_record(self) -> bytes:
+        fd = os.open(self.record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        try:
+            return os.read(fd, 65536)
+        finally:
+            os.close(fd)
+
+    def _create(self) -> None:
+        self._remove_parts(self.part, self.record)
+        self._remove_stale()
+        self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
+        self._hash = hashlib.sha256()
+        self.written = self.expected = self.resumed = self._checkpointed = 0
+
+    def _remove_parts(self, *names: str) -> None:
+        for n in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(n, dir_fd=self.dir_fd)
+
+    def _remove_stale(self) -> None:
+        # Partial files of earlier copies to this destination whose source has
+        # changed since (another token): they can never be resumed.
+        keep = self.part[: -len(PART_SUFFIX) - 17]
+        truncated = keep[1:] != self.name
+        pattern = re.compile(re.escape(keep) + r"\.([0-9a-f]{16})(" + re.escape(PART_SUFFIX)
+                             + "|" + re.escape(RESUME_SUFFIX) + ")$")
+        for entry in os.listdir(self.dir_fd):
+            match = pattern.match(entry)
+            if match is None or match.group(1) == self.token[:16]:
+                continue
+            if truncated and not self._names_us(keep + "." + match.group(1) + RESUME_SUFFIX):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry, dir_fd=self.dir_fd)
+
+    def _names_us(self, record: str) -> bool:
+        try:
+            fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+            try:
+                body = json.loads(os.read(fd, 65536))
+            finally:
+                os.close(fd)
+        except (OSError, ValueError):
+            return False
+        return isinstance(body, dict) and body.get("name") == self.name
+
+    # Section: writing
+
+    def claim(self, offset: int, length: int) -> None:
+        """Check that a write continues where the last one ended, and reserve it.
+
+        Called in arrival order, before the write is queued.
+
+        :raise ServiceError: ``bad-request`` for a gap, an overlap or a write
+            past the announced size.
+        """
+        if offset != self.expected:
+            raise ServiceError("bad-request",
+                               f"write at offset {offset}, expected {self.expected}")
+        if offset + length > self.size:
+            raise ServiceError("bad-request", f"write past the announced size {self.size}")
+        self.expected = offset + length
+
+    def write(self, offset: int, data: memoryview | bytes) -> None:
+        """Write claimed data at *offset* (one worker thread, in offset order)."""
+        if self._gate is not None:
+            self._gate()
+        view = memoryview(data)
+        with self._lock:
+            if self.fd < 0:
+                raise ServiceError("failed", "the copy was closed")
+            try:
+                pos = 0
+                while pos < len(view):
+                    pos += os.pwrite(self.fd, view[pos:], offset + pos)
+            except OSError as exc:
+                raise _os_error(exc, f"writing {self.display}") from exc
+            self._hash.update(view)
+            self.written = offset + len(view)
+            if self.written - self._checkpointed >= CHECKPOINT_BYTES:
+                self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        # Not fsynced: after a crash the record may be ahead of the data on
+        # disk, and then the prefix hash on resume fails and the copy starts
+        # over. The record is only ever trusted after that hash matches.
+        record = json.dumps({"v": _RECORD_VERSION, "token": self.token, "name": self.name,
+                             "size": self.size, "verified": self.written,
+                             "sha256": self._hash.copy().hexdigest()}).encode()
+        tmp = self.record + ".tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
+            try:
+                os.write(fd, record)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.record, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except OSError:
+            return  # resuming is a convenience; the copy itself goes on
+        self._checkpointed = self.written
+
+    # Section: finishing
+
+    def commit(self, sha256: str) -> str:
+        """Verify the whole file against the sender's hash, then move it into place.
+
+        :return: the file's SHA-256.
+        :raise ServiceError: ``failed`` for a short file or a hash mismatch
+            (the partial file is deleted: it can never become right),
+            ``exists`` when the destination appeared meanwhile and -Force
+            was not given.
+        """
+        if self._gate is not None:
+            self._gate()
+        with self._lock:
+            if self.fd < 0:
+                raise ServiceError("failed", "the copy was closed")
+            if self.written != self.size:
+                raise ServiceError("failed", f"{self.display}: received {self.written} of "
+                                             f"{self.size} bytes")
+            digest = self._hash.hexdigest()
+            if digest != sha256:
+                self.close(keep=False)
+                raise ServiceError("failed", f"{self.display}: SHA-256 mismatch (sent {sha256}, "
+                                             f"received {digest}); nothing was written")
+            try:
+                os.fchmod(self.fd, self.mode)
+                set_times(self.fd, self.atime_ns, self.mtime_ns)
+                os.fsync(self.fd)
+                self._place()
+                os.fsync(self.dir_fd)
+            except OSError as exc:
+                raise _os_error(exc, f"cannot finish {self.display}") from exc
+            os.close(self.fd)
+            self.fd = -1
+            self._remove_parts(self.record, self.record + ".tmp")
+            self._close_dir()
+            return digest
+
+    def _place(self) -> None:
+        try:
+            st = os.lstat(self.name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise ServiceError("exists", f"{self.display} is a directory")
+        if self.force:
+            os.rename(self.part, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            return
+        if st is not None:
+            raise ServiceError("exists", f"{self.display} exists (-Force overwrites it)")
+        try:
+            # link() never replaces: a file that appeared since the check stays.
+            os.link(self.part, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
+                    follow_symlinks=False)
+        except FileExistsError:
+            raise ServiceError("exists", f"{self.display} exists (-Force overwrites it)") \
+                from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            os.rename(self.part, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            return
+        os.unlink(self.part, dir_fd=self.dir_fd)
+
+    def close(self, keep: bool) -> None:
+        """Give the copy up: keep the partial file for a resume, or delete it.
+
+        Kept, the resume record is brought up to date first, so a rerun
+        resumes from the last byte written.
+        """
+        with self._lock:
+            if self.fd >= 0:
+                if keep and self.written > self._checkpointed:
+                    self._checkpoint()
+                os.close(self.fd)
+                self.fd = -1
+                if not keep:
+                    self._remove_parts(self.part, self.record, self.record + ".tmp")
+            self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+
+class Reader:
+    """One file read in order from offset 0 (or a resume offset), hashed as it goes.
+
+    :param fd: the open file; the reader takes ownership.
+    :param display: its path, for messages.
+    """
+
+    def __init__(self, fd: int, display: str) -> None:
+        self.fd = fd
+        self.display = display
+        self.st = os.fstat(fd)
+        self.size = self.st.st_size
+        self._hash = hashlib.sha256()
+        #: bytes hashed so far
+        self.pos = 0
+        #: the offset the next read must start at (claimed ahead of the worker)
+        self.expected = 0
+
+    def seek(self, offset: int) -> str:
+        """Start over, hashing the first *offset* bytes; return their SHA-256."""
+        if not 0 <= offset <= self.size:
+            raise ServiceError("bad-request", f"offset {offset} outside 0..{self.size}")
+        self._hash = hashlib.sha256()
+        self.pos = 0
+        while self.pos < offset:
+            block = self._pread(min(_HASH_BLOCK, offset - self.pos), self.pos)
+            self._hash.update(block)
+            self.pos += len(block)
+        self.expected = offset
+        return self._hash.copy().hexdigest()
+
+    def claim(self, offset: int, length: int) -> int:
+        """Check that a read continues the last one; return the length to read."""
+        if offset != self.expected:
+            raise ServiceError("bad-request", f"read at offset {offset}, expected {self.expected}")
+        length = max(0, min(length, self.size - offset))
+        self.expected = offset + length
+        return length
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read claimed bytes and hash them (one worker thread, in offset order)."""
+        data = self._pread(length, offset)
+        self._hash.update(data)
+        self.pos = offset + len(data)
+        return data
+
+    def _pread(self, length: int, offset: int) -> bytes:
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as exc:
+            raise _os_error(exc, f"reading {self.display}") from exc
+        if len(data) != length:
+            raise ServiceError("failed", f"{self.display} shrank while being copied")
+        return data
+
+    def finish(self) -> str:
+        """The SHA-256 of the whole file, after checking it did not change meanwhile.
+
+        :raise ServiceError: ``failed`` when not all was read or the file changed.
+        """
+        if self.pos != self.size:
+            raise ServiceError("failed", f"{self.display}: read {self.pos} of {self.size} bytes")
+        st = os.fstat(self.fd)
+        if (st.st_size, st.st_mtime_ns) != (self.size, self.st.st_mtime_ns):
+            raise ServiceError("failed", f"{self.display} changed while being copied")
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
