@@ -53,6 +53,12 @@ Every setting, with its default::
     # (defaults: vmicguestinterface manual, vmicvmsession disabled, others automatic)
     vmicvmsession = disabled
 
+    [fcopy]
+    # guest directories Copy-VMFile may write to and read from (space-separated;
+    # links are resolved first, so a link cannot lead outside them;
+    # docs/services/fcopy.md §5); "/" allows everything
+    allowed_roots = /tmp /var/tmp /home /root /srv /opt
+
     [vmsession]
     # what the host may run with Invoke-Command (vmis.services.vmsession.policy)
     allow =
@@ -72,7 +78,10 @@ from pathlib import Path
 from vmis.errors import ConfigError, NotFoundError
 from vmis.protocol import DEFAULT_MAX_PAYLOAD
 from vmis.protocol.frames import MIN_MAX_PAYLOAD
+from vmis.services.base import ServiceError
 from vmis.services.catalog import CATALOG, StartupType, by_guest_name
+from vmis.services.fcopy import DEFAULT_ALLOWED_ROOTS
+from vmis.services.fcopy.paths import parse_roots
 from vmis.services.vmsession.policy import SessionConfig
 
 __all__ = ["CONFIG_PATH", "AgentConfig", "load_config"]
@@ -102,6 +111,7 @@ class AgentConfig:
     step_threshold: float = 0.128
     chrony_socket: str = "/run/chrony.vmis.sock"
     ntp_daemons: str = "auto"
+    allowed_roots: str = DEFAULT_ALLOWED_ROOTS
     #: guest service name -> start type before any Set-Service
     startup: dict[str, StartupType] = field(
         default_factory=lambda: {s.guest_name: s.default_startup for s in CATALOG}
@@ -116,6 +126,7 @@ _SECTIONS = {
     "vss": ("freeze_timeout", "hook_timeout"),
     "shutdown": ("poweroff_command", "reboot_command", "check_inhibitors"),
     "timesync": ("step_threshold", "chrony_socket", "ntp_daemons"),
+    "fcopy": ("allowed_roots",),
 }
 
 _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
@@ -191,6 +202,10 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: [timesync] ntp_daemons must be auto or ignore")
     if not (config.poweroff_command.strip() and config.reboot_command.strip()):
         raise ConfigError(f"{path}: [shutdown] power commands must not be empty")
+    try:
+        parse_roots(config.allowed_roots)
+    except ServiceError as exc:
+        raise ConfigError(f"{path}: [fcopy] allowed_roots: {exc}") from None
     if config.max_payload < MIN_MAX_PAYLOAD:
         raise ConfigError(f"{path}: max_payload must be at least {MIN_MAX_PAYLOAD}")
     return config
