@@ -182,6 +182,10 @@ class Lab:
         return [self.vm(p.name) for p in sorted(base.iterdir()) if p.is_dir()]
 
     def _write_config(self, vm: LabVm) -> None:
+        # The directories every Linux root has, where copies may go
+        # (docs/services/fcopy.md §5: allowed roots that exist).
+        for directory in ("tmp", "var/tmp", "home", "root", "srv", "opt"):
+            (vm.root / directory).mkdir(parents=True, exist_ok=True)
         conf = vm.root / "etc/vmis/agent.conf"
         if conf.exists():
             return
