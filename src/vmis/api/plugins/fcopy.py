@@ -1,0 +1,103 @@
+"""API of the Guest Service Interface: ``POST /v1/vms/{name}/copy`` (docs/services/fcopy.md §7).
+
+Without ``?stream=true`` the answer is the copy's result. With it, the
+answer is JSON lines: ``{"type": "progress", ...}`` at most ten times a
+second while the copy runs, then one ``{"type": "result", ...}`` or
+``{"type": "error", "error": ..., "code": ...}``. A client that disconnects
+cancels the copy; the partial file stays, so the same copy resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from vmis.api.app import manager_of
+from vmis.errors import VmisError
+from vmis.host.plugins.fcopy import copy_vm_file, prepare_copy
+from vmis.services.fcopy.host import CopyProgress
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1")
+_log = logging.getLogger("vmis.host.fcopy")
+
+#: seconds between two progress lines
+PROGRESS_INTERVAL = 0.1
+
+
+class CopyIn(BaseModel):
+    source: str = Field(min_length=1, max_length=4096)
+    destination: str = Field(min_length=1, max_length=4096)
+    file_source: Literal["Host", "Guest"] = "Host"
+    create_full_path: bool = False
+    force: bool = False
+    recurse: bool = False
+
+
+def _error_line(exc: BaseException) -> dict[str, Any]:
+    line: dict[str, Any] = {"type": "error", "error": str(exc), "class": type(exc).__name__}
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        line["code"] = code
+    return line
+
+
+@router.post("/vms/{name}/copy", response_model=None)
+async def copy(request: Request, name: str, body: CopyIn,
+               stream: bool = Query(False)) -> dict[str, Any] | StreamingResponse:
+    manager = manager_of(request)
+    # Errors found before any byte moves come back as ordinary error answers.
+    prepare_copy(manager, name, body.source, body.destination, body.file_source)
+
+    def run(progress: Callable[[CopyProgress], None] | None = None) -> Awaitable[dict[str, Any]]:
+        return copy_vm_file(manager, name, body.source, body.destination, body.file_source,
+                            create_full_path=body.create_full_path, force=body.force,
+                            recurse=body.recurse, progress=progress)
+
+    if not stream:
+        return await run()
+
+    async def lines() -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        last = 0.0
+
+        def progress(p: CopyProgress) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= PROGRESS_INTERVAL:
+                last = now
+                queue.put_nowait({"type": "progress", **p.to_json()})
+
+        task = asyncio.ensure_future(run(progress))
+        task.add_done_callback(lambda _: queue.put_nowait({"type": "done"}))
+        try:
+            while True:
+                item = await queue.get()
+                if item["type"] == "done":
+                    break
+                yield json.dumps(item).encode() + b"\n"
+            try:
+                result = {"type": "result", **task.result()}
+            except VmisError as exc:
+                result = _error_line(exc)
+            except Exception as exc:
+                _log.exception("Copy-VMFile %s failed", name)
+                result = _error_line(VmisError(f"the copy failed: {exc}"))
+            yield json.dumps(result).encode() + b"\n"
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")

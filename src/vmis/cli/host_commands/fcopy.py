@@ -1,0 +1,145 @@
+"""``vmis Copy-VMFile``: copy files and trees between the host and a guest.
+
+Hyper-V's parameters with Hyper-V's meaning (-CreateFullPath, -Force, a
+destination that is a directory takes the source's name), plus
+``-FileSource Guest`` (guest to host) and ``-Recurse``. The host manager
+makes the copy; this command resolves the host path against the current
+directory, starts the copy and draws its progress on a terminal.
+docs/services/fcopy.md §7.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import httpx
+
+from vmis.api.client import ApiClient
+from vmis.cli.psargs import Command, Param, UsageError
+from vmis.errors import VmisError
+
+__all__ = ["COMMANDS"]
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class _Bar:
+    """A rich progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True))
+        self.task = self.progress.add_task(label, total=None)
+        self.progress.start()
+
+    def update(self, line: dict[str, Any]) -> None:
+        if self.progress is None:
+            return
+        files = f" ({line['files']}/{line['files_total']} files)" \
+            if line.get("files_total", 0) > 1 else ""
+        self.progress.update(self.task, completed=line["bytes"], total=line["total"] or None,
+                             description=f"{os.path.basename(line.get('file') or '')}{files}")
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _absolute(path: str) -> str:
+    """*path* against the current directory, keeping a trailing "/" (it means a directory)."""
+    full = os.path.abspath(path)
+    return full + "/" if path.endswith("/") and full != "/" else full
+
+
+def cmd_copy(api: ApiClient, args: dict[str, Any]) -> int:
+    source, destination, file_source = args["SourcePath"], args["DestinationPath"], \
+        args["FileSource"]
+    if file_source == "Host":
+        source = _absolute(source)
+        guest = destination
+    else:
+        destination = _absolute(destination)
+        guest = source
+    if not guest.startswith("/"):
+        raise UsageError(f"Copy-VMFile: the guest path must be absolute: {guest!r}")
+    body = {"source": source, "destination": destination, "file_source": file_source,
+            "create_full_path": args["CreateFullPath"], "force": args["Force"],
+            "recurse": args["Recurse"]}
+    bar = _Bar(sys.stderr.isatty() and not args["json"], os.path.basename(source))
+    result: dict[str, Any] | None = None
+    try:
+        for line in api.stream("POST", f"/vms/{args['Name']}/copy?stream=true", json=body,
+                               timeout=None):
+            if line.get("type") == "progress":
+                bar.update(line)
+            elif line.get("type") == "result":
+                result = line
+    except KeyboardInterrupt:
+        bar.stop()
+        print("Copy-VMFile: interrupted; the same command resumes the copy", file=sys.stderr)
+        raise
+    except httpx.HTTPError as exc:
+        raise VmisError(f"lost the host manager during the copy ({exc}); the same command "
+                        "resumes it") from exc
+    finally:
+        bar.stop()
+    if result is None:
+        raise VmisError("the host manager ended the copy without a result")
+    result.pop("type", None)
+    if args["json"]:
+        print(json.dumps(result, indent=2))
+    elif sys.stderr.isatty():
+        what = f"{result['Files']} files" if result["Files"] != 1 else "1 file"
+        print(f"{what}, {_human(result['Bytes'])} -> {result['Destination']} in "
+              f"{result['Seconds']:.2f} s ({_human(result['BytesPerSecond'])}/s)",
+              file=sys.stderr)
+    return 0
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("Copy-VMFile", "Copy a file (or a directory with -Recurse) between host and guest.", (
+        Param("Name", required=True, position=0, aliases=("VMName",), help="the VM"),
+        Param("SourcePath", required=True, position=1,
+              help="file to copy: a host path (relative to here) with -FileSource Host, "
+                   "an absolute guest path with -FileSource Guest"),
+        Param("DestinationPath", required=True, position=2,
+              help="where to: an absolute guest path, or a host path with -FileSource Guest; "
+                   "an existing directory receives the file under its own name"),
+        Param("FileSource", required=True, choices=("Host", "Guest"),
+              help="Host: host to guest (Hyper-V's only direction); Guest: guest to host"),
+        Param("CreateFullPath", "switch", help="create missing directories of the destination"),
+        Param("Force", "switch", help="overwrite existing files"),
+        Param("Recurse", "switch", help="copy a directory and everything in it"),
+        Param("json", "switch", help="print the result as JSON (bytes, files, seconds, "
+                                     "throughput, SHA-256)"),
+    ), cmd_copy, aliases=("cpvmf",), examples=(
+        'vmis Copy-VMFile -Name DemoVM -SourcePath ./app.tar -DestinationPath /srv/ '
+        '-FileSource Host -CreateFullPath',
+        'vmis Copy-VMFile DemoVM /var/log/syslog ./logs/ -FileSource Guest -CreateFullPath',
+        'vmis Copy-VMFile DemoVM ./site /srv/www -FileSource Host -Recurse -Force',
+    )),
+)
