@@ -1,0 +1,165 @@
+"""Copy-VMFile end to end: the real ``vmis`` command line, host manager and agent processes.
+
+Issue 3's acceptance: a 200 MiB file both ways with matching SHA-256; a
+guest agent killed mid-copy leaves no destination file, and the rerun
+resumes.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from support.lab import run_vmis
+
+from vmis.lab import Lab, pid_alive
+from vmis.services.fcopy.files import PART_SUFFIX
+
+pytestmark = pytest.mark.slow
+
+MIB = 1024 * 1024
+SIZE = 200 * MIB
+
+
+def make_file(path, size):
+    h = hashlib.sha256()
+    block = os.urandom(MIB)
+    with path.open("wb") as f:
+        for i in range(size // MIB):
+            chunk = block[i % 7 :] + block[: i % 7]  # every MiB different
+            f.write(chunk)
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha_file(path):
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(4 * MIB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def env_of(lab_dir):
+    return dict(os.environ, VMIS_LAB_DIR=str(lab_dir), VMIS_SOCKET=str(lab_dir / "host.sock"))
+
+
+def vmis(lab_dir, *args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "vmis.cli.host", *args], capture_output=True,
+                          text=True, env=env_of(lab_dir), cwd=cwd, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def gsi_lab(lab, lab_dir):
+    result = run_vmis(lab_dir, "Enable-VMIntegrationService", "-VMName", "DemoVM", "-Name",
+                      "Guest Service Interface")
+    assert result.code == 0, result.err
+    return lab
+
+
+def test_200_mib_both_ways_match_sha256(gsi_lab, lab_dir, short_tmp):
+    src = short_tmp / "big.bin"
+    digest = make_file(src, SIZE)
+    root = gsi_lab.vm("DemoVM").root
+    # A relative host path is taken from the command's current directory.
+    to = vmis(lab_dir, "Copy-VMFile", "-Name", "DemoVM", "-SourcePath", "big.bin",
+              "-DestinationPath", "/srv/data/", "-FileSource", "Host", "-CreateFullPath",
+              "--json", cwd=short_tmp)
+    assert to.returncode == 0, to.stderr
+    result = json.loads(to.stdout)
+    assert result["Sha256"] == digest == sha_file(root / "srv/data/big.bin")
+    assert (result["Bytes"], result["Files"], result["Destination"]) == \
+        (SIZE, 1, "/srv/data/big.bin")
+    assert result["Seconds"] > 0 and result["BytesPerSecond"] > 0
+    back = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", "/srv/data/big.bin",
+                    str(short_tmp / "back.bin"), "-FileSource", "Guest", "--json")
+    assert back.code == 0, back.err
+    assert json.loads(back.out)["Sha256"] == digest == sha_file(short_tmp / "back.bin")
+    assert back.err == ""
+
+
+def test_killed_agent_leaves_no_destination_and_the_rerun_resumes(gsi_lab, lab_dir, short_tmp):
+    src = short_tmp / "big.bin"
+    digest = make_file(src, SIZE)
+    vm = gsi_lab.vm("DemoVM")
+    dest = vm.root / "tmp/big.bin"
+    copying = subprocess.Popen(
+        [sys.executable, "-m", "vmis.cli.host", "Copy-VMFile", "DemoVM", str(src), "/tmp/",
+         "-FileSource", "Host"], env=env_of(lab_dir), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        part = None
+        while time.monotonic() < deadline:
+            parts = [p for p in (vm.root / "tmp").iterdir() if p.name.endswith(PART_SUFFIX)]
+            if parts and parts[0].stat().st_size >= 40 * MIB:
+                part = parts[0]
+                break
+            assert copying.poll() is None, copying.communicate()
+            time.sleep(0.002)
+        assert part is not None, "the copy never got going"
+        pid = vm.pid
+        os.kill(pid, signal.SIGKILL)
+        _, err = copying.communicate(timeout=120)
+    finally:
+        if copying.poll() is None:
+            copying.kill()
+    while pid_alive(pid):
+        time.sleep(0.05)
+    assert copying.returncode != 0
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert not dest.exists()
+    assert part.exists() and part.stat().st_size < SIZE
+
+    Lab(lab_dir).start_vm("DemoVM")
+    Lab(lab_dir).wait_ready(["DemoVM"])
+    rerun = None
+    for _ in range(100):  # the host re-enables the service once the session is up
+        rerun = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(src), "/tmp/", "-FileSource",
+                         "Host", "--json")
+        if rerun.code == 0 or "not running" not in rerun.err:
+            break
+        time.sleep(0.1)
+    assert rerun.code == 0, rerun.err
+    result = json.loads(rerun.out)
+    assert result["BytesResumed"] >= 32 * MIB
+    assert result["BytesSent"] == SIZE - result["BytesResumed"] < SIZE
+    assert result["Sha256"] == digest == sha_file(dest)
+    assert not any(p.name.endswith(PART_SUFFIX) for p in (vm.root / "tmp").iterdir())
+
+
+def test_cli_errors_are_one_line(gsi_lab, lab_dir, short_tmp):
+    (short_tmp / "f.txt").write_text("x")
+    cases = [
+        (("Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/etc/f.txt", "-FileSource",
+          "Host"), "outside the guest's allowed roots"),
+        (("Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/../etc/f", "-FileSource",
+          "Host"), "'..' is not allowed"),
+        (("Copy-VMFile", "DemoVM", str(short_tmp / "nope"), "/tmp/", "-FileSource", "Host"),
+         "does not exist on the host"),
+        (("Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "tmp/x", "-FileSource", "Host"),
+         "must be absolute"),
+        (("Copy-VMFile", "DemoVM", str(short_tmp), "/tmp/", "-FileSource", "Host"),
+         "-Recurse"),
+    ]
+    for args, text in cases:
+        result = run_vmis(lab_dir, *args)
+        assert result.code != 0
+        assert text in result.err and result.err.count("\n") == 1, result.err
+        assert "Traceback" not in result.err
+    ok = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/",
+                  "-FileSource", "Host")
+    assert (ok.code, ok.out, ok.err) == (0, "", "")
+    again = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/",
+                     "-FileSource", "Host")
+    assert again.code == 1 and "-Force" in again.err
+    disabled = run_vmis(lab_dir, "Disable-VMIntegrationService", "-VMName", "DemoVM", "-Name",
+                        "Guest Service Interface")
+    assert disabled.code == 0
+    off = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/",
+                   "-FileSource", "Host", "-Force")
+    assert off.code == 1 and "Enable-VMIntegrationService" in off.err
