@@ -9,12 +9,13 @@ sends a ``start`` message; the server relays between the socket and a
   ``exit`` and ``error``;
 - up (client -> server): binary messages of stdin bytes, never more than
   the credit the server granted (``started.input_window`` plus every
-  ``window``), and text JSON ``eof`` and ``signal``.
+  ``window``), and text JSON ``ack``, ``eof`` and ``signal``.
 
-The relay sends output to the client before it acknowledges it to the guest,
-and uvicorn's send waits while the socket's buffer is full: a client that
-reads slowly slows the command down. Since stdin is sent only against credit,
-the relay reads the client's messages all the time and a ``signal`` (Ctrl-C)
+Flow control is end to end: output is acknowledged to the guest only when
+the client says it has written it (``ack``), so a client whose stdout is
+blocked slows the command down while both ends keep reading the socket
+(pings, keepalives and Ctrl-C still flow). Since stdin is sent only against
+credit, the relay reads the client's messages all the time and a ``signal``
 is never stuck behind stdin bytes.
 """
 
@@ -38,6 +39,8 @@ router = APIRouter(prefix="/v1")
 
 #: seconds a client has to send its start message
 _START_TIMEOUT = 30.0
+#: output bytes in flight between guest and client (one guest window, §3)
+STREAM_WINDOW = 1024 * 1024
 
 
 class ExecStart(BaseModel):
@@ -97,7 +100,6 @@ class _Relay:
                     await self.ws.send_bytes(bytes((event.stream,)) + event.data)
                 except (WebSocketDisconnect, RuntimeError, OSError) as exc:
                     raise _ClientGone() from exc
-                self.cmd.ack(len(event.data))
             elif isinstance(event, InputCredit):
                 await self._send_json({"type": "window", "bytes": event.bytes})
             elif isinstance(event, Exit):
@@ -120,7 +122,11 @@ class _Relay:
             except ValueError:
                 continue
             kind = body.get("type") if isinstance(body, dict) else None
-            if kind == "eof":
+            if kind == "ack":
+                n = body.get("bytes")
+                if isinstance(n, int) and 0 < n <= self.cmd.buffered:
+                    self.cmd.ack(n)
+            elif kind == "eof":
                 self.cmd.close_input()
             elif kind == "signal":
                 with contextlib.suppress(VmisError):
@@ -158,7 +164,8 @@ async def exec_command(websocket: WebSocket, name: str) -> None:
             start = ExecStart.model_validate(await websocket.receive_json())
         cmd = await RemoteCommand.start(
             manager.session(name), start.argv, cwd=start.cwd, env=start.env,
-            stdin=start.stdin, timeout=start.timeout, requested_by=start.requested_by)
+            stdin=start.stdin, timeout=start.timeout, requested_by=start.requested_by,
+            window=STREAM_WINDOW)
     except (WebSocketDisconnect, TimeoutError):
         return
     except (ValidationError, ValueError) as exc:

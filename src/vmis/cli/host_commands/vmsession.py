@@ -103,6 +103,7 @@ class _Invocation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writer = concurrent.futures.ThreadPoolExecutor(1, "vmis-output")
         self._stdin: _StdinReader | None = None
+        self._broken_pipe = False
 
     async def run(self) -> int:
         uri = f"ws://vmis/v1/vms/{quote(self.vm, safe='')}/exec"
@@ -149,9 +150,15 @@ class _Invocation:
         return body
 
     async def _pump(self) -> int:
+        # The socket is read all the time, even while stdout is blocked, so
+        # keepalives and pings keep flowing; output waits in self._output,
+        # bounded by the guest's window, because the guest sends more only
+        # after _write_output has acknowledged it (docs/services/vmsession.md §8).
         assert self.ws is not None
-        loop = asyncio.get_running_loop()
-        deadline = self.keepalive * KEEPALIVE_MISSES + 5
+        output: asyncio.Queue[memoryview | None] = asyncio.Queue()
+        writer = asyncio.ensure_future(self._write_output(output))
+        self._tasks.add(writer)
+        deadline = self.keepalive * KEEPALIVE_MISSES + 1
         while True:
             try:
                 async with asyncio.timeout(deadline):
@@ -160,24 +167,43 @@ class _Invocation:
                 raise ChannelError(f"lost contact with the host manager: nothing heard for "
                                    f"{deadline:g} s") from None
             if isinstance(message, bytes):
-                view = memoryview(message)
-                fd = 2 if view[0] == 2 else 1
-                try:
-                    await loop.run_in_executor(self._writer, _write_all, fd, view[1:])
-                except BrokenPipeError:
-                    # Our reader is gone (| head): stop the command, as a pipe would.
-                    return 128 + signal.SIGPIPE
+                output.put_nowait(memoryview(message))
                 continue
             body = json.loads(message)
             kind = body.get("type")
             if kind == "window" and self._stdin is not None:
                 self._stdin.add_credit(int(body.get("bytes", 0)))
             elif kind == "exit":
+                output.put_nowait(None)
+                await writer
+                if self._broken_pipe:
+                    return 128 + signal.SIGPIPE
                 return self._exit_status(body)
             elif kind == "error":
                 raise error_from_json({"error": body.get("error"),
                                        "type": body.get("error_type"),
                                        "code": body.get("code")})
+
+    async def _write_output(self, output: asyncio.Queue[memoryview | None]) -> None:
+        assert self.ws is not None
+        loop = asyncio.get_running_loop()
+        while (view := await output.get()) is not None:
+            if not self._broken_pipe:
+                fd = 2 if view[0] == 2 else 1
+                try:
+                    await loop.run_in_executor(self._writer, _write_all, fd, view[1:])
+                except BrokenPipeError:
+                    # Our reader is gone (| head): end the command, as a pipe
+                    # would, and drop what it still sends.
+                    self._broken_pipe = True
+                    await self._send({"type": "signal", "signal": "KILL", "cancel": True})
+            await self._send({"type": "ack", "bytes": len(view) - 1})
+
+    async def _send(self, body: dict[str, Any]) -> None:
+        # After the exit message the manager closes the stream; late acks are moot.
+        assert self.ws is not None
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.send(json.dumps(body))
 
     def _exit_status(self, body: dict[str, Any]) -> int:
         reason = body.get("reason")
@@ -267,6 +293,8 @@ def cmd_invoke(api: ApiClient, args: dict[str, Any]) -> int:
     if args["Help"]:
         print(usage(INVOKE))
         return 0
+    if not args["VMName"]:
+        raise UsageError("Invoke-Command: missing mandatory parameter -VMName.")
     argv = args["Command"]
     if not argv:
         raise UsageError("Invoke-Command: name the command to run after '--': "
@@ -296,7 +324,8 @@ def cmd_invoke(api: ApiClient, args: dict[str, Any]) -> int:
 INVOKE = Command(
     "Invoke-Command", "Run a command in a VM's guest (VM Session): streams, exit status, Ctrl-C.",
     (
-        Param("VMName", required=True, position=0, aliases=("VM",), help="the VM"),
+        # mandatory, but checked in cmd_invoke so that -? works without it
+        Param("VMName", position=0, aliases=("VM",), help="the VM (mandatory)"),
         Param("TimeoutSec", "float",
               help="kill the remote process group after this many seconds (exit status 124)"),
         Param("WorkingDirectory", help="working directory in the guest (default: the user's "
