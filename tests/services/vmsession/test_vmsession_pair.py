@@ -67,7 +67,7 @@ async def first_line(cmd: RemoteCommand) -> bytes:
             line.extend(event.data)
             cmd.ack(len(event.data))
         assert not isinstance(event, Exit), line
-    return bytes(line)
+    return bytes(line).split(b"\n")[0]
 
 
 # Section: availability and policy

@@ -1,0 +1,203 @@
+"""Invoke-Command as an administrator uses it: the real CLI against a real lab (processes).
+
+A lab VM is a process on this machine, so the commands below really run
+here, as the lab agent's user: harmless ones only (echo, cat, sleep, sh and
+python printing). The lab VM's policy allows /usr/bin and /bin.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from support.lab import run_vmis, start_lab
+from vmis.lab import Lab
+
+CONF = """[agent]
+channel = unix:/run/vmis/channel.sock
+adapters = fake
+[heartbeat]
+health_interval = 1
+health_timeout = 5
+[vmsession]
+allow = /usr/bin/*, /bin/*
+keepalive = 0.5
+kill_grace = 1
+"""
+
+
+def write_conf(lab_dir: Path, enabled: bool) -> None:
+    conf = lab_dir / "vms" / "DemoVM" / "root" / "etc" / "vmis" / "agent.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(CONF + ("[services]\nvmicvmsession = automatic\n" if enabled else ""))
+
+
+def env(lab_dir: Path) -> dict[str, str]:
+    return dict(os.environ, VMIS_LAB_DIR=str(lab_dir), VMIS_SOCKET=str(lab_dir / "host.sock"))
+
+
+def popen(lab_dir: Path, *args: str) -> subprocess.Popen:
+    """Start ``vmis ARGS`` with pipes, as a user's terminal would run it."""
+    return subprocess.Popen([sys.executable, "-m", "vmis.cli.host", *args], env=env(lab_dir),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_gone(pids: list[int], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"still running: {[p for p in pids if alive(p)]}"
+        time.sleep(0.05)
+
+
+def one_line_error(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def session_lab():
+    """A lab whose DemoVM has VM Session enabled (startup Automatic)."""
+    directory = Path(tempfile.mkdtemp(prefix="vmis-", dir="/tmp")) / "lab"
+    write_conf(directory, enabled=True)
+    try:
+        start_lab(directory)
+        yield directory
+    finally:
+        Lab(directory).down(None)
+        shutil.rmtree(directory.parent, ignore_errors=True)
+
+
+def test_refused_while_disabled_in_the_guest_then_runs_once_enabled(lab_dir):
+    write_conf(lab_dir, enabled=False)
+    start_lab(lab_dir)
+    refused = run_vmis(lab_dir, "Invoke-Command", "-VMName", "DemoVM", "--", "echo", "hi")
+    assert refused.code == 255 and refused.out == ""
+    line = one_line_error(refused.err)
+    assert line.startswith("Invoke-Command: DemoVM:") and "StartupType Disabled" in line
+    assert "vmis-guest Set-Service -Name vmicvmsession -StartupType Automatic" in line
+    for args in (("Set-Service", "-Name", "vmicvmsession", "-StartupType", "Automatic"),
+                 ("Start-Service", "-Name", "vmicvmsession")):
+        result = run_vmis(lab_dir, "lab", "guest", "DemoVM", "--", *args)
+        assert result.code == 0, result.err
+    result = run_vmis(lab_dir, "exec", "DemoVM", "--", "echo", "hi")
+    assert (result.code, result.out, result.err) == (0, "hi\n", "")
+
+
+def test_output_streams_live(session_lab):
+    code = ("import time\nfor i in range(10):\n    print('line', i, flush=True)\n"
+            "    time.sleep(0.5)\n")
+    proc = popen(session_lab, "Invoke-Command", "-VMName", "DemoVM", "--", "python3", "-c",
+                 code)
+    arrivals = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        arrivals.append((time.monotonic(), line.decode().strip()))
+    assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+    assert [text for _, text in arrivals] == [f"line {i}" for i in range(10)]
+    # printed over 4.5 s: the lines arrive spread over that time, not all at the end
+    assert arrivals[-1][0] - arrivals[0][0] >= 3.5
+    assert sum(1 for a, b in zip(arrivals, arrivals[1:]) if b[0] - a[0] >= 0.2) >= 6
+
+
+def test_ctrl_c_stops_the_remote_process_group(session_lab):
+    proc = popen(session_lab, "exec", "DemoVM", "--", "sh", "-c",
+                 "sleep 300 & echo $$ $!; while :; do echo tick; sleep 0.2; done")
+    assert proc.stdout is not None and proc.stderr is not None
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(alive(p) for p in pids)
+    assert proc.stdout.readline() == b"tick\n"
+    assert proc.stdout.readline() == b"tick\n"  # still streaming
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    proc.stdout.read()
+    assert proc.wait(20) == 130  # the shell died of SIGINT: 128 + 2
+    assert time.monotonic() - started < 10
+    assert b"Traceback" not in proc.stderr.read()
+    # the shell ends at SIGINT; its background sleep ignores SIGINT (POSIX '&'
+    # job) and ends at the SIGKILL after kill_grace
+    wait_gone(pids)
+
+
+def test_a_killed_client_kills_the_remote_command(session_lab):
+    proc = popen(session_lab, "exec", "DemoVM", "--", "sh", "-c", "echo $$; exec sleep 300")
+    assert proc.stdout is not None
+    pid = int(proc.stdout.readline())
+    assert alive(pid)
+    proc.kill()
+    proc.wait(10)
+    wait_gone([pid])
+
+
+def test_stdin_exit_code_and_stderr_apart(session_lab):
+    result = run_vmis(session_lab, "exec", "DemoVM", "--", "cat", input="hello\nworld\n")
+    assert (result.code, result.out, result.err) == (0, "hello\nworld\n", "")
+    result = run_vmis(session_lab, "exec", "DemoVM", "--", "sh", "-c",
+                      "echo to-out; echo to-err >&2; exit 7")
+    assert (result.code, result.out, result.err) == (7, "to-out\n", "to-err\n")
+    result = run_vmis(session_lab, "exec", "DemoVM", "--", "sh", "-c", "kill -TERM $$")
+    assert result.code == 128 + 15
+    result = run_vmis(session_lab, "exec", "DemoVM", "-NoStdin", "--", "cat", input="ignored")
+    assert (result.code, result.out) == (0, "")
+    result = run_vmis(session_lab, "exec", "DemoVM", "-Environment", "GREETING=hi there",
+                      "-WorkingDirectory", "/", "--", "sh", "-c", 'echo "$GREETING"; pwd')
+    assert result.out.splitlines() == [
+        "hi there", str(Lab(session_lab).vm("DemoVM").root)]
+
+
+def test_timeout_kills_and_says_so(session_lab):
+    started = time.monotonic()
+    result = run_vmis(session_lab, "exec", "DemoVM", "-TimeoutSec", "1", "--", "sleep", "60")
+    assert result.code == 124
+    assert "ran out of time (1 s)" in one_line_error(result.err)
+    assert time.monotonic() - started < 20
+
+
+def test_commands_off_the_allow_list_are_refused(session_lab, short_tmp):
+    script = short_tmp / "tool.sh"
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o755)
+    result = run_vmis(session_lab, "exec", "DemoVM", "--", str(script))
+    assert result.code == 255 and result.out == ""
+    assert f"{script} is not on the guest's allow-list" in one_line_error(result.err)
+    result = run_vmis(session_lab, "exec", "DemoVM", "--", "no-such-program-vmis")
+    assert result.code == 255 and "no executable" in one_line_error(result.err)
+
+
+def test_a_quiet_command_outlives_every_keepalive_deadline(session_lab):
+    # keepalives every 0.5 s on both links: each side would give up after
+    # 2-3 s of silence; the command is silent for 6 s
+    started = time.monotonic()
+    result = run_vmis(session_lab, "exec", "DemoVM", "-KeepAliveSec", "0.5", "--", "sh", "-c",
+                      "sleep 6; echo awake")
+    assert (result.code, result.out, result.err) == (0, "awake\n", "")
+    assert time.monotonic() - started >= 6
+
+
+def test_usage_and_both_logs(session_lab):
+    result = run_vmis(session_lab, "exec", "-?")
+    assert result.code == 0 and "Invoke-Command -VMName" in result.out
+    assert "[-- COMMAND ARGS...]" in result.out
+    result = run_vmis(session_lab, "exec", "DemoVM")
+    assert result.code == 2 and "after '--'" in result.err
+    result = run_vmis(session_lab, "icm", "DemoVM", "--", "sh", "-c", "exit 5")
+    assert result.code == 5
+    host_log = (session_lab / "host.log").read_text()
+    agent_log = Lab(session_lab).vm("DemoVM").log.read_text()
+    assert "started sh -c 'exit 5'" in host_log and "exit code 5" in host_log
+    assert "requested by" in agent_log and "started sh -c 'exit 5'" in agent_log
+    assert "ended: exited, exit code 5" in agent_log
