@@ -8,7 +8,9 @@ only, so the machine running the lab is never touched:
   an offset kept in ``<root>/var/lib/vmis/clock.json``; stepping and slewing
   change the offset, never the machine's clock;
 - :class:`LabPower` ends the lab agent's process, the way a guest powering
-  off ends its VM, leaving a note the lab reads (``reboot`` restarts it);
+  off ends its VM, leaving a note in ``<root>/var/lib/vmis/power.json``;
+  ``reboot`` stops the agent in order and starts it again in the same
+  process (exec), as a rebooting VM comes back;
 - :class:`LabFreezer` is a :class:`~vmis.services.vss.freeze.FakeFreezer`
   that gives the lab VM a mount table and shows what it holds frozen in
   ``<root>/run/vmis/freezer.json``, for tools in other processes.
@@ -17,13 +19,16 @@ only, so the machine running the lab is never touched:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ctypes
 import ctypes.util
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +37,7 @@ from vmis.errors import ConfigError, VmisError
 from vmis.services.vss.freeze import FakeFreezer, IoctlFreezer
 
 __all__ = [
+    "LAB_INHIBIT_DIR",
     "Clock",
     "LabFreezer",
     "LabPower",
@@ -40,6 +46,7 @@ __all__ = [
     "SystemPower",
     "VirtualClock",
     "make_adapters",
+    "parse_inhibitors",
 ]
 
 _log = logging.getLogger("vmis.guest.adapters")
@@ -72,6 +79,9 @@ class Power(Protocol):
 
     def reboot(self, reason: str) -> None:
         """Begin an orderly restart."""
+
+    def blockers(self) -> list[str]:
+        """What blocks an orderly shutdown now, one line each (empty: nothing)."""
 
 
 # Section: real adapters
@@ -112,13 +122,70 @@ class SystemClock:
         return self._adjtime(None)
 
 
+#: logind's D-Bus call that lists inhibitors, as systemctl itself consults them
+LIST_INHIBITORS = ("busctl", "--json=short", "call", "org.freedesktop.login1",
+                   "/org/freedesktop/login1", "org.freedesktop.login1.Manager",
+                   "ListInhibitors")
+
+
+def parse_inhibitors(output: str) -> list[str]:
+    """Block inhibitors on shutdown from ``busctl --json=short`` ListInhibitors output.
+
+    The reply is ``a(ssssuu)``: what (``shutdown:sleep``), who, why, mode
+    (``block``, ``block-weak``, ``delay``), uid, pid. Delay inhibitors only
+    postpone a shutdown, so they do not count.
+
+    :raise ValueError: When the output is not such a reply.
+    """
+    reply = json.loads(output)
+    data = reply.get("data") if isinstance(reply, dict) else None
+    if not isinstance(data, list) or not data or not isinstance(data[0], list):
+        raise ValueError("not an a(ssssuu) reply")
+    found = []
+    for item in data[0]:
+        if not (isinstance(item, list) and len(item) == 6):
+            raise ValueError(f"unexpected inhibitor entry {item!r}")
+        what, who, why, mode, _uid, pid = item
+        if "shutdown" in str(what).split(":") and str(mode).startswith("block"):
+            found.append(f"{who} (pid {pid}): {why}")
+    return found
+
+
 class SystemPower:
-    """The real power switch: runs the configured command (systemd by default)."""
+    """The real power switch: runs the configured command (systemd by default).
+
+    :param poweroff: the power-off command line.
+    :param reboot: the restart command line.
+    :param list_inhibitors: the command whose output :func:`parse_inhibitors` reads.
+    """
 
     def __init__(self, poweroff: tuple[str, ...] = ("systemctl", "poweroff"),
-                 reboot: tuple[str, ...] = ("systemctl", "reboot")) -> None:
+                 reboot: tuple[str, ...] = ("systemctl", "reboot"),
+                 list_inhibitors: tuple[str, ...] = LIST_INHIBITORS) -> None:
         self._poweroff = poweroff
         self._reboot = reboot
+        self._list_inhibitors = list_inhibitors
+
+    def blockers(self) -> list[str]:
+        """logind's block inhibitors on shutdown; none when logind is not there.
+
+        systemctl treats a missing logind the same way ("If logind is not
+        around, then there are no inhibitors").
+        """
+        try:
+            proc = subprocess.run(self._list_inhibitors, capture_output=True, text=True,
+                                  timeout=10, stdin=subprocess.DEVNULL, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            _log.info("cannot ask logind for inhibitors (%s); assuming none", exc)
+            return []
+        if proc.returncode != 0:
+            _log.info("cannot ask logind for inhibitors (%s); assuming none",
+                      proc.stderr.strip() or f"exit {proc.returncode}")
+            return []
+        try:
+            return parse_inhibitors(proc.stdout)
+        except ValueError as exc:
+            raise VmisError(f"unexpected answer from logind's ListInhibitors: {exc}") from exc
 
     def _run(self, argv: tuple[str, ...], reason: str) -> None:
         _log.warning("running %s: %s", " ".join(argv), reason)
@@ -141,7 +208,11 @@ class VirtualClock:
     """A lab VM's wall clock: the host's clock plus a persisted offset.
 
     A slew moves the offset at :data:`SLEW_RATE`, as adjtime would move a
-    real clock, so a lab guest converges the way a real one does.
+    real clock, so a lab guest converges the way a real one does. The file
+    keeps the offset and any slew in progress (its start on CLOCK_MONOTONIC,
+    which every process on the machine shares), so another process (a test,
+    ``vmis lab``) reads the lab VM's time exactly; a change written to the
+    file by someone else is taken up at once, as a clock jump.
     """
 
     def __init__(self, path: Path) -> None:
@@ -149,16 +220,35 @@ class VirtualClock:
         self._offset = 0
         self._slew = 0
         self._slew_start = time.monotonic_ns()
+        self._stamp: tuple[int, int, int] | None = None
+        self._load(strict=True)
+
+    def _load(self, strict: bool) -> None:
         try:
-            data = json.loads(path.read_text())
-            self._offset = int(data.get("offset_ns", 0))
+            st = self.path.stat()
+            data = json.loads(self.path.read_text())
         except FileNotFoundError:
-            pass
+            return
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"unreadable lab clock file {path}: {exc}") from exc
+            if not strict:
+                return  # caught mid-write by its writer: read it again next time
+            raise ConfigError(f"unreadable lab clock file {self.path}: {exc}") from exc
+        self._offset = int(data.get("offset_ns", 0))
+        self._slew = int(data.get("slew_ns", 0))
+        self._slew_start = int(data.get("slew_start_ns", time.monotonic_ns()))
+        self._stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _reload_if_changed(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return
+        if (st.st_ino, st.st_mtime_ns, st.st_size) != self._stamp:
+            self._load(strict=False)
 
     def _settle(self) -> None:
         # Move the part of the slew that has elapsed into the offset.
+        self._reload_if_changed()
         now = time.monotonic_ns()
         done = min(abs(self._slew), int((now - self._slew_start) * SLEW_RATE))
         applied = done if self._slew >= 0 else -done
@@ -191,18 +281,33 @@ class VirtualClock:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"offset_ns": self._offset}))
+        tmp.write_text(json.dumps({"offset_ns": self._offset, "slew_ns": self._slew,
+                                   "slew_start_ns": self._slew_start}))
         os.replace(tmp, self.path)
+        st = self.path.stat()
+        self._stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+#: lab stand-in for logind's block inhibitors: one file per inhibitor, named by
+#: who holds it, holding why (a lab VM has no logind)
+LAB_INHIBIT_DIR = "run/vmis/lab-inhibit"
 
 
 class LabPower:
     """Ends the lab agent's process as a power-off ends a VM.
 
-    The note ``<root>/var/lib/vmis/power.json`` tells the lab what happened,
-    so ``reboot`` can start the agent again and ``poweroff`` leaves it off.
+    The note ``<root>/var/lib/vmis/power.json`` records what happened.
+    ``poweroff`` stops the agent in order (SIGTERM to itself) and its process
+    ends; ``reboot`` does the same and then executes the agent's own command
+    line again in the same process, so the lab VM comes back with a new agent
+    (and the pid the lab knows).
+
+    :param root: the lab VM's root directory.
+    :param delay: seconds before the agent stops, so the answer reaches the host.
     """
 
     def __init__(self, root: Path, delay: float = 0.2) -> None:
+        self.root = root
         self.note = root / "var/lib/vmis/power.json"
         self.delay = delay
 
@@ -218,7 +323,28 @@ class LabPower:
         self._end("poweroff", reason)
 
     def reboot(self, reason: str) -> None:
+        # Exec once the interpreter has shut the agent down in order (atexit
+        # runs after asyncio.run and the CLI have returned): the same process,
+        # a fresh agent, as a VM's reboot keeps the VM but not its memory.
+        atexit.register(_reexec)
         self._end("reboot", reason)
+
+    def blockers(self) -> list[str]:
+        """Files in ``<root>/run/vmis/lab-inhibit``: ``NAME`` holds it, the text says why."""
+        directory = self.root / LAB_INHIBIT_DIR
+        try:
+            entries = sorted(p for p in directory.iterdir() if p.is_file())
+        except FileNotFoundError:
+            return []
+        return [f"{p.name}: {p.read_text().strip() or 'no reason given'}" for p in entries]
+
+
+def _reexec() -> None:
+    _log.warning("lab VM restarting: exec %s", " ".join(sys.orig_argv))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 #: the mount table of a lab VM without one: what a small VM's /proc/mounts lists
@@ -274,13 +400,19 @@ class LabFreezer(FakeFreezer):
         os.replace(tmp, self.state_file)
 
 
-def make_adapters(kind: str, root: Path) -> dict[str, Any]:
+def make_adapters(kind: str, root: Path, config: Any = None) -> dict[str, Any]:
     """Build the adapters for ``adapters = real`` or ``fake`` (lab).
 
+    :param config: the agent's configuration (vmis.guest.config.AgentConfig), for
+        the ``[shutdown]`` power commands; None uses the defaults.
     :raise ConfigError: For another kind.
     """
     if kind == "real":
-        return {"clock": SystemClock(), "power": SystemPower(), "freezer": IoctlFreezer()}
+        power = SystemPower()
+        if config is not None:
+            power = SystemPower(tuple(shlex.split(config.poweroff_command)),
+                                tuple(shlex.split(config.reboot_command)))
+        return {"clock": SystemClock(), "power": power, "freezer": IoctlFreezer()}
     if kind == "fake":
         return {
             "clock": VirtualClock(root / "var/lib/vmis/clock.json"),
