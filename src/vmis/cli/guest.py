@@ -68,7 +68,8 @@ def cmd_run(g: Globals, args: dict[str, Any]) -> int:
     versions: dict[str, Any] = {}
     if args["Offer"]:
         services, versions = parse_offer(args["Offer"], services)
-    agent = Agent(config, g.root, services, make_adapters(config.adapters, g.root), versions)
+    agent = Agent(config, g.root, services, make_adapters(config.adapters, g.root, config),
+                  versions)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
