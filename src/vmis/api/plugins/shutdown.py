@@ -1,0 +1,39 @@
+"""API routes of Shutdown: Stop-VM and Restart-VM through the guest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from vmis.api.app import manager_of
+from vmis.host.plugins.shutdown import power_vms
+from vmis.services.shutdown import MAX_REASON_BYTES, PowerAction
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1")
+
+
+class PowerRequest(BaseModel):
+    vms: list[str] = Field(min_length=1)
+    force: bool = False
+    reason: str = Field(default="requested by the host", max_length=MAX_REASON_BYTES)
+    #: seconds to wait until the VM is down (and, for a restart, back)
+    timeout: float = Field(default=300.0, gt=0, le=3600)
+    turn_off: bool = False
+
+
+@router.post("/power/stop")
+async def stop(request: Request, body: PowerRequest) -> list[dict[str, Any]]:
+    return await power_vms(manager_of(request), body.vms, PowerAction.POWEROFF,
+                           force=body.force, reason=body.reason, timeout=body.timeout,
+                           turn_off=body.turn_off)
+
+
+@router.post("/power/restart")
+async def restart(request: Request, body: PowerRequest) -> list[dict[str, Any]]:
+    return await power_vms(manager_of(request), body.vms, PowerAction.REBOOT,
+                           force=body.force, reason=body.reason, timeout=body.timeout,
+                           turn_off=body.turn_off)

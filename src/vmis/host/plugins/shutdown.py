@@ -1,0 +1,182 @@
+"""Host manager side of Shutdown: Stop-VM and Restart-VM through the guest.
+
+The request goes through :meth:`VmSession.request`, so a service that is
+disabled on the host, stopped or disabled in the guest, absent, or a VM
+without contact fails with one clear :class:`ServiceUnavailable` before
+anything is sent. Once the guest has accepted, the host waits (bounded) for
+the VM to go: its channel closes when the guest's agent stops on the way
+down. A restart then waits for a new agent (a new boot id) to connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from vmis.errors import (
+    ChannelClosed,
+    ProtocolError,
+    RemoteServiceError,
+    RequestTimeout,
+    ServiceUnavailable,
+    StateError,
+    VmisError,
+)
+from vmis.host.manager import HostManager
+from vmis.host.session import NotificationHook, VmSession
+from vmis.protocol import ServiceId, decode_json, encode_json
+from vmis.services.catalog import by_key
+from vmis.services.shutdown import PowerAction, ShutdownOp
+
+__all__ = ["HOOKS", "power_vm", "power_vms"]
+
+SPEC = by_key("shutdown")
+#: seconds the guest has to answer the request itself (it answers before acting)
+ANSWER_TIMEOUT = 15.0
+_POLL = 0.05
+
+
+def _failures(session: VmSession) -> asyncio.Queue[str]:
+    queue = session.extra.get("shutdown_failures")
+    if not isinstance(queue, asyncio.Queue):
+        queue = asyncio.Queue()
+        session.extra["shutdown_failures"] = queue
+    return queue
+
+
+def _on_failed(session: VmSession, payload: bytes) -> None:
+    try:
+        body = decode_json(payload)
+    except ProtocolError as exc:
+        session.log.warning("bad shutdown FAILED notification: %s", exc)
+        return
+    error = str(body.get("error", "unknown error"))
+    session.log.error("the guest's %s failed: %s", body.get("action"), error)
+    _failures(session).put_nowait(error)
+
+
+#: guest -> host notifications this service takes
+HOOKS: dict[tuple[int, int], NotificationHook] = {
+    (ServiceId.SHUTDOWN, ShutdownOp.FAILED): _on_failed,
+}
+
+
+async def power_vm(session: VmSession, action: PowerAction, *, force: bool, reason: str,
+                   timeout: float) -> dict[str, Any]:
+    """Ask one guest to power off or restart and wait until it has.
+
+    :return: ``{"VMName", "Action", "State", "Seconds", ...}``.
+    :raise ServiceUnavailable: When Shutdown cannot take the request (the message
+        says whether it is disabled on the host, stopped in the guest, or not answering).
+    :raise StateError: When the guest refuses (blocked without -Force) or does not go
+        down within *timeout*.
+    """
+    name = session.vm.name
+    started = time.monotonic()
+    session.require(SPEC)
+    channel = session.channel
+    old_boot = session.agent.get("boot_id")
+    failures = _failures(session)
+    while not failures.empty():
+        failures.get_nowait()  # left over from an earlier attempt
+    payload = encode_json({"action": action.value, "force": force, "reason": reason})
+    try:
+        await session.request(SPEC, ShutdownOp.SHUTDOWN, payload,
+                              timeout=min(ANSWER_TIMEOUT, timeout))
+    except RequestTimeout:
+        raise ServiceUnavailable(
+            f"{name}: the guest's Shutdown service did not answer within "
+            f"{min(ANSWER_TIMEOUT, timeout):g} s") from None
+    except ChannelClosed as exc:
+        raise ServiceUnavailable(f"{name}: the channel closed before the guest answered "
+                                 f"the {action.value} request ({exc})") from None
+    except RemoteServiceError as exc:
+        if exc.code == "busy":
+            raise StateError(f"{name}: {exc}") from None
+        raise
+    session.log.info("%s accepted by the guest: %s", action.value, reason)
+    assert channel is not None
+    deadline = started + timeout
+    await _wait_gone(session, channel, failures, deadline, timeout)
+    gone_after = time.monotonic() - started
+    result: dict[str, Any] = {
+        "VMName": name, "Action": "Restart" if action is PowerAction.REBOOT else "Stop",
+        "Force": force, "Reason": reason, "Kind": session.vm.kind, "Channel": session.vm.channel,
+        "State": "Off", "Seconds": round(gone_after, 3),
+    }
+    if action is PowerAction.REBOOT:
+        await _wait_back(session, old_boot, deadline, timeout)
+        result["State"] = "Running"
+        result["DownAfter"] = result["Seconds"]
+        result["Seconds"] = round(time.monotonic() - started, 3)
+    return result
+
+
+async def _wait_gone(session: VmSession, channel: Any, failures: asyncio.Queue[str],
+                     deadline: float, timeout: float) -> None:
+    closed = asyncio.ensure_future(channel.wait_closed())
+    failed = asyncio.ensure_future(failures.get())
+    try:
+        done, _ = await asyncio.wait({closed, failed}, timeout=max(deadline - time.monotonic(),
+                                                                   0),
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+        failed.cancel()
+    if failed in done and not failed.cancelled():
+        raise StateError(f"{session.vm.name}: the guest accepted but its power command "
+                         f"failed: {failed.result()}")
+    if closed not in done:
+        raise StateError(f"{session.vm.name}: the guest accepted but is still running after "
+                         f"{timeout:g} s (see the guest agent's log)")
+
+
+async def _wait_back(session: VmSession, old_boot: Any, deadline: float,
+                     timeout: float) -> None:
+    session.reconnect_now()
+    while True:
+        if session.connected and session.agent.get("boot_id") != old_boot:
+            return
+        if time.monotonic() > deadline:
+            raise StateError(f"{session.vm.name}: went down for the restart but did not come "
+                             f"back within {timeout:g} s")
+        # Dial again at once rather than after the backoff of the failed dials
+        # made while the guest was rebooting.
+        session.reconnect_now()
+        await asyncio.sleep(_POLL * 4)
+
+
+async def power_vms(manager: HostManager, patterns: list[str], action: PowerAction, *,
+                    force: bool, reason: str, timeout: float,
+                    turn_off: bool = False) -> list[dict[str, Any]]:
+    """Stop-VM / Restart-VM on every matching VM, concurrently.
+
+    :return: one record per VM, with ``"Error"`` set where it failed.
+    :raise NotFoundError: When a name matches no VM.
+    """
+    sessions = manager.match(patterns)
+
+    async def one(session: VmSession) -> dict[str, Any]:
+        try:
+            if turn_off:
+                raise StateError(_turn_off_error(session))
+            result = await power_vm(session, action, force=force, reason=reason,
+                                    timeout=timeout)
+        except VmisError as exc:
+            return {"VMName": session.vm.name, "Kind": session.vm.kind,
+                    "Channel": session.vm.channel, "Error": str(exc),
+                    "ErrorType": type(exc).__name__}
+        result["Error"] = None
+        return result
+
+    return list(await asyncio.gather(*(one(s) for s in sessions)))
+
+
+def _turn_off_error(session: VmSession) -> str:
+    name = session.vm.name
+    if not session.vm.qmp:
+        return (f"{name}: -TurnOff needs a hypervisor connection (QMP); {name} has none "
+                f"(vmis vm set {name} -Qmp PATH), and Stop-VM without -TurnOff asks the guest")
+    return (f"{name}: -TurnOff needs a hypervisor connection (QMP), which this host manager "
+            "does not drive yet; Stop-VM without -TurnOff asks the guest")

@@ -1,0 +1,123 @@
+"""Host half of Time Synchronization, without host-only dependencies.
+
+:func:`measure` runs one burst of SAMPLE exchanges and keeps the best;
+:func:`sync_once` adds the APPLY; :class:`TimeSyncMonitor` keeps what
+Get-VMTimeSync shows for one VM. The host manager's plugin
+(vmis.host.plugins.timesync) runs them on each VM's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from vmis.protocol import decode_json, encode_json
+from vmis.services.timesync import BURST, DEFAULT_INTERVAL_MS, Flag, Sample, TimeSyncOp, best_of
+
+__all__ = ["Requester", "TimeSyncMonitor", "measure", "sync_once"]
+
+#: sends one Time Synchronization request (op, payload) and returns the answer payload
+Requester = Callable[[int, bytes], Awaitable[bytes]]
+
+
+async def measure(request: Requester, clock: Callable[[], int] = time.time_ns,
+                  burst: int = BURST) -> tuple[Sample, int]:
+    """Run *burst* SAMPLE exchanges back to back; return the best and how many were usable.
+
+    :raise ValueError: When no sample was usable.
+    """
+    samples = []
+    for seq in range(burst):
+        payload = encode_json({"seq": seq})
+        # t1 as late and t4 as early as the event loop allows: whatever lies
+        # between them and the wire counts against the round trip.
+        t1 = clock()
+        answer = await request(TimeSyncOp.SAMPLE, payload)
+        t4 = clock()
+        body = decode_json(answer)
+        samples.append(Sample.from_json({"t1": t1, "t2": body.get("t2"), "t3": body.get("t3"),
+                                         "t4": t4}))
+    return best_of(samples), sum(1 for s in samples if s.rtt_ns >= 0)
+
+
+async def sync_once(request: Requester, flag: Flag, clock: Callable[[], int] = time.time_ns,
+                    burst: int = BURST) -> tuple[Sample, dict[str, Any]]:
+    """One measurement and its APPLY; returns the sample and the guest's answer."""
+    sample, used = await measure(request, clock, burst)
+    answer = await request(TimeSyncOp.APPLY, encode_json(
+        {**sample.to_json(), "flag": flag.value, "samples": used}))
+    return sample, decode_json(answer)
+
+
+def _iso(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class TimeSyncMonitor:
+    """What the host knows about one VM's clock."""
+
+    #: milliseconds between bursts (host setting)
+    interval_ms: int = DEFAULT_INTERVAL_MS
+    #: the next burst is a SYNC (session start, clock event, explicit request)
+    sync_pending: bool = True
+    #: the guest's answer to the last APPLY
+    last: dict[str, Any] = field(default_factory=dict)
+    last_sample: Sample | None = None
+    #: host clock (ns) at the last completed sync
+    last_sync_ns: int | None = None
+    last_flag: str | None = None
+    #: number of completed syncs since the host manager started
+    syncs: int = 0
+    #: why the last attempt failed, "" after a success
+    error: str = ""
+    #: the burst loop of the current session, if any
+    task: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_sync(self) -> None:
+        """Make the next burst a SYNC and run it now."""
+        self.sync_pending = True
+        self.wake.set()
+
+    def record(self, sample: Sample, flag: Flag, answer: dict[str, Any], now_ns: int) -> None:
+        """Keep the outcome of one sync."""
+        self.last, self.last_sample, self.last_flag = answer, sample, flag.value
+        self.last_sync_ns = now_ns
+        self.syncs += 1
+        self.error = ""
+        self.sync_pending = False
+
+    def row(self, vm_name: str, state_override: str | None = None) -> dict[str, Any]:
+        """Get-VMTimeSync's record for this VM.
+
+        :param state_override: the state when the service cannot be asked now
+            (``Disabled``, ``NoContact``, ``Stopped``), else the guest's last word.
+        """
+        last = self.last
+        sample = self.last_sample
+        state = state_override or (str(last.get("state")) if last else "NoContact")
+        step_ns = last.get("last_step_ns")
+        return {
+            "VMName": vm_name,
+            "State": state,
+            "OffsetNs": sample.offset_ns if sample else None,
+            "RoundTripNs": sample.rtt_ns if sample else None,
+            "Action": last.get("action"),
+            "Mode": last.get("mode"),
+            "Daemon": last.get("daemon"),
+            "Flag": self.last_flag,
+            "LastSample": _iso(self.last_sync_ns),
+            "LastStep": _iso(step_ns if isinstance(step_ns, int) else None),
+            "LastStepDeltaNs": last.get("last_step_delta_ns"),
+            "IntervalMs": self.interval_ms,
+            "Syncs": self.syncs,
+            "Note": last.get("note") or "",
+            "Error": self.error,
+        }

@@ -1,0 +1,278 @@
+"""Time sync arithmetic and decisions, with no channel: offsets, filters, steps, jumps, chrony."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vmis.errors import RemoteProtocolError
+from vmis.guest.adapters import SLEW_RATE, VirtualClock
+from vmis.services.timesync import (
+    SOCK_MAGIC,
+    SOCK_SAMPLE,
+    Action,
+    Mode,
+    Sample,
+    best_of,
+    decide,
+    sock_sample,
+)
+from vmis.services.timesync.guest import JumpDetector, find_ntp_daemon
+
+S = 1_000_000_000
+MS = 1_000_000
+T0 = 1_700_000_000 * S
+
+
+def exchange(theta: int, d_out: int, d_back: int, work: int = 0, t1: int = T0) -> Sample:
+    """The timestamps of one exchange with a guest *theta* ns ahead."""
+    t2 = t1 + d_out + theta
+    t3 = t2 + work
+    return Sample(t1, t2, t3, t3 - theta + d_back)
+
+
+# Section: offset and round trip
+
+
+def test_symmetric_delays_give_the_exact_offset_and_round_trip():
+    s = exchange(theta=3600 * S, d_out=150_000, d_back=150_000, work=40_000)
+    assert s.offset_ns == 3600 * S
+    assert s.rtt_ns == 300_000
+
+
+def test_guest_behind_gives_a_negative_offset():
+    assert exchange(theta=-2 * S, d_out=10, d_back=10).offset_ns == -2 * S
+
+
+@given(theta=st.integers(-10**12, 10**12), d_out=st.integers(0, 10**8),
+       d_back=st.integers(0, 10**8), work=st.integers(0, 10**8))
+def test_offset_error_is_half_the_asymmetry_and_bounded_by_half_the_round_trip(
+        theta, d_out, d_back, work):
+    s = exchange(theta, d_out, d_back, work)
+    assert s.rtt_ns == d_out + d_back
+    error = s.offset_ns - theta
+    assert abs(error - (d_out - d_back) / 2) <= 1  # integer halving
+    assert abs(error) <= s.rtt_ns / 2 + 1
+
+
+def test_sample_json_round_trip_and_rejects():
+    s = exchange(5, 7, 9, 11)
+    assert Sample.from_json(s.to_json()) == s
+    with pytest.raises(RemoteProtocolError, match="t3"):
+        Sample.from_json({"t1": 1, "t2": 2, "t3": "3", "t4": 4})
+    with pytest.raises(RemoteProtocolError, match="t4"):
+        Sample.from_json({"t1": 1, "t2": 2, "t3": 3, "t4": True})
+
+
+def test_best_of_keeps_the_shortest_round_trip():
+    theta = 40 * MS
+    slow = exchange(theta, d_out=5 * MS, d_back=100_000)  # 2.45 ms wrong
+    quick = exchange(theta, d_out=120_000, d_back=100_000)  # 10 us wrong
+    medium = exchange(theta, d_out=900_000, d_back=100_000)
+    best = best_of([slow, medium, quick])
+    assert best is quick
+    assert abs(best.offset_ns - theta) <= 10_000
+
+
+def test_best_of_drops_impossible_samples_and_needs_one():
+    jumped = Sample(T0, T0 + 10, T0 + 5 * S, T0 + 20)  # guest clock jumped mid-exchange
+    assert jumped.rtt_ns < 0
+    good = exchange(0, 100, 100)
+    assert best_of([jumped, good]) is good
+    with pytest.raises(ValueError, match="no usable"):
+        best_of([jumped])
+
+
+# Section: slew or step
+
+
+THRESHOLD = 128 * MS
+
+
+@pytest.mark.parametrize(("offset", "mode", "sync", "action"), [
+    (3600 * S, Mode.OWN, False, Action.STEP),         # large: step
+    (-THRESHOLD, Mode.OWN, False, Action.STEP),       # the threshold itself steps
+    (THRESHOLD - 1, Mode.OWN, False, Action.SLEW),    # just below: slew
+    (-300_000, Mode.OWN, False, Action.SLEW),
+    (0, Mode.OWN, False, Action.NONE),
+    (50 * MS, Mode.OWN, True, Action.STEP),           # SYNC steps even small offsets
+    (0, Mode.OWN, True, Action.NONE),
+    (50 * MS, Mode.NTP, False, Action.DEFER),         # never slew against an NTP daemon
+    (3600 * S, Mode.NTP, False, Action.DEFER),
+    (3600 * S, Mode.NTP, True, Action.STEP),          # ... but the one-shot SYNC steps
+    (3600 * S, Mode.CHRONY, True, Action.CHRONY),     # chrony owns the clock, always
+    (5 * MS, Mode.CHRONY, False, Action.CHRONY),
+])
+def test_decide(offset, mode, sync, action):
+    assert decide(offset, mode=mode, sync=sync, step_threshold_ns=THRESHOLD) is action
+
+
+# Section: resume and jump detection
+
+
+class FakeClocks:
+    """REALTIME, MONOTONIC and BOOTTIME of a pretend guest, moved by hand."""
+
+    def __init__(self) -> None:
+        self.mono = 1_000 * S
+        self.boot = 1_000 * S
+        self.real = T0
+
+    def run(self, ns: int, slew_rate: float = 0.0) -> None:
+        self.mono += ns
+        self.boot += ns
+        self.real += ns + int(ns * slew_rate)
+
+    def detector(self, threshold: int = THRESHOLD) -> JumpDetector:
+        return JumpDetector(lambda: self.real, threshold, lambda: self.mono, lambda: self.boot)
+
+
+def test_steady_and_slewing_clocks_raise_nothing():
+    c = FakeClocks()
+    d = c.detector()
+    for _ in range(100):
+        c.run(S, slew_rate=SLEW_RATE)
+        assert d.check() is None
+
+
+def test_a_wall_clock_jump_is_detected_once():
+    c = FakeClocks()
+    d = c.detector()
+    c.run(S)
+    c.real += 30 * S  # someone set the clock
+    assert d.check() == ("jump", 30 * S)
+    c.run(S)
+    assert d.check() is None
+
+
+def test_a_backwards_jump_is_detected():
+    c = FakeClocks()
+    d = c.detector()
+    c.run(S)
+    c.real -= 5 * S
+    assert d.check() == ("jump", -5 * S)
+
+
+def test_a_resume_from_suspend_is_detected_by_boottime():
+    c = FakeClocks()
+    d = c.detector()
+    c.run(S)
+    # suspended for an hour: BOOTTIME and the wall clock ran on, MONOTONIC did not
+    c.boot += 3600 * S
+    c.real += 3600 * S
+    assert d.check() == ("resume", 3600 * S)
+    c.run(S)
+    assert d.check() is None
+
+
+def test_our_own_step_is_not_a_jump_after_rebase():
+    c = FakeClocks()
+    d = c.detector()
+    c.run(S)
+    c.real -= 3600 * S  # the service stepped
+    d.rebase()
+    c.run(S)
+    assert d.check() is None
+
+
+def test_the_detector_on_the_real_clocks_of_this_machine_sees_nothing():
+    d = JumpDetector(time.time_ns, THRESHOLD)
+    time.sleep(0.05)
+    assert d.check() is None
+
+
+# Section: NTP daemons and chrony
+
+
+def test_find_ntp_daemon(tmp_path):
+    proc = tmp_path / "proc"
+    for pid, comm in ((1, "systemd"), (77, "sshd"), (4242, "chronyd")):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "comm").write_text(comm + "\n")
+    (proc / "self").mkdir()
+    assert find_ntp_daemon(proc) == "chronyd"
+    (proc / "4242" / "comm").write_text("systemd-timesyn\n")  # comm is cut at 15 characters
+    assert find_ntp_daemon(proc) == "systemd-timesyn"
+    (proc / "4242" / "comm").write_text("bash\n")
+    assert find_ntp_daemon(proc) is None
+    assert find_ntp_daemon(tmp_path / "none") is None
+
+
+@pytest.mark.skipif(struct.calcsize("l") != 8 or sys.byteorder != "little",
+                    reason="the exact bytes are those of 64-bit little-endian Linux")
+def test_chrony_sock_sample_bytes():
+    # 2023-11-14T22:13:20.123456Z, guest 250 us ahead of the host
+    data = sock_sample(1_700_000_000_123_456_789, 250_000)
+    assert len(data) == 40 == SOCK_SAMPLE.size
+    expected = (
+        (1_700_000_000).to_bytes(8, "little")          # tv.tv_sec
+        + (123_456).to_bytes(8, "little")               # tv.tv_usec
+        + struct.pack("<d", -0.00025)                   # offset: true time - system time
+        + (0).to_bytes(4, "little")                     # pulse
+        + (0).to_bytes(4, "little")                     # leap
+        + (0).to_bytes(4, "little")                     # _pad
+        + (0x534F434B).to_bytes(4, "little")            # magic "SOCK"
+    )
+    assert data == expected
+    assert data[36:40] == b"KCOS"
+
+
+def test_chrony_sock_sample_fields_and_leap():
+    sec, usec, offset, pulse, leap, pad, magic = SOCK_SAMPLE.unpack(
+        sock_sample(T0 + 999_999_999, -2 * S, leap=1))
+    assert (sec, usec) == (T0 // S, 999_999)
+    assert offset == 2.0  # guest 2 s behind: the true time is 2 s later
+    assert (pulse, leap, pad, magic) == (0, 1, 0, SOCK_MAGIC)
+
+
+# Section: the lab's virtual clock
+
+
+def test_virtual_clock_steps_and_persists(tmp_path):
+    path = tmp_path / "clock.json"
+    path.write_text(json.dumps({"offset_ns": 3600 * S}))
+    clock = VirtualClock(path)
+    assert abs(clock.now_ns() - time.time_ns() - 3600 * S) < 50 * MS
+    clock.step(-3600 * S)
+    assert VirtualClock(path).offset_ns() == 0
+
+
+def test_virtual_clock_slew_is_visible_from_another_reader(tmp_path):
+    path = tmp_path / "clock.json"
+    clock = VirtualClock(path)
+    clock.slew(-10 * MS)
+    time.sleep(0.2)
+    other = VirtualClock(path)  # another process reading the file
+    moved = -other.offset_ns()
+    # 0.2 s at 500 ppm is 100 us (generous bounds for a loaded machine)
+    assert 90_000 <= moved <= 2_000_000
+    # what is left shrinks on as the reader reads, never faster than the slew rate
+    assert -10 * MS + moved <= other.slew_remaining_ns() <= -10 * MS + moved + MS
+
+
+def test_virtual_clock_takes_up_an_external_change_as_a_jump(tmp_path):
+    path = tmp_path / "clock.json"
+    clock = VirtualClock(path)
+    assert abs(clock.offset_ns()) < MS
+    tmp = tmp_path / "new.json"
+    tmp.write_text(json.dumps({"offset_ns": 30 * S}))
+    os.replace(tmp, path)
+    assert clock.offset_ns() == 30 * S
+    # a half-written file is read again later, not an error
+    path.write_text('{"offset_')
+    assert clock.offset_ns() == 30 * S
+
+
+def test_virtual_clock_never_reads_back_more_than_it_was_given(tmp_path):
+    clock = VirtualClock(Path(tmp_path / "c.json"))
+    clock.slew(1000)
+    time.sleep(0.05)
+    assert clock.offset_ns() == 1000 and clock.slew_remaining_ns() == 0
