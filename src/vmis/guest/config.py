@@ -48,6 +48,12 @@ Every setting, with its default::
     # ignore: always adjust the clock
     ntp_daemons = auto
 
+    [kvp]
+    # the KVP pool files .kvp_pool_0 ... .kvp_pool_4: the hyperv-daemons'
+    # directory, so hv_kvp_daemon, cloud-init and vmis share them
+    # (docs/services/kvp.md)
+    pool_dir = /var/lib/hyperv
+
     [services]
     # start type of a service before any Set-Service: automatic, manual, disabled
     # (defaults: vmicguestinterface manual, vmicvmsession disabled, others automatic)
@@ -112,6 +118,7 @@ class AgentConfig:
     chrony_socket: str = "/run/chrony.vmis.sock"
     ntp_daemons: str = "auto"
     allowed_roots: str = DEFAULT_ALLOWED_ROOTS
+    pool_dir: str = "/var/lib/hyperv"
     #: guest service name -> start type before any Set-Service
     startup: dict[str, StartupType] = field(
         default_factory=lambda: {s.guest_name: s.default_startup for s in CATALOG}
@@ -127,6 +134,7 @@ _SECTIONS = {
     "shutdown": ("poweroff_command", "reboot_command", "check_inhibitors"),
     "timesync": ("step_threshold", "chrony_socket", "ntp_daemons"),
     "fcopy": ("allowed_roots",),
+    "kvp": ("pool_dir",),
 }
 
 _BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
@@ -206,6 +214,8 @@ def load_config(path: Path) -> AgentConfig:
         parse_roots(config.allowed_roots)
     except ServiceError as exc:
         raise ConfigError(f"{path}: [fcopy] allowed_roots: {exc}") from None
+    if not config.pool_dir.startswith("/"):
+        raise ConfigError(f"{path}: [kvp] pool_dir must be an absolute path")
     if config.max_payload < MIN_MAX_PAYLOAD:
         raise ConfigError(f"{path}: max_payload must be at least {MIN_MAX_PAYLOAD}")
     return config
