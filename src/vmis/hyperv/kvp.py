@@ -26,12 +26,7 @@ A pool file error ends the C daemon; this one answers HV_E_FAIL and goes on.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from vmis.errors import RemoteProtocolError
 from vmis.hyperv.constants import HV_DRV_VERSION, HResult, KvpOp, RegType
@@ -47,24 +42,10 @@ from vmis.hyperv.messages import (
     cstring,
     kvp_message,
 )
-from vmis.hyperv.netinfo import IfAddress
+from vmis.services.kvp.intrinsic import INTRINSIC_KEYS, Intrinsics, OsInfo, read_os_info
 from vmis.services.kvp.pool import KvpFormatError, KvpPools, Pool
 
 __all__ = ["INTRINSIC_KEYS", "Intrinsics", "KvpHandler", "OsInfo", "read_os_info"]
-
-#: The Auto pool's keys by ENUMERATE index (facts 3.5).
-INTRINSIC_KEYS = (
-    "FullyQualifiedDomainName",
-    "IntegrationServicesVersion",
-    "NetworkAddressIPv4",
-    "NetworkAddressIPv6",
-    "OSBuildNumber",
-    "OSName",
-    "OSMajorVersion",
-    "OSMinorVersion",
-    "OSVersion",
-    "ProcessorArchitecture",
-)
 
 #: Body offsets (from the start of the 7432-byte message).
 _BODY = 4
@@ -74,155 +55,12 @@ _ENUM_VALUE = _BODY + 4  # hv_kvp_msg_enumerate: u32 index, then msg_value
 _DELETE = _BODY  # hv_kvp_msg_delete: u32 key_size, key[512]
 _IP_VALUE = _BODY  # hv_kvp_ipaddr_value at body start
 
-_VERSION_UNKNOWN = "Unknown version"
-
 
 # Section: intrinsic (Auto pool) values
-
-
-@dataclass
-class OsInfo:
-    """What the C daemon reads once at start: uname and the release files."""
-
-    #: OSName
-    name: str
-    #: OSMajorVersion
-    major: str
-    #: OSMinorVersion
-    minor: str
-    #: OSBuildNumber (uname release)
-    build: str
-    #: OSVersion (uname release up to the first "-")
-    version: str
-    #: ProcessorArchitecture (uname machine)
-    arch: str
-
-
-def _os_release_value(raw: str) -> str:
-    # The C daemon drops quotes and newlines and un-escapes backslashes.
-    out = []
-    it = iter(raw)
-    for c in it:
-        if c == "\\":
-            nxt = next(it, None)
-            if nxt is None:
-                break
-            out.append(nxt)
-        elif c not in "'\"\n":
-            out.append(c)
-    return "".join(out)
-
-
-def read_os_info(root: Path = Path("/"),
-                 uname: Callable[[], os.uname_result] = os.uname) -> OsInfo:
-    """Gather the OS intrinsic values as ``hv_kvp_daemon`` does.
-
-    OSName / OSMajorVersion from ``<root>/etc/os-release`` (NAME, VERSION_ID);
-    else the first three lines of ``SuSE-release`` / ``redhat-release``; else
-    uname's sysname and empty versions.
-    """
-    u = uname()
-    info = OsInfo(u.sysname, "", "", u.release, u.release.split("-")[0], u.machine)
-    try:
-        text = (root / "etc/os-release").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = None
-    if text is not None:
-        for line in text.splitlines():
-            if line.startswith("#") or "=" not in line:
-                continue
-            name, value = line.split("=", 1)
-            if name == "NAME":
-                info.name = _os_release_value(value)
-            elif name == "VERSION_ID":
-                info.major = _os_release_value(value)
-        return info
-    for legacy in ("etc/SuSE-release", "etc/redhat-release"):
-        try:
-            lines = (root / legacy).read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            continue
-        if lines:
-            info.name = lines[0]
-        if len(lines) > 1:
-            info.major = lines[1]
-        if len(lines) > 2:
-            info.minor = lines[2]
-        break
-    return info
-
-
-def default_fqdn() -> str:
-    """``gethostname`` then the canonical name from ``getaddrinfo(AF_INET, AI_CANONNAME)``.
-
-    Where the C daemon reports the text of a lookup failure as the FQDN, this
-    falls back to the plain host name.
-    """
-    host = socket.gethostname()
-    try:
-        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM, 0,
-                                   socket.AI_CANONNAME)
-    except OSError:
-        return host
-    return next((i[3] for i in infos if i[3]), host)
-
-
-def _joined(values: list[str], limit: int) -> str:
-    # Keep whole entries: stop before the one that would overflow the field.
-    out = ""
-    for v in values:
-        candidate = v if not out else f"{out};{v}"
-        if len(candidate.encode()) > limit:
-            break
-        out = candidate
-    return out
-
-
-class Intrinsics:
-    """The Auto pool, synthesised by index.
-
-    :param os_info: from :func:`read_os_info` (read once, as the C daemon does).
-    :param addresses: the interface addresses (read on every request).
-    :param fqdn: computes the FQDN; called once, on first use, so a slow
-        resolver does not delay start-up.
-    """
-
-    def __init__(self, os_info: OsInfo, addresses: Callable[[], list[IfAddress]],
-                 fqdn: Callable[[], str] = default_fqdn) -> None:
-        self._os = os_info
-        self._addresses = addresses
-        self._fqdn_fn = fqdn
-        self._fqdn: str | None = None
-        #: IntegrationServicesVersion: the kernel's string once registered
-        self.version = _VERSION_UNKNOWN
-
-    def _ips(self, family: int) -> str:
-        try:
-            found = [a.address for a in self._addresses() if a.family == family and
-                     not a.loopback]
-        except OSError:
-            return ""
-        return _joined(found, KVP_VALUE_FIELD - 1)
-
-    def item(self, index: int) -> tuple[str, str] | None:
-        """Key and value at ``index``, or ``None`` past the last (9)."""
-        if not 0 <= index < len(INTRINSIC_KEYS):
-            return None
-        if index == 0 and self._fqdn is None:
-            self._fqdn = self._fqdn_fn()
-        values = (
-            lambda: self._fqdn or "",
-            lambda: self.version,
-            lambda: self._ips(socket.AF_INET),
-            lambda: self._ips(socket.AF_INET6),
-            lambda: self._os.build,
-            lambda: self._os.name,
-            lambda: self._os.major,
-            lambda: self._os.minor,
-            lambda: self._os.version,
-            lambda: self._os.arch,
-        )
-        return INTRINSIC_KEYS[index], values[index]()
+#
+# INTRINSIC_KEYS, Intrinsics, OsInfo and read_os_info live in
+# vmis.services.kvp.intrinsic, shared with the vmis KVP service; they are
+# imported above and re-exported from here.
 
 
 # Section: the handler

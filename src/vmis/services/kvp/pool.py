@@ -120,7 +120,13 @@ class KvpSizeError(KvpFormatError, ValueError):
 
 
 def _encode_field(text: str, field: str, limit: int) -> bytes:
-    raw = text.encode(_ENCODING, _ERRORS)
+    try:
+        raw = text.encode(_ENCODING, _ERRORS)
+    except UnicodeEncodeError as exc:
+        # A lone surrogate outside surrogateescape's range (U+DC80..U+DCFF)
+        # has no UTF-8 form; JSON text from a peer can carry one ("\ud800").
+        raise KvpFormatError(f"KVP {field} is not valid text: {exc.reason} at "
+                             f"character {exc.start}") from None
     if b"\0" in raw:
         raise KvpFormatError(f"KVP {field} contains a NUL character")
     if len(raw) + 1 > limit:
@@ -160,6 +166,14 @@ def decode_record(raw: bytes) -> tuple[str, str]:
         _field_text(raw[:KEY_SIZE]).decode(_ENCODING, _ERRORS),
         _field_text(raw[KEY_SIZE:]).decode(_ENCODING, _ERRORS),
     )
+
+
+def _key_bytes(key: str) -> bytes | None:
+    # None for text with no UTF-8 form: no record can hold such a key.
+    try:
+        return key.encode(_ENCODING, _ERRORS)
+    except UnicodeEncodeError:
+        return None
 
 
 def _key_matches(record: bytes, key: bytes) -> bool:
@@ -236,7 +250,9 @@ class KvpPool:
 
     def get(self, key: str) -> str | None:
         """Return the value of ``key``, or ``None`` when the pool has no such key."""
-        k = key.encode(_ENCODING, _ERRORS)
+        k = _key_bytes(key)
+        if k is None:
+            return None
         for record in self._records():
             if _key_matches(record, k):
                 return decode_record(record)[1]
@@ -291,7 +307,9 @@ class KvpPool:
         :raise OSError: When the pool directory is missing or not writable.
         :return: whether the key was there (the daemon answers HV_S_CONT if not).
         """
-        k = key.encode(_ENCODING, _ERRORS)
+        k = _key_bytes(key)
+        if k is None:
+            return False
         with self._locked(write=True) as fd:
             assert fd is not None
             records = _split(_read_all(fd))
