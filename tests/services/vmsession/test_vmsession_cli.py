@@ -133,6 +133,20 @@ def test_ctrl_c_stops_the_remote_process_group(session_lab):
     wait_gone(pids)
 
 
+def test_a_reader_that_stops_reading_holds_the_remote_writer_back(session_lab):
+    total = 100_000_000
+    proc = popen(session_lab, "exec", "DemoVM", "--", "sh", "-c",
+                 f"echo $$; exec head -c {total} /dev/zero")
+    assert proc.stdout is not None
+    pid = int(proc.stdout.readline())
+    time.sleep(3)  # we read nothing: pipes, the CLI and the 1 MiB window fill up
+    assert alive(pid), "the remote writer finished although nobody read its output"
+    received = 0
+    while chunk := proc.stdout.read(1 << 20):
+        received += len(chunk)
+    assert proc.wait(60) == 0 and received == total
+
+
 def test_a_killed_client_kills_the_remote_command(session_lab):
     proc = popen(session_lab, "exec", "DemoVM", "--", "sh", "-c", "echo $$; exec sleep 300")
     assert proc.stdout is not None

@@ -361,8 +361,7 @@ class VmSessionService(GuestService):
             raise ServiceError("busy", f"the guest runs {len(self.sessions)} sessions already "
                                        f"([vmsession] max_sessions = {cfg.max_sessions})")
         argv = body.get("argv")
-        if (not isinstance(argv, list) or not argv
-                or not all(isinstance(a, str) and a and "\0" not in a for a in argv[:1])
+        if (not isinstance(argv, list) or not argv or argv[0] == ""
                 or not all(isinstance(a, str) and "\0" not in a for a in argv)
                 or sum(len(a) for a in argv) > _MAX_ARGV_BYTES):
             raise ServiceError("bad-request", "argv must be a non-empty list of strings")
