@@ -32,7 +32,7 @@ def _refuse(name):
 
 
 if _LOG:
-    _write(f"loaded {os.getpid()} {' '.join(sys.orig_argv)}")
+    _write(f"loaded {os.getpid()} {' '.join(sys.orig_argv)}".replace("\n", " "))
     time.clock_settime = _refuse("clock_settime")
     time.clock_settime_ns = _refuse("clock_settime_ns")
     _getitem = ctypes.CDLL.__getitem__
