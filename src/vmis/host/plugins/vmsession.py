@@ -16,7 +16,6 @@ The guest's notifications reach the command through :data:`HOOKS`
 from __future__ import annotations
 
 import asyncio
-import logging
 import shlex
 import socket
 from collections.abc import Mapping, Sequence
@@ -48,7 +47,6 @@ from vmis.transport.channel import Channel
 __all__ = ["HOOKS", "Exit", "InputCredit", "Output", "RemoteCommand"]
 
 SPEC = by_key("vmsession")
-_log = logging.getLogger("vmis.host.vmsession")
 
 #: how a guest administrator lets the host in (docs/services/vmsession.md §6)
 ENABLE_HINT = ("a guest administrator enables it with 'vmis-guest Set-Service -Name "
