@@ -117,18 +117,19 @@ class TimeSync:
         """One VM's record; the state says why there is no fresh sample, if there is none."""
         mon = monitor(session)
         override = None
+        error = mon.error
         enabled = session.vm.enabled.get(SPEC.key, True)
         try:
             session.require(SPEC)
         except ServiceUnavailable as exc:
             override = ("Disabled" if not enabled else
                         "NoContact" if not session.connected else "Stopped")
-            if not mon.error:
-                mon.error = str(exc)
+            error = str(exc)
         row = mon.row(session.vm.name, override)
         row["Enabled"] = enabled
-        if override is None and mon.error and not mon.last:
-            row["State"] = "Error"
+        row["Error"] = error
+        if override is None and error:
+            row["State"] = "Error"  # the last burst failed; the reason is in Error
         return row
 
     # Section: the loop
