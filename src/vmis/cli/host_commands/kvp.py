@@ -1,0 +1,115 @@
+"""``vmis Get-VMKvp``, ``Set-VMKvp``, ``Remove-VMKvp``: Key-Value Pair Exchange from the host.
+
+docs/services/kvp.md §3. Host writes go to the External pool; one made while
+the guest cannot take it is saved by the host manager and delivered when it
+can (a warning says so, and Get-VMKvp lists it as pending).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from vmis.api.client import ApiClient
+from vmis.cli.psargs import Command, Param
+from vmis.cli.table import Column, format_table
+from vmis.services.kvp import POOL_NAMES
+
+__all__ = ["COMMANDS"]
+
+JSON = Param("json", "switch", help="print JSON for scripts")
+VMNAME = Param("VMName", "list", required=True, position=0, aliases=("VM", "Name"),
+               help="VM names; wildcards allowed")
+#: longest value a table cell shows; --json has them whole
+_CELL = 80
+
+
+def _warn(text: str) -> None:
+    print(f"WARNING: {text}", file=sys.stderr)
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    text = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t",
+                                                                                        "\\t")
+    return text if len(text) <= _CELL else text[: _CELL - 3] + "..."
+
+
+def _pool_cell(row: dict[str, Any]) -> str:
+    if row["Pending"] == "set":
+        return f"{row['Pool']} (pending)"
+    if row["Pending"] == "remove":
+        return f"{row['Pool']} (pending removal)"
+    return str(row["Pool"])
+
+
+def cmd_get(api: ApiClient, args: dict[str, Any]) -> int:
+    params: dict[str, Any] = {"vm": args["VMName"]}
+    if args["Pool"]:
+        params["pool"] = args["Pool"]
+    rows = api.call("GET", "/kvp", params=params)
+    if args["json"]:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(format_table(
+        [Column("VMName", min_width=11), Column("Pool"), Column("Key"), Column("Value")],
+        [(r["VMName"], _pool_cell(r), _cell(r["Key"]), _cell(r["Value"])) for r in rows],
+    ))
+    stale = sorted({r["VMName"] for r in rows if not r["Connected"] and r["Pending"] is None})
+    for name in stale:
+        _warn(f"{name}: no contact with the guest agent; these are the pools it last reported")
+    if any(r["Pending"] for r in rows):
+        _warn("pending writes are saved by the host manager and delivered, in order, when the "
+              "guest can take them")
+    return 0
+
+
+def _report(verb: str, results: list[dict[str, Any]], args: dict[str, Any]) -> int:
+    failed = [r for r in results if r["Error"]]
+    if args["json"]:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in failed:
+            print(f"{verb}: {r['Error']}", file=sys.stderr)
+        for r in results:
+            if r["Pending"]:
+                reason = str(r["Reason"] or "not delivered yet")
+                if not reason.startswith(f"{r['VMName']}:"):
+                    reason = f"{r['VMName']}: {reason}"
+                _warn(f"{reason}; the write is saved and delivered when the guest can take it")
+    return 1 if failed else 0
+
+
+def cmd_set(api: ApiClient, args: dict[str, Any]) -> int:
+    results = api.call("POST", "/kvp/set", json={"vms": args["VMName"], "key": args["Key"],
+                                                 "value": args["Value"]})
+    return _report("Set-VMKvp", results, args)
+
+
+def cmd_remove(api: ApiClient, args: dict[str, Any]) -> int:
+    results = api.call("POST", "/kvp/remove", json={"vms": args["VMName"], "key": args["Key"]})
+    return _report("Remove-VMKvp", results, args)
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("Get-VMKvp", "List a VM's key-value pairs (all pools, or one).", (
+        VMNAME,
+        Param("Pool", choices=tuple(POOL_NAMES.values()),
+              help="External (host to guest), Guest (guest to host), Auto (guest facts), "
+                   "AutoExternal (host facts), AutoInternal"),
+        JSON,
+    ), cmd_get, aliases=("kvp",),
+        examples=("vmis Get-VMKvp -VMName DemoVM -Pool Auto",)),
+    Command("Set-VMKvp", "Give VMs a key-value pair (External pool; saved if not delivered).", (
+        VMNAME,
+        Param("Key", required=True, position=1, help="at most 511 bytes of UTF-8"),
+        Param("Value", required=True, position=2, help="at most 2047 bytes of UTF-8"),
+        JSON,
+    ), cmd_set, examples=('vmis Set-VMKvp -VMName DemoVM -Key Role -Value "web frontend"',)),
+    Command("Remove-VMKvp", "Remove a key-value pair from VMs' External pool.", (
+        VMNAME,
+        Param("Key", required=True, position=1),
+        JSON,
+    ), cmd_remove, examples=("vmis Remove-VMKvp -VMName DemoVM -Key Role",)),
+)

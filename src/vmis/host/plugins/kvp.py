@@ -1,0 +1,381 @@
+"""Host manager side of Key-Value Pair Exchange, docs/services/kvp.md §3.
+
+Two things live here per VM:
+
+- **the guest's pools as last pushed** (POOL notifications): kept in memory
+  only. They are the guest's to tell: after a host restart they come back
+  with the first session, and until then there is nothing trustworthy to
+  show. Get-VMKvp of a VM without a session shows what it last reported.
+- **host writes not yet acknowledged**, in the table ``kvp_pending`` of the
+  manager's database: every Set-VMKvp / Remove-VMKvp is written there first,
+  in order, and a row is deleted only once the guest has answered it. So a
+  write made while the VM is off, its agent down, the service disabled or
+  the guest frozen is delivered later, in order, and survives a restart of
+  the host manager as well.
+
+Delivery (:meth:`VmKvp.deliver`) runs, one at a time per VM, when a host
+write is made, when a session starts running (``manager.on_running``; the
+host facts are pushed to AutoExternal first), and when the guest pushes a
+pool while writes are pending (its service just started or it just thawed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import weakref
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from vmis.errors import (
+    ChannelError,
+    ConfigError,
+    NotFoundError,
+    ProtocolError,
+    RemoteServiceError,
+    ServiceUnavailable,
+    VmisError,
+)
+from vmis.host.manager import HostManager
+from vmis.host.session import NotificationHook, VmSession
+from vmis.host.store import metadata
+from vmis.protocol import ServiceId, decode_json, encode_json
+from vmis.services.catalog import by_key
+from vmis.services.kvp import KvpOp, check_item, parse_pool, pool_name
+from vmis.services.kvp.intrinsic import default_fqdn
+from vmis.services.kvp.pool import KvpFormatError, Pool
+
+__all__ = ["HOOKS", "Kvp", "VmKvp", "kvp_pending", "of", "setup"]
+
+_log = logging.getLogger("vmis.host.kvp")
+
+SPEC = by_key("kvp")
+#: seconds one KVP request may take (a pool rewrite is an fsync or two)
+REQUEST_TIMEOUT = 15.0
+#: seconds a delivery started by a guest push waits for the service to count
+#: as running (the push of a starting service overtakes the SET_SERVICE answer)
+SETTLE_TIMEOUT = 5.0
+#: guest error codes after which a write can never succeed: it is dropped
+_PERMANENT = ("bad-request", "too-large", "denied", "unknown-op")
+
+kvp_pending = sa.Table(
+    "kvp_pending",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("vm_id", sa.String(36), sa.ForeignKey("vms.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("pool", sa.Integer, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    #: NULL for a removal
+    sa.Column("value", sa.Text),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    # ids are never reused, so a caller can tell its own write's fate by id
+    sqlite_autoincrement=True,
+)
+
+
+class VmKvp:
+    """One VM's KVP state on the host (``session.extra["kvp"]``).
+
+    :param session: the VM's session.
+    :param kvp: the manager's KVP part (database, host names).
+    """
+
+    def __init__(self, session: VmSession, kvp: Kvp) -> None:
+        self.session = session
+        self.kvp = kvp
+        #: pool -> items, as the guest last pushed them
+        self.pools: dict[Pool, list[tuple[str, str]]] = {}
+        #: pool -> when the guest last pushed it
+        self.reported: dict[Pool, datetime] = {}
+        #: why pending writes are still pending ("" when none are or none failed)
+        self.last_error = ""
+        self._staging: dict[Pool, list[tuple[str, str]]] = {}
+        self._lock = asyncio.Lock()
+        self._facts_for: object | None = None
+        self._waiting: set[int] = set()
+        self._outcomes: dict[int, VmisError | None] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # Section: guest pushes (docs/services/kvp.md §2.3)
+
+    def on_pool(self, payload: bytes) -> None:
+        """A POOL notification: one part of one pool's whole content."""
+        try:
+            body = decode_json(payload)
+            pool = Pool(int(body["pool"]))
+            items = [(str(k), str(v)) for k, v in body["items"]]
+            first, last = int(body.get("part", 0)) == 0, bool(body.get("last", True))
+        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+            self.session.log.warning("bad KVP POOL notification: %s", exc)
+            return
+        if first:
+            self._staging[pool] = []
+        elif pool not in self._staging:
+            return  # a later part whose first part this session never saw
+        self._staging[pool] += items
+        if not last:
+            return
+        self.pools[pool] = self._staging.pop(pool)
+        self.reported[pool] = datetime.now(UTC)
+        if self.pending_rows() or self._facts_for is not self.session.channel:
+            self._spawn(self.deliver(settle=SETTLE_TIMEOUT))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Section: pending writes
+
+    def pending_rows(self) -> list[sa.Row[Any]]:
+        """This VM's unacknowledged host writes, oldest first."""
+        with self.kvp.engine.begin() as conn:
+            return list(conn.execute(
+                sa.select(kvp_pending).where(kvp_pending.c.vm_id == self.session.vm.id)
+                .order_by(kvp_pending.c.id)
+            ))
+
+    def _enqueue(self, key: str, value: str | None) -> int:
+        with self.kvp.engine.begin() as conn:
+            result = conn.execute(kvp_pending.insert().values(
+                vm_id=self.session.vm.id, pool=int(Pool.EXTERNAL), key=key, value=value,
+                created=datetime.now(UTC),
+            ))
+            row_id = result.inserted_primary_key
+            assert row_id is not None
+            return int(row_id[0])
+
+    def _done(self, row_id: int, outcome: VmisError | None) -> None:
+        with self.kvp.engine.begin() as conn:
+            conn.execute(kvp_pending.delete().where(kvp_pending.c.id == row_id))
+        if row_id in self._waiting:
+            self._outcomes[row_id] = outcome
+
+    async def write(self, key: str, value: str | None) -> dict[str, Any]:
+        """Set (or with ``value=None`` remove) *key* in External: saved, then delivered.
+
+        :return: the row of docs/services/kvp.md §3.2 for this VM.
+        """
+        row_id = self._enqueue(key, value)
+        self._waiting.add(row_id)
+        try:
+            await self.deliver()
+            outcome = self._outcomes.pop(row_id, "pending")
+        finally:
+            self._waiting.discard(row_id)
+        result: dict[str, Any] = {
+            "VMName": self.session.vm.name, "Pool": pool_name(Pool.EXTERNAL), "Key": key,
+            "Value": value, "Delivered": outcome is None, "Pending": outcome == "pending",
+            "Reason": self.last_error if outcome == "pending" else "", "Error": None,
+        }
+        if isinstance(outcome, VmisError):
+            result["Error"] = str(outcome)
+        return result
+
+    # Section: delivery
+
+    async def _request(self, op: KvpOp, body: dict[str, Any]) -> None:
+        await self.session.request(SPEC, op, encode_json(body), timeout=REQUEST_TIMEOUT)
+
+    async def _settled(self, timeout: float) -> None:
+        # A guest push may arrive before the host learns (from the SET_SERVICE
+        # answer) that the service runs: give that answer a moment.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                self.session.require(SPEC)
+                return
+            except ServiceUnavailable:
+                await asyncio.sleep(0.05)
+
+    async def deliver(self, settle: float = 0.0) -> None:
+        """Push the host facts (once per session) and every pending write, in order.
+
+        Stops at the first write the guest cannot take now (no session,
+        service off, ``busy``, ``failed``), which stays pending with the
+        reason in :attr:`last_error`; a write the guest refuses for good
+        (too large, bad request) is dropped and reported to its caller.
+        """
+        if settle:
+            await self._settled(settle)
+        async with self._lock:
+            try:
+                await self._deliver()
+            except (ServiceUnavailable, ChannelError, ProtocolError) as exc:
+                self.last_error = str(exc)
+            except RemoteServiceError as exc:
+                self.last_error = f"{self.session.vm.name}: the guest answered: {exc}"
+                self.session.log.warning("KVP delivery paused: %s", exc)
+
+    async def _deliver(self) -> None:
+        channel = self.session.channel
+        self.session.require(SPEC)
+        if self._facts_for is not channel:
+            facts = await self.kvp.host_facts(self.session)
+            try:
+                await self._request(KvpOp.SET, {"pool": int(Pool.AUTO_EXTERNAL),
+                                                "items": [list(f) for f in facts]})
+            except RemoteServiceError as exc:
+                if exc.code not in _PERMANENT:
+                    raise
+                self.session.log.warning("the guest refused the host facts: %s", exc)
+            self._facts_for = channel
+        for row in self.pending_rows():
+            try:
+                if row.value is None:
+                    await self._request(KvpOp.DELETE, {"pool": row.pool, "key": row.key})
+                else:
+                    await self._request(KvpOp.SET, {"pool": row.pool,
+                                                    "items": [[row.key, row.value]]})
+            except RemoteServiceError as exc:
+                if exc.code == "not-found" and row.value is None:
+                    self._done(row.id, NotFoundError(
+                        f"{self.session.vm.name}: no key {row.key!r} in the "
+                        f"{pool_name(row.pool)} pool"))
+                    continue
+                if exc.code in _PERMANENT:
+                    self.session.log.warning("KVP write of %r dropped: %s", row.key, exc)
+                    self._done(row.id, ServiceUnavailable(f"{self.session.vm.name}: {exc}"))
+                    continue
+                raise
+            self._done(row.id, None)
+        self.last_error = ""
+
+
+class Kvp:
+    """The KVP part of one host manager (see :func:`of`)."""
+
+    def __init__(self, manager: HostManager) -> None:
+        self.manager = manager
+        self.engine = manager.store.engine
+        # The plugin's table may be defined after the store created its tables.
+        kvp_pending.create(self.engine, checkfirst=True)
+        self._names: tuple[str, str] | None = None
+
+    def vm(self, session: VmSession) -> VmKvp:
+        """The VM's KVP state (created on first use)."""
+        state = session.extra.get("kvp")
+        if not isinstance(state, VmKvp):
+            state = VmKvp(session, self)
+            session.extra["kvp"] = state
+        return state
+
+    def attach(self, session: VmSession) -> None:
+        """Give a new VM its KVP state (``manager.on_vm_added``)."""
+        self.vm(session)
+
+    async def host_facts(self, session: VmSession) -> list[tuple[str, str]]:
+        """The AutoExternal items a Hyper-V host gives its guests (hyperv-facts.md §4.3)."""
+        if self._names is None:
+            # The guest's own FQDN rule (hv_kvp_daemon's canonical-name lookup,
+            # which socket.getfqdn is not: it may answer "localhost"). It may
+            # ask DNS: not on the event loop, and only once.
+            fqdn = await asyncio.to_thread(default_fqdn)
+            self._names = (socket.gethostname().split(".")[0], fqdn)
+        short, fqdn = self._names
+        return [
+            ("HostName", short),
+            ("PhysicalHostName", short),
+            ("PhysicalHostNameFullyQualified", fqdn),
+            ("VirtualMachineName", session.vm.name),
+            ("VirtualMachineId", session.vm.id),
+        ]
+
+    # Section: host operations (docs/services/kvp.md §3)
+
+    def rows(self, patterns: list[str], pool: str | None = None) -> list[dict[str, Any]]:
+        """Get-VMKvp: the pools of matching VMs as last pushed, and pending host writes.
+
+        :raise NotFoundError: For an unknown VM or pool.
+        """
+        pools = [parse_pool(pool)] if pool else list(Pool)
+        rows: list[dict[str, Any]] = []
+        for session in self.manager.match(patterns):
+            state = self.vm(session)
+            common = {"VMName": session.vm.name, "Connected": session.connected}
+            for p in pools:
+                reported = state.reported.get(p)
+                rows += [{**common, "Pool": pool_name(p), "Key": k, "Value": v, "Pending": None,
+                          "ReportedAt": reported.isoformat() if reported else None}
+                         for k, v in state.pools.get(p, [])]
+                if p is Pool.EXTERNAL:
+                    rows += [{**common, "Pool": pool_name(p), "Key": r.key, "Value": r.value,
+                              "Pending": "remove" if r.value is None else "set",
+                              "ReportedAt": None}
+                             for r in state.pending_rows()]
+        return rows
+
+    async def set(self, patterns: list[str], key: str, value: str) -> list[dict[str, Any]]:
+        """Set-VMKvp: write *key* = *value* to the External pool of matching VMs.
+
+        :raise ConfigError: When the key or value cannot be stored (sizes named);
+            nothing is saved then.
+        :raise NotFoundError: For an unknown VM.
+        """
+        _check(key, value)
+        return await self._write(patterns, key, value)
+
+    async def remove(self, patterns: list[str], key: str) -> list[dict[str, Any]]:
+        """Remove-VMKvp: remove *key* from the External pool of matching VMs.
+
+        :raise ConfigError: For a key no pool can hold.
+        :raise NotFoundError: For an unknown VM.
+        """
+        _check(key, "")
+        return await self._write(patterns, key, None)
+
+    async def _write(self, patterns: list[str], key: str,
+                     value: str | None) -> list[dict[str, Any]]:
+        sessions = self.manager.match(patterns)
+        return list(await asyncio.gather(*(self.vm(s).write(key, value) for s in sessions)))
+
+
+def _check(key: str, value: str) -> None:
+    try:
+        check_item(key, value)
+    except KvpFormatError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+#: each manager's Kvp, without adding attributes to HostManager
+_BY_MANAGER: weakref.WeakKeyDictionary[HostManager, Kvp] = weakref.WeakKeyDictionary()
+
+
+def of(manager: HostManager) -> Kvp:
+    """The manager's KVP part.
+
+    :raise ServiceUnavailable: When :func:`setup` was not run for it.
+    """
+    try:
+        return _BY_MANAGER[manager]
+    except KeyError:
+        raise ServiceUnavailable("KVP is not set up in this host manager") from None
+
+
+async def _on_running(session: VmSession) -> None:
+    state = session.extra.get("kvp")
+    if isinstance(state, VmKvp):
+        await state.deliver()
+
+
+def setup(manager: HostManager) -> None:
+    """Attach KVP to a manager: its table, per-VM state, delivery at each session start."""
+    kvp = Kvp(manager)
+    _BY_MANAGER[manager] = kvp
+    manager.on_vm_added.append(kvp.attach)
+    for session in manager.sessions.values():
+        kvp.attach(session)
+    manager.on_running.append(_on_running)
+
+
+def _on_pool(session: VmSession, payload: bytes) -> None:
+    state = session.extra.get("kvp")
+    if isinstance(state, VmKvp):
+        state.on_pool(payload)
+
+
+HOOKS: dict[tuple[int, int], NotificationHook] = {(ServiceId.KVP, KvpOp.POOL): _on_pool}
