@@ -8,6 +8,8 @@ defaults) and a test (fixture trees and the emulator's socket)::
     vmis-guest hyperv vss   [--device /dev/vmbus/hv_vss] [--root /]
                             [--freezer ioctl|fake] [--thaw-timeout 300]
     vmis-guest hyperv fcopy [--device /dev/vmbus/hv_fcopy]
+                            [--uio [--uio-device /dev/uioN] [--sys-root /sys]
+                                   [--ring-size N] [--ring-file PATH]]
     common: [--pid-file PATH | --no-pid-file] [--log-level LEVEL]
 
 The daemons stay in the foreground (systemd ``Type=simple``), log one line
@@ -32,6 +34,13 @@ from vmis.hyperv.ipconfig import HelperScripts, IpConfig
 from vmis.hyperv.kvp import Intrinsics, KvpHandler, read_os_info
 from vmis.hyperv.netinfo import NetlinkInfo
 from vmis.hyperv.scripts import ROOT_ENV
+from vmis.hyperv.uio import (
+    DEFAULT_RING_SIZE,
+    FCOPY_INSTANCE_GUID,
+    UioChannel,
+    UioFcopyDaemon,
+    find_uio_device,
+)
 from vmis.hyperv.vss import DEFAULT_THAW_TIMEOUT, VssHandler
 from vmis.services.kvp.pool import DEFAULT_DIRECTORY, KvpPools
 from vmis.services.vss.freeze import FakeFreezer, FilesystemFreeze, Freezer, IoctlFreezer
@@ -89,6 +98,18 @@ def _parser(prog: str = PROG) -> argparse.ArgumentParser:
 
     fcopy = sub.add_parser("fcopy", help="Guest Service Interface (file copy): hv_fcopy_daemon")
     common(fcopy, "fcopy")
+    fcopy.add_argument("--uio", action="store_true",
+                       help="serve the raw VMBus channel through uio_hv_generic (kernels "
+                            "without /dev/vmbus/hv_fcopy) instead of the character device")
+    fcopy.add_argument("--uio-device", default=None,
+                       help="the channel's /dev/uioN, or the emulator's socket "
+                            "(default: found under --sys-root)")
+    fcopy.add_argument("--sys-root", type=Path, default=Path("/sys"),
+                       help="where to find the uio channel (default /sys)")
+    fcopy.add_argument("--ring-size", type=int, default=None,
+                       help="bytes per ring (default: from sysfs, else 16384)")
+    fcopy.add_argument("--ring-file", default=None,
+                       help="map this file as the rings (the emulator's; default: the device)")
     return parser
 
 
@@ -135,6 +156,20 @@ def _build(args: argparse.Namespace, logger: logging.Logger,
     return FcopyHandler(logger)
 
 
+def _open_uio(args: argparse.Namespace) -> UioChannel:
+    if args.uio_device is None:
+        found = find_uio_device(args.sys_root)
+        if found is None:
+            raise VmisError(
+                f"no uio channel for file copy under {args.sys_root}/bus/vmbus/devices/"
+                f"{FCOPY_INSTANCE_GUID}/uio (modprobe uio_hv_generic and bind the "
+                "Guest Service Interface channel to it)"
+            )
+        args.uio_device, size = found
+        args.ring_size = args.ring_size or size
+    return UioChannel(args.uio_device, args.ring_size or DEFAULT_RING_SIZE, args.ring_file)
+
+
 def main(argv: list[str], prog: str = PROG) -> int:
     """Run ``hyperv kvp|vss|fcopy ...`` (``argv`` starts with the service name).
 
@@ -147,12 +182,23 @@ def main(argv: list[str], prog: str = PROG) -> int:
     try:
         stop.install()
         handler = _build(args, logger, holder)
+        uio = _open_uio(args) if args.service == "fcopy" and args.uio else None
         pid_file = None if args.no_pid_file else PidFile(args.pid_file)
         if pid_file is not None:
-            pid_file.acquire()
+            try:
+                pid_file.acquire()
+            except VmisError:
+                if uio is not None:
+                    uio.close()
+                raise
         try:
-            logger.info("starting on %s", args.device)
-            status = DaemonRunner(handler, args.device, stop, logger).run()
+            if uio is not None:
+                assert isinstance(handler, FcopyHandler)
+                logger.info("starting on the uio channel %s", args.uio_device)
+                status = UioFcopyDaemon(uio, handler, stop, logger).run()
+            else:
+                logger.info("starting on %s", args.device)
+                status = DaemonRunner(handler, args.device, stop, logger).run()
         finally:
             holder.resume()
             if pid_file is not None:
