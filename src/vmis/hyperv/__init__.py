@@ -13,8 +13,11 @@ message layouts byte for byte (docs/hyperv-daemons.md):
 ``device``     the character device, or a SOCK_SEQPACKET socket standing in for it
 ``daemon``     the loop every daemon shares: registration, reopen, SIGTERM, pid file
 ``kvp`` / ``vss`` / ``fcopy``   the three request handlers (sans-IO: bytes in, bytes out)
+``uio``        file copy over the raw VMBus channel (``uio_hv_generic``, newer kernels)
+``ipconfig``   KVP GET_IP_INFO / SET_IP_INFO through the helper scripts' interface
 ``netinfo``    interface addresses and routes via rtnetlink (the daemon's getifaddrs)
 ``scripts``    Python equivalents of hv_get_dhcp_info, hv_get_dns_info, hv_set_ifconfig
-``emulator``   the hv_utils side, for tests: a SOCK_SEQPACKET server that plays the kernel
+``emulator``   the hv_utils side, for tests: a SOCK_SEQPACKET server that plays the
+               kernel (and, for uio, the host side of the VMBus rings)
 ``cli``        ``vmis-guest hyperv kvp|vss|fcopy``
 """
