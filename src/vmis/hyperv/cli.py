@@ -194,10 +194,9 @@ def main(argv: list[str], prog: str = PROG) -> int:
         try:
             if uio is not None:
                 assert isinstance(handler, FcopyHandler)
-                logger.info("starting on the uio channel %s", args.uio_device)
+                logger.info("serving the uio channel %s", args.uio_device)
                 status = UioFcopyDaemon(uio, handler, stop, logger).run()
             else:
-                logger.info("starting on %s", args.device)
                 status = DaemonRunner(handler, args.device, stop, logger).run()
         finally:
             holder.resume()
