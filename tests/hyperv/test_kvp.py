@@ -12,13 +12,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vmis.hyperv.constants import HResult, KvpOp, RegType
 from vmis.hyperv.emulator import HvUtilState, KernelEmulator
 from vmis.hyperv.ipconfig import HelperScripts, IpConfig
 from vmis.hyperv.kvp import INTRINSIC_KEYS, Intrinsics, KvpHandler, read_os_info
 from vmis.hyperv.messages import KVP_MSG_SIZE, kvp_message
-from vmis.hyperv.netinfo import IfAddress, Interface, StaticNetInfo
+from vmis.hyperv.netinfo import IfAddress, Interface, NetlinkInfo, StaticNetInfo
 from vmis.hyperv.scripts import ROOT_ENV
 from vmis.services.kvp.pool import RECORD_SIZE, KvpPools, Pool, encode_record, pool_path
 
@@ -217,9 +219,19 @@ def test_os_info_fallbacks(tmp_path: Path):
 
 
 def test_intrinsics_from_the_real_os():
-    items = dict(i for i in (Intrinsics(read_os_info(), NET.addresses).item(n)
+    net = NetlinkInfo()
+    items = dict(i for i in (Intrinsics(read_os_info(), net.addresses).item(n)
                              for n in range(10)) if i)
     u = os.uname()
+    v4 = [a.address for a in net.addresses() if a.family == socket.AF_INET and not a.loopback]
+    assert items["NetworkAddressIPv4"] == ";".join(v4)
+    assert "127.0.0.1" not in items["NetworkAddressIPv4"].split(";")
+    release = Path("/etc/os-release")
+    if release.exists():
+        name = next((ln.split("=", 1)[1].strip().strip('"') for ln in
+                     release.read_text().splitlines() if ln.startswith("NAME=")), None)
+        if name is not None:
+            assert items["OSName"] == name
     assert items["OSBuildNumber"] == u.release
     assert items["ProcessorArchitecture"] == u.machine
     assert items["OSVersion"] == u.release.split("-")[0]
@@ -418,3 +430,30 @@ def test_daemon_reopens_after_a_channel_reset(kvp: KernelEmulator):
 
 def test_python_version_guard():
     assert sys.version_info >= (3, 11)
+
+
+SESSION_KEYS = st.sampled_from(["a", "b", "c", "ab", "ключ"])
+SESSION_OPS = st.lists(
+    st.tuples(st.sampled_from(["set", "delete"]), SESSION_KEYS,
+              st.text(alphabet="xyzé€", max_size=6)),
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=SESSION_OPS)
+def test_random_sessions_match_the_c_daemon(kvp: KernelEmulator, pools: KvpPools,
+                                            ops: list[tuple[str, str, str]]):
+    pool_path(pools.directory, Pool.AUTO_EXTERNAL).write_bytes(b"")
+    model: list[tuple[str, str, str]] = []
+    for op, key, value in ops:
+        if op == "set":
+            assert kvp.kvp_set(Pool.AUTO_EXTERNAL, key, value) == OK
+        else:
+            present = any(k == key for k, _ in c_daemon_model(model))
+            assert kvp.kvp_delete(Pool.AUTO_EXTERNAL, key) == (OK if present else CONT)
+        model.append((op, key, value))
+    expected = c_daemon_model(model)
+    assert pools[Pool.AUTO_EXTERNAL].items() == expected
+    assert kvp.kvp_enumerate_all(Pool.AUTO_EXTERNAL) == (CONT, expected)
