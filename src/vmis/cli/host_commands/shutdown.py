@@ -104,9 +104,9 @@ COMMANDS: tuple[Command, ...] = (
         NAME, FORCE,
         Param("TurnOff", "switch", help="cut the power instead (needs QMP)"),
         REASON, TIMEOUT, JSON,
-    ), cmd_stop, aliases=("stop",),
+    ), cmd_stop,
         examples=("vmis Stop-VM -Name DemoVM", "vmis Stop-VM DemoVM -Force -TimeoutSec 60")),
     Command("Restart-VM", "Restart a VM through its guest (Shutdown integration service).", (
         NAME, FORCE, REASON, TIMEOUT, JSON,
-    ), cmd_restart, aliases=("restart",), examples=("vmis Restart-VM -Name DemoVM",)),
+    ), cmd_restart, examples=("vmis Restart-VM -Name DemoVM",)),
 )

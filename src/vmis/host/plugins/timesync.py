@@ -151,8 +151,10 @@ class TimeSync:
         closed = asyncio.ensure_future(channel.wait_closed())
         try:
             while not closed.done() and session.channel is channel:
-                await self.sync(session, mon)
+                # Cleared before the burst: a wake-up during it (a CLOCK_EVENT)
+                # must run the next burst at once, not be lost.
                 mon.wake.clear()
+                await self.sync(session, mon)
                 waker = asyncio.ensure_future(mon.wake.wait())
                 await asyncio.wait({closed, waker}, timeout=mon.interval_ms / 1000,
                                    return_when=asyncio.FIRST_COMPLETED)
@@ -167,7 +169,9 @@ class TimeSync:
         except ServiceUnavailable as exc:
             mon.error = str(exc)
             return False
+        # Taken at the start: a SYNC asked for during this burst is for the next one.
         flag = Flag.SYNC if mon.sync_pending else Flag.SAMPLE
+        mon.sync_pending = False
 
         async def request(op: int, payload: bytes) -> bytes:
             return await session.request(SPEC, op, payload, timeout=REQUEST_TIMEOUT)
@@ -177,6 +181,8 @@ class TimeSync:
         except (ServiceUnavailable, ChannelError, RemoteServiceError, ProtocolError,
                 ValueError) as exc:
             mon.error = str(exc)
+            if flag is Flag.SYNC:
+                mon.sync_pending = True
             session.log.debug("time sync failed: %s", exc)
             return False
         mon.record(sample, flag, answer, self.clock())

@@ -92,7 +92,6 @@ class TimeSyncMonitor:
         self.last_sync_ns = now_ns
         self.syncs += 1
         self.error = ""
-        self.sync_pending = False
 
     def row(self, vm_name: str, state_override: str | None = None) -> dict[str, Any]:
         """Get-VMTimeSync's record for this VM.
