@@ -78,7 +78,23 @@ def cmd_run(g: Globals, args: dict[str, Any]) -> int:
         await agent.run()
 
     asyncio.run(run())
+    if agent.restart_requested:
+        _exec_launcher(g, args)
     return 0
+
+
+def _exec_launcher(g: Globals, args: dict[str, Any]) -> None:
+    # An online update installed a new agent (vmis.guest.update): replace this
+    # process with the installed launcher, which runs the new bundle (same pid,
+    # so systemd and the lab keep tracking it).
+    launcher = g.inside("/usr/bin/vmis-guest")
+    argv = ["run"] + [w for k, v in args.items() if v for w in (f"-{k}", str(v))]
+    env = dict(os.environ, VMIS_PYTHON=sys.executable)
+    if g.root != Path("/"):
+        env["VMIS_GUEST_ROOT"] = str(g.root)
+    logging.shutdown()
+    sys.stderr.flush()
+    os.execve("/bin/sh", ["/bin/sh", str(launcher), *argv], env)
 
 
 def cmd_get_service(g: Globals, args: dict[str, Any]) -> int:

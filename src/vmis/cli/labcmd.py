@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from vmis.cli.psargs import Command, Param
@@ -15,7 +16,8 @@ __all__ = ["LAB_COMMANDS"]
 def cmd_up(args: dict[str, Any]) -> int:
     lab = Lab()
     names = args["Name"] or ["DemoVM"]
-    vms = run_lab_up(lab, names, args["ClockOffset"])
+    bundle = Path(args["AgentBundle"]).absolute() if args["AgentBundle"] else None
+    vms = run_lab_up(lab, names, args["ClockOffset"], agent_bundle=bundle)
     if args["json"]:
         print(json.dumps([vm.status() for vm in vms], indent=2))
     else:
@@ -56,6 +58,7 @@ LAB_COMMANDS: tuple[Command, ...] = (
     Command("lab up", "Start the lab host manager and lab VMs (default DemoVM).", (
         Param("Name", "list", position=0, help="lab VM names (default DemoVM)"),
         Param("ClockOffset", "float", help="start the VM's virtual clock off by SECONDS"),
+        Param("AgentBundle", help="install this agent bundle (.pyz) instead of this vmis's"),
         JSON,
     ), cmd_up),
     Command("lab down", "Stop lab VMs (all, and the host manager, without names).", (

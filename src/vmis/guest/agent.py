@@ -23,6 +23,7 @@ from vmis.guest.config import AgentConfig
 from vmis.guest.control import ControlServer
 from vmis.guest.manager import ServiceManager
 from vmis.guest.state import ServiceState
+from vmis.guest.update import UpdateState, apply_update
 from vmis.protocol import (
     CONTROL,
     FRAMEWORK_VERSIONS,
@@ -82,6 +83,9 @@ class Agent:
         #: the channel whose session is running, if any
         self.channel: Channel | None = None
         self.boot_id = uuid.uuid4().hex
+        #: set when run() returned to be replaced by a new agent (update, reboot)
+        self.restart_requested = False
+        self.updates = UpdateState(self.ctx)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
 
@@ -89,6 +93,9 @@ class Agent:
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Run until :meth:`shutdown` is called or the task is cancelled."""
+        self.updates.on_start()
+        if self.updates.pending() is not None:
+            self._spawn(self._confirm_or_roll_back())
         address = parse_address(self.config.channel)
         if isinstance(address, UnixAddress):
             address = UnixAddress(str(self.ctx.path(address.path)))
@@ -112,9 +119,18 @@ class Agent:
                 self.channel.close()
             await self.manager.stop_all()
 
-    def shutdown(self) -> None:
-        """Ask :meth:`run` to return (SIGTERM)."""
+    def shutdown(self, restart: bool = False) -> None:
+        """Ask :meth:`run` to return (SIGTERM); with *restart*, to be replaced."""
+        self.restart_requested = self.restart_requested or restart
         self._stopping.set()
+
+    async def _confirm_or_roll_back(self) -> None:
+        # vmis.guest.update: an updated agent that gets no HELLO in time goes back.
+        await asyncio.sleep(self.config.update_confirm_timeout)
+        if self.updates.pending() is not None:
+            self.updates.rollback(
+                f"no host session within {self.config.update_confirm_timeout:g} s")
+            self.shutdown(restart=True)
 
     def _new_channel(self) -> Channel:
         return Channel(Role.GUEST, self, max_payload=self.config.max_payload)
@@ -222,6 +238,12 @@ class Agent:
             return encode_json(status)
         if request.op == ControlOp.PING:
             return b""
+        if request.op == ControlOp.UPDATE:
+            # Hashing and test-running the bundle take a moment: not on the loop.
+            result = await asyncio.to_thread(apply_update, self.ctx, decode_json(request.payload))
+            # Answer first, then stop in order and exec the launcher.
+            asyncio.get_running_loop().call_later(0.2, self.shutdown, True)
+            return encode_json(result)
         raise ServiceError("unknown-op", f"control has no operation {request.op}")
 
     def _hello(self, request: RequestReceived) -> bytes:
@@ -255,9 +277,11 @@ class Agent:
                 "os": platform.system(),
                 "hostname": socket.gethostname(),
                 "boot_id": self.boot_id,
+                "last_update": self.updates.result(),
             },
         }
         asyncio.get_running_loop().call_soon(self._session_changed, True)
+        asyncio.get_running_loop().call_soon(self.updates.confirm)
         return encode_json(answer)
 
     def _guest_changed(self, spec: ServiceSpec) -> None:

@@ -16,6 +16,8 @@ Every setting, with its default::
     max_payload = 16777216
     # real: act on this machine; fake: lab adapters (never in a real guest)
     adapters = real
+    # seconds an updated agent waits for a host session before it rolls back
+    update_confirm_timeout = 60
 
     [heartbeat]
     # seconds between two runs of the health checks in /etc/vmis/health.d
@@ -107,6 +109,8 @@ class AgentConfig:
     log_level: str = "info"
     max_payload: int = DEFAULT_MAX_PAYLOAD
     adapters: str = "real"
+    #: seconds an updated agent waits for a host session before rolling back
+    update_confirm_timeout: float = 60.0
     health_interval: float = 5.0
     health_timeout: float = 10.0
     freeze_timeout: float = 60.0
@@ -128,7 +132,8 @@ class AgentConfig:
 
 
 _SECTIONS = {
-    "agent": ("channel", "control_socket", "state_dir", "log_level", "max_payload", "adapters"),
+    "agent": ("channel", "control_socket", "state_dir", "log_level", "max_payload", "adapters",
+              "update_confirm_timeout"),
     "heartbeat": ("health_interval", "health_timeout"),
     "vss": ("freeze_timeout", "hook_timeout"),
     "shutdown": ("poweroff_command", "reboot_command", "check_inhibitors"),

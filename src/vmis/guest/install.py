@@ -29,8 +29,27 @@ from vmis.guest.bundle import bundle_bytes
 __all__ = ["LAUNCHER", "install_agent", "rollback_agent"]
 
 LAUNCHER = """#!/bin/sh
-# vmis guest agent launcher (installed by vmis.guest.install)
-exec /usr/bin/python3 /usr/lib/vmis/vmis-guest.pyz "$@"
+# vmis guest agent launcher (installed by vmis.guest.install).
+# While an online update waits for confirmation (vmis.guest.update), count the
+# agent's starts; after two failed ones put the previous agent back.
+root="${VMIS_GUEST_ROOT:-}"
+lib="$root/usr/lib/vmis"
+pending="$root/var/lib/vmis/update/pending"
+if [ "${1:-}" = run ] && [ -f "$pending" ]; then
+    tries=$(cat "$pending" 2>/dev/null || echo 0)
+    case "$tries" in ''|*[!0-9]*) tries=0 ;; esac
+    if [ "$tries" -ge 2 ] && [ -f "$lib/vmis-guest.pyz.previous" ]; then
+        mv -f "$lib/vmis-guest.pyz.previous" "$lib/vmis-guest.pyz"
+        rm -f "$pending"
+        echo "vmis-guest: the updated agent failed to start twice; rolled back" >&2
+    else
+        echo $((tries + 1)) > "$pending"
+    fi
+fi
+if [ -n "$root" ]; then
+    exec "${VMIS_PYTHON:-/usr/bin/python3}" "$lib/vmis-guest.pyz" --root "$root" "$@"
+fi
+exec "${VMIS_PYTHON:-/usr/bin/python3}" "$lib/vmis-guest.pyz" "$@"
 """
 
 

@@ -10,6 +10,7 @@ lives in one directory, ``./.vmis-lab`` or ``$VMIS_LAB_DIR``::
       host.sock host.db host.log host.pid     the host manager
       vms/<name>/root/                        the lab VM's filesystem
       vms/<name>/agent.log agent.pid          its agent process
+      vms/<name>/init.pid                     its init (vmis.lab.vmproc)
 """
 
 from __future__ import annotations
@@ -196,12 +197,21 @@ class Lab:
             "\n[heartbeat]\nhealth_interval = 1\nhealth_timeout = 5\n"
         )
 
-    def start_vm(self, name: str, clock_offset: float | None = None) -> LabVm:
-        """Start a lab VM's agent unless it runs; register it with the host."""
+    def start_vm(self, name: str, clock_offset: float | None = None,
+                 agent_bundle: Path | None = None) -> LabVm:
+        """Start a lab VM's agent unless it runs; register it with the host.
+
+        A new lab VM gets the agent installed into its root as a user installs
+        it (vmis.guest.install), from this vmis or from *agent_bundle*; an
+        existing one keeps the agent it has (update it with
+        Update-VMIntegrationServices, or give *agent_bundle* to reinstall).
+        """
         if not name or "/" in name or name.startswith("."):
             raise StateError(f"invalid lab VM name {name!r}")
         vm = self.vm(name)
         self._write_config(vm)
+        if agent_bundle is not None or not (vm.root / "usr/lib/vmis/vmis-guest.pyz").exists():
+            self._install(vm, agent_bundle)
         if clock_offset is not None:
             clock = vm.root / "var/lib/vmis/clock.json"
             clock.parent.mkdir(parents=True, exist_ok=True)
@@ -209,12 +219,15 @@ class Lab:
         if vm.pid is None:
             with contextlib.suppress(FileNotFoundError):
                 (vm.root / "var/lib/vmis/power.json").unlink()
-            argv = [sys.executable, "-m", "vmis.cli.guest", "--root", str(vm.root), "run"]
-            pid = _spawn(argv, vm.log)
-            vm.pid_file.write_text(f"{pid}\n")
-            wait_for(lambda: vm.channel_path.is_socket() or not pid_alive(pid), START_TIMEOUT,
-                     f"lab VM {name}", vm.log)
-            if not pid_alive(pid):
+            with contextlib.suppress(FileNotFoundError):
+                vm.channel_path.unlink()
+            vm.pid_file.unlink(missing_ok=True)
+            argv = [sys.executable, "-m", "vmis.lab.vmproc", str(vm.root), str(vm.pid_file)]
+            supervisor = _spawn(argv, vm.log)
+            (vm.dir / "init.pid").write_text(f"{supervisor}\n")
+            wait_for(lambda: vm.channel_path.is_socket() or not pid_alive(supervisor),
+                     START_TIMEOUT, f"lab VM {name}", vm.log)
+            if not pid_alive(supervisor):
                 raise StateError(f"lab VM {name} exited at start; see {vm.log}")
         with self.api() as api:
             try:
@@ -224,6 +237,24 @@ class Lab:
                 api.call("PATCH", f"/vms/{name}", json={"channel": f"unix:{vm.channel_path}"})
             api.call("POST", f"/vms/{name}/reconnect")
         return vm
+
+    @staticmethod
+    def _install(vm: LabVm, bundle: Path | None) -> None:
+        from vmis.guest.install import install_agent
+
+        if bundle is None:
+            install_agent(vm.root)
+            return
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(bundle) as zf:
+                init = zf.read("vmis/__init__.py").decode()
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            raise StateError(f"{bundle} is not a vmis agent bundle: {exc}") from None
+        version = next((line.split("=")[1].strip().strip("\"'") for line in init.splitlines()
+                        if line.startswith("__version__")), None)
+        install_agent(vm.root, bundle.read_bytes(), version)
 
     def wait_ready(self, names: list[str], timeout: float = START_TIMEOUT) -> None:
         """Wait until every named VM's heartbeat is OK."""
@@ -235,11 +266,12 @@ class Lab:
         wait_for(ready, timeout, f"the heartbeat of {', '.join(names)}", self.dir / "host.log")
 
     def stop_vm(self, name: str) -> bool:
-        """Stop a lab VM's agent (SIGTERM); True if it was running."""
+        """Stop a lab VM's agent (SIGTERM, through its init); True if it was running."""
         vm = self.vm(name)
         if not vm.dir.is_dir():
             raise NotFoundError(f"no lab VM named {name!r}")
-        return stop_pid(read_pid(vm.pid_file))
+        ran = stop_pid(read_pid(vm.dir / "init.pid"))
+        return stop_pid(read_pid(vm.pid_file)) or ran
 
     def down(self, names: list[str] | None) -> list[str]:
         """Stop the named lab VMs, or all of them and the host manager."""
@@ -265,10 +297,10 @@ class Lab:
 
 
 def run_lab_up(lab: Lab, names: list[str], clock_offset: float | None,
-               timeout: float = START_TIMEOUT) -> list[LabVm]:
+               timeout: float = START_TIMEOUT, agent_bundle: Path | None = None) -> list[LabVm]:
     """``vmis lab up``: host manager, then each VM, then wait for heartbeats."""
     lab.ensure_host()
-    vms = [lab.start_vm(name, clock_offset) for name in names]
+    vms = [lab.start_vm(name, clock_offset, agent_bundle) for name in names]
     try:
         lab.wait_ready(names, timeout)
     except VmisError as exc:

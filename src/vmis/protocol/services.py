@@ -73,6 +73,8 @@ class ControlOp(IntEnum):
     SERVICE_STATE = 4
     #: liveness probe, empty payloads
     PING = 5
+    #: host asks the guest to install a staged agent bundle and restart into it
+    UPDATE = 6
 
 
 def parse_version(value: Any) -> Version:
