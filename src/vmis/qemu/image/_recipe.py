@@ -226,6 +226,8 @@ MASKED_UNITS: tuple[str, ...] = (
     "sys-kernel-tracing.mount",
     # logind needs dbus, which is not installed; acpid handles the power button
     "systemd-logind.service",
+    # without dbus, this starts gettys on tty2-tty6 of a machine with no screen
+    "getty-static.service",
 )
 
 #: Enablement links removed: there is no screen, so no getty on tty1
