@@ -275,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cmd = find_command(commands, words[0])
             rest = words[1:]
-        if cmd.rest is None and any(w in ("-h", "--help", "-?") for w in rest):
+        before_rest = rest[: rest.index("--")] if "--" in rest else rest
+        if any(w in ("-h", "--help", "-?") for w in before_rest) and cmd.name != "lab guest":
             print(usage(cmd))
             return 0
         if cmd.name == "lab guest":

@@ -85,6 +85,8 @@ class Agent:
         self.boot_id = uuid.uuid4().hex
         #: set when run() returned to be replaced by a new agent (update, reboot)
         self.restart_requested = False
+        #: who the host is, from the running session's HELLO: name, vm_name, vm_id
+        self.host_info: dict[str, Any] = {}
         self.updates = UpdateState(self.ctx)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -259,6 +261,8 @@ class Agent:
         )
         if result is None:
             raise ServiceError("protocol-mismatch", "no common framework version")
+        host = body.get("host")
+        self.host_info = dict(host) if isinstance(host, dict) else {}
         peer_max = body.get("max_payload")
         channel = self.channel
         if channel is not None and isinstance(peer_max, int) and peer_max >= 64 * 1024:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -229,7 +230,7 @@ class VmSession:
             "framework": [list(v) for v in FRAMEWORK_VERSIONS],
             "services": {s.key: [list(v) for v in s.versions] for s in CATALOG},
             "max_payload": channel.conn.max_payload,
-            "host": {"vm_name": self.vm.name, "vm_id": self.vm.id},
+            "host": {"name": socket.gethostname(), "vm_name": self.vm.name, "vm_id": self.vm.id},
         }
         try:
             answer = await channel.hello(offer)
