@@ -13,19 +13,23 @@ PKG = SRC / "vmis"
 #: layer -> vmis packages it may import (besides itself and vmis.errors / vmis top level)
 ALLOWED = {
     "protocol": set(),
+    "packaging": set(),
     "transport": {"protocol"},
     "services": {"protocol", "transport"},
-    "guest": {"protocol", "transport", "services"},
+    "guest": {"protocol", "transport", "services", "packaging"},
     "hyperv": {"protocol", "transport", "services", "guest"},
-    "host": {"protocol", "transport", "services"},
-    "qemu": {"protocol", "transport", "services", "host", "guest"},
-    "api": {"protocol", "transport", "services", "host", "qemu"},
-    "lab": {"protocol", "transport", "services", "host", "qemu", "api", "guest", "cli"},
-    "cli": {"protocol", "transport", "services", "host", "qemu", "api", "guest", "hyperv", "lab"},
+    "host": {"protocol", "transport", "services", "packaging"},
+    "qemu": {"protocol", "transport", "services", "host", "packaging"},
+    "api": {"protocol", "transport", "services", "host", "qemu", "packaging"},
+    "lab": {"protocol", "transport", "services", "host", "qemu", "api", "guest", "cli",
+            "packaging"},
+    "cli": {"protocol", "transport", "services", "host", "qemu", "api", "guest", "hyperv", "lab",
+            "packaging"},
 }
 
 #: the guest side: copied into guests that have nothing but Python
-GUEST_SIDE = ["protocol", "transport", "services", "guest", "hyperv", "cli/guest.py",
+GUEST_SIDE = ["protocol", "transport", "services", "guest", "hyperv", "packaging",
+              "cli/guest.py",
               "cli/guest_commands", "cli/psargs.py", "cli/table.py", "errors.py", "__init__.py"]
 
 #: the sans-IO core may not do I/O

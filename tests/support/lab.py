@@ -28,11 +28,14 @@ def run_vmis(lab_dir: Path, *args: str, timeout: float = 120, guest: bool = Fals
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def start_lab(lab_dir: Path, *names: str, clock_offset: float | None = None) -> Lab:
+def start_lab(lab_dir: Path, *names: str, clock_offset: float | None = None,
+              agent_bundle: Path | None = None) -> Lab:
     """Start a lab with the named VMs (default DemoVM) through the CLI; return it."""
     args = ["lab", "up", *names]
     if clock_offset is not None:
         args += ["-ClockOffset", str(clock_offset)]
+    if agent_bundle is not None:
+        args += ["-AgentBundle", str(agent_bundle)]
     result = run_vmis(lab_dir, *args)
     assert result.code == 0, result.err
     return Lab(lab_dir)

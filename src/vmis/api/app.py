@@ -123,6 +123,9 @@ def create_app(manager: HostManager, routers: list[APIRouter] | None = None) -> 
         return JSONResponse(body, status_code=status_for(exc))
 
     app.include_router(core_router())
+    from vmis.api.updates import router as updates_router
+
+    app.include_router(updates_router)
     for router in routers or []:
         app.include_router(router)
     return app

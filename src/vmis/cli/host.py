@@ -241,8 +241,9 @@ def _service_commands() -> tuple[Command, ...]:
 
 def _all_commands() -> tuple[Command, ...]:
     from vmis.cli.labcmd import LAB_COMMANDS
+    from vmis.cli.updatecmd import UPDATE_COMMANDS
 
-    return COMMANDS + _service_commands() + LOCAL_COMMANDS + LAB_COMMANDS
+    return COMMANDS + UPDATE_COMMANDS + _service_commands() + LOCAL_COMMANDS + LAB_COMMANDS
 
 
 def _help(commands: Sequence[Command]) -> str:

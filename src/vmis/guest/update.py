@@ -1,11 +1,12 @@
 """Online update of the guest agent, with rollback (docs/updates.md).
 
-The host copies a new agent bundle into ``/var/lib/vmis/update/`` over the
-Guest Service Interface and sends UPDATE (docs/protocol.md §6). The agent:
+The host copies a new agent bundle into the guest over the Guest Service
+Interface (to ``/var/tmp/vmis-update/``) and sends UPDATE (docs/protocol.md
+§6). The agent:
 
 1. checks the bundle's SHA-256 and that it runs (``--version`` prints the
    announced version), so a corrupt or truncated bundle never gets installed;
-2. installs it (vmis.guest.install keeps the previous bundle beside it) and
+2. installs it (vmis.packaging.install keeps the previous bundle beside it) and
    writes the *pending* marker: ``pending`` holds the number of starts tried
    (read by the launcher, a shell script), ``pending.json`` the details;
 3. answers, stops its services, and execs the launcher: the new agent.
@@ -24,22 +25,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import vmis
-from vmis.guest.install import install_agent, rollback_agent
+from vmis.packaging.install import install_agent, rollback_agent
 from vmis.services.base import GuestContext, ServiceError
 
 __all__ = ["UPDATE_DIR", "UpdateState", "apply_update"]
 
 _log = logging.getLogger("vmis.guest.update")
 
-#: where the host stages bundles, inside the guest
+#: the agent's own update directory: markers, results, the candidate bundle
 UPDATE_DIR = "/var/lib/vmis/update"
 #: a bundle may be this large (the real one is well under 1 MiB)
 MAX_BUNDLE = 64 * 1024 * 1024
@@ -109,19 +108,15 @@ class UpdateState:
         return restored
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def apply_update(ctx: GuestContext, body: dict[str, Any]) -> dict[str, Any]:
     """Check and install a staged bundle (steps 1-2 of the module docstring).
 
+    The staged file is read once; its bytes are verified and then written to
+    the agent's own directory (mode 0700) before anything runs them, so the
+    staging place (wherever the host could copy to) need not be trusted.
+
     :param body: ``{"bundle": guest path, "sha256": hex, "version": "x.y.z"}``.
-    :raise ServiceError: ``bad-request``, ``denied``, ``not-found``, ``failed``
+    :raise ServiceError: ``bad-request``, ``not-found``, ``too-large``, ``failed``
         (the bundle does not match or does not run), ``busy`` (frozen).
     """
     if ctx.frozen:
@@ -132,28 +127,39 @@ def apply_update(ctx: GuestContext, body: dict[str, Any]) -> dict[str, Any]:
         version = str(body["version"])
     except KeyError as exc:
         raise ServiceError("bad-request", f"UPDATE needs {exc}") from None
-    staging = ctx.path(UPDATE_DIR).resolve()
-    path = ctx.path(guest_path).resolve()
-    if path.parent != staging:
-        raise ServiceError("denied", f"bundles are taken from {UPDATE_DIR} only")
-    if not path.is_file():
-        raise ServiceError("not-found", f"no staged bundle at {guest_path}")
-    if path.stat().st_size > MAX_BUNDLE:
+    if not guest_path.startswith("/"):
+        raise ServiceError("bad-request", "the bundle path must be absolute")
+    staged = ctx.path(guest_path)
+    try:
+        with staged.open("rb") as f:
+            data = f.read(MAX_BUNDLE + 1)
+    except FileNotFoundError:
+        raise ServiceError("not-found", f"no staged bundle at {guest_path}") from None
+    except OSError as exc:
+        raise ServiceError("failed", f"cannot read {guest_path}: {exc.strerror}") from None
+    if len(data) > MAX_BUNDLE:
         raise ServiceError("too-large", "the bundle is larger than 64 MiB")
-    actual = _sha256(path)
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ServiceError("failed", f"bundle checksum mismatch: {actual}, expected {expected}")
+    private = ctx.path(UPDATE_DIR)
+    private.mkdir(parents=True, exist_ok=True)
+    private.chmod(0o700)
+    candidate = private / "candidate.pyz"
+    candidate.write_bytes(data)
     try:
-        probe = subprocess.run([sys.executable, str(path), "--version"], capture_output=True,
+        probe = subprocess.run([sys.executable, str(candidate), "--version"], capture_output=True,
                                text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ServiceError("failed", f"the new agent does not run: {exc}") from exc
+    finally:
+        candidate.unlink(missing_ok=True)
     if probe.returncode != 0 or probe.stdout.strip() != version:
         detail = (probe.stderr.strip().splitlines() or [probe.stdout.strip()])[-1:]
         raise ServiceError("failed", f"the new agent does not run as version {version}: "
                                      f"{' '.join(detail) or 'exit ' + str(probe.returncode)}")
-    install_agent(ctx.root, path.read_bytes(), version)
+    install_agent(ctx.root, data, version)
     UpdateState(ctx).mark_pending(vmis.__version__, version)
-    os.unlink(path)
+    staged.unlink(missing_ok=True)
     _log.warning("agent %s installed over %s; restarting into it", version, vmis.__version__)
     return {"installed": version, "previous": vmis.__version__}

@@ -202,7 +202,7 @@ class Lab:
         """Start a lab VM's agent unless it runs; register it with the host.
 
         A new lab VM gets the agent installed into its root as a user installs
-        it (vmis.guest.install), from this vmis or from *agent_bundle*; an
+        it (vmis.packaging.install), from this vmis or from *agent_bundle*; an
         existing one keeps the agent it has (update it with
         Update-VMIntegrationServices, or give *agent_bundle* to reinstall).
         """
@@ -240,21 +240,18 @@ class Lab:
 
     @staticmethod
     def _install(vm: LabVm, bundle: Path | None) -> None:
-        from vmis.guest.install import install_agent
+        from vmis.packaging.bundle import bundle_version
+        from vmis.packaging.install import install_agent
 
         if bundle is None:
             install_agent(vm.root)
             return
-        import zipfile
-
         try:
-            with zipfile.ZipFile(bundle) as zf:
-                init = zf.read("vmis/__init__.py").decode()
-        except (OSError, KeyError, zipfile.BadZipFile) as exc:
-            raise StateError(f"{bundle} is not a vmis agent bundle: {exc}") from None
-        version = next((line.split("=")[1].strip().strip("\"'") for line in init.splitlines()
-                        if line.startswith("__version__")), None)
-        install_agent(vm.root, bundle.read_bytes(), version)
+            data = bundle.read_bytes()
+            version = bundle_version(data)
+        except (OSError, ValueError) as exc:
+            raise StateError(f"{bundle}: {exc}") from None
+        install_agent(vm.root, data, version)
 
     def wait_ready(self, names: list[str], timeout: float = START_TIMEOUT) -> None:
         """Wait until every named VM's heartbeat is OK."""

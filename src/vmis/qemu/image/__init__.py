@@ -8,7 +8,7 @@ Two layers, each cached under :func:`cache_dir` by a key of its inputs:
   files, recipe version) and the kernel package version apt currently offers;
 - an **agent layer** (:func:`ensure_agent_image`, seconds): the base root plus
   whatever an installer puts into it, by default
-  :func:`vmis.guest.install.install_agent`; keyed additionally by a digest of
+  :func:`vmis.packaging.install.install_agent`; keyed additionally by a digest of
   the files the installer writes.
 
 Builds take a per-image lock, so concurrent test processes build once, and
@@ -329,12 +329,12 @@ def ensure_base_image(*, cache: Path | None = None, rebuild: bool = False) -> Gu
 
 
 def default_agent_installer() -> AgentInstaller:
-    """:func:`vmis.guest.install.install_agent`, the installer a user runs.
+    """:func:`vmis.packaging.install.install_agent`, the installer a user runs.
 
     :raise ImageBuildError: When that module is not importable.
     """
     try:
-        from vmis.guest.install import install_agent  # type: ignore[import-not-found,unused-ignore]
+        from vmis.packaging.install import install_agent  # type: ignore[import-not-found,unused-ignore]
     except ImportError as err:
         raise ImageBuildError(
             "install agent", f"the default installer is not available: {err}"

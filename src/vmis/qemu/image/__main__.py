@@ -1,7 +1,7 @@
 """``python -m vmis.qemu.image``: build, show and boot the guest image from a shell.
 
 ``build``  builds what the cache lacks (base image, then the agent layer if
-           :mod:`vmis.guest.install` is importable) and prints the paths;
+           :mod:`vmis.packaging.install` is importable) and prints the paths;
            ``.ci/run`` calls it before the tests.
 ``show``   prints the cached images as JSON.
 ``boot``   boots an image once and prints the time to multi-user.target.

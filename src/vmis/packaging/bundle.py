@@ -15,11 +15,12 @@ from pathlib import Path
 
 import vmis
 
-__all__ = ["GUEST_SIDE", "build_bundle", "bundle_bytes", "guest_files"]
+__all__ = ["GUEST_SIDE", "build_bundle", "bundle_bytes", "bundle_version", "guest_files"]
 
 #: the guest side of the package, relative to the vmis package directory
 GUEST_SIDE = (
     "__init__.py", "errors.py", "py.typed", "protocol", "transport", "services", "guest",
+    "packaging",
     "hyperv", "cli/__init__.py", "cli/guest.py", "cli/guest_commands", "cli/psargs.py",
     "cli/table.py", "data",
 )
@@ -71,3 +72,21 @@ def build_bundle(path: Path, package: Path | None = None) -> str:
     tmp.chmod(0o755)
     tmp.replace(path)
     return hashlib.sha256(data).hexdigest()
+
+
+def bundle_version(data: bytes) -> str:
+    """The ``__version__`` a bundle carries, read without running it.
+
+    :raise ValueError: When *data* is not a vmis agent bundle.
+    """
+    import re
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            init = zf.read("vmis/__init__.py").decode()
+    except (KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a vmis agent bundle ({exc})") from None
+    match = re.search(r"^__version__\s*=\s*[\"']([^\"']+)[\"']", init, re.MULTILINE)
+    if match is None:
+        raise ValueError("the bundle carries no version")
+    return match.group(1)

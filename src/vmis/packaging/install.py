@@ -4,7 +4,7 @@ Into ``root`` (``/`` on a running guest, a mounted disk or a lab/image tree
 otherwise) it writes:
 
 =========================================  ===========================================
-``/usr/lib/vmis/vmis-guest.pyz``            the agent (vmis.guest.bundle); the previous
+``/usr/lib/vmis/vmis-guest.pyz``            the agent (vmis.packaging.bundle); the previous
                                             one is kept as ``vmis-guest.pyz.previous``
 ``/usr/lib/vmis/VERSION``                   the installed version
 ``/usr/bin/vmis-guest``                     a small launcher
@@ -24,12 +24,12 @@ from importlib import resources
 from pathlib import Path
 
 import vmis
-from vmis.guest.bundle import bundle_bytes
+from vmis.packaging.bundle import bundle_bytes
 
 __all__ = ["LAUNCHER", "install_agent", "rollback_agent"]
 
 LAUNCHER = """#!/bin/sh
-# vmis guest agent launcher (installed by vmis.guest.install).
+# vmis guest agent launcher (installed by vmis.packaging.install).
 # While an online update waits for confirmation (vmis.guest.update), count the
 # agent's starts; after two failed ones put the previous agent back.
 root="${VMIS_GUEST_ROOT:-}"

@@ -1,0 +1,88 @@
+"""``vmis Update-VMIntegrationServices``: the online update, with a progress display."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from vmis.api.client import ApiClient
+from vmis.cli.psargs import Command, Param
+from vmis.cli.table import Column, format_table
+
+__all__ = ["UPDATE_COMMANDS"]
+
+_STAGES = {"copying": 1, "installing": 2, "restarting": 3, "done": 4}
+
+
+class _Display:
+    """One rich progress line per VM on a terminal; nothing otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress: Any = None
+        self.tasks: dict[str, Any] = {}
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.fields[vm]:<16}"), BarColumn(),
+                                     TextColumn("{task.description}"), TimeElapsedColumn(),
+                                     console=Console(stderr=True))
+            self.progress.start()
+
+    def update(self, line: dict[str, Any]) -> None:
+        if self.progress is None:
+            return
+        vm, stage = line["VMName"], line["Stage"]
+        if vm not in self.tasks:
+            self.tasks[vm] = self.progress.add_task(stage, total=4, vm=vm)
+        label = line.get("Result") or stage if stage == "done" else stage
+        self.progress.update(self.tasks[vm], completed=_STAGES.get(stage, 0), description=label)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def cmd_update(api: ApiClient, args: dict[str, Any]) -> int:
+    body: dict[str, Any] = {"vms": args["VMName"]}
+    if args["BundlePath"]:
+        body["bundle"] = str(Path(args["BundlePath"]).absolute())
+    if args["TimeoutSec"]:
+        body["timeout"] = args["TimeoutSec"]
+    display = _Display(sys.stderr.isatty() and not args["json"])
+    results: list[dict[str, Any]] = []
+    try:
+        for line in api.stream("POST", "/update", json=body, timeout=None):
+            if line.get("type") == "progress":
+                display.update(line)
+            elif line.get("type") == "result":
+                results = line["VMs"]
+    finally:
+        display.stop()
+    if args["json"]:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_table(
+            [Column("VMName"), Column("From"), Column("To"), Column("Result"),
+             Column("Version"), Column("Seconds")],
+            [(r["VMName"], r["From"], r["To"], r["Result"], r["Version"], r["Seconds"])
+             for r in results]))
+        for r in results:
+            if r["Error"]:
+                print(f"Update-VMIntegrationServices: {r['Error']}", file=sys.stderr)
+    return 0 if all(r["Result"] in ("updated", "current") for r in results) else 1
+
+
+UPDATE_COMMANDS: tuple[Command, ...] = (
+    Command("Update-VMIntegrationServices",
+            "Install this host's guest agent into running VMs, with rollback.", (
+                Param("VMName", "list", required=True, position=0, aliases=("VM", "Name"),
+                      help="VM names; wildcards allowed"),
+                Param("BundlePath", help="install this bundle instead of this host's agent"),
+                Param("TimeoutSec", "float", help="seconds to wait for each new agent"),
+                Param("json", "switch", help="print JSON for scripts"),
+            ), cmd_update, aliases=("update",),
+            examples=("vmis Update-VMIntegrationServices -VMName 'web*'",)),
+)
