@@ -33,7 +33,15 @@ from vmis.protocol import (
 from vmis.services.base import GuestContext, GuestService, ServiceError
 from vmis.services.catalog import by_key
 from vmis.services.fcopy import DEFAULT_ALLOWED_ROOTS, FcopyOp
-from vmis.services.fcopy.files import Reader, Receiver, file_mode, list_dir, set_times, stat_entry
+from vmis.services.fcopy.files import (
+    BULK_MEMORY,
+    Reader,
+    Receiver,
+    file_mode,
+    list_dir,
+    set_times,
+    stat_entry,
+)
 from vmis.services.fcopy.paths import Resolved, RootedPaths, check_name, parse_roots, split_path
 
 __all__ = ["SERVICE", "FcopyService"]
@@ -160,7 +168,14 @@ class FcopyService(GuestService):
         handle = self._next_handle
         self._next_handle = handle % 0x7FFFFFFF + 1
         self._open[handle] = item
+        BULK_MEMORY.acquire()
         return handle
+
+    def _forget(self, handle: int) -> _Write | _Read | None:
+        item = self._open.pop(handle, None)
+        if item is not None:
+            BULK_MEMORY.release()
+        return item
 
     def _get(self, body: dict[str, Any], kind: type[T]) -> T:
         item = self._open.get(_count(body, "handle"))
@@ -170,7 +185,7 @@ class FcopyService(GuestService):
 
     def _drop(self, handle: int, keep: bool) -> Future[None] | None:
         """Forget a copy; its worker closes it after the work already queued."""
-        item = self._open.pop(handle, None)
+        item = self._forget(handle)
         if item is None:
             return None
         if isinstance(item, _Write):
@@ -243,8 +258,7 @@ class FcopyService(GuestService):
     async def _commit(self, request: RequestReceived) -> bytes:
         body = decode_json(request.payload)
         item = self._get(body, _Write)
-        handle = _count(body, "handle")
-        self._open.pop(handle, None)
+        self._forget(_count(body, "handle"))
         receiver = item.receiver
         try:
             digest = await self._on(item.worker, receiver.commit, _field(body, "sha256", str))
@@ -300,7 +314,7 @@ class FcopyService(GuestService):
         self._refuse_if_frozen()
         body = decode_json(request.payload)
         with self.paths.resolve(_field(body, "path", str)) as r:
-            self.paths.check(r, "setting times")
+            self.paths.check(r, "")
             if r.name is not None and r.st is None:
                 raise ServiceError("not-found", f"{r.path} does not exist")
             fd = self.paths.open_dir(r) if r.name is None or r.is_dir else os.open(
@@ -328,7 +342,7 @@ class FcopyService(GuestService):
                     from None
             return encode_json({"path": path, "type": "none"})
         with r:
-            self.paths.check(r, "looking at")
+            self.paths.check(r, "")
             if r.name is None:
                 st = os.fstat(r.dir_fd)
             elif r.st is None:
@@ -340,7 +354,7 @@ class FcopyService(GuestService):
     async def _list(self, request: RequestReceived) -> bytes:
         body = decode_json(request.payload)
         with self.paths.resolve(_field(body, "path", str)) as r:
-            self.paths.check(r, "listing")
+            self.paths.check(r, "")
             if not (r.name is None or r.is_dir):
                 raise ServiceError("not-found", f"{r.path} is not a directory")
             fd = self.paths.open_dir(r)
@@ -355,7 +369,7 @@ class FcopyService(GuestService):
     async def _open_read(self, request: RequestReceived) -> bytes:
         body = decode_json(request.payload)
         with self.paths.resolve(_field(body, "path", str)) as r:
-            self.paths.check(r, "copying from the guest")
+            self.paths.check(r, "")
             if r.name is None or r.is_dir:
                 raise ServiceError("bad-request", f"{r.path} is a directory (-Recurse copies "
                                                   "directories)")
@@ -411,7 +425,7 @@ class FcopyService(GuestService):
     async def _close(self, request: RequestReceived) -> bytes:
         body = decode_json(request.payload)
         item = self._get(body, _Read)
-        self._open.pop(_count(body, "handle"), None)
+        self._forget(_count(body, "handle"))
         try:
             digest = await self._on(item.worker, item.reader.finish)
         finally:

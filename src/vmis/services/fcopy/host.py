@@ -32,7 +32,7 @@ from vmis.errors import NotFoundError, StateError, VmisError
 from vmis.protocol import Payload, decode_json, decode_json_raw, encode_json, encode_json_raw
 from vmis.services.base import ServiceError
 from vmis.services.fcopy import CHUNK_SIZE, DATA_TIMEOUT, HEAD_ROOM, WINDOW, FcopyOp, resume_token
-from vmis.services.fcopy.files import Reader, Receiver, entry_type, file_mode
+from vmis.services.fcopy.files import BULK_MEMORY, Reader, Receiver, entry_type, file_mode
 from vmis.services.fcopy.paths import RootedPaths, check_name
 
 __all__ = ["CopyEngine", "CopyProgress", "Requester"]
@@ -119,27 +119,33 @@ class CopyEngine:
         :raise VmisError: The guest's refusal or the copy's failure, with its reason.
         """
         started = time.monotonic()
+        BULK_MEMORY.acquire()
+        try:
+            return await self._to_guest(source, destination, started, create=create_full_path,
+                                        force=force, recurse=recurse)
+        finally:
+            BULK_MEMORY.release()
+            self._worker.shutdown(wait=False)
+
+    async def _to_guest(self, source: Path, destination: str, started: float, *, create: bool,
+                        force: bool, recurse: bool) -> dict[str, Any]:
         try:
             st = os.stat(source)
         except FileNotFoundError:
             raise NotFoundError(f"{source} does not exist on the host") from None
         except OSError as exc:
             raise VmisError(f"cannot read {source}: {exc.strerror}") from exc
-        try:
-            if stat.S_ISDIR(st.st_mode):
-                if not recurse:
-                    raise StateError(f"{source} is a directory; -Recurse copies directories")
-                top = await self._tree_to_guest(source, destination, create_full_path, force)
-            elif stat.S_ISREG(st.st_mode):
-                self.progress.bytes_total, self.progress.files_total = st.st_size, 1
-                item = await self._file_to_guest(source, st, destination, source.name,
-                                                 exact=False, create=create_full_path,
-                                                 force=force)
-                top = item["Path"]
-            else:
-                raise StateError(f"{source} is not a regular file or a directory")
-        finally:
-            self._worker.shutdown(wait=False)
+        if stat.S_ISDIR(st.st_mode):
+            if not recurse:
+                raise StateError(f"{source} is a directory; -Recurse copies directories")
+            top = await self._tree_to_guest(source, destination, create, force)
+        elif stat.S_ISREG(st.st_mode):
+            self.progress.bytes_total, self.progress.files_total = st.st_size, 1
+            item = await self._file_to_guest(source, st, destination, source.name,
+                                             exact=False, create=create, force=force)
+            top = item["Path"]
+        else:
+            raise StateError(f"{source} is not a regular file or a directory")
         return self._result("Host", str(source), top, started, tree=stat.S_ISDIR(st.st_mode))
 
     async def from_guest(self, source: str, destination: str, *,
@@ -153,8 +159,9 @@ class CopyEngine:
             included.
         """
         started = time.monotonic()
-        info = await self._json(FcopyOp.STAT, {"path": source})
+        BULK_MEMORY.acquire()
         try:
+            info = await self._json(FcopyOp.STAT, {"path": source})
             if info.get("type") == "dir":
                 if not recurse:
                     raise StateError(f"{source} is a directory in the guest; -Recurse copies "
@@ -172,6 +179,7 @@ class CopyEngine:
             else:
                 raise StateError(f"{source} is not a regular file or a directory in the guest")
         finally:
+            BULK_MEMORY.release()
             self._worker.shutdown(wait=False)
         return self._result("Guest", source, top, started, tree=info.get("type") == "dir")
 

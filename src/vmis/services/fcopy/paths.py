@@ -227,7 +227,7 @@ class RootedPaths:
         - *exact* (a file inside a tree copy): *path* is the file itself,
           and a directory there is refused with ``exists``.
 
-        :param what: the operation, for the policy's messages.
+        :param what: the operation, for the policy's messages ("" for none).
         :raise ServiceError: ``exists``, ``not-found``, ``denied``.
         """
         r = self.resolve(split_path(path), create_dirs=create)
@@ -273,15 +273,17 @@ class RootedPaths:
         return any(list(parts[: len(root)]) == root for root in self._resolved_roots())
 
     def _check_allowed(self, parts: Sequence[str], what: str) -> None:
-        if not self.allowed_path(parts):
-            for root in self.allowed:
-                rparts = split_path(root)
-                if list(parts[: len(rparts)]) == rparts:
-                    raise ServiceError(
-                        "denied", f"{what}: the allowed root {root} does not exist in the guest")
-            raise ServiceError(
-                "denied", f"{what}: {_display(parts)} is outside the guest's allowed roots "
-                f"({' '.join(self.allowed) or 'none'}; [fcopy] allowed_roots in agent.conf)")
+        if self.allowed_path(parts):
+            return
+        prefix = f"{what}: " if what else ""
+        for root in self.allowed:
+            rparts = split_path(root)
+            if list(parts[: len(rparts)]) == rparts:
+                raise ServiceError(
+                    "denied", f"{prefix}the allowed root {root} does not exist in the guest")
+        raise ServiceError(
+            "denied", f"{prefix}{_display(parts)} is outside the guest's allowed roots "
+            f"({' '.join(self.allowed) or 'none'}; [fcopy] allowed_roots in agent.conf)")
 
     def check(self, resolved: Resolved, what: str) -> None:
         """Refuse a resolved path outside every allowed root.
