@@ -8,13 +8,16 @@ resumes.
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
-from support.lab import run_vmis
+from support.lab import run_vmis, start_lab
 
 from vmis.lab import Lab, pid_alive
 from vmis.services.fcopy.files import PART_SUFFIX
@@ -53,12 +56,28 @@ def vmis(lab_dir, *args, cwd=None, timeout=300):
                           text=True, env=env_of(lab_dir), cwd=cwd, timeout=timeout, check=False)
 
 
+@pytest.fixture(scope="module")
+def module_dir():
+    directory = Path(tempfile.mkdtemp(prefix="vmis-", dir="/tmp"))
+    yield directory
+    Lab(directory / "lab").down(None)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab_dir(module_dir):
+    """One lab for this module (starting one costs seconds); the tests leave it running."""
+    directory = module_dir / "lab"
+    start_lab(directory)
+    return directory
+
+
 @pytest.fixture
-def gsi_lab(lab, lab_dir):
+def gsi_lab(lab_dir):
     result = run_vmis(lab_dir, "Enable-VMIntegrationService", "-VMName", "DemoVM", "-Name",
                       "Guest Service Interface")
     assert result.code == 0, result.err
-    return lab
+    return Lab(lab_dir)
 
 
 def test_200_mib_both_ways_match_sha256(gsi_lab, lab_dir, short_tmp):
@@ -80,6 +99,39 @@ def test_200_mib_both_ways_match_sha256(gsi_lab, lab_dir, short_tmp):
     assert back.code == 0, back.err
     assert json.loads(back.out)["Sha256"] == digest == sha_file(short_tmp / "back.bin")
     assert back.err == ""
+
+
+def test_cli_errors_are_one_line(gsi_lab, lab_dir, short_tmp):
+    (short_tmp / "f.txt").write_text("x")
+    cases = [
+        (("Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/etc/f.txt", "-FileSource",
+          "Host"), "outside the guest's allowed roots"),
+        (("Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/../etc/f", "-FileSource",
+          "Host"), "'..' is not allowed"),
+        (("Copy-VMFile", "DemoVM", str(short_tmp / "nope"), "/tmp/", "-FileSource", "Host"),
+         "does not exist on the host"),
+        (("Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "tmp/x", "-FileSource", "Host"),
+         "must be absolute"),
+        (("Copy-VMFile", "DemoVM", str(short_tmp), "/tmp/", "-FileSource", "Host"),
+         "-Recurse"),
+    ]
+    for args, text in cases:
+        result = run_vmis(lab_dir, *args)
+        assert result.code != 0
+        assert text in result.err and result.err.count("\n") == 1, result.err
+        assert "Traceback" not in result.err
+    ok = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/",
+                  "-FileSource", "Host")
+    assert (ok.code, ok.out, ok.err) == (0, "", "")
+    again = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/",
+                     "-FileSource", "Host")
+    assert again.code == 1 and "-Force" in again.err
+    disabled = run_vmis(lab_dir, "Disable-VMIntegrationService", "-VMName", "DemoVM", "-Name",
+                        "Guest Service Interface")
+    assert disabled.code == 0
+    off = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/",
+                   "-FileSource", "Host", "-Force")
+    assert off.code == 1 and "Enable-VMIntegrationService" in off.err
 
 
 def test_killed_agent_leaves_no_destination_and_the_rerun_resumes(gsi_lab, lab_dir, short_tmp):
@@ -130,36 +182,3 @@ def test_killed_agent_leaves_no_destination_and_the_rerun_resumes(gsi_lab, lab_d
     assert result["BytesSent"] == SIZE - result["BytesResumed"] < SIZE
     assert result["Sha256"] == digest == sha_file(dest)
     assert not any(p.name.endswith(PART_SUFFIX) for p in (vm.root / "tmp").iterdir())
-
-
-def test_cli_errors_are_one_line(gsi_lab, lab_dir, short_tmp):
-    (short_tmp / "f.txt").write_text("x")
-    cases = [
-        (("Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/etc/f.txt", "-FileSource",
-          "Host"), "outside the guest's allowed roots"),
-        (("Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/../etc/f", "-FileSource",
-          "Host"), "'..' is not allowed"),
-        (("Copy-VMFile", "DemoVM", str(short_tmp / "nope"), "/tmp/", "-FileSource", "Host"),
-         "does not exist on the host"),
-        (("Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "tmp/x", "-FileSource", "Host"),
-         "must be absolute"),
-        (("Copy-VMFile", "DemoVM", str(short_tmp), "/tmp/", "-FileSource", "Host"),
-         "-Recurse"),
-    ]
-    for args, text in cases:
-        result = run_vmis(lab_dir, *args)
-        assert result.code != 0
-        assert text in result.err and result.err.count("\n") == 1, result.err
-        assert "Traceback" not in result.err
-    ok = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/",
-                  "-FileSource", "Host")
-    assert (ok.code, ok.out, ok.err) == (0, "", "")
-    again = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/",
-                     "-FileSource", "Host")
-    assert again.code == 1 and "-Force" in again.err
-    disabled = run_vmis(lab_dir, "Disable-VMIntegrationService", "-VMName", "DemoVM", "-Name",
-                        "Guest Service Interface")
-    assert disabled.code == 0
-    off = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(short_tmp / "f.txt"), "/tmp/",
-                   "-FileSource", "Host", "-Force")
-    assert off.code == 1 and "Enable-VMIntegrationService" in off.err
