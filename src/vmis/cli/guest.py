@@ -142,6 +142,39 @@ def cmd_version(g: Globals, args: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_install(g: Globals, args: dict[str, Any]) -> int:
+    import shutil
+    import subprocess
+
+    from vmis.packaging.bundle import bundle_bytes
+    from vmis.packaging.install import install_agent
+
+    # Installing from the setup disk runs this from vmis-guest.pyz: install
+    # that very file; from a source tree, build the bundle first.
+    archive = Path(vmis.__file__).parent.parent
+    bundle = archive.read_bytes() if archive.is_file() else bundle_bytes()
+    root = Path(args["Root"]) if args["Root"] else g.root
+    if not root.is_dir():
+        raise VmisError(f"{root} is not a directory")
+    previous = (root / "usr/lib/vmis/VERSION")
+    before = previous.read_text().strip() if previous.is_file() else None
+    install_agent(root, bundle)
+    restarted = False
+    if root == Path("/") and not args["NoRestart"] and shutil.which("systemctl"):
+        subprocess.run(["systemctl", "daemon-reload"], check=False)
+        code = subprocess.run(["systemctl", "restart", "vmis-guest.service"], check=False)
+        restarted = code.returncode == 0
+    result = {"Root": str(root), "Installed": vmis.__version__, "Previous": before,
+              "Restarted": restarted}
+    if args["json"]:
+        print(json.dumps(result))
+    else:
+        verb = f"upgraded from {before} to" if before else "installed"
+        print(f"vmis guest agent {verb} {vmis.__version__} in {root}"
+              f"{'; vmis-guest.service restarted' if restarted else ''}")
+    return 0
+
+
 def cmd_delegate(module: str) -> Callable[[Globals, dict[str, Any]], int]:
     def run(g: Globals, args: dict[str, Any]) -> int:
         import importlib
@@ -178,6 +211,10 @@ COMMANDS: tuple[Command, ...] = (
     ), cmd_set_service, aliases=("set-startup",)),
     Command("Get-IntegrationServicesVersion", "Print the integration services version.",
             (JSON,), cmd_version, aliases=("version",)),
+    Command("install", "Install or upgrade this agent (from the setup disk), keeping config.", (
+        Param("Root", help="install into a guest filesystem mounted here (default /)"),
+        Param("NoRestart", "switch", help="do not restart vmis-guest.service"), JSON,
+    ), cmd_install),
     Command("hyperv", "Hyper-V daemons: hyperv kvp|vss|fcopy [options] (see --help there).",
             (), cmd_delegate("vmis.hyperv.cli"), rest="args"),
     Command("diagnose", "Check what integration drivers, daemons and agents this guest has.",

@@ -22,6 +22,7 @@ from vmis.api.client import ApiClient
 from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
 from vmis.cli.psargs import Command, Param, UsageError, find_command, parse, usage
 from vmis.cli.table import Column, format_table
+from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
 from vmis.errors import VmisError
 
 __all__ = ["COMMANDS", "main"]
@@ -226,6 +227,7 @@ LOCAL_COMMANDS: tuple[Command, ...] = (
         Param("LogLevel", choices=("debug", "info", "warning", "error"), default="info"),
     ), cmd_host_serve),
     *UPDATE_PATH_COMMANDS,
+    *SETUP_DISK_COMMANDS,
 )
 
 
@@ -270,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if words[0] == "--version":
             print(vmis.__version__)
             return 0
-        if len(words) > 1 and words[0].lower() in ("host", "vm", "lab"):
+        if len(words) > 1 and words[0].lower() in ("host", "vm", "lab", "setup-disk"):
             cmd = find_command(commands, f"{words[0]} {words[1]}")
             rest = words[2:]
         else:

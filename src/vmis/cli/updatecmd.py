@@ -11,7 +11,7 @@ from vmis.api.client import ApiClient
 from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_table
 
-__all__ = ["UPDATE_COMMANDS"]
+__all__ = ["SETUP_DISK_COMMANDS", "UPDATE_COMMANDS"]
 
 _STAGES = {"copying": 1, "installing": 2, "restarting": 3, "done": 4}
 
@@ -85,4 +85,26 @@ UPDATE_COMMANDS: tuple[Command, ...] = (
                 Param("json", "switch", help="print JSON for scripts"),
             ), cmd_update, aliases=("update",),
             examples=("vmis Update-VMIntegrationServices -VMName 'web*'",)),
+)
+
+
+def cmd_setup_disk_build(args: dict[str, Any]) -> int:
+    from vmis.host.setupdisk import build_setup_disk
+
+    path = Path(args["Path"] or "vmis-setup.iso").absolute()
+    result = build_setup_disk(path)
+    if args["json"]:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{path}: vmis {result['version']} setup disk, label {result['label']}, "
+              f"sha256 {result['iso_sha256']}")
+    return 0
+
+
+#: commands that need no host manager
+SETUP_DISK_COMMANDS: tuple[Command, ...] = (
+    Command("setup-disk build", "Write the setup disk (ISO 9660) that installs the guest agent.", (
+        Param("Path", position=0, help="where to write it (default ./vmis-setup.iso)"),
+        Param("json", "switch", help="print JSON for scripts"),
+    ), cmd_setup_disk_build),
 )
