@@ -383,3 +383,54 @@ async def test_api_reports_errors_before_and_during_the_copy(pair, short_tmp):
             if line.strip():
                 lines.append(json.loads(line))
     assert lines[-1]["type"] == "error" and lines[-1]["code"] == "denied"
+
+
+# Section: the guest's answers to malformed requests
+
+
+async def test_malformed_requests_are_refused_without_leaking(pair):
+    from vmis.protocol import decode_json, encode_json, encode_json_raw
+    from vmis.services.catalog import by_key
+    from vmis.services.fcopy import FcopyOp
+
+    spec = by_key("fcopy")
+
+    async def ask(op, payload):
+        return await pair.session.request(spec, op, payload, timeout=10)
+
+    def guest_fds():
+        # descriptors of this process (the agent runs in it) under the guest's /tmp
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(pair.root / "tmp")):
+                found.append(target)
+        return found
+
+    assert guest_fds() == []
+    good = {"path": "/tmp/x.bin", "name": "x.bin", "size": 10, "token": "t" * 32}
+    for bad in ({**good, "size": -1}, {**good, "size": "10"}, {**good, "token": 5},
+                {**good, "name": "../x"}, {**good, "path": "relative"}, {"path": "/tmp/x"}):
+        code, _ = await remote_error(ask(FcopyOp.OPEN_WRITE, encode_json(bad)))
+        assert code == "bad-request", bad
+    assert guest_fds() == []
+    opened = decode_json(await ask(FcopyOp.OPEN_WRITE, encode_json(good)))
+    handle = opened["handle"]
+    code, message = await remote_error(ask(FcopyOp.WRITE, encode_json_raw(
+        {"handle": handle, "offset": 5}, b"12345")))
+    assert code == "bad-request" and "expected 0" in message
+    code, _ = await remote_error(ask(FcopyOp.WRITE, encode_json_raw(
+        {"handle": handle, "offset": 0}, b"x" * 11)))
+    assert code == "bad-request"
+    code, _ = await remote_error(ask(FcopyOp.READ, encode_json(
+        {"handle": handle, "offset": 0, "length": 1})))
+    assert code == "bad-request"  # a write handle is not a read handle
+    await ask(FcopyOp.ABORT, encode_json({"handle": handle, "keep": False}))
+    code, _ = await remote_error(ask(FcopyOp.COMMIT, encode_json({"handle": handle,
+                                                                  "sha256": "0"})))
+    assert code == "bad-request"
+    await eventually(lambda: guest_fds() == [])
+    assert os.listdir(pair.root / "tmp") == []

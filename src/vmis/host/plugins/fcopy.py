@@ -27,6 +27,12 @@ SPEC = by_key("fcopy")
 FILE_SOURCES = ("Host", "Guest")
 
 
+def _normal(path: str) -> str:
+    """A host path without ``.`` and ``..`` components, a trailing "/" kept."""
+    normal = os.path.normpath(path)
+    return normal + "/" if path.endswith("/") and normal != "/" else normal
+
+
 def prepare_copy(manager: HostManager, vm: str, source: str, destination: str,
                  file_source: str) -> VmSession:
     """Check what can be checked before a copy starts; return the VM's session.
@@ -60,6 +66,10 @@ async def copy_vm_file(manager: HostManager, vm: str, source: str, destination: 
     :raise VmisError: Why the copy could not be made.
     """
     session = prepare_copy(manager, vm, source, destination, file_source)
+    if file_source == "Host":
+        source = _normal(source)
+    else:
+        destination = _normal(destination)
     channel = session.channel
     assert channel is not None
 

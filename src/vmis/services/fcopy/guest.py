@@ -209,13 +209,18 @@ class FcopyService(GuestService):
             force=bool(body.get("force", False)), what="copying into the guest")
 
     def _receiver(self, body: dict[str, Any], r: Resolved) -> Receiver:
-        assert r.name is not None
-        receiver = Receiver(
-            r.dir_fd, r.name, r.path, _field(body, "token", str), _count(body, "size"),
-            mode=_count(body, "mode", 0o644), atime_ns=_count(body, "atime_ns", 0),
-            mtime_ns=_count(body, "mtime_ns", 0), force=bool(body.get("force", False)),
-            gate=self._gate)
-        r.dir_fd = -1  # the receiver owns it now
+        """A receiver for a resolved destination; it owns the directory descriptor."""
+        try:
+            assert r.name is not None
+            receiver = Receiver(
+                r.dir_fd, r.name, r.path, _field(body, "token", str), _count(body, "size"),
+                mode=_count(body, "mode", 0o644), atime_ns=_count(body, "atime_ns", 0),
+                mtime_ns=_count(body, "mtime_ns", 0), force=bool(body.get("force", False)),
+                gate=self._gate)
+        except BaseException:
+            r.close()
+            raise
+        r.dir_fd = -1
         return receiver
 
     def _busy_token(self, token: str) -> None:
