@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.pair import eventually, host_guest_pair
 
 import vmis
-from support.pair import eventually, host_guest_pair, quick_config
 from vmis.errors import ServiceUnavailable
 from vmis.guest.adapters import make_adapters
 from vmis.host.plugins.kvp import kvp_pending, of
-from vmis.protocol import ServiceId, encode_json
+from vmis.protocol import encode_json
 from vmis.services.base import ServiceError
-from vmis.services.catalog import by_key
+from vmis.services.catalog import StartupType, by_key
 from vmis.services.kvp import KvpOp
+from vmis.services.kvp import guest as kvp_guest
 from vmis.services.kvp.guest import KvpService
 from vmis.services.kvp.intrinsic import INTRINSIC_KEYS
 from vmis.services.kvp.netinfo import IfAddress, Interface, StaticNetInfo
@@ -105,13 +107,13 @@ async def test_host_set_is_read_in_the_guest_and_lands_in_the_pool_file(short_tm
         assert await eventually(lambda: host_value(pair, "External", "Deployment")) == "blue-42"
 
 
-async def test_guest_set_reaches_the_host_without_polling(short_tmp):
+async def test_guest_set_reaches_the_host_without_polling(short_tmp, monkeypatch):
+    # no watcher tick during the test: only the push that follows the write can tell the host
+    monkeypatch.setattr(kvp_guest, "WATCH_INTERVAL", 3600.0)
     async with host_guest_pair(short_tmp, adapters=adapters(short_tmp / "guest")) as pair:
         await tool(pair, "set", key="AppState", value="ready")
         assert records(pool_dir(pair) / ".kvp_pool_1") == [("AppState", "ready")]
-        # pushed at once after the write: well before the watcher's next tick
-        assert await eventually(lambda: host_value(pair, "Guest", "AppState"),
-                                timeout=5) == "ready"
+        assert await eventually(lambda: host_value(pair, "Guest", "AppState")) == "ready"
         await tool(pair, "delete", key="AppState")
         await eventually(lambda: _absent(pair, "Guest", "AppState"))
 
@@ -239,6 +241,9 @@ async def test_pending_writes_survive_a_host_manager_restart(short_tmp):
 
 async def test_writes_during_a_freeze_wait_for_the_thaw(short_tmp):
     async with host_guest_pair(short_tmp, adapters=adapters(short_tmp / "guest")) as pair:
+        # the session-start delivery is over (it could otherwise carry the write later)
+        await eventually(lambda: _full_facts(pair))
+        await asyncio.sleep(0.2)
         pair.agent.ctx.set_frozen(True)
         try:
             [result] = (await host_set(pair, "During", "freeze")).json()
@@ -309,10 +314,9 @@ async def test_intrinsic_and_host_facts_reach_their_pools(short_tmp):
         assert auto["FullyQualifiedDomainName"] == "labvm.example"
         assert auto["NetworkAddressIPv4"] == "10.0.0.5"
         assert auto["NetworkAddressIPv6"] == "fd00::5"
-        import os
         assert auto["OSBuildNumber"] == os.uname().release
 
-        facts = await eventually(lambda: _pool(pair, "AutoExternal"))
+        facts = await eventually(lambda: _full_facts(pair))
         assert facts["VirtualMachineName"] == "DemoVM"
         assert facts["VirtualMachineId"] == pair.session.vm.id
         assert facts["HostName"] == socket.gethostname().split(".")[0]
@@ -323,6 +327,11 @@ async def test_intrinsic_and_host_facts_reach_their_pools(short_tmp):
         assert await tool(pair, "get", key="VirtualMachineName") == {
             "Pool": "AutoExternal", "Key": "VirtualMachineName", "Value": "DemoVM"}
         assert (await tool(pair, "get", key="OSName"))["Pool"] == "Auto"
+
+
+async def _full_facts(pair: Any) -> dict[str, str]:
+    facts = await _pool(pair, "AutoExternal")
+    return facts if len(facts) == 5 else {}
 
 
 async def _pool(pair: Any, pool: str) -> dict[str, str]:
@@ -362,18 +371,12 @@ async def test_the_host_keeps_the_last_known_pools_while_disconnected(short_tmp)
 
 async def test_a_stopped_guest_service_is_reported_clearly(short_tmp):
     async with host_guest_pair(short_tmp, adapters=adapters(short_tmp / "guest")) as pair:
-        await pair.agent.manager.guest_set_startup(SPEC, __import__(
-            "vmis.services.catalog", fromlist=["StartupType"]).StartupType.DISABLED)
+        await pair.agent.manager.guest_set_startup(SPEC, StartupType.DISABLED)
+        await eventually(lambda: pair.session.guest["kvp"].startup == "disabled")
         with pytest.raises(ServiceUnavailable, match="Key-Value Pair Exchange is not running"):
-            await eventually(lambda: _require(pair))
+            pair.session.require(SPEC)
         [result] = (await host_set(pair, "k", "v")).json()
         assert result["Pending"] and "disabled in the guest" in result["Reason"]
-
-
-async def _require(pair: Any) -> bool:
-    pair.session.require(SPEC)
-    await asyncio.sleep(0.02)
-    return False
 
 
 async def test_pool_names_and_unknown_pools(short_tmp):

@@ -154,7 +154,13 @@ class KvpService(GuestService):
         self.intrinsics = self._new_intrinsics()
         if not self.ctx.frozen:
             # As hv_kvp_daemon at its start: the directory (0755) and all five files (0644).
-            await asyncio.to_thread(self.pools.create)
+            try:
+                await asyncio.to_thread(self.pools.create)
+            except OSError as exc:
+                # Not fatal (hv_kvp_daemon would exit): the Auto items still reach
+                # the host, and each write will say what is wrong.
+                self.log.error("cannot create the KVP pool files in %s: %s",
+                               self.pools.directory, exc.strerror or exc)
         self._pushed.clear()
         self.spawn(self._watch(), "watch")
 
@@ -260,7 +266,9 @@ class KvpService(GuestService):
             self.pools.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
             return work()
 
-        result = await self._io(run)
+        # Under the push lock: the watcher must not push a batch half-written.
+        async with self._push_lock:
+            result = await self._io(run)
         await self._pushed_after_write(pool)
         return result
 
