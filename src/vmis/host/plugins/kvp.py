@@ -122,9 +122,10 @@ class VmKvp:
         self.pools[pool] = self._staging.pop(pool)
         self.reported[pool] = datetime.now(UTC)
         if self.pending_rows() or self._facts_for is not self.session.channel:
-            self._spawn(self.deliver(settle=SETTLE_TIMEOUT))
+            self.spawn(self.deliver(settle=SETTLE_TIMEOUT))
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
+        """Run a delivery in the background (kept referenced until it ends)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -186,6 +187,8 @@ class VmKvp:
         # answer) that the service runs: give that answer a moment.
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
+            if self.kvp.manager.sessions.get(self.session.vm.id) is not self.session:
+                return  # the VM was removed or the manager closed meanwhile
             try:
                 self.session.require(SPEC)
                 return
@@ -233,6 +236,8 @@ class VmKvp:
                                                     "items": [[row.key, row.value]]})
             except RemoteServiceError as exc:
                 if exc.code == "not-found" and row.value is None:
+                    self.session.log.info("KVP removal of %r: the guest had no such key",
+                                          row.key)
                     self._done(row.id, NotFoundError(
                         f"{self.session.vm.name}: no key {row.key!r} in the "
                         f"{pool_name(row.pool)} pool"))
@@ -359,7 +364,9 @@ def of(manager: HostManager) -> Kvp:
 async def _on_running(session: VmSession) -> None:
     state = session.extra.get("kvp")
     if isinstance(state, VmKvp):
-        await state.deliver()
+        # In the background: a guest slow to write its pools must not hold up
+        # the after-connect steps of the other services.
+        state.spawn(state.deliver())
 
 
 def setup(manager: HostManager) -> None:
