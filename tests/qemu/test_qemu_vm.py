@@ -32,6 +32,14 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(400)]
 
 BOOT_TIMEOUT = 240.0
 
+#: In-guest AF_VSOCK round trip through vsock_loopback (CID 1 is VMADDR_CID_LOCAL).
+VSOCK_LOOPBACK = (
+    "import socket; a = socket.AF_VSOCK; "
+    "srv = socket.socket(a, socket.SOCK_STREAM); srv.bind((socket.VMADDR_CID_ANY, 5000)); "
+    "srv.listen(); cli = socket.socket(a, socket.SOCK_STREAM); cli.connect((1, 5000)); "
+    'conn, peer = srv.accept(); cli.sendall(b"vsock-ok"); print(conn.recv(16).decode(), peer[0])'
+)
+
 
 async def until(probe: ProbeClient, cmd: str, pattern: str, timeout: float) -> str:
     """Run a guest command until its output matches (the guest may still be settling)."""
@@ -97,6 +105,13 @@ async def test_guest_boots_and_serves_channel_network_clock_cdrom_snapshot(
         # an IPv4 address from QEMU's user-mode DHCP
         out = await until(probe, "ip -4 -o addr show scope global", r"inet \d+\.\d+\.\d+\.\d+/", 30)
         assert "inet 10.0.2.15/24" in out
+
+        # the modules udev and modules-load.d should have loaded; AF_VSOCK over vsock_loopback
+        _, modules = await probe.sh("cut -d' ' -f1 /proc/modules")
+        for module in ("virtio_console", "virtio_net", "vsock_loopback", "sr_mod", "button"):
+            assert module in modules.split(), f"{module} is not loaded"
+        _, out = await probe.sh(f"python3 -c '{VSOCK_LOOPBACK}'")
+        assert out.split() == ["vsock-ok", "1"]
 
         # the clock started one hour behind the host's
         reply = await probe.request("time")

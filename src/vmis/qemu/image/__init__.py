@@ -88,6 +88,8 @@ SMOKE_BOOT_TIMEOUT = 240.0
 #: How many agent layers and base images the cache keeps (most recently used).
 KEEP_AGENT_LAYERS = 4
 KEEP_BASE_IMAGES = 2
+#: How many build logs the cache keeps (newest).
+KEEP_LOGS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +424,7 @@ def prune_images(
     keep_agent: int = KEEP_AGENT_LAYERS,
     keep_base: int = KEEP_BASE_IMAGES,
 ) -> list[Path]:
-    """Remove the least recently used images beyond the given counts.
+    """Remove the least recently used images beyond the given counts, and old build logs.
 
     A machine already running from a removed image is unaffected (its open
     file lives on); a stopped machine with a persistent overlay on it is not,
@@ -451,4 +453,14 @@ def prune_images(
             except ImageBuildError:
                 continue  # someone is (re)building it right now
             removed.append(directory)
+    logs = sorted((images.parent / "logs").glob("*.log"), key=_mtime, reverse=True)
+    for old in logs[KEEP_LOGS:]:
+        old.unlink(missing_ok=True)
     return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
