@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -223,6 +224,22 @@ def _key(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _resolve_kernel_after_update(err: ImageBuildError) -> KernelPackage:
+    """Refresh apt's package lists once (root only) and ask again.
+
+    A fresh CI machine may come with empty lists: the Debian packages the
+    build needs are installed, but apt has never been updated.
+    """
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise err
+    log.warning("%s; running apt-get update", err)
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600, check=True)
+    except (OSError, subprocess.SubprocessError) as update_err:
+        raise ImageBuildError("resolve kernel", f"apt-get update failed: {update_err}") from err
+    return resolve_kernel()
+
+
 def base_image_key() -> str:
     """The cache key of the base image apt's current kernel and this recipe would build.
 
@@ -259,11 +276,11 @@ def ensure_base_image(*, cache: Path | None = None, rebuild: bool = False) -> Gu
         kernel = resolve_kernel()
     except ImageBuildError as err:
         fallback = find_base_image(cache)
-        if fallback is None or rebuild:
-            raise
-        log.warning("%s; using the cached base image %s", err, fallback.directory)
-        _touch(fallback)
-        return fallback
+        if fallback is not None and not rebuild:
+            log.warning("%s; using the cached base image %s", err, fallback.directory)
+            _touch(fallback)
+            return fallback
+        kernel = _resolve_kernel_after_update(err)
     inputs = _base_inputs(kernel)
     key = _key(inputs)
     name = f"base-{key}"
