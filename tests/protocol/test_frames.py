@@ -218,3 +218,12 @@ def test_large_buffers_are_compacted():
     while dec.next_frame() is not None:
         n += 1
     assert n == 200 and dec.buffered == 0
+
+
+def test_zero_padding_between_frames_is_skipped():
+    a = Frame(Kind.NOTIFY, 1, 1, 0, b"x")
+    dec = FrameDecoder()
+    dec.feed(bytes(70000) + wire(a) + bytes(5) + wire(a))
+    assert dec.next_frame() == a
+    assert dec.next_frame() == a
+    assert dec.buffered == 0

@@ -204,6 +204,8 @@ class FrameDecoder:
         """
         if self._large is not None:
             return self._next_large()
+        if self._pos < len(self._buf) and self._buf[self._pos] == 0:
+            self._skip_padding()
         avail = len(self._buf) - self._pos
         if avail < HEADER_SIZE:
             if self._eof and avail:
@@ -298,6 +300,12 @@ class FrameDecoder:
                 continue
             frame = self.next_frame()
             return frame
+
+    def _skip_padding(self) -> None:
+        # docs/protocol.md §2.4: zero bytes between frames are padding (the
+        # host's resync flush); no frame starts with 0 (the magic is 0x89...).
+        rest = self._buf[self._pos :]
+        self._consume(self._pos + len(rest) - len(rest.lstrip(b"\0")))
 
     def _check_header(self, pos: int) -> tuple[Kind, int, int, int, int]:
         magic, version, kind, service, op, id, length, crc = _HEADER.unpack_from(self._buf, pos)

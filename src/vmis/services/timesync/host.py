@@ -16,7 +16,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vmis.protocol import decode_json, encode_json
-from vmis.services.timesync import BURST, DEFAULT_INTERVAL_MS, Flag, Sample, TimeSyncOp, best_of
+from vmis.services.timesync import (
+    BURST,
+    DEFAULT_INTERVAL_MS,
+    SAMPLE_BURST,
+    Flag,
+    Sample,
+    TimeSyncOp,
+    best_of,
+)
 
 __all__ = ["Requester", "TimeSyncMonitor", "measure", "sync_once"]
 
@@ -45,8 +53,14 @@ async def measure(request: Requester, clock: Callable[[], int] = time.time_ns,
 
 
 async def sync_once(request: Requester, flag: Flag, clock: Callable[[], int] = time.time_ns,
-                    burst: int = BURST) -> tuple[Sample, dict[str, Any]]:
-    """One measurement and its APPLY; returns the sample and the guest's answer."""
+                    burst: int | None = None) -> tuple[Sample, dict[str, Any]]:
+    """One measurement and its APPLY; returns the sample and the guest's answer.
+
+    :param burst: samples to take; default :data:`BURST` for a SYNC and
+        :data:`SAMPLE_BURST` for a periodic SAMPLE.
+    """
+    if burst is None:
+        burst = BURST if flag is Flag.SYNC else SAMPLE_BURST
     sample, used = await measure(request, clock, burst)
     answer = await request(TimeSyncOp.APPLY, encode_json(
         {**sample.to_json(), "flag": flag.value, "samples": used}))
