@@ -353,7 +353,7 @@ def default_agent_installer() -> AgentInstaller:
     :raise ImageBuildError: When that module is not importable.
     """
     try:
-        from vmis.packaging.install import install_agent  # type: ignore[import-not-found,unused-ignore]
+        from vmis.packaging.install import install_agent
     except ImportError as err:
         raise ImageBuildError(
             "install agent", f"the default installer is not available: {err}"
