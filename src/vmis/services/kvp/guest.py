@@ -182,7 +182,6 @@ class KvpService(GuestService):
         auto_due = 0.0
         while True:
             self._wake.clear()
-            forced = not self._pushed
             try:
                 for pool in FILE_POOLS:
                     await self._push_file_pool(pool)
@@ -193,7 +192,7 @@ class KvpService(GuestService):
                 self._watch_error = str(exc)
             else:
                 self._watch_error = ""
-            if forced or loop.time() >= auto_due:
+            if Pool.AUTO not in self._pushed or loop.time() >= auto_due:
                 auto_due = loop.time() + AUTO_INTERVAL
                 await self._push_auto()
             with contextlib.suppress(TimeoutError):
