@@ -100,7 +100,9 @@ BARE_HOST = textwrap.dedent("""
         await asyncio.gather(*(p.call(lambda p=p: p.conn.send_request(
             CONTROL, ControlOp.SET_SERVICE, hb)) for p in peers))
         print("ready", flush=True)
-        for line in sys.stdin:
+        # stdin is read in a thread: a blocking read here would stop the loop
+        # and with it the very message handling being measured
+        while await loop.run_in_executor(None, sys.stdin.readline):
             t0 = loop.time()
             body = encode_json({"service": "heartbeat", "enabled": True, "settings": {}})
             await asyncio.gather(*(p.call(lambda p=p: p.conn.send_request(
@@ -132,7 +134,8 @@ def wait_line(proc: subprocess.Popen[str], what: str, timeout: float = 300) -> s
     return line.strip()
 
 
-def vmis_run(base: Path, n: int, seconds: float, service: str) -> tuple[float, float]:
+def vmis_run(base: Path, n: int, seconds: float, service: str,
+             profile: str | None = None) -> tuple[float, float]:
     sock = base / "host.sock"
     env = dict(os.environ, VMIS_SOCKET=str(sock))
     host = subprocess.Popen(
@@ -165,7 +168,15 @@ def vmis_run(base: Path, n: int, seconds: float, service: str) -> tuple[float, f
             time.sleep(0.5)
         print(f"  {n} VMs registered and beating after {time.monotonic() - t0:.1f} s")
         time.sleep(2)  # let connection set-up settle
+        spy = None
+        if profile:
+            spy = subprocess.Popen(["py-spy", "record", "-r", "200", "-d", str(int(seconds)),
+                                    "-f", "raw",
+                                    "-o", profile, "-p", str(host.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu = measure_cpu(host.pid, seconds)
+        if spy is not None:
+            spy.wait(60)
         t0 = time.monotonic()
         result = client.post("/v1/services/enable", json={"vms": ["*"], "names": [service]})
         result.raise_for_status()
@@ -201,6 +212,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1024, help="number of lab guests")
     parser.add_argument("--seconds", type=float, default=10.0, help="CPU sampling window")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="also record the manager with py-spy (raw stacks) into FILE")
     parser.add_argument("--service", default="Guest Service Interface",
                         help="the service to enable on all VMs (disabled by default)")
     args = parser.parse_args()
@@ -213,7 +226,7 @@ def main() -> None:
             print(f"heartbeat scale, N={args.n} guests, 1 s heartbeats, "
                   f"{args.seconds:g} s CPU window")
             base_cpu, base_enable = bare_run(base, args.n, args.seconds)
-            cpu, enable = vmis_run(base, args.n, args.seconds, args.service)
+            cpu, enable = vmis_run(base, args.n, args.seconds, args.service, args.profile)
         finally:
             farm.kill()
             farm.wait()

@@ -120,6 +120,7 @@ class Agent:
             if self.channel is not None:
                 self.channel.close()
             await self.manager.stop_all()
+            self.manager.state.flush()
 
     def shutdown(self, restart: bool = False) -> None:
         """Ask :meth:`run` to return (SIGTERM); with *restart*, to be replaced."""

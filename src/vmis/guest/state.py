@@ -8,10 +8,12 @@ last change is written after the thaw (:meth:`ServiceState.flush`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,8 @@ class ServiceState:
         #: True while writes must wait (filesystems frozen)
         self.hold = False
         self._dirty = False
+        self._scheduled = False
+        self._writer: ThreadPoolExecutor | None = None
         self._load()
 
     def _load(self) -> None:
@@ -75,6 +79,10 @@ class ServiceState:
 
     def set_hold(self, frozen: bool) -> None:
         """Hold writes while the filesystems are frozen; write what waited after the thaw."""
+        if frozen and self._writer is not None:
+            # A write already handed to the worker must land before the freeze.
+            self._writer.shutdown(wait=True)
+            self._writer = None
         self.hold = frozen
         if not frozen:
             self.flush()
@@ -91,22 +99,54 @@ class ServiceState:
             self.save()
 
     def save(self) -> None:
-        """Write the state now, or after the thaw while :attr:`hold` is set."""
-        self._dirty = True
-        if not self.hold:
-            self.flush()
+        """Write the state soon, or after the thaw while :attr:`hold` is set.
 
-    def flush(self) -> None:
-        """Write pending changes (called after a thaw)."""
-        if not self._dirty:
+        Inside the agent's event loop the write (an fsync) happens on a
+        worker thread, one at a time and in order, so answering the host
+        never waits for the disk; a lost write is harmless, the host sends
+        its wishes again at the next session.
+        """
+        self._dirty = True
+        if self.hold:
             return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._write_in_background, loop)
+
+    def _write_in_background(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        if self.hold or not self._dirty:
+            return
+        data = self._snapshot()
+        self._dirty = False
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmis-state")
+        loop.run_in_executor(self._writer, self._write, data)
+
+    def _snapshot(self) -> bytes:
         services = {
             name: {"startup": self.startup[name].value, "host_enabled": self.host_enabled[name]}
             for name in self.host_enabled
         }
+        return json.dumps({"services": services}, indent=1).encode()
+
+    def _write(self, data: bytes) -> bool:
         try:
-            write_atomic(self.path, json.dumps({"services": services}, indent=1).encode())
+            write_atomic(self.path, data)
         except OSError as exc:
             _log.error("cannot write state file %s: %s", self.path, exc)
-            return
-        self._dirty = False
+            return False
+        return True
+
+    def flush(self) -> None:
+        """Write pending changes now (after a thaw, at agent stop)."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        if self._dirty and not self.hold and self._write(self._snapshot()):
+            self._dirty = False

@@ -98,6 +98,9 @@ class VmKvp:
         self._facts_for: object | None = None
         self._waiting: set[int] = set()
         self._outcomes: dict[int, VmisError | None] = {}
+        # Kept in step with the table by _enqueue and _done: guest pushes (many,
+        # on a big host) then cost no database query when nothing is pending.
+        self._pending = len(self.pending_rows())
         self._tasks: set[asyncio.Task[None]] = set()
 
     # Section: guest pushes (docs/services/kvp.md §2.3)
@@ -121,7 +124,7 @@ class VmKvp:
             return
         self.pools[pool] = self._staging.pop(pool)
         self.reported[pool] = datetime.now(UTC)
-        if self.pending_rows() or self._facts_for is not self.session.channel:
+        if self._pending or self._facts_for is not self.session.channel:
             self.spawn(self.deliver(settle=SETTLE_TIMEOUT))
 
     def spawn(self, coro: Any) -> None:
@@ -148,11 +151,13 @@ class VmKvp:
             ))
             row_id = result.inserted_primary_key
             assert row_id is not None
-            return int(row_id[0])
+        self._pending += 1
+        return int(row_id[0])
 
     def _done(self, row_id: int, outcome: VmisError | None) -> None:
         with self.kvp.engine.begin() as conn:
-            conn.execute(kvp_pending.delete().where(kvp_pending.c.id == row_id))
+            deleted = conn.execute(kvp_pending.delete().where(kvp_pending.c.id == row_id))
+        self._pending -= deleted.rowcount
         if row_id in self._waiting:
             self._outcomes[row_id] = outcome
 
@@ -227,7 +232,7 @@ class VmKvp:
                     raise
                 self.session.log.warning("the guest refused the host facts: %s", exc)
             self._facts_for = channel
-        for row in self.pending_rows():
+        for row in self.pending_rows() if self._pending else []:
             try:
                 if row.value is None:
                     await self._request(KvpOp.DELETE, {"pool": row.pool, "key": row.key})
