@@ -109,7 +109,11 @@ BARE_HOST = textwrap.dedent("""
                 CONTROL, ControlOp.SET_SERVICE, body)) for p in peers))
             print(f"{loop.time() - t0:.4f}", flush=True)
 
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    try:  # the same event loop the host manager runs on, for a fair ratio
+        import uvloop
+        uvloop.run(main(sys.argv[1], int(sys.argv[2])))
+    except ImportError:
+        asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """)
 
 

@@ -159,9 +159,11 @@ def test_encoder_refuses_what_the_peer_cannot_take():
     with pytest.raises(LocalProtocolError):
         encode_frame(Frame(Kind.REQUEST, 1, 1, 1, b"x" * 10), max_payload=5)
     with pytest.raises(LocalProtocolError):
-        Frame(Kind.REQUEST, 256, 1, 1)
+        encode_frame(Frame(Kind.REQUEST, 256, 1, 1))
     with pytest.raises(LocalProtocolError):
-        Frame(Kind.NOTIFY, 1, 1, 3)
+        encode_frame(Frame(Kind.NOTIFY, 1, 1, 3))
+    with pytest.raises(LocalProtocolError):
+        encode_frame(Frame(Kind.REQUEST, 1, 1, 0))
     with pytest.raises(ValueError):
         FrameDecoder(max_payload=10)
 

@@ -75,6 +75,9 @@ def payload_size(payload: Payload) -> int:
     return memoryview(payload).nbytes
 
 
+#: wire value -> Kind, without an Enum call per received frame
+_KINDS = tuple(Kind)
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One frame of docs/protocol.md §2.1, header fields plus payload.
@@ -96,13 +99,18 @@ class Frame:
             raise LocalProtocolError("body is only defined for received frames")
         return self.payload
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.service <= 0xFF or not 0 <= self.op <= 0xFF:
-            raise LocalProtocolError(f"service and op must fit in a byte: {self.service}/{self.op}")
-        if not 0 <= self.id <= _MAX_U32:
-            raise LocalProtocolError(f"request id out of range: {self.id}")
-        if (self.kind is Kind.NOTIFY) != (self.id == 0):
-            raise LocalProtocolError("notifications, and only they, carry id 0")
+
+
+def _check_outgoing(frame: Frame) -> None:
+    # Received frames are checked from their header (FrameDecoder._check_header),
+    # so the check lives here rather than in Frame's constructor, which the
+    # decoder runs for every frame it hands out.
+    if not 0 <= frame.service <= 0xFF or not 0 <= frame.op <= 0xFF:
+        raise LocalProtocolError(f"service and op must fit in a byte: {frame.service}/{frame.op}")
+    if not 0 <= frame.id <= _MAX_U32:
+        raise LocalProtocolError(f"request id out of range: {frame.id}")
+    if (frame.kind is Kind.NOTIFY) != (frame.id == 0):
+        raise LocalProtocolError("notifications, and only they, carry id 0")
 
 
 def encode_header(kind: Kind, service: int, op: int, id: int, length: int) -> bytes:
@@ -117,8 +125,10 @@ def encode_frame(
     """Encode *frame* as ``[header, *payload buffers]`` (empty buffers omitted).
 
     :param max_payload: the peer's announced limit (docs/protocol.md §2.4).
-    :raise LocalProtocolError: When the payload exceeds *max_payload*.
+    :raise LocalProtocolError: When the payload exceeds *max_payload*, or a
+        header field is out of range.
     """
+    _check_outgoing(frame)
     size = payload_size(frame.payload)
     if size > max_payload:
         raise LocalProtocolError(
@@ -311,7 +321,7 @@ class FrameDecoder:
         magic, version, kind, service, op, id, length, crc = _HEADER.unpack_from(self._buf, pos)
         if magic != MAGIC:
             raise RemoteProtocolError(f"bad frame magic {bytes(magic)!r}")
-        if zlib.crc32(memoryview(self._buf)[pos : pos + _CRC_SPAN]) & _MAX_U32 != crc:
+        if zlib.crc32(self._buf[pos : pos + _CRC_SPAN]) != crc:
             raise RemoteProtocolError("frame header checksum mismatch")
         if version != VERSION:
             raise RemoteProtocolError(f"unsupported framing version {version}")
@@ -323,7 +333,7 @@ class FrameDecoder:
             )
         if (kind == Kind.NOTIFY) != (id == 0):
             raise RemoteProtocolError("notification id must be 0 and request ids non-zero")
-        return Kind(kind), service, op, id, length
+        return _KINDS[kind], service, op, id, length
 
     def _consume(self, end: int) -> None:
         self._pos = end

@@ -411,6 +411,8 @@ class Connection:
                 return event
 
     def _read_frame(self) -> Frame | None:
+        if self._state is State.RUNNING:
+            return self._decoder.next_frame()
         if self.role is Role.GUEST and self._state is State.HUNTING:
             return self._decoder.hunt((CONTROL, ControlOp.SYNC, Kind.REQUEST))
         if self.role is Role.HOST and self._state is State.SYNCING:
