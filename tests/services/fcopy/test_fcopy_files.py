@@ -210,3 +210,65 @@ def test_modes_never_keep_setuid_and_tokens_name_the_copy():
     assert a == resume_token("to-guest", "/s", 10, 5, "/d")
     assert a != resume_token("to-guest", "/s", 10, 6, "/d")
     assert a != resume_token("from-guest", "/s", 10, 5, "/d")
+
+
+# Section: the threaded paths (large files)
+
+
+def test_pipelined_writes_hash_checkpoint_and_commit(tmp_path):
+    data = os.urandom(2 * CHECKPOINT_BYTES + 5 * MIB + 3)
+    r = receiver(tmp_path, len(data))
+    r.open(resume=True)
+    futures = []
+    for off in range(0, len(data), 4 * MIB):
+        chunk = data[off : off + 4 * MIB]
+        r.claim(off, len(chunk))
+        futures.append(r.submit(off, chunk))
+    for f in futures:
+        f.result(timeout=30)
+    assert r.written == len(data)
+    record = json.loads((tmp_path / part_names("dest.bin", "ab" * 16)[1]).read_text())
+    assert record["sha256"] == hashlib.sha256(data[: record["verified"]]).hexdigest()
+    assert record["verified"] >= 2 * CHECKPOINT_BYTES
+    assert r.commit(hashlib.sha256(data).hexdigest()) == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "dest.bin").read_bytes() == data
+
+
+def test_a_failed_write_is_never_checkpointed_past_the_failure(tmp_path):
+    data = os.urandom(CHECKPOINT_BYTES + 8 * MIB)
+    r = receiver(tmp_path, len(data))
+    r.open(resume=True)
+    first = data[:CHECKPOINT_BYTES]
+    r.claim(0, len(first))
+    r.submit(0, first).result(timeout=30)
+    good_fd = r.fd
+    r.fd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT)  # writes now fail (EBADF)
+    rest = data[CHECKPOINT_BYTES:]
+    r.claim(CHECKPOINT_BYTES, len(rest))
+    with pytest.raises(ServiceError, match="writing"):
+        r.submit(CHECKPOINT_BYTES, rest).result(timeout=30)
+    os.close(r.fd)
+    r.fd = good_fd
+    with pytest.raises(ServiceError, match="a write failed"):
+        r.commit(hashlib.sha256(data).hexdigest())
+    r.close(keep=True)
+    r2 = receiver(tmp_path, len(data))
+    offset, prefix = r2.open(resume=True)
+    assert (offset, prefix) == (CHECKPOINT_BYTES, hashlib.sha256(first).hexdigest())
+    r2.close(keep=False)
+
+
+def test_pipelined_reads_return_data_in_order_and_hash_it_all(tmp_path):
+    data = os.urandom(10 * 4 * MIB + 11)
+    (tmp_path / "src").write_bytes(data)
+    rd = Reader(os.open(tmp_path / "src", os.O_RDONLY), "src")
+    futures, pos = [], 0
+    while pos < len(data):
+        n = rd.claim(pos, 4 * MIB)
+        futures.append((pos, rd.submit(pos, n)))
+        pos += n
+    for at, f in futures:
+        assert f.result(timeout=30) == data[at : at + 4 * MIB]
+    assert rd.finish() == hashlib.sha256(data).hexdigest()
+    rd.close()
+    assert rd.fd == -1

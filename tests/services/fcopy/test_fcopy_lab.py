@@ -148,7 +148,7 @@ def test_killed_agent_leaves_no_destination_and_the_rerun_resumes(gsi_lab, lab_d
         part = None
         while time.monotonic() < deadline:
             parts = [p for p in (vm.root / "tmp").iterdir() if p.name.endswith(PART_SUFFIX)]
-            if parts and parts[0].stat().st_size >= 40 * MIB:
+            if parts and parts[0].stat().st_size >= 64 * MIB:
                 part = parts[0]
                 break
             assert copying.poll() is None, copying.communicate()
@@ -178,7 +178,9 @@ def test_killed_agent_leaves_no_destination_and_the_rerun_resumes(gsi_lab, lab_d
         time.sleep(0.1)
     assert rerun.code == 0, rerun.err
     result = json.loads(rerun.out)
-    assert result["BytesResumed"] >= 32 * MIB
+    # The record lags the file by what was written but not yet hashed and
+    # checkpointed (at most the window, 16 MiB, plus one checkpoint, 8 MiB).
+    assert result["BytesResumed"] >= 64 * MIB - 24 * MIB
     assert result["BytesSent"] == SIZE - result["BytesResumed"] < SIZE
     assert result["Sha256"] == digest == sha_file(dest)
     assert not any(p.name.endswith(PART_SUFFIX) for p in (vm.root / "tmp").iterdir())

@@ -23,6 +23,7 @@ import re
 import stat
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from vmis.services.base import ServiceError
@@ -46,6 +47,10 @@ RESUME_SUFFIX = ".vmis-resume"
 #: bytes of the destination name kept in partial file names (NAME_MAX is 255)
 _NAME_KEEP = 200
 _HASH_BLOCK = 1024 * 1024
+#: chunks a reader may be ahead of its hashing
+_HASH_LAG = 4
+#: a receiver starts writing its data to disk every this many bytes
+_FLUSH_BYTES = 32 * 1024 * 1024
 _RECORD_VERSION = 1
 
 
@@ -218,6 +223,13 @@ class Receiver:
         self.resumed = 0
         self._checkpointed = 0
         self._lock = threading.RLock()
+        #: a write failed: the hash may be ahead of the data, never checkpoint again
+        self._broken = False
+        self._io: ThreadPoolExecutor | None = None
+        self._hasher: ThreadPoolExecutor | None = None
+        self._flusher: ThreadPoolExecutor | None = None
+        self._flushing: Future[None] | None = None
+        self._flushed = 0
 
     # Section: opening
 
@@ -274,6 +286,7 @@ class Receiver:
 
     def restart(self) -> None:
         """Drop what a resume found (the sender's prefix differs) and start from 0."""
+        self._drain()
         with self._lock:
             if self.fd < 0:
                 raise ServiceError("failed", "the copy was closed")
@@ -347,23 +360,78 @@ class Receiver:
         self.expected = offset + length
 
     def write(self, offset: int, data: memoryview | bytes) -> None:
-        """Write claimed data at *offset* (one worker thread, in offset order)."""
+        """Write and hash claimed data now, in the calling thread (small files)."""
+        self._pwrite(offset, data)
+        self._hash.update(data)
+        self._advance(offset + len(data))
+
+    def submit(self, offset: int, data: memoryview | bytes) -> Future[None]:
+        """Queue claimed data: one thread writes it while another hashes it.
+
+        Writing and hashing each keep the offset order; the future is done
+        when both are, so an answer sent then vouches for the data on disk
+        and in the hash.
+        """
+        if self._io is None or self._hasher is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="fcopy-write")
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="fcopy-hash")
+            self._flusher = ThreadPoolExecutor(1, thread_name_prefix="fcopy-sync")
+        written = self._io.submit(self._pwrite, offset, data)
+        return self._hasher.submit(self._digest, offset, data, written)
+
+    def _pwrite(self, offset: int, data: memoryview | bytes) -> None:
         if self._gate is not None:
             self._gate()
         view = memoryview(data)
+        if self.fd < 0:
+            raise ServiceError("failed", "the copy was closed")
+        try:
+            pos = 0
+            while pos < len(view):
+                pos += os.pwrite(self.fd, view[pos:], offset + pos)
+        except OSError as exc:
+            raise _os_error(exc, f"writing {self.display}") from exc
+
+    def _digest(self, offset: int, data: memoryview | bytes, written: Future[None]) -> None:
+        self._hash.update(data)
+        try:
+            written.result()
+        except BaseException:
+            self._broken = True
+            raise
+        self._advance(offset + len(data))
+
+    def _advance(self, end: int) -> None:
         with self._lock:
-            if self.fd < 0:
-                raise ServiceError("failed", "the copy was closed")
-            try:
-                pos = 0
-                while pos < len(view):
-                    pos += os.pwrite(self.fd, view[pos:], offset + pos)
-            except OSError as exc:
-                raise _os_error(exc, f"writing {self.display}") from exc
-            self._hash.update(view)
-            self.written = offset + len(view)
-            if self.written - self._checkpointed >= CHECKPOINT_BYTES:
+            self.written = end
+            if self.written - self._checkpointed >= CHECKPOINT_BYTES and not self._broken:
                 self._checkpoint()
+            if (self._flusher is not None and self.written - self._flushed >= _FLUSH_BYTES
+                    and (self._flushing is None or self._flushing.done())):
+                # Start the disk writing now, alongside the copy, instead of
+                # leaving a whole file of dirty pages to the fsync of commit().
+                self._flushed = self.written
+                self._flushing = self._flusher.submit(self._flush)
+
+    def _flush(self) -> None:
+        if self._gate is not None:
+            self._gate()
+        with contextlib.suppress(OSError):
+            os.fdatasync(self.fd)
+
+    def _drain(self) -> None:
+        # Hash tasks wait for their writes: once the hasher is idle, so is the
+        # writer; a flush may still be on its way.
+        if self._hasher is not None:
+            self._hasher.submit(_nothing).result()
+        if self._flushing is not None:
+            self._flushing.result()
+
+    def _stop_workers(self) -> None:
+        for pool in (self._io, self._hasher, self._flusher):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._io = self._hasher = self._flusher = None
 
     def _checkpoint(self) -> None:
         # Not fsynced: after a crash the record may be ahead of the data on
@@ -396,11 +464,14 @@ class Receiver:
             ``exists`` when the destination appeared meanwhile and -Force
             was not given.
         """
+        self._drain()
         if self._gate is not None:
             self._gate()
         with self._lock:
             if self.fd < 0:
                 raise ServiceError("failed", "the copy was closed")
+            if self._broken:
+                raise ServiceError("failed", f"{self.display}: a write failed")
             if self.written != self.size:
                 raise ServiceError("failed", f"{self.display}: received {self.written} of "
                                              f"{self.size} bytes")
@@ -421,6 +492,7 @@ class Receiver:
             self.fd = -1
             self._remove_parts(self.record, self.record + ".tmp")
             self._close_dir()
+            self._stop_workers()
             return digest
 
     def _place(self) -> None:
@@ -453,11 +525,14 @@ class Receiver:
         """Give the copy up: keep the partial file for a resume, or delete it.
 
         Kept, the resume record is brought up to date first, so a rerun
-        resumes from the last byte written.
+        resumes from the last byte written. Waits for queued writes.
         """
+        with contextlib.suppress(BaseException):
+            self._drain()
+        self._stop_workers()
         with self._lock:
             if self.fd >= 0:
-                if keep and self.written > self._checkpointed:
+                if keep and self.written > self._checkpointed and not self._broken:
                     self._checkpoint()
                 os.close(self.fd)
                 self.fd = -1
@@ -488,11 +563,16 @@ class Reader:
         self.pos = 0
         #: the offset the next read must start at (claimed ahead of the worker)
         self.expected = 0
+        self._io: ThreadPoolExecutor | None = None
+        self._hasher: ThreadPoolExecutor | None = None
+        #: chunks read but not hashed yet, at most _HASH_LAG (bounds the memory held)
+        self._lag = threading.Semaphore(_HASH_LAG)
 
     def seek(self, offset: int) -> str:
         """Start over, hashing the first *offset* bytes; return their SHA-256."""
         if not 0 <= offset <= self.size:
             raise ServiceError("bad-request", f"offset {offset} outside 0..{self.size}")
+        self._drain()
         self._hash = hashlib.sha256()
         self.pos = 0
         while self.pos < offset:
@@ -511,11 +591,41 @@ class Reader:
         return length
 
     def read(self, offset: int, length: int) -> bytes:
-        """Read claimed bytes and hash them (one worker thread, in offset order)."""
+        """Read claimed bytes and hash them now, in the calling thread (small files)."""
         data = self._pread(length, offset)
         self._hash.update(data)
         self.pos = offset + len(data)
         return data
+
+    def submit(self, offset: int, length: int) -> Future[bytes]:
+        """Queue a claimed read: one thread reads, another hashes, in offset order.
+
+        The future is done as soon as the bytes are read; hashing follows
+        behind (at most a few chunks) and :meth:`finish` waits for it.
+        """
+        if self._io is None or self._hasher is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="fcopy-read")
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="fcopy-hash")
+        got = self._io.submit(self._lagged_pread, length, offset)
+        self._hasher.submit(self._digest, got)
+        return got
+
+    def _lagged_pread(self, length: int, offset: int) -> bytes:
+        self._lag.acquire()
+        return self._pread(length, offset)
+
+    def _digest(self, got: Future[bytes]) -> None:
+        try:
+            data = got.result()
+        finally:
+            self._lag.release()
+        self._hash.update(data)
+        self.pos += len(data)
+
+    def _drain(self) -> None:
+        for pool in (self._io, self._hasher):
+            if pool is not None:
+                pool.submit(_nothing).result()
 
     def _pread(self, length: int, offset: int) -> bytes:
         try:
@@ -531,6 +641,7 @@ class Reader:
 
         :raise ServiceError: ``failed`` when not all was read or the file changed.
         """
+        self._drain()
         if self.pos != self.size:
             raise ServiceError("failed", f"{self.display}: read {self.pos} of {self.size} bytes")
         st = os.fstat(self.fd)
@@ -539,6 +650,17 @@ class Reader:
         return self._hash.hexdigest()
 
     def close(self) -> None:
+        """Close the file once no read is queued any more."""
+        with contextlib.suppress(BaseException):
+            self._drain()
+        for pool in (self._io, self._hasher):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._io = self._hasher = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _nothing() -> None:
+    """A no-op queued behind a worker's tasks, to wait for them."""

@@ -3,9 +3,9 @@
 docs/services/fcopy.md. The host drives every copy; this service answers its
 requests. A copy *into* the guest is OPEN_WRITE, WRITE..., COMMIT (or PUT for
 a small file); a copy *out of* it is OPEN_READ, READ..., CLOSE. Each open
-copy owns one worker thread that does its disk work in arrival order, so
-writes and reads never block the agent's event loop and hashing runs
-outside the GIL.
+copy owns two worker threads, one for its disk I/O and one for hashing,
+each in arrival order, so writes and reads never block the agent's event
+loop and the hash is computed alongside the I/O, outside the GIL.
 
 Policy (docs/services/fcopy.md §5): every path is resolved inside the
 agent's root with :class:`~vmis.services.fcopy.paths.RootedPaths` and must lie
@@ -20,7 +20,6 @@ import asyncio
 import os
 import stat
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from vmis.protocol import (
@@ -72,19 +71,17 @@ def _count(body: dict[str, Any], key: str, default: Any = ...) -> int:
 
 
 class _Write:
-    """An open copy into the guest: its receiver and its worker thread."""
+    """An open copy into the guest (its receiver has the worker threads)."""
 
     def __init__(self, receiver: Receiver) -> None:
         self.receiver = receiver
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="fcopy-w")
 
 
 class _Read:
-    """An open copy out of the guest."""
+    """An open copy out of the guest (its reader has the worker threads)."""
 
     def __init__(self, reader: Reader) -> None:
         self.reader = reader
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="fcopy-r")
 
 
 class FcopyService(GuestService):
@@ -183,21 +180,15 @@ class FcopyService(GuestService):
             raise ServiceError("bad-request", f"no open copy with handle {body.get('handle')}")
         return item
 
-    def _drop(self, handle: int, keep: bool) -> Future[None] | None:
-        """Forget a copy; its worker closes it after the work already queued."""
+    def _drop(self, handle: int, keep: bool) -> asyncio.Future[None] | None:
+        """Forget a copy; a thread closes it once the work already queued is done."""
         item = self._forget(handle)
         if item is None:
             return None
+        loop = asyncio.get_running_loop()
         if isinstance(item, _Write):
-            done = item.worker.submit(item.receiver.close, keep)
-        else:
-            done = item.worker.submit(item.reader.close)
-        item.worker.shutdown(wait=False)
-        return done
-
-    @staticmethod
-    async def _on(worker: ThreadPoolExecutor, fn: Any, *args: Any) -> Any:
-        return await asyncio.wrap_future(worker.submit(fn, *args))
+            return loop.run_in_executor(None, item.receiver.close, keep)
+        return loop.run_in_executor(None, item.reader.close)
 
     # Section: resolving destinations
 
@@ -255,9 +246,9 @@ class FcopyService(GuestService):
         body, data = decode_json_raw(request.payload)
         item = self._get(body, _Write)
         offset = _count(body, "offset")
-        # Claimed now, in arrival order; the worker writes in the same order.
+        # Claimed now, in arrival order; the workers write and hash in that order.
         item.receiver.claim(offset, len(data))
-        await self._on(item.worker, item.receiver.write, offset, data)
+        await asyncio.wrap_future(item.receiver.submit(offset, data))
         return b""
 
     async def _commit(self, request: RequestReceived) -> bytes:
@@ -266,12 +257,10 @@ class FcopyService(GuestService):
         self._forget(_count(body, "handle"))
         receiver = item.receiver
         try:
-            digest = await self._on(item.worker, receiver.commit, _field(body, "sha256", str))
+            digest = await asyncio.to_thread(receiver.commit, _field(body, "sha256", str))
         except BaseException:
-            item.worker.submit(receiver.close, False)
+            await asyncio.to_thread(receiver.close, False)
             raise
-        finally:
-            item.worker.shutdown(wait=False)
         self.log.info("received %s (%d bytes, sha256 %s)", receiver.display, receiver.size,
                       digest)
         return encode_json({"path": receiver.display, "size": receiver.size, "sha256": digest})
@@ -280,7 +269,7 @@ class FcopyService(GuestService):
         body = decode_json(request.payload)
         done = self._drop(_count(body, "handle"), keep=bool(body.get("keep", False)))
         if done is not None:
-            await asyncio.wrap_future(done)
+            await done
         return encode_json({})
 
     async def _put(self, request: RequestReceived) -> bytes:
@@ -418,13 +407,13 @@ class FcopyService(GuestService):
         item = self._get(body, _Read)
         offset = _count(body, "offset")
         length = item.reader.claim(offset, _count(body, "length"))
-        data: bytes = await self._on(item.worker, item.reader.read, offset, length)
+        data: bytes = await asyncio.wrap_future(item.reader.submit(offset, length))
         return data
 
     async def _seek(self, request: RequestReceived) -> bytes:
         body = decode_json(request.payload)
         item = self._get(body, _Read)
-        prefix = await self._on(item.worker, item.reader.seek, _count(body, "offset"))
+        prefix = await asyncio.to_thread(item.reader.seek, _count(body, "offset"))
         return encode_json({"prefix_sha256": prefix})
 
     async def _close(self, request: RequestReceived) -> bytes:
@@ -432,10 +421,9 @@ class FcopyService(GuestService):
         item = self._get(body, _Read)
         self._forget(_count(body, "handle"))
         try:
-            digest = await self._on(item.worker, item.reader.finish)
+            digest = await asyncio.to_thread(item.reader.finish)
         finally:
-            item.worker.submit(item.reader.close)
-            item.worker.shutdown(wait=False)
+            await asyncio.to_thread(item.reader.close)
         return encode_json({"size": item.reader.size, "sha256": digest})
 
     # Section: guest tools

@@ -5,12 +5,12 @@ this machine and a guest, through any *requester* that sends one fcopy
 request and returns its answer (the host manager passes
 ``VmSession.request``). It has no host-only dependency.
 
-Throughput (§3.3): the file is read and hashed in a worker thread one chunk
-ahead of the sender, up to :data:`WINDOW` data requests are in flight, and
-each frame carries up to :data:`CHUNK_SIZE` bytes of data that are never
-copied to be framed. Receiving from the guest is the mirror image: READ
-requests are kept in flight and a worker thread writes and hashes the
-answers in order.
+Throughput (§3.3): the file is read one chunk ahead of the sender in one
+worker thread and hashed in another, up to :data:`WINDOW` data requests
+are in flight, and each frame carries up to :data:`CHUNK_SIZE` bytes of
+data that are never copied to be framed. Receiving from the guest is the
+mirror image: READ requests are kept in flight and two worker threads write
+and hash the answers in order.
 """
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ class CopyEngine:
         if pos >= reader.size:
             return None
         n = reader.claim(pos, self.send_chunk)
-        return asyncio.wrap_future(self._worker.submit(reader.read, pos, n))
+        return asyncio.wrap_future(reader.submit(pos, n))
 
     @staticmethod
     def _check_digest(answer: dict[str, Any], digest: str, what: str) -> None:
@@ -464,7 +464,7 @@ class CopyEngine:
                 at, task = reads.popleft()
                 data = await task
                 receiver.claim(at, len(data))
-                writes.append(asyncio.wrap_future(self._worker.submit(receiver.write, at, data)))
+                writes.append(asyncio.wrap_future(receiver.submit(at, data)))
                 while len(writes) > self.window or (writes and writes[0].done()):
                     await writes.popleft()
                 self._stats.sent += len(data)
