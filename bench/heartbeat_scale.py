@@ -138,7 +138,7 @@ def wait_line(proc: subprocess.Popen[str], what: str, timeout: float = 300) -> s
     return line.strip()
 
 
-def vmis_run(base: Path, n: int, seconds: float, service: str,
+def vmis_run(base: Path, n: int, seconds: float, service: str, settle: float,
              profile: str | None = None) -> tuple[float, float]:
     sock = base / "host.sock"
     env = dict(os.environ, VMIS_SOCKET=str(sock))
@@ -171,7 +171,7 @@ def vmis_run(base: Path, n: int, seconds: float, service: str,
                 raise SystemExit(f"only {ok}/{n} VMs reached heartbeat OK")
             time.sleep(0.5)
         print(f"  {n} VMs registered and beating after {time.monotonic() - t0:.1f} s")
-        time.sleep(2)  # let connection set-up settle
+        time.sleep(settle)  # the steady state: connection set-up done, time sync backed off
         spy = None
         if profile:
             spy = subprocess.Popen(["py-spy", "record", "-r", "200", "-d", str(int(seconds)),
@@ -216,6 +216,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1024, help="number of lab guests")
     parser.add_argument("--seconds", type=float, default=10.0, help="CPU sampling window")
+    parser.add_argument("--settle", type=float, default=90.0,
+                        help="seconds to wait after all VMs beat before measuring (time sync "
+                             "backs off to its steady cadence within about 70 s)")
     parser.add_argument("--profile", metavar="FILE",
                         help="also record the manager with py-spy (raw stacks) into FILE")
     parser.add_argument("--service", default="Guest Service Interface",
@@ -230,7 +233,8 @@ def main() -> None:
             print(f"heartbeat scale, N={args.n} guests, 1 s heartbeats, "
                   f"{args.seconds:g} s CPU window")
             base_cpu, base_enable = bare_run(base, args.n, args.seconds)
-            cpu, enable = vmis_run(base, args.n, args.seconds, args.service, args.profile)
+            cpu, enable = vmis_run(base, args.n, args.seconds, args.service, args.settle,
+                                   args.profile)
         finally:
             farm.kill()
             farm.wait()

@@ -276,3 +276,21 @@ def test_virtual_clock_never_reads_back_more_than_it_was_given(tmp_path):
     clock.slew(1000)
     time.sleep(0.05)
     assert clock.offset_ns() == 1000 and clock.slew_remaining_ns() == 0
+
+
+def test_the_wait_between_bursts_grows_while_in_step_and_resets_otherwise():
+    from vmis.services.timesync import Flag
+    from vmis.services.timesync.host import MAX_BACKOFF, TimeSyncMonitor
+
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    sample = None
+    waits = []
+    for _ in range(5):
+        mon.record(sample, Flag.SAMPLE, {"state": "Synchronized"}, 0)  # type: ignore[arg-type]
+        waits.append(mon.next_wait_ms)
+    assert waits == [20_000, 40_000, 80_000, 80_000, 80_000] and MAX_BACKOFF == 8
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing"}, 0)  # type: ignore[arg-type]
+    assert mon.next_wait_ms == 10_000
+    mon.record(sample, Flag.SAMPLE, {"state": "Synchronized"}, 0)  # type: ignore[arg-type]
+    mon.request_sync()
+    assert mon.next_wait_ms == 10_000 and mon.sync_pending

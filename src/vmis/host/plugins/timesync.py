@@ -156,7 +156,7 @@ class TimeSync:
                 mon.wake.clear()
                 await self.sync(session, mon)
                 waker = asyncio.ensure_future(mon.wake.wait())
-                await asyncio.wait({closed, waker}, timeout=mon.interval_ms / 1000,
+                await asyncio.wait({closed, waker}, timeout=mon.next_wait_ms / 1000,
                                    return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
         finally:

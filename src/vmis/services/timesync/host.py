@@ -26,7 +26,7 @@ from vmis.services.timesync import (
     best_of,
 )
 
-__all__ = ["Requester", "TimeSyncMonitor", "measure", "sync_once"]
+__all__ = ["MAX_BACKOFF", "Requester", "TimeSyncMonitor", "measure", "sync_once"]
 
 #: sends one Time Synchronization request (op, payload) and returns the answer payload
 Requester = Callable[[int, bytes], Awaitable[bytes]]
@@ -67,6 +67,10 @@ async def sync_once(request: Requester, flag: Flag, clock: Callable[[], int] = t
     return sample, decode_json(answer)
 
 
+#: the wait between bursts grows to at most this many intervals (80 s by default)
+MAX_BACKOFF = 8
+
+
 def _iso(ns: int | None) -> str | None:
     if ns is None:
         return None
@@ -94,11 +98,21 @@ class TimeSyncMonitor:
     #: the burst loop of the current session, if any
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: multiplier of :attr:`interval_ms` while the guest stays in step
+    backoff: int = 1
 
-    def request_sync(self) -> None:
-        """Make the next burst a SYNC and run it now."""
-        self.sync_pending = True
-        self.wake.set()
+    @property
+    def next_wait_ms(self) -> int:
+        """How long until the next burst: the interval, stretched while in step.
+
+        As NTP lengthens its poll interval for a stable clock, each burst that
+        finds the guest Synchronized doubles the wait, up to
+        :data:`MAX_BACKOFF` times the interval; any other outcome (a slew, a
+        step, a clock event) goes back to the interval at once. A host with
+        many VMs spends its time on the clocks that need it.
+        """
+        return self.interval_ms * self.backoff
+
 
     def record(self, sample: Sample, flag: Flag, answer: dict[str, Any], now_ns: int) -> None:
         """Keep the outcome of one sync."""
@@ -106,6 +120,14 @@ class TimeSyncMonitor:
         self.last_sync_ns = now_ns
         self.syncs += 1
         self.error = ""
+        in_step = answer.get("state") in ("Synchronized", "Chrony")
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF) if in_step else 1
+
+    def request_sync(self) -> None:
+        """Make the next burst a SYNC and run it now."""
+        self.sync_pending = True
+        self.backoff = 1
+        self.wake.set()
 
     def row(self, vm_name: str, state_override: str | None = None) -> dict[str, Any]:
         """Get-VMTimeSync's record for this VM.
