@@ -41,7 +41,7 @@ from vmis.protocol import (
 )
 from vmis.protocol.services import CONTROL, parse_version
 from vmis.services.catalog import CATALOG, HOST_SERVICES, ServiceSpec, by_key
-from vmis.services.heartbeat import HeartbeatOp
+from vmis.services.heartbeat import HeartbeatOp, decode_beat
 from vmis.services.heartbeat.host import HeartbeatMonitor, HeartbeatSettings, HeartbeatState
 from vmis.transport.address import parse_address
 from vmis.transport.channel import Channel
@@ -333,21 +333,23 @@ class VmSession:
 
     def _on_heartbeat(self, note: NotificationReceived) -> None:
         try:
-            body = decode_json(note.payload)
+            if note.op == HeartbeatOp.BEAT:
+                seq, health = decode_beat(note.payload)
+                lost = self.heartbeat.last_beat is None or self.heartbeat.state() != \
+                    HeartbeatState.OK
+                self.heartbeat.beat(seq, health)
+                if lost:
+                    self.log.info("heartbeat: Ok")
+            elif note.op == HeartbeatOp.HEALTH:
+                body = decode_json(note.payload)
+                failed = body.get("failed") or []
+                self.heartbeat.set_health(
+                    str(body.get("health", "ok")),
+                    [str(f) for f in failed] if isinstance(failed, list) else [])
+                self.log.info("application health: %s %s", self.heartbeat.health,
+                              self.heartbeat.failed or "")
         except ProtocolError as exc:
             self.log.warning("bad heartbeat: %s", exc)
-            return
-        if note.op == HeartbeatOp.BEAT:
-            was = self.heartbeat.state()
-            self.heartbeat.beat(int(body.get("seq", 0)), str(body.get("health", "ok")))
-            if was != HeartbeatState.OK:
-                self.log.info("heartbeat %s -> Ok", was)
-        elif note.op == HeartbeatOp.HEALTH:
-            failed = body.get("failed") or []
-            self.heartbeat.set_health(str(body.get("health", "ok")),
-                                      [str(f) for f in failed] if isinstance(failed, list) else [])
-            self.log.info("application health: %s %s", self.heartbeat.health,
-                          self.heartbeat.failed or "")
 
     def _on_service_state(self, payload: bytes) -> None:
         try:

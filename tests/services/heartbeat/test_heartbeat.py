@@ -99,3 +99,17 @@ async def test_lost_when_the_agent_goes_and_ok_when_it_returns(short_tmp):
         pair.session.reconnect_now()
         await eventually(lambda: pair.session.status(HB).primary is OperationalStatus.OK,
                          timeout=15)
+
+
+def test_beat_payload_round_trips_and_rejects_garbage():
+    import pytest
+
+    from vmis.errors import RemoteProtocolError
+    from vmis.services.heartbeat import decode_beat, encode_beat
+
+    assert len(encode_beat(41, "critical")) == 9
+    assert decode_beat(encode_beat(41, "critical")) == (41, "critical")
+    assert decode_beat(encode_beat(2**64 + 5, "ok")) == (5, "ok")
+    for bad in (b"", b"x" * 8, encode_beat(1, "ok")[:-1] + b"\x07"):
+        with pytest.raises(RemoteProtocolError):
+            decode_beat(bad)

@@ -5,9 +5,20 @@ application health changes; the host (:mod:`.host`) turns their timing into
 Hyper-V's statuses: No Contact, OK, Lost Communication, Application Critical.
 """
 
+import struct
 from enum import IntEnum
 
-__all__ = ["DEFAULT_ERROR_THRESHOLD", "DEFAULT_INTERVAL_MS", "DEFAULT_LATENCY_MS", "HeartbeatOp"]
+from vmis.errors import RemoteProtocolError
+
+__all__ = [
+    "DEFAULT_ERROR_THRESHOLD",
+    "DEFAULT_INTERVAL_MS",
+    "DEFAULT_LATENCY_MS",
+    "HEALTH_CODES",
+    "HeartbeatOp",
+    "decode_beat",
+    "encode_beat",
+]
 
 #: Msvm_HeartbeatComponentSettingData defaults (hyperv-facts.md §7.1)
 DEFAULT_INTERVAL_MS = 2000
@@ -18,7 +29,32 @@ DEFAULT_ERROR_THRESHOLD = 2
 class HeartbeatOp(IntEnum):
     """Heartbeat operations, docs/protocol.md §7."""
 
-    #: guest -> host notification every interval: {"seq", "health"}
+    #: guest -> host notification every interval: raw ``<QB`` (seq, health code)
     BEAT = 1
     #: guest -> host notification on a health change: {"health", "failed"}
     HEALTH = 2
+
+
+#: docs/protocol.md §7: the BEAT payload. Raw, not json: a host with a
+#: thousand VMs decodes a thousand of them a second.
+_BEAT = struct.Struct("<QB")
+#: health word <-> code in a BEAT
+HEALTH_CODES = {"ok": 0, "critical": 1}
+_HEALTH_WORDS = {v: k for k, v in HEALTH_CODES.items()}
+
+
+def encode_beat(seq: int, health: str) -> bytes:
+    """The payload of a BEAT."""
+    return _BEAT.pack(seq & 0xFFFFFFFFFFFFFFFF, HEALTH_CODES[health])
+
+
+def decode_beat(payload: bytes) -> tuple[int, str]:
+    """``(seq, health)`` from a BEAT payload.
+
+    :raise RemoteProtocolError: When the payload is not one.
+    """
+    try:
+        seq, code = _BEAT.unpack(payload)
+        return seq, _HEALTH_WORDS[code]
+    except (struct.error, KeyError):
+        raise RemoteProtocolError(f"malformed BEAT payload of {len(payload)} bytes") from None

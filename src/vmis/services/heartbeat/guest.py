@@ -19,7 +19,7 @@ from typing import Any
 from vmis.protocol import ServiceId, encode_json
 from vmis.services.base import GuestContext, GuestService
 from vmis.services.catalog import by_key
-from vmis.services.heartbeat import DEFAULT_INTERVAL_MS, HeartbeatOp
+from vmis.services.heartbeat import DEFAULT_INTERVAL_MS, HeartbeatOp, encode_beat
 
 __all__ = ["SERVICE", "HeartbeatService", "run_checks"]
 
@@ -95,8 +95,7 @@ class HeartbeatService(GuestService):
 
     def _beat(self) -> None:
         self.seq += 1
-        payload = encode_json({"seq": self.seq, "health": self.health})
-        self.ctx.notify(ServiceId.HEARTBEAT, HeartbeatOp.BEAT, payload)
+        self.ctx.notify(ServiceId.HEARTBEAT, HeartbeatOp.BEAT, encode_beat(self.seq, self.health))
 
     async def _beat_loop(self) -> None:
         while True:
