@@ -181,6 +181,13 @@ def vmis_run(base: Path, n: int, seconds: float, service: str, settle: float,
         cpu = measure_cpu(host.pid, seconds)
         if spy is not None:
             spy.wait(60)
+        states = client.get("/v1/timesync", params={"vm": ["*"]})
+        if states.is_success:
+            counts: dict[str, int] = {}
+            for row in states.json():
+                key = f"{row.get('State')}@{row.get('NextWaitMs')}"
+                counts[key] = counts.get(key, 0) + 1
+            print(f"  time sync states: {counts}")
         t0 = time.monotonic()
         result = client.post("/v1/services/enable", json={"vms": ["*"], "names": [service]})
         result.raise_for_status()

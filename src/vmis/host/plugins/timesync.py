@@ -104,6 +104,7 @@ class TimeSync:
         for s in sessions:
             mon = monitor(s)
             mon.interval_ms = interval_ms
+            mon.backoff = 1
             mon.wake.set()
         return self.rows(patterns)
 

@@ -158,7 +158,8 @@ def best_of(samples: Iterable[Sample]) -> Sample:
     return min(usable, key=lambda s: s.rtt_ns)
 
 
-def decide(offset_ns: int, *, mode: Mode, sync: bool, step_threshold_ns: int) -> Action:
+def decide(offset_ns: int, *, mode: Mode, sync: bool, step_threshold_ns: int,
+           noise_ns: int = 0) -> Action:
     """What the guest does with a measured offset.
 
     - chronyd owns the clock: hand it the sample, whatever the flag;
@@ -166,7 +167,10 @@ def decide(offset_ns: int, *, mode: Mode, sync: bool, step_threshold_ns: int) ->
       another NTP daemon: that is the one-shot correction NTP daemons are slow
       to make after a resume; an offset of zero needs nothing;
     - otherwise another NTP daemon is left alone;
-    - vmis owns the clock: step at or above the threshold, slew below it.
+    - vmis owns the clock: an offset within the measurement's own
+      uncertainty (*noise_ns*, half the round trip: θ is only known to ±δ/2)
+      is left alone, so a loaded guest does not slew after its own jitter;
+      step at or above the threshold, slew below it.
     """
     if mode is Mode.CHRONY:
         return Action.CHRONY
@@ -174,6 +178,8 @@ def decide(offset_ns: int, *, mode: Mode, sync: bool, step_threshold_ns: int) ->
         return Action.STEP if offset_ns else Action.NONE
     if mode is Mode.NTP:
         return Action.DEFER
+    if abs(offset_ns) <= noise_ns:
+        return Action.NONE
     if abs(offset_ns) >= step_threshold_ns:
         return Action.STEP
     return Action.SLEW if offset_ns else Action.NONE

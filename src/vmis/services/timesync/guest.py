@@ -209,11 +209,14 @@ class TimeSyncService(GuestService):
         offset = sample.offset_ns
         sync = flag is Flag.SYNC or self.sync_pending
         mode, daemon, note = self._mode()
-        action = decide(offset, mode=mode, sync=sync, step_threshold_ns=self.step_threshold_ns)
+        noise = max(sample.rtt_ns // 2, 0)
+        action = decide(offset, mode=mode, sync=sync, step_threshold_ns=self.step_threshold_ns,
+                        noise_ns=noise)
         if action is Action.CHRONY and not self._to_chrony(offset):
             mode, note = Mode.NTP, (f"chronyd stopped answering on {self.chrony_socket}; "
                                     "leaving the clock to it")
-            action = decide(offset, mode=mode, sync=sync, step_threshold_ns=self.step_threshold_ns)
+            action = decide(offset, mode=mode, sync=sync, step_threshold_ns=self.step_threshold_ns,
+                            noise_ns=noise)
         self._act(action, offset)
         self.sync_pending = False
         s = self.status
@@ -310,7 +313,7 @@ def _state(action: Action, offset_ns: int) -> str:
         return "NtpDaemon"
     if action is Action.STEP:
         return "Stepped"
-    if abs(offset_ns) <= SYNCHRONIZED_NS:
+    if action is Action.NONE or abs(offset_ns) <= SYNCHRONIZED_NS:
         return "Synchronized"
     return "Slewing"
 

@@ -20,7 +20,6 @@ from vmis.services.timesync import (
     BURST,
     DEFAULT_INTERVAL_MS,
     SAMPLE_BURST,
-    SYNCHRONIZED_NS,
     Flag,
     Sample,
     TimeSyncOp,
@@ -121,12 +120,9 @@ class TimeSyncMonitor:
         self.last_sync_ns = now_ns
         self.syncs += 1
         self.error = ""
-        # In step: the guest says so, or what it measured is within what a
-        # measurement over this round trip can tell apart (θ is only known
-        # to ±δ/2), as on a loaded host where 1 ms is below the noise.
-        in_step = answer.get("state") in ("Synchronized", "Chrony") or (
-            sample is not None and answer.get("state") == "Slewing"
-            and abs(sample.offset_ns) <= max(SYNCHRONIZED_NS, sample.rtt_ns // 2))
+        # In step: the guest found its offset within 1 ms or within what this
+        # round trip can tell apart (decide() leaves such offsets alone).
+        in_step = answer.get("state") in ("Synchronized", "Chrony")
         self.backoff = min(self.backoff * 2, MAX_BACKOFF) if in_step else 1
 
     def request_sync(self) -> None:
@@ -158,6 +154,7 @@ class TimeSyncMonitor:
             "LastStep": _iso(step_ns if isinstance(step_ns, int) else None),
             "LastStepDeltaNs": last.get("last_step_delta_ns"),
             "IntervalMs": self.interval_ms,
+            "NextWaitMs": self.next_wait_ms,
             "Syncs": self.syncs,
             "Note": last.get("note") or "",
             "Error": self.error,
