@@ -105,6 +105,7 @@ class TimeSync:
             mon = monitor(s)
             mon.interval_ms = interval_ms
             mon.backoff = 1
+            mon.wake.set()  # the new cadence starts now, not after the old wait
             mon.wake.set()
         return self.rows(patterns)
 
