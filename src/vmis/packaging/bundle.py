@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import py_compile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -49,13 +51,32 @@ def guest_files(package: Path | None = None) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
+def _compiled(name: str, source: bytes) -> bytes:
+    # zipimport loads ``mod.pyc`` beside ``mod.py`` when its magic matches the
+    # running Python, and otherwise compiles the source: compiling every
+    # module at each agent start costs seconds in an emulated guest. An
+    # unchecked-hash pyc carries no timestamp, so the bundle stays reproducible.
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "m.py"
+        src.write_bytes(source)
+        out = Path(tmp) / "m.pyc"
+        py_compile.compile(str(src), cfile=str(out), dfile=name, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+        return out.read_bytes()
+
+
 def bundle_bytes(package: Path | None = None) -> bytes:
-    """The zipapp's bytes (deterministic)."""
+    """The zipapp's bytes (deterministic for a given Python version)."""
     out = io.BytesIO()
     out.write(b"#!/usr/bin/env python3\n")
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        entries = [("__main__.py", _MAIN)] + [(n, p.read_bytes()) for n, p in guest_files(package)]
-        for name, data in entries:
+        entries = [("__main__.py", _MAIN)]
+        for name, path in guest_files(package):
+            data = path.read_bytes()
+            entries.append((name, data))
+            if name.endswith(".py"):
+                entries.append((name + "c", _compiled(name, data)))
+        for name, data in sorted(entries):
             info = zipfile.ZipInfo(name, _EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
