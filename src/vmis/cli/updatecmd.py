@@ -101,8 +101,34 @@ def cmd_setup_disk_build(args: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_install_offline(args: dict[str, Any]) -> int:
+    from vmis.qemu.offline import install_into_image, install_into_root
+
+    target = Path(args["Path"]).absolute()
+    if target.is_dir():
+        result = install_into_root(target)
+    else:
+        if sys.stderr.isatty() and not args["json"]:
+            print(f"installing into {target} through libguestfs (this boots a small "
+                  "appliance; it takes a minute)...", file=sys.stderr)
+        result = install_into_image(target, args["Format"])
+    if args["json"]:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"vmis guest agent {result['Installed']} installed into {result['Target']}"
+              f" ({result['Kind']})")
+    return 0
+
+
 #: commands that need no host manager
 SETUP_DISK_COMMANDS: tuple[Command, ...] = (
+    Command("Install-VMIntegrationServices",
+            "Install the guest agent into a stopped VM's disk image or root directory.", (
+                Param("Path", required=True, position=0,
+                      help="a guest root directory, or a disk image (raw, qcow2, vhdx...)"),
+                Param("Format", help="the image format (default: detected)"),
+                Param("json", "switch", help="print JSON for scripts"),
+            ), cmd_install_offline, aliases=("install-offline",)),
     Command("setup-disk build", "Write the setup disk (ISO 9660) that installs the guest agent.", (
         Param("Path", position=0, help="where to write it (default ./vmis-setup.iso)"),
         Param("json", "switch", help="print JSON for scripts"),
