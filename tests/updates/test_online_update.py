@@ -23,6 +23,8 @@ def test_update_turns_update_required_to_up_to_date_and_keeps_settings(lab_dir, 
     assert "OldVM" in table and "Update required" in table
     assert run_vmis(lab_dir, "Disable-VMIntegrationService", "-VMName", "OldVM", "-Name",
                     "VSS").code == 0
+    kvp = run_vmis(lab_dir, "Set-VMKvp", "-VMName", "OldVM", "-Key", "role", "-Value", "db")
+    assert kvp.code == 0, kvp.err
 
     result = run_vmis(lab_dir, "Update-VMIntegrationServices", "-VMName", "OldVM", "--json")
     assert result.code == 0, result.err
@@ -37,6 +39,9 @@ def test_update_turns_update_required_to_up_to_date_and_keeps_settings(lab_dir, 
     # the update enabled the Guest Service Interface for the copy and disabled it again
     assert enabled["VSS"] is False and enabled["Guest Service Interface"] is False
     assert {r["PrimaryStatusDescription"] for r in rows} == {"OK"}
+    # the KVP items the guest had are still there, read inside the guest
+    got = run_vmis(lab_dir, "lab", "guest", "OldVM", "kvp", "get", "role", "--pool", "External")
+    assert got.code == 0 and got.out.strip().endswith("db"), got.out + got.err
     again = json.loads(run_vmis(lab_dir, "update", "OldVM", "--json").out)
     assert again[0]["Result"] == "current"
 
@@ -71,3 +76,34 @@ def test_a_corrupt_bundle_is_refused_before_anything_changes(lab_dir, short_tmp)
     [row] = json.loads(result.out)
     assert row["Result"] == "failed" and "refused the update" in row["Error"]
     assert get_vm(lab_dir, "DemoVM")["IntegrationServicesVersion"] == vmis.__version__
+
+
+def test_an_older_guest_shows_what_it_lacks_and_operations_name_the_version_needed(
+        lab_dir, short_tmp):
+    # a previous release: no VSS in its agent, and KVP only in an older protocol
+    old = make_bundle(short_tmp, "0.0.8", {
+        "services/catalog.py": (
+            '"Hyper-V Data Exchange Service", True, StartupType.AUTOMATIC, ((1, 0),),',
+            '"Hyper-V Data Exchange Service", True, StartupType.AUTOMATIC, ((0, 9),),'),
+    }, removed=("services/vss/guest.py",))
+    start_lab(lab_dir, "OldVM", agent_bundle=old)
+    result = run_vmis(lab_dir, "services", "OldVM")
+    rows = {line[12:36].rstrip(): line[36:].split() for line in result.out.splitlines()[2:]}
+    assert rows["VSS"] == ["True", "No", "Contact"]
+    assert rows["Key-Value Pair Exchange"] == ["True", "Protocol", "Mismatch"]
+    assert rows["Heartbeat"] == ["True", "OK", "OK"]
+    assert "does not offer VSS; update its integration services to vmis 0.1.0 or newer" \
+        in result.err
+    assert "speaks no version of Key-Value Pair Exchange this host speaks (1.0) " \
+           "(it speaks 0.9)" in result.err
+    refused = run_vmis(lab_dir, "Checkpoint-VM", "-Name", "OldVM", "-SnapshotType",
+                       "ProductionOnly", "-SnapshotCommand", "true")
+    assert refused.code == 1 and "vmis 0.1.0 or newer" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1
+
+    done = run_vmis(lab_dir, "Update-VMIntegrationServices", "-VMName", "OldVM", "--json")
+    assert done.code == 0, done.err
+    after = json.loads(run_vmis(lab_dir, "services", "OldVM", "--json").out)
+    assert {r["Name"]: r["PrimaryStatusDescription"] for r in after if r["Enabled"]} == {
+        "Heartbeat": "OK", "Key-Value Pair Exchange": "OK", "Shutdown": "OK",
+        "Time Synchronization": "OK", "VSS": "OK"}

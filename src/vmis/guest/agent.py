@@ -271,6 +271,10 @@ class Agent:
         services = {}
         for key, version in result.services.items():
             entry: dict[str, Any] = {"version": list(version) if version else None}
+            if version is None:
+                # docs/protocol.md §3.2: say what we do speak, so the host can
+                # tell its administrator which side is out of date
+                entry["offers"] = [list(v) for v in self.versions[key]]
             entry.update(self.manager.status(by_key(key)))
             services[key] = entry
         answer = {

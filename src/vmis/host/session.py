@@ -22,6 +22,7 @@ from vmis.errors import (
     ChannelError,
     ProtocolError,
     RemoteServiceError,
+    RequestTimeout,
     ServiceUnavailable,
     VmisError,
 )
@@ -39,7 +40,7 @@ from vmis.protocol import (
     decode_json,
     encode_json,
 )
-from vmis.protocol.services import CONTROL, parse_version
+from vmis.protocol.services import CONTROL, parse_version, parse_version_list
 from vmis.services.catalog import CATALOG, HOST_SERVICES, ServiceSpec, by_key
 from vmis.services.heartbeat import HeartbeatOp, decode_beat
 from vmis.services.heartbeat.host import HeartbeatMonitor, HeartbeatSettings, HeartbeatState
@@ -50,6 +51,9 @@ from vmis.transport.dial import dial
 __all__ = ["Backoff", "GuestServiceState", "NotificationHook", "RunningHook", "VmSession"]
 
 _log = logging.getLogger("vmis.host")
+
+#: seconds the guest agent has to answer a liveness PING (see VmSession._watch)
+PING_TIMEOUT = 10.0
 
 #: host handlers of data-plane notifications: (service, op) -> callable(session, payload)
 NotificationHook = Callable[["VmSession", bytes], None]
@@ -79,12 +83,15 @@ class Backoff:
 class GuestServiceState:
     """What the guest said about one service in HELLO and SERVICE_STATE."""
 
-    __slots__ = ("startup", "state", "version")
+    __slots__ = ("offers", "startup", "state", "version")
 
-    def __init__(self, version: tuple[int, int] | None, state: str, startup: str) -> None:
+    def __init__(self, version: tuple[int, int] | None, state: str, startup: str,
+                 offers: list[tuple[int, int]] | None = None) -> None:
         self.version = version
         self.state = state
         self.startup = startup
+        #: the versions the guest speaks, when none is common with ours
+        self.offers = offers or []
 
 
 class VmSession:
@@ -123,6 +130,8 @@ class VmSession:
         self._rule_tasks: set[asyncio.Task[Any]] = set()
         #: per-VM attributes data-plane services keep (e.g. time sync figures)
         self.extra: dict[str, Any] = {}
+        #: why this host ended the running session itself (see _watch), if it did
+        self._dropped = ""
 
     @staticmethod
     def _heartbeat_settings(vm: VmRecord) -> HeartbeatSettings:
@@ -212,10 +221,42 @@ class VmSession:
                 except (VmisError, OSError) as exc:
                     self.log.warning("after-connect step %s failed: %s",
                                      getattr(hook, "__qualname__", hook), exc)
-            await channel.wait_closed()
-            raise ChannelError(channel_lost_reason(channel))
+            watchdog = asyncio.create_task(self._watch(channel), name=f"watch:{self.vm.name}")
+            try:
+                await channel.wait_closed()
+            finally:
+                watchdog.cancel()
+            raise ChannelError(self._dropped or channel_lost_reason(channel))
         finally:
+            self._dropped = ""
             channel.close()
+
+    async def _watch(self, channel: Channel) -> None:
+        """End the session when the guest agent is gone but the channel stays open.
+
+        A virtio-serial port has no connection semantics (docs/protocol.md §1):
+        when the agent in the guest stops or restarts, the host's socket to
+        QEMU stays connected and simply goes quiet, and a new agent hunts for
+        a SYNC the host would never send. So whenever no heartbeat is current
+        (the guest stopped beating, or Heartbeat is disabled), the agent is
+        asked a PING; no answer within :data:`PING_TIMEOUT` closes the channel,
+        and the supervisor dials again and resynchronises with whatever agent
+        holds the port by then.
+        """
+        while True:
+            await asyncio.sleep(self.heartbeat.settings.interval_ms / 1000)
+            if self.heartbeat.state() == HeartbeatState.OK:
+                continue
+            try:
+                await channel.request(CONTROL, ControlOp.PING, b"", timeout=PING_TIMEOUT)
+            except RequestTimeout:
+                self._dropped = (f"the guest agent stopped answering (no heartbeat, no answer "
+                                 f"to PING within {PING_TIMEOUT:g} s)")
+                self.log.warning("%s; resynchronising", self._dropped)
+                channel.close()
+                return
+            except (ChannelError, ProtocolError, RemoteServiceError):
+                return  # the session is ending anyway
 
     def _session_ended(self) -> None:
         if self.connected:
@@ -245,10 +286,12 @@ class VmSession:
             if key not in {s.key for s in CATALOG} or not isinstance(entry, dict):
                 continue
             version = entry.get("version")
+            offers = entry.get("offers")
             guest[key] = GuestServiceState(
                 parse_version(version) if version is not None else None,
                 str(entry.get("state", "stopped")),
                 str(entry.get("startup", "automatic")),
+                parse_version_list(offers) if isinstance(offers, list) else None,
             )
         self.guest = guest
 
@@ -417,17 +460,8 @@ class VmSession:
                 f"{self.vm.name}: no contact with the guest agent ({self.last_error})"
             )
         state = self.guest.get(spec.key)
-        if state is None:
-            version = self.agent.get("version", "unknown")
-            raise ServiceUnavailable(
-                f"{self.vm.name}: the guest agent (version {version}) does not offer {label}; "
-                "update its integration services (Update-VMIntegrationServices)"
-            )
-        if state.version is None:
-            raise ServiceUnavailable(
-                f"{self.vm.name}: the guest speaks no version of {label} that this host "
-                f"speaks ({', '.join('.'.join(map(str, v)) for v in spec.versions)})"
-            )
+        if state is None or state.version is None:
+            raise ServiceUnavailable(f"{self.vm.name}: {self._out_of_date(spec, state)}")
         if state.state != "running":
             how = ("it is disabled in the guest (StartupType Disabled)"
                    if state.startup == "disabled" else "it is stopped in the guest")
@@ -466,6 +500,18 @@ class VmSession:
                 secondary = OperationalStatus.OK
         return ServiceStatus(**row, primary=primary, secondary=secondary, reason=reason, **facts)
 
+    def _out_of_date(self, spec: ServiceSpec, guest: GuestServiceState | None) -> str:
+        """Why an older guest cannot serve *spec*, naming the guest version it needs."""
+        label = spec.host_name or spec.guest_name
+        agent = self.agent.get("version", "unknown")
+        needs = (f"update its integration services to vmis {spec.since} or newer "
+                 "(Update-VMIntegrationServices)")
+        if guest is None:
+            return f"the guest agent {agent} does not offer {label}; {needs}"
+        offered = f" (it speaks {_versions(guest.offers)})" if guest.offers else ""
+        return (f"the guest agent {agent} speaks no version of {label} this host speaks "
+                f"({_versions(spec.versions)}){offered}; {needs}")
+
     def _primary(self, spec: ServiceSpec,
                  guest: GuestServiceState | None) -> tuple[OperationalStatus, str]:
         if not self.contacted:
@@ -477,11 +523,9 @@ class VmSession:
         if self.heartbeat.state() == HeartbeatState.LOST:
             return OperationalStatus.LOST_COMMUNICATION, "heartbeats stopped"
         if guest is None:
-            return OperationalStatus.NO_CONTACT, (
-                f"the guest agent {self.agent.get('version', '')} does not offer this service"
-            )
+            return OperationalStatus.NO_CONTACT, self._out_of_date(spec, guest)
         if guest.version is None:
-            return OperationalStatus.PROTOCOL_MISMATCH, "no common service version"
+            return OperationalStatus.PROTOCOL_MISMATCH, self._out_of_date(spec, guest)
         if guest.startup == "disabled" and guest.state != "running":
             return OperationalStatus.ERROR, (
                 f"{spec.guest_name} is disabled in the guest (StartupType Disabled); "
@@ -495,6 +539,10 @@ class VmSession:
                 f"the host {'.'.join(map(str, spec.versions[0]))}"
             )
         return OperationalStatus.OK, ""
+
+
+def _versions(versions: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> str:
+    return ", ".join(".".join(map(str, v)) for v in versions)
 
 
 def channel_lost_reason(channel: Channel) -> str:

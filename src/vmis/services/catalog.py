@@ -76,6 +76,9 @@ class ServiceSpec:
     versions: tuple[Version, ...]
     #: one line for help texts
     summary: str
+    #: the first vmis release whose guest agent speaks :attr:`versions` [0]:
+    #: what an older guest needs to be updated to (the host's messages name it)
+    since: str = "0.1.0"
 
     @property
     def key(self) -> str:
