@@ -19,7 +19,10 @@ from vmis.errors import ConfigError
 from vmis.host.manager import HostManager
 from vmis.host.store import Store
 
-__all__ = ["bind_socket", "serve"]
+__all__ = ["bind_socket", "data_dir_for", "serve"]
+
+#: the data directory of a manager whose database is not a local SQLite file
+DEFAULT_DATA_DIR = Path("/var/lib/vmis")
 
 _log = logging.getLogger("vmis.host")
 
@@ -66,18 +69,30 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def data_dir_for(db_url: str) -> Path:
+    """Where the manager keeps its files: the SQLite database's directory, else
+    ``$VMIS_DATA_DIR`` (default ``/var/lib/vmis``). The setup disk is built in
+    ``<data dir>/setup``, VMs vmis launches live in ``<data dir>/machines/<name>``."""
+    if db_url.startswith("sqlite:///") and db_url != "sqlite:///:memory:":
+        return Path(db_url.removeprefix("sqlite:///")).absolute().parent
+    return Path(os.environ.get("VMIS_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
 async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None) -> None:
     """Run the manager until SIGTERM/SIGINT or cancellation."""
     raise_file_limit()
+    from vmis.api.hypervisor import router as hypervisor_router
     from vmis.api.routes import api_routers
     from vmis.host.services import notification_hooks, setup
+    from vmis.qemu.hypervisor import setup as setup_qemu
 
     store = Store(db_url)
     sock = bind_socket(socket_path)
     manager = HostManager(store, notification_hooks())
     setup(manager)
+    setup_qemu(manager, data_dir_for(db_url))
     await manager.start()
-    app = create_app(manager, api_routers())
+    app = create_app(manager, [*api_routers(), hypervisor_router])
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = _Server(config)
     loop = asyncio.get_running_loop()

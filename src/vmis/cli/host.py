@@ -116,14 +116,28 @@ def cmd_get_vm(api: ApiClient, args: dict[str, Any]) -> int:
 
 
 def cmd_vm_add(api: ApiClient, args: dict[str, Any]) -> int:
+    from vmis.cli.hypervisorcmd import discover_for_add
+
+    name, channel, qmp = args["Name"], args["Channel"], args["Qmp"]
+    found = discover_for_add(args)
+    if found is not None:
+        name, channel, qmp = name or found.name, channel or found.channel, qmp or found.qmp
+        for note in found.notes:
+            warn(note)
+    if not name:
+        raise UsageError("vm add: name the VM (vmis vm add NAME ...).")
+    if not channel:
+        raise UsageError("vm add: missing mandatory parameter -Channel (or read it off a "
+                         "running VM with -FromPid, -FromCmdline, -FromLibvirtXml or -Libvirt).")
     vm = api.call("POST", "/vms", json={
-        "name": args["Name"], "channel": args["Channel"], "qmp": args["Qmp"],
+        "name": name, "channel": channel, "qmp": qmp,
         "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
     })
     if args["json"]:
         _out(vm)
     else:
-        print(f"VM {vm['Name']} registered ({vm['Channel']}), id {vm['Id']}")
+        monitor = f", QMP {vm['Qmp']}" if vm["Qmp"] else ""
+        print(f"VM {vm['Name']} registered ({vm['Channel']}{monitor}), id {vm['Id']}")
     return 0
 
 
@@ -215,12 +229,18 @@ COMMANDS: tuple[Command, ...] = (
               help="VM names; wildcards allowed (default all)"), JSON,
     ), cmd_get_vm, aliases=("vms",)),
     Command("vm add", "Register a VM with the host manager.", (
-        Param("Name", required=True, position=0),
-        Param("Channel", required=True,
-              help="unix:/path | vsock:CID:PORT | hvsock:/path:PORT"),
-        Param("Qmp", help="QEMU QMP socket of the VM"),
+        Param("Name", position=0, help="the VM's name (default: the discovered one)"),
+        Param("Channel", help="unix:/path | vsock:CID:PORT | hvsock:/path:PORT"),
+        Param("Qmp", aliases=("QemuQmp",), help="QEMU QMP socket of the VM"),
+        Param("FromPid", "int", help="read -Channel and -Qmp off this running QEMU process"),
+        Param("FromCmdline", help="read them off a QEMU command line (one quoted word)"),
+        Param("FromLibvirtXml", help="read them off a libvirt domain XML file (virsh dumpxml)"),
+        Param("Libvirt", help="read them off this libvirt domain (runs virsh dumpxml)"),
         Param("HeartbeatIntervalMs", "int", help="heartbeat interval (default 2000)"), JSON,
-    ), cmd_vm_add),
+    ), cmd_vm_add, examples=(
+        "vmis vm add web1 -Channel unix:/run/vmis/web1.agent -Qmp /run/vmis/web1.qmp",
+        "vmis vm add web1 -FromPid 12345",
+    )),
     Command("vm list", "List registered VMs.", (JSON,), cmd_vm_list),
     Command("vm set", "Change a registered VM's settings.", (
         Param("Name", required=True, position=0), Param("Channel"), Param("Qmp"),
@@ -253,10 +273,12 @@ def _service_commands() -> tuple[Command, ...]:
 
 
 def _all_commands() -> tuple[Command, ...]:
+    from vmis.cli.hypervisorcmd import HYPERVISOR_COMMANDS
     from vmis.cli.labcmd import LAB_COMMANDS
     from vmis.cli.updatecmd import UPDATE_COMMANDS
 
-    return COMMANDS + UPDATE_COMMANDS + _service_commands() + LOCAL_COMMANDS + LAB_COMMANDS
+    return (COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS + _service_commands()
+            + LOCAL_COMMANDS + LAB_COMMANDS)
 
 
 def _help(commands: Sequence[Command]) -> str:

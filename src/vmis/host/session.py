@@ -53,7 +53,7 @@ __all__ = ["Backoff", "GuestServiceState", "NotificationHook", "RunningHook", "V
 _log = logging.getLogger("vmis.host")
 
 #: seconds the guest agent has to answer a liveness PING (see VmSession._watch)
-PING_TIMEOUT = 10.0
+PING_TIMEOUT = 5.0
 
 #: host handlers of data-plane notifications: (service, op) -> callable(session, payload)
 NotificationHook = Callable[["VmSession", bytes], None]

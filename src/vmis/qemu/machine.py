@@ -386,6 +386,18 @@ class QemuMachine:
         self._identity = _proc_identity(self._pid)
         self._save_state(argv)
 
+    def save(self) -> None:
+        """Record the machine in its work directory without starting it.
+
+        Another process then gets it with :meth:`attach` and may :meth:`start`
+        it (``vmis vm create`` records, ``vmis Start-VM`` starts).
+
+        :raise ConfigError: When the work directory's path is too long for its sockets.
+        """
+        self.paths.check()
+        self.paths.workdir.mkdir(parents=True, exist_ok=True)
+        self._save_state(self.command())
+
     def _prepare_overlay(self) -> None:
         """Find the machine's existing qcow2 chain, or create its first overlay.
 

@@ -74,8 +74,14 @@ def _power(api: ApiClient, args: dict[str, Any], verb: str, path: str) -> int:
         if r["Error"]:
             print(f"{verb}: {r['Error']}", file=sys.stderr)
         elif not args["json"]:
-            if r["Action"] == "Stop":
+            if r.get("AlreadyOff") or r.get("Note") == "already off":
+                print(f"{r['VMName']}: already off")
+            elif r["Action"] == "TurnOff":
+                print(f"{r['VMName']}: turned off (off after {r['Seconds']:g} s)")
+            elif r["Action"] == "Stop":
                 ended = "; lab VM process ended" if r.get("ProcessEnded") else ""
+                if r.get("PoweredOff"):
+                    ended = "; the hypervisor has it off"
                 print(f"{r['VMName']}: shut down (guest gone after {r['Seconds']:g} s{ended})")
             else:
                 print(f"{r['VMName']}: restarted (down after {r['DownAfter']:g} s, "
@@ -102,7 +108,7 @@ TIMEOUT = Param("TimeoutSec", "float", default=300.0,
 COMMANDS: tuple[Command, ...] = (
     Command("Stop-VM", "Shut a VM down through its guest (Shutdown integration service).", (
         NAME, FORCE,
-        Param("TurnOff", "switch", help="cut the power instead (needs QMP)"),
+        Param("TurnOff", "switch", help="cut the power instead, through QMP (QEMU quits)"),
         REASON, TIMEOUT, JSON,
     ), cmd_stop,
         examples=("vmis Stop-VM -Name DemoVM", "vmis Stop-VM DemoVM -Force -TimeoutSec 60")),

@@ -23,6 +23,7 @@ from vmis.errors import (
     StateError,
     VmisError,
 )
+from vmis.host.hypervisor import find_hypervisor, turn_off_vm
 from vmis.host.manager import HostManager
 from vmis.host.session import NotificationHook, VmSession
 from vmis.protocol import ServiceId, decode_json, encode_json
@@ -152,6 +153,12 @@ async def power_vms(manager: HostManager, patterns: list[str], action: PowerActi
                     turn_off: bool = False) -> list[dict[str, Any]]:
     """Stop-VM / Restart-VM on every matching VM, concurrently.
 
+    ``turn_off`` cuts the power through the VM's hypervisor connection
+    (vmis.host.hypervisor) instead of asking the guest. A guest that shut
+    itself down is, where a hypervisor connection knows the VM, also waited
+    for until the hypervisor says it is off (QEMU has exited), within the
+    same *timeout*; a VM already off is left alone.
+
     :return: one record per VM, with ``"Error"`` set where it failed.
     :raise NotFoundError: When a name matches no VM.
     """
@@ -160,23 +167,37 @@ async def power_vms(manager: HostManager, patterns: list[str], action: PowerActi
     async def one(session: VmSession) -> dict[str, Any]:
         try:
             if turn_off:
-                raise StateError(_turn_off_error(session))
-            result = await power_vm(session, action, force=force, reason=reason,
-                                    timeout=timeout)
+                result = await turn_off_vm(manager, session, timeout)
+            else:
+                result = await _power_one(manager, session, action, force=force, reason=reason,
+                                          timeout=timeout)
         except VmisError as exc:
             return {"VMName": session.vm.name, "Kind": session.vm.kind,
                     "Channel": session.vm.channel, "Error": str(exc),
                     "ErrorType": type(exc).__name__}
-        result["Error"] = None
+        result.setdefault("Error", None)
         return result
 
     return list(await asyncio.gather(*(one(s) for s in sessions)))
 
 
-def _turn_off_error(session: VmSession) -> str:
-    name = session.vm.name
-    if not session.vm.qmp:
-        return (f"{name}: -TurnOff needs a hypervisor connection (QMP); {name} has none "
-                f"(vmis vm set {name} -Qmp PATH), and Stop-VM without -TurnOff asks the guest")
-    return (f"{name}: -TurnOff needs a hypervisor connection (QMP), which this host manager "
-            "does not drive yet; Stop-VM without -TurnOff asks the guest")
+async def _power_one(manager: HostManager, session: VmSession, action: PowerAction, *,
+                     force: bool, reason: str, timeout: float) -> dict[str, Any]:
+    started = time.monotonic()
+    hypervisor = find_hypervisor(manager, session.vm)
+    if hypervisor is not None and action is PowerAction.POWEROFF and \
+            await hypervisor.state(session.vm) == "Off":
+        return {"VMName": session.vm.name, "Action": "Stop", "Force": force, "Reason": reason,
+                "Kind": session.vm.kind, "Channel": session.vm.channel, "State": "Off",
+                "Seconds": 0.0, "AlreadyOff": True}
+    result = await power_vm(session, action, force=force, reason=reason, timeout=timeout)
+    if action is PowerAction.POWEROFF:
+        session.extra["powered_off"] = True
+        if hypervisor is not None:
+            left = max(timeout - (time.monotonic() - started), 1.0)
+            if not await hypervisor.wait_off(session.vm, left):
+                raise StateError(f"{session.vm.name}: the guest shut down but the hypervisor "
+                                 f"still has it on after {timeout:g} s")
+            result["PoweredOff"] = True
+            result["Seconds"] = round(time.monotonic() - started, 3)
+    return result
