@@ -51,21 +51,20 @@ class UpdateState:
         self.ctx = ctx
         self.dir = ctx.path(UPDATE_DIR)
 
-    def pending(self) -> dict[str, Any] | None:
-        """Details of an update waiting for confirmation, or None."""
+    def _read(self, name: str) -> dict[str, Any] | None:
         try:
-            data = json.loads((self.dir / "pending.json").read_text())
+            data = json.loads((self.dir / name).read_text())
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
 
+    def pending(self) -> dict[str, Any] | None:
+        """Details of an update waiting for confirmation, or None."""
+        return self._read("pending.json")
+
     def result(self) -> dict[str, Any] | None:
         """The outcome of the last update, or None."""
-        try:
-            data = json.loads((self.dir / "result.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return self._read("result.json")
 
     def mark_pending(self, previous: str, version: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
