@@ -38,6 +38,7 @@ produce).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import mmap
@@ -176,17 +177,21 @@ def _from_utf16(field: bytes) -> str:
     return field.decode("utf-16-le", "replace")
 
 
-class _FcopyHost:
-    """Host requests of the file-copy service, over any transport."""
+class _FcopyHost(abc.ABC):
+    """Host requests of the file-copy service, over any transport.
 
+    The two emulators (chardev and uio) differ only in how a packet travels:
+    each implements :meth:`packet` and :meth:`host_request`.
+    """
+
+    @abc.abstractmethod
     def packet(self, payload: bytes, msgtype: int | None = None,
                version: tuple[int, int] | None = None) -> bytes:
         """Frame ``payload`` as the host does."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def host_request(self, packet: bytes) -> HostResponse:
         """Deliver one host packet; return the answer."""
-        raise NotImplementedError
 
     def fcopy_start(self, file_name: str, path_name: str, flags: int = 0,
                     file_size: int = 0) -> int:
