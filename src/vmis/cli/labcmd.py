@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from vmis.cli.psargs import Command, Param
+from vmis.cli.psargs import Command, Param, UsageError
 from vmis.cli.table import Column, format_table
 from vmis.lab import Lab, run_lab_up
 
@@ -17,12 +18,22 @@ def cmd_up(args: dict[str, Any]) -> int:
     lab = Lab()
     names = args["Name"] or ["DemoVM"]
     bundle = Path(args["AgentBundle"]).absolute() if args["AgentBundle"] else None
-    vms = run_lab_up(lab, names, args["ClockOffset"], agent_bundle=bundle)
+    image = Path(args["Image"]).absolute() if args["Image"] else None
+    if image is not None and not args["Qemu"]:
+        raise UsageError("lab up: -Image is for QEMU lab VMs (add -Qemu).")
+    if args["Qemu"] and sys.stderr.isatty() and not args["json"]:
+        print("booting QEMU (the first run builds the guest image: a few minutes; a boot takes "
+              "about a minute under TCG)...", file=sys.stderr)
+    vms = run_lab_up(lab, names, args["ClockOffset"], agent_bundle=bundle, qemu=args["Qemu"],
+                     image=image, memory_mib=args["Memory"])
     if args["json"]:
         print(json.dumps([vm.status() for vm in vms], indent=2))
     else:
         for vm in vms:
-            print(f"lab VM {vm.name} up (agent pid {vm.pid}, root {vm.root})")
+            if vm.is_qemu:
+                print(f"lab VM {vm.name} up (QEMU pid {vm.pid}, directory {vm.dir})")
+            else:
+                print(f"lab VM {vm.name} up (agent pid {vm.pid}, root {vm.root})")
     return 0
 
 
@@ -42,8 +53,9 @@ def cmd_status(args: dict[str, Any]) -> int:
         return 0
     print(f"lab directory {status['Directory']}, host manager "
           f"{'pid ' + str(status['HostPid']) if status['HostPid'] else 'not running'}")
-    print(format_table([Column("Name"), Column("Running"), Column("Pid"), Column("Root")],
-                       [(v["Name"], v["Running"], v["Pid"] or "", v["Root"])
+    print(format_table([Column("Name"), Column("Kind"), Column("Running"), Column("Pid"),
+                        Column("Root")],
+                       [(v["Name"], v["Kind"], v["Running"], v["Pid"] or "", v["Root"])
                         for v in status["VMs"]]))
     return 0
 
@@ -59,8 +71,12 @@ LAB_COMMANDS: tuple[Command, ...] = (
         Param("Name", "list", position=0, help="lab VM names (default DemoVM)"),
         Param("ClockOffset", "float", help="start the VM's virtual clock off by SECONDS"),
         Param("AgentBundle", help="install this agent bundle (.pyz) instead of this vmis's"),
+        Param("Qemu", "switch",
+              help="boot a real QEMU VM from the project's guest image (built if missing)"),
+        Param("Image", help="with -Qemu: boot this built guest image (its directory)"),
+        Param("Memory", "int", aliases=("MemoryMiB",), help="with -Qemu: RAM in MiB (512)"),
         JSON,
-    ), cmd_up),
+    ), cmd_up, examples=("vmis lab up DemoVM", "vmis lab up RealVM -Qemu")),
     Command("lab down", "Stop lab VMs (all, and the host manager, without names).", (
         Param("Name", "list", position=0), JSON,
     ), cmd_down),

@@ -16,6 +16,7 @@ Hyper-V's VM states are used for ``Get-VM``'s State: ``Running``, ``Off``,
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import weakref
@@ -219,15 +220,25 @@ def _request_time_sync(session: VmSession) -> None:
 
 
 def setup_disk_image(data_dir: Path) -> Path:
-    """This host's setup disk in *data_dir*, built first if missing (one per version).
+    """This host's setup disk in ``<data_dir>/setup``, built first if missing.
+
+    The file is named by the version and the agent bundle's digest, so a
+    host whose vmis changed builds a new disk; older ones are removed (a VM
+    that has one in its drive keeps reading it: QEMU holds it open).
 
     :raise VmisError: When it cannot be written.
     """
     from vmis.host.setupdisk import build_setup_disk
+    from vmis.packaging.bundle import bundle_bytes
 
-    path = data_dir / "setup" / f"vmis-setup-{vmis.__version__}.iso"
+    bundle = bundle_bytes()
+    digest = hashlib.sha256(bundle).hexdigest()[:12]
+    path = data_dir / "setup" / f"vmis-setup-{vmis.__version__}-{digest}.iso"
     if not path.is_file():
-        build_setup_disk(path)
+        build_setup_disk(path, bundle)
+        for old in path.parent.glob("vmis-setup-*.iso"):
+            if old != path:
+                old.unlink(missing_ok=True)
     return path
 
 

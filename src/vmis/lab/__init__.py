@@ -11,6 +11,10 @@ lives in one directory, ``./.vmis-lab`` or ``$VMIS_LAB_DIR``::
       vms/<name>/root/                        the lab VM's filesystem
       vms/<name>/agent.log agent.pid          its agent process
       vms/<name>/init.pid                     its init (vmis.lab.vmproc)
+
+A lab VM may instead be a real QEMU virtual machine booted from the
+project's guest image (``vmis lab up NAME -Qemu``, :mod:`vmis.lab.qemuvm`);
+its directory is then the machine's work directory.
 """
 
 from __future__ import annotations
@@ -118,15 +122,35 @@ class LabVm:
         return self.dir / "agent.log"
 
     @property
+    def is_qemu(self) -> bool:
+        """Whether this lab VM is a QEMU virtual machine (vmis.lab.qemuvm)."""
+        from vmis.lab.qemuvm import is_qemu_dir
+
+        return is_qemu_dir(self.dir)
+
+    @property
     def pid(self) -> int | None:
+        """The agent process of a process lab VM, QEMU's of a QEMU lab VM; None if not running."""
+        if self.is_qemu:
+            from vmis.qemu.machine import QemuMachine
+
+            return QemuMachine.attach(self.dir).pid
         pid = read_pid(self.pid_file)
         return pid if pid_alive(pid) else None
 
     def status(self) -> dict[str, Any]:
-        """Name, agent pid, root directory, running or not."""
+        """Name, agent pid (or QEMU pid), root directory, running or not."""
         pid = self.pid
-        return {"Name": self.name, "Pid": pid, "Root": str(self.root), "Running": pid is not None,
-                "Log": str(self.log)}
+        if self.is_qemu:
+            from vmis.qemu.cmdline import MachinePaths
+
+            paths = MachinePaths(self.dir)
+            return {"Name": self.name, "Kind": "qemu", "Pid": pid, "QemuPid": pid,
+                    "Root": str(self.dir), "Running": pid is not None,
+                    "Log": str(paths.console), "Channel": f"unix:{paths.channel}",
+                    "Qmp": str(paths.qmp)}
+        return {"Name": self.name, "Kind": "process", "Pid": pid, "Root": str(self.root),
+                "Running": pid is not None, "Log": str(self.log)}
 
 
 class Lab:
@@ -238,6 +262,32 @@ class Lab:
             api.call("POST", f"/vms/{name}/reconnect")
         return vm
 
+    def start_qemu_vm(self, name: str, *, image: Path | None = None,
+                      clock_offset: float | None = None, memory_mib: int | None = None,
+                      cpus: int | None = None) -> LabVm:
+        """Boot a QEMU lab VM from the project's guest image (or *image*, a built image's
+        directory) unless it runs; register it with the host, with its QMP socket.
+
+        :raise StateError: When the name belongs to a process lab VM.
+        """
+        from vmis.lab.qemuvm import boot_machine
+        from vmis.qemu.image import GuestImage
+
+        if not name or "/" in name or name.startswith("."):
+            raise StateError(f"invalid lab VM name {name!r}")
+        vm = self.vm(name)
+        guest_image = GuestImage.load(image) if image is not None else None
+        machine = boot_machine(name, vm.dir, image=guest_image, clock_offset=clock_offset,
+                               memory_mib=memory_mib, cpus=cpus)
+        where = {"channel": f"unix:{machine.paths.channel}", "qmp": str(machine.paths.qmp)}
+        with self.api() as api:
+            try:
+                api.call("POST", "/vms", json={"name": name, "kind": "lab", **where})
+            except StateError:
+                api.call("PATCH", f"/vms/{name}", json=where)
+            api.call("POST", f"/vms/{name}/reconnect")
+        return vm
+
     @staticmethod
     def _install(vm: LabVm, bundle: Path | None) -> None:
         from vmis.packaging.bundle import bundle_version
@@ -267,14 +317,28 @@ class Lab:
         vm = self.vm(name)
         if not vm.dir.is_dir():
             raise NotFoundError(f"no lab VM named {name!r}")
+        if vm.is_qemu:
+            from vmis.lab.qemuvm import stop_machine
+
+            return stop_machine(vm.dir)
         ran = stop_pid(read_pid(vm.dir / "init.pid"))
         return stop_pid(read_pid(vm.pid_file)) or ran
 
     def down(self, names: list[str] | None) -> list[str]:
-        """Stop the named lab VMs, or all of them and the host manager."""
+        """Stop the named lab VMs, or all of them and the host manager.
+
+        Without names, QEMU VMs the lab's host manager launched (``vmis vm
+        create`` and Start-VM, in ``<lab>/machines``) are powered off too.
+        """
         targets = names or [vm.name for vm in self.vms()]
         stopped = [n for n in targets if self.stop_vm(n)]
         if not names:
+            from vmis.lab.qemuvm import is_qemu_dir, stop_machine
+
+            machines = self.dir / "machines"
+            for directory in sorted(machines.iterdir()) if machines.is_dir() else []:
+                if is_qemu_dir(directory) and stop_machine(directory):
+                    stopped.append(directory.name)
             stop_pid(read_pid(self.dir / "host.pid"))
         return stopped
 
@@ -288,18 +352,40 @@ class Lab:
         from vmis.cli.guest import main as guest_main
 
         vm = self.vm(name)
+        if vm.is_qemu:
+            raise StateError(f"lab VM {name} is a QEMU VM: its agent runs inside the guest; "
+                             f"use vmis Invoke-Command -VMName {name} -- COMMAND")
         if not vm.root.is_dir():
             raise NotFoundError(f"no lab VM named {name!r} (start it with 'vmis lab up {name}')")
         return guest_main(["--root", str(vm.root), *argv])
 
 
 def run_lab_up(lab: Lab, names: list[str], clock_offset: float | None,
-               timeout: float = START_TIMEOUT, agent_bundle: Path | None = None) -> list[LabVm]:
-    """``vmis lab up``: host manager, then each VM, then wait for heartbeats."""
+               timeout: float | None = None, agent_bundle: Path | None = None, *,
+               qemu: bool = False, image: Path | None = None,
+               memory_mib: int | None = None) -> list[LabVm]:
+    """``vmis lab up``: host manager, then each VM, then wait for heartbeats.
+
+    :param qemu: boot real QEMU VMs from the project's guest image (or *image*)
+        instead of agent processes; their heartbeat gets a longer wait
+        (:data:`vmis.lab.qemuvm.BOOT_TIMEOUT`) since the guest boots first.
+    """
     lab.ensure_host()
-    vms = [lab.start_vm(name, clock_offset, agent_bundle) for name in names]
+    if qemu:
+        from vmis.lab.qemuvm import BOOT_TIMEOUT
+
+        if agent_bundle is not None:
+            raise StateError("-AgentBundle is for process lab VMs; a QEMU lab VM runs the agent "
+                             "of its image (update it with Update-VMIntegrationServices)")
+        vms = [lab.start_qemu_vm(name, image=image, clock_offset=clock_offset,
+                                 memory_mib=memory_mib) for name in names]
+        wait = timeout or BOOT_TIMEOUT
+    else:
+        vms = [lab.start_vm(name, clock_offset, agent_bundle) for name in names]
+        wait = timeout or START_TIMEOUT
     try:
-        lab.wait_ready(names, timeout)
+        lab.wait_ready(names, wait)
     except VmisError as exc:
-        raise StateError(f"{exc}; agent logs: {', '.join(str(vm.log) for vm in vms)}") from None
+        logs = ", ".join(vm.status()["Log"] for vm in vms)
+        raise StateError(f"{exc}; logs: {logs}") from None
     return vms
