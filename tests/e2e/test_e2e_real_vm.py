@@ -234,8 +234,10 @@ def test_time_sync_corrected_a_clock_an_hour_ahead(real_vm):
     guest_now = float(real_vm.guest("date", "+%s.%N"))
     after = time.time()
     assert before - 1 < guest_now < after + 1
+    # The host's last sample: in step, give or take the sample's own uncertainty (half its
+    # round trip, which a loaded TCG guest stretches; such offsets are left alone by design).
     row = real_vm.json("Get-VMTimeSync", VM)[0]
-    assert abs(row["OffsetNs"]) < 500_000_000, row
+    assert abs(row["OffsetNs"]) <= max(500_000_000, row["RoundTripNs"] // 2 + 100_000_000), row
 
 
 def test_production_checkpoint_freezes_snapshots_and_thaws(real_vm, tmp_path):
