@@ -314,6 +314,19 @@ def test_agent_restart_in_the_guest_shows_lost_communication_then_ok(real_vm):
     assert real_vm.ok("Get-VMIntegrationService", "-VMName", VM) == SEED_TABLE
 
 
+def test_restart_vm_reboots_the_guest(real_vm):
+    boot_id = real_vm.guest("cat", "/proc/sys/kernel/random/boot_id")
+    console = real_vm.workdir / "console.log"
+    boots = console.read_text(errors="replace").count("VMIS-MULTI-USER")
+    result = real_vm.json("Restart-VM", "-Name", VM, timeout=400)[0]
+    assert result["Error"] is None and result["State"] == "Running", result
+    # a new kernel (boot id), a second boot on the console, the same QEMU process
+    assert real_vm.guest("cat", "/proc/sys/kernel/random/boot_id") != boot_id
+    assert console.read_text(errors="replace").count("VMIS-MULTI-USER") == boots + 1
+    assert QemuMachine.attach(real_vm.workdir).pid == real_vm.qemu_pid
+    assert real_vm.ok("Get-VMIntegrationService", "-VMName", VM) == SEED_TABLE
+
+
 def test_stop_vm_powers_the_guest_off(real_vm):
     machine = QemuMachine.attach(real_vm.workdir)
     assert machine.pid == real_vm.qemu_pid
