@@ -15,8 +15,9 @@ What it adds to the manager (docs/services/vss.md §4-5):
 
 Snapshot steps are chosen per VM by :attr:`Checkpoints.step_factories`: a
 ``-SnapshotCommand`` given to the checkpoint wins, then each factory in
-order (:data:`DEFAULT_STEP_FACTORIES`: the VM's stored snapshot command). A
-QMP block-snapshot step for QEMU VMs is added as one more factory.
+order (:data:`DEFAULT_STEP_FACTORIES`: the VM's stored snapshot command). The
+QMP block-snapshot step for QEMU VMs is appended as one more factory by
+:func:`vmis.qemu.hypervisor.setup` (this layer does not import QEMU code).
 """
 
 from __future__ import annotations

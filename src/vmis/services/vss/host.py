@@ -10,7 +10,8 @@
 - ``Standard``: a crash-consistent snapshot; the guest is not involved.
 
 The snapshot itself is a :class:`SnapshotStep`: a host command
-(:class:`CommandSnapshot`) today, QEMU's QMP block snapshot later. A step
+(:class:`CommandSnapshot`) or QEMU's QMP block snapshot
+(:class:`vmis.qemu.hypervisor.QmpSnapshot`). A step
 gets a :class:`SnapshotRequest` and must finish within its ``timeout``,
 which for a frozen guest ends safely before the guest's watchdog would thaw
 it; so a snapshot that completes is consistent, and one that cannot finish
@@ -123,8 +124,9 @@ class SnapshotError(VmisError):
 class SnapshotStep(Protocol):
     """Takes the host-side snapshot of a VM (docs/services/vss.md §4.2).
 
-    Implementations: :class:`CommandSnapshot`; a QMP implementation for QEMU
-    VMs plugs in the same way (``vmis.host.plugins.vss.snapshot_steps``).
+    Implementations: :class:`CommandSnapshot`; for QEMU VMs
+    :class:`vmis.qemu.hypervisor.QmpSnapshot`, added to
+    ``Checkpoints.step_factories`` by the host manager's server.
     """
 
     #: short name in reports: ``command``, ``qmp``
