@@ -112,7 +112,11 @@ class QemuHypervisor:
         workdir = qmp.parent
         kept = self._started.get(workdir)
         if kept is not None:
-            return kept
+            if kept.is_running():
+                return kept
+            # Exited (and now reaped): another process may have started the
+            # machine since, so read its record again.
+            del self._started[workdir]
         if not MachinePaths(workdir).state.is_file():
             return None
         try:
