@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -224,3 +225,47 @@ def test_every_qmp_run_state_has_a_hyperv_state():
     assert set(RUN_STATES) == qemu_states
     assert set(RUN_STATES.values()) <= {"Running", "Off", "Paused", "Saved", "Starting",
                                         "Saving", "PausedCritical"}
+
+
+FAKE_VIRSH = """#!/bin/sh
+# a stand-in for libvirt's virsh: dumpxml of one known domain
+if [ "$1" = dumpxml ] && [ "$2" = web5 ]; then
+    cat <<XML
+<domain type='kvm' id='3' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>web5</name>
+  <devices><channel type='unix'><source mode='bind'/>
+    <target type='virtio' name='org.vmis.agent.0'/></channel></devices>
+  <qemu:commandline><qemu:arg value='-qmp'/>
+    <qemu:arg value='unix:/var/lib/libvirt/qemu/web5-vmis.qmp,server=on,wait=off'/>
+  </qemu:commandline>
+</domain>
+XML
+    exit 0
+fi
+echo "error: failed to get domain '$2'" >&2
+exit 1
+"""
+
+
+def test_vm_add_from_a_libvirt_domain_runs_virsh_dumpxml(lab_dir, short_tmp, monkeypatch):
+    Lab(lab_dir).ensure_host()
+    bin_dir = short_tmp / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "virsh").write_text(FAKE_VIRSH)
+    (bin_dir / "virsh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    added = run_vmis(lab_dir, "vm", "add", "-Libvirt", "web5", "--json")
+    assert added.code == 0, added.err
+    vm = json.loads(added.out)
+    assert vm["Name"] == "web5"
+    # the path libvirt generates for a running domain's channel, and the extra QMP
+    assert vm["Channel"] == ("unix:/var/lib/libvirt/qemu/channel/target/domain-3-web5/"
+                             "org.vmis.agent.0")
+    assert vm["Qmp"] == "/var/lib/libvirt/qemu/web5-vmis.qmp"
+    assert added.err == ""  # the extra monitor needs no warning
+    unknown = run_vmis(lab_dir, "vm", "add", "-Libvirt", "nosuch")
+    assert unknown.code == 1 and unknown.err == (
+        "vm: virsh dumpxml nosuch failed: error: failed to get domain 'nosuch'\n")
+    monkeypatch.setenv("PATH", str(short_tmp / "empty"))
+    missing = run_vmis(lab_dir, "vm", "add", "-Libvirt", "web5")
+    assert missing.code == 1 and missing.err.startswith("vm: virsh is not installed")
