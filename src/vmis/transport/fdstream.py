@@ -29,12 +29,16 @@ class FdStreamTransport(asyncio.Transport):
     """Read and write one non-blocking descriptor; closes it when done."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol
+        self, loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol,
+        *, close_fd: bool = True,
     ) -> None:
         super().__init__()
         self._loop = loop
         self._fd = fd
         self._protocol = protocol
+        self._close_fd = close_fd
+        #: the error that ended the transport (None: end of stream or close())
+        self.error: BaseException | None = None
         self._buffer: collections.deque[bytes | memoryview] = collections.deque()
         self._buffered = 0
         self._closing = False
@@ -169,8 +173,10 @@ class FdStreamTransport(asyncio.Transport):
         if self._fd < 0:
             return
         self._loop.remove_writer(self._fd)
-        os.close(self._fd)
+        if self._close_fd:
+            os.close(self._fd)
         self._fd = -1
+        self.error = exc
         self._protocol.connection_lost(exc if isinstance(exc, Exception) else None)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -180,7 +186,8 @@ class FdStreamTransport(asyncio.Transport):
 
 
 def open_fd_stream(
-    loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol
+    loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol,
+    *, close_fd: bool = True,
 ) -> FdStreamTransport:
-    """Wrap an open descriptor; the transport owns and eventually closes it."""
-    return FdStreamTransport(loop, fd, protocol)
+    """Wrap an open descriptor; unless *close_fd* is false the transport closes it."""
+    return FdStreamTransport(loop, fd, protocol, close_fd=close_fd)

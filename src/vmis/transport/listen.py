@@ -105,7 +105,27 @@ async def _serve_serial(address: SerialAddress, channel_factory: Callable[[], Ch
             # A pty (tests, or an emulated port) would otherwise echo and
             # translate bytes; a real virtio port is not a tty.
             tty.setraw(fd)
+        try:
+            await _sessions_on_port(loop, fd, channel_factory)
+        finally:
+            os.close(fd)
+
+
+async def _sessions_on_port(loop: asyncio.AbstractEventLoop, fd: int,
+                            channel_factory: Callable[[], Channel]) -> None:
+    # The port stays open across host sessions, so the hypervisor sees the
+    # guest side open (QEMU's frontend-open) the whole time. A read of 0
+    # means no host is connected: wait a little and read again with a fresh
+    # channel. Any other error (the port was unplugged) reopens it.
+    while True:
         channel = channel_factory()
-        open_fd_stream(loop, fd, channel)
-        await channel.wait_closed()
+        transport = open_fd_stream(loop, fd, channel, close_fd=False)
+        try:
+            await channel.wait_closed()
+        except asyncio.CancelledError:
+            transport.abort()  # unhook the descriptor before the caller closes it
+            raise
+        if transport.error is not None:
+            _log.warning("virtio-serial port failed: %s; reopening", transport.error)
+            return
         await asyncio.sleep(REOPEN_DELAY)
