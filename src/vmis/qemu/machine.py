@@ -625,12 +625,13 @@ class QemuMachine:
         (feasibility.md §8), so a host waits here before its first request.
 
         While waiting, this holds a connection to the channel socket, as a
-        host would. The vmis agent keeps its port open only while a host is
-        connected: with none, every read is an end of file, so it closes the
-        port and tries again half a second later (vmis.transport.listen), and
-        QEMU reports the port open for an instant per try (2 samples in 100
-        measured). Polled without a host, this wait would end at a random
-        moment up to minutes late. The connection is closed before returning.
+        host would. Without a host every read of the port is an end of file,
+        and an agent that then closes the port and tries again later (vmis
+        agents did, every half second, until they kept the port open across
+        host sessions) has it open only for an instant per try: QEMU reported
+        it open in 2 samples out of 100, so a wait polled without a host ended
+        at a random moment, up to minutes late. The connection is closed
+        before returning.
 
         :return: the host end of the channel (:attr:`MachinePaths.channel`).
         :raise MachineNotRunning: When QEMU exits first.
