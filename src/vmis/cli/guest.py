@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import vmis
-from vmis.cli.psargs import Command, Param, UsageError, find_command, parse, usage
+from vmis.cli.psargs import (
+    Command,
+    Param,
+    UsageError,
+    find_command,
+    parse,
+    run_main,
+    usage,
+)
 from vmis.cli.table import Column, format_table
 from vmis.errors import VmisError
 from vmis.guest.client import ControlClient
@@ -246,47 +254,43 @@ def _help() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vmis-guest``; returns the exit status."""
     words = list(sys.argv[1:] if argv is None else argv)
+    return run_main(lambda: _run(words), lambda exc: "vmis-guest")
+
+
+def _run(words: list[str]) -> int:
     root = Path(os.environ.get("VMIS_GUEST_ROOT", "/"))
     config_path: Path | None = None
-    try:
-        while words and words[0] in ("--root", "--config"):
-            if len(words) < 2:
-                raise UsageError(f"{words[0]} needs a value")
-            if words[0] == "--root":
-                root = Path(words[1])
-            else:
-                config_path = Path(words[1])
-            words = words[2:]
-        if not words or words[0] in ("-h", "--help", "-?", "help"):
-            print(_help())
-            return 0 if words else 2
-        if words[0] == "--version":
-            print(vmis.__version__)
-            return 0
-        commands = _all_commands()
-        if len(words) > 1 and words[0].lower() in {c.name.split()[0].lower() for c in commands
-                                                     if " " in c.name}:
-            cmd = find_command(commands, f"{words[0]} {words[1]}")
-            words = [cmd.name, *words[2:]]
+    while words and words[0] in ("--root", "--config"):
+        if len(words) < 2:
+            raise UsageError(f"{words[0]} needs a value")
+        if words[0] == "--root":
+            root = Path(words[1])
         else:
-            cmd = find_command(commands, words[0])
-        if cmd.rest is not None:
-            args: dict[str, Any] = {"args": words[1:]}
-        elif any(w in ("-h", "--help", "-?") for w in words[1:]):
-            print(usage(cmd))
-            return 0
-        else:
-            args = parse(cmd, words[1:])
-        g = Globals(root, config_path or root / CONFIG_PATH.lstrip("/"))
-        result: int = cmd.run(g, args)
-        return result
-    except VmisError as exc:
-        print(f"vmis-guest: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
+            config_path = Path(words[1])
+        words = words[2:]
+    if not words or words[0] in ("-h", "--help", "-?", "help"):
+        print(_help())
+        return 0 if words else 2
+    if words[0] == "--version":
+        print(vmis.__version__)
         return 0
+    commands = _all_commands()
+    if len(words) > 1 and words[0].lower() in {c.name.split()[0].lower() for c in commands
+                                                 if " " in c.name}:
+        cmd = find_command(commands, f"{words[0]} {words[1]}")
+        words = [cmd.name, *words[2:]]
+    else:
+        cmd = find_command(commands, words[0])
+    if cmd.rest is not None:
+        args: dict[str, Any] = {"args": words[1:]}
+    elif any(w in ("-h", "--help", "-?") for w in words[1:]):
+        print(usage(cmd))
+        return 0
+    else:
+        args = parse(cmd, words[1:])
+    g = Globals(root, config_path or root / CONFIG_PATH.lstrip("/"))
+    result: int = cmd.run(g, args)
+    return result
 
 
 if __name__ == "__main__":

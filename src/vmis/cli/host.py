@@ -20,7 +20,15 @@ from typing import Any
 import vmis
 from vmis.api.client import ApiClient
 from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
-from vmis.cli.psargs import Command, Param, UsageError, find_command, parse, usage
+from vmis.cli.psargs import (
+    Command,
+    Param,
+    UsageError,
+    find_command,
+    parse,
+    run_main,
+    usage,
+)
 from vmis.cli.table import Column, format_table
 from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
 from vmis.errors import VmisError
@@ -297,46 +305,45 @@ def _help(commands: Sequence[Command]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vmis``; returns the exit status."""
     words = list(sys.argv[1:] if argv is None else argv)
+
+    def prefix(exc: VmisError) -> str:
+        # A usage error is vmis's own complaint; others come from the command named.
+        return "vmis" if isinstance(exc, UsageError) or not words else words[0]
+
+    return run_main(lambda: _run(words), prefix)
+
+
+def _run(words: list[str]) -> int:
     commands = _all_commands()
-    try:
-        if not words or words[0] in ("-h", "--help", "-?", "help"):
-            print(_help(commands))
-            return 0 if words else 2
-        if words[0] == "--version":
-            print(vmis.__version__)
-            return 0
-        if len(words) > 1 and words[0].lower() in ("host", "vm", "lab", "setup-disk"):
-            cmd = find_command(commands, f"{words[0]} {words[1]}")
-            rest = words[2:]
-        else:
-            cmd = find_command(commands, words[0])
-            rest = words[1:]
-        before_rest = rest[: rest.index("--")] if "--" in rest else rest
-        if any(w in ("-h", "--help", "-?") for w in before_rest) and cmd.name != "lab guest":
-            print(usage(cmd))
-            return 0
-        if cmd.name == "lab guest":
-            # Everything after the VM name belongs to vmis-guest, dashes included.
-            if not rest:
-                raise UsageError("lab guest: name a lab VM: vmis lab guest NAME ARGS...")
-            args = {"Name": rest[0], "args": rest[2:] if rest[1:2] == ["--"] else rest[1:]}
-        else:
-            args = parse(cmd, rest)
-        if cmd not in LOCAL_COMMANDS and not cmd.name.startswith("lab "):
-            with ApiClient() as api:
-                code: int = cmd.run(api, args)
-        else:
-            code = cmd.run(args)
-        return code
-    except VmisError as exc:
-        name = words[0] if words else "vmis"
-        prefix = "vmis" if isinstance(exc, UsageError) else name
-        print(f"{prefix}: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
+    if not words or words[0] in ("-h", "--help", "-?", "help"):
+        print(_help(commands))
+        return 0 if words else 2
+    if words[0] == "--version":
+        print(vmis.__version__)
         return 0
+    if len(words) > 1 and words[0].lower() in ("host", "vm", "lab", "setup-disk"):
+        cmd = find_command(commands, f"{words[0]} {words[1]}")
+        rest = words[2:]
+    else:
+        cmd = find_command(commands, words[0])
+        rest = words[1:]
+    before_rest = rest[: rest.index("--")] if "--" in rest else rest
+    if any(w in ("-h", "--help", "-?") for w in before_rest) and cmd.name != "lab guest":
+        print(usage(cmd))
+        return 0
+    if cmd.name == "lab guest":
+        # Everything after the VM name belongs to vmis-guest, dashes included.
+        if not rest:
+            raise UsageError("lab guest: name a lab VM: vmis lab guest NAME ARGS...")
+        args = {"Name": rest[0], "args": rest[2:] if rest[1:2] == ["--"] else rest[1:]}
+    else:
+        args = parse(cmd, rest)
+    if cmd not in LOCAL_COMMANDS and not cmd.name.startswith("lab "):
+        with ApiClient() as api:
+            code: int = cmd.run(api, args)
+    else:
+        code = cmd.run(args)
+    return code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Standard library only: the guest tools use it as well.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,24 @@ __all__ = ["Command", "Param", "UsageError", "find_command", "parse", "usage"]
 
 class UsageError(VmisError):
     """The command line is wrong; the message says how."""
+
+
+def run_main(body: Callable[[], int], prefix: Callable[[VmisError], str]) -> int:
+    """Run a command line's body and turn how it ends into an exit status.
+
+    A :class:`VmisError` is one line on stderr (``prefix: message``) and
+    status 2 for a usage error, 1 otherwise; never a traceback. Ctrl-C is
+    130, and a reader that went away (``| head``) is not an error.
+    """
+    try:
+        return body()
+    except VmisError as exc:
+        print(f"{prefix(exc)}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
 
 
 @dataclass(frozen=True)

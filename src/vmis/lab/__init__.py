@@ -69,9 +69,20 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | N
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            hint = f"; see {log}" if log else ""
-            raise StateError(f"{what} did not come up within {timeout:g} s{hint}")
+            raise StateError(f"{what} did not come up within {timeout:g} s{log_hint(log)}")
         time.sleep(0.05)
+
+
+def log_hint(log: Path | None) -> str:
+    """``: <the log's last line>; see <log>``: why a process failed, at a glance."""
+    if log is None:
+        return ""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    last = f": {lines[-1].strip()[:300]}" if lines else ""
+    return f"{last}; see {log}"
 
 
 def stop_pid(pid: int | None, timeout: float = 10.0) -> bool:
@@ -90,12 +101,17 @@ def stop_pid(pid: int | None, timeout: float = 10.0) -> bool:
     return True
 
 
-def _spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+def _spawn(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True, env=env)
-    return proc.pid
+
+
+def _how_it_ended(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 @dataclass
@@ -190,7 +206,7 @@ class Lab:
         log = self.dir / "host.log"
         argv = [sys.executable, "-m", "vmis.cli.host", "host", "serve",
                 "-Db", f"sqlite:///{self.dir / 'host.db'}", "-Socket", str(self.socket)]
-        pid = _spawn(argv, log)
+        pid = _spawn(argv, log).pid
         (self.dir / "host.pid").write_text(f"{pid}\n")
         wait_for(self._host_answers, START_TIMEOUT, "the lab host manager", log)
         return pid
@@ -248,11 +264,14 @@ class Lab:
             vm.pid_file.unlink(missing_ok=True)
             argv = [sys.executable, "-m", "vmis.lab.vmproc", str(vm.root), str(vm.pid_file)]
             supervisor = _spawn(argv, vm.log)
-            (vm.dir / "init.pid").write_text(f"{supervisor}\n")
-            wait_for(lambda: vm.channel_path.is_socket() or not pid_alive(supervisor),
+            (vm.dir / "init.pid").write_text(f"{supervisor.pid}\n")
+            # Our own child: poll() knows for sure, where /proc can be caught mid-exec.
+            wait_for(lambda: vm.channel_path.is_socket() or supervisor.poll() is not None,
                      START_TIMEOUT, f"lab VM {name}", vm.log)
-            if not pid_alive(supervisor):
-                raise StateError(f"lab VM {name} exited at start; see {vm.log}")
+            code = supervisor.poll()
+            if code is not None:
+                raise StateError(f"lab VM {name} exited at start ({_how_it_ended(code)})"
+                                 f"{log_hint(vm.log)}")
         with self.api() as api:
             try:
                 api.call("POST", "/vms", json={"name": name, "kind": "lab",

@@ -296,6 +296,43 @@ def ensure_base_image(*, cache: Path | None = None, rebuild: bool = False) -> Gu
             "building the guest image needs root (debootstrap, chroot, device nodes); "
             "run `python -m vmis.qemu.image build` as root",
         )
+
+    def fill(tmp: Path, build: BuildLog) -> dict[str, Any]:
+        mirror = debian_mirror(SUITE)
+        build.note(f"mirror: {mirror}")
+        pvh = build_base_tree(tmp, cache=cache, key=key, kernel=kernel, mirror=mirror, log=build)
+        smoke = smoke_boot(tmp, append=APPEND, pvh=pvh, log=build, timeout=SMOKE_BOOT_TIMEOUT)
+        if smoke.boot != "pvh":
+            (tmp / "vmlinux").unlink(missing_ok=True)
+        return {
+            "kind": "base",
+            "key": key,
+            "inputs": inputs,
+            "mirror": mirror,
+            "kernel_release": kernel.release,
+            "boot": smoke.boot,
+            "append": APPEND,
+            "boot_seconds": round(smoke.seconds, 2),
+            "guest_uptime_at_multi_user": smoke.guest_uptime,
+        }
+
+    return _build_image(cache, name, f"building {name} from {inputs}", fill, rebuild=rebuild)
+
+
+def _build_image(
+    cache: Path,
+    name: str,
+    note: str,
+    fill: Callable[[Path, BuildLog], dict[str, Any]],
+    *,
+    rebuild: bool,
+) -> GuestImage:
+    """Build image ``name`` under its lock in a temporary directory and publish it whole.
+
+    ``fill`` builds the tree and returns its manifest; the build's times and
+    log are added here. A failed build leaves nothing behind but its log.
+    """
+    final = _images(cache) / name
     with build_lock(cache, name):
         if not rebuild and (final / "manifest.json").is_file():
             return GuestImage.load(final)  # another process built it while we waited
@@ -305,33 +342,15 @@ def ensure_base_image(*, cache: Path | None = None, rebuild: bool = False) -> Gu
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=images))
         begin = time.monotonic()
         with _new_log(cache, name) as build:
-            build.note(f"building {name} from {inputs}")
+            build.note(note)
             try:
-                mirror = debian_mirror(SUITE)
-                build.note(f"mirror: {mirror}")
-                pvh = build_base_tree(
-                    tmp, cache=cache, key=key, kernel=kernel, mirror=mirror, log=build
+                manifest = fill(tmp, build)
+                manifest.update(
+                    built_at=_now(),
+                    build_seconds=round(time.monotonic() - begin, 1),
+                    step_seconds={k: round(v, 1) for k, v in build.timings.items()},
+                    log=str(build.path),
                 )
-                smoke = smoke_boot(
-                    tmp, append=APPEND, pvh=pvh, log=build, timeout=SMOKE_BOOT_TIMEOUT
-                )
-                if smoke.boot != "pvh":
-                    (tmp / "vmlinux").unlink(missing_ok=True)
-                manifest = {
-                    "kind": "base",
-                    "key": key,
-                    "inputs": inputs,
-                    "mirror": mirror,
-                    "kernel_release": kernel.release,
-                    "boot": smoke.boot,
-                    "append": APPEND,
-                    "built_at": _now(),
-                    "build_seconds": round(time.monotonic() - begin, 1),
-                    "step_seconds": {k: round(v, 1) for k, v in build.timings.items()},
-                    "boot_seconds": round(smoke.seconds, 2),
-                    "guest_uptime_at_multi_user": smoke.guest_uptime,
-                    "log": str(build.path),
-                }
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
                 if rebuild and final.exists():
                     remove_tree(final)
@@ -399,37 +418,19 @@ def ensure_agent_image(
         image = GuestImage.load(final)
         _touch(image)
         return image
-    with build_lock(cache, name):
-        if not rebuild and (final / "manifest.json").is_file():
-            return GuestImage.load(final)
-        images = _images(cache)
-        _clear_stale(images, name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=images))
-        begin = time.monotonic()
-        with _new_log(cache, name) as build:
-            build.note(f"building {name} on base-{base.key}, agent files {files}")
-            try:
-                build_agent_tree(tmp, base_tree=base.tree, key=key, installer=installer, log=build)
-                manifest = {
-                    "kind": "agent",
-                    "key": key,
-                    "base_key": base.key,
-                    "agent_files_digest": files,
-                    "installer": f"{installer.__module__}.{installer.__qualname__}",
-                    "built_at": _now(),
-                    "build_seconds": round(time.monotonic() - begin, 1),
-                    "step_seconds": {k: round(v, 1) for k, v in build.timings.items()},
-                    "log": str(build.path),
-                }
-                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-                if rebuild and final.exists():
-                    remove_tree(final)
-                publish(tmp, final)
-            except BaseException:
-                remove_tree(tmp)
-                raise
-    prune_images(cache)
-    return GuestImage.load(final)
+
+    def fill(tmp: Path, build: BuildLog) -> dict[str, Any]:
+        build_agent_tree(tmp, base_tree=base.tree, key=key, installer=installer, log=build)
+        return {
+            "kind": "agent",
+            "key": key,
+            "base_key": base.key,
+            "agent_files_digest": files,
+            "installer": f"{installer.__module__}.{installer.__qualname__}",
+        }
+
+    note = f"building {name} on base-{base.key}, agent files {files}"
+    return _build_image(cache, name, note, fill, rebuild=rebuild)
 
 
 # Section: pruning
