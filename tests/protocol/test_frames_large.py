@@ -1,4 +1,4 @@
-"""Large payloads (bulk data) through the frame decoder: gathered piece by piece, joined once."""
+"""Large payloads (bulk data) through the frame decoder: each lands in a buffer of its own, once."""
 
 import os
 
@@ -111,3 +111,111 @@ def test_clear_drops_a_large_frame_in_progress():
     small = Frame(Kind.NOTIFY, 1, 1, 0, b"ok")
     dec.feed(wire(small))
     assert dec.next_frame() == small
+
+
+# Section: receiving into the decoder's buffer (get_buffer / buffer_updated)
+
+
+def recv_in(dec: FrameDecoder, data: bytes, sizes: list[int]) -> list[Frame]:
+    """What a BufferedProtocol transport does: recv_into the offered buffer."""
+    frames, pos, i = [], 0, 0
+    while pos < len(data):
+        buf = dec.get_buffer()
+        assert len(buf) > 0
+        size = sizes[i % len(sizes)] if sizes else len(data)
+        i += 1
+        n = min(len(buf), size, len(data) - pos)
+        buf[:n] = data[pos : pos + n]
+        dec.buffer_updated(n)
+        pos += n
+        while (f := dec.next_frame()) is not None:
+            frames.append(f)
+    return frames
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 5_000_000), min_size=1, max_size=8),
+       st.sampled_from([64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, BIG, 4 * 1024 * 1024]))
+def test_property_received_into_buffers_in_any_sizes(sizes, big):
+    payload = os.urandom(big)
+    frames = [Frame(Kind.REQUEST, 6, 4, 1, payload), Frame(Kind.NOTIFY, 1, 1, 0, b"beat"),
+              Frame(Kind.RESPONSE, 6, 4, 2, payload[::-1]), Frame(Kind.REQUEST, 0, 5, 3, b"")]
+    dec = FrameDecoder()
+    got = recv_in(dec, b"".join(wire(f) for f in frames), sizes)
+    assert got == frames
+    assert dec.buffered == 0
+
+
+def test_a_large_payload_is_received_into_its_own_buffer_and_never_past_it():
+    payload = os.urandom(BIG)
+    after = wire(Frame(Kind.NOTIFY, 1, 1, 0, b"next"))
+    data = wire(Frame(Kind.REQUEST, 6, 4, 7, payload)) + after
+    dec = FrameDecoder()
+    first = dec.get_buffer()
+    first[:1000] = data[:1000]
+    dec.buffer_updated(1000)
+    assert dec.next_frame() is None
+    rest = dec.get_buffer()
+    # the rest of this payload exactly: the next frame's bytes never land in it
+    assert len(rest) == BIG - (1000 - HEADER_SIZE)
+    rest[:] = data[1000 : HEADER_SIZE + BIG]
+    dec.buffer_updated(len(rest))
+    frame = dec.next_frame()
+    assert frame is not None and isinstance(frame.payload, bytearray)
+    assert frame.body == payload and frame.id == 7
+    tail = dec.get_buffer()
+    tail[: len(after)] = after
+    dec.buffer_updated(len(after))
+    assert dec.next_frame() == Frame(Kind.NOTIFY, 1, 1, 0, b"next")
+
+
+def test_byte_at_a_time_into_the_buffer_still_parses():
+    frame = Frame(Kind.REQUEST, 6, 4, 9, os.urandom(70 * 1024))
+    small = Frame(Kind.NOTIFY, 1, 1, 0, b"x")
+    data = wire(frame) + wire(small)
+    dec = FrameDecoder()
+    assert recv_in(dec, data, [1]) == [frame, small]
+
+
+def test_feeding_and_receiving_into_the_buffer_mix():
+    payload = os.urandom(BIG)
+    data = wire(Frame(Kind.REQUEST, 6, 4, 1, payload)) * 2
+    dec = FrameDecoder()
+    got = []
+    pos = 0
+    for i, size in enumerate([10, 100_000, 7, 200_000, 150_000, 10**6]):
+        chunk = data[pos : pos + size]
+        pos += len(chunk)
+        if i % 2:
+            dec.feed(chunk)  # a bytes-delivering transport
+        else:
+            while chunk:
+                buf = dec.get_buffer()
+                n = min(len(buf), len(chunk))
+                buf[:n] = chunk[:n]
+                dec.buffer_updated(n)
+                chunk = chunk[n:]
+                while (f := dec.next_frame()) is not None:
+                    got.append(f)
+        while (f := dec.next_frame()) is not None:
+            got.append(f)
+    assert [f.body for f in got] == [payload, payload]
+
+
+def test_hunting_after_a_large_frame_cut_off_in_its_buffer_finds_the_sync():
+    big = wire(Frame(Kind.REQUEST, 6, 4, 1, os.urandom(BIG)))
+    sync = Frame(Kind.REQUEST, 0, 1, 5, b"12345678")
+    dec = FrameDecoder()
+    recv_in(dec, big[:150_000], [])
+    assert dec.buffered == 150_000 - HEADER_SIZE
+    recv_in(dec, wire(sync), [])
+    assert dec.hunt(SYNC) == sync
+    assert dec.buffered == 0
+
+
+def test_end_of_stream_inside_a_payload_received_into_its_buffer():
+    dec = FrameDecoder()
+    recv_in(dec, wire(Frame(Kind.REQUEST, 6, 4, 1, os.urandom(BIG)))[:100_000], [])
+    dec.feed(b"")
+    with pytest.raises(RemoteProtocolError, match="inside a frame payload"):
+        dec.next_frame()

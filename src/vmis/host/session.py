@@ -33,6 +33,7 @@ from vmis.protocol import (
     ControlOp,
     NotificationReceived,
     Payload,
+    Received,
     RequestReceived,
     Role,
     ServiceId,
@@ -432,7 +433,7 @@ class VmSession:
     # Section: requests for data-plane services
 
     async def request(self, spec: ServiceSpec, op: int, payload: Payload = b"",
-                      timeout: float | None = 30.0) -> bytes:
+                      timeout: float | None = 30.0) -> Received:
         """Send a data-plane request, checking first that the service can answer.
 
         :raise ServiceUnavailable: When the service is disabled on the host, the VM

@@ -21,6 +21,7 @@ from vmis.protocol.frames import (
     FrameDecoder,
     Kind,
     Payload,
+    Received,
     encode_frame,
 )
 from vmis.protocol.services import (
@@ -69,6 +70,7 @@ __all__ = [
     "Negotiated",
     "NotificationReceived",
     "Payload",
+    "Received",
     "RequestReceived",
     "ResponseReceived",
     "Role",

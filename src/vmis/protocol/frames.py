@@ -2,12 +2,14 @@
 
 No I/O happens here. :class:`FrameDecoder` buffers whatever the caller feeds
 it and hands back complete frames; :func:`encode_frame` turns a frame into
-the buffers to write. Both directions are written for bulk data: a payload is
-copied once out of the receive buffer, and encoding returns the header and
-the payload as separate buffers so a caller can ``writelines`` them without
-concatenating. A large payload that arrives in many reads is not even
-gathered in the receive buffer: the decoder keeps the received ``bytes``
-objects as they are and joins them once, when the frame is whole.
+the buffers to write. Both directions are written for bulk data: encoding
+returns the header and the payload as separate buffers so a caller can write
+them without concatenating, and a large payload is received straight into
+its own buffer. A caller that can read into memory it is given (asyncio's
+``BufferedProtocol``) asks :meth:`FrameDecoder.get_buffer` where to put the
+next bytes, and the kernel then copies a large payload once, into the
+``bytearray`` the frame will carry; bytes that are fed instead are copied
+there once too, never gathered and joined.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "FrameDecoder",
     "Kind",
     "Payload",
+    "Received",
     "encode_frame",
     "payload_size",
 ]
@@ -44,9 +47,13 @@ _CRC_SPAN = HEADER_SIZE - 4
 #: docs/protocol.md §2.4
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 MIN_MAX_PAYLOAD = 64 * 1024
-#: a payload at least this long that is still arriving is collected piece by
-#: piece instead of in the receive buffer (one copy instead of three)
-_PIECES_FROM = 64 * 1024
+#: a payload at least this long that is still arriving is received into a
+#: buffer of its own instead of the shared receive buffer (one copy, no join)
+_LARGE_FROM = 64 * 1024
+#: what get_buffer offers between large payloads: a frame header and small
+#: frames land here, and at most this much of a large payload's start is
+#: copied once more into the payload's own buffer
+_SCRATCH = 64 * 1024
 _MAX_U32 = 0xFFFFFFFF
 
 
@@ -65,7 +72,10 @@ class Kind(IntEnum):
 
 #: an outgoing payload may be several buffers, written one after another
 #: without being joined (bulk data is never copied to be framed)
-Payload = bytes | memoryview | tuple[bytes | memoryview, ...]
+Payload = bytes | bytearray | memoryview | tuple[bytes | memoryview, ...]
+#: a received payload: ``bytes``, or for a large one the ``bytearray`` it was
+#: received into (nothing else holds it; it is not copied to become ``bytes``)
+Received = bytes | bytearray
 
 
 def payload_size(payload: Payload) -> int:
@@ -82,8 +92,8 @@ _KINDS = tuple(Kind)
 class Frame:
     """One frame of docs/protocol.md §2.1, header fields plus payload.
 
-    Received frames always carry ``bytes``; frames to send may carry a tuple
-    of buffers.
+    Received frames carry :data:`Received` (``bytes``, or a ``bytearray`` for a
+    large payload); frames to send may carry a tuple of buffers.
     """
 
     kind: Kind
@@ -93,9 +103,9 @@ class Frame:
     payload: Payload = b""
 
     @property
-    def body(self) -> bytes:
-        """The payload of a received frame, which the decoder always makes ``bytes``."""
-        if not isinstance(self.payload, bytes):
+    def body(self) -> Received:
+        """The payload of a received frame (``bytes`` or ``bytearray``)."""
+        if not isinstance(self.payload, bytes | bytearray):
             raise LocalProtocolError("body is only defined for received frames")
         return self.payload
 
@@ -135,7 +145,10 @@ def encode_frame(
             f"payload of {size} bytes exceeds the peer's limit of {max_payload}"
         )
     header = encode_header(frame.kind, frame.service, frame.op, frame.id, size)
-    parts = frame.payload if isinstance(frame.payload, tuple) else (frame.payload,)
+    payload = frame.payload
+    if isinstance(payload, bytearray):
+        payload = memoryview(payload)
+    parts = payload if isinstance(payload, tuple) else (payload,)
     return [header, *(p for p in parts if len(p))]
 
 
@@ -145,6 +158,11 @@ class FrameDecoder:
     Reading a short frame out of a long buffer costs O(frame), not O(buffer):
     consumed bytes are skipped by an offset and only compacted once they make
     up most of the buffer.
+
+    Instead of :meth:`feed`, a caller may receive straight into the decoder:
+    :meth:`get_buffer`, read into it, :meth:`buffer_updated`. While a large
+    payload arrives that buffer is the rest of the payload's own
+    ``bytearray``, so its bytes are copied once, by the kernel.
 
     :param max_payload: our own limit; a longer frame is rejected from its
         header, before any of its payload is buffered.
@@ -158,19 +176,20 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
-        #: a large frame in progress: its header fields, and its payload so far
-        #: as the buffers that were fed (see _next_large)
-        self._large: tuple[Kind, int, int, int, int] | None = None
-        self._pieces: list[bytes] = []
-        self._have = 0
+        #: a large frame in progress: its header fields, its payload buffer
+        #: (allocated whole from the header) and how much of it has arrived
+        self._large: tuple[Kind, int, int, int] | None = None
+        self._payload = bytearray()
+        self._fill = 0
+        self._scratch = bytearray(_SCRATCH)
+        self._scratch_view = memoryview(self._scratch)
 
     # Section: feeding
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes; an empty *data* marks the end of the stream.
 
-        While a large payload is arriving, *data* is kept by reference if it
-        is ``bytes`` (the caller must not change a buffer it fed).
+        The bytes are copied: *data* may be reused by the caller at once.
 
         :raise RuntimeError: When data is fed after the end of the stream.
         """
@@ -180,16 +199,41 @@ class FrameDecoder:
             self._eof = True
             return
         if self._large is not None:
-            piece = data if isinstance(data, bytes) else bytes(data)
-            self._pieces.append(piece)
-            self._have += len(piece)
+            view = memoryview(data).cast("B")
+            n = min(len(view), len(self._payload) - self._fill)
+            self._payload[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            if n < len(view):
+                self._buf += view[n:]
             return
         self._buf += data
+
+    def get_buffer(self) -> memoryview:
+        """Where the caller may write the next received bytes (then :meth:`buffer_updated`).
+
+        During a large payload this is the part of the payload still to
+        come, and never reaches past it; otherwise a scratch buffer whose
+        bytes :meth:`buffer_updated` copies into the receive buffer.
+        """
+        if self._large is not None and self._fill < len(self._payload):
+            return memoryview(self._payload)[self._fill :]
+        return self._scratch_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """*nbytes* were written at the start of the last :meth:`get_buffer`."""
+        if self._eof:
+            raise RuntimeError("data fed after end of stream")
+        if nbytes <= 0:
+            return
+        if self._large is not None and self._fill < len(self._payload):
+            self._fill += min(nbytes, len(self._payload) - self._fill)
+            return
+        self._buf += self._scratch_view[:nbytes]
 
     @property
     def buffered(self) -> int:
         """Number of bytes received but not yet consumed."""
-        return len(self._buf) - self._pos + self._have
+        return len(self._buf) - self._pos + self._fill
 
     @property
     def at_eof(self) -> bool:
@@ -201,8 +245,8 @@ class FrameDecoder:
         self._buf.clear()
         self._pos = 0
         self._large = None
-        self._pieces = []
-        self._have = 0
+        self._payload = bytearray()
+        self._fill = 0
 
     # Section: decoding
 
@@ -227,13 +271,15 @@ class FrameDecoder:
         if end > len(self._buf):
             if self._eof:
                 raise RemoteProtocolError("stream ended inside a frame payload")
-            if length >= _PIECES_FROM:
-                # Collect the rest as fed; what is here already is the first piece.
-                first = bytes(memoryview(self._buf)[start:])
+            if length >= _LARGE_FROM:
+                # The rest goes straight into the payload's own buffer; what
+                # is here already is copied there once.
+                have = len(self._buf) - start
+                self._payload = bytearray(length)
+                self._payload[:have] = memoryview(self._buf)[start:]
+                self._fill = have
+                self._large = (kind, service, op, id)
                 self._consume(len(self._buf))
-                self._large = (kind, service, op, id, length)
-                self._pieces = [first] if first else []
-                self._have = len(first)
             return None
         payload = bytes(memoryview(self._buf)[start:end])
         self._consume(end)
@@ -241,37 +287,28 @@ class FrameDecoder:
 
     def _next_large(self) -> Frame | None:
         assert self._large is not None
-        kind, service, op, id, length = self._large
-        if self._have < length:
+        if self._fill < len(self._payload):
             if self._eof:
                 raise RemoteProtocolError("stream ended inside a frame payload")
             return None
-        pieces: list[bytes | memoryview] = list(self._pieces)
-        over = self._have - length
-        rest = b""
-        if over:
-            last = self._pieces[-1]
-            cut = len(last) - over
-            rest = last[cut:]
-            pieces[-1] = memoryview(last)[:cut]
-        only = pieces[0] if len(pieces) == 1 else None
-        payload = only if isinstance(only, bytes) else b"".join(pieces)
+        kind, service, op, id = self._large
+        payload = self._payload
         self._large = None
-        self._pieces = []
-        self._have = 0
-        self._buf += rest
+        self._payload = bytearray()
+        self._fill = 0
         return Frame(kind, service, op, id, payload)
 
     def _unlarge(self) -> None:
         # Hunting re-scans raw bytes: put a partial large frame back as bytes.
         if self._large is not None:
-            kind, service, op, id, length = self._large
-            header = encode_header(kind, service, op, id, length)
-            self._buf = bytearray(header) + b"".join(self._pieces) + self._buf[self._pos:]
+            kind, service, op, id = self._large
+            header = encode_header(kind, service, op, id, len(self._payload))
+            self._buf = (bytearray(header) + memoryview(self._payload)[: self._fill]
+                         + self._buf[self._pos :])
             self._pos = 0
             self._large = None
-            self._pieces = []
-            self._have = 0
+            self._payload = bytearray()
+            self._fill = 0
 
     def hunt(self, accept: tuple[int, int, Kind]) -> Frame | None:
         """Skip bytes until a frame with the given ``(service, op, kind)`` is whole.

@@ -27,6 +27,7 @@ from vmis.protocol.frames import (
     FrameDecoder,
     Kind,
     Payload,
+    Received,
     encode_frame,
 )
 from vmis.protocol.services import CONTROL, ControlOp
@@ -124,7 +125,8 @@ class RequestReceived:
     service: int
     op: int
     id: int
-    payload: bytes
+    #: ``bytearray`` when large (docs/protocol.md §2.2), ``bytes`` otherwise
+    payload: Received
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +136,8 @@ class ResponseReceived:
     service: int
     op: int
     id: int
-    payload: bytes
+    #: ``bytearray`` when large (docs/protocol.md §2.2), ``bytes`` otherwise
+    payload: Received
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +187,7 @@ def encode_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def decode_json(payload: bytes) -> dict[str, Any]:
+def decode_json(payload: Received) -> dict[str, Any]:
     """Decode a json payload that must be an object.
 
     :raise RemoteProtocolError: When it is not valid UTF-8 JSON or not an object.
@@ -204,7 +207,7 @@ def encode_json_raw(obj: Any, raw: bytes | memoryview = b"") -> tuple[bytes, byt
     return (len(head).to_bytes(4, "little") + head, raw)
 
 
-def decode_json_raw(payload: bytes) -> tuple[dict[str, Any], memoryview]:
+def decode_json_raw(payload: Received) -> tuple[dict[str, Any], memoryview]:
     """Split a json+raw payload into its object and a view of the raw bytes.
 
     :raise RemoteProtocolError: When the length prefix or the JSON is malformed.
@@ -379,6 +382,18 @@ class Connection:
         """Feed bytes from the channel; ``b""`` means the stream ended."""
         self._decoder.feed(data)
 
+    def receive_buffer(self) -> memoryview:
+        """Where the caller may read the next bytes into (then :meth:`received_into`).
+
+        The alternative to :meth:`receive_data` that spares a copy: a large
+        payload is read straight into its own buffer (FrameDecoder.get_buffer).
+        """
+        return self._decoder.get_buffer()
+
+    def received_into(self, nbytes: int) -> None:
+        """*nbytes* were read into the start of the last :meth:`receive_buffer`."""
+        self._decoder.buffer_updated(nbytes)
+
     def next_event(self) -> Event | NeedData:
         """Return the next event, or :data:`NEED_DATA`.
 
@@ -442,7 +457,8 @@ class Connection:
         if frame.kind is Kind.NOTIFY:
             if self._state is not State.RUNNING:
                 return None
-            return NotificationReceived(frame.service, frame.op, frame.body)
+            # Notifications are small; a large one is made bytes for its handlers.
+            return NotificationReceived(frame.service, frame.op, bytes(frame.body))
         return self._handle_answer(frame)
 
     def _handle_sync(self, frame: Frame) -> Event | None:
@@ -453,12 +469,12 @@ class Connection:
             replaced = self._state is State.RUNNING
             self._go("sync_received")
             self._emit(Frame(Kind.RESPONSE, CONTROL, ControlOp.SYNC, frame.id, frame.body))
-            return Synced(frame.body, replaced=replaced)
+            return Synced(bytes(frame.body), replaced=replaced)
         # Host: only the awaited answer reaches here (see _read_frame); any
         # other SYNC traffic in a running session is a stale duplicate.
         if self._state is State.SYNCING and frame.kind is Kind.RESPONSE:
             self._go("sync_acked")
-            return Synced(frame.body)
+            return Synced(bytes(frame.body))
         return None
 
     def _handle_answer(self, frame: Frame) -> Event:

@@ -1,13 +1,16 @@
 """The asyncio adapter around the sans-IO :class:`~vmis.protocol.Connection`.
 
-A :class:`Channel` is an :class:`asyncio.Protocol`: every transport in this
-package (Unix socket, AF_VSOCK, hybrid vsock, virtio-serial) hands its bytes
-to one, so the host session and the guest agent are written once for all of
-them. The channel correlates requests with answers, runs the host's resync
-and HELLO (docs/protocol.md §3), and passes everything else to a
+A :class:`Channel` is an :class:`asyncio.BufferedProtocol`: every transport
+in this package (Unix socket, AF_VSOCK, hybrid vsock, virtio-serial) hands
+its bytes to one, so the host session and the guest agent are written once
+for all of them. Socket transports read straight into the buffer the frame
+decoder offers (a large payload's own buffer, docs/services/fcopy.md §3.3);
+transports that deliver ``bytes`` call ``data_received``, which feeds them.
+The channel correlates requests with answers, runs the host's resync and
+HELLO (docs/protocol.md §3), and passes everything else to a
 :class:`ChannelHandler`.
 
-"Bottom half" methods (``data_received`` and what it calls) run in the event
+"Bottom half" methods (``buffer_updated``, ``data_received`` and what they call) run in the event
 loop's callbacks; they never raise, because an exception there would be lost:
 a framing error is logged and ends the session instead (docs/protocol.md §2.4).
 """
@@ -32,6 +35,7 @@ from vmis.protocol import (
     ErrorReceived,
     NotificationReceived,
     Payload,
+    Received,
     RequestReceived,
     ResponseReceived,
     Role,
@@ -70,7 +74,7 @@ class ChannelHandler(Protocol):
         """The session ended: framing error (both), end of stream (both)."""
 
 
-class Channel(asyncio.Protocol):
+class Channel(asyncio.BufferedProtocol):
     """One end of a vmis session over an asyncio transport.
 
     :param role: host or guest.
@@ -93,7 +97,7 @@ class Channel(asyncio.Protocol):
         self._max_payload = max_payload
         self.conn = self._new_connection()
         self.transport: asyncio.BaseTransport | None = None
-        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._pending: dict[int, asyncio.Future[Received]] = {}
         self._synced: asyncio.Future[Synced] | None = None
         self._closed = asyncio.get_running_loop().create_future()
         self._writable = asyncio.Event()
@@ -107,7 +111,7 @@ class Channel(asyncio.Protocol):
             return Connection(self.role)
         return Connection(self.role, max_payload=self._max_payload)
 
-    # Section: asyncio.Protocol (bottom half)
+    # Section: asyncio.BufferedProtocol (bottom half)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -123,6 +127,13 @@ class Channel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
+        self._pump()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.receive_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.received_into(nbytes)
         self._pump()
 
     def eof_received(self) -> bool | None:
@@ -272,7 +283,7 @@ class Channel(asyncio.Protocol):
 
     async def request(
         self, service: int, op: int, payload: Payload = b"", timeout: float | None = 30.0
-    ) -> bytes:
+    ) -> Received:
         """Send a request and return the answer's payload.
 
         :param timeout: seconds to wait for the answer; None waits forever.
@@ -286,8 +297,8 @@ class Channel(asyncio.Protocol):
         rid = self.conn.send_request(service, op, payload)
         return await self._wait(rid, timeout)
 
-    async def _wait(self, rid: int, timeout: float | None) -> bytes:
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    async def _wait(self, rid: int, timeout: float | None) -> Received:
+        fut: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         self._flush()
         try:

@@ -29,8 +29,8 @@ class FdStreamTransport(asyncio.Transport):
     """Read and write one non-blocking descriptor; closes it when done."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol,
-        *, close_fd: bool = True,
+        self, loop: asyncio.AbstractEventLoop, fd: int,
+        protocol: asyncio.Protocol | asyncio.BufferedProtocol, *, close_fd: bool = True,
     ) -> None:
         super().__init__()
         self._loop = loop
@@ -51,17 +51,27 @@ class FdStreamTransport(asyncio.Transport):
     # Section: reading
 
     def _read_ready(self) -> None:
+        protocol = self._protocol
+        data = b""
+        n = 0
         try:
-            data = os.read(self._fd, _READ_SIZE)
+            if isinstance(protocol, asyncio.BufferedProtocol):
+                # Read where the protocol wants the bytes (a large payload's
+                # own buffer): no bytes object, no copy out of it.
+                n = os.readv(self._fd, [protocol.get_buffer(_READ_SIZE)])
+            else:
+                data = os.read(self._fd, _READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             if exc.errno != errno.EIO:
                 self._fatal(exc)
                 return
-            data = b""
-        if data:
-            self._protocol.data_received(data)
+        if n and isinstance(protocol, asyncio.BufferedProtocol):
+            protocol.buffer_updated(n)
+            return
+        if data and isinstance(protocol, asyncio.Protocol):
+            protocol.data_received(data)
             return
         self._loop.remove_reader(self._fd)
         self._protocol.eof_received()
@@ -186,7 +196,7 @@ class FdStreamTransport(asyncio.Transport):
 
 
 def open_fd_stream(
-    loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol,
+    loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol | asyncio.BufferedProtocol,
     *, close_fd: bool = True,
 ) -> FdStreamTransport:
     """Wrap an open descriptor; unless *close_fd* is false the transport closes it."""

@@ -227,6 +227,7 @@ def test_pipelined_writes_hash_checkpoint_and_commit(tmp_path):
     for f in futures:
         f.result(timeout=30)
     assert r.written == len(data)
+    r._drain()  # records are written by the flusher thread, behind the data
     record = json.loads((tmp_path / part_names("dest.bin", "ab" * 16)[1]).read_text())
     assert record["sha256"] == hashlib.sha256(data[: record["verified"]]).hexdigest()
     assert record["verified"] >= 2 * CHECKPOINT_BYTES
@@ -256,6 +257,45 @@ def test_a_failed_write_is_never_checkpointed_past_the_failure(tmp_path):
     offset, prefix = r2.open(resume=True)
     assert (offset, prefix) == (CHECKPOINT_BYTES, hashlib.sha256(first).hexdigest())
     r2.close(keep=False)
+
+
+def test_threaded_writes_land_in_order_whatever_the_chunk_sizes(tmp_path):
+    data = os.urandom(3 * CHECKPOINT_BYTES + 12345)
+    r = receiver(tmp_path, len(data))
+    r.open(resume=False)
+    futures, off, sizes = [], 0, [1, 4 * MIB, 7, MIB + 3, 65536, 3 * MIB]
+    i = 0
+    while off < len(data):
+        chunk = memoryview(data)[off : off + sizes[i % len(sizes)]]
+        r.claim(off, len(chunk))
+        futures.append(r.submit(off, chunk))
+        off += len(chunk)
+        i += 1
+    for f in futures:
+        f.result(timeout=30)
+    assert r.commit(hashlib.sha256(data).hexdigest()) == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "dest.bin").read_bytes() == data
+
+
+def test_an_error_in_the_writer_thread_fails_the_copy_and_abort_removes_the_temp_file(
+        tmp_path):
+    data = os.urandom(CHECKPOINT_BYTES + 4 * MIB)
+    r = receiver(tmp_path, len(data))
+    r.open(resume=False)
+    part, record = part_names("dest.bin", "ab" * 16)
+    real_fd = r.fd
+    r.fd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT)  # the disk fails: EBADF
+    r.claim(0, len(data))
+    with pytest.raises(ServiceError, match="writing /x/dest.bin") as info:
+        r.submit(0, data).result(timeout=30)
+    assert info.value.code == "failed"
+    os.close(r.fd)
+    r.fd = real_fd
+    with pytest.raises(ServiceError, match="a write failed"):
+        r.commit(hashlib.sha256(data).hexdigest())
+    r.close(keep=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"]
+    assert not (tmp_path / part).exists() and not (tmp_path / record).exists()
 
 
 def test_pipelined_reads_return_data_in_order_and_hash_it_all(tmp_path):

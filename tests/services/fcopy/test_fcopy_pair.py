@@ -434,3 +434,51 @@ async def test_malformed_requests_are_refused_without_leaking(pair):
     assert code == "bad-request"
     await eventually(lambda: guest_fds() == [])
     assert os.listdir(pair.root / "tmp") == []
+
+
+async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, short_tmp,
+                                                                        monkeypatch):
+    # The guest's writer thread fails (the disk is full): the copy stops with
+    # that reason, nothing reaches the destination, and the partial file is
+    # good only up to its last checkpoint, so a rerun completes the copy.
+    from vmis.services.base import ServiceError
+    from vmis.services.fcopy.files import Receiver
+
+    data = os.urandom(40 * MIB + 5)
+    src = host_file(short_tmp, "full.bin", data)
+    real = Receiver._pwrite
+
+    def failing(self, offset, chunk):
+        if offset >= 16 * MIB:
+            raise ServiceError("too-large", f"writing {self.display}: No space left on device")
+        real(self, offset, chunk)
+
+    monkeypatch.setattr(Receiver, "_pwrite", failing)
+    code, message = await remote_error(copy(pair, src, "/tmp/full.bin"))
+    assert code == "too-large" and "No space left on device" in message
+    assert not (pair.root / "tmp/full.bin").exists()
+    await eventually(lambda: not fcopy(pair)._open)
+    monkeypatch.setattr(Receiver, "_pwrite", real)
+    result = await copy(pair, src, "/tmp/full.bin")
+    assert (pair.root / "tmp/full.bin").read_bytes() == data
+    assert 0 < result["BytesResumed"] <= 16 * MIB
+    assert [p.name for p in (pair.root / "tmp").iterdir()] == ["full.bin"]
+
+
+async def test_a_failing_disk_on_the_host_ends_the_copy_out_of_the_guest(pair, short_tmp,
+                                                                        monkeypatch):
+    from vmis.errors import VmisError
+    from vmis.services.base import ServiceError
+    from vmis.services.fcopy.files import Receiver
+
+    data = os.urandom(20 * MIB)
+    (pair.root / "tmp/out.bin").write_bytes(data)
+
+    def failing(self, offset, chunk):
+        raise ServiceError("failed", f"writing {self.display}: Input/output error")
+
+    monkeypatch.setattr(Receiver, "_pwrite", failing)
+    with pytest.raises(VmisError, match="Input/output error"):
+        await copy(pair, "/tmp/out.bin", short_tmp / "out.bin", "Guest")
+    assert [p.name for p in short_tmp.iterdir() if p.name.startswith(".out.bin")
+            or p.name == "out.bin"] == []

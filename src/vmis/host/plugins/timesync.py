@@ -176,7 +176,8 @@ class TimeSync:
         mon.sync_pending = False
 
         async def request(op: int, payload: bytes) -> bytes:
-            return await session.request(SPEC, op, payload, timeout=REQUEST_TIMEOUT)
+            # Answers are a few bytes: bytes() of bytes is the same object.
+            return bytes(await session.request(SPEC, op, payload, timeout=REQUEST_TIMEOUT))
 
         try:
             sample, answer = await sync_once(request, flag, self.clock)

@@ -359,13 +359,13 @@ class Receiver:
             raise ServiceError("bad-request", f"write past the announced size {self.size}")
         self.expected = offset + length
 
-    def write(self, offset: int, data: memoryview | bytes) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write and hash claimed data now, in the calling thread (small files)."""
         self._pwrite(offset, data)
         self._hash.update(data)
         self._advance(offset + len(data))
 
-    def submit(self, offset: int, data: memoryview | bytes) -> Future[None]:
+    def submit(self, offset: int, data: bytes | bytearray | memoryview) -> Future[None]:
         """Queue claimed data: one thread writes it while another hashes it.
 
         Writing and hashing each keep the offset order; the future is done
@@ -379,7 +379,7 @@ class Receiver:
         written = self._io.submit(self._pwrite, offset, data)
         return self._hasher.submit(self._digest, offset, data, written)
 
-    def _pwrite(self, offset: int, data: memoryview | bytes) -> None:
+    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if self._gate is not None:
             self._gate()
         view = memoryview(data)
@@ -392,7 +392,8 @@ class Receiver:
         except OSError as exc:
             raise _os_error(exc, f"writing {self.display}") from exc
 
-    def _digest(self, offset: int, data: memoryview | bytes, written: Future[None]) -> None:
+    def _digest(self, offset: int, data: bytes | bytearray | memoryview,
+                written: Future[None]) -> None:
         self._hash.update(data)
         try:
             written.result()
@@ -405,7 +406,15 @@ class Receiver:
         with self._lock:
             self.written = end
             if self.written - self._checkpointed >= CHECKPOINT_BYTES and not self._broken:
-                self._checkpoint()
+                # The hash thread sets the pace of a copy: it only snapshots
+                # the state here, the record's file I/O goes to the flusher
+                # (in order, and drained before close or commit).
+                self._checkpointed = self.written
+                state = self._hash.copy()
+                if self._flusher is not None:
+                    self._flusher.submit(self._write_record, self.written, state)
+                else:
+                    self._write_record(self.written, state)
             if (self._flusher is not None and self.written - self._flushed >= _FLUSH_BYTES
                     and (self._flushing is None or self._flushing.done())):
                 # Start the disk writing now, alongside the copy, instead of
@@ -421,9 +430,11 @@ class Receiver:
 
     def _drain(self) -> None:
         # Hash tasks wait for their writes: once the hasher is idle, so is the
-        # writer; a flush may still be on its way.
+        # writer; then the flusher's flushes and records queued meanwhile.
         if self._hasher is not None:
             self._hasher.submit(_nothing).result()
+        if self._flusher is not None:
+            self._flusher.submit(_nothing).result()
         if self._flushing is not None:
             self._flushing.result()
 
@@ -434,12 +445,17 @@ class Receiver:
         self._io = self._hasher = self._flusher = None
 
     def _checkpoint(self) -> None:
+        """Record the bytes written so far, now (a clean stop)."""
+        if self._write_record(self.written, self._hash.copy()):
+            self._checkpointed = self.written
+
+    def _write_record(self, verified: int, state: Any) -> bool:
         # Not fsynced: after a crash the record may be ahead of the data on
         # disk, and then the prefix hash on resume fails and the copy starts
         # over. The record is only ever trusted after that hash matches.
         record = json.dumps({"v": _RECORD_VERSION, "token": self.token, "name": self.name,
-                             "size": self.size, "verified": self.written,
-                             "sha256": self._hash.copy().hexdigest()}).encode()
+                             "size": self.size, "verified": verified,
+                             "sha256": state.hexdigest()}).encode()
         tmp = self.record + ".tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
@@ -450,8 +466,8 @@ class Receiver:
                 os.close(fd)
             os.rename(tmp, self.record, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         except OSError:
-            return  # resuming is a convenience; the copy itself goes on
-        self._checkpointed = self.written
+            return False  # resuming is a convenience; the copy itself goes on
+        return True
 
     # Section: finishing
 

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmis.errors import NotFoundError, StateError, VmisError
-from vmis.protocol import Payload, decode_json, decode_json_raw, encode_json, encode_json_raw
+from vmis.protocol import (
+    Payload,
+    Received,
+    decode_json,
+    decode_json_raw,
+    encode_json,
+    encode_json_raw,
+)
 from vmis.services.base import ServiceError
 from vmis.services.fcopy import CHUNK_SIZE, DATA_TIMEOUT, HEAD_ROOM, WINDOW, FcopyOp, resume_token
 from vmis.services.fcopy.files import BULK_MEMORY, Reader, Receiver, entry_type, file_mode
@@ -46,7 +53,8 @@ _SHORT_TIMEOUT = 30.0
 class Requester(Protocol):
     """Sends one fcopy request and returns the answer's payload."""
 
-    def __call__(self, op: int, payload: Payload, timeout: float | None) -> Awaitable[bytes]: ...
+    def __call__(self, op: int, payload: Payload,
+                 timeout: float | None) -> Awaitable[Received]: ...
 
 
 @dataclass
@@ -201,7 +209,7 @@ class CopyEngine:
 
     # Section: plumbing
 
-    async def _call(self, op: FcopyOp, payload: Payload, timeout: float | None) -> bytes:
+    async def _call(self, op: FcopyOp, payload: Payload, timeout: float | None) -> Received:
         return await self._request(op, payload, timeout)
 
     async def _json(self, op: FcopyOp, body: dict[str, Any],
@@ -284,7 +292,7 @@ class CopyEngine:
                 _log.info("%s: resuming at byte %d", reader.display, offset)
                 self._stats.resumed += offset
                 self._advance(offset)
-        pending: deque[asyncio.Task[bytes]] = deque()
+        pending: deque[asyncio.Task[Received]] = deque()
         nxt: asyncio.Future[bytes] | None = None
         try:
             pos = offset
@@ -436,7 +444,7 @@ class CopyEngine:
         return item
 
     async def _stream_from_guest(self, receiver: Receiver, handle: int) -> dict[str, Any]:
-        reads: deque[tuple[int, asyncio.Task[bytes]]] = deque()
+        reads: deque[tuple[int, asyncio.Task[Received]]] = deque()
         writes: deque[asyncio.Future[Any]] = deque()
         keep = True
         try:
@@ -484,7 +492,10 @@ class CopyEngine:
             keep = keep and not isinstance(exc, ServiceError)
             raise
         finally:
-            self._worker.submit(receiver.close, keep)
+            # Awaited: once the copy has failed, its partial file is gone (or
+            # checkpointed for a resume) before anyone hears of the failure.
+            # Shielded: a cancellation does not stop the close.
+            await asyncio.shield(asyncio.wrap_future(self._worker.submit(receiver.close, keep)))
         item = {"Path": receiver.display, "Bytes": receiver.size, "Sha256": digest,
                 "Resumed": receiver.resumed}
         self._file_done(item)
