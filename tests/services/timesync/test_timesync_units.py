@@ -294,3 +294,31 @@ def test_the_wait_between_bursts_grows_while_in_step_and_resets_otherwise():
     mon.record(sample, Flag.SAMPLE, {"state": "Synchronized"}, 0)  # type: ignore[arg-type]
     mon.request_sync()
     assert mon.next_wait_ms == 10_000 and mon.sync_pending
+
+
+def test_a_slewing_guest_is_looked_at_again_when_its_slew_should_be_done():
+    from vmis.services.timesync import SLEW_RATE, Flag
+    from vmis.services.timesync.host import TimeSyncMonitor
+
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    sample = None
+    # 20 ms at adjtime's 0.5 ms/s: 40 s
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
+                                     "offset_ns": -20_000_000}, 0)
+    assert mon.next_wait_ms == int(0.02 / SLEW_RATE * 1000) == 40_000 and mon.backoff == 1
+    # a slew longer than the longest wait is looked at after the longest wait
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
+                                     "offset_ns": 100_000_000}, 0)
+    assert mon.next_wait_ms == 80_000
+    # a short slew does not wait less than the interval
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
+                                     "offset_ns": 2_000_000}, 0)
+    assert mon.next_wait_ms == 10_000
+    # done and in step: the usual doubling; a clock event: at once, the interval after
+    mon.record(sample, Flag.SAMPLE, {"state": "Synchronized", "action": "none",  # type: ignore[arg-type]
+                                     "offset_ns": 300_000}, 0)
+    assert mon.next_wait_ms == 20_000
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
+                                     "offset_ns": 30_000_000}, 0)
+    mon.request_sync()
+    assert mon.next_wait_ms == 10_000 and mon.wake.is_set()

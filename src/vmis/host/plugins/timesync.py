@@ -10,6 +10,7 @@ next burst a SYNC and runs it at once. The loop ends with the session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -105,8 +106,8 @@ class TimeSync:
             mon = monitor(s)
             mon.interval_ms = interval_ms
             mon.backoff = 1
+            mon.slew_ms = 0
             mon.wake.set()  # the new cadence starts now, not after the old wait
-            mon.wake.set()
         return self.rows(patterns)
 
     # Section: status
@@ -151,16 +152,18 @@ class TimeSync:
 
     async def _loop(self, session: VmSession, channel: Any, mon: TimeSyncMonitor) -> None:
         closed = asyncio.ensure_future(channel.wait_closed())
+        # The end of the session wakes the wait below like a CLOCK_EVENT does,
+        # so each wait is one timeout on one event (no extra task per burst).
+        closed.add_done_callback(lambda _: mon.wake.set())
         try:
             while not closed.done() and session.channel is channel:
                 # Cleared before the burst: a wake-up during it (a CLOCK_EVENT)
                 # must run the next burst at once, not be lost.
                 mon.wake.clear()
                 await self.sync(session, mon)
-                waker = asyncio.ensure_future(mon.wake.wait())
-                await asyncio.wait({closed, waker}, timeout=mon.next_wait_ms / 1000,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(mon.next_wait_ms / 1000):
+                        await mon.wake.wait()
         finally:
             closed.cancel()
 

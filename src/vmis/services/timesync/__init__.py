@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_INTERVAL_MS",
     "DEFAULT_STEP_THRESHOLD",
     "SAMPLE_BURST",
+    "SLEW_RATE",
     "SOCK_MAGIC",
     "SOCK_SAMPLE",
     "SYNCHRONIZED_NS",
@@ -55,6 +56,8 @@ DEFAULT_INTERVAL_MS = 10000
 BURST = 8
 #: samples per periodic SAMPLE burst, which only tracks a clock already in step
 SAMPLE_BURST = 2
+#: how fast a slew moves a clock: adjtime(3)'s rate on Linux, 500 µs per second
+SLEW_RATE = 0.0005
 #: guest setting: offsets at least this large (seconds) are stepped, smaller ones slewed.
 #: 128 ms is ntpd's step threshold (RFC 5905 STEPT).
 DEFAULT_STEP_THRESHOLD = 0.128

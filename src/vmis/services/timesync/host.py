@@ -20,6 +20,7 @@ from vmis.services.timesync import (
     BURST,
     DEFAULT_INTERVAL_MS,
     SAMPLE_BURST,
+    SLEW_RATE,
     Flag,
     Sample,
     TimeSyncOp,
@@ -100,6 +101,8 @@ class TimeSyncMonitor:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: multiplier of :attr:`interval_ms` while the guest stays in step
     backoff: int = 1
+    #: milliseconds the guest's last slew takes to complete (0: none in progress)
+    slew_ms: int = 0
 
     @property
     def next_wait_ms(self) -> int:
@@ -110,8 +113,14 @@ class TimeSyncMonitor:
         :data:`MAX_BACKOFF` times the interval; any other outcome (a slew, a
         step, a clock event) goes back to the interval at once. A host with
         many VMs spends its time on the clocks that need it.
+
+        While the guest slews, the next burst waits until the slew should be
+        done (at most the longest wait): a look halfway through would only
+        find the correction still under way, as ntpd keeps its poll interval
+        rather than shortening it while it slews.
         """
-        return self.interval_ms * self.backoff
+        return max(self.interval_ms * self.backoff,
+                   min(self.slew_ms, self.interval_ms * MAX_BACKOFF))
 
 
     def record(self, sample: Sample, flag: Flag, answer: dict[str, Any], now_ns: int) -> None:
@@ -124,11 +133,15 @@ class TimeSyncMonitor:
         # round trip can tell apart (decide() leaves such offsets alone).
         in_step = answer.get("state") in ("Synchronized", "Chrony")
         self.backoff = min(self.backoff * 2, MAX_BACKOFF) if in_step else 1
+        offset = answer.get("offset_ns")
+        self.slew_ms = (int(abs(offset) / SLEW_RATE / 1e6)
+                        if answer.get("action") == "slew" and isinstance(offset, int) else 0)
 
     def request_sync(self) -> None:
         """Make the next burst a SYNC and run it now."""
         self.sync_pending = True
         self.backoff = 1
+        self.slew_ms = 0
         self.wake.set()
 
     def row(self, vm_name: str, state_override: str | None = None) -> dict[str, Any]:
