@@ -2,7 +2,8 @@
 
 Each time a VM's session starts running (boot, resume, agent restart) its
 loop starts with a SYNC burst, then sends a SAMPLE burst every
-``IntervalMs`` (per VM, table ``timesync_settings``, default 5 s). A
+``IntervalMs`` (per VM, table ``timesync_settings``, default 10 s), longer
+while the guest stays in step or slews (TimeSyncMonitor.next_wait_ms). A
 CLOCK_EVENT from the guest (resume or jump detected inside it) makes the
 next burst a SYNC and runs it at once. The loop ends with the session.
 """
