@@ -183,8 +183,10 @@ def vmis_run(base: Path, n: int, seconds: float, service: str, settle: float,
         time.sleep(settle)  # the steady state: connection set-up done, time sync backed off
         spy = None
         if profile:
+            # --gil: only samples that hold the GIL, i.e. work (an idle loop
+            # waiting in epoll, or an idle worker thread, would else count)
             spy = subprocess.Popen(["py-spy", "record", "-r", "200", "-d", str(int(seconds)),
-                                    "-f", "raw",
+                                    "-f", "raw", "--gil", "--native",
                                     "-o", profile, "-p", str(host.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu = measure_cpu(host.pid, seconds)

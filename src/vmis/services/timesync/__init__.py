@@ -48,8 +48,9 @@ __all__ = [
 ]
 
 #: host setting: milliseconds between two sample bursts (Hyper-V's cadence is
-#: undocumented; VirtualBox uses 10 s). Every sample costs the host a round trip,
-#: so a host with a thousand VMs spends well under 1 % of a core on time sync.
+#: undocumented; VirtualBox uses 10 s). Every sample costs the host a round trip
+#: and a write: at 1024 VMs time sync is about a third of the host manager's CPU
+#: (bench/heartbeat_scale.py), hence the longer waits while a guest stays in step.
 DEFAULT_INTERVAL_MS = 10000
 #: samples per SYNC burst (session start, resume, clock jump), when accuracy
 #: matters most; the one with the shortest round trip is used

@@ -27,7 +27,7 @@ from vmis.services.timesync import (
     best_of,
 )
 
-__all__ = ["MAX_BACKOFF", "Requester", "TimeSyncMonitor", "measure", "sync_once"]
+__all__ = ["MAX_BACKOFF", "PGATE", "Requester", "TimeSyncMonitor", "measure", "sync_once"]
 
 #: sends one Time Synchronization request (op, payload) and returns the answer payload
 Requester = Callable[[int, bytes], Awaitable[bytes]]
@@ -70,6 +70,9 @@ async def sync_once(request: Requester, flag: Flag, clock: Callable[[], int] = t
 
 #: the wait between bursts grows to at most this many intervals (80 s by default)
 MAX_BACKOFF = 8
+#: RFC 5905 §11.3 PGATE: an offset within this many times the sample's own
+#: uncertainty (half its round trip) is jitter, not a clock out of step
+PGATE = 4
 
 
 def _iso(ns: int | None) -> str | None:
@@ -130,8 +133,15 @@ class TimeSyncMonitor:
         self.syncs += 1
         self.error = ""
         # In step: the guest found its offset within 1 ms or within what this
-        # round trip can tell apart (decide() leaves such offsets alone).
-        in_step = answer.get("state") in ("Synchronized", "Chrony")
+        # round trip can tell apart (decide() leaves such offsets alone); or it
+        # slewed an offset within PGATE times that uncertainty, which is how
+        # NTP tells jitter from drift when it adjusts its poll (RFC 5905 §11.3):
+        # on a loaded host or guest, round trips of milliseconds otherwise keep
+        # every such guest at the shortest wait.
+        state = answer.get("state")
+        in_step = state in ("Synchronized", "Chrony") or (
+            answer.get("action") == "slew" and sample is not None and sample.rtt_ns > 0
+            and abs(sample.offset_ns) * 2 <= PGATE * sample.rtt_ns)
         self.backoff = min(self.backoff * 2, MAX_BACKOFF) if in_step else 1
         offset = answer.get("offset_ns")
         self.slew_ms = (int(abs(offset) / SLEW_RATE / 1e6)
