@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmis.errors import ConfigError, VmisError
+from vmis.services.timesync import SLEW_RATE
 from vmis.services.vss.freeze import FakeFreezer, IoctlFreezer
 
 __all__ = [
@@ -51,8 +52,6 @@ __all__ = [
 
 _log = logging.getLogger("vmis.guest.adapters")
 
-#: the slew rate adjtime(3) uses on Linux: 500 microseconds per second
-SLEW_RATE = 0.0005
 
 
 class Clock(Protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -27,8 +28,10 @@ __all__ = ["HostManager"]
 
 _log = logging.getLogger("vmis.host")
 
-#: seconds between sweeps that log heartbeat transitions
+#: longest time between two sweeps (see HostManager._sweep), seconds
 SWEEP_INTERVAL = 1.0
+#: shortest time between two sweeps, whatever heartbeat interval a VM has
+MIN_SWEEP_INTERVAL = 0.1
 
 
 class HostManager:
@@ -76,17 +79,29 @@ class HostManager:
         return session
 
     async def _sweep(self) -> None:
-        # Status is computed on demand; this only makes transitions visible
-        # in the log as they happen, one pass over all VMs per interval.
+        # Status is computed on demand from each VM's last beat; this one pass
+        # over all VMs per heartbeat interval (at most SWEEP_INTERVAL) is the
+        # only periodic work: it PINGs guests whose beats stopped (see
+        # VmSession.sweep) and logs transitions as they happen. A thousand VMs
+        # cost one timer a second, not a thousand.
+        delay = SWEEP_INTERVAL
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            for session in self.sessions.values():
-                state = session.heartbeat.state() if session.contacted else ""
-                before = self._seen.get(session.vm.id)
-                if state != before:
-                    self._seen[session.vm.id] = state
-                    if before is not None and state == HeartbeatState.LOST:
-                        session.log.warning("heartbeat: Lost Communication")
+            await asyncio.sleep(delay)
+            delay = self.sweep_once()
+
+    def sweep_once(self) -> float:
+        """Visit every session once; return the seconds until the next visit."""
+        now = time.monotonic()
+        delay = SWEEP_INTERVAL
+        for session in list(self.sessions.values()):
+            state = session.sweep(now)
+            delay = min(delay, session.heartbeat.settings.interval_ms / 1000)
+            before = self._seen.get(session.vm.id)
+            if state != before:
+                self._seen[session.vm.id] = state
+                if before is not None and state == HeartbeatState.LOST:
+                    session.log.warning("heartbeat: Lost Communication")
+        return max(delay, MIN_SWEEP_INTERVAL)
 
     # Section: VMs
 
@@ -110,6 +125,7 @@ class HostManager:
         """Unregister a VM and end its session."""
         vm = self.store.remove_vm(name)
         session = self.sessions.pop(vm.id, None)
+        self._seen.pop(vm.id, None)
         if session is not None:
             await session.stop()
         _log.info("VM %s removed", vm.name)

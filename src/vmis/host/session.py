@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -131,8 +132,12 @@ class VmSession:
         self._rule_tasks: set[asyncio.Task[Any]] = set()
         #: per-VM attributes data-plane services keep (e.g. time sync figures)
         self.extra: dict[str, Any] = {}
-        #: why this host ended the running session itself (see _watch), if it did
+        #: why this host ended the running session itself (see sweep), if it did
         self._dropped = ""
+        #: monotonic time from which :meth:`sweep` may PING; None while no session runs
+        self._watch_from: float | None = None
+        #: the liveness PING in flight, if any
+        self._ping: asyncio.Task[None] | None = None
 
     @staticmethod
     def _heartbeat_settings(vm: VmRecord) -> HeartbeatSettings:
@@ -222,18 +227,21 @@ class VmSession:
                 except (VmisError, OSError) as exc:
                     self.log.warning("after-connect step %s failed: %s",
                                      getattr(hook, "__qualname__", hook), exc)
-            watchdog = asyncio.create_task(self._watch(channel), name=f"watch:{self.vm.name}")
-            try:
-                await channel.wait_closed()
-            finally:
-                watchdog.cancel()
+            # From here the manager's sweep watches this session (see sweep): one
+            # pass over all VMs per interval instead of a timer per VM.
+            self._watch_from = time.monotonic() + self.heartbeat.settings.interval_ms / 1000
+            await channel.wait_closed()
             raise ChannelError(self._dropped or channel_lost_reason(channel))
         finally:
+            self._watch_from = None
+            if self._ping is not None:
+                self._ping.cancel()
+                self._ping = None
             self._dropped = ""
             channel.close()
 
-    async def _watch(self, channel: Channel) -> None:
-        """End the session when the guest agent is gone but the channel stays open.
+    def sweep(self, now: float) -> str:
+        """One visit of the manager's sweep: the heartbeat state, and a PING if it is not OK.
 
         A virtio-serial port has no connection semantics (docs/protocol.md §1):
         when the agent in the guest stops or restarts, the host's socket to
@@ -243,21 +251,34 @@ class VmSession:
         asked a PING; no answer within :data:`PING_TIMEOUT` closes the channel,
         and the supervisor dials again and resynchronises with whatever agent
         holds the port by then.
+
+        :param now: ``time.monotonic()`` of this pass.
+        :return: the heartbeat state, "" before the first contact.
         """
-        while True:
-            await asyncio.sleep(self.heartbeat.settings.interval_ms / 1000)
-            if self.heartbeat.state() == HeartbeatState.OK:
-                continue
-            try:
-                await channel.request(CONTROL, ControlOp.PING, b"", timeout=PING_TIMEOUT)
-            except RequestTimeout:
-                self._dropped = (f"the guest agent stopped answering (no heartbeat, no answer "
-                                 f"to PING within {PING_TIMEOUT:g} s)")
-                self.log.warning("%s; resynchronising", self._dropped)
-                channel.close()
-                return
-            except (ChannelError, ProtocolError, RemoteServiceError):
-                return  # the session is ending anyway
+        if not self.contacted:
+            return ""
+        state = self.heartbeat.state()
+        if (state != HeartbeatState.OK and self._ping is None and self._watch_from is not None
+                and now >= self._watch_from and self.channel is not None):
+            self._ping = asyncio.create_task(self._ping_agent(self.channel),
+                                             name=f"ping:{self.vm.name}")
+            self._ping.add_done_callback(self._ping_done)
+        return state
+
+    def _ping_done(self, task: asyncio.Task[None]) -> None:
+        if self._ping is task:
+            self._ping = None
+
+    async def _ping_agent(self, channel: Channel) -> None:
+        try:
+            await channel.request(CONTROL, ControlOp.PING, b"", timeout=PING_TIMEOUT)
+        except RequestTimeout:
+            self._dropped = (f"the guest agent stopped answering (no heartbeat, no answer "
+                             f"to PING within {PING_TIMEOUT:g} s)")
+            self.log.warning("%s; resynchronising", self._dropped)
+            channel.close()
+        except (ChannelError, ProtocolError, RemoteServiceError):
+            pass  # the session is ending anyway
 
     def _session_ended(self) -> None:
         if self.connected:
@@ -379,10 +400,7 @@ class VmSession:
         try:
             if note.op == HeartbeatOp.BEAT:
                 seq, health = decode_beat(note.payload)
-                lost = self.heartbeat.last_beat is None or self.heartbeat.state() != \
-                    HeartbeatState.OK
-                self.heartbeat.beat(seq, health)
-                if lost:
+                if self.heartbeat.beat(seq, health):
                     self.log.info("heartbeat: Ok")
             elif note.op == HeartbeatOp.HEALTH:
                 body = decode_json(note.payload)

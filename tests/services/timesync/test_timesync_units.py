@@ -294,3 +294,55 @@ def test_the_wait_between_bursts_grows_while_in_step_and_resets_otherwise():
     mon.record(sample, Flag.SAMPLE, {"state": "Synchronized"}, 0)  # type: ignore[arg-type]
     mon.request_sync()
     assert mon.next_wait_ms == 10_000 and mon.sync_pending
+
+
+def test_a_slewing_guest_is_looked_at_again_when_its_slew_should_be_done():
+    from vmis.services.timesync import SLEW_RATE, Flag
+    from vmis.services.timesync.host import TimeSyncMonitor
+
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    sample = None
+    # 20 ms at adjtime's 0.5 ms/s: 40 s
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
+                                     "offset_ns": -20_000_000}, 0)
+    assert mon.next_wait_ms == int(0.02 / SLEW_RATE * 1000) == 40_000 and mon.backoff == 1
+    # a slew longer than the longest wait is looked at after the longest wait
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
+                                     "offset_ns": 100_000_000}, 0)
+    assert mon.next_wait_ms == 80_000
+    # a short slew does not wait less than the interval
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
+                                     "offset_ns": 2_000_000}, 0)
+    assert mon.next_wait_ms == 10_000
+    # done and in step: the usual doubling; a clock event: at once, the interval after
+    mon.record(sample, Flag.SAMPLE, {"state": "Synchronized", "action": "none",  # type: ignore[arg-type]
+                                     "offset_ns": 300_000}, 0)
+    assert mon.next_wait_ms == 20_000
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
+                                     "offset_ns": 30_000_000}, 0)
+    mon.request_sync()
+    assert mon.next_wait_ms == 10_000 and mon.wake.is_set()
+
+
+def test_a_slew_within_the_poll_gate_counts_as_in_step():
+    from vmis.services.timesync import Flag, Sample
+    from vmis.services.timesync.host import PGATE, TimeSyncMonitor
+
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    ms = 1_000_000
+    # a 3 ms offset measured through a 4 ms round trip (±2 ms): within 4 x 2 ms, jitter
+    noisy = Sample(t1=0, t2=5 * ms, t3=5 * ms, t4=4 * ms)
+    assert (noisy.offset_ns, noisy.rtt_ns) == (3 * ms, 4 * ms) and PGATE == 4
+    mon.record(noisy, Flag.SAMPLE, {"state": "Slewing", "action": "slew",
+                                    "offset_ns": noisy.offset_ns}, 0)
+    assert mon.backoff == 2 and mon.next_wait_ms == 20_000
+    # the same offset through a clean 0.2 ms round trip: the clock is off; back to the interval
+    clean = Sample(t1=0, t2=3_100_000, t3=3_100_000, t4=200_000)
+    assert clean.offset_ns == 3 * ms
+    mon.record(clean, Flag.SAMPLE, {"state": "Slewing", "action": "slew",
+                                    "offset_ns": clean.offset_ns}, 0)
+    assert mon.backoff == 1 and mon.next_wait_ms == 10_000
+    # a step is never jitter
+    mon.record(noisy, Flag.SAMPLE, {"state": "Stepped", "action": "step",
+                                    "offset_ns": noisy.offset_ns}, 0)
+    assert mon.backoff == 1

@@ -2,7 +2,8 @@
 
 Each time a VM's session starts running (boot, resume, agent restart) its
 loop starts with a SYNC burst, then sends a SAMPLE burst every
-``IntervalMs`` (per VM, table ``timesync_settings``, default 5 s). A
+``IntervalMs`` (per VM, table ``timesync_settings``, default 10 s), longer
+while the guest stays in step or slews (TimeSyncMonitor.next_wait_ms). A
 CLOCK_EVENT from the guest (resume or jump detected inside it) makes the
 next burst a SYNC and runs it at once. The loop ends with the session.
 """
@@ -10,6 +11,7 @@ next burst a SYNC and runs it at once. The loop ends with the session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -105,8 +107,8 @@ class TimeSync:
             mon = monitor(s)
             mon.interval_ms = interval_ms
             mon.backoff = 1
+            mon.slew_ms = 0
             mon.wake.set()  # the new cadence starts now, not after the old wait
-            mon.wake.set()
         return self.rows(patterns)
 
     # Section: status
@@ -151,16 +153,18 @@ class TimeSync:
 
     async def _loop(self, session: VmSession, channel: Any, mon: TimeSyncMonitor) -> None:
         closed = asyncio.ensure_future(channel.wait_closed())
+        # The end of the session wakes the wait below like a CLOCK_EVENT does,
+        # so each wait is one timeout on one event (no extra task per burst).
+        closed.add_done_callback(lambda _: mon.wake.set())
         try:
             while not closed.done() and session.channel is channel:
                 # Cleared before the burst: a wake-up during it (a CLOCK_EVENT)
                 # must run the next burst at once, not be lost.
                 mon.wake.clear()
                 await self.sync(session, mon)
-                waker = asyncio.ensure_future(mon.wake.wait())
-                await asyncio.wait({closed, waker}, timeout=mon.next_wait_ms / 1000,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(mon.next_wait_ms / 1000):
+                        await mon.wake.wait()
         finally:
             closed.cancel()
 

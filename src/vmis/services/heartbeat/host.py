@@ -57,7 +57,8 @@ class HeartbeatMonitor:
     """
 
     def __init__(self, settings: HeartbeatSettings, clock: Any = time.monotonic) -> None:
-        self.settings = settings
+        self._lost_after = settings.lost_after
+        self._settings = settings
         self._clock = clock
         #: monotonic time of the last beat of this session, None before the first
         self.last_beat: float | None = None
@@ -69,12 +70,27 @@ class HeartbeatMonitor:
         self.failed: list[str] = []
         self._ended = False
 
-    def beat(self, seq: int, health: str) -> None:
-        """Record a BEAT."""
-        self.last_beat = self._clock()
+    @property
+    def settings(self) -> HeartbeatSettings:
+        """Interval, latency and error threshold."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: HeartbeatSettings) -> None:
+        # Kept apart: state() and beat() run for every beat of every VM.
+        self._lost_after = settings.lost_after
+        self._settings = settings
+
+    def beat(self, seq: int, health: str) -> bool:
+        """Record a BEAT; True when contact was not OK just before it (a transition)."""
+        now = self._clock()
+        last = self.last_beat
+        recovered = last is None or self._ended or now - last > self._lost_after
+        self.last_beat = now
         self.seq = seq
         self.health = health
         self._ended = False
+        return recovered
 
     def set_health(self, health: str, failed: list[str]) -> None:
         """Record a HEALTH notification."""
@@ -97,6 +113,6 @@ class HeartbeatMonitor:
         """``NoContact``, ``LostCommunication`` or ``Ok``, at this moment."""
         if self.last_beat is None:
             return HeartbeatState.NO_CONTACT
-        if self._ended or self._clock() - self.last_beat > self.settings.lost_after:
+        if self._ended or self._clock() - self.last_beat > self._lost_after:
             return HeartbeatState.LOST
         return HeartbeatState.OK

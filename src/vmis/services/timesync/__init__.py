@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_INTERVAL_MS",
     "DEFAULT_STEP_THRESHOLD",
     "SAMPLE_BURST",
+    "SLEW_RATE",
     "SOCK_MAGIC",
     "SOCK_SAMPLE",
     "SYNCHRONIZED_NS",
@@ -47,14 +48,17 @@ __all__ = [
 ]
 
 #: host setting: milliseconds between two sample bursts (Hyper-V's cadence is
-#: undocumented; VirtualBox uses 10 s). Every sample costs the host a round trip,
-#: so a host with a thousand VMs spends well under 1 % of a core on time sync.
+#: undocumented; VirtualBox uses 10 s). Every sample costs the host a round trip
+#: and a write: at 1024 VMs time sync is about a third of the host manager's CPU
+#: (bench/heartbeat_scale.py), hence the longer waits while a guest stays in step.
 DEFAULT_INTERVAL_MS = 10000
 #: samples per SYNC burst (session start, resume, clock jump), when accuracy
 #: matters most; the one with the shortest round trip is used
 BURST = 8
 #: samples per periodic SAMPLE burst, which only tracks a clock already in step
 SAMPLE_BURST = 2
+#: how fast a slew moves a clock: adjtime(3)'s rate on Linux, 500 µs per second
+SLEW_RATE = 0.0005
 #: guest setting: offsets at least this large (seconds) are stepped, smaller ones slewed.
 #: 128 ms is ntpd's step threshold (RFC 5905 STEPT).
 DEFAULT_STEP_THRESHOLD = 0.128

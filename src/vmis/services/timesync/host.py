@@ -20,13 +20,14 @@ from vmis.services.timesync import (
     BURST,
     DEFAULT_INTERVAL_MS,
     SAMPLE_BURST,
+    SLEW_RATE,
     Flag,
     Sample,
     TimeSyncOp,
     best_of,
 )
 
-__all__ = ["MAX_BACKOFF", "Requester", "TimeSyncMonitor", "measure", "sync_once"]
+__all__ = ["MAX_BACKOFF", "PGATE", "Requester", "TimeSyncMonitor", "measure", "sync_once"]
 
 #: sends one Time Synchronization request (op, payload) and returns the answer payload
 Requester = Callable[[int, bytes], Awaitable[bytes]]
@@ -69,6 +70,9 @@ async def sync_once(request: Requester, flag: Flag, clock: Callable[[], int] = t
 
 #: the wait between bursts grows to at most this many intervals (80 s by default)
 MAX_BACKOFF = 8
+#: RFC 5905 §11.3 PGATE: an offset within this many times the sample's own
+#: uncertainty (half its round trip) is jitter, not a clock out of step
+PGATE = 4
 
 
 def _iso(ns: int | None) -> str | None:
@@ -100,6 +104,8 @@ class TimeSyncMonitor:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: multiplier of :attr:`interval_ms` while the guest stays in step
     backoff: int = 1
+    #: milliseconds the guest's last slew takes to complete (0: none in progress)
+    slew_ms: int = 0
 
     @property
     def next_wait_ms(self) -> int:
@@ -110,8 +116,14 @@ class TimeSyncMonitor:
         :data:`MAX_BACKOFF` times the interval; any other outcome (a slew, a
         step, a clock event) goes back to the interval at once. A host with
         many VMs spends its time on the clocks that need it.
+
+        While the guest slews, the next burst waits until the slew should be
+        done (at most the longest wait): a look halfway through would only
+        find the correction still under way, as ntpd keeps its poll interval
+        rather than shortening it while it slews.
         """
-        return self.interval_ms * self.backoff
+        return max(self.interval_ms * self.backoff,
+                   min(self.slew_ms, self.interval_ms * MAX_BACKOFF))
 
 
     def record(self, sample: Sample, flag: Flag, answer: dict[str, Any], now_ns: int) -> None:
@@ -121,14 +133,25 @@ class TimeSyncMonitor:
         self.syncs += 1
         self.error = ""
         # In step: the guest found its offset within 1 ms or within what this
-        # round trip can tell apart (decide() leaves such offsets alone).
-        in_step = answer.get("state") in ("Synchronized", "Chrony")
+        # round trip can tell apart (decide() leaves such offsets alone); or it
+        # slewed an offset within PGATE times that uncertainty, which is how
+        # NTP tells jitter from drift when it adjusts its poll (RFC 5905 §11.3):
+        # on a loaded host or guest, round trips of milliseconds otherwise keep
+        # every such guest at the shortest wait.
+        state = answer.get("state")
+        in_step = state in ("Synchronized", "Chrony") or (
+            answer.get("action") == "slew" and sample is not None and sample.rtt_ns > 0
+            and abs(sample.offset_ns) * 2 <= PGATE * sample.rtt_ns)
         self.backoff = min(self.backoff * 2, MAX_BACKOFF) if in_step else 1
+        offset = answer.get("offset_ns")
+        self.slew_ms = (int(abs(offset) / SLEW_RATE / 1e6)
+                        if answer.get("action") == "slew" and isinstance(offset, int) else 0)
 
     def request_sync(self) -> None:
         """Make the next burst a SYNC and run it now."""
         self.sync_pending = True
         self.backoff = 1
+        self.slew_ms = 0
         self.wake.set()
 
     def row(self, vm_name: str, state_override: str | None = None) -> dict[str, Any]:
