@@ -1,10 +1,17 @@
 """Update-VMIntegrationServices in the lab: Update required -> Up to date, and rollback."""
 
+import hashlib
 import json
+import zipfile
+
+import pytest
 
 import vmis
 from support.bundles import make_bundle
 from support.lab import run_vmis, start_lab
+from vmis.guest.config import AgentConfig
+from vmis.guest.update import apply_update
+from vmis.services.base import GuestContext, ServiceError
 
 
 def get_vm(lab_dir, name):
@@ -64,18 +71,41 @@ def test_a_broken_bundle_rolls_back_and_the_vm_keeps_working(lab_dir, short_tmp)
     assert "OK" in run_vmis(lab_dir, "services", "DemoVM", "Heartbeat").out
 
 
+def _damage(bundle, member: str) -> bytes:
+    """The bundle with one byte flipped inside *member*'s compressed data."""
+    data = bytearray(bundle.read_bytes())
+    with zipfile.ZipFile(bundle) as zf:
+        info = zf.getinfo(member)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0xFF
+    return bytes(data)
+
+
 def test_a_corrupt_bundle_is_refused_before_anything_changes(lab_dir, short_tmp):
     start_lab(lab_dir, "DemoVM")
     bad = short_tmp / "bad.pyz"
-    data = bytearray(make_bundle(short_tmp, "9.9.8").read_bytes())
-    data[len(data) // 2] ^= 0xFF  # the zip's CRC no longer matches
-    bad.write_bytes(bytes(data))
+    # a module the probe run (--version) never imports: only the CRC check finds it
+    bad.write_bytes(_damage(make_bundle(short_tmp, "9.9.8"), "vmis/services/vss/guest.pyc"))
     result = run_vmis(lab_dir, "Update-VMIntegrationServices", "-VMName", "DemoVM",
                       "-BundlePath", str(bad), "--json")
     assert result.code == 1
-    [row] = json.loads(result.out)
-    assert row["Result"] == "failed" and "refused the update" in row["Error"]
+    assert "vmis/services/vss/guest.pyc fails its CRC check" in result.err
+    assert len(result.err.strip().splitlines()) == 1
     assert get_vm(lab_dir, "DemoVM")["IntegrationServicesVersion"] == vmis.__version__
+
+
+def test_the_guest_refuses_a_damaged_bundle_that_matches_its_checksum(short_tmp):
+    # damage on the host's side of the copy: the host's checksum covers it, the CRCs do not
+    bad = _damage(make_bundle(short_tmp, "9.9.8"), "vmis/services/vss/guest.pyc")
+    root = short_tmp / "root"
+    (root / "var/tmp").mkdir(parents=True)
+    (root / "var/tmp/bundle.pyz").write_bytes(bad)
+    ctx = GuestContext(root=root, config=AgentConfig(), notify=lambda *a: None)
+    body = {"bundle": "/var/tmp/bundle.pyz", "sha256": hashlib.sha256(bad).hexdigest(),
+            "version": "9.9.8"}
+    with pytest.raises(ServiceError, match="fails its CRC check"):
+        apply_update(ctx, body)
+    assert not (root / "usr/lib/vmis").exists()  # nothing installed
 
 
 def test_an_older_guest_shows_what_it_lacks_and_operations_name_the_version_needed(

@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 import vmis
+from vmis.packaging.bundle import bundle_version
 from vmis.packaging.install import install_agent, rollback_agent
 from vmis.services.base import GuestContext, ServiceError
 
@@ -141,6 +142,12 @@ def apply_update(ctx: GuestContext, body: dict[str, Any]) -> dict[str, Any]:
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ServiceError("failed", f"bundle checksum mismatch: {actual}, expected {expected}")
+    try:
+        carried = bundle_version(data)
+    except ValueError as exc:
+        raise ServiceError("failed", str(exc)) from None
+    if carried != version:
+        raise ServiceError("failed", f"the bundle carries version {carried}, not {version}")
     private = ctx.path(UPDATE_DIR)
     private.mkdir(parents=True, exist_ok=True)
     private.chmod(0o700)

@@ -98,14 +98,26 @@ def build_bundle(path: Path, package: Path | None = None) -> str:
 def bundle_version(data: bytes) -> str:
     """The ``__version__`` a bundle carries, read without running it.
 
-    :raise ValueError: When *data* is not a vmis agent bundle.
+    Every member's CRC is checked too: a probe run of the bundle imports
+    only a few modules, so damage elsewhere would surface only at the
+    agent's next start.
+
+    :raise ValueError: When *data* is not a vmis agent bundle, or is damaged.
     """
     import re
+    import zlib
 
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            for member in zf.infolist():
+                try:
+                    zf.read(member)
+                except (zipfile.BadZipFile, zlib.error) as exc:
+                    raise ValueError(
+                        f"the bundle is damaged: {member.filename} fails its CRC check ({exc})"
+                    ) from None
             init = zf.read("vmis/__init__.py").decode()
-    except (KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+    except (KeyError, zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as exc:
         raise ValueError(f"not a vmis agent bundle ({exc})") from None
     match = re.search(r"^__version__\s*=\s*[\"']([^\"']+)[\"']", init, re.MULTILINE)
     if match is None:
