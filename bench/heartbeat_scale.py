@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,6 +148,15 @@ def wait_line(proc: subprocess.Popen[str], what: str, timeout: float = 300) -> s
     return line.strip()
 
 
+def py_spy() -> str:
+    """py-spy from this Python's environment or PATH (``pip install py-spy``)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        sys.exit("--profile needs py-spy: pip install py-spy")
+    return found
+
+
 def vmis_run(base: Path, n: int, seconds: float, service: str, settle: float,
              profile: str | None = None) -> tuple[float, float]:
     sock = base / "host.sock"
@@ -185,7 +195,7 @@ def vmis_run(base: Path, n: int, seconds: float, service: str, settle: float,
         if profile:
             # --gil: only samples that hold the GIL, i.e. work (an idle loop
             # waiting in epoll, or an idle worker thread, would else count)
-            spy = subprocess.Popen(["py-spy", "record", "-r", "200", "-d", str(int(seconds)),
+            spy = subprocess.Popen([py_spy(), "record", "-r", "200", "-d", str(int(seconds)),
                                     "-f", "raw", "--gil", "--native",
                                     "-o", profile, "-p", str(host.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -255,6 +265,8 @@ def main() -> None:
         try:
             for farm in farms:
                 wait_line(farm, "guest farm")
+            if args.profile:
+                py_spy()  # fail now, not after the baseline
             print(f"heartbeat scale, N={args.n} guests in {len(farms)} processes, "
                   f"1 s heartbeats, {args.seconds:g} s CPU window")
             base_cpu, base_enable = bare_run(base, args.n, args.seconds)
