@@ -199,9 +199,9 @@ class Store:
             return
         c = service_settings.c
         with self._tx() as conn:
-            present = set(conn.execute(
+            present = {(row.vm_id, row.service) for row in conn.execute(
                 sa.select(c.vm_id, c.service)
-                .where(c.service.in_({service for _, service in wanted}))).tuples())
+                .where(c.service.in_({service for _, service in wanted})))}
             updates = [{"b_vm": v, "b_service": s, "b_enabled": e}
                        for (v, s), e in wanted.items() if (v, s) in present]
             inserts = [{"vm_id": v, "service": s, "enabled": e}
