@@ -247,7 +247,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="CPU sampling window")
     parser.add_argument("--settle", type=float, default=90.0,
                         help="seconds to wait after all VMs beat before measuring (time sync "
-                             "backs off to its steady cadence within about 70 s)")
+                             "backs off by doubling its wait up to 80 s: at 90 s most guests "
+                             "are on their way, at 240 s all are in step)")
     parser.add_argument("--profile", metavar="FILE",
                         help="also record the manager with py-spy (raw stacks) into FILE")
     parser.add_argument("--farms", type=int, default=2,
