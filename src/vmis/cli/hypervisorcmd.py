@@ -13,11 +13,13 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vmis.api.client import ApiClient
 from vmis.cli.psargs import Command, Param, UsageError
+from vmis.cli.table import report_results
 from vmis.errors import NotFoundError, VmisError
 
 __all__ = ["HYPERVISOR_COMMANDS", "Discovery", "discover_for_add"]
@@ -113,19 +115,7 @@ def discover_for_add(args: dict[str, Any]) -> Discovery | None:
 # Section: commands
 
 
-def _report(results: list[dict[str, Any]], verb: str, args: dict[str, Any],
-            line: Any) -> int:
-    if args["json"]:
-        print(json.dumps(results, indent=2))
-    for r in results:
-        if r["Error"]:
-            print(f"{verb}: {r['Error']}", file=sys.stderr)
-        elif not args["json"]:
-            print(line(r))
-    return 1 if any(r["Error"] for r in results) else 0
-
-
-def _started(r: dict[str, Any]) -> str:
+def _started(r: Mapping[str, Any]) -> str:
     if r.get("Action") == "Started":
         pid = f" (QEMU pid {r['Pid']})" if r.get("Pid") else ""
         return f"{r['VMName']}: started{pid}"
@@ -136,7 +126,7 @@ def _started(r: dict[str, Any]) -> str:
 
 def cmd_start_vm(api: ApiClient, args: dict[str, Any]) -> int:
     results = api.call("POST", "/vms/start", json={"vms": args["Name"]}, timeout=START_TIMEOUT)
-    return _report(results, "Start-VM", args, _started)
+    return report_results(results, "Start-VM", args["json"], _started)
 
 
 def cmd_insert_setup_disk(api: ApiClient, args: dict[str, Any]) -> int:
@@ -146,8 +136,8 @@ def cmd_insert_setup_disk(api: ApiClient, args: dict[str, Any]) -> int:
     if args["Path"]:
         body["path"] = str(Path(args["Path"]).absolute())
     results = api.call("POST", "/setup-disk/insert", json=body, timeout=START_TIMEOUT)
-    code = _report(results, "Insert-SetupDisk", args,
-                   lambda r: f"{r['VMName']}: {r['Path']} is in drive {r['Device']}")
+    code = report_results(results, "Insert-SetupDisk", args["json"],
+                          lambda r: f"{r['VMName']}: {r['Path']} is in drive {r['Device']}")
     if not args["json"] and not args["Path"] and code == 0:
         print("In the guest, as root: mount /dev/sr0 /mnt && sh /mnt/install.sh")
     return code
@@ -156,8 +146,8 @@ def cmd_insert_setup_disk(api: ApiClient, args: dict[str, Any]) -> int:
 def cmd_eject_setup_disk(api: ApiClient, args: dict[str, Any]) -> int:
     results = api.call("POST", "/setup-disk/eject", json={"vms": args["VMName"]},
                        timeout=START_TIMEOUT)
-    return _report(results, "Eject-SetupDisk", args,
-                   lambda r: f"{r['VMName']}: drive {r['Device']} is empty")
+    return report_results(results, "Eject-SetupDisk", args["json"],
+                          lambda r: f"{r['VMName']}: drive {r['Device']} is empty")
 
 
 def cmd_vm_create(api: ApiClient, args: dict[str, Any]) -> int:

@@ -9,8 +9,11 @@ Standard library only: the guest tools use it as well.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["Column", "format_list", "format_table"]
 
@@ -57,3 +60,17 @@ def format_list(records: Sequence[Sequence[tuple[str, object]]]) -> str:
             "\n".join(f"{k.ljust(width)} : {'' if v is None else v}".rstrip() for k, v in record)
         )
     return "\n\n".join(blocks)
+
+
+def report_results(results: Sequence[Mapping[str, Any]], verb: str, as_json: bool,
+                   line: Callable[[Mapping[str, Any]], str]) -> int:
+    """End a command run on several VMs: JSON (or a *line* per VM that worked),
+    each VM's error as one ``verb: error`` line on stderr; 1 if any failed."""
+    if as_json:
+        print(json.dumps(list(results), indent=2))
+    for r in results:
+        if r["Error"]:
+            print(f"{verb}: {r['Error']}", file=sys.stderr)
+        elif not as_json:
+            print(line(r))
+    return 1 if any(r["Error"] for r in results) else 0

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import getpass
-import json
 import socket
-import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vmis.api.client import ApiClient
 from vmis.cli.psargs import Command, Param, UsageError
+from vmis.cli.table import report_results
 from vmis.lab import LabVm
 
 __all__ = ["COMMANDS"]
@@ -68,25 +68,21 @@ def _power(api: ApiClient, args: dict[str, Any], verb: str, path: str) -> int:
     for r in results:
         if not r["Error"] and r.get("Kind") == "lab" and r["Action"] == "Stop":
             _wait_lab_process(r, started + timeout)
-    if args["json"]:
-        print(json.dumps(results, indent=2))
-    for r in results:
-        if r["Error"]:
-            print(f"{verb}: {r['Error']}", file=sys.stderr)
-        elif not args["json"]:
-            if r.get("AlreadyOff") or r.get("Note") == "already off":
-                print(f"{r['VMName']}: already off")
-            elif r["Action"] == "TurnOff":
-                print(f"{r['VMName']}: turned off (off after {r['Seconds']:g} s)")
-            elif r["Action"] == "Stop":
-                ended = "; lab VM process ended" if r.get("ProcessEnded") else ""
-                if r.get("PoweredOff"):
-                    ended = "; the hypervisor has it off"
-                print(f"{r['VMName']}: shut down (guest gone after {r['Seconds']:g} s{ended})")
-            else:
-                print(f"{r['VMName']}: restarted (down after {r['DownAfter']:g} s, "
-                      f"running again after {r['Seconds']:g} s)")
-    return 1 if any(r["Error"] for r in results) else 0
+    return report_results(results, verb, args["json"], _outcome)
+
+
+def _outcome(r: Mapping[str, Any]) -> str:
+    if r.get("AlreadyOff") or r.get("Note") == "already off":
+        return f"{r['VMName']}: already off"
+    if r["Action"] == "TurnOff":
+        return f"{r['VMName']}: turned off (off after {r['Seconds']:g} s)"
+    if r["Action"] == "Stop":
+        ended = "; lab VM process ended" if r.get("ProcessEnded") else ""
+        if r.get("PoweredOff"):
+            ended = "; the hypervisor has it off"
+        return f"{r['VMName']}: shut down (guest gone after {r['Seconds']:g} s{ended})"
+    return (f"{r['VMName']}: restarted (down after {r['DownAfter']:g} s, "
+            f"running again after {r['Seconds']:g} s)")
 
 
 def cmd_stop(api: ApiClient, args: dict[str, Any]) -> int:
