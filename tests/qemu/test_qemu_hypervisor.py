@@ -201,7 +201,7 @@ def test_vm_add_discovers_channel_and_qmp_or_says_why_not(lab_dir, short_tmp):
 
     bare = run_vmis(lab_dir, "vm", "add", "x", "-FromCmdline", "qemu-system-x86_64 -m 64")
     assert bare.code == 1 and bare.err.splitlines() == [
-        "vm: vm add: no vmis agent channel (virtio-serial port org.vmis.agent.0 on a Unix "
+        "vm: no vmis agent channel (virtio-serial port org.vmis.agent.0 on a Unix "
         "socket) in the command line: no QMP monitor (-qmp or -mon mode=control) on the "
         "command line; no virtserialport named org.vmis.agent.0 on the command line"]
     both = run_vmis(lab_dir, "vm", "add", "x", "-FromPid", "1", "-FromCmdline", "qemu")

@@ -20,7 +20,7 @@ from typing import Any
 from vmis.api.client import ApiClient
 from vmis.cli.psargs import Command, Param, UsageError
 from vmis.cli.table import report_results
-from vmis.errors import NotFoundError, VmisError
+from vmis.errors import ConfigError, NotFoundError, VmisError
 
 __all__ = ["HYPERVISOR_COMMANDS", "Discovery", "discover_for_add"]
 
@@ -98,6 +98,8 @@ def discover_for_add(args: dict[str, Any]) -> Discovery | None:
             xml = Path(value).read_text()
         except OSError as exc:
             raise NotFoundError(f"cannot read {value}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{value} is not a libvirt domain XML (not UTF-8 text)") from None
         found = discover_from_libvirt_xml(xml)
         source = str(value)
     else:
@@ -105,11 +107,11 @@ def discover_for_add(args: dict[str, Any]) -> Discovery | None:
         source = f"libvirt domain {value}"
     if found.channel is None:
         why = "; ".join(found.notes) or "no reason given"
-        raise NotFoundError(f"vm add: no vmis agent channel (virtio-serial port "
+        raise NotFoundError(f"no vmis agent channel (virtio-serial port "
                             f"org.vmis.agent.0 on a Unix socket) in {source}: {why}")
-    notes = tuple(n for n in found.notes if "virtserialport" not in n)
     return Discovery(found.name, f"unix:{found.channel}",
-                     str(found.qmp) if found.qmp is not None else None, notes, source)
+                     str(found.qmp) if found.qmp is not None else None, tuple(found.notes),
+                     source)
 
 
 # Section: commands

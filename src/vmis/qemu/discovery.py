@@ -164,6 +164,14 @@ def _legacy_unix(spec: str) -> str | None:
 # Section: command lines
 
 
+def _number(value: object, what: str) -> int:
+    """An integer option of QEMU or libvirt, or one clear error."""
+    try:
+        return int(str(value))
+    except ValueError:
+        raise ConfigError(f"{what} is {value!r}, not a number") from None
+
+
 def discover_from_cmdline(
     argv: str | Sequence[str],
     *,
@@ -179,7 +187,10 @@ def discover_from_cmdline(
         (:func:`discover_from_pid` fills this in).
     :return: what was found; :attr:`Discovered.notes` says what was not.
     """
-    words = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    try:
+        words = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    except ValueError as err:
+        raise ConfigError(f"cannot split the command line: {err}") from None
     notes: list[str] = []
     chardevs: dict[str, dict[str, Any]] = {}
     name: str | None = None
@@ -204,7 +215,7 @@ def discover_from_cmdline(
         if "path" in opts:
             return resolve(str(opts["path"]))
         if "fd" in opts:
-            fd = int(opts["fd"])
+            fd = _number(opts["fd"], f"chardev {ident!r} fd")
             if fd_paths and fd in fd_paths:
                 return fd_paths[fd]
             notes.append(
@@ -243,7 +254,7 @@ def discover_from_cmdline(
             elif driver in ("vhost-vsock-pci", "vhost-vsock-device", "vhost-vsock-ccw"):
                 cid = opts.get("guest-cid")
                 if cid is not None:
-                    vsock_cid = int(cid)
+                    vsock_cid = _number(cid, f"{driver} guest-cid")
     if qmp is None:
         for ident in monitors:
             qmp = chardev_path(ident)
@@ -408,7 +419,7 @@ def discover_from_libvirt_xml(xml: str, *, state_dir: Path = LIBVIRT_QEMU_DIR) -
     vsock_cid: int | None = None
     cid = root.find("devices/vsock/cid")
     if cid is not None and cid.get("address"):
-        vsock_cid = int(str(cid.get("address")))
+        vsock_cid = _number(cid.get("address"), "<vsock><cid address>")
     return Discovered(
         name=name,
         qmp=qmp,
