@@ -181,8 +181,9 @@ class FrameDecoder:
         self._large: tuple[Kind, int, int, int] | None = None
         self._payload = bytearray()
         self._fill = 0
-        self._scratch = bytearray(_SCRATCH)
-        self._scratch_view = memoryview(self._scratch)
+        # Made at the first get_buffer(): a decoder fed with feed() never
+        # needs it, and a host holds one decoder per VM.
+        self._scratch_view: memoryview | None = None
 
     # Section: feeding
 
@@ -217,6 +218,8 @@ class FrameDecoder:
         """
         if self._large is not None and self._fill < len(self._payload):
             return memoryview(self._payload)[self._fill :]
+        if self._scratch_view is None:
+            self._scratch_view = memoryview(bytearray(_SCRATCH))
         return self._scratch_view
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -228,6 +231,8 @@ class FrameDecoder:
         if self._large is not None and self._fill < len(self._payload):
             self._fill += min(nbytes, len(self._payload) - self._fill)
             return
+        if self._scratch_view is None:
+            raise RuntimeError("buffer_updated() without get_buffer()")
         self._buf += self._scratch_view[:nbytes]
 
     @property

@@ -7,7 +7,8 @@ control: ``pause_writing`` above the high-water mark.
 
 End of stream: on a virtio-serial port a read returns 0 while no host is
 connected, and a pty returns EIO once its other end is gone. Both end the
-transport (``eof_received`` then ``connection_lost``); the caller reopens.
+transport (``eof_received`` then ``connection_lost``); EIO is also kept in
+``error``, since only reopening the device can get past it.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class FdStreamTransport(asyncio.Transport):
             if exc.errno != errno.EIO:
                 self._fatal(exc)
                 return
+            # The pty's other end is gone: an end of stream, but one that
+            # reading the same descriptor again cannot undo.
+            self.error = exc
         if n and isinstance(protocol, asyncio.BufferedProtocol):
             protocol.buffer_updated(n)
             return
