@@ -54,7 +54,7 @@ __all__ = ["Backoff", "GuestServiceState", "NotificationHook", "RunningHook", "V
 
 _log = logging.getLogger("vmis.host")
 
-#: seconds the guest agent has to answer a liveness PING (see VmSession._watch)
+#: seconds the guest agent has to answer a liveness PING (see VmSession.sweep)
 PING_TIMEOUT = 5.0
 
 #: host handlers of data-plane notifications: (service, op) -> callable(session, payload)
@@ -272,6 +272,9 @@ class VmSession:
     async def _ping_agent(self, channel: Channel) -> None:
         try:
             await channel.request(CONTROL, ControlOp.PING, b"", timeout=PING_TIMEOUT)
+            # An answer is a sign of life: the next PING (heartbeat still not
+            # current, or disabled) waits an interval, not the next sweep.
+            self._watch_from = time.monotonic() + self.heartbeat.settings.interval_ms / 1000
         except RequestTimeout:
             self._dropped = (f"the guest agent stopped answering (no heartbeat, no answer "
                              f"to PING within {PING_TIMEOUT:g} s)")
