@@ -126,13 +126,19 @@ def register(manager: HostManager, hypervisor: Hypervisor, data_dir: Path) -> No
     async def state(session: VmSession) -> str | None:
         if not hypervisor.handles(session.vm):
             return None
-        try:
-            return await hypervisor.state(session.vm)
-        except VmisError as exc:
-            session.log.debug("%s cannot tell the state: %s", hypervisor.name, exc)
-            return None
+        return await known_state(hypervisor, session)
 
     manager.state_providers.append(state)
+
+
+async def known_state(hypervisor: Hypervisor, session: VmSession) -> str | None:
+    """The VM's state, or ``None`` when the hypervisor cannot tell (e.g. its QMP
+    socket is held by libvirt): an operation that only asks the guest goes on."""
+    try:
+        return await hypervisor.state(session.vm)
+    except VmisError as exc:
+        session.log.debug("%s cannot tell the state: %s", hypervisor.name, exc)
+        return None
 
 
 def find_hypervisor(manager: HostManager, vm: VmRecord) -> Hypervisor | None:
@@ -207,7 +213,7 @@ async def start_vms(manager: HostManager, patterns: list[str]) -> list[dict[str,
         session.reconnect_now()
         if result.get("Action") == "Resumed":
             _request_time_sync(session)
-        result["State"] = await hypervisor.state(session.vm)
+        result["State"] = await known_state(hypervisor, session)
         return result
 
     return await _each(manager, patterns, start)

@@ -163,3 +163,31 @@ async def test_unknown_vm_is_not_found(short_tmp):
         response = await pair.api.post("/v1/power/stop", json={"vms": ["NoSuchVM"]})
         assert response.status_code == 404
         assert "no VM named 'NoSuchVM'" in response.json()["error"]
+
+
+class BlindHypervisor:
+    """A hypervisor connection that cannot tell the state (libvirt holds the QMP socket)."""
+
+    name = "blind"
+
+    def handles(self, vm) -> bool:
+        return True
+
+    async def state(self, vm):
+        raise VmisError("QMP: the monitor socket is busy")
+
+    async def wait_off(self, vm, timeout: float) -> bool:
+        raise AssertionError("wait_off without a readable state")
+
+
+async def test_stop_vm_goes_on_when_the_hypervisor_cannot_tell_the_state(short_tmp):
+    from vmis.host.hypervisor import register
+
+    recorder = RecordingPower()
+    async with pair_with(short_tmp, recorder) as pair:
+        recorder.pair = pair
+        register(pair.manager, BlindHypervisor(), short_tmp / "hv")  # type: ignore[arg-type]
+        result = await power(pair, "stop")
+        assert result["Error"] is None, result
+        assert recorder.calls and recorder.calls[0][0] == "poweroff"
+        assert "PoweredOff" not in result

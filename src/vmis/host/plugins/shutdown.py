@@ -23,7 +23,7 @@ from vmis.errors import (
     StateError,
     VmisError,
 )
-from vmis.host.hypervisor import find_hypervisor, turn_off_vm
+from vmis.host.hypervisor import find_hypervisor, known_state, turn_off_vm
 from vmis.host.manager import HostManager
 from vmis.host.session import NotificationHook, VmSession
 from vmis.protocol import ServiceId, decode_json, encode_json
@@ -185,15 +185,15 @@ async def _power_one(manager: HostManager, session: VmSession, action: PowerActi
                      force: bool, reason: str, timeout: float) -> dict[str, Any]:
     started = time.monotonic()
     hypervisor = find_hypervisor(manager, session.vm)
-    if hypervisor is not None and action is PowerAction.POWEROFF and \
-            await hypervisor.state(session.vm) == "Off":
+    state = await known_state(hypervisor, session) if hypervisor is not None else None
+    if action is PowerAction.POWEROFF and state == "Off":
         return {"VMName": session.vm.name, "Action": "Stop", "Force": force, "Reason": reason,
                 "Kind": session.vm.kind, "Channel": session.vm.channel, "State": "Off",
                 "Seconds": 0.0, "AlreadyOff": True}
     result = await power_vm(session, action, force=force, reason=reason, timeout=timeout)
     if action is PowerAction.POWEROFF:
         session.extra["powered_off"] = True
-        if hypervisor is not None:
+        if hypervisor is not None and state is not None:
             left = max(timeout - (time.monotonic() - started), 1.0)
             if not await hypervisor.wait_off(session.vm, left):
                 raise StateError(f"{session.vm.name}: the guest shut down but the hypervisor "
