@@ -3,6 +3,8 @@
 import json
 import time
 
+import pytest
+
 from support.lab import run_vmis
 
 SEED_HEADER = [
@@ -144,3 +146,17 @@ def test_readme_seed_table_and_guest_service_interface_within_two_seconds(lab, l
     assert disable.code == 0
     assert "Stopped  vmicguestinterface" in run_vmis(
         lab_dir, "lab", "guest", "DemoVM", "Get-Service", "-Name", "vmicguestinterface").out
+
+
+def test_lab_up_without_qemu_refuses_a_qemu_lab_vm(short_tmp):
+    from vmis.errors import StateError
+    from vmis.lab import Lab
+    from vmis.qemu.cmdline import MachinePaths
+
+    lab = Lab(short_tmp / "lab")
+    state = MachinePaths(lab.vm("Q").dir).state
+    state.parent.mkdir(parents=True)
+    state.write_text("{}")
+    with pytest.raises(StateError, match="is a QEMU lab VM"):
+        lab.start_vm("Q")
+    assert not (lab.vm("Q").dir / "root").exists()  # its directory was left alone

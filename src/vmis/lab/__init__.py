@@ -237,6 +237,20 @@ class Lab:
             "\n[heartbeat]\nhealth_interval = 1\nhealth_timeout = 5\n"
         )
 
+    def _named(self, name: str) -> LabVm:
+        if not name or "/" in name or name.startswith("."):
+            raise StateError(f"invalid lab VM name {name!r}")
+        return self.vm(name)
+
+    def _register(self, name: str, where: dict[str, str]) -> None:
+        """Register a lab VM with the host (or update where it is) and dial it now."""
+        with self.api() as api:
+            try:
+                api.call("POST", "/vms", json={"name": name, "kind": "lab", **where})
+            except StateError:
+                api.call("PATCH", f"/vms/{name}", json=where)
+            api.call("POST", f"/vms/{name}/reconnect")
+
     def start_vm(self, name: str, clock_offset: float | None = None,
                  agent_bundle: Path | None = None) -> LabVm:
         """Start a lab VM's agent unless it runs; register it with the host.
@@ -246,9 +260,9 @@ class Lab:
         existing one keeps the agent it has (update it with
         Update-VMIntegrationServices, or give *agent_bundle* to reinstall).
         """
-        if not name or "/" in name or name.startswith("."):
-            raise StateError(f"invalid lab VM name {name!r}")
-        vm = self.vm(name)
+        vm = self._named(name)
+        if vm.is_qemu:
+            raise StateError(f"{name} is a QEMU lab VM: vmis lab up {name} -Qemu")
         self._write_config(vm)
         if agent_bundle is not None or not (vm.root / "usr/lib/vmis/vmis-guest.pyz").exists():
             self._install(vm, agent_bundle)
@@ -272,13 +286,7 @@ class Lab:
             if code is not None:
                 raise StateError(f"lab VM {name} exited at start ({_how_it_ended(code)})"
                                  f"{log_hint(vm.log)}")
-        with self.api() as api:
-            try:
-                api.call("POST", "/vms", json={"name": name, "kind": "lab",
-                                               "channel": f"unix:{vm.channel_path}"})
-            except StateError:
-                api.call("PATCH", f"/vms/{name}", json={"channel": f"unix:{vm.channel_path}"})
-            api.call("POST", f"/vms/{name}/reconnect")
+        self._register(name, {"channel": f"unix:{vm.channel_path}"})
         return vm
 
     def start_qemu_vm(self, name: str, *, image: Path | None = None,
@@ -292,19 +300,12 @@ class Lab:
         from vmis.lab.qemuvm import boot_machine
         from vmis.qemu.image import GuestImage
 
-        if not name or "/" in name or name.startswith("."):
-            raise StateError(f"invalid lab VM name {name!r}")
-        vm = self.vm(name)
+        vm = self._named(name)
         guest_image = GuestImage.load(image) if image is not None else None
         machine = boot_machine(name, vm.dir, image=guest_image, clock_offset=clock_offset,
                                memory_mib=memory_mib, cpus=cpus)
-        where = {"channel": f"unix:{machine.paths.channel}", "qmp": str(machine.paths.qmp)}
-        with self.api() as api:
-            try:
-                api.call("POST", "/vms", json={"name": name, "kind": "lab", **where})
-            except StateError:
-                api.call("PATCH", f"/vms/{name}", json=where)
-            api.call("POST", f"/vms/{name}/reconnect")
+        self._register(name, {"channel": f"unix:{machine.paths.channel}",
+                              "qmp": str(machine.paths.qmp)})
         return vm
 
     @staticmethod

@@ -121,8 +121,12 @@ def libguestfs_python() -> str:
 
 
 def _detect_format(path: Path) -> str:
-    probe = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True,
-                           text=True, check=False)
+    try:
+        probe = subprocess.run(["qemu-img", "info", "--output=json", str(path)],
+                               capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise VmisError("telling a disk image's format needs qemu-img: "
+                        "apt-get install qemu-utils (or give -Format)") from None
     if probe.returncode != 0:
         raise VmisError(f"{path}: qemu-img cannot read it: {probe.stderr.strip()}")
     fmt = str(json.loads(probe.stdout).get("format", "raw"))
