@@ -229,15 +229,16 @@ def test_time_sync_corrected_a_clock_an_hour_ahead(real_vm):
     journal = real_vm.guest("journalctl", "-b", "-o", "cat", "--no-pager", "-u", "vmis-guest")
     guest_steps = [float(s) for s in re.findall(r"stepped the clock by (\S+) s", journal)]
     assert any(-CLOCK_OFFSET - 60 < s < -CLOCK_OFFSET + 60 for s in guest_steps), journal
-    # ... and the guest's clock now reads this host's time (Invoke-Command costs < 2 s here).
-    before = time.time()
-    guest_now = float(real_vm.guest("date", "+%s.%N"))
-    after = time.time()
-    assert before - 1 < guest_now < after + 1
     # The host's last sample: in step, give or take the sample's own uncertainty (half its
     # round trip, which a loaded TCG guest stretches; such offsets are left alone by design).
     row = real_vm.json("Get-VMTimeSync", VM)[0]
     assert abs(row["OffsetNs"]) <= max(500_000_000, row["RoundTripNs"] // 2 + 100_000_000), row
+    # ... and the guest's clock now reads this host's time, within the same uncertainty.
+    slack = max(1.0, row["RoundTripNs"] / 2e9 + 0.1)
+    before = time.time()
+    guest_now = float(real_vm.guest("date", "+%s.%N"))
+    after = time.time()
+    assert before - slack < guest_now < after + slack
 
 
 def test_production_checkpoint_freezes_snapshots_and_thaws(real_vm, tmp_path):
@@ -322,7 +323,9 @@ def test_restart_vm_reboots_the_guest(real_vm):
     assert result["Error"] is None and result["State"] == "Running", result
     # a new kernel (boot id), a second boot on the console, the same QEMU process
     assert real_vm.guest("cat", "/proc/sys/kernel/random/boot_id") != boot_id
-    assert console.read_text(errors="replace").count("VMIS-MULTI-USER") == boots + 1
+    # the marker is printed after multi-user.target, which the agent need not wait for
+    until(lambda: console.read_text(errors="replace").count("VMIS-MULTI-USER") == boots + 1,
+          60, "the second boot's marker on the console")
     assert QemuMachine.attach(real_vm.workdir).pid == real_vm.qemu_pid
     assert real_vm.ok("Get-VMIntegrationService", "-VMName", VM) == SEED_TABLE
 

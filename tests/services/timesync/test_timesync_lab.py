@@ -75,9 +75,11 @@ def test_set_vm_time_sync_changes_the_cadence_and_bad_values_fail(lab_dir):
     assert result.code == 0, result.err
     assert result.out.splitlines()[2].split()[-1] == "0.5"
     before = timesync_row(lab)["Syncs"]
-    time.sleep(4)
-    # every 0.5 s, stretched 1 s, 2 s... while the guest stays in step (NTP-style)
-    row = timesync_row(lab)
+    # every 0.5 s, stretched 1 s, 2 s... while the guest stays in step (NTP-style), or
+    # until a slew is done: two more bursts come within seconds, not the default 10 s
+    deadline = time.monotonic() + 12
+    while (row := timesync_row(lab))["Syncs"] < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert row["Syncs"] >= before + 2 and row["NextWaitMs"] <= 8 * 500
     bad = run_vmis(lab_dir, "Set-VMTimeSync", "DemoVM", "-IntervalSec", "0")
     assert bad.code == 2 and bad.err.strip() == (
