@@ -8,6 +8,7 @@ so the same sources give the same bytes (and the same SHA-256).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import py_compile
@@ -66,7 +67,23 @@ def _compiled(name: str, source: bytes) -> bytes:
 
 
 def bundle_bytes(package: Path | None = None) -> bytes:
-    """The zipapp's bytes (deterministic for a given Python version)."""
+    """The zipapp's bytes (deterministic for a given Python version).
+
+    This process's own bundle is built once: the modules it runs cannot
+    change while it runs, and every lab VM start, update and setup disk
+    needs it.
+    """
+    if package is None:
+        return _own_bundle()
+    return _build(package)
+
+
+@functools.cache
+def _own_bundle() -> bytes:
+    return _build(None)
+
+
+def _build(package: Path | None) -> bytes:
     out = io.BytesIO()
     out.write(b"#!/usr/bin/env python3\n")
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:

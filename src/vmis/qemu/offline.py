@@ -77,6 +77,9 @@ _WORKER = textwrap.dedent('''
                 if dest == "/etc/vmis/agent.conf" and g.exists(dest):
                     kept.append(dest)
                     continue
+                if dest == "/usr/lib/vmis/vmis-guest.pyz" and g.is_file(dest):
+                    # as install_agent does: the launcher's rollback needs it
+                    g.mv(dest, dest + ".previous")
                 g.upload(src, dest)
                 g.chmod(os.stat(src).st_mode & 0o7777, dest)
                 written.append(dest)
