@@ -447,6 +447,7 @@ class CopyEngine:
         reads: deque[tuple[int, asyncio.Task[Received]]] = deque()
         writes: deque[asyncio.Future[Any]] = deque()
         keep = True
+        failed = False
         try:
             offset, mine = await self._in_worker(receiver.open, True)
             if offset:
@@ -490,12 +491,20 @@ class CopyEngine:
             if handle:
                 await self._best_effort(FcopyOp.ABORT, {"handle": handle})
             keep = keep and not isinstance(exc, ServiceError)
+            failed = True
             raise
         finally:
             # Awaited: once the copy has failed, its partial file is gone (or
             # checkpointed for a resume) before anyone hears of the failure.
             # Shielded: a cancellation does not stop the close.
-            await asyncio.shield(asyncio.wrap_future(self._worker.submit(receiver.close, keep)))
+            closing = asyncio.shield(asyncio.wrap_future(self._worker.submit(receiver.close, keep)))
+            try:
+                await closing
+            except Exception as err:
+                if not failed:
+                    raise
+                # the copy's own failure is the one to report
+                _log.warning("%s: cleaning up after a failed copy: %s", receiver.display, err)
         item = {"Path": receiver.display, "Bytes": receiver.size, "Sha256": digest,
                 "Resumed": receiver.resumed}
         self._file_done(item)
