@@ -7,8 +7,8 @@ control: ``pause_writing`` above the high-water mark.
 
 End of stream: on a virtio-serial port a read returns 0 while no host is
 connected, and a pty returns EIO once its other end is gone. Both end the
-transport (``eof_received`` then ``connection_lost``); EIO is also kept in
-``error``, since only reopening the device can get past it.
+transport (``eof_received`` then ``connection_lost``); the caller reads
+again with a fresh channel (docs/protocol.md §1).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class FdStreamTransport(asyncio.Transport):
         self._closing = False
         self._reading = True
         self._writing_paused = False
+        self._unhooked = False
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._read_ready)
         loop.call_soon(protocol.connection_made, self)
@@ -68,9 +69,6 @@ class FdStreamTransport(asyncio.Transport):
             if exc.errno != errno.EIO:
                 self._fatal(exc)
                 return
-            # The pty's other end is gone: an end of stream, but one that
-            # reading the same descriptor again cannot undo.
-            self.error = exc
         if n and isinstance(protocol, asyncio.BufferedProtocol):
             protocol.buffer_updated(n)
             return
@@ -171,22 +169,28 @@ class FdStreamTransport(asyncio.Transport):
         self._buffer.clear()
         self._buffered = 0
         self._closing = True
-        self._loop.remove_reader(self._fd)
-        self._loop.remove_writer(self._fd)
+        self._unhook()
         self._loop.call_soon(self._finish, None)
 
     def _fatal(self, exc: BaseException) -> None:
         self._buffer.clear()
         self._buffered = 0
         self._closing = True
+        self._unhook()
+        self._loop.call_soon(self._finish, exc)
+
+    def _unhook(self) -> None:
+        # Now, not in _finish: a caller that keeps the descriptor (close_fd
+        # False) may close it at once, and its number may be reused by then.
         self._loop.remove_reader(self._fd)
         self._loop.remove_writer(self._fd)
-        self._loop.call_soon(self._finish, exc)
+        self._unhooked = True
 
     def _finish(self, exc: BaseException | None) -> None:
         if self._fd < 0:
             return
-        self._loop.remove_writer(self._fd)
+        if not self._unhooked:
+            self._loop.remove_writer(self._fd)
         if self._close_fd:
             os.close(self._fd)
         self._fd = -1
