@@ -21,6 +21,11 @@ def cmd_up(args: dict[str, Any]) -> int:
     image = Path(args["Image"]).absolute() if args["Image"] else None
     if image is not None and not args["Qemu"]:
         raise UsageError("lab up: -Image is for QEMU lab VMs (add -Qemu).")
+    if args["Memory"] is not None and not args["Qemu"]:
+        raise UsageError("lab up: -Memory is for QEMU lab VMs (add -Qemu).")
+    if bundle is not None and args["Qemu"]:
+        raise UsageError("lab up: -AgentBundle is for process lab VMs; a QEMU lab VM runs "
+                         "the agent its image has (update it with Update-VMIntegrationServices).")
     if args["Qemu"] and sys.stderr.isatty() and not args["json"]:
         print("booting QEMU (the first run builds the guest image: a few minutes; a boot takes "
               "about a minute under TCG)...", file=sys.stderr)

@@ -174,7 +174,7 @@ async def turn_off_vm(manager: HostManager, session: VmSession,
     """
     hypervisor = hypervisor_for(manager, session.vm, "-TurnOff")
     started = time.monotonic()
-    before = await hypervisor.state(session.vm)
+    before = await known_state(hypervisor, session)
     facts = await hypervisor.turn_off(session.vm, timeout)
     session.extra["powered_off"] = True
     session.log.info("turned off through %s (was %s)", hypervisor.name, before)

@@ -186,7 +186,7 @@ class QemuHypervisor:
         machine = self.machine_of(vm)
         if machine is not None:
             if not machine.is_running():
-                return {"Note": "already off"}
+                return {"AlreadyOff": True}
             pid = machine.pid
             # QMP quit; a QEMU that does not exit within the time is killed.
             try:
@@ -202,7 +202,7 @@ class QemuHypervisor:
         except MonitorError:
             if not await asyncio.to_thread(_nobody_listens, Path(str(vm.qmp))):
                 raise
-            return {"Note": "already off"}
+            return {"AlreadyOff": True}
         if not await self.wait_off(vm, timeout):
             raise StateError(f"{vm.name}: QEMU took QMP quit but still listens on {vm.qmp} "
                              f"after {timeout:g} s")

@@ -72,7 +72,7 @@ def _power(api: ApiClient, args: dict[str, Any], verb: str, path: str) -> int:
 
 
 def _outcome(r: Mapping[str, Any]) -> str:
-    if r.get("AlreadyOff") or r.get("Note") == "already off":
+    if r.get("AlreadyOff"):
         return f"{r['VMName']}: already off"
     if r["Action"] == "TurnOff":
         return f"{r['VMName']}: turned off (off after {r['Seconds']:g} s)"
