@@ -2,6 +2,9 @@
 
 import time
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from support.pair import eventually, host_guest_pair
 from vmis.host.status import OperationalStatus
 from vmis.services.catalog import by_key
@@ -113,3 +116,52 @@ def test_beat_payload_round_trips_and_rejects_garbage():
     for bad in (b"", b"x" * 8, encode_beat(1, "ok")[:-1] + b"\x07"):
         with pytest.raises(RemoteProtocolError):
             decode_beat(bad)
+
+
+def test_beats_fall_on_multiples_of_the_interval():
+    from vmis.services.heartbeat import beat_delay
+
+    ms = 1_000_000
+    interval = 1000 * ms
+    assert beat_delay(5000 * ms + 3 * ms, interval) == 997 * ms
+    assert beat_delay(5000 * ms, interval) == interval
+    # a timer that fired a little early does not beat twice
+    assert beat_delay(4999 * ms, interval) == 1001 * ms
+    # after a beat off the grid (a session start) the next is on it, half an interval on at least
+    assert beat_delay(5400 * ms, interval) == 600 * ms
+    assert beat_delay(5600 * ms, interval) == 1400 * ms
+
+
+@given(now=st.integers(min_value=0, max_value=2**63), interval=st.integers(100, 10**12))
+def test_a_beat_delay_is_on_the_grid_and_between_half_and_one_and_a_half_intervals(now, interval):
+    from vmis.services.heartbeat import beat_delay
+
+    delay = beat_delay(now, interval)
+    assert (now + delay) % interval == 0
+    assert interval // 2 <= delay <= interval + interval // 2
+
+
+async def test_guests_beat_on_the_wall_clock_grid(short_tmp):
+    async with host_guest_pair(short_tmp, heartbeat_interval_ms=200) as pair:
+        service = pair.agent.manager.services["heartbeat"]
+        phases: list[int] = []
+        beat = service._beat
+
+        def timed() -> None:
+            phases.append(service._now_ns() % 200_000_000)
+            beat()
+        service._beat = timed
+        await eventually(lambda: len(phases) >= 2, timeout=10)
+        # a beat off the grid, half an interval out (what a new session or new settings cause)
+        await eventually(lambda: 90_000_000 < service._now_ns() % 200_000_000 < 110_000_000,
+                         timeout=5, interval=0.002)
+        service._wake.set()
+        await eventually(lambda: len(phases) >= 2 and
+                         80_000_000 < phases[-1] < 150_000_000, timeout=5, interval=0.002)
+        start = len(phases)
+        await eventually(lambda: len(phases) >= start + 6, timeout=10)
+        # the beats after it are back on the grid: late by the loop's delay (tens of
+        # ms on a loaded machine), never early by more than the clock's resolution
+        late = sorted(p if p < 150_000_000 else p - 200_000_000 for p in phases[start:])
+        assert late[len(late) // 2] < 30_000_000, phases
+        assert late[0] > -5_000_000, phases

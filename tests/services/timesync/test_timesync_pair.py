@@ -14,7 +14,7 @@ from pathlib import Path
 from support.pair import eventually, host_guest_pair
 from vmis.guest.adapters import VirtualClock
 from vmis.host.plugins.timesync import monitor, of
-from vmis.services.timesync import SOCK_MAGIC, SOCK_SAMPLE
+from vmis.services.timesync import SOCK_MAGIC, SOCK_SAMPLE, TimeSyncOp
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -164,3 +164,29 @@ async def test_disabled_on_the_host_sends_no_samples(short_tmp):
         assert monitor(pair.session).syncs == before
         await pair.manager.set_enabled(["DemoVM"], ["Time Synchronization"], True)
         assert (await synced(pair, before))["State"] in ("Stepped", "Synchronized")
+
+
+async def test_an_in_step_guest_is_sampled_once_per_burst_without_apply(short_tmp):
+    set_offset(short_tmp, 0)
+    async with host_guest_pair(short_tmp) as pair:
+        first = await synced(pair, 0)
+        service = pair.agent.manager.services["timesync"]
+        ops: list[int] = []
+        for op, handler in list(service.handlers.items()):
+            async def counted(request, op=op, handler=handler):
+                ops.append(op)
+                return await handler(request)
+            service.handlers[op] = counted
+        of(pair.manager).set_interval(["DemoVM"], 200)
+        mon = monitor(pair.session)
+        await eventually(lambda: mon.backoff >= 4, timeout=15)
+        record = await synced(pair, mon.syncs)
+        assert record["State"] == "Synchronized" and record["Action"] == "none"
+        assert record["Mode"] == "own" and record["Syncs"] > first["Syncs"]
+        # once in step: one SAMPLE a burst and no APPLY
+        tail = ops[-3:]
+        assert tail == [TimeSyncOp.SAMPLE] * 3, ops
+        # the guest's own status carries the host's verdict on the samples it was not sent
+        status = service.status
+        assert status.state == "Synchronized" and status.action == "none"
+        assert status.offset_ns is not None and abs(status.offset_ns) < MS

@@ -285,10 +285,11 @@ def test_the_wait_between_bursts_grows_while_in_step_and_resets_otherwise():
     mon = TimeSyncMonitor(interval_ms=10_000)
     sample = None
     waits = []
-    for _ in range(5):
+    for _ in range(7):
         mon.record(sample, Flag.SAMPLE, {"state": "Synchronized"}, 0)  # type: ignore[arg-type]
         waits.append(mon.next_wait_ms)
-    assert waits == [20_000, 40_000, 80_000, 80_000, 80_000] and MAX_BACKOFF == 8
+    assert waits == [20_000, 40_000, 80_000, 160_000, 320_000, 320_000, 320_000]
+    assert MAX_BACKOFF == 32
     mon.record(sample, Flag.SAMPLE, {"state": "Slewing"}, 0)  # type: ignore[arg-type]
     assert mon.next_wait_ms == 10_000
     mon.record(sample, Flag.SAMPLE, {"state": "Synchronized"}, 0)  # type: ignore[arg-type]
@@ -309,7 +310,13 @@ def test_a_slewing_guest_is_looked_at_again_when_its_slew_should_be_done():
     # a slew longer than the longest wait is looked at after the longest wait
     mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
                                      "offset_ns": 100_000_000}, 0)
-    assert mon.next_wait_ms == 80_000
+    assert mon.next_wait_ms == 200_000
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
+                                     "offset_ns": 127_000_000}, 0)
+    assert mon.next_wait_ms == 254_000
+    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
+                                     "offset_ns": 1_000_000_000}, 0)
+    assert mon.next_wait_ms == 320_000
     # a short slew does not wait less than the interval
     mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
                                      "offset_ns": 2_000_000}, 0)
@@ -346,3 +353,57 @@ def test_a_slew_within_the_poll_gate_counts_as_in_step():
     mon.record(noisy, Flag.SAMPLE, {"state": "Stepped", "action": "step",
                                     "offset_ns": noisy.offset_ns}, 0)
     assert mon.backoff == 1
+
+
+def _in_step_at(mon, t_s: float, offset_ns: int, rtt_ns: int = 20_000) -> int:
+    """Record a burst at host time *t_s* that found *offset_ns* and left the clock alone."""
+    from vmis.services.timesync import Flag, Sample
+
+    t1 = int(t_s * 1e9)
+    sample = Sample(t1=t1, t2=t1 + rtt_ns // 2 + offset_ns, t3=t1 + rtt_ns // 2 + offset_ns,
+                    t4=t1 + rtt_ns)
+    assert (sample.offset_ns, sample.rtt_ns) == (offset_ns, rtt_ns)
+    mon.record(sample, Flag.SAMPLE, {"state": "Synchronized", "action": "none",
+                                     "offset_ns": offset_ns, "applied": False}, sample.t4)
+    return mon.next_wait_ms
+
+
+def test_a_clock_that_keeps_still_is_looked_at_every_320_s_and_a_drifting_one_sooner():
+    from vmis.services.timesync.host import TimeSyncMonitor
+
+    still = TimeSyncMonitor(interval_ms=10_000)
+    t, waits = 0.0, []
+    for jitter in (0, 8_000, -5_000, 9_000, -9_000, 3_000, 0):  # within the round trips
+        waits.append(_in_step_at(still, t, jitter))
+        t += waits[-1] / 1000
+    assert waits == [20_000, 40_000, 80_000, 160_000, 320_000, 320_000, 320_000]
+
+    # 10 ppm: 100 us per 10 s. Doubling the 20 s wait to 40 s would carry the
+    # 200 us offset to 600 us, over the 500 us budget: the wait stays at 20 s.
+    drifting = TimeSyncMonitor(interval_ms=10_000)
+    assert _in_step_at(drifting, 0, 0) == 20_000
+    assert _in_step_at(drifting, 20, 200_000) == 20_000
+    assert _in_step_at(drifting, 40, 400_000) == 20_000
+    # 1 ppm fits 80 s (50 us + 1 ppm x 80 s = 130 us) but not 320 s (...+ 320 us x ...)
+    slow = TimeSyncMonitor(interval_ms=10_000)
+    t, waits = 0.0, []
+    for _ in range(6):
+        waits.append(_in_step_at(slow, t, int(t * 1000)))
+        t += waits[-1] / 1000
+    assert waits[:4] == [20_000, 40_000, 80_000, 160_000] and max(waits) < 320_000
+
+
+def test_a_correction_between_two_bursts_is_not_taken_for_drift():
+    from vmis.services.timesync import Flag, Sample
+    from vmis.services.timesync.host import TimeSyncMonitor
+
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    assert _in_step_at(mon, 0, 0) == 20_000
+    # a slew of 300 us within the poll gate of a noisy sample: in step, no drift reference
+    noisy = Sample(t1=20 * 10**9, t2=20 * 10**9 + 1_300_000, t3=20 * 10**9 + 1_300_000,
+                   t4=20 * 10**9 + 2_000_000)
+    mon.record(noisy, Flag.SAMPLE, {"state": "Slewing", "action": "slew",
+                                    "offset_ns": noisy.offset_ns}, noisy.t4)
+    assert mon.backoff == 4
+    # the slew took the offset away: 300 us -> 0 is a correction, not a drift to project
+    assert _in_step_at(mon, 60, 0) == 80_000

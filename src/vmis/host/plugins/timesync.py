@@ -183,8 +183,11 @@ class TimeSync:
             # Answers are a few bytes: bytes() of bytes is the same object.
             return bytes(await session.request(SPEC, op, payload, timeout=REQUEST_TIMEOUT))
 
+        # A clock that stayed in step needs one sample to show it still is;
+        # a burst takes more to find the best of a jittery channel.
+        burst = 1 if flag is Flag.SAMPLE and mon.backoff > 1 else None
         try:
-            sample, answer = await sync_once(request, flag, self.clock)
+            sample, answer = await sync_once(request, flag, self.clock, burst, mon.verdict)
         except (ServiceUnavailable, ChannelError, RemoteServiceError, ProtocolError,
                 ValueError) as exc:
             mon.error = str(exc)

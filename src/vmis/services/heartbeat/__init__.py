@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_LATENCY_MS",
     "HEALTH_CODES",
     "HeartbeatOp",
+    "beat_delay",
     "decode_beat",
     "encode_beat",
 ]
@@ -58,3 +59,17 @@ def decode_beat(payload: bytes) -> tuple[int, str]:
         return seq, _HEALTH_WORDS[code]
     except (struct.error, KeyError):
         raise RemoteProtocolError(f"malformed BEAT payload of {len(payload)} bytes") from None
+
+
+def beat_delay(now_ns: int, interval_ns: int) -> int:
+    """Nanoseconds from *now_ns* (wall clock) to the next beat, docs/protocol.md §7.
+
+    Beats fall on wall-clock multiples of the interval, so guests whose clocks
+    the host keeps in step beat together and a host with many VMs wakes once
+    for a batch of beats instead of once per VM (as the Linux kernel's
+    ``round_jiffies`` batches periodic timers). A beat never follows the one
+    before by less than half an interval (a timer that fires early, a clock
+    stepped back) nor by more than one and a half.
+    """
+    delay = interval_ns - now_ns % interval_ns
+    return delay + interval_ns if delay < interval_ns // 2 else delay

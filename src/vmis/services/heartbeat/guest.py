@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from vmis.protocol import ServiceId, encode_json
 from vmis.services.base import GuestContext, GuestService
 from vmis.services.catalog import by_key
-from vmis.services.heartbeat import DEFAULT_INTERVAL_MS, HeartbeatOp, encode_beat
+from vmis.services.heartbeat import DEFAULT_INTERVAL_MS, HeartbeatOp, beat_delay, encode_beat
 
 __all__ = ["SERVICE", "HeartbeatService", "run_checks"]
 
@@ -97,12 +98,18 @@ class HeartbeatService(GuestService):
         self.seq += 1
         self.ctx.notify(ServiceId.HEARTBEAT, HeartbeatOp.BEAT, encode_beat(self.seq, self.health))
 
+    def _now_ns(self) -> int:
+        # The guest's own wall clock: the one time sync keeps on the host's.
+        clock = self.ctx.adapters.get("clock")
+        return int(clock.now_ns()) if clock is not None else time.time_ns()
+
     async def _beat_loop(self) -> None:
         while True:
             self._beat()
             self._wake.clear()
+            delay = beat_delay(self._now_ns(), int(self.interval * 1e9)) / 1e9
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
+                async with asyncio.timeout(delay):
                     await self._wake.wait()
 
     async def _health_loop(self) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "best_of",
     "decide",
     "sock_sample",
+    "state_of",
 ]
 
 #: host setting: milliseconds between two sample bursts (Hyper-V's cadence is
@@ -187,6 +188,19 @@ def decide(offset_ns: int, *, mode: Mode, sync: bool, step_threshold_ns: int,
     if abs(offset_ns) >= step_threshold_ns:
         return Action.STEP
     return Action.SLEW if offset_ns else Action.NONE
+
+
+def state_of(action: Action, offset_ns: int) -> str:
+    """The word Get-VMTimeSync shows for what became of one sample."""
+    if action is Action.CHRONY:
+        return "Chrony"
+    if action is Action.DEFER:
+        return "NtpDaemon"
+    if action is Action.STEP:
+        return "Stepped"
+    if action is Action.NONE or abs(offset_ns) <= SYNCHRONIZED_NS:
+        return "Synchronized"
+    return "Slewing"
 
 
 # Section: chrony's SOCK refclock

@@ -35,7 +35,6 @@ from vmis.services.base import GuestContext, GuestService, ServiceError
 from vmis.services.catalog import by_key
 from vmis.services.timesync import (
     DEFAULT_STEP_THRESHOLD,
-    SYNCHRONIZED_NS,
     Action,
     Flag,
     Mode,
@@ -43,6 +42,7 @@ from vmis.services.timesync import (
     TimeSyncOp,
     decide,
     sock_sample,
+    state_of,
 )
 
 __all__ = ["NTP_DAEMONS", "SERVICE", "JumpDetector", "TimeSyncService", "find_ntp_daemon"]
@@ -53,6 +53,8 @@ _log = logging.getLogger("vmis.guest.timesync")
 NTP_DAEMONS = ("chronyd", "ntpd", "openntpd", "systemd-timesyn", "timesyncd", "ptp4l", "phc2sys")
 #: seconds between two looks at the clocks for a resume or a jump
 WATCH_INTERVAL = 1.0
+#: seconds a look at who owns the clock (a scan of /proc) holds for SAMPLE answers
+MODE_TTL = 1.0
 #: the fastest a well-behaved slew moves the clock: chrony's default maxslewrate
 #: (83333 ppm) bounds every daemon we cooperate with; adjtime(3) uses 500 ppm
 _MAX_SLEW_RATE = 0.084
@@ -159,6 +161,8 @@ class TimeSyncService(GuestService):
         #: True when the next sample must be stepped whatever its flag
         self.sync_pending = True
         self._detector: JumpDetector | None = None
+        #: (monotonic time, mode) of the last look at who owns the clock
+        self._mode_seen: tuple[float, Mode] | None = None
 
     # Section: configuration and adapters
 
@@ -194,9 +198,35 @@ class TimeSyncService(GuestService):
         t2 = self.clock.now_ns()
         body = decode_json(request.payload)
         seq = body.get("seq", 0)
+        prev = body.get("prev")
+        if isinstance(prev, dict):
+            self._took_verdict(prev, t2)
+        mode = self._mode_now()
         # t3 is read last, just before the answer is written (vmis.guest.agent
         # responds in the same step), so our own work is outside the round trip.
-        return encode_json({"seq": seq, "t2": t2, "t3": self.clock.now_ns()})
+        # mode and pending let the host leave out an APPLY that would change
+        # nothing (docs/services/timesync.md §1.1).
+        return encode_json({"seq": seq, "t2": t2, "mode": mode.value,
+                            "pending": self.sync_pending, "t3": self.clock.now_ns()})
+
+    def _took_verdict(self, prev: dict[str, Any], now_ns: int) -> None:
+        """The host's word on a sample it sent no APPLY for: the clock was left alone."""
+        offset, rtt, state, action = (prev.get("offset_ns"), prev.get("rtt_ns"),
+                                      prev.get("state"), prev.get("action"))
+        if not (isinstance(offset, int) and isinstance(rtt, int) and isinstance(state, str)
+                and action in (Action.NONE.value, Action.DEFER.value)):
+            self.log.debug("ignored a malformed verdict from the host: %r", prev)
+            return
+        s = self.status
+        s.offset_ns, s.rtt_ns, s.state, s.action = offset, rtt, state, str(action)
+        s.last_sample_ns = now_ns
+
+    def _mode_now(self) -> Mode:
+        """Who owns the clock, looked at once per :data:`MODE_TTL` (a burst asks up to 8 times)."""
+        now = time.monotonic()
+        if self._mode_seen is None or now - self._mode_seen[0] > MODE_TTL:
+            self._mode_seen = (now, self._mode()[0])
+        return self._mode_seen[1]
 
     async def _apply(self, request: RequestReceived) -> bytes:
         body = decode_json(request.payload)
@@ -209,6 +239,7 @@ class TimeSyncService(GuestService):
         offset = sample.offset_ns
         sync = flag is Flag.SYNC or self.sync_pending
         mode, daemon, note = self._mode()
+        self._mode_seen = (time.monotonic(), mode)
         noise = max(sample.rtt_ns // 2, 0)
         action = decide(offset, mode=mode, sync=sync, step_threshold_ns=self.step_threshold_ns,
                         noise_ns=noise)
@@ -222,7 +253,7 @@ class TimeSyncService(GuestService):
         s = self.status
         s.mode, s.daemon, s.note, s.action = mode.value, daemon, note, action.value
         s.offset_ns, s.rtt_ns, s.last_sample_ns = offset, sample.rtt_ns, self.clock.now_ns()
-        s.state = _state(action, offset)
+        s.state = state_of(action, offset)
         return encode_json({
             "state": s.state, "action": action.value, "mode": mode.value, "daemon": daemon,
             "offset_ns": offset, "rtt_ns": sample.rtt_ns, "note": note,
@@ -303,19 +334,6 @@ class TimeSyncService(GuestService):
             "slew_remaining_ns": self.clock.slew_remaining_ns(),
             "now_ns": self.clock.now_ns(),
         }
-
-
-def _state(action: Action, offset_ns: int) -> str:
-    """The word Get-VMTimeSync shows for the outcome of one sample."""
-    if action is Action.CHRONY:
-        return "Chrony"
-    if action is Action.DEFER:
-        return "NtpDaemon"
-    if action is Action.STEP:
-        return "Stepped"
-    if action is Action.NONE or abs(offset_ns) <= SYNCHRONIZED_NS:
-        return "Synchronized"
-    return "Slewing"
 
 
 #: the agent offers the service this module defines (vmis.guest.services)

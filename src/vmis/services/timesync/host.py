@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,29 +19,46 @@ from vmis.protocol import decode_json, encode_json
 from vmis.services.timesync import (
     BURST,
     DEFAULT_INTERVAL_MS,
+    DEFAULT_STEP_THRESHOLD,
     SAMPLE_BURST,
     SLEW_RATE,
+    SYNCHRONIZED_NS,
+    Action,
     Flag,
+    Mode,
     Sample,
     TimeSyncOp,
     best_of,
+    decide,
+    state_of,
 )
 
-__all__ = ["MAX_BACKOFF", "PGATE", "Requester", "TimeSyncMonitor", "measure", "sync_once"]
+__all__ = ["MAX_BACKOFF", "PGATE", "Requester", "TimeSyncMonitor", "measure", "sync_once",
+           "without_apply"]
+
+DEFAULT_STEP_THRESHOLD_NS = int(DEFAULT_STEP_THRESHOLD * 1e9)
 
 #: sends one Time Synchronization request (op, payload) and returns the answer payload
 Requester = Callable[[int, bytes], Awaitable[bytes]]
 
 
 async def measure(request: Requester, clock: Callable[[], int] = time.time_ns,
-                  burst: int = BURST) -> tuple[Sample, int]:
-    """Run *burst* SAMPLE exchanges back to back; return the best and how many were usable.
+                  burst: int = BURST, prev: Mapping[str, Any] | None = None,
+                  ) -> tuple[Sample, int, dict[str, Any]]:
+    """Run *burst* SAMPLE exchanges back to back.
 
+    :param prev: the host's verdict on the last burst, when that burst sent
+        no APPLY; the first request carries it so the guest's own status
+        stays current (docs/services/timesync.md §1.1).
+    :return: the best sample, how many were usable, and the last answer's
+        other members (the guest's ``mode`` and ``pending``, when it sends them).
     :raise ValueError: When no sample was usable.
     """
     samples = []
+    body: dict[str, Any] = {}
     for seq in range(burst):
-        payload = encode_json({"seq": seq})
+        payload = encode_json({"seq": seq, "prev": dict(prev)} if prev and seq == 0
+                              else {"seq": seq})
         # t1 as late and t4 as early as the event loop allows: whatever lies
         # between them and the wire counts against the round trip.
         t1 = clock()
@@ -50,29 +67,67 @@ async def measure(request: Requester, clock: Callable[[], int] = time.time_ns,
         body = decode_json(answer)
         samples.append(Sample.from_json({"t1": t1, "t2": body.get("t2"), "t3": body.get("t3"),
                                          "t4": t4}))
-    return best_of(samples), sum(1 for s in samples if s.rtt_ns >= 0)
+    return best_of(samples), sum(1 for s in samples if s.rtt_ns >= 0), body
+
+
+def without_apply(sample: Sample, flag: Flag, guest: Mapping[str, Any]) -> Action | None:
+    """What the guest would do with *sample* if that is nothing; None when it needs the APPLY.
+
+    The guest's SAMPLE answer says who owns its clock (``mode``) and whether
+    it waits to step (``pending``). When :func:`decide` would then leave the
+    clock alone (the offset is within the sample's own uncertainty, or
+    another NTP daemon owns the clock), the host spares the APPLY round trip;
+    the step threshold, which only the guest knows, plays no part in that
+    outcome. A SYNC, chrony (which takes every sample) and an older guest
+    that does not say its mode always get the APPLY.
+    """
+    try:
+        mode = Mode(guest.get("mode"))
+    except ValueError:
+        return None
+    if flag is Flag.SYNC or guest.get("pending") is not False:
+        return None
+    action = decide(sample.offset_ns, mode=mode, sync=False,
+                    step_threshold_ns=DEFAULT_STEP_THRESHOLD_NS,
+                    noise_ns=max(sample.rtt_ns // 2, 0))
+    return action if action in (Action.NONE, Action.DEFER) else None
 
 
 async def sync_once(request: Requester, flag: Flag, clock: Callable[[], int] = time.time_ns,
-                    burst: int | None = None) -> tuple[Sample, dict[str, Any]]:
-    """One measurement and its APPLY; returns the sample and the guest's answer.
+                    burst: int | None = None, prev: Mapping[str, Any] | None = None,
+                    ) -> tuple[Sample, dict[str, Any]]:
+    """One measurement and, unless the guest would do nothing with it, its APPLY.
 
     :param burst: samples to take; default :data:`BURST` for a SYNC and
         :data:`SAMPLE_BURST` for a periodic SAMPLE.
+    :param prev: passed on to :func:`measure`.
+    :return: the sample and the guest's answer to APPLY, or, when no APPLY
+        was sent, the host's own verdict in the same members with
+        ``"applied": False``.
     """
     if burst is None:
         burst = BURST if flag is Flag.SYNC else SAMPLE_BURST
-    sample, used = await measure(request, clock, burst)
+    sample, used, guest = await measure(request, clock, burst, prev)
+    quiet = without_apply(sample, flag, guest)
+    if quiet is not None:
+        return sample, {"state": state_of(quiet, sample.offset_ns), "action": quiet.value,
+                        "mode": guest["mode"], "offset_ns": sample.offset_ns,
+                        "rtt_ns": sample.rtt_ns, "applied": False}
     answer = await request(TimeSyncOp.APPLY, encode_json(
         {**sample.to_json(), "flag": flag.value, "samples": used}))
     return sample, decode_json(answer)
 
 
-#: the wait between bursts grows to at most this many intervals (80 s by default)
-MAX_BACKOFF = 8
+#: the wait between bursts grows to at most this many intervals (320 s by
+#: default; NTP's longest poll is 1024 s): only while the clock stays in step
+#: and its measured drift would keep it there (TimeSyncMonitor.record)
+MAX_BACKOFF = 32
 #: RFC 5905 §11.3 PGATE: an offset within this many times the sample's own
 #: uncertainty (half its round trip) is jitter, not a clock out of step
 PGATE = 4
+#: the wait doubles only if the offset, drifting as measured, stays within
+#: this by the next burst (half of what counts as Synchronized)
+DRIFT_BUDGET_NS = SYNCHRONIZED_NS // 2
 
 
 def _iso(ns: int | None) -> str | None:
@@ -106,6 +161,8 @@ class TimeSyncMonitor:
     backoff: int = 1
     #: milliseconds the guest's last slew takes to complete (0: none in progress)
     slew_ms: int = 0
+    #: (host ns, offset, round trip) of the last burst that left the clock alone
+    _free: tuple[int, int, int] | None = None
 
     @property
     def next_wait_ms(self) -> int:
@@ -113,9 +170,11 @@ class TimeSyncMonitor:
 
         As NTP lengthens its poll interval for a stable clock, each burst that
         finds the guest Synchronized doubles the wait, up to
-        :data:`MAX_BACKOFF` times the interval; any other outcome (a slew, a
-        step, a clock event) goes back to the interval at once. A host with
-        many VMs spends its time on the clocks that need it.
+        :data:`MAX_BACKOFF` times the interval, as long as the drift measured
+        between bursts would not carry the clock out of step by the next one;
+        any other outcome (a slew, a step, a clock event) goes back to the
+        interval at once. A host with many VMs spends its time on the clocks
+        that need it.
 
         While the guest slews, the next burst waits until the slew should be
         done (at most the longest wait): a look halfway through would only
@@ -125,9 +184,11 @@ class TimeSyncMonitor:
         return max(self.interval_ms * self.backoff,
                    min(self.slew_ms, self.interval_ms * MAX_BACKOFF))
 
-
     def record(self, sample: Sample, flag: Flag, answer: dict[str, Any], now_ns: int) -> None:
-        """Keep the outcome of one sync."""
+        """Keep the outcome of one sync (the guest's APPLY answer or, without one, our verdict)."""
+        if answer.get("applied") is False:
+            # No APPLY: what only the guest says (daemon, note, last step) stands.
+            answer = {**self.last, **answer}
         self.last, self.last_sample, self.last_flag = answer, sample, flag.value
         self.last_sync_ns = now_ns
         self.syncs += 1
@@ -138,20 +199,52 @@ class TimeSyncMonitor:
         # NTP tells jitter from drift when it adjusts its poll (RFC 5905 §11.3):
         # on a loaded host or guest, round trips of milliseconds otherwise keep
         # every such guest at the shortest wait.
-        state = answer.get("state")
-        in_step = state in ("Synchronized", "Chrony") or (
-            answer.get("action") == "slew" and sample is not None and sample.rtt_ns > 0
+        action = answer.get("action")
+        in_step = answer.get("state") in ("Synchronized", "Chrony") or (
+            action == "slew" and sample is not None and sample.rtt_ns > 0
             and abs(sample.offset_ns) * 2 <= PGATE * sample.rtt_ns)
-        self.backoff = min(self.backoff * 2, MAX_BACKOFF) if in_step else 1
+        if not in_step:
+            self.backoff = 1
+        elif self.backoff < MAX_BACKOFF and self._stays_in_step(
+                sample, now_ns, self.interval_ms * self.backoff * 2):
+            self.backoff *= 2
+        # Two bursts in a row that left the clock alone show how it drifts.
+        self._free = ((now_ns, sample.offset_ns, sample.rtt_ns)
+                      if action == "none" and sample is not None else None)
         offset = answer.get("offset_ns")
         self.slew_ms = (int(abs(offset) / SLEW_RATE / 1e6)
-                        if answer.get("action") == "slew" and isinstance(offset, int) else 0)
+                        if action == "slew" and isinstance(offset, int) else 0)
+
+    def _stays_in_step(self, sample: Sample, now_ns: int, wait_ms: int) -> bool:
+        """Whether the offset, drifting as since the last free-running burst, stays in budget.
+
+        The drift is what the offset moved between the two bursts beyond
+        their measurement uncertainty (δ/2 each), so jitter does not count.
+        """
+        if self._free is None or sample is None:
+            return True
+        then_ns, then_offset, then_rtt = self._free
+        elapsed = now_ns - then_ns
+        if elapsed <= 0:
+            return True
+        moved = abs(sample.offset_ns - then_offset) - (max(sample.rtt_ns, 0)
+                                                       + max(then_rtt, 0)) // 2
+        drift = max(moved, 0) / elapsed
+        return abs(sample.offset_ns) + drift * wait_ms * 1_000_000 <= DRIFT_BUDGET_NS
+
+    @property
+    def verdict(self) -> dict[str, Any] | None:
+        """The host's verdict on the last burst when it sent no APPLY (for the guest's status)."""
+        if self.last.get("applied") is not False:
+            return None
+        return {k: self.last.get(k) for k in ("state", "action", "offset_ns", "rtt_ns")}
 
     def request_sync(self) -> None:
         """Make the next burst a SYNC and run it now."""
         self.sync_pending = True
         self.backoff = 1
         self.slew_ms = 0
+        self._free = None
         self.wake.set()
 
     def row(self, vm_name: str, state_override: str | None = None) -> dict[str, Any]:
