@@ -92,16 +92,20 @@ class HostManager:
     def sweep_once(self) -> float:
         """Visit every session once; return the seconds until the next visit."""
         now = time.monotonic()
-        delay = SWEEP_INTERVAL
-        for session in list(self.sessions.values()):
+        shortest = SWEEP_INTERVAL * 1000
+        seen = self._seen
+        # Nothing below awaits or adds a VM: the dict is walked as it is.
+        for vm_id, session in self.sessions.items():
             state = session.sweep(now)
-            delay = min(delay, session.heartbeat.settings.interval_ms / 1000)
-            before = self._seen.get(session.vm.id)
+            interval = session.heartbeat.settings.interval_ms
+            if interval < shortest:
+                shortest = interval
+            before = seen.get(vm_id)
             if state != before:
-                self._seen[session.vm.id] = state
+                seen[vm_id] = state
                 if before is not None and state == HeartbeatState.LOST:
                     session.log.warning("heartbeat: Lost Communication")
-        return max(delay, MIN_SWEEP_INTERVAL)
+        return max(shortest / 1000, MIN_SWEEP_INTERVAL)
 
     # Section: VMs
 

@@ -257,7 +257,7 @@ class VmSession:
         """
         if not self.contacted:
             return ""
-        state = self.heartbeat.state()
+        state = self.heartbeat.state(now)
         if (state != HeartbeatState.OK and self._ping is None and self._watch_from is not None
                 and now >= self._watch_from and self.channel is not None):
             self._ping = asyncio.create_task(self._ping_agent(self.channel),

@@ -87,8 +87,9 @@ def payload_size(payload: Payload) -> int:
 
 #: wire value -> Kind, without an Enum call per received frame
 _KINDS = tuple(Kind)
+_NOTIFY = int(Kind.NOTIFY)
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
     """One frame of docs/protocol.md §2.1, header fields plus payload.
 
@@ -263,31 +264,40 @@ class FrameDecoder:
         """
         if self._large is not None:
             return self._next_large()
-        if self._pos < len(self._buf) and self._buf[self._pos] == 0:
+        # A host reads a beat from every VM every interval: the common case
+        # (a whole small frame, or nothing buffered) takes few steps.
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail and buf[pos] == 0:
             self._skip_padding()
-        avail = len(self._buf) - self._pos
+            buf, pos = self._buf, self._pos
+            avail = len(buf) - pos
         if avail < HEADER_SIZE:
             if self._eof and avail:
                 raise RemoteProtocolError(f"stream ended inside a frame header ({avail} bytes)")
             return None
-        kind, service, op, id, length = self._check_header(self._pos)
-        start = self._pos + HEADER_SIZE
+        kind, service, op, id, length = self._check_header(pos)
+        start = pos + HEADER_SIZE
         end = start + length
-        if end > len(self._buf):
+        if end > len(buf):
             if self._eof:
                 raise RemoteProtocolError("stream ended inside a frame payload")
             if length >= _LARGE_FROM:
                 # The rest goes straight into the payload's own buffer; what
                 # is here already is copied there once.
-                have = len(self._buf) - start
+                have = len(buf) - start
                 self._payload = bytearray(length)
-                self._payload[:have] = memoryview(self._buf)[start:]
+                self._payload[:have] = memoryview(buf)[start:]
                 self._fill = have
                 self._large = (kind, service, op, id)
-                self._consume(len(self._buf))
+                self._consume(len(buf))
             return None
-        payload = bytes(memoryview(self._buf)[start:end])
-        self._consume(end)
+        payload = bytes(buf[start:end])
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        else:
+            self._consume(end)
         return Frame(kind, service, op, id, payload)
 
     def _next_large(self) -> Frame | None:
@@ -361,6 +371,10 @@ class FrameDecoder:
 
     def _check_header(self, pos: int) -> tuple[Kind, int, int, int, int]:
         magic, version, kind, service, op, id, length, crc = _HEADER.unpack_from(self._buf, pos)
+        if (magic == MAGIC and version == VERSION and kind <= _NOTIFY
+                and length <= self.max_payload and (kind == _NOTIFY) is (id == 0)
+                and zlib.crc32(self._buf[pos : pos + _CRC_SPAN]) == crc):
+            return _KINDS[kind], service, op, id, length
         if magic != MAGIC:
             raise RemoteProtocolError(f"bad frame magic {bytes(magic)!r}")
         if zlib.crc32(self._buf[pos : pos + _CRC_SPAN]) != crc:
@@ -373,9 +387,7 @@ class FrameDecoder:
             raise RemoteProtocolError(
                 f"frame of {length} bytes exceeds the limit of {self.max_payload}"
             )
-        if (kind == Kind.NOTIFY) != (id == 0):
-            raise RemoteProtocolError("notification id must be 0 and request ids non-zero")
-        return _KINDS[kind], service, op, id, length
+        raise RemoteProtocolError("notification id must be 0 and request ids non-zero")
 
     def _consume(self, end: int) -> None:
         self._pos = end

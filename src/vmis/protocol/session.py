@@ -402,7 +402,20 @@ class Connection:
             HUNTING and can be fed further bytes.
         """
         try:
-            return self._next_event()
+            while True:
+                # The running session, every beat of every VM, reads straight
+                # from the decoder; the handshake states go through _read_frame.
+                if self._state is State.RUNNING:
+                    frame = self._decoder.next_frame()
+                elif self._state is State.CLOSED:
+                    return NEED_DATA
+                else:
+                    frame = self._read_frame()
+                if frame is None:
+                    return NEED_DATA
+                event = self._handle(frame)
+                if event is not None:
+                    return event
         except RemoteProtocolError:
             self._fail()
             raise
@@ -414,20 +427,7 @@ class Connection:
         else:
             self._go("reset")
 
-    def _next_event(self) -> Event | NeedData:
-        if self._state is State.CLOSED:
-            return NEED_DATA
-        while True:
-            frame = self._read_frame()
-            if frame is None:
-                return NEED_DATA
-            event = self._handle(frame)
-            if event is not None:
-                return event
-
     def _read_frame(self) -> Frame | None:
-        if self._state is State.RUNNING:
-            return self._decoder.next_frame()
         if self.role is Role.GUEST and self._state is State.HUNTING:
             return self._decoder.hunt((CONTROL, ControlOp.SYNC, Kind.REQUEST))
         if self.role is Role.HOST and self._state is State.SYNCING:
@@ -442,9 +442,19 @@ class Connection:
         return self._decoder.next_frame()
 
     def _handle(self, frame: Frame) -> Event | None:
+        kind = frame.kind
+        if kind is Kind.NOTIFY and frame.service != CONTROL:
+            # the most frequent frame of all (a beat); control notifications
+            # (SYNC among them) take the full path below
+            if self._state is not State.RUNNING:
+                return None
+            payload = frame.payload
+            # Notifications are small; a large one is made bytes for its handlers.
+            return NotificationReceived(frame.service, frame.op, payload
+                                        if type(payload) is bytes else bytes(frame.body))
         if frame.service == CONTROL and frame.op == ControlOp.SYNC:
             return self._handle_sync(frame)
-        if frame.kind is Kind.REQUEST:
+        if kind is Kind.REQUEST:
             request = RequestReceived(frame.service, frame.op, frame.id, frame.body)
             if self._state is not State.RUNNING and not (
                 frame.service == CONTROL and frame.op == ControlOp.HELLO

@@ -109,10 +109,15 @@ class HeartbeatMonitor:
             # guest counts as lost (it was seen before), not as never seen.
             self.last_beat = min(self.last_beat, self._clock())
 
-    def state(self) -> str:
-        """``NoContact``, ``LostCommunication`` or ``Ok``, at this moment."""
+    def state(self, now: float | None = None) -> str:
+        """``NoContact``, ``LostCommunication`` or ``Ok``, at *now* (the monitor's clock).
+
+        :param now: default: the clock now (a sweep over many VMs reads it once).
+        """
         if self.last_beat is None:
             return HeartbeatState.NO_CONTACT
-        if self._ended or self._clock() - self.last_beat > self._lost_after:
+        if now is None:
+            now = self._clock()
+        if self._ended or now - self.last_beat > self._lost_after:
             return HeartbeatState.LOST
         return HeartbeatState.OK
