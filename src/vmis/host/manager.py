@@ -97,9 +97,7 @@ class HostManager:
         # Nothing below awaits or adds a VM: the dict is walked as it is.
         for vm_id, session in self.sessions.items():
             state = session.sweep(now)
-            interval = session.heartbeat.settings.interval_ms
-            if interval < shortest:
-                shortest = interval
+            shortest = min(shortest, session.heartbeat.settings.interval_ms)
             before = seen.get(vm_id)
             if state != before:
                 seen[vm_id] = state
