@@ -15,6 +15,7 @@ from support.pair import eventually, host_guest_pair
 from vmis.guest.adapters import VirtualClock
 from vmis.host.plugins.timesync import monitor, of
 from vmis.services.timesync import SOCK_MAGIC, SOCK_SAMPLE, TimeSyncOp
+from vmis.services.timesync.host import MAX_RESYNCS
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -61,6 +62,10 @@ async def test_an_hour_off_guest_is_within_a_millisecond_after_the_first_sync(sh
         # the next sample finds it synchronized and only slews the residue
         of(pair.manager).set_interval(["DemoVM"], 300)
         second = await synced(pair, first["Syncs"])
+        for _ in range(MAX_RESYNCS):  # a loaded machine: a SYNC through a slow channel
+            if second["Flag"] == "sample":  # is repeated (at most MAX_RESYNCS times)
+                break
+            second = await synced(pair, second["Syncs"])
         assert second["Flag"] == "sample" and second["Action"] in ("slew", "none")
         assert second["State"] == "Synchronized" and abs(second["OffsetNs"]) < MS
         assert abs(guest_offset(path)) < MS

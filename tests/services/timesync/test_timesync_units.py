@@ -407,3 +407,32 @@ def test_a_correction_between_two_bursts_is_not_taken_for_drift():
     assert mon.backoff == 4
     # the slew took the offset away: 300 us -> 0 is a correction, not a drift to project
     assert _in_step_at(mon, 60, 0) == 80_000
+
+
+def test_a_sync_through_a_busy_channel_is_repeated_a_few_times():
+    from vmis.services.timesync import Flag, Sample
+    from vmis.services.timesync.host import MAX_RESYNCS, RESYNC_RTT_NS, TimeSyncMonitor
+
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    busy = Sample(t1=0, t2=40_000_000, t3=40_000_000, t4=80_000_000)  # δ 80 ms: ±40 ms
+    clean = Sample(t1=0, t2=100_000, t3=100_000, t4=200_000)
+    assert busy.rtt_ns > RESYNC_RTT_NS >= clean.rtt_ns
+    stepped = {"state": "Stepped", "action": "step"}
+    for _ in range(MAX_RESYNCS):
+        mon.sync_pending = False  # what the burst does as it starts
+        mon.record(busy, Flag.SYNC, stepped, 0)
+        assert mon.sync_pending and mon.next_wait_ms == 10_000
+    mon.sync_pending = False
+    mon.record(busy, Flag.SYNC, stepped, 0)
+    assert not mon.sync_pending  # it gives up: slewing takes over
+    # a clock event starts a new series; a clean SYNC ends it
+    mon.request_sync()
+    mon.sync_pending = False
+    mon.record(busy, Flag.SYNC, stepped, 0)
+    assert mon.sync_pending and mon.resyncs == 1
+    mon.sync_pending = False
+    mon.record(clean, Flag.SYNC, stepped, 0)
+    assert not mon.sync_pending and mon.resyncs == 0
+    # periodic samples never turn into SYNCs however noisy
+    mon.record(busy, Flag.SAMPLE, {"state": "Synchronized", "action": "none"}, 0)
+    assert not mon.sync_pending

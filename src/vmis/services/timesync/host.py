@@ -33,8 +33,8 @@ from vmis.services.timesync import (
     state_of,
 )
 
-__all__ = ["MAX_BACKOFF", "PGATE", "Requester", "TimeSyncMonitor", "measure", "sync_once",
-           "without_apply"]
+__all__ = ["MAX_BACKOFF", "MAX_RESYNCS", "PGATE", "RESYNC_RTT_NS", "Requester",
+           "TimeSyncMonitor", "measure", "sync_once", "without_apply"]
 
 DEFAULT_STEP_THRESHOLD_NS = int(DEFAULT_STEP_THRESHOLD * 1e9)
 
@@ -125,6 +125,11 @@ MAX_BACKOFF = 32
 #: RFC 5905 §11.3 PGATE: an offset within this many times the sample's own
 #: uncertainty (half its round trip) is jitter, not a clock out of step
 PGATE = 4
+#: a SYNC whose best sample was this uncertain (δ/2 over 1 ms) may leave the
+#: clock out of step: it is followed by another SYNC after the interval, at
+#: most :data:`MAX_RESYNCS` times in a row (a busy guest or host at boot)
+RESYNC_RTT_NS = 2 * SYNCHRONIZED_NS
+MAX_RESYNCS = 3
 #: the wait doubles only if the offset, drifting as measured, stays within
 #: this by the next burst (half of what counts as Synchronized)
 DRIFT_BUDGET_NS = SYNCHRONIZED_NS // 2
@@ -161,6 +166,8 @@ class TimeSyncMonitor:
     backoff: int = 1
     #: milliseconds the guest's last slew takes to complete (0: none in progress)
     slew_ms: int = 0
+    #: SYNCs repeated in a row because their samples were too uncertain
+    resyncs: int = 0
     #: (host ns, offset, round trip) of the last burst that left the clock alone
     _free: tuple[int, int, int] | None = None
 
@@ -208,6 +215,15 @@ class TimeSyncMonitor:
         elif self.backoff < MAX_BACKOFF and self._stays_in_step(
                 sample, now_ns, self.interval_ms * self.backoff * 2):
             self.backoff *= 2
+        # A step is only as good as its sample: one measured through a busy
+        # channel (δ/2 of 50 ms at a boot storm) is set right by another
+        # SYNC once things are quieter, not by minutes of slewing.
+        if flag is Flag.SYNC and sample is not None and sample.rtt_ns > RESYNC_RTT_NS \
+                and self.resyncs < MAX_RESYNCS:
+            self.sync_pending = True
+            self.resyncs += 1
+        elif flag is Flag.SYNC:
+            self.resyncs = 0
         # Two bursts in a row that left the clock alone show how it drifts.
         self._free = ((now_ns, sample.offset_ns, sample.rtt_ns)
                       if action == "none" and sample is not None else None)
@@ -244,6 +260,7 @@ class TimeSyncMonitor:
         self.sync_pending = True
         self.backoff = 1
         self.slew_ms = 0
+        self.resyncs = 0
         self._free = None
         self.wake.set()
 
