@@ -14,9 +14,9 @@ For this benchmark only, the N guest agents share a few processes ("farms",
 ``--farms``, 2 by default: one per core of a 2-core machine). One farm of
 1024 agents is saturated while they start and while all of them start a
 service at once; its queueing then shows up as the host's enable-all time
-and as time sync errors (each SYNC burst measured through a busy farm steps
-the guest by up to half its round trip) that keep the host sampling guests
-through long slews. Real guests each have their own CPU.
+and as uncertain time sync samples (a SYNC measured through a busy farm,
+which the host repeats once the farm is quieter). Real guests each have
+their own CPU.
 
 The manager runs as ``vmis host serve`` does, on uvloop when installed; the
 baseline uses the same loop. Subprocesses inherit this process's environment
@@ -157,14 +157,15 @@ def py_spy() -> str:
     return found
 
 
-def vmis_run(base: Path, n: int, seconds: float, service: str, settle: float,
+def vmis_run(base: Path, n: int, seconds: float, service: str, *, settle: float,
              profile: str | None = None) -> tuple[float, float]:
     sock = base / "host.sock"
     env = dict(os.environ, VMIS_SOCKET=str(sock))
-    host = subprocess.Popen(
-        [sys.executable, "-m", "vmis.cli.host", "host", "serve", "-Db",
-         f"sqlite:///{base}/host.db", "-Socket", str(sock), "-LogLevel", "warning"],
-        env=env, stderr=open(base / "host.log", "w"))
+    with open(base / "host.log", "w") as log:  # the child keeps its own copy
+        host = subprocess.Popen(
+            [sys.executable, "-m", "vmis.cli.host", "host", "serve", "-Db",
+             f"sqlite:///{base}/host.db", "-Socket", str(sock), "-LogLevel", "warning"],
+            env=env, stderr=log)
     try:
         client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
                               base_url="http://vmis", timeout=120)
@@ -179,7 +180,8 @@ def vmis_run(base: Path, n: int, seconds: float, service: str, settle: float,
                 time.sleep(0.1)
         t0 = time.monotonic()
         for i in range(n):
-            client.post("/v1/vms", json={"name": f"vm{i:04d}", "channel": f"unix:{base}/g{i}/c.sock",
+            client.post("/v1/vms", json={"name": f"vm{i:04d}",
+                                         "channel": f"unix:{base}/g{i}/c.sock",
                                          "heartbeat_interval_ms": 1000}).raise_for_status()
         while True:
             vms = client.get("/v1/vms").json()
@@ -247,8 +249,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="CPU sampling window")
     parser.add_argument("--settle", type=float, default=90.0,
                         help="seconds to wait after all VMs beat before measuring (time sync "
-                             "backs off by doubling its wait up to 80 s: at 90 s most guests "
-                             "are on their way, at 240 s all are in step)")
+                             "doubles its wait while a clock stays in step, up to 320 s: at "
+                             "90 s the guests are in step and polled every 80 s, after 10 "
+                             "minutes every 320 s)")
     parser.add_argument("--profile", metavar="FILE",
                         help="also record the manager with py-spy (raw stacks) into FILE")
     parser.add_argument("--farms", type=int, default=2,
@@ -256,6 +259,8 @@ def main() -> None:
     parser.add_argument("--service", default="Guest Service Interface",
                         help="the service to enable on all VMs (disabled by default)")
     args = parser.parse_args()
+    if args.n < 1 or args.farms < 1:
+        parser.error("-n and --farms must be at least 1")
     with tempfile.TemporaryDirectory(prefix="vmis-bench-", dir="/tmp") as tmp:
         base = Path(tmp)
         share = -(-args.n // args.farms)
@@ -271,8 +276,8 @@ def main() -> None:
             print(f"heartbeat scale, N={args.n} guests in {len(farms)} processes, "
                   f"1 s heartbeats, {args.seconds:g} s CPU window")
             base_cpu, base_enable = bare_run(base, args.n, args.seconds)
-            cpu, enable = vmis_run(base, args.n, args.seconds, args.service, args.settle,
-                                   args.profile)
+            cpu, enable = vmis_run(base, args.n, args.seconds, args.service,
+                                   settle=args.settle, profile=args.profile)
         finally:
             for farm in farms:
                 farm.kill()
