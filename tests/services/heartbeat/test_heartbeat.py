@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -127,18 +128,23 @@ def test_beats_fall_on_multiples_of_the_interval():
     assert beat_delay(5000 * ms, interval) == interval
     # a timer that fired a little early does not beat twice
     assert beat_delay(4999 * ms, interval) == 1001 * ms
-    # after a beat off the grid (a session start) the next is on it, half an interval on at least
+    assert beat_delay(4989 * ms, interval) == 11 * ms
+    # after a beat off the grid (a session start) the next is on it
     assert beat_delay(5400 * ms, interval) == 600 * ms
-    assert beat_delay(5600 * ms, interval) == 1400 * ms
+    assert beat_delay(5600 * ms, interval) == 400 * ms
+    # short intervals: an eighth of the interval counts as early
+    assert beat_delay(199 * ms, 200 * ms) == 201 * ms
+    assert beat_delay(170 * ms, 200 * ms) == 30 * ms
 
 
 @given(now=st.integers(min_value=0, max_value=2**63), interval=st.integers(100, 10**12))
-def test_a_beat_delay_is_on_the_grid_and_between_half_and_one_and_a_half_intervals(now, interval):
+def test_a_beat_delay_is_on_the_grid_and_at_most_an_interval_and_10_ms(now, interval):
     from vmis.services.heartbeat import beat_delay
 
+    early = min(interval // 8, 10_000_000)
     delay = beat_delay(now, interval)
     assert (now + delay) % interval == 0
-    assert interval // 2 <= delay <= interval + interval // 2
+    assert early <= delay <= interval + early
 
 
 async def test_guests_beat_on_the_wall_clock_grid(short_tmp):
@@ -152,16 +158,23 @@ async def test_guests_beat_on_the_wall_clock_grid(short_tmp):
             beat()
         service._beat = timed
         await eventually(lambda: len(phases) >= 2, timeout=10)
-        # a beat off the grid, half an interval out (what a new session or new settings cause)
-        await eventually(lambda: 90_000_000 < service._now_ns() % 200_000_000 < 110_000_000,
-                         timeout=5, interval=0.002)
-        service._wake.set()
-        await eventually(lambda: len(phases) >= 2 and
-                         80_000_000 < phases[-1] < 150_000_000, timeout=5, interval=0.002)
-        start = len(phases)
+        # a beat off the grid, half an interval out (what a new session or new
+        # settings cause); on a loaded machine it may land late: try again
+        for _ in range(5):
+            await eventually(lambda: 90_000_000 < service._now_ns() % 200_000_000 < 110_000_000,
+                             timeout=5, interval=0.002)
+            off = len(phases)
+            service._wake.set()
+            await eventually(lambda: len(phases) > off, timeout=5, interval=0.002)
+            if 60_000_000 < phases[off] < 160_000_000:
+                break
+        else:
+            pytest.fail(f"no beat landed off the grid in 5 tries: {phases}")
+        start = off + 1
         await eventually(lambda: len(phases) >= start + 6, timeout=10)
         # the beats after it are back on the grid: late by the loop's delay (tens of
-        # ms on a loaded machine), never early by more than the clock's resolution
+        # ms on a loaded machine), never early by more than the clock's resolution;
+        # had they kept the off-grid beat's pace they would be some 100 ms out
         late = sorted(p if p < 150_000_000 else p - 200_000_000 for p in phases[start:])
-        assert late[len(late) // 2] < 30_000_000, phases
+        assert late[len(late) // 2] < 50_000_000, phases
         assert late[0] > -5_000_000, phases

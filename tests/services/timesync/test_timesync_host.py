@@ -56,6 +56,7 @@ class FakeGuest:
         body = decode_json(payload)
         self.applied.append(body)
         return encode_json({"state": "Stepped", "action": "step", "daemon": "none here",
+                            "mode": self.mode or "own",
                             "last_step_ns": 42})
 
 
@@ -168,8 +169,10 @@ async def test_an_in_step_guest_costs_one_round_trip_and_hears_the_verdict_next_
     # in step: one sample per burst, carrying the verdict on the last one
     assert await timesync.sync(session, mon)
     assert len(guest.samples) == 11 and len(guest.applied) == 1
-    assert guest.samples[-1]["prev"] == {"state": "Synchronized", "action": "none",
-                                         "offset_ns": 0, "rtt_ns": 2000}
+    prev = guest.samples[-1]["prev"]
+    assert prev == {"state": "Synchronized", "action": "none", "offset_ns": 0, "rtt_ns": 2000,
+                    "sample_ns": prev["sample_ns"]}
+    assert isinstance(prev["sample_ns"], int)
     # the guest drifted off: an APPLY again, and the wait back to the interval
     guest.ahead = 3 * MS
     assert await timesync.sync(session, mon)
@@ -194,4 +197,5 @@ async def test_sync_once_reports_a_left_out_apply():
     found, answer = await sync_once(guest.request, Flag.SAMPLE, guest.clock, burst=1)
     assert found.offset_ns == 100_000 and guest.applied == []
     assert answer == {"state": "NtpDaemon", "action": "defer", "mode": "ntp",
-                      "offset_ns": 100_000, "rtt_ns": 1_000_000, "applied": False}
+                      "offset_ns": 100_000, "rtt_ns": 1_000_000, "sample_ns": found.t2,
+                      "applied": False}

@@ -192,10 +192,13 @@ async def test_an_in_step_guest_is_sampled_once_per_burst_without_apply(short_tm
             tail = ops[-3:]
             return (len(tail) == 3 and all(op == TimeSyncOp.SAMPLE for _, op in tail)
                     and all(b[0] - a[0] > 0.1 for a, b in zip(tail, tail[1:])))
-        await eventually(three_lone_samples, timeout=20)
-        record = await row(pair)
-        assert record["State"] == "Synchronized" and record["Action"] == "none"
-        assert record["Mode"] == "own" and record["Syncs"] > first["Syncs"]
+        async def left_alone() -> dict | None:
+            # the row read at once, before another burst can change it
+            record = await row(pair)
+            return record if three_lone_samples() and record["Action"] == "none" else None
+        record = await eventually(left_alone, timeout=20)
+        assert record["State"] == "Synchronized" and record["Mode"] == "own"
+        assert record["Syncs"] > first["Syncs"]
         # the guest's own status carries the host's verdict on the samples it was not sent
         status = service.status
         assert status.state == "Synchronized" and status.action == "none"

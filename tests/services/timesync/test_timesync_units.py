@@ -379,11 +379,12 @@ def test_a_clock_that_keeps_still_is_looked_at_every_320_s_and_a_drifting_one_so
     assert waits == [20_000, 40_000, 80_000, 160_000, 320_000, 320_000, 320_000]
 
     # 10 ppm: 100 us per 10 s. Doubling the 20 s wait to 40 s would carry the
-    # 200 us offset to 600 us, over the 500 us budget: the wait stays at 20 s.
+    # 200 us offset to 600 us, over the 500 us budget: the wait stays at 20 s;
+    # at 400 us even 20 s more is too long: back to the interval.
     drifting = TimeSyncMonitor(interval_ms=10_000)
     assert _in_step_at(drifting, 0, 0) == 20_000
     assert _in_step_at(drifting, 20, 200_000) == 20_000
-    assert _in_step_at(drifting, 40, 400_000) == 20_000
+    assert _in_step_at(drifting, 40, 400_000) == 10_000
     # 1 ppm fits 80 s (50 us + 1 ppm x 80 s = 130 us) but not 320 s (...+ 320 us x ...)
     slow = TimeSyncMonitor(interval_ms=10_000)
     t, waits = 0.0, []
@@ -409,30 +410,72 @@ def test_a_correction_between_two_bursts_is_not_taken_for_drift():
     assert _in_step_at(mon, 60, 0) == 80_000
 
 
-def test_a_sync_through_a_busy_channel_is_repeated_a_few_times():
+def test_a_sync_through_a_busy_channel_is_repeated_while_the_channel_gets_quicker():
     from vmis.services.timesync import Flag, Sample
     from vmis.services.timesync.host import MAX_RESYNCS, RESYNC_RTT_NS, TimeSyncMonitor
 
-    mon = TimeSyncMonitor(interval_ms=10_000)
-    busy = Sample(t1=0, t2=40_000_000, t3=40_000_000, t4=80_000_000)  # δ 80 ms: ±40 ms
-    clean = Sample(t1=0, t2=100_000, t3=100_000, t4=200_000)
-    assert busy.rtt_ns > RESYNC_RTT_NS >= clean.rtt_ns
-    stepped = {"state": "Stepped", "action": "step"}
-    for _ in range(MAX_RESYNCS):
+    def through(rtt_ns: int) -> Sample:
+        return Sample(t1=0, t2=rtt_ns // 2, t3=rtt_ns // 2, t4=rtt_ns)
+
+    def sync(mon: TimeSyncMonitor, rtt_ns: int, mode: str = "own") -> bool:
         mon.sync_pending = False  # what the burst does as it starts
-        mon.record(busy, Flag.SYNC, stepped, 0)
-        assert mon.sync_pending and mon.next_wait_ms == 10_000
-    mon.sync_pending = False
-    mon.record(busy, Flag.SYNC, stepped, 0)
-    assert not mon.sync_pending  # it gives up: slewing takes over
-    # a clock event starts a new series; a clean SYNC ends it
+        mon.record(through(rtt_ns), Flag.SYNC, {"state": "Stepped", "action": "step",
+                                                "mode": mode}, 0)
+        return mon.sync_pending
+
+    ms = 1_000_000
+    assert RESYNC_RTT_NS == 2 * ms and MAX_RESYNCS == 3
+    # a boot storm calming down: 80, 40, 20 ms round trips are each followed by
+    # another SYNC (after the interval), the fourth in a row is not
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    assert [sync(mon, rtt) for rtt in (80 * ms, 40 * ms, 20 * ms, 10 * ms)] == \
+        [True, True, True, False]
+    assert mon.next_wait_ms == 10_000
+    # a clean SYNC ends a series at once
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    assert [sync(mon, rtt) for rtt in (80 * ms, ms)] == [True, False]
+    assert mon.resyncs == 0
+    # a channel that is always slow gets one more SYNC, not three steps by its noise
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    assert [sync(mon, rtt) for rtt in (5 * ms, 5 * ms, 5 * ms)] == [True, False, True]
+    # another NTP daemon owns the clock: it gets its one step and no more
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    assert not sync(mon, 80 * ms, mode="ntp")
+    # a clock event starts a new series
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    assert sync(mon, 80 * ms) and sync(mon, 30 * ms)
     mon.request_sync()
+    assert mon.resyncs == 0 and sync(mon, 30 * ms)
+    # periodic samples never turn into SYNCs however slow
     mon.sync_pending = False
-    mon.record(busy, Flag.SYNC, stepped, 0)
-    assert mon.sync_pending and mon.resyncs == 1
-    mon.sync_pending = False
-    mon.record(clean, Flag.SYNC, stepped, 0)
-    assert not mon.sync_pending and mon.resyncs == 0
-    # periodic samples never turn into SYNCs however noisy
-    mon.record(busy, Flag.SAMPLE, {"state": "Synchronized", "action": "none"}, 0)
+    mon.record(through(80 * ms), Flag.SAMPLE, {"state": "Synchronized", "action": "none"}, 0)
     assert not mon.sync_pending
+
+
+def test_a_guest_corrected_at_every_burst_is_still_judged_by_its_drift():
+    from vmis.services.timesync import Flag, Sample
+    from vmis.services.timesync.host import TimeSyncMonitor
+
+    # 10 ppm, every burst slews the offset it finds (under 1 ms: Synchronized)
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    t_ns, waits = 0, []
+    for _ in range(8):
+        offset = mon.next_wait_ms * 10 if waits else 0  # 10 ppm of the wait, in ns
+        t_ns += mon.next_wait_ms * 1_000_000 if waits else 0
+        sample = Sample(t1=t_ns, t2=t_ns + 10_000 + offset, t3=t_ns + 10_000 + offset,
+                        t4=t_ns + 20_000)
+        mon.record(sample, Flag.SAMPLE, {"state": "Synchronized", "action": "slew",
+                                         "offset_ns": offset}, sample.t4)
+        waits.append(mon.next_wait_ms)
+    assert max(waits) == 20_000, waits
+
+    # a clock that kept still for long starts to drift: the wait comes back down
+    still = TimeSyncMonitor(interval_ms=10_000)
+    t = 0.0
+    for _ in range(7):
+        _in_step_at(still, t, 0)
+        t += still.next_wait_ms / 1000
+    assert still.next_wait_ms == 320_000
+    # 300 us after 320 s (0.9 ppm beyond the jitter): another 320 s would end near
+    # 580 us, over the 500 us budget; 160 s ends near 440 us
+    assert _in_step_at(still, t, 300_000) == 160_000

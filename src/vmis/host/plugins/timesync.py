@@ -193,6 +193,7 @@ class TimeSync:
             mon.error = str(exc)
             if flag is Flag.SYNC:
                 mon.sync_pending = True
+            mon.backoff = 1  # tried again after the interval, not the longest wait
             session.log.debug("time sync failed: %s", exc)
             return False
         mon.record(sample, flag, answer, self.clock())

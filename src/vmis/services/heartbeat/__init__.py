@@ -61,15 +61,20 @@ def decode_beat(payload: bytes) -> tuple[int, str]:
         raise RemoteProtocolError(f"malformed BEAT payload of {len(payload)} bytes") from None
 
 
+#: a beat timer that fires this close before its grid point (a guest clock
+#: slewed or stepped against the monotonic clock timers run on) already beat
+_EARLY_NS = 10_000_000
+
+
 def beat_delay(now_ns: int, interval_ns: int) -> int:
     """Nanoseconds from *now_ns* (wall clock) to the next beat, docs/protocol.md §7.
 
     Beats fall on wall-clock multiples of the interval, so guests whose clocks
     the host keeps in step beat together and a host with many VMs wakes once
     for a batch of beats instead of once per VM (as the Linux kernel's
-    ``round_jiffies`` batches periodic timers). A beat never follows the one
-    before by less than half an interval (a timer that fires early, a clock
-    stepped back) nor by more than one and a half.
+    ``round_jiffies`` batches periodic timers). A timer that fired up to
+    10 ms (at most an eighth of the interval) early does not beat twice, so
+    two beats are never more than an interval and 10 ms apart.
     """
     delay = interval_ns - now_ns % interval_ns
-    return delay + interval_ns if delay < interval_ns // 2 else delay
+    return delay + interval_ns if delay < min(interval_ns // 8, _EARLY_NS) else delay

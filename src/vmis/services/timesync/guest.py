@@ -219,7 +219,9 @@ class TimeSyncService(GuestService):
             return
         s = self.status
         s.offset_ns, s.rtt_ns, s.state, s.action = offset, rtt, state, str(action)
-        s.last_sample_ns = now_ns
+        # the judged sample's own arrival here (this clock); else when the word came
+        sample_ns = prev.get("sample_ns")
+        s.last_sample_ns = sample_ns if isinstance(sample_ns, int) else now_ns
 
     def _mode_now(self) -> Mode:
         """Who owns the clock, looked at once per :data:`MODE_TTL` (a burst asks up to 8 times)."""

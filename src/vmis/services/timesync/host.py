@@ -112,7 +112,7 @@ async def sync_once(request: Requester, flag: Flag, clock: Callable[[], int] = t
     if quiet is not None:
         return sample, {"state": state_of(quiet, sample.offset_ns), "action": quiet.value,
                         "mode": guest["mode"], "offset_ns": sample.offset_ns,
-                        "rtt_ns": sample.rtt_ns, "applied": False}
+                        "rtt_ns": sample.rtt_ns, "sample_ns": sample.t2, "applied": False}
     answer = await request(TimeSyncOp.APPLY, encode_json(
         {**sample.to_json(), "flag": flag.value, "samples": used}))
     return sample, decode_json(answer)
@@ -127,7 +127,7 @@ MAX_BACKOFF = 32
 PGATE = 4
 #: a SYNC whose best sample was this uncertain (δ/2 over 1 ms) may leave the
 #: clock out of step: it is followed by another SYNC after the interval, at
-#: most :data:`MAX_RESYNCS` times in a row (a busy guest or host at boot)
+#: most :data:`MAX_RESYNCS` times in a row (TimeSyncMonitor._after_sync)
 RESYNC_RTT_NS = 2 * SYNCHRONIZED_NS
 MAX_RESYNCS = 3
 #: the wait doubles only if the offset, drifting as measured, stays within
@@ -168,6 +168,8 @@ class TimeSyncMonitor:
     slew_ms: int = 0
     #: SYNCs repeated in a row because their samples were too uncertain
     resyncs: int = 0
+    #: round trip of the last SYNC's sample
+    _sync_rtt_ns: int = 0
     #: (host ns, offset, round trip) of the last burst that left the clock alone
     _free: tuple[int, int, int] | None = None
 
@@ -194,8 +196,12 @@ class TimeSyncMonitor:
     def record(self, sample: Sample, flag: Flag, answer: dict[str, Any], now_ns: int) -> None:
         """Keep the outcome of one sync (the guest's APPLY answer or, without one, our verdict)."""
         if answer.get("applied") is False:
-            # No APPLY: what only the guest says (daemon, note, last step) stands.
+            # No APPLY: what only the guest says (daemon, note, last step) stands,
+            # unless who owns the clock changed since it said it.
+            same_owner = self.last.get("mode") == answer.get("mode")
             answer = {**self.last, **answer}
+            if not same_owner:
+                answer.update(daemon=None, note="")
         self.last, self.last_sample, self.last_flag = answer, sample, flag.value
         self.last_sync_ns = now_ns
         self.syncs += 1
@@ -212,30 +218,53 @@ class TimeSyncMonitor:
             and abs(sample.offset_ns) * 2 <= PGATE * sample.rtt_ns)
         if not in_step:
             self.backoff = 1
-        elif self.backoff < MAX_BACKOFF and self._stays_in_step(
-                sample, now_ns, self.interval_ms * self.backoff * 2):
-            self.backoff *= 2
-        # A step is only as good as its sample: one measured through a busy
-        # channel (δ/2 of 50 ms at a boot storm) is set right by another
-        # SYNC once things are quieter, not by minutes of slewing.
-        if flag is Flag.SYNC and sample is not None and sample.rtt_ns > RESYNC_RTT_NS \
-                and self.resyncs < MAX_RESYNCS:
-            self.sync_pending = True
-            self.resyncs += 1
-        elif flag is Flag.SYNC:
-            self.resyncs = 0
-        # Two bursts in a row that left the clock alone show how it drifts.
-        self._free = ((now_ns, sample.offset_ns, sample.rtt_ns)
-                      if action == "none" and sample is not None else None)
+        else:
+            # One doubling per burst at most, and back down to the longest
+            # wait the measured drift allows.
+            backoff = min(self.backoff * 2, MAX_BACKOFF)
+            while backoff > 1 and not self._stays_in_step(sample, now_ns,
+                                                          self.interval_ms * backoff):
+                backoff //= 2
+            self.backoff = backoff
+        if flag is Flag.SYNC and sample is not None:
+            self._after_sync(sample, answer)
+        # The drift reference: where this burst left the offset. A slew or a
+        # step takes it to zero (the next burst comes once a slew is done);
+        # chronyd or another NTP daemon steers the clock its own way.
+        if sample is None or action not in ("none", "slew", "step"):
+            self._free = None
+        else:
+            self._free = (now_ns, sample.offset_ns if action == "none" else 0, sample.rtt_ns)
         offset = answer.get("offset_ns")
         self.slew_ms = (int(abs(offset) / SLEW_RATE / 1e6)
                         if action == "slew" and isinstance(offset, int) else 0)
 
+    def _after_sync(self, sample: Sample, answer: dict[str, Any]) -> None:
+        """Ask for another SYNC when this one's step may have left the clock out of step.
+
+        A step is only as good as its sample: one measured through a busy
+        channel (δ/2 of 50 ms at a boot storm) is set right by another SYNC
+        once things are quieter, not by minutes of slewing. Only a clock vmis
+        owns is stepped again (another NTP daemon gets its one step), and
+        only while the round trips get shorter: a channel that is always
+        slow gets one more SYNC, not three steps by its noise.
+        """
+        improving = self.resyncs == 0 or sample.rtt_ns * 2 <= self._sync_rtt_ns
+        if (answer.get("action") == "step" and answer.get("mode") == Mode.OWN.value
+                and sample.rtt_ns > RESYNC_RTT_NS and self.resyncs < MAX_RESYNCS
+                and improving):
+            self.sync_pending = True
+            self.resyncs += 1
+        else:
+            self.resyncs = 0
+        self._sync_rtt_ns = sample.rtt_ns
+
     def _stays_in_step(self, sample: Sample, now_ns: int, wait_ms: int) -> bool:
         """Whether the offset, drifting as since the last free-running burst, stays in budget.
 
-        The drift is what the offset moved between the two bursts beyond
-        their measurement uncertainty (δ/2 each), so jitter does not count.
+        The drift is what the offset moved since the reference (the last
+        burst that left the clock alone, or zero after a correction) beyond
+        the two measurements' uncertainty (δ/2 each), so jitter does not count.
         """
         if self._free is None or sample is None:
             return True
@@ -253,7 +282,8 @@ class TimeSyncMonitor:
         """The host's verdict on the last burst when it sent no APPLY (for the guest's status)."""
         if self.last.get("applied") is not False:
             return None
-        return {k: self.last.get(k) for k in ("state", "action", "offset_ns", "rtt_ns")}
+        return {k: self.last.get(k)
+                for k in ("state", "action", "offset_ns", "rtt_ns", "sample_ns")}
 
     def request_sync(self) -> None:
         """Make the next burst a SYNC and run it now."""
