@@ -479,3 +479,23 @@ def test_a_guest_corrected_at_every_burst_is_still_judged_by_its_drift():
     # 300 us after 320 s (0.9 ppm beyond the jitter): another 320 s would end near
     # 580 us, over the 500 us budget; 160 s ends near 440 us
     assert _in_step_at(still, t, 300_000) == 160_000
+
+
+def test_a_left_out_apply_keeps_what_only_the_guest_knows_unless_the_clock_changed_hands():
+    from vmis.services.timesync import Flag, Sample
+    from vmis.services.timesync.host import TimeSyncMonitor
+
+    mon = TimeSyncMonitor(interval_ms=10_000)
+    sample = Sample(t1=0, t2=10_000, t3=10_000, t4=20_000)
+    mon.record(sample, Flag.SYNC, {"state": "Stepped", "action": "step", "mode": "ntp",
+                                   "daemon": "chronyd", "note": "add the refclock line",
+                                   "last_step_ns": 7}, 0)
+    verdict = {"state": "NtpDaemon", "action": "defer", "mode": "ntp", "offset_ns": 0,
+               "rtt_ns": 20_000, "sample_ns": 10_000, "applied": False}
+    mon.record(sample, Flag.SAMPLE, dict(verdict), 0)
+    assert (mon.last["daemon"], mon.last["note"], mon.last["last_step_ns"]) == \
+        ("chronyd", "add the refclock line", 7)
+    # the daemon went away: the guest owns its clock now, and says so in its SAMPLE answer
+    mon.record(sample, Flag.SAMPLE, {**verdict, "state": "Synchronized", "action": "none",
+                                     "mode": "own"}, 0)
+    assert (mon.last["daemon"], mon.last["note"], mon.last["last_step_ns"]) == (None, "", 7)
