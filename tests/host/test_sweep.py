@@ -63,8 +63,8 @@ async def test_a_silent_guest_turns_lost_on_time_is_dropped_and_comes_back(
         await eventually(lambda: session.status(HB).primary is OperationalStatus.OK, timeout=10)
 
 
-async def test_a_quiet_guest_that_answers_its_ping_keeps_its_session(short_tmp, monkeypatch):
-    monkeypatch.setattr(session_module, "PING_TIMEOUT", 0.5)
+def count_pings(monkeypatch) -> list[float]:
+    """The times of the liveness PINGs every session sends from now on."""
     pings: list[float] = []
     ping = session_module.VmSession._ping_agent
 
@@ -73,6 +73,12 @@ async def test_a_quiet_guest_that_answers_its_ping_keeps_its_session(short_tmp, 
         await ping(self, channel)  # type: ignore[arg-type]
 
     monkeypatch.setattr(session_module.VmSession, "_ping_agent", counted)
+    return pings
+
+
+async def test_a_quiet_guest_that_answers_its_ping_keeps_its_session(short_tmp, monkeypatch):
+    monkeypatch.setattr(session_module, "PING_TIMEOUT", 0.5)
+    pings = count_pings(monkeypatch)
     async with host_guest_pair(short_tmp, heartbeat_interval_ms=200) as pair:
         session = pair.session
         assert not pings  # beats are current: nothing to ask
@@ -92,14 +98,7 @@ async def test_a_quiet_guest_that_answers_its_ping_keeps_its_session(short_tmp, 
 
 async def test_an_answered_ping_waits_an_interval_however_often_the_sweep_passes(
         short_tmp, monkeypatch):
-    pings: list[float] = []
-    ping = session_module.VmSession._ping_agent
-
-    async def counted(self: session_module.VmSession, channel: object) -> None:
-        pings.append(time.monotonic())
-        await ping(self, channel)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(session_module.VmSession, "_ping_agent", counted)
+    pings = count_pings(monkeypatch)
     async with host_guest_pair(short_tmp, heartbeat_interval_ms=500) as pair:
         await pair.agent.manager.services["heartbeat"].stop()
         await eventually(lambda: pair.session.status(HB).primary

@@ -29,13 +29,23 @@ class Echo:
         pass
 
 
-async def connected_pair():
+async def connected_pair(fd_stream_guest: bool = False):
+    """Host and guest channels on a socket pair, session running.
+
+    :param fd_stream_guest: the guest end on the virtio-serial transport
+        (vmis.transport.fdstream) instead of asyncio's socket transport.
+    """
+    from vmis.transport.fdstream import open_fd_stream
+
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     host = Channel(Role.HOST, Echo())
     guest = Channel(Role.GUEST, Echo())
     await loop.create_unix_connection(lambda: host, sock=a)
-    await loop.create_unix_connection(lambda: guest, sock=b)
+    if fd_stream_guest:
+        open_fd_stream(loop, b.detach(), guest)
+    else:
+        await loop.create_unix_connection(lambda: guest, sock=b)
     await host.sync()
     await host.hello({"framework": [[1, 0]], "services": {}})
     return host, guest
@@ -61,17 +71,8 @@ async def test_payloads_of_several_buffers_arrive_whole_in_any_mix():
 
 async def test_large_payloads_through_the_fd_stream_transport_land_in_their_own_buffers():
     # The virtio-serial transport reads into the decoder's buffer too (readv).
-    from vmis.transport.fdstream import open_fd_stream
-
-    loop = asyncio.get_running_loop()
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    host = Channel(Role.HOST, Echo())
-    guest = Channel(Role.GUEST, Echo())
-    await loop.create_unix_connection(lambda: host, sock=a)
-    open_fd_stream(loop, b.detach(), guest)
+    host, guest = await connected_pair(fd_stream_guest=True)
     try:
-        await host.sync()
-        await host.hello({"framework": [[1, 0]], "services": {}})
         payloads = [os.urandom(n) for n in (3 * 1024 * 1024 + 1, 10, 200_000)]
         answers = await asyncio.gather(*(host.request(6, 4, p, timeout=30) for p in payloads))
         assert answers == payloads

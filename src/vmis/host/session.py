@@ -229,7 +229,7 @@ class VmSession:
                                      getattr(hook, "__qualname__", hook), exc)
             # From here the manager's sweep watches this session (see sweep): one
             # pass over all VMs per interval instead of a timer per VM.
-            self._watch_from = time.monotonic() + self.heartbeat.settings.interval_ms / 1000
+            self._watch_in_an_interval()
             await channel.wait_closed()
             raise ChannelError(self._dropped or channel_lost_reason(channel))
         finally:
@@ -265,6 +265,9 @@ class VmSession:
             self._ping.add_done_callback(self._ping_done)
         return state
 
+    def _watch_in_an_interval(self) -> None:
+        self._watch_from = time.monotonic() + self.heartbeat.settings.interval_ms / 1000
+
     def _ping_done(self, task: asyncio.Task[None]) -> None:
         if self._ping is task:
             self._ping = None
@@ -274,7 +277,7 @@ class VmSession:
             await channel.request(CONTROL, ControlOp.PING, b"", timeout=PING_TIMEOUT)
             # An answer is a sign of life: the next PING (heartbeat still not
             # current, or disabled) waits an interval, not the next sweep.
-            self._watch_from = time.monotonic() + self.heartbeat.settings.interval_ms / 1000
+            self._watch_in_an_interval()
         except RequestTimeout:
             self._dropped = (f"the guest agent stopped answering (no heartbeat, no answer "
                              f"to PING within {PING_TIMEOUT:g} s)")

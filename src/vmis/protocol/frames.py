@@ -293,11 +293,7 @@ class FrameDecoder:
                 self._consume(len(buf))
             return None
         payload = bytes(buf[start:end])
-        if end == len(buf):
-            buf.clear()
-            self._pos = 0
-        else:
-            self._consume(end)
+        self._consume(end)
         return Frame(kind, service, op, id, payload)
 
     def _next_large(self) -> Frame | None:

@@ -443,9 +443,9 @@ class Connection:
 
     def _handle(self, frame: Frame) -> Event | None:
         kind = frame.kind
-        if kind is Kind.NOTIFY and frame.service != CONTROL:
-            # the most frequent frame of all (a beat); control notifications
-            # (SYNC among them) take the full path below
+        # A notification (a beat: the most frequent frame of all) is tested
+        # first; a SYNC, whatever its kind, goes to _handle_sync.
+        if kind is Kind.NOTIFY and (frame.service != CONTROL or frame.op != ControlOp.SYNC):
             if self._state is not State.RUNNING:
                 return None
             payload = frame.payload
@@ -464,11 +464,6 @@ class Connection:
             if frame.service == CONTROL and frame.op == ControlOp.HELLO and self.role is Role.HOST:
                 raise RemoteProtocolError("the guest sent a HELLO request")
             return request
-        if frame.kind is Kind.NOTIFY:
-            if self._state is not State.RUNNING:
-                return None
-            # Notifications are small; a large one is made bytes for its handlers.
-            return NotificationReceived(frame.service, frame.op, bytes(frame.body))
         return self._handle_answer(frame)
 
     def _handle_sync(self, frame: Frame) -> Event | None:

@@ -302,31 +302,23 @@ def test_a_slewing_guest_is_looked_at_again_when_its_slew_should_be_done():
     from vmis.services.timesync.host import TimeSyncMonitor
 
     mon = TimeSyncMonitor(interval_ms=10_000)
-    sample = None
+
+    def found(offset_ns: int, state: str = "Slewing", action: str = "slew") -> int:
+        mon.record(None, Flag.SAMPLE, {"state": state, "action": action,  # type: ignore[arg-type]
+                                       "offset_ns": offset_ns}, 0)
+        return mon.next_wait_ms
+
     # 20 ms at adjtime's 0.5 ms/s: 40 s
-    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
-                                     "offset_ns": -20_000_000}, 0)
-    assert mon.next_wait_ms == int(0.02 / SLEW_RATE * 1000) == 40_000 and mon.backoff == 1
-    # a slew longer than the longest wait is looked at after the longest wait
-    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
-                                     "offset_ns": 100_000_000}, 0)
-    assert mon.next_wait_ms == 200_000
-    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
-                                     "offset_ns": 127_000_000}, 0)
-    assert mon.next_wait_ms == 254_000
-    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
-                                     "offset_ns": 1_000_000_000}, 0)
-    assert mon.next_wait_ms == 320_000
+    assert found(-20_000_000) == int(0.02 / SLEW_RATE * 1000) == 40_000 and mon.backoff == 1
+    # the wait follows the slew up to the longest wait, 320 s
+    assert found(100_000_000) == 200_000
+    assert found(127_000_000) == 254_000
+    assert found(1_000_000_000) == 320_000
     # a short slew does not wait less than the interval
-    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
-                                     "offset_ns": 2_000_000}, 0)
-    assert mon.next_wait_ms == 10_000
+    assert found(2_000_000) == 10_000
     # done and in step: the usual doubling; a clock event: at once, the interval after
-    mon.record(sample, Flag.SAMPLE, {"state": "Synchronized", "action": "none",  # type: ignore[arg-type]
-                                     "offset_ns": 300_000}, 0)
-    assert mon.next_wait_ms == 20_000
-    mon.record(sample, Flag.SAMPLE, {"state": "Slewing", "action": "slew",  # type: ignore[arg-type]
-                                     "offset_ns": 30_000_000}, 0)
+    assert found(300_000, "Synchronized", "none") == 20_000
+    found(30_000_000)
     mon.request_sync()
     assert mon.next_wait_ms == 10_000 and mon.wake.is_set()
 
