@@ -1,12 +1,12 @@
 """SPEC.md §3: the six host/guest rules, end to end through the real channel."""
 
 import pytest
-
 from support.pair import eventually, host_guest_pair
+
 from vmis.errors import ServiceUnavailable
-from vmis.host.status import OperationalStatus
 from vmis.services.catalog import StartupType, by_key
 from vmis.services.heartbeat.guest import HeartbeatService
+from vmis.services.status import OperationalStatus
 
 HB = by_key("heartbeat")
 

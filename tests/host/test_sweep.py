@@ -16,8 +16,9 @@ from support.pair import eventually, host_guest_pair
 
 import vmis.host.session as session_module
 from vmis.host.manager import MIN_SWEEP_INTERVAL, SWEEP_INTERVAL
-from vmis.host.status import OperationalStatus
 from vmis.services.catalog import by_key
+from vmis.services.heartbeat.host import HeartbeatHost
+from vmis.services.status import OperationalStatus
 
 HB = by_key("heartbeat")
 
@@ -37,7 +38,7 @@ async def test_a_silent_guest_turns_lost_on_time_is_dropped_and_comes_back(
     caplog.set_level(logging.INFO, logger="vmis.host")
     async with host_guest_pair(short_tmp, heartbeat_interval_ms=200) as pair:
         session = pair.session
-        lost_after = session.heartbeat.settings.lost_after  # 2 x 0.2 s + 1 s
+        lost_after = session.part(HeartbeatHost).monitor.settings.lost_after  # 2 x 0.2 s + 1 s
         beats = pair.agent.manager.services["heartbeat"]
         channel = pair.agent.channel
         assert channel is not None and channel.transport is not None

@@ -17,16 +17,14 @@ from typing import Any
 import httpx
 
 from vmis.api.app import create_app
-from vmis.api.routes import api_routers
 from vmis.guest.adapters import make_adapters
 from vmis.guest.agent import Agent
 from vmis.guest.config import AgentConfig
 from vmis.guest.services import available_services
 from vmis.host.manager import HostManager
-from vmis.host.services import notification_hooks, setup
 from vmis.host.session import VmSession
 from vmis.host.store import Store
-from vmis.services.base import GuestService
+from vmis.services.guest_half import GuestService
 
 
 @dataclass
@@ -87,20 +85,19 @@ async def host_guest_pair(
     root.mkdir(parents=True, exist_ok=True)
     agent, task = await _start_agent(root, services, adapters, versions, config)
     store = Store(f"sqlite:///{tmp_path / 'host.db'}")
-    manager = HostManager(store, notification_hooks())
-    setup(manager)
+    manager = HostManager(store)
     await manager.start()
     manager.add_vm("DemoVM", f"unix:{root / 'run/vmis/channel.sock'}",
                    heartbeat_interval_ms=heartbeat_interval_ms)
     session = manager.session("DemoVM")
-    app = create_app(manager, api_routers())
+    app = create_app(manager)
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vmis")
     pair = Pair(manager, agent, session, root, api)
     pair._agent_task = task
     try:
         if wait:
             assert await session.wait_connected(15), session.last_error
-            await eventually(lambda: session.heartbeat.state() == "Ok")
+            await eventually(lambda: session.contact() == "Ok")
         yield pair
     finally:
         await api.aclose()

@@ -5,13 +5,13 @@ import json
 import zipfile
 
 import pytest
-
-import vmis
 from support.bundles import make_bundle
 from support.lab import run_vmis, start_lab
+
+import vmis
 from vmis.guest.config import AgentConfig
 from vmis.guest.update import apply_update
-from vmis.services.base import GuestContext, ServiceError
+from vmis.services.guest_half import GuestContext, ServiceError
 
 
 def get_vm(lab_dir, name):

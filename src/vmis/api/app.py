@@ -1,115 +1,26 @@
-"""The host manager's local HTTP API (FastAPI), served on a Unix socket.
+"""The host manager's HTTP API (FastAPI), served on a Unix socket.
 
-Each route is a thin translation of one :class:`~vmis.host.manager.HostManager`
-method; errors map to statuses through :mod:`vmis.api.errors`. Data-plane
-services add their routes with :func:`include_service_routes`.
+Routes are thin translations of host manager methods (vmis.api.routes lists
+every router); errors map to statuses through :mod:`vmis.api.errors`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 import vmis
 from vmis.api.errors import status_for
+from vmis.api.routes import ROUTERS
 from vmis.errors import VmisError
 from vmis.host.manager import HostManager
 
 __all__ = ["create_app"]
 
 
-class VmIn(BaseModel):
-    name: str = Field(min_length=1, max_length=255)
-    channel: str
-    qmp: str | None = None
-    kind: str = "external"
-    heartbeat_interval_ms: int | None = Field(default=None, ge=100, le=600_000)
-
-
-class VmPatch(BaseModel):
-    channel: str | None = None
-    qmp: str | None = None
-    heartbeat_interval_ms: int | None = Field(default=None, ge=100, le=600_000)
-    heartbeat_latency_ms: int | None = Field(default=None, ge=0, le=600_000)
-    heartbeat_error_threshold: int | None = Field(default=None, ge=1, le=100)
-
-
-class ServiceChange(BaseModel):
-    vms: list[str] = Field(min_length=1)
-    names: list[str] = Field(min_length=1)
-
-
-def manager_of(request: Request) -> HostManager:
-    """The HostManager the app was created with."""
-    manager: HostManager = request.app.state.manager
-    return manager
-
-
-def core_router() -> APIRouter:
-    """Routes of the control plane."""
-    router = APIRouter(prefix="/v1")
-
-    @router.get("/ping")
-    async def ping() -> dict[str, Any]:
-        return {"version": vmis.__version__}
-
-    @router.get("/vms")
-    async def list_vms(request: Request) -> list[dict[str, Any]]:
-        return manager_of(request).list_vms()
-
-    @router.post("/vms", status_code=201)
-    async def add_vm(request: Request, vm: VmIn) -> dict[str, Any]:
-        manager = manager_of(request)
-        record = manager.add_vm(vm.name, vm.channel, qmp=vm.qmp, kind=vm.kind,
-                                heartbeat_interval_ms=vm.heartbeat_interval_ms)
-        return manager.vm_info(manager.sessions[record.id])
-
-    @router.patch("/vms/{name}")
-    async def update_vm(request: Request, name: str, patch: VmPatch) -> dict[str, Any]:
-        manager = manager_of(request)
-        record = manager.update_vm(name, **patch.model_dump(exclude_none=True))
-        return manager.vm_info(manager.sessions[record.id])
-
-    @router.post("/vms/{name}/reconnect")
-    async def reconnect(request: Request, name: str) -> dict[str, Any]:
-        session = manager_of(request).session(name)
-        session.reconnect_now()
-        return {"Name": session.vm.name}
-
-    @router.delete("/vms/{name}")
-    async def remove_vm(request: Request, name: str) -> dict[str, Any]:
-        record = await manager_of(request).remove_vm(name)
-        return {"Name": record.name, "Id": record.id}
-
-    @router.get("/vm-status")
-    async def get_vms(
-        request: Request, name: Annotated[list[str] | None, Query()] = None
-    ) -> list[dict[str, Any]]:
-        return await manager_of(request).get_vms(name)
-
-    @router.get("/services")
-    async def services(
-        request: Request,
-        vm: Annotated[list[str], Query()],
-        name: Annotated[list[str] | None, Query()] = None,
-    ) -> list[dict[str, Any]]:
-        return [row.to_json() for row in manager_of(request).services(vm, name)]
-
-    @router.post("/services/enable")
-    async def enable(request: Request, change: ServiceChange) -> list[dict[str, Any]]:
-        return await manager_of(request).set_enabled(change.vms, change.names, True)
-
-    @router.post("/services/disable")
-    async def disable(request: Request, change: ServiceChange) -> list[dict[str, Any]]:
-        return await manager_of(request).set_enabled(change.vms, change.names, False)
-
-    return router
-
-
-def create_app(manager: HostManager, routers: list[APIRouter] | None = None) -> FastAPI:
+def create_app(manager: HostManager) -> FastAPI:
     """Build the API around a running manager."""
     app = FastAPI(title="vmis host manager", version=vmis.__version__)
     app.state.manager = manager
@@ -122,10 +33,6 @@ def create_app(manager: HostManager, routers: list[APIRouter] | None = None) -> 
             body["code"] = code
         return JSONResponse(body, status_code=status_for(exc))
 
-    app.include_router(core_router())
-    from vmis.api.updates import router as updates_router
-
-    app.include_router(updates_router)
-    for router in routers or []:
+    for router in ROUTERS:
         app.include_router(router)
     return app

@@ -1,11 +1,11 @@
-"""API of the hypervisor operations (vmis.host.hypervisor) and of VMs vmis launches (vmis.qemu).
+"""API of the hypervisor operations (vmis.host.hypervisor), through the manager's backends.
 
 ``POST /v1/vms/start``           Start-VM: power on or resume, through QMP
 ``POST /v1/setup-disk/insert``   Insert-SetupDisk: the setup disk into the CD-ROM drive
 ``POST /v1/setup-disk/eject``    Eject-SetupDisk
 ``POST /v1/qemu/vms``            vm create: a QEMU VM from the project's guest image
 
-Stop-VM -TurnOff is ``POST /v1/power/stop`` with ``turn_off`` (vmis.api.plugins.shutdown).
+Stop-VM -TurnOff is ``POST /v1/power/stop`` with ``turn_off`` (vmis.api.services.shutdown).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from vmis.api.app import manager_of
-from vmis.host.hypervisor import eject_setup_disks, insert_setup_disks, start_vms
+from vmis.api.context import manager_of
+from vmis.host.hypervisor import create_vm, eject_setup_disks, insert_setup_disks, start_vms
 
 __all__ = ["router"]
 
@@ -59,8 +59,6 @@ async def eject(request: Request, body: VmsIn) -> list[dict[str, Any]]:
 
 @router.post("/qemu/vms", status_code=201)
 async def create(request: Request, body: CreateIn) -> dict[str, Any]:
-    from vmis.qemu.hypervisor import create_vm
-
     return await create_vm(manager_of(request), body.name, memory_mib=body.memory_mib,
                            cpus=body.cpus, clock_offset=body.clock_offset,
                            persistent=body.persistent)

@@ -1,14 +1,28 @@
-"""API routers of the data-plane services: ``vmis.api.plugins.<key>.router``."""
+"""Every router of the API: the control plane's, the hypervisor operations', the
+online update's, and each service's face.
+
+A service with an API face has a module in vmis.api.services and one line
+here (docs/architecture.md, "Add a screen").
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from vmis.services.plugins import service_modules
+from vmis.api import control, hypervisor, updates
+from vmis.api.services import fcopy, kvp, shutdown, timesync, vmsession, vss
 
-__all__ = ["api_routers"]
+__all__ = ["ROUTERS"]
 
-
-def api_routers() -> list[APIRouter]:
-    """Every data-plane service's router, in catalogue order."""
-    return [module.router for _, module in service_modules("vmis.api.plugins.{key}")]
+ROUTERS: tuple[APIRouter, ...] = (
+    control.router,
+    updates.router,
+    # each service's face, in catalogue order
+    fcopy.router,
+    kvp.router,
+    shutdown.router,
+    timesync.router,
+    vmsession.router,
+    vss.router,
+    hypervisor.router,
+)

@@ -18,6 +18,7 @@ from vmis.api.app import create_app
 from vmis.errors import ConfigError
 from vmis.host.manager import HostManager
 from vmis.host.store import Store
+from vmis.qemu.hypervisor import QemuHypervisor
 
 __all__ = ["bind_socket", "data_dir_for", "serve"]
 
@@ -81,18 +82,12 @@ def data_dir_for(db_url: str) -> Path:
 async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None) -> None:
     """Run the manager until SIGTERM/SIGINT or cancellation."""
     raise_file_limit()
-    from vmis.api.hypervisor import router as hypervisor_router
-    from vmis.api.routes import api_routers
-    from vmis.host.services import notification_hooks, setup
-    from vmis.qemu.hypervisor import setup as setup_qemu
-
     store = Store(db_url)
     sock = bind_socket(socket_path)
-    manager = HostManager(store, notification_hooks())
-    setup(manager)
-    setup_qemu(manager, data_dir_for(db_url))
+    data_dir = data_dir_for(db_url)
+    manager = HostManager(store, hypervisors=[QemuHypervisor(data_dir)], data_dir=data_dir)
     await manager.start()
-    app = create_app(manager, [*api_routers(), hypervisor_router])
+    app = create_app(manager)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = _Server(config)
     loop = asyncio.get_running_loop()

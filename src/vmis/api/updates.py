@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from vmis.api.app import manager_of
+from vmis.api.context import manager_of
 from vmis.errors import VmisError
 from vmis.host.update import RESTART_TIMEOUT, Bundle, update_vms
 

@@ -39,8 +39,8 @@ from vmis.protocol import (
     negotiate,
 )
 from vmis.protocol.services import parse_version_list
-from vmis.services.base import GuestContext, GuestService, ServiceError
 from vmis.services.catalog import ServiceSpec, by_id, by_key
+from vmis.services.guest_half import GuestContext, GuestService, ServiceError
 from vmis.transport.address import UnixAddress, parse_address
 from vmis.transport.channel import Channel
 from vmis.transport.listen import serve

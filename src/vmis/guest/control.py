@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import vmis
 from vmis.errors import NotFoundError, VmisError
-from vmis.services.base import ControlOp, ServiceError
 from vmis.services.catalog import StartupType, by_guest_name
+from vmis.services.guest_half import ControlOp, ServiceError
 
 if TYPE_CHECKING:
     from vmis.guest.agent import Agent

@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from vmis.guest.state import ServiceState
-from vmis.services.base import GuestService, ServiceError
 from vmis.services.catalog import CATALOG, ServiceSpec, StartupType
+from vmis.services.guest_half import GuestService, ServiceError
 
 __all__ = ["ServiceManager", "ServiceStatus"]
 

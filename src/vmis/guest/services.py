@@ -1,6 +1,6 @@
 """The guest service halves this agent offers, and the ``--offer`` override.
 
-An older agent simply lacks newer services (SPEC.md §3 rule 8); ``--offer``
+An older agent simply lacks newer services (docs/updates.md); ``--offer``
 makes this agent stand in for one by offering fewer services, or older
 versions, without any other change.
 """
@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from vmis.errors import ConfigError
 from vmis.protocol.services import Version
-from vmis.services.base import GuestService
-from vmis.services.plugins import service_modules
+from vmis.services.catalog import CATALOG
+from vmis.services.guest_half import GuestService
 
 __all__ = ["available_services", "parse_offer"]
 
 
 def available_services() -> list[type[GuestService]]:
-    """Every guest service half installed: ``vmis.services.<key>.guest.SERVICE``."""
-    services: list[type[GuestService]] = [
-        module.SERVICE for _, module in service_modules("vmis.services.{key}.guest")
-    ]
+    """Every catalogued service's guest half (``vmis.services.<key>.guest.SERVICE``)."""
+    services: list[type[GuestService]] = []
+    for spec in CATALOG:
+        half = spec.half("guest")
+        if half is not None:
+            services.append(half)
     return services
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import vmis
 from vmis.packaging.bundle import bundle_version
 from vmis.packaging.install import install_agent, rollback_agent
-from vmis.services.base import GuestContext, ServiceError
+from vmis.services.guest_half import GuestContext, ServiceError
 
 __all__ = ["UPDATE_DIR", "UpdateState", "apply_update"]
 

@@ -1,8 +1,15 @@
-"""The host manager: the VM registry, one session per VM, and the host operations.
+"""The host manager: the VM registry, one session per VM, the services' host halves.
 
-Everything the API offers is a method here, so the HTTP layer stays a thin
-translation. Names given by users follow Hyper-V: VM names and service names
-are case-insensitive, and VM names accept wildcards.
+The manager is where the host's parts meet (docs/architecture.md): the store,
+one host half per catalogued service (vmis.services.host_half), the guest
+kind that opens links to guests (vmis.services.link) and the hypervisor
+backends (vmis.services.hypervisor). It gives the host halves what they may
+use of it (a :class:`~vmis.services.host_half.HostContext`). The control
+plane's operations are methods here, so the HTTP layer stays a thin
+translation; each service's own operations are methods of its host half
+(``manager.service(KvpHost).set(...)``). Names given by users follow
+Hyper-V: VM names and service names are case-insensitive, and VM names
+accept wildcards.
 """
 
 from __future__ import annotations
@@ -11,20 +18,28 @@ import asyncio
 import fnmatch
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Engine
 
 from vmis.errors import NotFoundError, ServiceUnavailable, StateError
-from vmis.host.session import NotificationHook, RunningHook, VmSession
-from vmis.host.status import ServiceStatus
-from vmis.host.store import Store, VmRecord
-from vmis.host.vminfo import StateProvider, vm_row
-from vmis.services.catalog import HOST_SERVICES, ServiceSpec, match_host_names
-from vmis.services.heartbeat.host import HeartbeatState
+from vmis.host.session import VmSession
+from vmis.host.store import Store
+from vmis.host.vminfo import vm_row
+from vmis.links.vmis_agent import VmisAgent
+from vmis.services.catalog import CATALOG, ServiceSpec, match_host_names
+from vmis.services.host_half import Contact, HostContext, HostService, VmRecord
+from vmis.services.hypervisor import Hypervisor
+from vmis.services.link import GuestKind
+from vmis.services.status import ServiceStatus
 from vmis.transport.address import parse_address
 
 __all__ = ["HostManager"]
+
+S = TypeVar("S", bound=HostService[Any])
 
 _log = logging.getLogger("vmis.host")
 
@@ -35,47 +50,79 @@ MIN_SWEEP_INTERVAL = 0.1
 
 
 class HostManager:
-    """Owns the store and the VM sessions.
+    """Owns the store, the services' host halves and the VM sessions.
 
     :param store: the registry.
-    :param hooks: data-plane notification handlers, by (service, op).
+    :param guest_kind: opens links to the VMs' guests (default: the vmis agent).
+    :param hypervisors: the backends that act on VMs' machines, asked in order.
+    :param data_dir: where the manager keeps its files (setup disks, machines).
     """
 
-    def __init__(self, store: Store,
-                 hooks: dict[tuple[int, int], NotificationHook] | None = None) -> None:
+    def __init__(self, store: Store, *, guest_kind: GuestKind | None = None,
+                 hypervisors: Sequence[Hypervisor] = (), data_dir: Path | None = None) -> None:
         self.store = store
-        self.hooks = dict(hooks or {})
+        self.guest_kind: GuestKind = guest_kind or VmisAgent()
+        self.hypervisors = list(hypervisors)
+        self.data_dir = data_dir
         self.sessions: dict[str, VmSession] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._seen: dict[str, str] = {}
-        #: called with (session) whenever a VM is added, for services that keep state
-        self.on_vm_added: list[Callable[[VmSession], None]] = []
-        #: awaited with (session) each time a VM's session starts running
-        self.on_running: list[RunningHook] = []
-        #: hypervisor connections that know VMs' power states (QMP), asked in order
-        self.state_providers: list[StateProvider] = []
+        self._services: dict[str, HostService[Any]] = {}
+        host: HostContext = self
+        for spec in CATALOG:
+            half = spec.half("host")
+            if half is not None:
+                self._services[spec.key] = half(host)
+        store.create_tables(t for service in self._services.values() for t in service.tables)
+
+    # Section: HostContext
+
+    @property
+    def engine(self) -> Engine:
+        """The store's database."""
+        return self.store.engine
+
+    def service(self, cls: type[S]) -> S:
+        """A service's host half (``manager.service(KvpHost)``).
+
+        :raise NotFoundError: When the catalogue has no such service.
+        """
+        service = self._services.get(cls.spec.key)
+        if not isinstance(service, cls):
+            raise NotFoundError(f"this host manager has no {cls.spec.key} service")
+        return service
+
+    def current(self, vm_id: str) -> VmSession | None:
+        """The VM's session while it is registered."""
+        return self.sessions.get(vm_id)
+
+    def hypervisor_for(self, vm: VmRecord) -> Hypervisor | None:
+        """The first backend that acts on *vm*, if one does."""
+        return next((h for h in self.hypervisors if h.handles(vm)), None)
 
     # Section: lifecycle
 
     async def start(self) -> None:
-        """Start a session for every registered VM."""
+        """Start the services, then a session for every registered VM."""
+        for service in self._services.values():
+            await service.start()
         for vm in self.store.list_vms():
             self._start_session(vm)
         self._sweeper = asyncio.create_task(self._sweep(), name="heartbeat-sweep")
 
     async def close(self) -> None:
-        """Stop every session."""
+        """Stop every session, then the services."""
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*(s.stop() for s in self.sessions.values()))
         self.sessions.clear()
+        for service in self._services.values():
+            await service.close()
 
     def _start_session(self, vm: VmRecord) -> VmSession:
-        session = VmSession(vm, self.hooks, self.on_running)
+        session = VmSession(vm, self._services.values(), self.guest_kind)
         self.sessions[vm.id] = session
         session.start()
-        for hook in self.on_vm_added:
-            hook(session)
         return session
 
     async def _sweep(self) -> None:
@@ -97,11 +144,11 @@ class HostManager:
         # Nothing below awaits or adds a VM: the dict is walked as it is.
         for vm_id, session in self.sessions.items():
             state = session.sweep(now)
-            shortest = min(shortest, session.heartbeat.settings.interval_ms)
+            shortest = min(shortest, session.watch_interval_ms)
             before = seen.get(vm_id)
             if state != before:
                 seen[vm_id] = state
-                if before is not None and state == HeartbeatState.LOST:
+                if before is not None and state == Contact.LOST:
                     session.log.warning("heartbeat: Lost Communication")
         return max(shortest / 1000, MIN_SWEEP_INTERVAL)
 
@@ -182,7 +229,7 @@ class HostManager:
         vm = session.vm
         return {
             "Name": vm.name, "Id": vm.id, "Channel": vm.channel, "Qmp": vm.qmp, "Kind": vm.kind,
-            "Connected": session.connected, "Heartbeat": session.heartbeat.state(),
+            "Connected": session.connected, "Heartbeat": session.contact(),
             "AgentVersion": session.agent.get("version"), "LastError": session.last_error,
             "HeartbeatIntervalMs": vm.heartbeat_interval_ms,
         }
@@ -191,13 +238,14 @@ class HostManager:
         """Get-VM rows (vmis.host.vminfo)."""
         sessions = self.match(patterns) if patterns else sorted(
             self.sessions.values(), key=lambda s: s.vm.name.lower())
-        return list(await asyncio.gather(*(vm_row(s, self.state_providers) for s in sessions)))
+        return list(await asyncio.gather(*(vm_row(s, self.hypervisor_for(s.vm))
+                                           for s in sessions)))
 
     # Section: integration services
 
     def services(self, vm_patterns: list[str], names: list[str] | None) -> list[ServiceStatus]:
         """Get-VMIntegrationService rows."""
-        specs = match_host_names(names) if names else list(HOST_SERVICES)
+        specs = match_host_names(names) if names else list(CATALOG.host_services)
         return [s.status(spec) for s in self.match(vm_patterns) for spec in specs]
 
     async def set_enabled(self, vm_patterns: list[str], names: list[str],

@@ -1,11 +1,13 @@
 """One supervised host-guest session per VM.
 
-:class:`VmSession` dials the VM's channel, runs SYNC and HELLO, applies the
-host's desired service state, and then keeps the rules of SPEC.md §3 while
-the session lasts (:meth:`VmSession._apply_rules`). When the channel fails
-it dials again with exponential backoff, forever, until the VM is removed.
-The status of each service (vmis.host.status) is computed from what this
-object knows, when asked.
+:class:`VmSession` opens a link to the VM's guest (vmis.services.link),
+applies the host's desired service state, and then keeps the rules of
+docs/status.md (rules 4-6) while the link lasts (:meth:`VmSession._apply_rules`).
+When the link fails it opens another with exponential backoff, forever,
+until the VM is removed. Each service's host half keeps its state for this
+VM in a part the session owns (``session.part(KvpHost)``); the status of
+each service is computed from what the session, the link's offer and that
+part know, when asked.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar, cast
 
 from vmis.errors import (
     ChannelError,
@@ -27,40 +28,31 @@ from vmis.errors import (
     ServiceUnavailable,
     VmisError,
 )
-from vmis.host.status import OperationalStatus, ServiceStatus
-from vmis.host.store import VmRecord
-from vmis.protocol import (
-    FRAMEWORK_VERSIONS,
-    ControlOp,
-    NotificationReceived,
-    Payload,
-    Received,
-    RequestReceived,
-    Role,
-    ServiceId,
-    Synced,
-    decode_json,
-    encode_json,
+from vmis.protocol import Payload, Received
+from vmis.services.catalog import CATALOG, ServiceSpec
+from vmis.services.host_half import (
+    Contact,
+    HostService,
+    Liveness,
+    VmContext,
+    VmPart,
+    VmRecord,
 )
-from vmis.protocol.services import CONTROL, parse_version, parse_version_list
-from vmis.services.catalog import CATALOG, HOST_SERVICES, ServiceSpec, by_key
-from vmis.services.heartbeat import HeartbeatOp, decode_beat
-from vmis.services.heartbeat.host import HeartbeatMonitor, HeartbeatSettings, HeartbeatState
-from vmis.transport.address import parse_address
-from vmis.transport.channel import Channel
-from vmis.transport.dial import dial
+from vmis.services.link import GuestKind, GuestLink, LinkHello, NotificationHandler, ServiceOffer
+from vmis.services.status import OperationalStatus, ServiceStatus
 
-__all__ = ["Backoff", "GuestServiceState", "NotificationHook", "RunningHook", "VmSession"]
+__all__ = ["Backoff", "VmSession"]
+
+P = TypeVar("P", bound=VmPart)
 
 _log = logging.getLogger("vmis.host")
 
 #: seconds the guest agent has to answer a liveness PING (see VmSession.sweep)
 PING_TIMEOUT = 5.0
-
-#: host handlers of data-plane notifications: (service, op) -> callable(session, payload)
-NotificationHook = Callable[["VmSession", bytes], None]
-#: called with the session each time a session starts running
-RunningHook = Callable[["VmSession"], Awaitable[None]]
+#: seconds the guest has to start or stop a service
+SET_SERVICE_TIMEOUT = 15.0
+#: how often a VM whose services name no liveness source is looked at
+DEFAULT_WATCH_MS = 1000
 
 
 class Backoff:
@@ -82,56 +74,49 @@ class Backoff:
         self.delay = self.first
 
 
-class GuestServiceState:
-    """What the guest said about one service in HELLO and SERVICE_STATE."""
-
-    __slots__ = ("offers", "startup", "state", "version")
-
-    def __init__(self, version: tuple[int, int] | None, state: str, startup: str,
-                 offers: list[tuple[int, int]] | None = None) -> None:
-        self.version = version
-        self.state = state
-        self.startup = startup
-        #: the versions the guest speaks, when none is common with ours
-        self.offers = offers or []
-
-
 class VmSession:
-    """Supervises the channel to one VM; the host-side ChannelHandler.
+    """Supervises the link to one VM (a :class:`~vmis.services.host_half.VmContext`).
 
     :param vm: the VM's record (desired state included).
-    :param hooks: data-plane notification handlers by (service, op).
+    :param services: the host halves, in catalogue order: each gives this VM a part.
+    :param kind: opens links to the VM's guest.
     """
 
-    def __init__(self, vm: VmRecord,
-                 hooks: dict[tuple[int, int], NotificationHook] | None = None,
-                 on_running: list[RunningHook] | None = None) -> None:
+    def __init__(self, vm: VmRecord, services: Iterable[HostService[Any]],
+                 kind: GuestKind) -> None:
         self.vm = vm
         self.log = _log.getChild(vm.name)
-        self.hooks = hooks or {}
-        #: awaited after each session reaches RUNNING and the desired state is applied
-        #: (e.g. deliver KVP writes made while the VM was away, start time sync)
-        self.on_running = on_running if on_running is not None else []
-        self.heartbeat = HeartbeatMonitor(self._heartbeat_settings(vm))
-        self.channel: Channel | None = None
-        #: True once any session with this VM completed HELLO
+        self.kind = kind
+        self.link: GuestLink | None = None
+        #: True once any session with this VM completed its handshake
         self.contacted = False
-        #: True while a session is running
+        #: True while a link is open
         self.connected = False
         #: the reason the last connection attempt or session failed
         self.last_error = "not contacted yet"
-        #: "protocol-mismatch" when HELLO was refused for the framework version
+        #: why the guest refused the handshake's framework versions, if it did
         self.mismatch = ""
-        #: guest agent facts from HELLO
-        self.agent: dict[str, Any] = {}
-        self.guest: dict[str, GuestServiceState] = {}
+        #: set when the VM was powered off from here (Stop-VM); Get-VM shows it Off
+        self.powered_off = False
+        self._hello = LinkHello({}, {})
+        self._parts: dict[str, VmPart] = {}
+        self._liveness: Liveness | None = None
+        context: VmContext = self
+        for service in services:
+            part = service.new_part(context)
+            self._parts[service.spec.key] = part
+            if service.liveness:
+                self._liveness = cast(Liveness, part)
+        self._handlers: dict[tuple[int, int], NotificationHandler] = {
+            (spec.id, op): handler
+            for spec in CATALOG if spec.key in self._parts
+            for op, handler in self._parts[spec.key].handlers().items()
+        }
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._session_up = asyncio.Event()
         self._backoff = Backoff()
         self._rule_tasks: set[asyncio.Task[Any]] = set()
-        #: per-VM attributes data-plane services keep (e.g. time sync figures)
-        self.extra: dict[str, Any] = {}
         #: why this host ended the running session itself (see sweep), if it did
         self._dropped = ""
         #: monotonic time from which :meth:`sweep` may PING; None while no session runs
@@ -139,10 +124,37 @@ class VmSession:
         #: the liveness PING in flight, if any
         self._ping: asyncio.Task[None] | None = None
 
-    @staticmethod
-    def _heartbeat_settings(vm: VmRecord) -> HeartbeatSettings:
-        return HeartbeatSettings(vm.heartbeat_interval_ms, vm.heartbeat_latency_ms,
-                                 vm.heartbeat_error_threshold)
+    # Section: the parts
+
+    def part(self, service: type[HostService[P]]) -> P:
+        """This VM's part of *service* (``session.part(KvpHost)``)."""
+        return cast(P, self._parts[service.spec.key])
+
+    @property
+    def agent(self) -> Mapping[str, Any]:
+        """The guest agent's facts from the current (or last) link."""
+        return self._hello.agent
+
+    @property
+    def guest(self) -> Mapping[str, ServiceOffer]:
+        """What the guest offers, by service key (from the current or last link)."""
+        return self._hello.services
+
+    @property
+    def handlers(self) -> Mapping[tuple[int, int], NotificationHandler]:
+        """The parts' handlers of guest notifications (the link dispatches to them)."""
+        return self._handlers
+
+    def contact(self, now: float | None = None) -> str:
+        """Whether the guest is alive: ``NoContact``, ``Ok`` or ``LostCommunication``."""
+        if self._liveness is None:
+            return Contact.OK if self.connected else Contact.NO_CONTACT
+        return self._liveness.contact(now)
+
+    @property
+    def watch_interval_ms(self) -> int:
+        """How often the manager's sweep looks at this VM."""
+        return self._liveness.interval_ms if self._liveness is not None else DEFAULT_WATCH_MS
 
     # Section: supervision
 
@@ -152,22 +164,25 @@ class VmSession:
             self._task = asyncio.create_task(self._supervise(), name=f"session:{self.vm.name}")
 
     async def stop(self) -> None:
-        """Stop supervising and close the channel."""
+        """Stop supervising, close the link, end the parts' work (VM removed, manager closing)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self.channel is not None:
-            self.channel.close()
+        if self.link is not None:
+            self.link.close()
+        for part in self._parts.values():
+            await part.close()
 
     def update(self, vm: VmRecord) -> None:
         """Take a changed record (desired state, channel, heartbeat settings)."""
         channel_changed = vm.channel != self.vm.channel
         self.vm = vm
-        self.heartbeat.settings = self._heartbeat_settings(vm)
-        if channel_changed and self.channel is not None:
-            self.channel.close()
+        for part in self._parts.values():
+            part.on_record_changed()
+        if channel_changed and self.link is not None:
+            self.link.close()
         self.reconnect_now()
 
     def reconnect_now(self) -> None:
@@ -207,74 +222,78 @@ class VmSession:
                 pass
 
     async def _session(self) -> None:
-        address = parse_address(self.vm.channel)
-        channel = await dial(address, lambda: Channel(Role.HOST, self, name=self.vm.name))
-        self.channel = channel
         try:
-            await channel.sync()
-            await self._hello(channel)
+            link = await self.kind.open(self.vm, self)
+        except RemoteServiceError as exc:
+            if exc.code == "protocol-mismatch":
+                self.mismatch = str(exc)
+            raise
+        self.link = link
+        try:
+            self.mismatch = ""
+            self._hello = link.hello
             self._backoff.reset()
             self.contacted = True
             self.connected = True
             self.last_error = ""
             self._session_up.set()
-            self.heartbeat.new_session()
+            for part in self._parts.values():
+                part.on_link_opened()
             self.log.info("session running (agent %s)", self.agent.get("version", "?"))
-            await self._apply_desired(channel)
-            for hook in list(self.on_running):
+            await self._apply_desired(link)
+            for part in list(self._parts.values()):
                 try:
-                    await hook(self)
+                    await part.on_running()
                 except (VmisError, OSError) as exc:
-                    self.log.warning("after-connect step %s failed: %s",
-                                     getattr(hook, "__qualname__", hook), exc)
+                    self.log.warning("after-connect step %s failed: %s", type(part).__name__, exc)
             # From here the manager's sweep watches this session (see sweep): one
             # pass over all VMs per interval instead of a timer per VM.
             self._watch_in_an_interval()
-            await channel.wait_closed()
-            raise ChannelError(self._dropped or channel_lost_reason(channel))
+            await link.wait_closed()
+            raise ChannelError(self._dropped or link.lost_reason or "the channel closed")
         finally:
             self._watch_from = None
             if self._ping is not None:
                 self._ping.cancel()
                 self._ping = None
             self._dropped = ""
-            channel.close()
+            link.close()
 
     def sweep(self, now: float) -> str:
-        """One visit of the manager's sweep: the heartbeat state, and a PING if it is not OK.
+        """One visit of the manager's sweep: whether the guest is alive, and a PING if not.
 
         A virtio-serial port has no connection semantics (docs/protocol.md §1):
         when the agent in the guest stops or restarts, the host's socket to
         QEMU stays connected and simply goes quiet, and a new agent hunts for
-        a SYNC the host would never send. So whenever no heartbeat is current
-        (the guest stopped beating, or Heartbeat is disabled), the agent is
-        asked a PING; no answer within :data:`PING_TIMEOUT` closes the channel,
-        and the supervisor dials again and resynchronises with whatever agent
-        holds the port by then.
+        a SYNC the host would never send. So whenever the guest does not show
+        it is alive (it stopped beating, or Heartbeat is disabled), the agent
+        is asked a PING; no answer within :data:`PING_TIMEOUT` closes the
+        link, and the supervisor opens another to whatever agent holds the
+        port by then.
 
         :param now: ``time.monotonic()`` of this pass.
-        :return: the heartbeat state, "" before the first contact.
+        :return: the contact state, "" before the first contact.
         """
         if not self.contacted:
             return ""
-        state = self.heartbeat.state(now)
-        if (state != HeartbeatState.OK and self._ping is None and self._watch_from is not None
-                and now >= self._watch_from and self.channel is not None):
-            self._ping = asyncio.create_task(self._ping_agent(self.channel),
+        state = self.contact(now)
+        if (state != Contact.OK and self._ping is None and self._watch_from is not None
+                and now >= self._watch_from and self.link is not None):
+            self._ping = asyncio.create_task(self._ping_agent(self.link),
                                              name=f"ping:{self.vm.name}")
             self._ping.add_done_callback(self._ping_done)
         return state
 
     def _watch_in_an_interval(self) -> None:
-        self._watch_from = time.monotonic() + self.heartbeat.settings.interval_ms / 1000
+        self._watch_from = time.monotonic() + self.watch_interval_ms / 1000
 
     def _ping_done(self, task: asyncio.Task[None]) -> None:
         if self._ping is task:
             self._ping = None
 
-    async def _ping_agent(self, channel: Channel) -> None:
+    async def _ping_agent(self, link: GuestLink) -> None:
         try:
-            await channel.request(CONTROL, ControlOp.PING, b"", timeout=PING_TIMEOUT)
+            await link.ping(PING_TIMEOUT)
             # An answer is a sign of life: the next PING (heartbeat still not
             # current, or disabled) waits an interval, not the next sweep.
             self._watch_in_an_interval()
@@ -282,7 +301,7 @@ class VmSession:
             self._dropped = (f"the guest agent stopped answering (no heartbeat, no answer "
                              f"to PING within {PING_TIMEOUT:g} s)")
             self.log.warning("%s; resynchronising", self._dropped)
-            channel.close()
+            link.close()
         except (ChannelError, ProtocolError, RemoteServiceError):
             pass  # the session is ending anyway
 
@@ -291,77 +310,37 @@ class VmSession:
             self.log.warning("session ended: %s", self.last_error)
         self.connected = False
         self._session_up.clear()
-        self.heartbeat.session_ended()
-        self.channel = None
+        for part in self._parts.values():
+            part.on_link_closed()
+        self.link = None
 
-    async def _hello(self, channel: Channel) -> None:
-        offer = {
-            "framework": [list(v) for v in FRAMEWORK_VERSIONS],
-            "services": {s.key: [list(v) for v in s.versions] for s in CATALOG},
-            "max_payload": channel.conn.max_payload,
-            "host": {"name": socket.gethostname(), "vm_name": self.vm.name, "vm_id": self.vm.id},
-        }
-        try:
-            answer = await channel.hello(offer)
-        except RemoteServiceError as exc:
-            if exc.code == "protocol-mismatch":
-                self.mismatch = str(exc)
-            raise
-        self.mismatch = ""
-        self.agent = answer.get("agent") or {}
-        guest: dict[str, GuestServiceState] = {}
-        for key, entry in (answer.get("services") or {}).items():
-            if key not in {s.key for s in CATALOG} or not isinstance(entry, dict):
-                continue
-            version = entry.get("version")
-            offers = entry.get("offers")
-            guest[key] = GuestServiceState(
-                parse_version(version) if version is not None else None,
-                str(entry.get("state", "stopped")),
-                str(entry.get("startup", "automatic")),
-                parse_version_list(offers) if isinstance(offers, list) else None,
-            )
-        self.guest = guest
-
-    async def _apply_desired(self, channel: Channel) -> None:
+    async def _apply_desired(self, link: GuestLink) -> None:
         await asyncio.gather(*(
-            self._set_service(channel, spec, self.vm.enabled[spec.key], quiet=True)
-            for spec in HOST_SERVICES
+            self._set_service(link, spec, self.vm.enabled[spec.key], quiet=True)
+            for spec in CATALOG.host_services
             if spec.key in self.guest and self.guest[spec.key].version is not None
         ))
 
     def settings_for(self, spec: ServiceSpec) -> dict[str, Any]:
-        """Host settings sent to the guest with SET_SERVICE."""
-        if spec.id is ServiceId.HEARTBEAT:
-            return self.heartbeat.settings.for_guest()
-        return {}
+        """Host settings sent to the guest with each start of *spec*."""
+        part = self._parts.get(spec.key)
+        return part.settings() if part is not None else {}
 
-    async def _set_service(self, channel: Channel, spec: ServiceSpec, enabled: bool,
+    async def _set_service(self, link: GuestLink, spec: ServiceSpec, enabled: bool,
                            quiet: bool = False) -> dict[str, Any]:
-        payload = encode_json({"service": spec.key, "enabled": enabled,
-                               "settings": self.settings_for(spec)})
         try:
-            answer = decode_json(await channel.request(CONTROL, ControlOp.SET_SERVICE, payload,
-                                                       timeout=15))
+            return await link.set_service(spec.key, enabled, self.settings_for(spec),
+                                          timeout=SET_SERVICE_TIMEOUT)
         except RemoteServiceError as exc:
-            if exc.code == "service-disabled" and spec.key in self.guest:
-                self.guest[spec.key].state = "stopped"
-                self.guest[spec.key].startup = "disabled"
             if not quiet:
                 raise
             self.log.warning("cannot %s %s: %s", "start" if enabled else "stop",
                              spec.guest_name, exc)
-            return {}
         except (ChannelError, ProtocolError) as exc:
             if not quiet:
                 raise
             self.log.debug("SET_SERVICE %s failed: %s", spec.key, exc)
-            return {}
-        state = self.guest.get(spec.key)
-        if state is not None:
-            state.state = str(answer.get("state", state.state))
-            state.startup = str(answer.get("startup", state.startup))
-        return answer
+        return {}
 
     async def set_service(self, spec: ServiceSpec, enabled: bool) -> dict[str, Any] | None:
         """Apply a host enable/disable to the running session, if any.
@@ -370,81 +349,41 @@ class VmSession:
             (the desired state is applied when one starts).
         :raise ServiceUnavailable: When the guest cannot start the service.
         """
-        channel = self.channel
-        if channel is None or not self.connected or spec.key not in self.guest:
+        link = self.link
+        if link is None or not self.connected or spec.key not in self.guest:
             return None
         try:
-            return await self._set_service(channel, spec, enabled)
+            return await self._set_service(link, spec, enabled)
         except RemoteServiceError as exc:
             raise ServiceUnavailable(f"{self.vm.name}: {exc}") from exc
         except ChannelError as exc:
             self.log.debug("SET_SERVICE not delivered: %s", exc)
             return None
 
-    # Section: ChannelHandler
+    # Section: LinkEvents
 
-    def on_synced(self, channel: Channel, event: Synced) -> None:
-        pass
-
-    def on_request(self, channel: Channel, request: RequestReceived) -> None:
-        channel.fail(request, "unknown-op", "the host serves no guest requests in this version")
-
-    def on_session_lost(self, channel: Channel, reason: str) -> None:
-        self.last_error = reason
-
-    def on_notification(self, channel: Channel, note: NotificationReceived) -> None:
-        if note.service == ServiceId.HEARTBEAT:
-            self._on_heartbeat(note)
-        elif note.service == CONTROL and note.op == ControlOp.SERVICE_STATE:
-            self._on_service_state(note.payload)
-        else:
-            hook = self.hooks.get((note.service, note.op))
-            if hook is not None:
-                hook(self, note.payload)
-
-    def _on_heartbeat(self, note: NotificationReceived) -> None:
-        try:
-            if note.op == HeartbeatOp.BEAT:
-                seq, health = decode_beat(note.payload)
-                if self.heartbeat.beat(seq, health):
-                    self.log.info("heartbeat: Ok")
-            elif note.op == HeartbeatOp.HEALTH:
-                body = decode_json(note.payload)
-                failed = body.get("failed") or []
-                self.heartbeat.set_health(
-                    str(body.get("health", "ok")),
-                    [str(f) for f in failed] if isinstance(failed, list) else [])
-                self.log.info("application health: %s %s", self.heartbeat.health,
-                              self.heartbeat.failed or "")
-        except ProtocolError as exc:
-            self.log.warning("bad heartbeat: %s", exc)
-
-    def _on_service_state(self, payload: bytes) -> None:
-        try:
-            body = decode_json(payload)
-            spec = by_key(str(body["service"]))
-        except (ProtocolError, KeyError) as exc:
-            self.log.warning("bad SERVICE_STATE: %s", exc)
-            return
-        state = self.guest.get(spec.key)
-        if state is None:
-            return
-        state.state = str(body.get("state", state.state))
-        state.startup = str(body.get("startup", state.startup))
+    def service_state(self, key: str, state: str, startup: str) -> None:
+        """The guest changed a service on its own: keep the rules."""
+        spec = CATALOG.by_key(key)
         task = asyncio.ensure_future(self._apply_rules(spec))
         self._rule_tasks.add(task)
         task.add_done_callback(self._rule_tasks.discard)
 
+    def lost(self, reason: str) -> None:
+        """The link ended."""
+        self.last_error = reason
+
     async def _apply_rules(self, spec: ServiceSpec) -> None:
-        """SPEC.md §3 rules 4-6 after a change made inside the guest."""
-        if spec.host_name is None or self.channel is None:
+        """Rules 4-6 of docs/status.md after a change made inside the guest."""
+        link = self.link
+        if spec.host_name is None or link is None:
             return  # guest-controlled service (VM Session): no host rule applies
         state = self.guest[spec.key]
         wanted = self.vm.enabled[spec.key]
         if not wanted and state.state == "running":
             self.log.info("rule 4: %s was started in the guest but is disabled on the host; "
                           "stopping it", spec.guest_name)
-            await self._set_service(self.channel, spec, False, quiet=True)
+            await self._set_service(link, spec, False, quiet=True)
         elif wanted and state.state != "running":
             if state.startup == "disabled":
                 self.log.warning("rule 6: %s is disabled in the guest; the host cannot start it",
@@ -452,21 +391,21 @@ class VmSession:
                 return
             self.log.info("rule 5: %s was stopped in the guest but is enabled on the host; "
                           "starting it", spec.guest_name)
-            await self._set_service(self.channel, spec, True, quiet=True)
+            await self._set_service(link, spec, True, quiet=True)
 
-    # Section: requests for data-plane services
+    # Section: requests of the host halves
 
     async def request(self, spec: ServiceSpec, op: int, payload: Payload = b"",
                       timeout: float | None = 30.0) -> Received:
-        """Send a data-plane request, checking first that the service can answer.
+        """Send a request of *spec*, checking first that the service can answer.
 
         :raise ServiceUnavailable: When the service is disabled on the host, the VM
             is not connected, or the guest lacks or has stopped the service.
         """
         self.require(spec)
-        assert self.channel is not None
+        assert self.link is not None
         try:
-            return await self.channel.request(spec.id, op, payload, timeout=timeout)
+            return await self.link.request(spec.id, op, payload, timeout=timeout)
         except RemoteServiceError as exc:
             if exc.code in ("service-stopped", "service-disabled", "unknown-service"):
                 raise ServiceUnavailable(f"{self.vm.name}: {exc}") from exc
@@ -480,7 +419,7 @@ class VmSession:
                 f"{self.vm.name}: the {label} integration service is disabled on the host "
                 f"(Enable-VMIntegrationService -VMName {self.vm.name} -Name \"{label}\")"
             )
-        if not self.connected or self.channel is None:
+        if not self.connected or self.link is None:
             raise ServiceUnavailable(
                 f"{self.vm.name}: no contact with the guest agent ({self.last_error})"
             )
@@ -490,12 +429,14 @@ class VmSession:
         if state.state != "running":
             how = ("it is disabled in the guest (StartupType Disabled)"
                    if state.startup == "disabled" else "it is stopped in the guest")
+            if state.limit:
+                how = state.limit
             raise ServiceUnavailable(f"{self.vm.name}: {label} is not running: {how}")
 
     # Section: status
 
     def status(self, spec: ServiceSpec) -> ServiceStatus:
-        """Get-VMIntegrationService's row for one host service (table in vmis.host.status)."""
+        """Get-VMIntegrationService's row for one host service (table in vmis.services.status)."""
         enabled = self.vm.enabled.get(spec.key, spec.default_enabled)
         name = spec.host_name or spec.guest_name
         row: dict[str, Any] = {"vm_name": self.vm.name, "vm_id": self.vm.id, "name": name,
@@ -511,22 +452,15 @@ class VmSession:
             return ServiceStatus(**row, primary=OperationalStatus.OK, **facts)
         primary, reason = self._primary(spec, guest)
         secondary = None
-        if spec.id is ServiceId.HEARTBEAT and primary in (OperationalStatus.OK,
-                                                          OperationalStatus.DEGRADED):
-            hb = self.heartbeat.state()
-            if hb == HeartbeatState.NO_CONTACT:
-                primary, reason = OperationalStatus.NO_CONTACT, "no heartbeat yet"
-            elif hb == HeartbeatState.LOST:
-                primary, reason = OperationalStatus.LOST_COMMUNICATION, "heartbeats stopped"
-            elif self.heartbeat.health == "critical":
-                secondary = OperationalStatus.APPLICATION_CRITICAL
-                reason = "failing health checks: " + ", ".join(self.heartbeat.failed)
-            else:
-                secondary = OperationalStatus.OK
+        part = self._parts.get(spec.key)
+        if part is not None and primary in (OperationalStatus.OK, OperationalStatus.DEGRADED):
+            primary, secondary, reason = part.refine_status(primary, reason)
         return ServiceStatus(**row, primary=primary, secondary=secondary, reason=reason, **facts)
 
-    def _out_of_date(self, spec: ServiceSpec, guest: GuestServiceState | None) -> str:
+    def _out_of_date(self, spec: ServiceSpec, guest: ServiceOffer | None) -> str:
         """Why an older guest cannot serve *spec*, naming the guest version it needs."""
+        if guest is not None and guest.limit:
+            return guest.limit
         label = spec.host_name or spec.guest_name
         agent = self.agent.get("version", "unknown")
         needs = (f"update its integration services to vmis {spec.since} or newer "
@@ -538,21 +472,21 @@ class VmSession:
                 f"({_versions(spec.versions)}){offered}; {needs}")
 
     def _primary(self, spec: ServiceSpec,
-                 guest: GuestServiceState | None) -> tuple[OperationalStatus, str]:
+                 guest: ServiceOffer | None) -> tuple[OperationalStatus, str]:
         if not self.contacted:
             return OperationalStatus.NO_CONTACT, self.last_error
         if self.mismatch:
             return OperationalStatus.PROTOCOL_MISMATCH, self.mismatch
         if not self.connected:
             return OperationalStatus.LOST_COMMUNICATION, self.last_error
-        if self.heartbeat.state() == HeartbeatState.LOST:
+        if self.contact() == Contact.LOST:
             return OperationalStatus.LOST_COMMUNICATION, "heartbeats stopped"
         if guest is None:
             return OperationalStatus.NO_CONTACT, self._out_of_date(spec, guest)
         if guest.version is None:
             return OperationalStatus.PROTOCOL_MISMATCH, self._out_of_date(spec, guest)
         if guest.startup == "disabled" and guest.state != "running":
-            return OperationalStatus.ERROR, (
+            return OperationalStatus.ERROR, guest.limit or (
                 f"{spec.guest_name} is disabled in the guest (StartupType Disabled); "
                 "the host cannot start it"
             )
@@ -568,8 +502,3 @@ class VmSession:
 
 def _versions(versions: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> str:
     return ", ".join(".".join(map(str, v)) for v in versions)
-
-
-def channel_lost_reason(channel: Channel) -> str:
-    """Why a channel ended, for status reasons and logs."""
-    return channel.lost_reason or "the channel closed"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,16 +21,15 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from vmis.errors import ConfigError, NotFoundError, StateError
-from vmis.services.catalog import HOST_SERVICES
+from vmis.services.catalog import CATALOG
 from vmis.services.heartbeat import (
     DEFAULT_ERROR_THRESHOLD,
     DEFAULT_INTERVAL_MS,
     DEFAULT_LATENCY_MS,
 )
+from vmis.services.host_half import VmRecord, metadata
 
-__all__ = ["Store", "VmRecord", "metadata"]
-
-metadata = sa.MetaData()
+__all__ = ["Store"]
 
 vms = sa.Table(
     "vms",
@@ -64,22 +62,6 @@ service_settings = sa.Table(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class VmRecord:
-    """A registered VM and its host-side settings."""
-
-    id: str
-    name: str
-    channel: str
-    qmp: str | None
-    kind: str
-    heartbeat_interval_ms: int
-    heartbeat_latency_ms: int
-    heartbeat_error_threshold: int
-    #: service key -> enabled on the host
-    enabled: dict[str, bool]
-
-
 class Store:
     """Registry of VMs and their desired service state.
 
@@ -96,6 +78,16 @@ class Store:
         except (SQLAlchemyError, ValueError) as exc:
             raise ConfigError(f"cannot open the database {url!r}: {exc}") from exc
 
+    def create_tables(self, tables: Iterable[sa.Table]) -> None:
+        """Create the host halves' tables where missing (their modules load after this one).
+
+        :raise StateError: When the database refuses.
+        """
+        try:
+            metadata.create_all(self.engine, tables=list(tables))
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot create the services' tables: {exc}") from exc
+
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
         try:
@@ -108,7 +100,7 @@ class Store:
 
     def add_vm(self, name: str, channel: str, *, qmp: str | None = None,
                kind: str = "external", heartbeat_interval_ms: int | None = None) -> VmRecord:
-        """Register a VM with the default service settings (SPEC.md §2).
+        """Register a VM with the default service settings (docs/services/README.md).
 
         :raise StateError: When a VM of that name exists.
         """
@@ -124,7 +116,7 @@ class Store:
                 conn.execute(vms.insert().values(**values))
                 conn.execute(service_settings.insert(), [
                     {"vm_id": vm_id, "service": s.key, "enabled": s.default_enabled}
-                    for s in HOST_SERVICES
+                    for s in CATALOG.host_services
                 ])
         except IntegrityError:
             raise StateError(f"a VM named {name!r} is already registered") from None
@@ -182,7 +174,7 @@ class Store:
                 heartbeat_latency_ms=r["heartbeat_latency_ms"],
                 heartbeat_error_threshold=r["heartbeat_error_threshold"],
                 enabled={s.key: settings[r["id"]].get(s.key, s.default_enabled)
-                         for s in HOST_SERVICES},
+                         for s in CATALOG.host_services},
             )
             for r in rows
         ]

@@ -32,9 +32,8 @@ from vmis.errors import ChannelError, RemoteServiceError, ServiceUnavailable, Vm
 from vmis.host.manager import HostManager
 from vmis.host.session import VmSession
 from vmis.packaging.bundle import bundle_bytes, bundle_version
-from vmis.protocol import ControlOp, decode_json, encode_json
-from vmis.protocol.services import CONTROL
 from vmis.services.catalog import by_key
+from vmis.services.fcopy.host import FcopyHost
 
 __all__ = ["Bundle", "update_vms"]
 
@@ -88,8 +87,6 @@ async def _wait_for_new_agent(session: VmSession, old_boot: Any, timeout: float)
 async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, staged: Path,
                     progress: Progress, *, timeout: float = RESTART_TIMEOUT) -> dict[str, Any]:
     """Update one VM (module docstring); never raises for the VM's own failures."""
-    from vmis.host.plugins.fcopy import copy_vm_file
-
     name = session.vm.name
     before = session.agent.get("version")
     result: dict[str, Any] = {"VMName": name, "From": before, "To": bundle.version,
@@ -113,17 +110,15 @@ async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, st
             enabled_for_update = True
         guest_path = f"{STAGING_DIR}/vmis-guest-{bundle.version}.pyz"
         report("copying", Bytes=len(bundle.data))
-        await copy_vm_file(manager, name, str(staged), guest_path, "Host",
-                           create_full_path=True, force=True)
+        await manager.service(FcopyHost).copy_vm_file(name, str(staged), guest_path, "Host",
+                                                      create_full_path=True, force=True)
         report("installing")
         old_boot = session.agent.get("boot_id")
-        channel = session.channel
-        if channel is None:
+        link = session.link
+        if link is None:
             raise ServiceUnavailable(f"{name}: the session ended during the copy")
-        answer = decode_json(await channel.request(
-            CONTROL, ControlOp.UPDATE,
-            encode_json({"bundle": guest_path, "sha256": bundle.sha256,
-                         "version": bundle.version}), timeout=120))
+        answer = await link.install_agent(guest_path, bundle.sha256, bundle.version,
+                                          timeout=120)
         report("restarting", Installed=answer.get("installed"))
         await _wait_for_new_agent(session, old_boot, timeout)
         now = session.agent.get("version")

@@ -1,28 +1,25 @@
-"""Get-VM: a VM's state, heartbeat and integration services version (hyperv-facts.md §8.4).
+"""Get-VM: a VM's state, heartbeat and integration services version (docs/status.md).
 
 ``IntegrationServicesState`` compares the guest agent's version (from its
-HELLO) with the version this host ships: ``Up to date`` when the guest's is
-the same or newer, ``Update required`` when older, empty before any contact
-(Hyper-V's ICStatus None/UpToDate/RequiresUpdate).
+handshake) with the version this host ships: ``Up to date`` when the guest's
+is the same or newer, ``Update required`` when older, empty before any
+contact (Hyper-V's ICStatus None/UpToDate/RequiresUpdate).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import vmis
 from vmis.host.session import VmSession
-from vmis.host.status import VMHeartbeatStatus
 from vmis.services.catalog import by_key
-from vmis.services.heartbeat.host import HeartbeatState
+from vmis.services.heartbeat.host import HeartbeatHost
+from vmis.services.host_half import Contact
+from vmis.services.hypervisor import Hypervisor, known_state
+from vmis.services.status import VMHeartbeatStatus
 
-__all__ = ["StateProvider", "heartbeat_status", "integration_state", "parse_version", "vm_row"]
-
-#: asks a hypervisor for a VM's power state ("Running", "Off", "Paused", ...), None if it
-#: does not know the VM (e.g. no QMP socket)
-StateProvider = Callable[[VmSession], Awaitable[str | None]]
+__all__ = ["heartbeat_status", "integration_state", "parse_version", "vm_row"]
 
 UP_TO_DATE = "Up to date"
 UPDATE_REQUIRED = "Update required"
@@ -51,27 +48,26 @@ def heartbeat_status(session: VmSession, state: str) -> VMHeartbeatStatus | None
         return VMHeartbeatStatus.Disabled
     if not session.contacted:
         return VMHeartbeatStatus.NoContact
-    hb = session.heartbeat.state() if session.connected else HeartbeatState.LOST
-    if hb == HeartbeatState.NO_CONTACT:
+    hb = session.contact() if session.connected else Contact.LOST
+    if hb == Contact.NO_CONTACT:
         return VMHeartbeatStatus.NoContact
-    if hb == HeartbeatState.LOST:
+    if hb == Contact.LOST:
         return VMHeartbeatStatus.LostCommunication
-    if session.heartbeat.health == "critical":
+    if session.part(HeartbeatHost).health == "critical":
         return VMHeartbeatStatus.OkApplicationsCritical
     return VMHeartbeatStatus.OkApplicationsHealthy
 
 
-async def vm_row(session: VmSession, providers: list[StateProvider]) -> dict[str, Any]:
-    """One Get-VM object."""
-    state = None
-    for provider in providers:
-        state = await provider(session)
-        if state:
-            break
+async def vm_row(session: VmSession, hypervisor: Hypervisor | None) -> dict[str, Any]:
+    """One Get-VM object.
+
+    :param hypervisor: the backend that acts on the VM, if any: it tells the State.
+    """
+    state = await known_state(hypervisor, session) if hypervisor is not None else None
     if not state:
         if session.connected:
             state = "Running"
-        elif session.extra.get("powered_off"):
+        elif session.powered_off:
             state = "Off"
         else:
             state = "Unknown"

@@ -8,6 +8,7 @@ so the same sources give the same bytes (and the same SHA-256).
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import hashlib
 import io
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import vmis
 
-__all__ = ["GUEST_SIDE", "build_bundle", "bundle_bytes", "bundle_version", "guest_files"]
+__all__ = ["GUEST_SIDE", "HOST_ONLY", "build_bundle", "bundle_bytes", "bundle_version",
+           "guest_files", "is_guest_side"]
 
 #: the guest side of the package, relative to the vmis package directory
 GUEST_SIDE = (
@@ -27,6 +29,19 @@ GUEST_SIDE = (
     "hyperv", "cli/__init__.py", "cli/guest.py", "cli/guest_commands", "cli/psargs.py",
     "cli/table.py", "data",
 )
+#: what the host alone runs inside those folders (fnmatch patterns): the host
+#: halves of the services, their contracts and what only they use
+HOST_ONLY = (
+    "services/host_half.py", "services/link.py", "services/hypervisor.py",
+    "services/*/host.py", "services/fcopy/engine.py", "services/timesync/burst.py",
+    "services/vss/checkpoint.py",
+)
+
+
+def is_guest_side(relative: str) -> bool:
+    """Whether a file (a path relative to the vmis package) ships to guests."""
+    inside = any(relative == spec or relative.startswith(spec + "/") for spec in GUEST_SIDE)
+    return inside and not any(fnmatch.fnmatchcase(relative, p) for p in HOST_ONLY)
 
 _MAIN = b"""import sys
 
@@ -46,9 +61,11 @@ def guest_files(package: Path | None = None) -> list[tuple[str, Path]]:
         path = base / spec
         paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for p in paths:
+            relative = p.relative_to(base).as_posix()
             if "__pycache__" in p.parts or p.suffix in (".pyc", ".pyo"):
                 continue
-            found.append((f"vmis/{p.relative_to(base).as_posix()}", p))
+            if is_guest_side(relative):
+                found.append((f"vmis/{relative}", p))
     return sorted(found)
 
 

@@ -1,10 +1,11 @@
 """QEMU as the host manager's hypervisor: power, state, block snapshots and CD-ROM through QMP.
 
-:class:`QemuHypervisor` implements :class:`vmis.host.hypervisor.Hypervisor`
-for every registered VM with a QMP socket, and :class:`QmpSnapshot` is the
-VSS snapshot step of such VMs (docs/services/vss.md §4.2). The host manager's
-server calls :func:`setup`, which registers both; the host layer itself
-never imports QEMU code.
+:class:`QemuHypervisor` is a hypervisor backend
+(:class:`vmis.services.hypervisor.Hypervisor`) for every registered VM with a
+QMP socket; its :class:`QmpSnapshot` is the VSS snapshot step of such VMs
+(docs/services/vss.md §4.2), and it makes the VMs ``vmis vm create`` asks for.
+The host manager's server hands it to the manager; nothing else of the host
+names QEMU.
 
 Two kinds of QEMU VM are told apart by their QMP socket:
 
@@ -26,7 +27,6 @@ QMP run states map onto Hyper-V's VM states as in :data:`RUN_STATES`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import socket
@@ -35,17 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from vmis.errors import NotFoundError, StateError, VmisError
-from vmis.host.hypervisor import register, support_of
-from vmis.host.manager import HostManager
-from vmis.host.plugins.vss import VssSettings, checkpoints_of
-from vmis.host.store import VmRecord
 from vmis.qemu.cmdline import DiskMode, MachinePaths
 from vmis.qemu.errors import MonitorError
 from vmis.qemu.machine import QemuMachine
 from vmis.qemu.monitor import QmpMonitor
-from vmis.services.vss.host import SnapshotError, SnapshotRequest, SnapshotResult
+from vmis.services.host_half import VmRecord
+from vmis.services.hypervisor import NewMachine, SnapshotError, SnapshotRequest, SnapshotResult
 
-__all__ = ["RUN_STATES", "QemuHypervisor", "QmpSnapshot", "create_vm", "machines_dir", "setup"]
+__all__ = ["RUN_STATES", "QemuHypervisor", "QmpSnapshot", "machines_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +89,21 @@ def machines_dir(data_dir: Path) -> Path:
 
 
 class QemuHypervisor:
-    """QMP for every VM that has a QMP socket (a :class:`~vmis.host.hypervisor.Hypervisor`)."""
+    """QMP for every VM that has a QMP socket (a :class:`~vmis.services.hypervisor.Hypervisor`).
+
+    :param data_dir: the host manager's data directory: VMs it makes live in
+        ``<data_dir>/machines/<name>``.
+    """
 
     name = "qmp"
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         # Machines this process started, by work directory: keeping their
         # Popen lets this process reap QEMU when it exits (no zombie).
         self._started: dict[Path, QemuMachine] = {}
+        # Names whose work directory create() made (discard() removes only those).
+        self._made: set[str] = set()
 
     def handles(self, vm: VmRecord) -> bool:
         return bool(vm.qmp)
@@ -246,9 +250,48 @@ class QemuHypervisor:
 
     # Section: VSS
 
-    def snapshot_step(self, vm: VmRecord, settings: VssSettings) -> QmpSnapshot | None:
-        """The VSS step factory: a QMP block snapshot for every VM with a QMP socket."""
+    def snapshot_step(self, vm: VmRecord) -> QmpSnapshot | None:
+        """A QMP block snapshot for every VM with a QMP socket."""
         return QmpSnapshot(self, vm) if vm.qmp else None
+
+    # Section: new VMs
+
+    async def create(self, name: str, *, memory_mib: int, cpus: int, clock_offset: float,
+                     persistent: bool) -> NewMachine:
+        """A VM vmis launches itself from the project's guest image.
+
+        The image is built first if the cache lacks it (minutes, once; needs
+        root). The VM gets a work directory ``<data dir>/machines/<name>``
+        holding its machine record, sockets, logs and (with *persistent*) its
+        qcow2 disk.
+
+        :raise StateError: When its work directory holds an earlier VM.
+        :raise ConfigError: For a bad size or a work directory path too long for sockets.
+        :raise ImageBuildError: When the guest image cannot be built.
+        """
+        workdir = machines_dir(self.data_dir) / name
+        if MachinePaths(workdir).state.exists():
+            raise StateError(f"{workdir} holds the files of an earlier VM named {name!r}; "
+                             "remove that directory or choose another name")
+        from vmis.qemu.image import ensure_agent_image
+
+        image = await asyncio.to_thread(ensure_agent_image)
+        machine = QemuMachine(
+            name, workdir, image, memory_mib=memory_mib, cpus=cpus, clock_offset=clock_offset,
+            disk_mode=DiskMode.OVERLAY if persistent else DiskMode.SNAPSHOT,
+        )
+        if not workdir.exists():
+            self._made.add(name)
+        machine.save()
+        log.info("VM %s created in %s from image %s", name, workdir, image.directory)
+        return NewMachine(f"unix:{machine.paths.channel}", str(machine.paths.qmp), "qemu",
+                          {"WorkDir": str(workdir), "Image": str(image.directory)})
+
+    async def discard(self, name: str) -> None:
+        """Remove the work directory :meth:`create` made, if it made it."""
+        if name in self._made:
+            self._made.discard(name)
+            shutil.rmtree(machines_dir(self.data_dir) / name, ignore_errors=True)
 
 
 class QmpSnapshot:
@@ -333,64 +376,3 @@ class QmpSnapshot:
             + ", ".join(f"{r['Frozen']} holds the checkpoint" for r in rows),
             data={"Disks": rows},
         )
-
-
-async def create_vm(manager: HostManager, name: str, *, memory_mib: int = 512, cpus: int = 1,
-                    clock_offset: float = 0.0, persistent: bool = False) -> dict[str, Any]:
-    """``vmis vm create``: a VM vmis launches itself from the project's guest image.
-
-    The image is built first if the cache lacks it (minutes, once; needs
-    root). The VM gets a work directory ``<data dir>/machines/<name>``
-    holding its machine record, sockets, logs and (with *persistent*) its
-    qcow2 disk; it is registered with its agent channel and QMP socket, and
-    stays off until Start-VM.
-
-    :raise StateError: When the name is taken or its work directory holds an earlier VM.
-    :raise ConfigError: For a bad name, size or a work directory path too long for sockets.
-    :raise ImageBuildError: When the guest image cannot be built.
-    """
-    try:
-        manager.session(name)
-    except NotFoundError:
-        pass
-    else:
-        raise StateError(f"a VM named {name!r} is already registered")
-    if not name or name in (".", "..") or any(c in name for c in "/*?[,=\0"):
-        raise StateError(f"invalid VM name {name!r}: no '/', ',', '=' or wildcards")
-    workdir = machines_dir(support_of(manager).data_dir) / name
-    if MachinePaths(workdir).state.exists():
-        raise StateError(f"{workdir} holds the files of an earlier VM named {name!r}; "
-                         "remove that directory or choose another name")
-    from vmis.qemu.image import ensure_agent_image
-
-    image = await asyncio.to_thread(ensure_agent_image)
-    machine = QemuMachine(
-        name, workdir, image, memory_mib=memory_mib, cpus=cpus, clock_offset=clock_offset,
-        disk_mode=DiskMode.OVERLAY if persistent else DiskMode.SNAPSHOT,
-    )
-    created = not workdir.exists()
-    machine.save()
-    try:
-        record = manager.add_vm(name, f"unix:{machine.paths.channel}",
-                                qmp=str(machine.paths.qmp), kind="qemu")
-    except VmisError:
-        if created:
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    log.info("VM %s created in %s from image %s", name, workdir, image.directory)
-    return {**manager.vm_info(manager.sessions[record.id]), "WorkDir": str(workdir),
-            "Image": str(image.directory), "MemoryMiB": memory_mib, "Cpus": cpus,
-            "ClockOffset": clock_offset, "Persistent": persistent, "State": "Off"}
-
-
-def setup(manager: HostManager, data_dir: Path) -> QemuHypervisor:
-    """Make *manager* drive QEMU VMs through QMP: state, power, CD-ROM and VSS snapshots.
-
-    The QMP snapshot step comes after a VM's own snapshot command, so a
-    ``vm set-snapshot-command`` still wins.
-    """
-    hypervisor = QemuHypervisor()
-    register(manager, hypervisor, data_dir)
-    with contextlib.suppress(NotFoundError):  # no VSS plugin, no snapshot step
-        checkpoints_of(manager).step_factories.append(hypervisor.snapshot_step)
-    return hypervisor

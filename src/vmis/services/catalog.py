@@ -1,26 +1,37 @@
-"""The service catalogue of SPEC.md §2: names, display names, defaults, versions.
+"""The service catalogue (docs/services/README.md): names, display names, defaults, versions.
 
-One :class:`ServiceSpec` per service drives everything that lists services:
-the host's Get-VMIntegrationService rows, the guest's Get-Service rows, the
-HELLO offer and answer, and name lookups from the command lines.
+One :class:`ServiceSpec` line per service drives everything that lists
+services: the host's Get-VMIntegrationService rows, the guest's Get-Service
+rows, the HELLO offer and answer, and name lookups from the command lines.
+A line also says where the service lives: the package ``vmis.services.<key>``
+whose ``guest`` module holds the guest half (``SERVICE``, a
+:class:`~vmis.services.guest_half.GuestService`) and whose ``host`` module
+holds the host half (``SERVICE``, a :class:`~vmis.services.host_half.HostService`).
+The halves are imported only when a side asks for them (:meth:`ServiceSpec.half`),
+so a guest never loads a host half's dependencies. Adding a service is one
+package and one line here.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, overload
 
 from vmis.errors import NotFoundError
 from vmis.protocol.services import ServiceId, Version
 
 __all__ = [
     "CATALOG",
-    "HOST_SERVICES",
+    "Catalog",
     "ServiceSpec",
     "StartupType",
     "by_guest_name",
     "by_host_name",
+    "by_id",
     "by_key",
     "match_guest_names",
     "match_host_names",
@@ -34,7 +45,7 @@ class StartupType(Enum):
     AUTOMATIC = "automatic"
     #: started by the host when it enables the service, or by a guest administrator
     MANUAL = "manual"
-    #: never runs; the host cannot start it (SPEC.md §3 rule 6)
+    #: never runs; the host cannot start it (docs/status.md, rule 6)
     DISABLED = "disabled"
 
     @property
@@ -58,17 +69,19 @@ class StartupType(Enum):
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
-    """Static facts about one integration service."""
+    """Static facts about one integration service: one line of the catalogue."""
 
     #: wire number, docs/protocol.md §4
-    id: ServiceId
+    id: int
+    #: key in HELLO payloads, configuration files and package names
+    key: str
     #: name in Get-VMIntegrationService, None for guest-controlled services
     host_name: str | None
     #: Windows service name in the guest (Get-Service -Name)
     guest_name: str
     #: Windows display name in the guest
     display_name: str
-    #: enabled on the host for a new VM (SPEC.md §2: all but Guest Service Interface)
+    #: enabled on the host for a new VM (docs/services/README.md: all but Guest Service Interface)
     default_enabled: bool
     #: start type in a freshly installed guest
     default_startup: StartupType
@@ -79,68 +92,123 @@ class ServiceSpec:
     #: the first vmis release whose guest agent speaks :attr:`versions` [0]:
     #: what an older guest needs to be updated to (the host's messages name it)
     since: str = "0.1.0"
+    #: the package holding the service's halves; default ``vmis.services.<key>``
+    package: str = ""
+
+    def half(self, side: str) -> Any:
+        """The ``SERVICE`` class of the ``guest`` or ``host`` module of the service's package.
+
+        :return: the class, or None when the package has no module for *side*
+            (a service the host only lists, or one without a host half).
+        :raise ImportError: When the module exists but fails to import (a bug).
+        """
+        name = f"{self.package or f'vmis.services.{self.key}'}.{side}"
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                return None
+            raise
+        return getattr(module, "SERVICE", None)
+
+
+class Catalog(Sequence[ServiceSpec]):
+    """The services this code knows, by key.
+
+    A sequence of :class:`ServiceSpec`; :meth:`add` exists for tests that
+    plug in a service of their own (a toy) the way a new line here would.
+    """
+
+    def __init__(self, specs: Iterable[ServiceSpec]) -> None:
+        self._specs: list[ServiceSpec] = []
+        self._by_key: dict[str, ServiceSpec] = {}
+        self._by_id: dict[int, ServiceSpec] = {}
+        self._host: tuple[ServiceSpec, ...] = ()
+        for spec in specs:
+            self.add(spec)
+
+    @overload
+    def __getitem__(self, index: int) -> ServiceSpec: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ServiceSpec]: ...
+    def __getitem__(self, index: int | slice) -> ServiceSpec | Sequence[ServiceSpec]:
+        return self._specs[index]
+
+    def __len__(self) -> int:
+        return len(self._specs)
 
     @property
-    def key(self) -> str:
-        """Key in HELLO payloads and configuration files."""
-        return self.id.key
+    def host_services(self) -> tuple[ServiceSpec, ...]:
+        """Services listed and switched by the host, in Get-VMIntegrationService order."""
+        return self._host
+
+    def add(self, spec: ServiceSpec) -> None:
+        """Add a line.
+
+        :raise ValueError: When its key or wire number is taken.
+        """
+        if spec.key in self._by_key or spec.id in self._by_id:
+            raise ValueError(f"service {spec.key!r} ({spec.id}) is in the catalogue already")
+        self._specs.append(spec)
+        self._index()
+
+    def remove(self, key: str) -> None:
+        """Take a line out again (tests)."""
+        self._specs.remove(self._by_key[key])
+        self._index()
+
+    def _index(self) -> None:
+        self._specs.sort(key=lambda s: s.key)
+        self._by_key = {s.key: s for s in self._specs}
+        self._by_id = {s.id: s for s in self._specs}
+        self._host = tuple(sorted((s for s in self._specs if s.host_name),
+                                  key=lambda s: s.host_name or ""))
+
+    def by_key(self, key: str) -> ServiceSpec:
+        """Look a service up by key (``"kvp"``).
+
+        :raise KeyError: For an unknown key.
+        """
+        return self._by_key[key]
+
+    def by_id(self, service: int) -> ServiceSpec | None:
+        """Look a service up by wire number; None for control or unknown numbers."""
+        return self._by_id.get(service)
 
 
-CATALOG: tuple[ServiceSpec, ...] = (
-    ServiceSpec(
-        ServiceId.FCOPY, "Guest Service Interface", "vmicguestinterface",
+CATALOG = Catalog((
+    ServiceSpec(ServiceId.FCOPY, "fcopy", "Guest Service Interface", "vmicguestinterface",
         "Hyper-V Guest Service Interface", False, StartupType.MANUAL, ((1, 0),),
-        "file copy between host and guest (Copy-VMFile)",
-    ),
-    ServiceSpec(
-        ServiceId.HEARTBEAT, "Heartbeat", "vmicheartbeat",
+        "file copy between host and guest (Copy-VMFile)"),
+    ServiceSpec(ServiceId.HEARTBEAT, "heartbeat", "Heartbeat", "vmicheartbeat",
         "Hyper-V Heartbeat Service", True, StartupType.AUTOMATIC, ((1, 0),),
-        "liveness and application health of the guest",
-    ),
-    ServiceSpec(
-        ServiceId.KVP, "Key-Value Pair Exchange", "vmickvpexchange",
+        "liveness and application health of the guest"),
+    ServiceSpec(ServiceId.KVP, "kvp", "Key-Value Pair Exchange", "vmickvpexchange",
         "Hyper-V Data Exchange Service", True, StartupType.AUTOMATIC, ((1, 0),),
-        "key-value pairs between host and guest, and guest facts",
-    ),
-    ServiceSpec(
-        ServiceId.SHUTDOWN, "Shutdown", "vmicshutdown",
+        "key-value pairs between host and guest, and guest facts"),
+    ServiceSpec(ServiceId.SHUTDOWN, "shutdown", "Shutdown", "vmicshutdown",
         "Hyper-V Guest Shutdown Service", True, StartupType.AUTOMATIC, ((1, 0),),
-        "orderly shutdown and restart of the guest from the host",
-    ),
-    ServiceSpec(
-        ServiceId.TIMESYNC, "Time Synchronization", "vmictimesync",
+        "orderly shutdown and restart of the guest from the host"),
+    ServiceSpec(ServiceId.TIMESYNC, "timesync", "Time Synchronization", "vmictimesync",
         "Hyper-V Time Synchronization Service", True, StartupType.AUTOMATIC, ((1, 0),),
-        "keeps the guest clock on the host's time",
-    ),
-    ServiceSpec(
-        ServiceId.VMSESSION, None, "vmicvmsession",
+        "keeps the guest clock on the host's time"),
+    ServiceSpec(ServiceId.VMSESSION, "vmsession", None, "vmicvmsession",
         "Hyper-V VM Session Service", True, StartupType.DISABLED, ((1, 0),),
-        "commands run in the guest from the host (Invoke-Command)",
-    ),
-    ServiceSpec(
-        ServiceId.VSS, "VSS", "vmicvss",
+        "commands run in the guest from the host (Invoke-Command)"),
+    ServiceSpec(ServiceId.VSS, "vss", "VSS", "vmicvss",
         "Hyper-V Volume Shadow Copy Requestor", True, StartupType.AUTOMATIC, ((1, 0),),
-        "quiesces the guest's filesystems for a consistent backup",
-    ),
-)
-
-#: services listed and switched by the host, in Get-VMIntegrationService order
-HOST_SERVICES: tuple[ServiceSpec, ...] = tuple(
-    sorted((s for s in CATALOG if s.host_name), key=lambda s: s.host_name or "")
-)
-
-_BY_KEY = {s.key: s for s in CATALOG}
-_BY_ID = {s.id: s for s in CATALOG}
+        "quiesces the guest's filesystems for a consistent backup"),
+))
 
 
 def by_key(key: str) -> ServiceSpec:
     """Look a service up by key (``"kvp"``)."""
-    return _BY_KEY[key]
+    return CATALOG.by_key(key)
 
 
 def by_id(service: int) -> ServiceSpec | None:
     """Look a service up by wire number; None for control or unknown numbers."""
-    return _BY_ID.get(ServiceId(service)) if service in ServiceId._value2member_map_ else None
+    return CATALOG.by_id(service)
 
 
 def by_host_name(name: str) -> ServiceSpec:
@@ -148,10 +216,10 @@ def by_host_name(name: str) -> ServiceSpec:
 
     :raise NotFoundError: Naming the valid names.
     """
-    for spec in HOST_SERVICES:
+    for spec in CATALOG.host_services:
         if spec.host_name and spec.host_name.lower() == name.strip().lower():
             return spec
-    valid = ", ".join(f'"{s.host_name}"' for s in HOST_SERVICES)
+    valid = ", ".join(f'"{s.host_name}"' for s in CATALOG.host_services)
     raise NotFoundError(f"no integration service named {name!r}; valid names: {valid}")
 
 
@@ -172,16 +240,16 @@ def match_host_names(patterns: list[str]) -> list[ServiceSpec]:
 
     :raise NotFoundError: When a pattern without wildcards names no service.
     """
-    chosen: set[ServiceId] = set()
+    chosen: set[int] = set()
     for pattern in patterns:
         if any(c in pattern for c in "*?["):
             chosen |= {
-                s.id for s in HOST_SERVICES
+                s.id for s in CATALOG.host_services
                 if fnmatch.fnmatchcase((s.host_name or "").lower(), pattern.lower())
             }
         else:
             chosen.add(by_host_name(pattern).id)
-    return [s for s in HOST_SERVICES if s.id in chosen]
+    return [s for s in CATALOG.host_services if s.id in chosen]
 
 
 def match_guest_names(patterns: list[str]) -> list[ServiceSpec]:
@@ -189,7 +257,7 @@ def match_guest_names(patterns: list[str]) -> list[ServiceSpec]:
 
     :raise NotFoundError: When a pattern without wildcards names no service.
     """
-    chosen: set[ServiceId] = set()
+    chosen: set[int] = set()
     for pattern in patterns:
         if any(c in pattern for c in "*?["):
             chosen |= {

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from vmis.services.base import ServiceError
 from vmis.services.fcopy import CHECKPOINT_BYTES, resume_token
 from vmis.services.fcopy.files import Reader, Receiver, file_mode, part_names
+from vmis.services.guest_half import ServiceError
 
 MIB = 1024 * 1024
 

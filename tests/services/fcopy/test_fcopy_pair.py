@@ -10,17 +10,23 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.pair import eventually, host_guest_pair
 
 from vmis.errors import RemoteServiceError, ServiceUnavailable, StateError
-from vmis.host.plugins.fcopy import copy_vm_file
 from vmis.services.fcopy.files import PART_SUFFIX
 from vmis.services.fcopy.guest import _Write
+from vmis.services.fcopy.host import FcopyHost
 
 MIB = 1024 * 1024
 GSI = "Guest Service Interface"
+
+
+def copy_vm_file(pair: Any, *args: Any, **kwargs: Any) -> Any:
+    """Copy-VMFile through the pair's manager."""
+    return pair.manager.service(FcopyHost).copy_vm_file(*args, **kwargs)
 
 
 def sha(data: bytes) -> str:
@@ -51,7 +57,7 @@ def fcopy(pair):
 
 
 async def copy(pair, source, destination, file_source="Host", **kw):
-    return await copy_vm_file(pair.manager, "DemoVM", str(source), str(destination),
+    return await copy_vm_file(pair, "DemoVM", str(source), str(destination),
                               file_source, **kw)
 
 
@@ -255,7 +261,7 @@ async def test_a_freeze_pauses_a_copy_in_progress_until_the_thaw(pair, short_tmp
             pair.agent.ctx.set_frozen(True)
             frozen.set()
 
-    task = asyncio.ensure_future(copy_vm_file(pair.manager, "DemoVM", str(src), "/tmp/",
+    task = asyncio.ensure_future(copy_vm_file(pair, "DemoVM", str(src), "/tmp/",
                                               "Host", progress=progress))
     await asyncio.wait_for(frozen.wait(), 30)
     await asyncio.sleep(0.3)  # what was already being written finishes
@@ -293,7 +299,7 @@ async def test_an_interrupted_copy_into_the_guest_resumes(pair, short_tmp):
     data = os.urandom(48 * MIB)
     src = host_file(short_tmp, "big", data)
     await interrupted(pair, lambda progress: copy_vm_file(
-        pair.manager, "DemoVM", str(src), "/tmp/", "Host", progress=progress), 24 * MIB)
+        pair, "DemoVM", str(src), "/tmp/", "Host", progress=progress), 24 * MIB)
     assert not (pair.root / "tmp/big").exists()
     parts = [p for p in (pair.root / "tmp").iterdir() if p.name.endswith(PART_SUFFIX)]
     assert len(parts) == 1
@@ -311,7 +317,7 @@ async def test_an_interrupted_copy_out_of_the_guest_resumes(pair, short_tmp):
     host_file(pair.root / "tmp", "big", data)
     dest = short_tmp / "got.bin"
     await interrupted(pair, lambda progress: copy_vm_file(
-        pair.manager, "DemoVM", "/tmp/big", str(dest), "Guest", progress=progress), 24 * MIB)
+        pair, "DemoVM", "/tmp/big", str(dest), "Guest", progress=progress), 24 * MIB)
     assert not dest.exists()
     result = await copy(pair, "/tmp/big", dest, "Guest")
     assert result["BytesResumed"] >= 16 * MIB
@@ -324,7 +330,7 @@ async def test_a_changed_source_starts_over_and_drops_the_old_partial(pair, shor
     data = os.urandom(32 * MIB)
     src = host_file(short_tmp, "big", data)
     await interrupted(pair, lambda progress: copy_vm_file(
-        pair.manager, "DemoVM", str(src), "/tmp/", "Host", progress=progress), 16 * MIB)
+        pair, "DemoVM", str(src), "/tmp/", "Host", progress=progress), 16 * MIB)
     await eventually(lambda: not fcopy(pair)._open)
     data2 = os.urandom(32 * MIB)
     host_file(short_tmp, "big", data2, mtime_ns=1_600_000_000_000_000_000)
@@ -339,7 +345,7 @@ async def test_partial_data_that_differs_from_the_source_is_not_kept(pair, short
     data = os.urandom(32 * MIB)
     src = host_file(short_tmp, "big", data)
     await interrupted(pair, lambda progress: copy_vm_file(
-        pair.manager, "DemoVM", str(src), "/tmp/", "Host", progress=progress), 16 * MIB)
+        pair, "DemoVM", str(src), "/tmp/", "Host", progress=progress), 16 * MIB)
     await eventually(lambda: not fcopy(pair)._open)
     other = bytearray(data)
     other[:100] = bytes(100)
@@ -441,8 +447,8 @@ async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, s
     # The guest's writer thread fails (the disk is full): the copy stops with
     # that reason, nothing reaches the destination, and the partial file is
     # good only up to its last checkpoint, so a rerun completes the copy.
-    from vmis.services.base import ServiceError
     from vmis.services.fcopy.files import Receiver
+    from vmis.services.guest_half import ServiceError
 
     data = os.urandom(40 * MIB + 5)
     src = host_file(short_tmp, "full.bin", data)
@@ -468,8 +474,8 @@ async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, s
 async def test_a_failing_disk_on_the_host_ends_the_copy_out_of_the_guest(pair, short_tmp,
                                                                         monkeypatch):
     from vmis.errors import VmisError
-    from vmis.services.base import ServiceError
     from vmis.services.fcopy.files import Receiver
+    from vmis.services.guest_half import ServiceError
 
     data = os.urandom(20 * MIB)
     (pair.root / "tmp/out.bin").write_bytes(data)

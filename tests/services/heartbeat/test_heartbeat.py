@@ -5,11 +5,11 @@ import time
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from support.pair import eventually, host_guest_pair
-from vmis.host.status import OperationalStatus
+
 from vmis.services.catalog import by_key
 from vmis.services.heartbeat.host import HeartbeatMonitor, HeartbeatSettings, HeartbeatState
+from vmis.services.status import OperationalStatus
 
 HB = by_key("heartbeat")
 

@@ -20,13 +20,13 @@ from support.pair import eventually, host_guest_pair
 import vmis
 from vmis.errors import ServiceUnavailable
 from vmis.guest.adapters import make_adapters
-from vmis.host.plugins.kvp import kvp_pending, of
 from vmis.protocol import encode_json
-from vmis.services.base import ServiceError
 from vmis.services.catalog import StartupType, by_key
+from vmis.services.guest_half import ServiceError
 from vmis.services.kvp import KvpOp
 from vmis.services.kvp import guest as kvp_guest
 from vmis.services.kvp.guest import KvpService
+from vmis.services.kvp.host import KvpHost, kvp_pending
 from vmis.services.kvp.intrinsic import INTRINSIC_KEYS
 from vmis.services.kvp.netinfo import IfAddress, Interface, StaticNetInfo
 from vmis.services.kvp.pool import RECORD_SIZE, KvpPool, Pool, decode_record
@@ -138,7 +138,7 @@ async def test_a_2049_byte_value_is_refused_on_the_host_and_in_the_guest(short_t
         response = await host_set(pair, "k" * 512, "v")
         assert response.status_code == 400 and "limit is 512" in response.json()["error"]
         # nothing was saved for the refused writes
-        with of(pair.manager).engine.begin() as conn:
+        with pair.manager.engine.begin() as conn:
             assert conn.execute(kvp_pending.select()).fetchall() == []
 
 
@@ -146,7 +146,7 @@ async def test_the_guest_refuses_an_oversized_value_on_the_wire_too(short_tmp):
     # A host that skips its own check (an older or foreign host) still cannot
     # make the guest write a record longer than the format allows.
     async with host_guest_pair(short_tmp, adapters=adapters(short_tmp / "guest")) as pair:
-        assert pair.session.channel is not None
+        assert pair.session.link is not None
         body = {"pool": 0, "items": [["big", "v" * 2049]]}
         with pytest.raises(Exception) as info:
             await pair.session.request(SPEC, KvpOp.SET, encode_json(body))
@@ -218,7 +218,6 @@ async def _no_pending(pair: Any) -> bool:
 
 async def test_pending_writes_survive_a_host_manager_restart(short_tmp):
     from vmis.host.manager import HostManager
-    from vmis.host.services import notification_hooks, setup
     from vmis.host.store import Store
 
     async with host_guest_pair(short_tmp, adapters=adapters(short_tmp / "guest")) as pair:
@@ -227,14 +226,13 @@ async def test_pending_writes_survive_a_host_manager_restart(short_tmp):
         for n in range(3):
             assert (await host_set(pair, f"k{n}", f"v{n}")).json()[0]["Pending"]
         await pair.manager.close()  # the host manager goes away with its writes saved
-        manager = HostManager(Store(f"sqlite:///{short_tmp / 'host.db'}"), notification_hooks())
-        setup(manager)
+        manager = HostManager(Store(f"sqlite:///{short_tmp / 'host.db'}"))
         await manager.start()
         try:
             pair.agent, pair._agent_task = await _restart(pair)
             await eventually(lambda: records(pool_dir(pair) / ".kvp_pool_0") == [
                 ("k0", "v0"), ("k1", "v1"), ("k2", "v2")])
-            await eventually(lambda: not of(manager).vm(manager.session("DemoVM")).pending_rows())
+            await eventually(lambda: not manager.session("DemoVM").part(KvpHost).pending_rows())
         finally:
             await manager.close()
 

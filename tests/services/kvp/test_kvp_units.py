@@ -17,7 +17,7 @@ from vmis.errors import ConfigError, NotFoundError
 from vmis.guest.config import AgentConfig, load_config
 from vmis.protocol import ServiceId, decode_json
 from vmis.services import kvp as kvp_pkg
-from vmis.services.base import GuestContext, ServiceError
+from vmis.services.guest_half import GuestContext, ServiceError
 from vmis.services.kvp import (
     NOTIFY_CHUNK,
     KvpOp,
@@ -266,9 +266,8 @@ async def test_the_watcher_pushes_changes_by_others_but_not_mere_touches(
 
 async def test_a_large_pool_is_pushed_in_parts_the_host_joins(tmp_path: Path):
     from vmis.host.manager import HostManager
-    from vmis.host.plugins.kvp import of
-    from vmis.host.services import notification_hooks, setup
     from vmis.host.store import Store
+    from vmis.services.kvp.host import KvpHost
 
     service, recorder = make_service(tmp_path)
     await service.start()
@@ -288,12 +287,11 @@ async def test_a_large_pool_is_pushed_in_parts_the_host_joins(tmp_path: Path):
         await service.stop()
 
     # the host's side: a real manager whose VM has no session (nothing is due)
-    manager = HostManager(Store(f"sqlite:///{tmp_path / 'host.db'}"), notification_hooks())
-    setup(manager)
+    manager = HostManager(Store(f"sqlite:///{tmp_path / 'host.db'}"))
     await manager.start()
     try:
         manager.add_vm("DemoVM", f"unix:{tmp_path / 'nobody.sock'}")
-        host = of(manager).vm(manager.session("DemoVM"))
+        host = manager.session("DemoVM").part(KvpHost)
         _join_parts(host, parts, items)
     finally:
         await manager.close()

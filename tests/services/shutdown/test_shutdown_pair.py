@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from support.pair import eventually, host_guest_pair
+
 from vmis.errors import VmisError
 from vmis.guest.adapters import make_adapters
 from vmis.services.catalog import StartupType, by_key
@@ -181,12 +182,10 @@ class BlindHypervisor:
 
 
 async def test_stop_vm_goes_on_when_the_hypervisor_cannot_tell_the_state(short_tmp):
-    from vmis.host.hypervisor import register
-
     recorder = RecordingPower()
     async with pair_with(short_tmp, recorder) as pair:
         recorder.pair = pair
-        register(pair.manager, BlindHypervisor(), short_tmp / "hv")  # type: ignore[arg-type]
+        pair.manager.hypervisors.append(BlindHypervisor())  # type: ignore[arg-type]
         result = await power(pair, "stop")
         assert result["Error"] is None, result
         assert recorder.calls and recorder.calls[0][0] == "poweroff"

@@ -12,7 +12,7 @@ from vmis.errors import VmisError
 from vmis.guest.adapters import LAB_INHIBIT_DIR, LabPower, SystemPower, parse_inhibitors
 from vmis.guest.config import AgentConfig
 from vmis.protocol import RequestReceived, ServiceId, decode_json, encode_json
-from vmis.services.base import GuestContext, ServiceError
+from vmis.services.guest_half import GuestContext, ServiceError
 from vmis.services.shutdown import ShutdownOp
 from vmis.services.shutdown.guest import ShutdownService
 

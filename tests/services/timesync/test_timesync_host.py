@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from vmis.errors import RequestTimeout
-from vmis.host.manager import HostManager
-from vmis.host.plugins.timesync import TimeSync, monitor
-from vmis.host.store import Store
-from vmis.protocol import decode_json, encode_json
 import pytest
 
+from vmis.errors import RequestTimeout
+from vmis.host.manager import HostManager
+from vmis.host.store import Store
+from vmis.protocol import decode_json, encode_json
 from vmis.services.timesync import Action, Flag, Sample, TimeSyncOp
-from vmis.services.timesync.host import measure, sync_once, without_apply
+from vmis.services.timesync.burst import measure, sync_once, without_apply
+from vmis.services.timesync.host import TimeSyncHost
 
 S = 1_000_000_000
 
@@ -72,7 +72,6 @@ async def test_measure_keeps_the_quickest_of_the_burst():
 class FakeSession:
     def __init__(self, guest: FakeGuest) -> None:
         self.guest = guest
-        self.extra: dict = {}
         self.log = logging.getLogger("test.timesync")
 
     def require(self, spec) -> None:
@@ -85,18 +84,18 @@ class FakeSession:
 async def test_a_sync_asked_for_during_a_burst_is_kept_for_the_next(tmp_path):
     manager = HostManager(Store(f"sqlite:///{tmp_path / 'h.db'}"))
     guest = FakeGuest(ahead=S, delays=[])
-    timesync = TimeSync(manager, clock=guest.clock)
-    session = FakeSession(guest)
-    mon = monitor(session)
-    assert await timesync.sync(session, mon)  # the session's first burst
+    timesync = TimeSyncHost(manager, clock=guest.clock)
+    part = timesync.new_part(FakeSession(guest))
+    mon = part.monitor
+    assert await part.sync()  # the session's first burst
     assert guest.applied[-1]["flag"] == "sync" and not mon.sync_pending
     # a CLOCK_EVENT arrives while the next (SAMPLE) burst runs
     guest.during_sample = mon.request_sync
     mon.wake.clear()
-    assert await timesync.sync(session, mon)
+    assert await part.sync()
     assert guest.applied[-1]["flag"] == "sample"
     assert mon.sync_pending and mon.wake.is_set()
-    assert await timesync.sync(session, mon)
+    assert await part.sync()
     assert guest.applied[-1]["flag"] == "sync" and not mon.sync_pending
     assert mon.syncs == 3 and mon.last_flag == Flag.SYNC.value
 
@@ -104,14 +103,14 @@ async def test_a_sync_asked_for_during_a_burst_is_kept_for_the_next(tmp_path):
 async def test_a_failed_sync_burst_stays_pending(tmp_path):
     manager = HostManager(Store(f"sqlite:///{tmp_path / 'h.db'}"))
     guest = FakeGuest(ahead=S, delays=[])
-    timesync = TimeSync(manager, clock=guest.clock)
-    session = FakeSession(guest)
-    mon = monitor(session)
+    timesync = TimeSyncHost(manager, clock=guest.clock)
+    part = timesync.new_part(FakeSession(guest))
+    mon = part.monitor
     guest.fail_apply = True
-    assert not await timesync.sync(session, mon)
+    assert not await part.sync()
     assert mon.sync_pending and "no answer" in mon.error
     guest.fail_apply = False
-    assert await timesync.sync(session, mon)
+    assert await part.sync()
     assert guest.applied[-1]["flag"] == "sync" and mon.error == ""
     row = mon.row("DemoVM")
     assert row["OffsetNs"] == S and row["RoundTripNs"] == 2000 and row["Flag"] == "sync"
@@ -151,14 +150,14 @@ def test_the_apply_is_left_out_only_when_the_guest_would_do_nothing(offset, rtt,
 async def test_an_in_step_guest_costs_one_round_trip_and_hears_the_verdict_next_time(tmp_path):
     manager = HostManager(Store(f"sqlite:///{tmp_path / 'h.db'}"))
     guest = FakeGuest(ahead=0, delays=[], mode="own")
-    timesync = TimeSync(manager, clock=guest.clock)
-    session = FakeSession(guest)
-    mon = monitor(session)
-    assert await timesync.sync(session, mon)  # the SYNC burst: 8 samples and the APPLY
+    timesync = TimeSyncHost(manager, clock=guest.clock)
+    part = timesync.new_part(FakeSession(guest))
+    mon = part.monitor
+    assert await part.sync()  # the SYNC burst: 8 samples and the APPLY
     assert len(guest.samples) == 8 and len(guest.applied) == 1 and mon.backoff == 1
     # Stepped is not in step; the next burst takes 2 samples and, finding the clock
     # in step, no APPLY
-    assert await timesync.sync(session, mon)
+    assert await part.sync()
     assert len(guest.samples) == 10 and len(guest.applied) == 1
     row = mon.row("DemoVM")
     assert (row["State"], row["Action"], row["Mode"], row["OffsetNs"]) == \
@@ -167,7 +166,7 @@ async def test_an_in_step_guest_costs_one_round_trip_and_hears_the_verdict_next_
     assert row["Daemon"] == "none here" and row["LastStep"] is not None
     assert mon.backoff == 2
     # in step: one sample per burst, carrying the verdict on the last one
-    assert await timesync.sync(session, mon)
+    assert await part.sync()
     assert len(guest.samples) == 11 and len(guest.applied) == 1
     prev = guest.samples[-1]["prev"]
     assert prev == {"state": "Synchronized", "action": "none", "offset_ns": 0, "rtt_ns": 2000,
@@ -175,7 +174,7 @@ async def test_an_in_step_guest_costs_one_round_trip_and_hears_the_verdict_next_
     assert isinstance(prev["sample_ns"], int)
     # the guest drifted off: an APPLY again, and the wait back to the interval
     guest.ahead = 3 * MS
-    assert await timesync.sync(session, mon)
+    assert await part.sync()
     assert len(guest.applied) == 2 and guest.applied[-1]["flag"] == "sample"
     assert "prev" not in guest.samples[-1] or guest.samples[-1]["prev"]["offset_ns"] == 0
     assert mon.verdict is None
@@ -184,11 +183,10 @@ async def test_an_in_step_guest_costs_one_round_trip_and_hears_the_verdict_next_
 async def test_an_older_guest_gets_every_apply(tmp_path):
     manager = HostManager(Store(f"sqlite:///{tmp_path / 'h.db'}"))
     guest = FakeGuest(ahead=0, delays=[])
-    timesync = TimeSync(manager, clock=guest.clock)
-    session = FakeSession(guest)
-    mon = monitor(session)
+    timesync = TimeSyncHost(manager, clock=guest.clock)
+    part = timesync.new_part(FakeSession(guest))
     for _ in range(3):
-        assert await timesync.sync(session, mon)
+        assert await part.sync()
     assert len(guest.applied) == 3 and all("prev" not in s for s in guest.samples)
 
 

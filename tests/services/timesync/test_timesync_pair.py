@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from support.pair import eventually, host_guest_pair
+
 from vmis.guest.adapters import VirtualClock
-from vmis.host.plugins.timesync import monitor, of
 from vmis.services.timesync import SOCK_MAGIC, SOCK_SAMPLE, TimeSyncOp
-from vmis.services.timesync.host import MAX_RESYNCS
+from vmis.services.timesync.burst import MAX_RESYNCS
+from vmis.services.timesync.host import TimeSyncHost
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -46,7 +47,7 @@ async def row(pair) -> dict:
 
 
 async def synced(pair, more_than: int) -> dict:
-    mon = monitor(pair.session)
+    mon = pair.session.part(TimeSyncHost).monitor
     await eventually(lambda: mon.syncs > more_than, timeout=15)
     return await row(pair)
 
@@ -61,7 +62,7 @@ async def test_an_hour_off_guest_is_within_a_millisecond_after_the_first_sync(sh
         assert 0 < first["RoundTripNs"] < 100 * MS
         assert abs(guest_offset(path)) < MS
         # the next sample finds it synchronized and only slews the residue
-        of(pair.manager).set_interval(["DemoVM"], 300)
+        pair.manager.service(TimeSyncHost).set_interval(["DemoVM"], 300)
         second = await synced(pair, first["Syncs"])
         for _ in range(MAX_RESYNCS):  # a loaded machine: a SYNC through a slow channel
             if second["Flag"] == "sample":  # is repeated (at most MAX_RESYNCS times)
@@ -77,7 +78,7 @@ async def test_a_small_offset_is_slewed_not_stepped(short_tmp):
     async with host_guest_pair(short_tmp) as pair:
         done = (await synced(pair, 0))["Syncs"]
         VirtualClock(path).step(40 * MS)  # below the 128 ms step threshold, and no jump
-        of(pair.manager).set_interval(["DemoVM"], 300)
+        pair.manager.service(TimeSyncHost).set_interval(["DemoVM"], 300)
         record = await synced(pair, done)
         assert record["Action"] == "slew" and record["State"] == "Slewing"
         assert abs(record["OffsetNs"] - 40 * MS) < 5 * MS
@@ -92,7 +93,7 @@ async def test_a_clock_jump_in_the_guest_is_stepped_at_once(short_tmp):
     async with host_guest_pair(short_tmp) as pair:
         first = await synced(pair, 0)
         # a long interval: only the guest's CLOCK_EVENT can explain a quick sync
-        of(pair.manager).set_interval(["DemoVM"], 600_000)
+        pair.manager.service(TimeSyncHost).set_interval(["DemoVM"], 600_000)
         done = (await synced(pair, first["Syncs"]))["Syncs"]  # the one the change wakes
         await asyncio.sleep(0.3)
         VirtualClock(path).step(30 * S)  # someone set the guest's clock
@@ -106,7 +107,7 @@ async def test_an_agent_restart_steps_even_a_small_offset(short_tmp):
     path = set_offset(short_tmp, 0)
     async with host_guest_pair(short_tmp) as pair:
         first = await synced(pair, 0)
-        of(pair.manager).set_interval(["DemoVM"], 600_000)
+        pair.manager.service(TimeSyncHost).set_interval(["DemoVM"], 600_000)
         done = (await synced(pair, first["Syncs"]))["Syncs"]
         await pair._stop_agent()
         VirtualClock(path).step(20 * MS)  # drifted while the agent was away
@@ -150,7 +151,7 @@ async def test_another_ntp_daemon_gets_one_step_then_is_left_alone(short_tmp):
         assert first["Action"] == "step" and first["Daemon"] == "ntpd"
         assert abs(guest_offset(path)) < MS
         VirtualClock(path).step(50 * MS)
-        of(pair.manager).set_interval(["DemoVM"], 300)
+        pair.manager.service(TimeSyncHost).set_interval(["DemoVM"], 300)
         record = await synced(pair, first["Syncs"])
         assert record["Action"] == "defer" and record["State"] == "NtpDaemon"
         assert abs(guest_offset(path) - 50 * MS) < MS  # left to ntpd
@@ -161,13 +162,13 @@ async def test_disabled_on_the_host_sends_no_samples(short_tmp):
     async with host_guest_pair(short_tmp) as pair:
         await synced(pair, 0)
         await pair.manager.set_enabled(["DemoVM"], ["Time Synchronization"], False)
-        of(pair.manager).set_interval(["DemoVM"], 200)
-        before = monitor(pair.session).syncs
+        pair.manager.service(TimeSyncHost).set_interval(["DemoVM"], 200)
+        before = pair.session.part(TimeSyncHost).monitor.syncs
         await asyncio.sleep(1.0)
         record = await row(pair)
         assert record["State"] == "Disabled" and record["Enabled"] is False
         assert "disabled on the host" in record["Error"]
-        assert monitor(pair.session).syncs == before
+        assert pair.session.part(TimeSyncHost).monitor.syncs == before
         await pair.manager.set_enabled(["DemoVM"], ["Time Synchronization"], True)
         assert (await synced(pair, before))["State"] in ("Stepped", "Synchronized")
 
@@ -183,7 +184,7 @@ async def test_an_in_step_guest_is_sampled_once_per_burst_without_apply(short_tm
                 ops.append((time.monotonic(), op))
                 return await handler(request)
             service.handlers[op] = counted
-        of(pair.manager).set_interval(["DemoVM"], 200)
+        pair.manager.service(TimeSyncHost).set_interval(["DemoVM"], 200)
 
         def three_lone_samples() -> bool:
             # three bursts in a row (a burst's requests follow each other within

@@ -280,7 +280,7 @@ def test_virtual_clock_never_reads_back_more_than_it_was_given(tmp_path):
 
 def test_the_wait_between_bursts_grows_while_in_step_and_resets_otherwise():
     from vmis.services.timesync import Flag
-    from vmis.services.timesync.host import MAX_BACKOFF, TimeSyncMonitor
+    from vmis.services.timesync.burst import MAX_BACKOFF, TimeSyncMonitor
 
     mon = TimeSyncMonitor(interval_ms=10_000)
     sample = None
@@ -299,7 +299,7 @@ def test_the_wait_between_bursts_grows_while_in_step_and_resets_otherwise():
 
 def test_a_slewing_guest_is_looked_at_again_when_its_slew_should_be_done():
     from vmis.services.timesync import SLEW_RATE, Flag
-    from vmis.services.timesync.host import TimeSyncMonitor
+    from vmis.services.timesync.burst import TimeSyncMonitor
 
     mon = TimeSyncMonitor(interval_ms=10_000)
 
@@ -325,7 +325,7 @@ def test_a_slewing_guest_is_looked_at_again_when_its_slew_should_be_done():
 
 def test_a_slew_within_the_poll_gate_counts_as_in_step():
     from vmis.services.timesync import Flag, Sample
-    from vmis.services.timesync.host import PGATE, TimeSyncMonitor
+    from vmis.services.timesync.burst import PGATE, TimeSyncMonitor
 
     mon = TimeSyncMonitor(interval_ms=10_000)
     ms = 1_000_000
@@ -361,7 +361,7 @@ def _in_step_at(mon, t_s: float, offset_ns: int, rtt_ns: int = 20_000) -> int:
 
 
 def test_a_clock_that_keeps_still_is_looked_at_every_320_s_and_a_drifting_one_sooner():
-    from vmis.services.timesync.host import TimeSyncMonitor
+    from vmis.services.timesync.burst import TimeSyncMonitor
 
     still = TimeSyncMonitor(interval_ms=10_000)
     t, waits = 0.0, []
@@ -388,7 +388,7 @@ def test_a_clock_that_keeps_still_is_looked_at_every_320_s_and_a_drifting_one_so
 
 def test_a_correction_between_two_bursts_is_not_taken_for_drift():
     from vmis.services.timesync import Flag, Sample
-    from vmis.services.timesync.host import TimeSyncMonitor
+    from vmis.services.timesync.burst import TimeSyncMonitor
 
     mon = TimeSyncMonitor(interval_ms=10_000)
     assert _in_step_at(mon, 0, 0) == 20_000
@@ -404,7 +404,7 @@ def test_a_correction_between_two_bursts_is_not_taken_for_drift():
 
 def test_a_sync_through_a_busy_channel_is_repeated_while_the_channel_gets_quicker():
     from vmis.services.timesync import Flag, Sample
-    from vmis.services.timesync.host import MAX_RESYNCS, RESYNC_RTT_NS, TimeSyncMonitor
+    from vmis.services.timesync.burst import MAX_RESYNCS, RESYNC_RTT_NS, TimeSyncMonitor
 
     def through(rtt_ns: int) -> Sample:
         return Sample(t1=0, t2=rtt_ns // 2, t3=rtt_ns // 2, t4=rtt_ns)
@@ -446,7 +446,7 @@ def test_a_sync_through_a_busy_channel_is_repeated_while_the_channel_gets_quicke
 
 def test_a_guest_corrected_at_every_burst_is_still_judged_by_its_drift():
     from vmis.services.timesync import Flag, Sample
-    from vmis.services.timesync.host import TimeSyncMonitor
+    from vmis.services.timesync.burst import TimeSyncMonitor
 
     # 10 ppm, every burst slews the offset it finds (under 1 ms: Synchronized)
     mon = TimeSyncMonitor(interval_ms=10_000)
@@ -475,7 +475,7 @@ def test_a_guest_corrected_at_every_burst_is_still_judged_by_its_drift():
 
 def test_a_left_out_apply_keeps_what_only_the_guest_knows_unless_the_clock_changed_hands():
     from vmis.services.timesync import Flag, Sample
-    from vmis.services.timesync.host import TimeSyncMonitor
+    from vmis.services.timesync.burst import TimeSyncMonitor
 
     mon = TimeSyncMonitor(interval_ms=10_000)
     sample = Sample(t1=0, t2=10_000, t3=10_000, t4=20_000)

@@ -11,14 +11,14 @@ import sys
 from dataclasses import replace
 
 import pytest
-
 from support.pair import eventually, host_guest_pair, quick_config
+
 from vmis.errors import ChannelError, RemoteServiceError, ServiceUnavailable
 from vmis.guest.config import AgentConfig
-from vmis.host.plugins.vmsession import Exit, InputCredit, Output, RemoteCommand
 from vmis.protocol import ServiceId
 from vmis.services.catalog import StartupType
 from vmis.services.vmsession import DEFAULT_WINDOW, MIN_WINDOW, VmSessionOp
+from vmis.services.vmsession.host import Exit, InputCredit, Output, RemoteCommand, VmSessionHost
 from vmis.services.vmsession.policy import SessionConfig
 
 PY = os.path.realpath(sys.executable)
@@ -120,7 +120,7 @@ async def test_allow_list_refusals(short_tmp):
         with pytest.raises(RemoteServiceError) as info:
             await RemoteCommand.start(pair.session, ["echo"], env={"LD_PRELOAD": "x.so"})
         assert info.value.code == "denied"
-        assert not pair.session.extra["vmsession"].open  # refused sessions are forgotten
+        assert not pair.session.part(VmSessionHost).open  # refused sessions are forgotten
     async with host_guest_pair(short_tmp / "empty", config=config(allow=())) as pair:
         with pytest.raises(RemoteServiceError, match="allows no commands"):
             await RemoteCommand.start(pair.session, ["echo", "hi"])
@@ -327,7 +327,7 @@ async def test_a_lost_channel_fails_the_command_and_the_guest_kills_it(short_tmp
     async with host_guest_pair(short_tmp, config=config()) as pair:
         cmd = await RemoteCommand.start(pair.session, ["sh", "-c", "echo $$; exec sleep 300"])
         pid = int(await first_line(cmd))
-        pair.session.channel.close()
+        pair.session.link.close()
         with pytest.raises(ChannelError, match="channel to the guest closed"):
             await collect(cmd)
         await eventually(lambda: not alive(pid), timeout=10)

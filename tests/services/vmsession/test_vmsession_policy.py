@@ -7,7 +7,7 @@ import pytest
 
 from vmis.errors import ConfigError
 from vmis.guest.config import load_config
-from vmis.services.base import ServiceError
+from vmis.services.guest_half import ServiceError
 from vmis.services.vmsession import exit_status, idle_deadline
 from vmis.services.vmsession.policy import (
     SessionConfig,

@@ -17,14 +17,9 @@ from vss_support import add_hook, hook_log
 from vmis.errors import ChannelClosed, RequestTimeout, ServiceUnavailable
 from vmis.protocol import decode_json, encode_json
 from vmis.services.catalog import by_key
+from vmis.services.hypervisor import SnapshotError, SnapshotResult
 from vmis.services.vss import VssOp
-from vmis.services.vss.host import (
-    CheckpointPlan,
-    CheckpointRun,
-    SnapshotError,
-    SnapshotResult,
-    SnapshotType,
-)
+from vmis.services.vss.checkpoint import CheckpointPlan, CheckpointRun, SnapshotType
 
 VSS = by_key("vss")
 
@@ -254,7 +249,7 @@ async def test_reconnecting_host_thaws_a_guest_left_frozen_by_an_earlier_session
         # an earlier host froze the guest and went away without THAW
         await pair.session.request(VSS, VssOp.FREEZE, encode_json({"id": "old", "name": "lost"}))
         assert pair.agent.ctx.frozen
-        pair.session.channel.close()
+        pair.session.link.close()
         await eventually(lambda: not pair.agent.ctx.frozen, timeout=15)
         service = pair.agent.manager.services["vss"]
         assert service.cycle.reason == "host" and service.state == "thawed"

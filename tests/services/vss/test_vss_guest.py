@@ -21,8 +21,8 @@ from vmis.guest.adapters import LabFreezer
 from vmis.guest.config import AgentConfig
 from vmis.protocol import decode_json, encode_json
 from vmis.services import vss as vss_pkg
-from vmis.services.base import GuestContext, ServiceError
 from vmis.services.catalog import StartupType, by_key
+from vmis.services.guest_half import GuestContext, ServiceError
 from vmis.services.heartbeat.guest import HeartbeatService
 from vmis.services.vss import VssOp
 from vmis.services.vss import guest as vss_guest

@@ -9,7 +9,7 @@ from typing import Any
 from vmis.api.client import ApiClient
 from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_list, format_table
-from vmis.services.vss.host import SnapshotType
+from vmis.services.vss.checkpoint import SnapshotType
 
 __all__ = ["COMMANDS"]
 

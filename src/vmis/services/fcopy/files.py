@@ -26,8 +26,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from vmis.services.base import ServiceError
 from vmis.services.fcopy import CHECKPOINT_BYTES, LIST_PAGE
+from vmis.services.guest_half import ServiceError
 
 __all__ = [
     "BULK_MEMORY",

@@ -29,7 +29,6 @@ from vmis.protocol import (
     encode_json,
     encode_json_raw,
 )
-from vmis.services.base import GuestContext, GuestService, ServiceError
 from vmis.services.catalog import by_key
 from vmis.services.fcopy import DEFAULT_ALLOWED_ROOTS, FcopyOp
 from vmis.services.fcopy.files import (
@@ -42,6 +41,7 @@ from vmis.services.fcopy.files import (
     stat_entry,
 )
 from vmis.services.fcopy.paths import Resolved, RootedPaths, check_name, parse_roots, split_path
+from vmis.services.guest_half import GuestContext, GuestService, ServiceError
 
 __all__ = ["SERVICE", "FcopyService"]
 

@@ -1,574 +1,102 @@
-"""Host half of the Guest Service Interface: the copy engine.
+"""Host half of the Guest Service Interface: Copy-VMFile on a VM's session.
 
-docs/services/fcopy.md. :class:`CopyEngine` copies files and trees between
-this machine and a guest, through any *requester* that sends one fcopy
-request and returns its answer (the host manager passes
-``VmSession.request``). It has no host-only dependency.
-
-Throughput (§3.3): the file is read one chunk ahead of the sender in one
-worker thread and hashed in another, up to :data:`WINDOW` data requests
-are in flight, and each frame carries up to :data:`CHUNK_SIZE` bytes of
-data that are never copied to be framed. Receiving from the guest is the
-mirror image: READ requests are kept in flight and two worker threads write
-and hash the answers in order.
+The host manager does every copy (it holds the link); the API and the CLI
+only start it and show its progress (docs/services/fcopy.md §7). The copy
+itself is :class:`~vmis.services.fcopy.engine.CopyEngine`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import os
-import stat
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from vmis.errors import NotFoundError, StateError, VmisError
-from vmis.protocol import (
-    Payload,
-    Received,
-    decode_json,
-    decode_json_raw,
-    encode_json,
-    encode_json_raw,
-)
-from vmis.services.base import ServiceError
-from vmis.services.fcopy import CHUNK_SIZE, DATA_TIMEOUT, HEAD_ROOM, WINDOW, FcopyOp, resume_token
-from vmis.services.fcopy.files import BULK_MEMORY, Reader, Receiver, entry_type, file_mode
-from vmis.services.fcopy.paths import RootedPaths, check_name
+from vmis.errors import ConfigError
+from vmis.protocol import Payload
+from vmis.services.catalog import by_key
+from vmis.services.fcopy import FcopyOp
+from vmis.services.fcopy.engine import CopyEngine, CopyProgress
+from vmis.services.host_half import HostService, VmContext, VmPart
 
-__all__ = ["CopyEngine", "CopyProgress", "Requester"]
+__all__ = ["SERVICE", "SPEC", "FcopyHost"]
 
-_log = logging.getLogger("vmis.host.fcopy")
-
-#: seconds for a request that does no bulk work
-_SHORT_TIMEOUT = 30.0
+SPEC = by_key("fcopy")
+FILE_SOURCES = ("Host", "Guest")
 
 
-class Requester(Protocol):
-    """Sends one fcopy request and returns the answer's payload."""
-
-    def __call__(self, op: int, payload: Payload,
-                 timeout: float | None) -> Awaitable[Received]: ...
-
-
-@dataclass
-class CopyProgress:
-    """Where a copy stands; handed to the progress callback after each chunk."""
-
-    bytes_total: int = 0
-    bytes_done: int = 0
-    files_total: int = 0
-    files_done: int = 0
-    #: the file being copied
-    current: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"bytes": self.bytes_done, "total": self.bytes_total,
-                "files": self.files_done, "files_total": self.files_total,
-                "file": self.current}
+def _normal(path: str) -> str:
+    """A host path without ``.`` and ``..`` components, a trailing "/" kept."""
+    normal = os.path.normpath(path)
+    return normal + "/" if path.endswith("/") and normal != "/" else normal
 
 
-@dataclass
-class _Stats:
-    sent: int = 0
-    resumed: int = 0
-    items: list[dict[str, Any]] = field(default_factory=list)
-    directories: int = 0
-    skipped: list[str] = field(default_factory=list)
+class FcopyHost(HostService[VmPart]):
+    """The Guest Service Interface on the host: Copy-VMFile both ways."""
 
+    spec = SPEC
+    needs = frozenset(FcopyOp)
 
-@dataclass
-class _LocalEntry:
-    rel: str
-    path: Path
-    st: os.stat_result
+    def new_part(self, vm: VmContext) -> VmPart:
+        return VmPart(vm)
 
+    def prepare_copy(self, vm: str, source: str, destination: str,
+                     file_source: str) -> VmContext:
+        """Check what can be checked before a copy starts; return the VM's session.
 
-class CopyEngine:
-    """Copies between this machine and one guest (docs/services/fcopy.md §3).
-
-    :param request: sends one fcopy request (service 6) and returns the answer.
-    :param peer_max_payload: the guest's receive limit (docs/protocol.md §2.4).
-    :param own_max_payload: this side's receive limit.
-    :param progress: called with the running :class:`CopyProgress`.
-    :param chunk_size: data bytes per frame (capped by the limits above).
-    :param window: data requests in flight per file.
-    """
-
-    def __init__(self, request: Requester, *, peer_max_payload: int, own_max_payload: int,
-                 progress: Callable[[CopyProgress], None] | None = None,
-                 chunk_size: int = CHUNK_SIZE, window: int = WINDOW) -> None:
-        self._request = request
-        self.send_chunk = max(1, min(chunk_size, peer_max_payload - HEAD_ROOM))
-        self.recv_chunk = max(1, min(chunk_size, own_max_payload - HEAD_ROOM))
-        self.window = max(1, window)
-        self.progress = CopyProgress()
-        self._on_progress = progress
-        self._stats = _Stats()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="fcopy-host")
-        self._local = RootedPaths(Path("/"), ["/"])
-
-    # Section: public interface
-
-    async def to_guest(self, source: Path, destination: str, *, create_full_path: bool = False,
-                       force: bool = False, recurse: bool = False) -> dict[str, Any]:
-        """Copy a host file (or with *recurse* a directory tree) into the guest.
-
-        :param source: an absolute host path.
-        :param destination: an absolute guest path (docs/services/fcopy.md §3.1).
-        :return: the result (docs/services/fcopy.md §7).
-        :raise NotFoundError: When the source does not exist.
-        :raise VmisError: The guest's refusal or the copy's failure, with its reason.
+        :raise NotFoundError: For an unknown VM.
+        :raise ServiceUnavailable: When the Guest Service Interface cannot answer.
+        :raise ConfigError: For a relative path or an unknown -FileSource.
         """
-        started = time.monotonic()
-        BULK_MEMORY.acquire()
-        try:
-            return await self._to_guest(source, destination, started, create=create_full_path,
-                                        force=force, recurse=recurse)
-        finally:
-            BULK_MEMORY.release()
-            self._worker.shutdown(wait=False)
+        if file_source not in FILE_SOURCES:
+            raise ConfigError(f"-FileSource must be Host or Guest, not {file_source!r}")
+        host_path, guest_path = (source, destination) if file_source == "Host" else \
+            (destination, source)
+        if not os.path.isabs(host_path):
+            raise ConfigError(f"the host path must be absolute: {host_path!r}")
+        if not guest_path.startswith("/"):
+            raise ConfigError(f"the guest path must be absolute: {guest_path!r}")
+        session = self.host.session(vm)
+        session.require(SPEC)
+        return session
 
-    async def _to_guest(self, source: Path, destination: str, started: float, *, create: bool,
-                        force: bool, recurse: bool) -> dict[str, Any]:
-        try:
-            st = os.stat(source)
-        except FileNotFoundError:
-            raise NotFoundError(f"{source} does not exist on the host") from None
-        except OSError as exc:
-            raise VmisError(f"cannot read {source}: {exc.strerror}") from exc
-        if stat.S_ISDIR(st.st_mode):
-            if not recurse:
-                raise StateError(f"{source} is a directory; -Recurse copies directories")
-            top = await self._tree_to_guest(source, destination, create, force)
-        elif stat.S_ISREG(st.st_mode):
-            self.progress.bytes_total, self.progress.files_total = st.st_size, 1
-            item = await self._file_to_guest(source, st, destination, source.name,
-                                             exact=False, create=create, force=force)
-            top = item["Path"]
-        else:
-            raise StateError(f"{source} is not a regular file or a directory")
-        return self._result("Host", str(source), top, started, tree=stat.S_ISDIR(st.st_mode))
+    async def copy_vm_file(self, vm: str, source: str, destination: str, file_source: str, *,
+                           create_full_path: bool = False, force: bool = False,
+                           recurse: bool = False,
+                           progress: Callable[[CopyProgress], None] | None = None
+                           ) -> dict[str, Any]:
+        """Copy-VMFile: copy a file or, with *recurse*, a tree between host and guest.
 
-    async def from_guest(self, source: str, destination: str, *,
-                         create_full_path: bool = False, force: bool = False,
-                         recurse: bool = False) -> dict[str, Any]:
-        """Copy a guest file (or with *recurse* a directory tree) to this machine.
-
-        :param source: an absolute guest path.
-        :param destination: an absolute host path; the same rules as for guest
-            destinations apply (docs/services/fcopy.md §3.1), a trailing ``/``
-            included.
+        :param file_source: ``Host`` (host to guest, Hyper-V's only direction) or
+            ``Guest`` (guest to host).
+        :return: the result of docs/services/fcopy.md §7, with ``VMName``.
+        :raise VmisError: Why the copy could not be made.
         """
-        started = time.monotonic()
-        BULK_MEMORY.acquire()
-        try:
-            info = await self._json(FcopyOp.STAT, {"path": source})
-            if info.get("type") == "dir":
-                if not recurse:
-                    raise StateError(f"{source} is a directory in the guest; -Recurse copies "
-                                     "directories")
-                top = await self._tree_from_guest(str(info["path"]), Path(destination),
-                                                  create_full_path, force)
-            elif info.get("type") == "file":
-                self.progress.bytes_total, self.progress.files_total = int(info["size"]), 1
-                item = await self._file_from_guest(str(info["path"]), destination,
-                                                   exact=False, create=create_full_path,
-                                                   force=force)
-                top = item["Path"]
-            elif info.get("type") == "none":
-                raise NotFoundError(f"{source} does not exist in the guest")
-            else:
-                raise StateError(f"{source} is not a regular file or a directory in the guest")
-        finally:
-            BULK_MEMORY.release()
-            self._worker.shutdown(wait=False)
-        return self._result("Guest", source, top, started, tree=info.get("type") == "dir")
-
-    def _result(self, file_source: str, source: str, destination: str, started: float,
-                tree: bool) -> dict[str, Any]:
-        seconds = max(time.monotonic() - started, 1e-9)
-        total = sum(i["Bytes"] for i in self._stats.items)
-        result: dict[str, Any] = {
-            "FileSource": file_source, "Source": source, "Destination": destination,
-            "Files": len(self._stats.items), "Directories": self._stats.directories,
-            "Bytes": total, "BytesSent": self._stats.sent, "BytesResumed": self._stats.resumed,
-            "Seconds": round(seconds, 6), "BytesPerSecond": round(self._stats.sent / seconds),
-            "Sha256": None if tree else self._stats.items[0]["Sha256"],
-            "Skipped": self._stats.skipped,
-        }
-        if tree:
-            result["Items"] = self._stats.items
-        return result
-
-    # Section: plumbing
-
-    async def _call(self, op: FcopyOp, payload: Payload, timeout: float | None) -> Received:
-        return await self._request(op, payload, timeout)
-
-    async def _json(self, op: FcopyOp, body: dict[str, Any],
-                    timeout: float = _SHORT_TIMEOUT) -> dict[str, Any]:
-        return decode_json(await self._call(op, encode_json(body), timeout))
-
-    async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.wrap_future(self._worker.submit(fn, *args))
-
-    def _advance(self, n: int) -> None:
-        self.progress.bytes_done += n
-        if self._on_progress is not None:
-            self._on_progress(self.progress)
-
-    def _file_done(self, item: dict[str, Any]) -> None:
-        self._stats.items.append(item)
-        self.progress.files_done += 1
-        if self._on_progress is not None:
-            self._on_progress(self.progress)
-
-    async def _best_effort(self, op: FcopyOp, body: dict[str, Any]) -> None:
-        # Tidy-up after a failure: the guest may be gone, the caller cancelled.
-        with contextlib.suppress(VmisError, OSError, asyncio.CancelledError):
-            await asyncio.shield(self._json(op, body, timeout=5))
-
-    # Section: host to guest
-
-    async def _file_to_guest(self, source: Path, st: os.stat_result, destination: str,
-                             name: str, *, exact: bool, create: bool,
-                             force: bool) -> dict[str, Any]:
-        self.progress.current = str(source)
-        try:
-            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise VmisError(f"cannot read {source}: {exc.strerror}") from exc
-        reader = Reader(fd, str(source))
-        try:
-            token = resume_token("to-guest", str(source), reader.size, reader.st.st_mtime_ns,
-                                 f"{destination}\0{name}")
-            meta = {"path": destination, "name": name, "size": reader.size,
-                    "mode": stat.S_IMODE(reader.st.st_mode), "atime_ns": reader.st.st_atime_ns,
-                    "mtime_ns": reader.st.st_mtime_ns, "token": token, "force": force,
-                    "create_path": create, "exact": exact}
-            if reader.size <= self.send_chunk:
-                return await self._put(reader, meta)
-            return await self._stream_to_guest(reader, meta)
-        finally:
-            self._worker.submit(reader.close)
-
-    async def _put(self, reader: Reader, meta: dict[str, Any]) -> dict[str, Any]:
-        def whole() -> tuple[bytes, str]:
-            reader.claim(0, reader.size)
-            data = reader.read(0, reader.size)
-            return data, reader.finish()
-
-        data, digest = await self._in_worker(whole)
-        answer = decode_json(await self._call(
-            FcopyOp.PUT, encode_json_raw({**meta, "sha256": digest}, data), DATA_TIMEOUT))
-        self._check_digest(answer, digest, reader.display)
-        self._stats.sent += len(data)
-        self._advance(len(data))
-        item = {"Path": answer["path"], "Bytes": reader.size, "Sha256": digest}
-        self._file_done(item)
-        return item
-
-    async def _stream_to_guest(self, reader: Reader, meta: dict[str, Any]) -> dict[str, Any]:
-        opened = await self._json(FcopyOp.OPEN_WRITE, {**meta, "resume": True}, DATA_TIMEOUT)
-        handle, offset = int(opened["handle"]), int(opened["offset"])
-        if offset:
-            mine = await self._in_worker(reader.seek, offset)
-            if mine != opened.get("prefix_sha256"):
-                # The guest's partial data is not a prefix of this source.
-                _log.info("%s: partial data in the guest differs; starting over", reader.display)
-                await self._json(FcopyOp.ABORT, {"handle": handle, "keep": False})
-                opened = await self._json(FcopyOp.OPEN_WRITE, {**meta, "resume": False},
-                                          DATA_TIMEOUT)
-                handle, offset = int(opened["handle"]), 0
-                await self._in_worker(reader.seek, 0)
-            else:
-                _log.info("%s: resuming at byte %d", reader.display, offset)
-                self._stats.resumed += offset
-                self._advance(offset)
-        pending: deque[asyncio.Task[Received]] = deque()
-        nxt: asyncio.Future[bytes] | None = None
-        try:
-            pos = offset
-            nxt = self._read_ahead(reader, pos)
-            while nxt is not None:
-                data = await nxt
-                at = pos
-                pos += len(data)
-                nxt = self._read_ahead(reader, pos)
-                while len(pending) >= self.window:
-                    await pending.popleft()
-                pending.append(asyncio.ensure_future(self._call(
-                    FcopyOp.WRITE, encode_json_raw({"handle": handle, "offset": at}, data),
-                    DATA_TIMEOUT)))
-                self._stats.sent += len(data)
-                self._advance(len(data))
-            while pending:
-                await pending.popleft()
-            digest = await self._in_worker(reader.finish)
-            answer = await self._json(FcopyOp.COMMIT, {"handle": handle, "sha256": digest},
-                                      DATA_TIMEOUT)
-        except BaseException as exc:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, *([nxt] if nxt else []), return_exceptions=True)
-            keep = not isinstance(exc, ServiceError)  # a verify failure is not resumable
-            await self._best_effort(FcopyOp.ABORT, {"handle": handle, "keep": keep})
-            raise
-        self._check_digest(answer, digest, reader.display)
-        item = {"Path": answer["path"], "Bytes": reader.size, "Sha256": digest,
-                "Resumed": offset}
-        self._file_done(item)
-        return item
-
-    def _read_ahead(self, reader: Reader, pos: int) -> asyncio.Future[bytes] | None:
-        if pos >= reader.size:
-            return None
-        n = reader.claim(pos, self.send_chunk)
-        return asyncio.wrap_future(reader.submit(pos, n))
-
-    @staticmethod
-    def _check_digest(answer: dict[str, Any], digest: str, what: str) -> None:
-        if answer.get("sha256") != digest:
-            raise VmisError(f"{what}: the guest reports SHA-256 {answer.get('sha256')}, "
-                            f"the host {digest}")
-
-    async def _tree_to_guest(self, source: Path, destination: str, create: bool,
-                             force: bool) -> str:
-        dirs, files = self._walk_local(source)
-        self.progress.files_total = len(files)
-        self.progress.bytes_total = sum(f.st.st_size for f in files)
-        info = await self._json(FcopyOp.STAT, {"path": destination})
-        if info.get("type") == "dir":
-            top = f"{str(info['path']).rstrip('/')}/{check_name(source.name)}"
-        elif info.get("type") == "none":
-            top = destination.rstrip("/") or "/"
+        session = self.prepare_copy(vm, source, destination, file_source)
+        if file_source == "Host":
+            source = _normal(source)
         else:
-            raise ServiceError("exists", f"{info.get('path')} exists in the guest and is not "
-                                         "a directory")
-        top = str((await self._json(FcopyOp.MKDIR, {"path": top, "parents": create}))["path"])
-        for d in dirs[1:]:
-            await self._json(FcopyOp.MKDIR, {"path": f"{top}/{d.rel}"})
-        for f in files:
-            await self._file_to_guest(f.path, f.st, f"{top}/{f.rel}", f.path.name, exact=True,
-                                      create=False, force=force)
-        for d in reversed(dirs):
-            path = f"{top}/{d.rel}" if d.rel else top
-            await self._json(FcopyOp.SETMETA, {"path": path, "mode": file_mode(d.st.st_mode),
-                                               "atime_ns": d.st.st_atime_ns,
-                                               "mtime_ns": d.st.st_mtime_ns})
-        self._stats.directories = len(dirs)
-        return top
+            destination = _normal(destination)
+        link = session.link
+        assert link is not None
 
-    def _walk_local(self, source: Path) -> tuple[list[_LocalEntry], list[_LocalEntry]]:
-        """Directories (top first) and regular files of a host tree; the rest is skipped."""
-        dirs = [_LocalEntry("", source, os.stat(source))]
-        files: list[_LocalEntry] = []
-        i = 0
-        while i < len(dirs):
-            parent = dirs[i]
-            i += 1
-            try:
-                entries = sorted(os.scandir(parent.path), key=lambda e: e.name)
-            except OSError as exc:
-                raise VmisError(f"cannot list {parent.path}: {exc.strerror}") from exc
-            for entry in entries:
-                rel = f"{parent.rel}/{entry.name}" if parent.rel else entry.name
-                try:
-                    entry.name.encode("utf-8")
-                    st = entry.stat(follow_symlinks=False)
-                except UnicodeEncodeError:
-                    self._stats.skipped.append(os.fsencode(entry.path).decode("utf-8",
-                                                                              "backslashreplace"))
-                    continue
-                kind = entry_type(st.st_mode)
-                if kind == "dir":
-                    dirs.append(_LocalEntry(rel, Path(entry.path), st))
-                elif kind == "file":
-                    files.append(_LocalEntry(rel, Path(entry.path), st))
-                else:
-                    self._stats.skipped.append(entry.path)
-        return dirs, files
+        def request(op: int, payload: Payload, timeout: float | None) -> Any:
+            return session.request(SPEC, op, payload, timeout=timeout)
 
-    # Section: guest to host
-
-    async def _file_from_guest(self, source: str, destination: str, *, exact: bool,
-                               create: bool, force: bool) -> dict[str, Any]:
-        self.progress.current = source
-        raw = await self._call(FcopyOp.OPEN_READ, encode_json(
-            {"path": source, "inline_max": self.recv_chunk}), DATA_TIMEOUT)
-        info, inline = decode_json_raw(raw)
-        handle = int(info.get("handle", 0))
-        try:
-            target = self._local.destination(destination, check_name(source.rsplit("/", 1)[-1]),
-                                             create=create, exact=exact, force=force,
-                                             what="copying to the host")
-        except BaseException:
-            if handle:
-                await self._best_effort(FcopyOp.ABORT, {"handle": handle})
-            raise
-        assert target.name is not None
-        size = int(info["size"])
-        token = resume_token("from-guest", str(info["path"]), size, int(info["mtime_ns"]),
-                             target.path)
-        receiver = Receiver(target.dir_fd, target.name, target.path, token, size,
-                            mode=int(info["mode"]), atime_ns=int(info["atime_ns"]),
-                            mtime_ns=int(info["mtime_ns"]), force=force)
-        target.dir_fd = -1
-        if not handle:
-            return await self._receive_inline(receiver, bytes(inline), str(info["sha256"]))
-        return await self._stream_from_guest(receiver, handle)
-
-    async def _receive_inline(self, receiver: Receiver, data: bytes,
-                              digest: str) -> dict[str, Any]:
-        def whole() -> str:
-            try:
-                receiver.open(resume=False)
-                receiver.claim(0, len(data))
-                receiver.write(0, data)
-                return receiver.commit(digest)
-            finally:
-                receiver.close(keep=False)
-
-        mine = await self._in_worker(whole)
-        self._stats.sent += len(data)
-        self._advance(len(data))
-        item = {"Path": receiver.display, "Bytes": len(data), "Sha256": mine}
-        self._file_done(item)
-        return item
-
-    async def _stream_from_guest(self, receiver: Receiver, handle: int) -> dict[str, Any]:
-        reads: deque[tuple[int, asyncio.Task[Received]]] = deque()
-        writes: deque[asyncio.Future[Any]] = deque()
-        keep = True
-        failed = False
-        try:
-            offset, mine = await self._in_worker(receiver.open, True)
-            if offset:
-                theirs = (await self._json(FcopyOp.SEEK, {"handle": handle, "offset": offset},
-                                           DATA_TIMEOUT))["prefix_sha256"]
-                if theirs != mine:
-                    _log.info("%s: partial data differs from the guest's file; starting over",
-                              receiver.display)
-                    await self._in_worker(receiver.restart)
-                    await self._json(FcopyOp.SEEK, {"handle": handle, "offset": 0})
-                    offset = 0
-                else:
-                    self._stats.resumed += offset
-                    self._advance(offset)
-            asked = offset
-            while asked < receiver.size or reads:
-                while asked < receiver.size and len(reads) < self.window:
-                    n = min(self.recv_chunk, receiver.size - asked)
-                    reads.append((asked, asyncio.ensure_future(self._call(
-                        FcopyOp.READ, encode_json({"handle": handle, "offset": asked,
-                                                   "length": n}), DATA_TIMEOUT))))
-                    asked += n
-                at, task = reads.popleft()
-                data = await task
-                receiver.claim(at, len(data))
-                writes.append(asyncio.wrap_future(receiver.submit(at, data)))
-                while len(writes) > self.window or (writes and writes[0].done()):
-                    await writes.popleft()
-                self._stats.sent += len(data)
-                self._advance(len(data))
-            while writes:
-                await writes.popleft()
-            theirs = (await self._json(FcopyOp.CLOSE, {"handle": handle}, DATA_TIMEOUT))["sha256"]
-            handle = 0
-            keep = False
-            digest = await self._in_worker(receiver.commit, str(theirs))
-        except BaseException as exc:
-            for _, task in reads:
-                task.cancel()
-            await asyncio.gather(*(t for _, t in reads), *writes, return_exceptions=True)
-            if handle:
-                await self._best_effort(FcopyOp.ABORT, {"handle": handle})
-            keep = keep and not isinstance(exc, ServiceError)
-            failed = True
-            raise
-        finally:
-            # Awaited: once the copy has failed, its partial file is gone (or
-            # checkpointed for a resume) before anyone hears of the failure.
-            # Shielded: a cancellation does not stop the close.
-            closing = asyncio.shield(asyncio.wrap_future(self._worker.submit(receiver.close, keep)))
-            try:
-                await closing
-            except Exception as err:
-                if not failed:
-                    raise
-                # the copy's own failure is the one to report
-                _log.warning("%s: cleaning up after a failed copy: %s", receiver.display, err)
-        item = {"Path": receiver.display, "Bytes": receiver.size, "Sha256": digest,
-                "Resumed": receiver.resumed}
-        self._file_done(item)
-        return item
-
-    async def _tree_from_guest(self, source: str, destination: Path, create: bool,
-                               force: bool) -> str:
-        dirs, files = await self._walk_guest(source)
-        self.progress.files_total = len(files)
-        self.progress.bytes_total = sum(int(f["size"]) for f in files)
-        name = check_name(source.rstrip("/").rsplit("/", 1)[-1] or "root")
-        if destination.is_dir():
-            top = destination / name
-        elif destination.exists() or destination.is_symlink():
-            raise ServiceError("exists", f"{destination} exists and is not a directory")
+        engine = CopyEngine(request, peer_max_payload=link.peer_max_payload,
+                            own_max_payload=link.max_payload, progress=progress)
+        if file_source == "Host":
+            result = await engine.to_guest(Path(source), destination,
+                                           create_full_path=create_full_path, force=force,
+                                           recurse=recurse)
         else:
-            top = destination
-        try:
-            top.mkdir(parents=create, exist_ok=True)
-        except FileNotFoundError:
-            raise ServiceError("not-found", f"{top.parent} does not exist "
-                                            "(-CreateFullPath creates it)") from None
-        except FileExistsError:
-            raise ServiceError("exists", f"{top} exists and is not a directory") from None
-        for d in dirs[1:]:
-            try:
-                (top / d["rel"]).mkdir(exist_ok=True)
-            except FileExistsError:
-                raise ServiceError("exists", f"{top / d['rel']} exists and is not a "
-                                             "directory") from None
-        for f in files:
-            await self._file_from_guest(f"{source.rstrip('/')}/{f['rel']}", str(top / f["rel"]),
-                                        exact=True, create=False, force=force)
-        for d in reversed(dirs):
-            path = top / d["rel"] if d["rel"] else top
-            os.chmod(path, file_mode(int(d["mode"])))
-            os.utime(path, ns=(int(d["atime_ns"]), int(d["mtime_ns"])))
-        self._stats.directories = len(dirs)
-        return str(top)
+            result = await engine.from_guest(source, destination,
+                                             create_full_path=create_full_path, force=force,
+                                             recurse=recurse)
+        session.log.info("Copy-VMFile %s %s -> %s: %d files, %d bytes (%d sent) in %.3f s",
+                         file_source, source, result["Destination"], result["Files"],
+                         result["Bytes"], result["BytesSent"], result["Seconds"])
+        return {"VMName": session.vm.name, **result}
 
-    async def _walk_guest(self, source: str) -> tuple[list[dict[str, Any]],
-                                                       list[dict[str, Any]]]:
-        top = await self._json(FcopyOp.STAT, {"path": source})
-        dirs: list[dict[str, Any]] = [{**top, "rel": ""}]
-        files: list[dict[str, Any]] = []
-        i = 0
-        while i < len(dirs):
-            parent = dirs[i]
-            i += 1
-            path = f"{source.rstrip('/')}/{parent['rel']}" if parent["rel"] else source
-            start: int | None = 0
-            while start is not None:
-                page = await self._json(FcopyOp.LIST, {"path": path, "start": start})
-                for skipped in page.get("skipped") or []:
-                    self._stats.skipped.append(f"{path}/{skipped}")
-                for entry in page["entries"]:
-                    name = check_name(entry["name"])
-                    rel = f"{parent['rel']}/{name}" if parent["rel"] else name
-                    if entry["type"] == "dir":
-                        dirs.append({**entry, "rel": rel})
-                    elif entry["type"] == "file":
-                        files.append({**entry, "rel": rel})
-                    else:
-                        self._stats.skipped.append(f"{path}/{name}")
-                start = page.get("next")
-        return dirs, files
 
+SERVICE = FcopyHost

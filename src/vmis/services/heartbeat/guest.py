@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from vmis.protocol import ServiceId, encode_json
-from vmis.services.base import GuestContext, GuestService
 from vmis.services.catalog import by_key
+from vmis.services.guest_half import GuestContext, GuestService
 from vmis.services.heartbeat import DEFAULT_INTERVAL_MS, HeartbeatOp, beat_delay, encode_beat
 
 __all__ = ["SERVICE", "HeartbeatService", "run_checks"]

@@ -2,22 +2,41 @@
 
 Nothing runs per beat but a timestamp update; the status is computed when
 asked, from the time of the last beat. That keeps a host with a thousand
-VMs beating every second cheap.
+VMs beating every second cheap. Heartbeat is the host's liveness service:
+its part of each VM (:class:`HeartbeatPart`) tells the VM's session whether
+the guest is alive (vmis.services.host_half.Liveness), which every other
+service's status and the manager's sweep go by.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmis.errors import ProtocolError
+from vmis.protocol import decode_json
+from vmis.services.catalog import by_key
 from vmis.services.heartbeat import (
     DEFAULT_ERROR_THRESHOLD,
     DEFAULT_INTERVAL_MS,
     DEFAULT_LATENCY_MS,
+    HeartbeatOp,
+    decode_beat,
 )
+from vmis.services.host_half import Contact, HostService, VmContext, VmPart, VmRecord
+from vmis.services.link import NotificationHandler
+from vmis.services.status import OperationalStatus
 
-__all__ = ["HeartbeatMonitor", "HeartbeatSettings", "HeartbeatState"]
+__all__ = [
+    "SERVICE",
+    "HeartbeatHost",
+    "HeartbeatMonitor",
+    "HeartbeatPart",
+    "HeartbeatSettings",
+    "HeartbeatState",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +61,8 @@ class HeartbeatSettings:
         return {"interval_ms": self.interval_ms}
 
 
-class HeartbeatState:
+class HeartbeatState(Contact):
     """Contact states, as Get-VM's Heartbeat property words them."""
-
-    NO_CONTACT = "NoContact"
-    LOST = "LostCommunication"
-    OK = "Ok"
 
 
 class HeartbeatMonitor:
@@ -121,3 +136,90 @@ class HeartbeatMonitor:
         if self._ended or now - self.last_beat > self._lost_after:
             return HeartbeatState.LOST
         return HeartbeatState.OK
+
+
+def settings_of(vm: VmRecord) -> HeartbeatSettings:
+    """A VM's heartbeat settings, as its record keeps them."""
+    return HeartbeatSettings(vm.heartbeat_interval_ms, vm.heartbeat_latency_ms,
+                             vm.heartbeat_error_threshold)
+
+
+class HeartbeatPart(VmPart):
+    """One VM's beats (a :class:`~vmis.services.host_half.Liveness` for its session)."""
+
+    def __init__(self, vm: VmContext) -> None:
+        super().__init__(vm)
+        self.monitor = HeartbeatMonitor(settings_of(vm.vm))
+
+    @property
+    def health(self) -> str:
+        """``ok`` or ``critical``: the guest's application health."""
+        return self.monitor.health
+
+    def contact(self, now: float | None = None) -> str:
+        return self.monitor.state(now)
+
+    @property
+    def interval_ms(self) -> int:
+        return self.monitor.settings.interval_ms
+
+    def handlers(self) -> Mapping[int, NotificationHandler]:
+        return {HeartbeatOp.BEAT: self._on_beat, HeartbeatOp.HEALTH: self._on_health}
+
+    def settings(self) -> dict[str, Any]:
+        return self.monitor.settings.for_guest()
+
+    def on_record_changed(self) -> None:
+        self.monitor.settings = settings_of(self.vm.vm)
+
+    def on_link_opened(self) -> None:
+        self.monitor.new_session()
+
+    def on_link_closed(self) -> None:
+        self.monitor.session_ended()
+
+    def refine_status(self, primary: OperationalStatus, reason: str
+                      ) -> tuple[OperationalStatus, OperationalStatus | None, str]:
+        state = self.monitor.state()
+        if state == HeartbeatState.NO_CONTACT:
+            return OperationalStatus.NO_CONTACT, None, "no heartbeat yet"
+        if state == HeartbeatState.LOST:
+            return OperationalStatus.LOST_COMMUNICATION, None, "heartbeats stopped"
+        if self.monitor.health == "critical":
+            return (primary, OperationalStatus.APPLICATION_CRITICAL,
+                    "failing health checks: " + ", ".join(self.monitor.failed))
+        return primary, OperationalStatus.OK, reason
+
+    def _on_beat(self, payload: bytes) -> None:
+        try:
+            seq, health = decode_beat(payload)
+        except ProtocolError as exc:
+            self.vm.log.warning("bad heartbeat: %s", exc)
+            return
+        if self.monitor.beat(seq, health):
+            self.vm.log.info("heartbeat: Ok")
+
+    def _on_health(self, payload: bytes) -> None:
+        try:
+            body = decode_json(payload)
+        except ProtocolError as exc:
+            self.vm.log.warning("bad heartbeat: %s", exc)
+            return
+        failed = body.get("failed") or []
+        self.monitor.set_health(str(body.get("health", "ok")),
+                                [str(f) for f in failed] if isinstance(failed, list) else [])
+        self.vm.log.info("application health: %s %s", self.monitor.health,
+                         self.monitor.failed or "")
+
+
+class HeartbeatHost(HostService[HeartbeatPart]):
+    """Heartbeat on the host: the VMs' liveness."""
+
+    spec = by_key("heartbeat")
+    liveness = True
+
+    def new_part(self, vm: VmContext) -> HeartbeatPart:
+        return HeartbeatPart(vm)
+
+
+SERVICE = HeartbeatHost

@@ -43,8 +43,8 @@ from typing import Any, TypeVar
 import vmis
 from vmis.errors import NotFoundError
 from vmis.protocol import RequestReceived, ServiceId, decode_json, encode_json
-from vmis.services.base import GuestContext, GuestService, ServiceError
 from vmis.services.catalog import by_key
+from vmis.services.guest_half import GuestContext, GuestService, ServiceError
 from vmis.services.kvp import (
     DEFAULT_POOL_DIR,
     HOST_POOLS,

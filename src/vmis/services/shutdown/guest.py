@@ -17,8 +17,8 @@ from typing import Any
 
 from vmis.errors import VmisError
 from vmis.protocol import RequestReceived, ServiceId, decode_json, encode_json
-from vmis.services.base import GuestContext, GuestService, ServiceError
 from vmis.services.catalog import by_key
+from vmis.services.guest_half import GuestContext, GuestService, ServiceError
 from vmis.services.shutdown import ACT_DELAY, MAX_REASON_BYTES, PowerAction, ShutdownOp
 
 __all__ = ["SERVICE", "ShutdownService"]

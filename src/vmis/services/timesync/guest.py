@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from vmis.protocol import RequestReceived, ServiceId, decode_json, encode_json
-from vmis.services.base import GuestContext, GuestService, ServiceError
 from vmis.services.catalog import by_key
+from vmis.services.guest_half import GuestContext, GuestService, ServiceError
 from vmis.services.timesync import (
     DEFAULT_STEP_THRESHOLD,
     Action,

@@ -1,324 +1,228 @@
-"""Host half of Time Synchronization, without host-only dependencies.
+"""Host half of Time Synchronization: one burst loop per VM session.
 
-:func:`measure` runs one burst of SAMPLE exchanges and keeps the best;
-:func:`sync_once` adds the APPLY; :class:`TimeSyncMonitor` keeps what
-Get-VMTimeSync shows for one VM. The host manager's plugin
-(vmis.host.plugins.timesync) runs them on each VM's session.
+Each time a VM's session starts running (boot, resume, agent restart) its
+loop starts with a SYNC burst, then sends a SAMPLE burst every
+``IntervalMs`` (per VM, table ``timesync_settings``, default 10 s), longer
+while the guest stays in step or slews (TimeSyncMonitor.next_wait_ms). A
+CLOCK_EVENT from the guest (resume or jump detected inside it) makes the
+next burst a SYNC and runs it at once. The loop ends with the session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vmis.protocol import decode_json, encode_json
-from vmis.services.timesync import (
-    BURST,
-    DEFAULT_INTERVAL_MS,
-    DEFAULT_STEP_THRESHOLD,
-    SAMPLE_BURST,
-    SLEW_RATE,
-    SYNCHRONIZED_NS,
-    Action,
-    Flag,
-    Mode,
-    Sample,
-    TimeSyncOp,
-    best_of,
-    decide,
-    state_of,
+import sqlalchemy as sa
+
+from vmis.errors import (
+    ChannelError,
+    ConfigError,
+    ProtocolError,
+    RemoteServiceError,
+    ServiceUnavailable,
+)
+from vmis.protocol import decode_json
+from vmis.services.catalog import by_key
+from vmis.services.host_half import HostContext, HostService, VmContext, VmPart, metadata
+from vmis.services.link import GuestLink, NotificationHandler
+from vmis.services.timesync import DEFAULT_INTERVAL_MS, Flag, TimeSyncOp
+from vmis.services.timesync.burst import TimeSyncMonitor, sync_once
+
+__all__ = ["MAX_INTERVAL_MS", "MIN_INTERVAL_MS", "SERVICE", "TimeSyncHost", "VmTimeSync"]
+
+SPEC = by_key("timesync")
+#: bounds of the per-VM interval
+MIN_INTERVAL_MS = 200
+MAX_INTERVAL_MS = 3_600_000
+#: seconds one request of a burst may take before the burst is given up
+REQUEST_TIMEOUT = 5.0
+
+timesync_settings = sa.Table(
+    "timesync_settings",
+    metadata,
+    sa.Column("vm_id", sa.String(36), sa.ForeignKey("vms.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("interval_ms", sa.Integer, nullable=False),
 )
 
-__all__ = ["MAX_BACKOFF", "MAX_RESYNCS", "PGATE", "RESYNC_RTT_NS", "Requester",
-           "TimeSyncMonitor", "measure", "sync_once", "without_apply"]
 
-DEFAULT_STEP_THRESHOLD_NS = int(DEFAULT_STEP_THRESHOLD * 1e9)
+class VmTimeSync(VmPart):
+    """One VM's time sync: its figures (:attr:`monitor`) and its burst loop."""
 
-#: sends one Time Synchronization request (op, payload) and returns the answer payload
-Requester = Callable[[int, bytes], Awaitable[bytes]]
+    def __init__(self, vm: VmContext, timesync: TimeSyncHost) -> None:
+        super().__init__(vm)
+        self.timesync = timesync
+        self.monitor = TimeSyncMonitor()
 
-
-async def measure(request: Requester, clock: Callable[[], int] = time.time_ns,
-                  burst: int = BURST, prev: Mapping[str, Any] | None = None,
-                  ) -> tuple[Sample, int, dict[str, Any]]:
-    """Run *burst* SAMPLE exchanges back to back.
-
-    :param prev: the host's verdict on the last burst, when that burst sent
-        no APPLY; the first request carries it so the guest's own status
-        stays current (docs/services/timesync.md §1.1).
-    :return: the best sample, how many were usable, and the last answer's
-        other members (the guest's ``mode`` and ``pending``, when it sends them).
-    :raise ValueError: When no sample was usable.
-    """
-    samples = []
-    body: dict[str, Any] = {}
-    for seq in range(burst):
-        payload = encode_json({"seq": seq, "prev": dict(prev)} if prev and seq == 0
-                              else {"seq": seq})
-        # t1 as late and t4 as early as the event loop allows: whatever lies
-        # between them and the wire counts against the round trip.
-        t1 = clock()
-        answer = await request(TimeSyncOp.SAMPLE, payload)
-        t4 = clock()
-        body = decode_json(answer)
-        samples.append(Sample.from_json({"t1": t1, "t2": body.get("t2"), "t3": body.get("t3"),
-                                         "t4": t4}))
-    return best_of(samples), sum(1 for s in samples if s.rtt_ns >= 0), body
-
-
-def without_apply(sample: Sample, flag: Flag, guest: Mapping[str, Any]) -> Action | None:
-    """What the guest would do with *sample* if that is nothing; None when it needs the APPLY.
-
-    The guest's SAMPLE answer says who owns its clock (``mode``) and whether
-    it waits to step (``pending``). When :func:`decide` would then leave the
-    clock alone (the offset is within the sample's own uncertainty, or
-    another NTP daemon owns the clock), the host spares the APPLY round trip;
-    the step threshold, which only the guest knows, plays no part in that
-    outcome. A SYNC, chrony (which takes every sample) and an older guest
-    that does not say its mode always get the APPLY.
-    """
-    try:
-        mode = Mode(guest.get("mode"))
-    except ValueError:
-        return None
-    if flag is Flag.SYNC or guest.get("pending") is not False:
-        return None
-    action = decide(sample.offset_ns, mode=mode, sync=False,
-                    step_threshold_ns=DEFAULT_STEP_THRESHOLD_NS,
-                    noise_ns=max(sample.rtt_ns // 2, 0))
-    return action if action in (Action.NONE, Action.DEFER) else None
-
-
-async def sync_once(request: Requester, flag: Flag, clock: Callable[[], int] = time.time_ns,
-                    burst: int | None = None, prev: Mapping[str, Any] | None = None,
-                    ) -> tuple[Sample, dict[str, Any]]:
-    """One measurement and, unless the guest would do nothing with it, its APPLY.
-
-    :param burst: samples to take; default :data:`BURST` for a SYNC and
-        :data:`SAMPLE_BURST` for a periodic SAMPLE.
-    :param prev: passed on to :func:`measure`.
-    :return: the sample and the guest's answer to APPLY, or, when no APPLY
-        was sent, the host's own verdict in the same members with
-        ``"applied": False``.
-    """
-    if burst is None:
-        burst = BURST if flag is Flag.SYNC else SAMPLE_BURST
-    sample, used, guest = await measure(request, clock, burst, prev)
-    quiet = without_apply(sample, flag, guest)
-    if quiet is not None:
-        return sample, {"state": state_of(quiet, sample.offset_ns), "action": quiet.value,
-                        "mode": guest["mode"], "offset_ns": sample.offset_ns,
-                        "rtt_ns": sample.rtt_ns, "sample_ns": sample.t2, "applied": False}
-    answer = await request(TimeSyncOp.APPLY, encode_json(
-        {**sample.to_json(), "flag": flag.value, "samples": used}))
-    return sample, decode_json(answer)
-
-
-#: the wait between bursts grows to at most this many intervals (320 s by
-#: default; NTP's longest poll is 1024 s): only while the clock stays in step
-#: and its measured drift would keep it there (TimeSyncMonitor.record)
-MAX_BACKOFF = 32
-#: RFC 5905 §11.3 PGATE: an offset within this many times the sample's own
-#: uncertainty (half its round trip) is jitter, not a clock out of step
-PGATE = 4
-#: a SYNC whose best sample was this uncertain (δ/2 over 1 ms) may leave the
-#: clock out of step: it is followed by another SYNC after the interval, at
-#: most :data:`MAX_RESYNCS` times in a row (TimeSyncMonitor._after_sync)
-RESYNC_RTT_NS = 2 * SYNCHRONIZED_NS
-MAX_RESYNCS = 3
-#: the wait doubles only if the offset, drifting as measured, stays within
-#: this by the next burst (half of what counts as Synchronized)
-DRIFT_BUDGET_NS = SYNCHRONIZED_NS // 2
-
-
-def _iso(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds")
-
-
-@dataclass
-class TimeSyncMonitor:
-    """What the host knows about one VM's clock."""
-
-    #: milliseconds between bursts (host setting)
-    interval_ms: int = DEFAULT_INTERVAL_MS
-    #: the next burst is a SYNC (session start, clock event, explicit request)
-    sync_pending: bool = True
-    #: the guest's answer to the last APPLY
-    last: dict[str, Any] = field(default_factory=dict)
-    last_sample: Sample | None = None
-    #: host clock (ns) at the last completed sync
-    last_sync_ns: int | None = None
-    last_flag: str | None = None
-    #: number of completed syncs since the host manager started
-    syncs: int = 0
-    #: why the last attempt failed, "" after a success
-    error: str = ""
-    #: the burst loop of the current session, if any
-    task: asyncio.Task[None] | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    #: multiplier of :attr:`interval_ms` while the guest stays in step
-    backoff: int = 1
-    #: milliseconds the guest's last slew takes to complete (0: none in progress)
-    slew_ms: int = 0
-    #: SYNCs repeated in a row because their samples were too uncertain
-    resyncs: int = 0
-    #: round trip of the last SYNC's sample
-    _sync_rtt_ns: int = 0
-    #: (host ns, offset, round trip) of the last burst that left the clock alone
-    _free: tuple[int, int, int] | None = None
-
-    @property
-    def next_wait_ms(self) -> int:
-        """How long until the next burst: the interval, stretched while in step.
-
-        As NTP lengthens its poll interval for a stable clock, each burst that
-        finds the guest Synchronized doubles the wait, up to
-        :data:`MAX_BACKOFF` times the interval, as long as the drift measured
-        between bursts would not carry the clock out of step by the next one;
-        any other outcome (a slew, a step, a clock event) goes back to the
-        interval at once. A host with many VMs spends its time on the clocks
-        that need it.
-
-        While the guest slews, the next burst waits until the slew should be
-        done (at most the longest wait): a look halfway through would only
-        find the correction still under way, as ntpd keeps its poll interval
-        rather than shortening it while it slews.
-        """
-        return max(self.interval_ms * self.backoff,
-                   min(self.slew_ms, self.interval_ms * MAX_BACKOFF))
-
-    def record(self, sample: Sample, flag: Flag, answer: dict[str, Any], now_ns: int) -> None:
-        """Keep the outcome of one sync (the guest's APPLY answer or, without one, our verdict)."""
-        if answer.get("applied") is False:
-            # No APPLY: what only the guest says (daemon, note, last step) stands,
-            # unless who owns the clock changed since it said it.
-            same_owner = self.last.get("mode") == answer.get("mode")
-            answer = {**self.last, **answer}
-            if not same_owner:
-                answer.update(daemon=None, note="")
-        self.last, self.last_sample, self.last_flag = answer, sample, flag.value
-        self.last_sync_ns = now_ns
-        self.syncs += 1
-        self.error = ""
-        # In step: the guest found its offset within 1 ms or within what this
-        # round trip can tell apart (decide() leaves such offsets alone); or it
-        # slewed an offset within PGATE times that uncertainty, which is how
-        # NTP tells jitter from drift when it adjusts its poll (RFC 5905 §11.3):
-        # on a loaded host or guest, round trips of milliseconds otherwise keep
-        # every such guest at the shortest wait.
-        action = answer.get("action")
-        in_step = answer.get("state") in ("Synchronized", "Chrony") or (
-            action == "slew" and sample is not None and sample.rtt_ns > 0
-            and abs(sample.offset_ns) * 2 <= PGATE * sample.rtt_ns)
-        if not in_step:
-            self.backoff = 1
-        else:
-            # One doubling per burst at most, and back down to the longest
-            # wait the measured drift allows.
-            backoff = min(self.backoff * 2, MAX_BACKOFF)
-            while backoff > 1 and not self._stays_in_step(sample, now_ns,
-                                                          self.interval_ms * backoff):
-                backoff //= 2
-            self.backoff = backoff
-        if flag is Flag.SYNC and sample is not None:
-            self._after_sync(sample, answer)
-        # The drift reference: where this burst left the offset. A slew or a
-        # step takes it to zero (the next burst comes once a slew is done);
-        # chronyd or another NTP daemon steers the clock its own way.
-        if sample is None or action not in ("none", "slew", "step"):
-            self._free = None
-        else:
-            self._free = (now_ns, sample.offset_ns if action == "none" else 0, sample.rtt_ns)
-        offset = answer.get("offset_ns")
-        self.slew_ms = (int(abs(offset) / SLEW_RATE / 1e6)
-                        if action == "slew" and isinstance(offset, int) else 0)
-
-    def _after_sync(self, sample: Sample, answer: dict[str, Any]) -> None:
-        """Ask for another SYNC when this one's step may have left the clock out of step.
-
-        A step is only as good as its sample: one measured through a busy
-        channel (δ/2 of 50 ms at a boot storm) is set right by another SYNC
-        once things are quieter, not by minutes of slewing. Only a clock vmis
-        owns is stepped again (another NTP daemon gets its one step), and
-        only while the round trips get shorter: a channel that is always
-        slow gets one more SYNC, not three steps by its noise.
-        """
-        improving = self.resyncs == 0 or sample.rtt_ns * 2 <= self._sync_rtt_ns
-        if (answer.get("action") == "step" and answer.get("mode") == Mode.OWN.value
-                and sample.rtt_ns > RESYNC_RTT_NS and self.resyncs < MAX_RESYNCS
-                and improving):
-            self.sync_pending = True
-            self.resyncs += 1
-        else:
-            self.resyncs = 0
-        self._sync_rtt_ns = sample.rtt_ns
-
-    def _stays_in_step(self, sample: Sample, now_ns: int, wait_ms: int) -> bool:
-        """Whether the offset, drifting as since the last free-running burst, stays in budget.
-
-        The drift is what the offset moved since the reference (the last
-        burst that left the clock alone, or zero after a correction) beyond
-        the two measurements' uncertainty (δ/2 each), so jitter does not count.
-        """
-        if self._free is None or sample is None:
-            return True
-        then_ns, then_offset, then_rtt = self._free
-        elapsed = now_ns - then_ns
-        if elapsed <= 0:
-            return True
-        moved = abs(sample.offset_ns - then_offset) - (max(sample.rtt_ns, 0)
-                                                       + max(then_rtt, 0)) // 2
-        drift = max(moved, 0) / elapsed
-        return abs(sample.offset_ns) + drift * wait_ms * 1_000_000 <= DRIFT_BUDGET_NS
-
-    @property
-    def verdict(self) -> dict[str, Any] | None:
-        """The host's verdict on the last burst when it sent no APPLY (for the guest's status)."""
-        if self.last.get("applied") is not False:
-            return None
-        return {k: self.last.get(k)
-                for k in ("state", "action", "offset_ns", "rtt_ns", "sample_ns")}
+    def handlers(self) -> Mapping[int, NotificationHandler]:
+        return {TimeSyncOp.CLOCK_EVENT: self._on_clock_event}
 
     def request_sync(self) -> None:
-        """Make the next burst a SYNC and run it now."""
-        self.sync_pending = True
-        self.backoff = 1
-        self.slew_ms = 0
-        self.resyncs = 0
-        self._free = None
-        self.wake.set()
+        """Run a SYNC burst now (the guest resumed, or its clock jumped)."""
+        self.monitor.request_sync()
 
-    def row(self, vm_name: str, state_override: str | None = None) -> dict[str, Any]:
-        """Get-VMTimeSync's record for this VM.
+    async def on_running(self) -> None:
+        """A session started: SYNC at once, then sample every interval."""
+        mon = self.monitor
+        mon.interval_ms = self.timesync.interval_ms(self.vm.vm.id)
+        if mon.task is not None:
+            mon.task.cancel()
+        link = self.vm.link
+        if link is None:
+            return
+        mon.sync_pending = True
+        mon.task = asyncio.create_task(self._loop(link), name=f"timesync:{self.vm.vm.name}")
 
-        :param state_override: the state when the service cannot be asked now
-            (``Disabled``, ``NoContact``, ``Stopped``), else the guest's last word.
+    async def close(self) -> None:
+        if self.monitor.task is not None:
+            self.monitor.task.cancel()
+
+    async def _loop(self, link: GuestLink) -> None:
+        mon = self.monitor
+        closed = asyncio.ensure_future(link.wait_closed())
+        # The end of the session wakes the wait below like a CLOCK_EVENT does,
+        # so each wait is one timeout on one event (no extra task per burst).
+        closed.add_done_callback(lambda _: mon.wake.set())
+        try:
+            while not closed.done() and self.vm.link is link:
+                # Cleared before the burst: a wake-up during it (a CLOCK_EVENT)
+                # must run the next burst at once, not be lost.
+                mon.wake.clear()
+                await self.sync()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(mon.next_wait_ms / 1000):
+                        await mon.wake.wait()
+        finally:
+            closed.cancel()
+
+    async def sync(self) -> bool:
+        """One burst and APPLY, if the service can answer; True when it completed."""
+        mon = self.monitor
+        session = self.vm
+        try:
+            session.require(SPEC)
+        except ServiceUnavailable as exc:
+            mon.error = str(exc)
+            return False
+        # Taken at the start: a SYNC asked for during this burst is for the next one.
+        flag = Flag.SYNC if mon.sync_pending else Flag.SAMPLE
+        mon.sync_pending = False
+
+        async def request(op: int, payload: bytes) -> bytes:
+            # Answers are a few bytes: bytes() of bytes is the same object.
+            return bytes(await session.request(SPEC, op, payload, timeout=REQUEST_TIMEOUT))
+
+        # A clock that stayed in step needs one sample to show it still is;
+        # a burst takes more to find the best of a jittery channel.
+        burst = 1 if flag is Flag.SAMPLE and mon.backoff > 1 else None
+        clock = self.timesync.clock
+        try:
+            sample, answer = await sync_once(request, flag, clock, burst, mon.verdict)
+        except (ServiceUnavailable, ChannelError, RemoteServiceError, ProtocolError,
+                ValueError) as exc:
+            mon.error = str(exc)
+            if flag is Flag.SYNC:
+                mon.sync_pending = True
+            mon.backoff = 1  # tried again after the interval, not the longest wait
+            session.log.debug("time sync failed: %s", exc)
+            return False
+        mon.record(sample, flag, answer, clock())
+        if answer.get("action") == "step":
+            session.log.info("time sync (%s): guest stepped by %+.6f s", flag.value,
+                             -sample.offset_ns / 1e9)
+        return True
+
+    def _on_clock_event(self, payload: bytes) -> None:
+        try:
+            body = decode_json(payload)
+        except ProtocolError as exc:
+            self.vm.log.warning("bad time sync CLOCK_EVENT: %s", exc)
+            return
+        delta = body.get("delta_ns")
+        self.vm.log.info("guest reports a clock %s (%s s); syncing now", body.get("event"),
+                         f"{delta / 1e9:+.3f}" if isinstance(delta, int) else "?")
+        self.request_sync()
+
+
+class TimeSyncHost(HostService[VmTimeSync]):
+    """Time Synchronization on the host: the per-VM interval, Get-/Set-VMTimeSync.
+
+    :param clock: the host's reference clock, ns since the epoch (the machine's clock).
+    """
+
+    spec = SPEC
+    tables = (timesync_settings,)
+    needs = frozenset({TimeSyncOp.SAMPLE, TimeSyncOp.APPLY})
+
+    def __init__(self, host: HostContext, clock: Any = time.time_ns) -> None:
+        super().__init__(host)
+        self.clock = clock
+
+    def new_part(self, vm: VmContext) -> VmTimeSync:
+        return VmTimeSync(vm, self)
+
+    # Section: settings
+
+    def interval_ms(self, vm_id: str) -> int:
+        """The VM's interval, the default when none was set."""
+        with self.host.engine.begin() as conn:
+            value = conn.execute(sa.select(timesync_settings.c.interval_ms)
+                                 .where(timesync_settings.c.vm_id == vm_id)).scalar()
+        return int(value) if value is not None else DEFAULT_INTERVAL_MS
+
+    def set_interval(self, patterns: Sequence[str], interval_ms: int) -> list[dict[str, Any]]:
+        """Set-VMTimeSync: change the interval of matching VMs (saved, applied at once).
+
+        :raise NotFoundError: When no VM matches.
         """
-        last = self.last
-        sample = self.last_sample
-        state = state_override or (str(last.get("state")) if last else "NoContact")
-        step_ns = last.get("last_step_ns")
-        return {
-            "VMName": vm_name,
-            "State": state,
-            "OffsetNs": sample.offset_ns if sample else None,
-            "RoundTripNs": sample.rtt_ns if sample else None,
-            "Action": last.get("action"),
-            "Mode": last.get("mode"),
-            "Daemon": last.get("daemon"),
-            "Flag": self.last_flag,
-            "LastSample": _iso(self.last_sync_ns),
-            "LastStep": _iso(step_ns if isinstance(step_ns, int) else None),
-            "LastStepDeltaNs": last.get("last_step_delta_ns"),
-            "IntervalMs": self.interval_ms,
-            "NextWaitMs": self.next_wait_ms,
-            "Syncs": self.syncs,
-            "Note": last.get("note") or "",
-            "Error": self.error,
-        }
+        if not MIN_INTERVAL_MS <= interval_ms <= MAX_INTERVAL_MS:
+            raise ConfigError(f"the interval must be between {MIN_INTERVAL_MS / 1000:g} s and "
+                            f"{MAX_INTERVAL_MS / 1000:g} s")
+        sessions = self.host.match(patterns)
+        with self.host.engine.begin() as conn:
+            for s in sessions:
+                updated = conn.execute(timesync_settings.update()
+                                       .where(timesync_settings.c.vm_id == s.vm.id)
+                                       .values(interval_ms=interval_ms))
+                if updated.rowcount == 0:
+                    conn.execute(timesync_settings.insert().values(vm_id=s.vm.id,
+                                                                   interval_ms=interval_ms))
+        for s in sessions:
+            mon = s.part(TimeSyncHost).monitor
+            mon.interval_ms = interval_ms
+            mon.backoff = 1
+            mon.slew_ms = 0
+            mon.wake.set()  # the new cadence starts now, not after the old wait
+        return self.rows(patterns)
+
+    # Section: status
+
+    def rows(self, patterns: Sequence[str]) -> list[dict[str, Any]]:
+        """Get-VMTimeSync records of matching VMs."""
+        return [self.row(s) for s in self.host.match(patterns)]
+
+    def row(self, session: VmContext) -> dict[str, Any]:
+        """One VM's record; the state says why there is no fresh sample, if there is none."""
+        mon = session.part(TimeSyncHost).monitor
+        override = None
+        error = mon.error
+        enabled = session.vm.enabled.get(SPEC.key, True)
+        try:
+            session.require(SPEC)
+        except ServiceUnavailable as exc:
+            override = ("Disabled" if not enabled else
+                        "NoContact" if not session.connected else "Stopped")
+            error = str(exc)
+        row = mon.row(session.vm.name, override)
+        row["Enabled"] = enabled
+        row["Error"] = error
+        if override is None and error:
+            row["State"] = "Error"  # the last burst failed; the reason is in Error
+        return row
+
+
+SERVICE = TimeSyncHost

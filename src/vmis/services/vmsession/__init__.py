@@ -4,7 +4,7 @@ The wire operations, their payloads, flow control, keepalives and the exit
 status rules are in docs/services/vmsession.md; this module holds what both
 halves share: op codes, stream numbers, limits and the exit status rule.
 The guest half is :mod:`.guest` (policy in :mod:`.policy`), the host half is
-``vmis.host.plugins.vmsession``.
+``vmis.services.vmsession.host``.
 """
 
 from __future__ import annotations

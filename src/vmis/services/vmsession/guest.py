@@ -30,8 +30,8 @@ from vmis.protocol import (
     encode_json,
     encode_json_raw,
 )
-from vmis.services.base import GuestContext, GuestService, ServiceError
 from vmis.services.catalog import by_key
+from vmis.services.guest_half import GuestContext, GuestService, ServiceError
 from vmis.services.vmsession import (
     CHUNK,
     DEFAULT_WINDOW,

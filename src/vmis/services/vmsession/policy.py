@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from vmis.errors import ConfigError
-from vmis.services.base import ServiceError
+from vmis.services.guest_half import ServiceError
 
 __all__ = ["SessionConfig", "allowed", "check_env", "resolve_program"]
 

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from vmis.protocol import RequestReceived, decode_json, encode_json
-from vmis.services.base import GuestContext, GuestService, ServiceError
 from vmis.services.catalog import by_key
+from vmis.services.guest_half import GuestContext, GuestService, ServiceError
 from vmis.services.vss import (
     DEFAULT_FREEZE_TIMEOUT,
     DEFAULT_HOOK_TIMEOUT,

@@ -1,527 +1,346 @@
-"""Host half of VSS: a checkpoint is freeze -> snapshot step -> thaw.
+"""Host half of VSS: snapshot settings per VM, checkpoint history, the runs.
 
-:class:`CheckpointRun` drives one checkpoint (docs/services/vss.md §4):
+What it keeps (docs/services/vss.md §4-5):
 
-- ``Production``: freeze the guest through VSS, take the snapshot, thaw.
-  If VSS is disabled, absent or fails, take a ``Standard`` snapshot instead
-  and say so (Hyper-V's semantics: a production checkpoint falls back to a
-  standard one).
-- ``ProductionOnly``: the same, but a VSS failure fails the checkpoint.
-- ``Standard``: a crash-consistent snapshot; the guest is not involved.
+- the table ``vss_settings``: each VM's snapshot command and the time a
+  crash-consistent snapshot may take;
+- the table ``vss_checkpoints``: every checkpoint with its report. A row
+  still ``Running`` when a manager starts belonged to a manager that died
+  mid-checkpoint; it is marked ``Interrupted``;
+- :class:`VssHost` (``manager.service(VssHost)``): runs
+  :class:`~vmis.services.vss.checkpoint.CheckpointRun`, one at a time per VM;
+- after every (re)connect, a guest still frozen by an earlier host session
+  that this manager no longer drives is thawed at once, rather than left to
+  its watchdog.
 
-The snapshot itself is a :class:`SnapshotStep`: a host command
-(:class:`CommandSnapshot`) or QEMU's QMP block snapshot
-(:class:`vmis.qemu.hypervisor.QmpSnapshot`). A step
-gets a :class:`SnapshotRequest` and must finish within its ``timeout``,
-which for a frozen guest ends safely before the guest's watchdog would thaw
-it; so a snapshot that completes is consistent, and one that cannot finish
-in time fails instead of silently becoming crash-consistent.
-
-This module talks to the guest through a :class:`VssPeer` (the host plugin
-adapts a :class:`~vmis.host.session.VmSession`), so it has no host-only
-dependency.
+A VM's snapshot step is chosen by :meth:`VssHost.pick_step`: a
+``-SnapshotCommand`` given to the checkpoint wins, then the VM's stored
+snapshot command, then its hypervisor backend's own step (QEMU's QMP block
+snapshot: vmis.services.hypervisor).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
-from pathlib import Path
-from typing import Any, Protocol
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from vmis.errors import (
-    ChannelError,
-    ProtocolError,
-    RemoteServiceError,
-    ServiceUnavailable,
-    VmisError,
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from vmis.errors import ServiceUnavailable, StateError, VmisError
+from vmis.protocol import decode_json, encode_json
+from vmis.services.catalog import by_key
+from vmis.services.host_half import (
+    HostContext,
+    HostService,
+    VmContext,
+    VmPart,
+    VmRecord,
+    metadata,
 )
-from vmis.services.vss import MAX_FREEZE_TIMEOUT, VssOp
-from vmis.services.vss.hooks import run_process
+from vmis.services.hypervisor import SnapshotStep
+from vmis.services.vss import GuestVssState, VssOp
+from vmis.services.vss.checkpoint import (
+    THAW_REQUEST_TIMEOUT,
+    CheckpointPlan,
+    CheckpointReport,
+    CheckpointRun,
+    CommandSnapshot,
+    SnapshotType,
+)
 
-__all__ = [
-    "CheckpointPlan",
-    "CheckpointReport",
-    "CheckpointRun",
-    "CommandSnapshot",
-    "SnapshotError",
-    "SnapshotRequest",
-    "SnapshotResult",
-    "SnapshotStep",
-    "SnapshotType",
-    "StepRow",
-    "VssPeer",
-]
+__all__ = ["SERVICE", "SessionPeer", "VmVss", "VssHost", "VssSettings"]
 
-#: seconds the host waits for a FREEZE answer (Hyper-V's FREEZE timeout,
-#: hyperv-facts.md §5.2); the guest's hook timeouts end it far sooner
-FREEZE_REQUEST_TIMEOUT = MAX_FREEZE_TIMEOUT
-#: seconds the host waits for a THAW answer (the thaw hooks run before it)
-THAW_REQUEST_TIMEOUT = 300.0
-#: seconds to wait for a lost session to come back before giving up on THAW
-RECONNECT_WAIT = 30.0
+SPEC = by_key("vss")
+#: seconds a crash-consistent snapshot step may take unless set per VM
+DEFAULT_SNAPSHOT_TIMEOUT = 600.0
 
+vss_settings = sa.Table(
+    "vss_settings",
+    metadata,
+    sa.Column("vm_id", sa.String(36), sa.ForeignKey("vms.id", ondelete="CASCADE"),
+              primary_key=True),
+    #: shell command run on the host to take the snapshot (None: no command)
+    sa.Column("snapshot_command", sa.Text),
+    sa.Column("snapshot_timeout", sa.Float, nullable=False,
+              server_default=str(DEFAULT_SNAPSHOT_TIMEOUT)),
+)
 
-class SnapshotType(StrEnum):
-    """``Checkpoint-VM -SnapshotType``, Hyper-V's checkpoint types."""
-
-    #: application-consistent through VSS; falls back to Standard if VSS fails
-    PRODUCTION = "Production"
-    #: application-consistent through VSS, or the checkpoint fails
-    PRODUCTION_ONLY = "ProductionOnly"
-    #: crash-consistent: the guest is not asked
-    STANDARD = "Standard"
-
-
-# Section: the snapshot step
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotRequest:
-    """What a snapshot step is asked to do."""
-
-    vm_name: str
-    vm_id: str
-    checkpoint_id: str
-    checkpoint_name: str
-    #: ``application`` (the guest is frozen now) or ``crash``
-    consistency: str
-    #: the guest's frozen mount points, in freeze order (empty when not frozen)
-    frozen: tuple[str, ...]
-    #: seconds the step may take; it is cancelled after that
-    timeout: float
-    #: the VM's QMP socket, if one is registered
-    qmp: str | None = None
-
+vss_checkpoints = sa.Table(
+    "vss_checkpoints",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("vm_id", sa.String(36), sa.ForeignKey("vms.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    #: what was asked: Production, ProductionOnly, Standard
+    sa.Column("snapshot_type", sa.String(16), nullable=False),
+    #: what was taken: Production, Standard, or None
+    sa.Column("taken", sa.String(16)),
+    #: Running, Completed, Failed, Interrupted
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("duration", sa.Float),
+    #: the whole report, JSON
+    sa.Column("report", sa.Text),
+)
 
 @dataclass(frozen=True, slots=True)
-class SnapshotResult:
-    """What a snapshot step did."""
+class VssSettings:
+    """A VM's snapshot settings."""
 
-    #: one line for the report ("exit 0", "job snap0 concluded")
-    detail: str
-    #: output worth keeping (the end of a command's output)
-    output: str = ""
-    #: step-specific facts for ``--json`` (file names, job ids ...)
-    data: Mapping[str, Any] = field(default_factory=dict)
+    snapshot_command: str | None = None
+    snapshot_timeout: float = DEFAULT_SNAPSHOT_TIMEOUT
 
 
-class SnapshotError(VmisError):
-    """The snapshot step failed; the message says why.
+class SessionPeer:
+    """The guest's VSS service through the VM's session (a ``VssPeer``)."""
 
-    :ivar output: what the step printed, if anything.
-    """
-
-    def __init__(self, message: str, output: str = "") -> None:
-        super().__init__(message)
-        self.output = output
-
-
-class SnapshotStep(Protocol):
-    """Takes the host-side snapshot of a VM (docs/services/vss.md §4.2).
-
-    Implementations: :class:`CommandSnapshot`; for QEMU VMs
-    :class:`vmis.qemu.hypervisor.QmpSnapshot`, added to
-    ``Checkpoints.step_factories`` by the host manager's server.
-    """
-
-    #: short name in reports: ``command``, ``qmp``
-    kind: str
-
-    def describe(self) -> str:
-        """One line saying what the step will do (shown by ``Get-VMVss``)."""
-        ...
-
-    async def take(self, request: SnapshotRequest) -> SnapshotResult:
-        """Take the snapshot now.
-
-        The caller cancels the call when ``request.timeout`` passes; on
-        cancellation the step must stop what it started and re-raise.
-
-        :raise SnapshotError: When the snapshot failed.
-        """
-        ...
-
-
-class CommandSnapshot:
-    """A snapshot step that runs a shell command on the host.
-
-    The command runs with ``/bin/sh -c`` in its own process group, its output
-    kept in memory, with the checkpoint in its environment
-    (docs/services/vss.md §4.2): ``VMIS_VM_NAME``, ``VMIS_VM_ID``,
-    ``VMIS_CHECKPOINT_NAME``, ``VMIS_CHECKPOINT_ID``, ``VMIS_CONSISTENCY``,
-    ``VMIS_FROZEN_FILESYSTEMS`` (newline-separated), ``VMIS_SNAPSHOT_TIMEOUT``
-    and ``VMIS_QMP``. A non-zero exit or the timeout (its process group is
-    killed) fails the checkpoint.
-
-    :param command: the shell command.
-    :param cwd: its working directory (default: the manager's).
-    """
-
-    kind = "command"
-
-    def __init__(self, command: str, cwd: Path | None = None) -> None:
-        self.command = command
-        self.cwd = cwd
-
-    def describe(self) -> str:
-        return f"command: {self.command}"
-
-    async def take(self, request: SnapshotRequest) -> SnapshotResult:
-        env = {
-            "VMIS_VM_NAME": request.vm_name,
-            "VMIS_VM_ID": request.vm_id,
-            "VMIS_CHECKPOINT_NAME": request.checkpoint_name,
-            "VMIS_CHECKPOINT_ID": request.checkpoint_id,
-            "VMIS_CONSISTENCY": request.consistency,
-            "VMIS_FROZEN_FILESYSTEMS": "\n".join(request.frozen),
-            "VMIS_SNAPSHOT_TIMEOUT": f"{request.timeout:.3f}",
-            "VMIS_QMP": request.qmp or "",
-        }
-        # A little beyond the caller's deadline: the caller's cancellation is
-        # what ends a slow command; this only guards against a lost caller.
-        done = await run_process(["/bin/sh", "-c", self.command], timeout=request.timeout + 1,
-                                 cwd=self.cwd, env=env)
-        last = done.output.strip().splitlines()[-1:] if done.output.strip() else []
-        tail = f": {last[0][:200]}" if last else ""
-        if done.result == "ok":
-            return SnapshotResult("exit 0", done.output, {"exit": 0})
-        if done.result == "failed":
-            how = f"exit {done.exit}" if (done.exit or 0) >= 0 else f"signal {-(done.exit or 0)}"
-            raise SnapshotError(f"the snapshot command failed ({how}){tail}", done.output)
-        if done.result == "timeout":
-            raise SnapshotError(f"the snapshot command ran longer than {request.timeout:.1f} s",
-                                done.output)
-        raise SnapshotError(f"the snapshot command could not be started{tail}", done.output)
-
-
-# Section: the guest, as the runner sees it
-
-
-class VssPeer(Protocol):
-    """The guest's VSS service, reached through the host's session."""
+    def __init__(self, session: VmContext) -> None:
+        self.session = session
 
     def check(self) -> None:
-        """Check that VSS can take requests now.
-
-        :raise ServiceUnavailable: When it cannot (disabled, no contact, stopped ...).
-        """
-        ...
+        self.session.require(SPEC)
 
     async def request(self, op: VssOp, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send one VSS request and return the decoded answer.
-
-        :raise ServiceUnavailable: As :meth:`check`.
-        :raise RemoteServiceError: When the guest answers with an error.
-        :raise ChannelError: When the session fails or the answer does not come in time.
-        """
-        ...
+        return decode_json(await self.session.request(SPEC, op, encode_json(body),
+                                                      timeout=timeout))
 
     async def wait_connected(self, timeout: float) -> bool:
-        """Wait for a running session; False on timeout."""
-        ...
+        return await self.session.wait_connected(timeout)
 
 
-# Section: the report
+def _default_name(vm_name: str) -> str:
+    # Hyper-V names checkpoints "DemoVM - (11/22/2026 - 10:15:30 AM)"
+    return f"{vm_name} - ({datetime.now().astimezone():%m/%d/%Y - %I:%M:%S %p})"
 
 
-@dataclass(frozen=True, slots=True)
-class StepRow:
-    """One line of a checkpoint's timeline."""
+class VmVss(VmPart):
+    """One VM's VSS on the host: a guest left frozen is thawed when it comes back."""
 
-    #: ``freeze hook``, ``freeze``, ``freezefail hook``, ``snapshot``, ``thaw``, ``thaw hook``
-    step: str
-    #: what it acted on: a hook name, mount points, the snapshot step's kind
-    target: str
-    #: ``ok``, ``failed``, ``timeout``, ``error``, ``skipped``
-    result: str
-    #: seconds
-    duration: float
-    detail: str = ""
+    def __init__(self, vm: VmContext, vss: VssHost) -> None:
+        super().__init__(vm)
+        self.vss = vss
 
-    def to_json(self) -> dict[str, Any]:
-        return {"Step": self.step, "Target": self.target, "Result": self.result,
-                "Duration": round(self.duration, 3), "Detail": self.detail}
-
-
-@dataclass
-class CheckpointPlan:
-    """What to checkpoint, and how."""
-
-    vm_name: str
-    vm_id: str
-    checkpoint_id: str
-    name: str
-    snapshot_type: SnapshotType
-    #: seconds the guest may stay frozen (None: the guest's own limit)
-    freeze_timeout: float | None = None
-    #: seconds a crash-consistent snapshot step may take
-    snapshot_timeout: float = 600.0
-    qmp: str | None = None
-
-
-@dataclass
-class CheckpointReport:
-    """Everything a checkpoint did, for the CLI, the API and the history."""
-
-    plan: CheckpointPlan
-    #: the snapshot step's kind
-    step_kind: str
-    #: wall-clock start
-    created: datetime = field(default_factory=lambda: datetime.now(UTC))
-    #: ``Running``, ``Completed`` or ``Failed``
-    status: str = "Running"
-    #: ``Production`` or ``Standard`` once a snapshot was taken
-    taken: str | None = None
-    error: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    frozen: list[str] = field(default_factory=list)
-    #: the guest's VSS state after the checkpoint, when it was asked
-    guest_state: str | None = None
-    #: seconds the guest was frozen, as the guest measured it
-    frozen_seconds: float | None = None
-    steps: list[StepRow] = field(default_factory=list)
-    snapshot: dict[str, Any] | None = None
-    duration: float = 0.0
-
-    @property
-    def consistency(self) -> str | None:
-        """``application``, ``crash``, or None when no snapshot was taken."""
-        return {"Production": "application", "Standard": "crash"}.get(self.taken or "")
-
-    def fail(self, error: str) -> None:
-        self.status = "Failed"
-        self.error = error
-
-    def to_json(self) -> dict[str, Any]:
-        """The API's answer (docs/services/vss.md §5)."""
-        p = self.plan
-        return {
-            "VMName": p.vm_name, "VMId": p.vm_id, "Id": p.checkpoint_id, "Name": p.name,
-            "SnapshotType": p.snapshot_type.value, "Taken": self.taken,
-            "Consistency": self.consistency, "Status": self.status, "Error": self.error,
-            "Warnings": self.warnings, "FrozenFilesystems": self.frozen,
-            "FrozenSeconds": self.frozen_seconds, "GuestState": self.guest_state,
-            "SnapshotStep": self.step_kind, "Snapshot": self.snapshot,
-            "Steps": [s.to_json() for s in self.steps],
-            "CreationTime": self.created.isoformat(), "DurationSeconds": round(self.duration, 3),
-        }
-
-
-def _hook_rows(cycle: Mapping[str, Any] | None, phases: tuple[str, ...]) -> list[StepRow]:
-    rows = []
-    for hook in (cycle or {}).get("hooks") or []:
-        if not isinstance(hook, dict) or hook.get("phase") not in phases:
-            continue
-        detail = ""
-        if hook.get("result") != "ok":
-            exit_code = hook.get("exit")
-            detail = f"exit {exit_code}" if exit_code is not None else str(hook.get("result"))
-            lines = str(hook.get("output") or "").strip().splitlines()
-            if lines:
-                detail += f": {lines[-1][:200]}"
-        rows.append(StepRow(f"{hook.get('phase')} hook", str(hook.get("name")),
-                            str(hook.get("result")), float(hook.get("duration_ms") or 0) / 1000,
-                            detail))
-    return rows
-
-
-def _margin(window: float) -> float:
-    # The host learns of the freeze a little after it began; finish the
-    # snapshot this much before the guest's watchdog could thaw.
-    return max(0.5, 0.1 * window)
-
-
-# Section: the run
-
-
-class CheckpointRun:
-    """One checkpoint of one VM.
-
-    :param plan: what to do.
-    :param peer: the guest's VSS service (unused for Standard).
-    :param step: takes the snapshot.
-    """
-
-    def __init__(self, plan: CheckpointPlan, peer: VssPeer, step: SnapshotStep) -> None:
-        self.plan = plan
-        self.peer = peer
-        self.step = step
-        self.report = CheckpointReport(plan, step.kind)
-        #: True while the guest may be frozen by this run
-        self.freezing = False
-
-    async def run(self) -> CheckpointReport:
-        """Freeze, snapshot, thaw; never raises for a failure (see the report).
-
-        :return: the report, ``Completed`` or ``Failed``.
-        """
-        start = time.monotonic()
+    async def on_running(self) -> None:
+        """After a (re)connect: thaw a guest an earlier host session left frozen."""
+        session = self.vm
+        if session.vm.id in self.vss.running:
+            return  # the run in progress sends its own THAW
         try:
-            await self._run()
-        except asyncio.CancelledError:
-            # The manager is stopping: never leave the guest frozen for it.
-            if self.freezing:
-                await asyncio.shield(self._thaw())
-            self.report.fail("the checkpoint was cancelled (the host manager is stopping)")
-            raise
-        finally:
-            self.report.duration = time.monotonic() - start
-        return self.report
-
-    async def _run(self) -> None:
-        plan, report = self.plan, self.report
-        deadline: float | None = None
-        if plan.snapshot_type is not SnapshotType.STANDARD:
-            deadline = await self._freeze()
-            if deadline is None and plan.snapshot_type is SnapshotType.PRODUCTION_ONLY:
-                return
-        frozen = deadline is not None
-        timeout = deadline - time.monotonic() if deadline is not None else plan.snapshot_timeout
-        request = SnapshotRequest(
-            plan.vm_name, plan.vm_id, plan.checkpoint_id, plan.name,
-            "application" if frozen else "crash", tuple(report.frozen), max(timeout, 0.0),
-            plan.qmp,
-        )
-        error = await self._snapshot(request, frozen)
-        if frozen:
-            await self._thaw()
-        if error is not None:
-            report.fail(f"snapshot failed: {error}")
+            session.require(SPEC)
+        except ServiceUnavailable:
             return
-        report.taken = "Production" if frozen else "Standard"
-        report.status = "Completed"
+        status = await SessionPeer(session).request(VssOp.STATUS, {}, 10.0)
+        if status.get("state") != GuestVssState.FROZEN:
+            return
+        cycle = status.get("cycle") or {}
+        session.log.warning("VSS: the guest is still frozen for checkpoint %r of an earlier host "
+                            "session; thawing it now", cycle.get("name") or cycle.get("id"))
+        await SessionPeer(session).request(VssOp.THAW, {"id": cycle.get("id")},
+                                           THAW_REQUEST_TIMEOUT)
 
-    async def _freeze(self) -> float | None:
-        """Freeze the guest; return the monotonic time by which the snapshot must end.
 
-        :return: None when VSS failed (the report says so and, for
-            ProductionOnly, has failed).
+class VssHost(HostService[VmVss]):
+    """VSS on the host: Checkpoint-VM, Get-VMCheckpoint, Get-VMVss and the snapshot settings."""
+
+    spec = SPEC
+    tables = (vss_settings, vss_checkpoints)
+    needs = frozenset({VssOp.FREEZE, VssOp.THAW, VssOp.STATUS})
+
+    def __init__(self, host: HostContext) -> None:
+        super().__init__(host)
+        #: VM id -> the checkpoint running for it
+        self.running: dict[str, CheckpointRun] = {}
+
+    def new_part(self, vm: VmContext) -> VmVss:
+        return VmVss(vm, self)
+
+    async def start(self) -> None:
+        if count := self.mark_interrupted():
+            self.log.warning("%d checkpoint(s) were interrupted when the last host manager "
+                             "stopped", count)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.host.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StateError(f"database error: {exc}") from exc
+
+    # Section: settings
+
+    def settings(self, vm: VmRecord) -> VssSettings:
+        """A VM's snapshot settings (defaults when none were set)."""
+        with self._tx() as conn:
+            row = conn.execute(sa.select(vss_settings).where(vss_settings.c.vm_id == vm.id)) \
+                .mappings().first()
+        if row is None:
+            return VssSettings()
+        return VssSettings(row["snapshot_command"], float(row["snapshot_timeout"]))
+
+    def set_settings(self, vm_name: str, *, command: str | None = None, clear: bool = False,
+                     timeout: float | None = None) -> dict[str, Any]:
+        """``vm set-snapshot-command``: store a VM's snapshot command and timeout.
+
+        :raise NotFoundError: For an unknown VM.
+        :raise StateError: For an empty command or a non-positive timeout.
         """
-        plan, report = self.plan, self.report
-        body: dict[str, Any] = {"id": plan.checkpoint_id, "name": plan.name}
-        if plan.freeze_timeout is not None:
-            body["timeout"] = plan.freeze_timeout
-        try:
-            self.peer.check()
-            self.freezing = True
-            answer = await self.peer.request(VssOp.FREEZE, body, FREEZE_REQUEST_TIMEOUT)
-        except (ServiceUnavailable, RemoteServiceError, ChannelError, ProtocolError) as exc:
-            await self._freeze_failed(exc)
-            return None
-        received = time.monotonic()
-        report.frozen = [str(m) for m in answer.get("frozen") or []]
-        report.steps += _hook_rows(answer, ("freeze",))
-        report.steps.append(StepRow("freeze", ", ".join(report.frozen) or "(none)", "ok",
-                                    float(answer.get("freeze_ms") or 0) / 1000))
-        window = float(answer.get("thaw_in") or answer.get("timeout") or 0)
-        return received + window - _margin(window)
+        vm = self.host.session(vm_name).vm
+        old = self.settings(vm)
+        if command is not None and not command.strip():
+            raise StateError("the snapshot command is empty; use -Clear to remove it")
+        if timeout is not None and not timeout > 0:
+            raise StateError("the snapshot timeout must be a positive number of seconds")
+        new = VssSettings(None if clear else (command or old.snapshot_command),
+                          timeout or old.snapshot_timeout)
+        values = {"snapshot_command": new.snapshot_command,
+                  "snapshot_timeout": new.snapshot_timeout}
+        with self._tx() as conn:
+            updated = conn.execute(vss_settings.update().where(vss_settings.c.vm_id == vm.id)
+                                   .values(**values))
+            if updated.rowcount == 0:
+                conn.execute(vss_settings.insert().values(vm_id=vm.id, **values))
+        return self._settings_json(vm, new)
 
-    async def _freeze_failed(self, exc: VmisError) -> None:
-        plan, report = self.plan, self.report
-        reason = str(exc).removeprefix(f"{plan.vm_name}: ")
-        if isinstance(exc, RemoteServiceError | ProtocolError):
-            # The guest answered: nothing is frozen, and its last cycle says why.
-            self.freezing = False
-            cycle = await self._last_cycle()
-            report.steps += _hook_rows(cycle, ("freeze", "freezefail"))
-            report.steps.append(StepRow("freeze", "", "failed", 0.0, reason))
-        elif isinstance(exc, ChannelError):
-            # No answer: the guest may have frozen after all. Thaw to be sure.
-            report.steps.append(StepRow("freeze", "", "error", 0.0, reason))
-            await self._thaw()
-        else:
-            self.freezing = False
-            report.steps.append(StepRow("freeze", "", "skipped", 0.0, reason))
-        if plan.snapshot_type is SnapshotType.PRODUCTION_ONLY:
-            report.fail(f"cannot take a production checkpoint of {plan.vm_name}: {reason}; "
-                        "-SnapshotType ProductionOnly does not fall back to a standard "
-                        "checkpoint")
-        else:
-            report.warnings.append(
-                f"a production checkpoint of {plan.vm_name} could not be taken: {reason}; "
-                "a standard (crash-consistent) checkpoint was taken instead"
+    def _settings_json(self, vm: VmRecord, settings: VssSettings) -> dict[str, Any]:
+        step = self.pick_step(vm, settings)
+        return {"VMName": vm.name, "SnapshotCommand": settings.snapshot_command,
+                "SnapshotTimeout": settings.snapshot_timeout,
+                "SnapshotStep": step.describe() if step is not None else None}
+
+    def pick_step(self, vm: VmRecord, settings: VssSettings,
+                  command: str | None = None) -> SnapshotStep | None:
+        """The snapshot step for *vm*: *command* if given, else the VM's stored command,
+        else its hypervisor backend's step."""
+        if command or settings.snapshot_command:
+            return CommandSnapshot(command or settings.snapshot_command or "")
+        hypervisor = self.host.hypervisor_for(vm)
+        return hypervisor.snapshot_step(vm) if hypervisor is not None else None
+
+    # Section: checkpoints
+
+    async def checkpoint(self, vm_name: str, *, name: str | None = None,
+                         snapshot_type: SnapshotType = SnapshotType.PRODUCTION,
+                         command: str | None = None,
+                         freeze_timeout: float | None = None) -> CheckpointReport:
+        """``Checkpoint-VM``: freeze, snapshot, thaw (docs/services/vss.md §4).
+
+        :raise NotFoundError: For an unknown VM.
+        :raise StateError: When the VM has no snapshot step or a checkpoint of
+            it is running already.
+        :return: the report; a failed checkpoint is a report with status
+            ``Failed``, not an exception.
+        """
+        session = self.host.session(vm_name)
+        vm = session.vm
+        if (other := self.running.get(vm.id)) is not None:
+            raise StateError(f"a checkpoint of {vm.name} is running already "
+                             f"({other.plan.name!r}); wait for it to end")
+        settings = self.settings(vm)
+        step = self.pick_step(vm, settings, command)
+        if step is None:
+            raise StateError(
+                f"{vm.name} has no snapshot step: set one with 'vmis vm set-snapshot-command "
+                f"-Name {vm.name} -Command CMD', or pass -SnapshotCommand CMD"
             )
-
-    async def _last_cycle(self) -> dict[str, Any] | None:
+        plan = CheckpointPlan(
+            vm.name, vm.id, str(uuid.uuid4()), name or _default_name(vm.name), snapshot_type,
+            freeze_timeout, settings.snapshot_timeout, vm.qmp,
+        )
+        run = CheckpointRun(plan, SessionPeer(session), step)
+        self._record(run.report, insert=True)
+        self.running[vm.id] = run
+        session.log.info("checkpoint %r (%s) starting", plan.name, snapshot_type.value)
         try:
-            status = await self.peer.request(VssOp.STATUS, {}, 10.0)
-        except VmisError:
-            return None
-        cycle = status.get("cycle")
-        if isinstance(cycle, dict) and cycle.get("id") == self.plan.checkpoint_id:
-            return cycle
-        return None
-
-    async def _snapshot(self, request: SnapshotRequest, frozen: bool) -> str | None:
-        """Run the snapshot step; return an error text, or None on success."""
-        report = self.report
-        start = time.monotonic()
-        if request.timeout <= 0:
-            error = "no time was left in the guest's freeze window"
-            report.steps.append(StepRow("snapshot", self.step.kind, "skipped", 0.0, error))
-            return error
-        try:
-            async with asyncio.timeout(request.timeout):
-                result = await self.step.take(request)
-        except TimeoutError:
-            window = " (the guest's freeze window)" if frozen else ""
-            error = f"the snapshot step did not finish within {request.timeout:.1f} s{window}"
-            report.steps.append(StepRow("snapshot", self.step.kind, "timeout",
-                                        time.monotonic() - start, error))
-            return error
-        except SnapshotError as exc:
-            report.snapshot = {"Step": self.step.kind, "Detail": str(exc), "Output": exc.output}
-            report.steps.append(StepRow("snapshot", self.step.kind, "failed",
-                                        time.monotonic() - start, str(exc)))
-            return str(exc)
-        report.snapshot = {"Step": self.step.kind, "Detail": result.detail,
-                           "Output": result.output, "Data": dict(result.data)}
-        report.steps.append(StepRow("snapshot", self.step.kind, "ok", time.monotonic() - start,
-                                    result.detail))
-        return None
-
-    async def _thaw(self) -> None:
-        """Thaw the guest, waiting once for a lost session to come back."""
-        report = self.report
-        body = {"id": self.plan.checkpoint_id}
-        answer: dict[str, Any] | None = None
-        for attempt in (1, 2):
-            try:
-                answer = await self.peer.request(VssOp.THAW, body, THAW_REQUEST_TIMEOUT)
-                break
-            except (ServiceUnavailable, ChannelError) as exc:
-                if attempt == 1 and await self.peer.wait_connected(RECONNECT_WAIT):
-                    continue
-                report.steps.append(StepRow("thaw", "", "error", 0.0, str(exc)))
-                report.warnings.append(f"could not reach the guest to thaw it ({exc}); it "
-                                       "thaws by itself when its freeze timeout passes")
-                return
-            except (RemoteServiceError, ProtocolError) as exc:
-                report.steps.append(StepRow("thaw", "", "failed", 0.0, str(exc)))
-                report.warnings.append(f"the guest could not thaw: {exc}")
-                return
-        self.freezing = False
-        assert answer is not None
-        cycle = answer.get("cycle") if isinstance(answer.get("cycle"), dict) else None
-        result = str(answer.get("result"))
-        report.guest_state = str(answer.get("state"))
-        if cycle is not None and cycle.get("id") == self.plan.checkpoint_id:
-            report.frozen_seconds = cycle.get("frozen_for")
-            thawed = ", ".join(str(m) for m in cycle.get("thawed") or [])
-            row_result = "ok" if result == "thawed" else result
-            report.steps.append(StepRow("thaw", thawed or "(none)", row_result,
-                                        float(cycle.get("thaw_ms") or 0) / 1000))
-            hooks = _hook_rows(cycle, ("thaw",))
-            report.steps += hooks
-            report.warnings += [f"thaw hook {h.target}: {h.detail}" for h in hooks
-                                if h.result != "ok"]
+            report = await run.run()
+        finally:
+            del self.running[vm.id]
+            self._record(run.report)
+        for warning in report.warnings:
+            session.log.warning("checkpoint %r: %s", plan.name, warning)
+        if report.status == "Completed":
+            session.log.info("checkpoint %r completed: %s in %.2f s", plan.name, report.taken,
+                             report.duration)
         else:
-            report.steps.append(StepRow("thaw", "", result, 0.0))
-        if result == "timed-out":
-            report.warnings.append("the guest had already thawed by itself: its freeze timeout "
-                                   "passed before THAW arrived")
+            session.log.error("checkpoint %r failed: %s", plan.name, report.error)
+        return report
+
+    def _record(self, report: CheckpointReport, insert: bool = False) -> None:
+        p = report.plan
+        values = {"taken": report.taken, "status": report.status, "error": report.error,
+                  "duration": report.duration, "report": json.dumps(report.to_json())}
+        try:
+            with self._tx() as conn:
+                if insert:
+                    conn.execute(vss_checkpoints.insert().values(
+                        id=p.checkpoint_id, vm_id=p.vm_id, name=p.name,
+                        snapshot_type=p.snapshot_type.value, created=report.created, **values))
+                else:
+                    conn.execute(vss_checkpoints.update()
+                                 .where(vss_checkpoints.c.id == p.checkpoint_id).values(**values))
+        except StateError:
+            if insert:
+                raise
+            # The checkpoint itself is done; losing its history line is not worth failing it.
+            self.log.exception("cannot record checkpoint %s", p.checkpoint_id)
+
+    def history(self, vm_patterns: Sequence[str]) -> list[dict[str, Any]]:
+        """``Get-VMCheckpoint``: the checkpoints of matching VMs, oldest first."""
+        sessions = {s.vm.id: s for s in self.host.match(vm_patterns)}
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(vss_checkpoints).where(vss_checkpoints.c.vm_id.in_(list(sessions)))
+                .order_by(vss_checkpoints.c.created)
+            ).mappings().all()
+        result = []
+        for r in rows:
+            report = json.loads(r["report"]) if r["report"] else {}
+            created = r["created"]
+            result.append({
+                "VMName": sessions[r["vm_id"]].vm.name, "Id": r["id"], "Name": r["name"],
+                "SnapshotType": r["snapshot_type"], "Taken": r["taken"], "Status": r["status"],
+                "Error": r["error"], "Warnings": report.get("Warnings", []),
+                "CreationTime": created.isoformat() if created else None,
+                "DurationSeconds": r["duration"], "Report": report,
+            })
+        return result
+
+    def mark_interrupted(self) -> int:
+        """Checkpoints left ``Running`` by a manager that died: ``Interrupted``."""
+        with self._tx() as conn:
+            result = conn.execute(
+                vss_checkpoints.update().where(vss_checkpoints.c.status == "Running").values(
+                    status="Interrupted",
+                    error="the host manager stopped during the checkpoint; the guest thawed "
+                          "by itself (freeze timeout) or when the host reconnected")
+            )
+        return int(result.rowcount or 0)
+
+    # Section: the guest's state
+
+    async def status(self, vm_name: str) -> dict[str, Any]:
+        """``Get-VMVss``: the VM's snapshot settings and the guest's VSS state, now."""
+        session = self.host.session(vm_name)
+        vm = session.vm
+        answer = self._settings_json(vm, self.settings(vm))
+        run = self.running.get(vm.id)
+        answer["CheckpointRunning"] = run.plan.name if run is not None else None
+        answer["Guest"] = None
+        answer["GuestError"] = None
+        try:
+            answer["Guest"] = await SessionPeer(session).request(VssOp.STATUS, {}, 10.0)
+        except VmisError as exc:
+            answer["GuestError"] = str(exc)
+        return answer
+
+
+SERVICE = VssHost

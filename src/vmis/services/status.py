@@ -1,4 +1,4 @@
-"""Hyper-V's status model for integration services (hyperv-facts.md §8.2).
+"""Hyper-V's status model for integration services (docs/status.md).
 
 Which state gives which status, for a service of a VM (the first line that
 applies wins; docs/status.md has the same table for administrators):
@@ -75,7 +75,7 @@ _DESCRIPTIONS = {
 
 
 class VMHeartbeatStatus(IntEnum):
-    """Get-VM's Heartbeat property (hyperv-facts.md §8.4)."""
+    """Get-VM's Heartbeat property (docs/status.md)."""
 
     Unknown = 0
     Disabled = 1

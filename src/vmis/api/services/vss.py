@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from vmis.api.app import manager_of
-from vmis.host.plugins.vss import checkpoints_of
+from vmis.api.context import manager_of
 from vmis.services.vss import MAX_FREEZE_TIMEOUT
-from vmis.services.vss.host import SnapshotType
+from vmis.services.vss.checkpoint import SnapshotType
+from vmis.services.vss.host import VssHost
 
 __all__ = ["router"]
 
@@ -36,7 +36,7 @@ class VssSettingsIn(BaseModel):
 @router.post("/vms/{name}/checkpoints")
 async def checkpoint(request: Request, name: str, body: CheckpointIn) -> dict[str, Any]:
     """Freeze, snapshot, thaw; a failed checkpoint is a report with Status Failed."""
-    report = await checkpoints_of(manager_of(request)).checkpoint(
+    report = await manager_of(request).service(VssHost).checkpoint(
         name, name=body.name, snapshot_type=body.snapshot_type, command=body.snapshot_command,
         freeze_timeout=body.freeze_timeout,
     )
@@ -46,16 +46,16 @@ async def checkpoint(request: Request, name: str, body: CheckpointIn) -> dict[st
 @router.get("/checkpoints")
 async def checkpoints(request: Request,
                       vm: Annotated[list[str], Query()]) -> list[dict[str, Any]]:
-    return checkpoints_of(manager_of(request)).history(vm)
+    return manager_of(request).service(VssHost).history(vm)
 
 
 @router.get("/vms/{name}/vss")
 async def vss_status(request: Request, name: str) -> dict[str, Any]:
-    return await checkpoints_of(manager_of(request)).status(name)
+    return await manager_of(request).service(VssHost).status(name)
 
 
 @router.patch("/vms/{name}/vss")
 async def vss_settings(request: Request, name: str, body: VssSettingsIn) -> dict[str, Any]:
-    return checkpoints_of(manager_of(request)).set_settings(
+    return manager_of(request).service(VssHost).set_settings(
         name, command=body.snapshot_command, clear=body.clear, timeout=body.snapshot_timeout,
     )

@@ -1,4 +1,4 @@
-"""Host manager side of Key-Value Pair Exchange, docs/services/kvp.md §3.
+"""Host half of Key-Value Pair Exchange, docs/services/kvp.md §3.
 
 Two things live here per VM:
 
@@ -14,7 +14,7 @@ Two things live here per VM:
   the host manager as well.
 
 Delivery (:meth:`VmKvp.deliver`) runs, one at a time per VM, when a host
-write is made, when a session starts running (``manager.on_running``; the
+write is made, when a session starts running (:meth:`VmKvp.on_running`; the
 host facts are pushed to AutoExternal first), and when the guest pushes a
 pool while writes are pending (its service just started or it just thawed).
 """
@@ -22,9 +22,8 @@ pool while writes are pending (its service just started or it just thawed).
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
-import weakref
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,18 +38,15 @@ from vmis.errors import (
     ServiceUnavailable,
     VmisError,
 )
-from vmis.host.manager import HostManager
-from vmis.host.session import NotificationHook, VmSession
-from vmis.host.store import metadata
-from vmis.protocol import ServiceId, decode_json, encode_json
+from vmis.protocol import decode_json, encode_json
 from vmis.services.catalog import by_key
+from vmis.services.host_half import HostContext, HostService, VmContext, VmPart, metadata
 from vmis.services.kvp import KvpOp, check_item, parse_pool, pool_name
 from vmis.services.kvp.intrinsic import default_fqdn
 from vmis.services.kvp.pool import KvpFormatError, Pool
+from vmis.services.link import NotificationHandler
 
-__all__ = ["HOOKS", "Kvp", "VmKvp", "kvp_pending", "of", "setup"]
-
-_log = logging.getLogger("vmis.host.kvp")
+__all__ = ["SERVICE", "KvpHost", "VmKvp", "kvp_pending"]
 
 SPEC = by_key("kvp")
 #: seconds one KVP request may take (a pool rewrite is an fsync or two)
@@ -77,15 +73,15 @@ kvp_pending = sa.Table(
 )
 
 
-class VmKvp:
-    """One VM's KVP state on the host (``session.extra["kvp"]``).
+class VmKvp(VmPart):
+    """One VM's KVP state on the host (``session.part(KvpHost)``).
 
-    :param session: the VM's session.
-    :param kvp: the manager's KVP part (database, host names).
+    :param vm: the VM's session.
+    :param kvp: the manager's KVP half (database, host names).
     """
 
-    def __init__(self, session: VmSession, kvp: Kvp) -> None:
-        self.session = session
+    def __init__(self, vm: VmContext, kvp: KvpHost) -> None:
+        super().__init__(vm)
         self.kvp = kvp
         #: pool -> items, as the guest last pushed them
         self.pools: dict[Pool, list[tuple[str, str]]] = {}
@@ -103,6 +99,14 @@ class VmKvp:
         self._pending = len(self.pending_rows())
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def handlers(self) -> Mapping[int, NotificationHandler]:
+        return {KvpOp.POOL: self.on_pool}
+
+    async def on_running(self) -> None:
+        # In the background: a guest slow to write its pools must not hold up
+        # the after-connect steps of the other services.
+        self.spawn(self.deliver())
+
     # Section: guest pushes (docs/services/kvp.md §2.3)
 
     def on_pool(self, payload: bytes) -> None:
@@ -113,7 +117,7 @@ class VmKvp:
             items = [(str(k), str(v)) for k, v in body["items"]]
             first, last = int(body.get("part", 0)) == 0, bool(body.get("last", True))
         except (ProtocolError, KeyError, TypeError, ValueError) as exc:
-            self.session.log.warning("bad KVP POOL notification: %s", exc)
+            self.vm.log.warning("bad KVP POOL notification: %s", exc)
             return
         if first:
             self._staging[pool] = []
@@ -124,7 +128,7 @@ class VmKvp:
             return
         self.pools[pool] = self._staging.pop(pool)
         self.reported[pool] = datetime.now(UTC)
-        if self._pending or self._facts_for is not self.session.channel:
+        if self._pending or self._facts_for is not self.vm.link:
             self.spawn(self.deliver(settle=SETTLE_TIMEOUT))
 
     def spawn(self, coro: Any) -> None:
@@ -137,16 +141,16 @@ class VmKvp:
 
     def pending_rows(self) -> list[sa.Row[Any]]:
         """This VM's unacknowledged host writes, oldest first."""
-        with self.kvp.engine.begin() as conn:
+        with self.kvp.host.engine.begin() as conn:
             return list(conn.execute(
-                sa.select(kvp_pending).where(kvp_pending.c.vm_id == self.session.vm.id)
+                sa.select(kvp_pending).where(kvp_pending.c.vm_id == self.vm.vm.id)
                 .order_by(kvp_pending.c.id)
             ))
 
     def _enqueue(self, key: str, value: str | None) -> int:
-        with self.kvp.engine.begin() as conn:
+        with self.kvp.host.engine.begin() as conn:
             result = conn.execute(kvp_pending.insert().values(
-                vm_id=self.session.vm.id, pool=int(Pool.EXTERNAL), key=key, value=value,
+                vm_id=self.vm.vm.id, pool=int(Pool.EXTERNAL), key=key, value=value,
                 created=datetime.now(UTC),
             ))
             row_id = result.inserted_primary_key
@@ -155,7 +159,7 @@ class VmKvp:
         return int(row_id[0])
 
     def _done(self, row_id: int, outcome: VmisError | None) -> None:
-        with self.kvp.engine.begin() as conn:
+        with self.kvp.host.engine.begin() as conn:
             deleted = conn.execute(kvp_pending.delete().where(kvp_pending.c.id == row_id))
         self._pending -= deleted.rowcount
         if row_id in self._waiting:
@@ -174,7 +178,7 @@ class VmKvp:
         finally:
             self._waiting.discard(row_id)
         result: dict[str, Any] = {
-            "VMName": self.session.vm.name, "Pool": pool_name(Pool.EXTERNAL), "Key": key,
+            "VMName": self.vm.vm.name, "Pool": pool_name(Pool.EXTERNAL), "Key": key,
             "Value": value, "Delivered": outcome is None, "Pending": outcome == "pending",
             "Reason": self.last_error if outcome == "pending" else "", "Error": None,
         }
@@ -185,17 +189,17 @@ class VmKvp:
     # Section: delivery
 
     async def _request(self, op: KvpOp, body: dict[str, Any]) -> None:
-        await self.session.request(SPEC, op, encode_json(body), timeout=REQUEST_TIMEOUT)
+        await self.vm.request(SPEC, op, encode_json(body), timeout=REQUEST_TIMEOUT)
 
     async def _settled(self, timeout: float) -> None:
         # A guest push may arrive before the host learns (from the SET_SERVICE
         # answer) that the service runs: give that answer a moment.
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
-            if self.kvp.manager.sessions.get(self.session.vm.id) is not self.session:
+            if self.kvp.host.current(self.vm.vm.id) is not self.vm:
                 return  # the VM was removed or the manager closed meanwhile
             try:
-                self.session.require(SPEC)
+                self.vm.require(SPEC)
                 return
             except ServiceUnavailable:
                 await asyncio.sleep(0.05)
@@ -216,22 +220,22 @@ class VmKvp:
             except (ServiceUnavailable, ChannelError, ProtocolError) as exc:
                 self.last_error = str(exc)
             except RemoteServiceError as exc:
-                self.last_error = f"{self.session.vm.name}: the guest answered: {exc}"
-                self.session.log.warning("KVP delivery paused: %s", exc)
+                self.last_error = f"{self.vm.vm.name}: the guest answered: {exc}"
+                self.vm.log.warning("KVP delivery paused: %s", exc)
 
     async def _deliver(self) -> None:
-        channel = self.session.channel
-        self.session.require(SPEC)
-        if self._facts_for is not channel:
-            facts = await self.kvp.host_facts(self.session)
+        link = self.vm.link
+        self.vm.require(SPEC)
+        if self._facts_for is not link:
+            facts = await self.kvp.host_facts(self.vm)
             try:
                 await self._request(KvpOp.SET, {"pool": int(Pool.AUTO_EXTERNAL),
                                                 "items": [list(f) for f in facts]})
             except RemoteServiceError as exc:
                 if exc.code not in _PERMANENT:
                     raise
-                self.session.log.warning("the guest refused the host facts: %s", exc)
-            self._facts_for = channel
+                self.vm.log.warning("the guest refused the host facts: %s", exc)
+            self._facts_for = link
         for row in self.pending_rows() if self._pending else []:
             try:
                 if row.value is None:
@@ -241,45 +245,36 @@ class VmKvp:
                                                     "items": [[row.key, row.value]]})
             except RemoteServiceError as exc:
                 if exc.code == "not-found" and row.value is None:
-                    self.session.log.info("KVP removal of %r: the guest had no such key",
-                                          row.key)
+                    self.vm.log.info("KVP removal of %r: the guest had no such key", row.key)
                     self._done(row.id, NotFoundError(
-                        f"{self.session.vm.name}: no key {row.key!r} in the "
+                        f"{self.vm.vm.name}: no key {row.key!r} in the "
                         f"{pool_name(row.pool)} pool"))
                     continue
                 if exc.code in _PERMANENT:
-                    self.session.log.warning("KVP write of %r dropped: %s", row.key, exc)
-                    self._done(row.id, ServiceUnavailable(f"{self.session.vm.name}: {exc}"))
+                    self.vm.log.warning("KVP write of %r dropped: %s", row.key, exc)
+                    self._done(row.id, ServiceUnavailable(f"{self.vm.vm.name}: {exc}"))
                     continue
                 raise
             self._done(row.id, None)
         self.last_error = ""
 
 
-class Kvp:
-    """The KVP part of one host manager (see :func:`of`)."""
+class KvpHost(HostService[VmKvp]):
+    """Key-Value Pair Exchange on the host: pending writes and the host's Get-/Set-VMKvp."""
 
-    def __init__(self, manager: HostManager) -> None:
-        self.manager = manager
-        self.engine = manager.store.engine
-        # The plugin's table may be defined after the store created its tables.
-        kvp_pending.create(self.engine, checkfirst=True)
+    spec = SPEC
+    tables = (kvp_pending,)
+    needs = frozenset({KvpOp.SET, KvpOp.DELETE})
+
+    def __init__(self, host: HostContext) -> None:
+        super().__init__(host)
         self._names: tuple[str, str] | None = None
 
-    def vm(self, session: VmSession) -> VmKvp:
-        """The VM's KVP state (created on first use)."""
-        state = session.extra.get("kvp")
-        if not isinstance(state, VmKvp):
-            state = VmKvp(session, self)
-            session.extra["kvp"] = state
-        return state
+    def new_part(self, vm: VmContext) -> VmKvp:
+        return VmKvp(vm, self)
 
-    def attach(self, session: VmSession) -> None:
-        """Give a new VM its KVP state (``manager.on_vm_added``)."""
-        self.vm(session)
-
-    async def host_facts(self, session: VmSession) -> list[tuple[str, str]]:
-        """The AutoExternal items a Hyper-V host gives its guests (hyperv-facts.md §4.3)."""
+    async def host_facts(self, vm: VmContext) -> list[tuple[str, str]]:
+        """The AutoExternal items a Hyper-V host gives its guests (docs/services/kvp.md §3.3)."""
         if self._names is None:
             # The guest's own FQDN rule (hv_kvp_daemon's canonical-name lookup,
             # which socket.getfqdn is not: it may answer "localhost"). It may
@@ -291,8 +286,8 @@ class Kvp:
             ("HostName", short),
             ("PhysicalHostName", short),
             ("PhysicalHostNameFullyQualified", fqdn),
-            ("VirtualMachineName", session.vm.name),
-            ("VirtualMachineId", session.vm.id),
+            ("VirtualMachineName", vm.vm.name),
+            ("VirtualMachineId", vm.vm.id),
         ]
 
     # Section: host operations (docs/services/kvp.md §3)
@@ -304,9 +299,9 @@ class Kvp:
         """
         pools = [parse_pool(pool)] if pool else list(Pool)
         rows: list[dict[str, Any]] = []
-        for session in self.manager.match(patterns):
-            state = self.vm(session)
-            common = {"VMName": session.vm.name, "Connected": session.connected}
+        for vm in self.host.match(patterns):
+            state = vm.part(KvpHost)
+            common = {"VMName": vm.vm.name, "Connected": vm.connected}
             for p in pools:
                 reported = state.reported.get(p)
                 rows += [{**common, "Pool": pool_name(p), "Key": k, "Value": v, "Pending": None,
@@ -338,10 +333,10 @@ class Kvp:
         _check(key, "")
         return await self._write(patterns, key, None)
 
-    async def _write(self, patterns: list[str], key: str,
+    async def _write(self, patterns: Sequence[str], key: str,
                      value: str | None) -> list[dict[str, Any]]:
-        sessions = self.manager.match(patterns)
-        return list(await asyncio.gather(*(self.vm(s).write(key, value) for s in sessions)))
+        vms = self.host.match(patterns)
+        return list(await asyncio.gather(*(vm.part(KvpHost).write(key, value) for vm in vms)))
 
 
 def _check(key: str, value: str) -> None:
@@ -351,43 +346,4 @@ def _check(key: str, value: str) -> None:
         raise ConfigError(str(exc)) from None
 
 
-#: each manager's Kvp, without adding attributes to HostManager
-_BY_MANAGER: weakref.WeakKeyDictionary[HostManager, Kvp] = weakref.WeakKeyDictionary()
-
-
-def of(manager: HostManager) -> Kvp:
-    """The manager's KVP part.
-
-    :raise ServiceUnavailable: When :func:`setup` was not run for it.
-    """
-    try:
-        return _BY_MANAGER[manager]
-    except KeyError:
-        raise ServiceUnavailable("KVP is not set up in this host manager") from None
-
-
-async def _on_running(session: VmSession) -> None:
-    state = session.extra.get("kvp")
-    if isinstance(state, VmKvp):
-        # In the background: a guest slow to write its pools must not hold up
-        # the after-connect steps of the other services.
-        state.spawn(state.deliver())
-
-
-def setup(manager: HostManager) -> None:
-    """Attach KVP to a manager: its table, per-VM state, delivery at each session start."""
-    kvp = Kvp(manager)
-    _BY_MANAGER[manager] = kvp
-    manager.on_vm_added.append(kvp.attach)
-    for session in manager.sessions.values():
-        kvp.attach(session)
-    manager.on_running.append(_on_running)
-
-
-def _on_pool(session: VmSession, payload: bytes) -> None:
-    state = session.extra.get("kvp")
-    if isinstance(state, VmKvp):
-        state.on_pool(payload)
-
-
-HOOKS: dict[tuple[int, int], NotificationHook] = {(ServiceId.KVP, KvpOp.POOL): _on_pool}
+SERVICE = KvpHost

@@ -9,8 +9,8 @@ granted; the guest sends more only after :meth:`RemoteCommand.ack`, so a
 slow reader slows the command down instead of filling memory
 (docs/services/vmsession.md §3).
 
-The guest's notifications reach the command through :data:`HOOKS`
-(vmis.host.services); per-VM state lives in ``VmSession.extra["vmsession"]``.
+The guest's notifications reach the command through the VM's part of this
+service (:class:`VmSessions`, the VM's open commands).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +31,10 @@ from vmis.errors import (
     StateError,
     VmisError,
 )
-from vmis.host.session import NotificationHook, VmSession
-from vmis.protocol import ServiceId, decode_json, decode_json_raw, encode_json, encode_json_raw
+from vmis.protocol import decode_json, decode_json_raw, encode_json, encode_json_raw
 from vmis.services.catalog import by_key
+from vmis.services.host_half import HostService, VmContext, VmPart
+from vmis.services.link import GuestLink, NotificationHandler
 from vmis.services.vmsession import (
     CHUNK,
     DEFAULT_WINDOW,
@@ -42,9 +43,9 @@ from vmis.services.vmsession import (
     exit_status,
     idle_deadline,
 )
-from vmis.transport.channel import Channel
 
-__all__ = ["HOOKS", "Exit", "InputCredit", "Output", "RemoteCommand"]
+__all__ = ["SERVICE", "Exit", "InputCredit", "Output", "RemoteCommand", "VmSessionHost",
+           "VmSessions"]
 
 SPEC = by_key("vmsession")
 
@@ -107,10 +108,11 @@ class _Failed:
 # Section: per-VM registry
 
 
-class _Registry:
-    """Open commands of one VM, by session number (numbers are never reused)."""
+class VmSessions(VmPart):
+    """One VM's open commands, by session number (numbers are never reused)."""
 
-    def __init__(self) -> None:
+    def __init__(self, vm: VmContext) -> None:
+        super().__init__(vm)
         self.next_id = 1
         self.open: dict[int, RemoteCommand] = {}
 
@@ -119,12 +121,66 @@ class _Registry:
         self.next_id = sid % 0xFFFFFFFF + 1
         return sid
 
+    def handlers(self) -> Mapping[int, NotificationHandler]:
+        return {
+            VmSessionOp.OUTPUT: self._guarded(self._on_output),
+            VmSessionOp.WINDOW: self._guarded(self._on_window),
+            VmSessionOp.EXIT: self._guarded(self._on_exit),
+            VmSessionOp.KEEPALIVE: self._guarded(self._on_keepalive),
+        }
 
-def _registry(vm: VmSession) -> _Registry:
-    registry = vm.extra.get("vmsession")
-    if not isinstance(registry, _Registry):
-        registry = vm.extra["vmsession"] = _Registry()
-    return registry
+    def _guarded(self, handler: Callable[[bytes], None]) -> NotificationHandler:
+        # Handlers run in the link's bottom half: a bad payload is logged, never raised.
+        def run(payload: bytes) -> None:
+            try:
+                handler(payload)
+            except (ProtocolError, ValueError, KeyError, TypeError) as exc:
+                self.vm.log.warning("bad VM Session notification: %s", exc)
+
+        return run
+
+    def _command(self, body: Mapping[str, Any]) -> RemoteCommand | None:
+        cmd = self.open.get(body.get("session"))  # type: ignore[arg-type]
+        if cmd is None:
+            self.vm.log.debug("VM Session notification for unknown session %r",
+                              body.get("session"))
+        return cmd
+
+    def _on_output(self, payload: bytes) -> None:
+        body, raw = decode_json_raw(payload)
+        cmd = self._command(body)
+        if cmd is not None:
+            cmd._on_output(Stream(body["stream"]), raw)
+
+    def _on_window(self, payload: bytes) -> None:
+        body = decode_json(payload)
+        cmd = self._command(body)
+        n = body.get("bytes")
+        if cmd is not None and isinstance(n, int) and n > 0:
+            cmd._on_window(n)
+
+    def _on_exit(self, payload: bytes) -> None:
+        body = decode_json(payload)
+        cmd = self._command(body)
+        if cmd is not None:
+            cmd._on_exit(body)
+
+    def _on_keepalive(self, payload: bytes) -> None:
+        body = decode_json(payload)
+        for sid in body.get("sessions") or []:
+            cmd = self.open.get(sid)
+            if cmd is not None:
+                cmd._heard()
+
+
+class VmSessionHost(HostService[VmSessions]):
+    """VM Session on the host: commands run in guests (Invoke-Command)."""
+
+    spec = SPEC
+    needs = frozenset({VmSessionOp.START, VmSessionOp.SIGNAL})
+
+    def new_part(self, vm: VmContext) -> VmSessions:
+        return VmSessions(vm)
 
 
 # Section: the command
@@ -136,9 +192,9 @@ class RemoteCommand:
     Create it with :meth:`start`. Not thread-safe; one reader of events.
     """
 
-    def __init__(self, vm: VmSession, channel: Channel, sid: int, window: int) -> None:
+    def __init__(self, vm: VmContext, link: GuestLink, sid: int, window: int) -> None:
         self.vm = vm
-        self.channel = channel
+        self.link = link
         #: the session number on the wire
         self.sid = sid
         self.window = window
@@ -164,7 +220,7 @@ class RemoteCommand:
     @classmethod
     async def start(
         cls,
-        vm: VmSession,
+        vm: VmContext,
         argv: Sequence[str],
         *,
         cwd: str | None = None,
@@ -194,9 +250,9 @@ class RemoteCommand:
             if state is not None and state.state != "running":
                 raise ServiceUnavailable(f"{exc}; {ENABLE_HINT}") from None
             raise
-        assert vm.channel is not None
-        registry = _registry(vm)
-        cmd = cls(vm, vm.channel, registry.take_id(), window)
+        assert vm.link is not None
+        registry = vm.part(VmSessionHost)
+        cmd = cls(vm, vm.link, registry.take_id(), window)
         cmd.argv = list(argv)
         body: dict[str, Any] = {
             "session": cmd.sid, "argv": cmd.argv, "stdin": stdin, "window": window,
@@ -312,7 +368,7 @@ class RemoteCommand:
         self.log.info("session %d: %s SIG%s", self.sid, "cancel with" if cancel else "send",
                       name)
         try:
-            await self.channel.request(SPEC.id, VmSessionOp.SIGNAL, encode_json(
+            await self.link.request(SPEC.id, VmSessionOp.SIGNAL, encode_json(
                 {"session": self.sid, "signal": name, "cancel": cancel}), timeout=15)
         except RemoteServiceError as exc:
             if exc.code != "not-found":
@@ -375,23 +431,23 @@ class RemoteCommand:
         self._done = True
         self._input_more.set()
         self._events.put_nowait(last)
-        _registry(self.vm).open.pop(self.sid, None)
+        self.vm.part(VmSessionHost).open.pop(self.sid, None)
         if self._watchdog is not None and self._watchdog is not asyncio.current_task():
             self._watchdog.cancel()
 
     def _notify(self, op: VmSessionOp, payload: bytes | tuple[bytes, bytes | memoryview]) -> None:
-        self.channel.notify(SPEC.id, op, payload)
+        self.link.notify(SPEC.id, op, payload)
 
     async def _watch(self) -> None:
         # docs/services/vmsession.md §4: keepalives both ways; silence or a
         # closed channel ends the command's story on the host.
-        closed = asyncio.ensure_future(self.channel.wait_closed())
+        closed = asyncio.ensure_future(self.link.wait_closed())
         loop = asyncio.get_running_loop()
         try:
             while not self._done:
                 done, _ = await asyncio.wait({closed}, timeout=self._keepalive)
-                if done or not self.channel.running:
-                    reason = self.channel.lost_reason or "the channel closed"
+                if done or not self.link.running:
+                    reason = self.link.lost_reason or "the channel closed"
                     self._fail(ChannelClosed(
                         f"{self.vm.vm.name}: the channel to the guest closed ({reason}); "
                         "the guest kills commands of a lost session"))
@@ -410,61 +466,4 @@ class RemoteCommand:
             closed.cancel()
 
 
-# Section: notification hooks (vmis.host.services)
-
-
-def _command(vm: VmSession, body: Mapping[str, Any]) -> RemoteCommand | None:
-    cmd = _registry(vm).open.get(body.get("session"))  # type: ignore[arg-type]
-    if cmd is None:
-        vm.log.debug("VM Session notification for unknown session %r", body.get("session"))
-    return cmd
-
-
-def _guarded(hook: NotificationHook) -> NotificationHook:
-    # Hooks run in the channel's bottom half: a bad payload is logged, never raised.
-    def run(vm: VmSession, payload: bytes) -> None:
-        try:
-            hook(vm, payload)
-        except (ProtocolError, ValueError, KeyError, TypeError) as exc:
-            vm.log.warning("bad VM Session notification: %s", exc)
-
-    return run
-
-
-def _on_output(vm: VmSession, payload: bytes) -> None:
-    body, raw = decode_json_raw(payload)
-    cmd = _command(vm, body)
-    if cmd is not None:
-        cmd._on_output(Stream(body["stream"]), raw)
-
-
-def _on_window(vm: VmSession, payload: bytes) -> None:
-    body = decode_json(payload)
-    cmd = _command(vm, body)
-    n = body.get("bytes")
-    if cmd is not None and isinstance(n, int) and n > 0:
-        cmd._on_window(n)
-
-
-def _on_exit(vm: VmSession, payload: bytes) -> None:
-    body = decode_json(payload)
-    cmd = _command(vm, body)
-    if cmd is not None:
-        cmd._on_exit(body)
-
-
-def _on_keepalive(vm: VmSession, payload: bytes) -> None:
-    body = decode_json(payload)
-    for sid in body.get("sessions") or []:
-        cmd = _registry(vm).open.get(sid)
-        if cmd is not None:
-            cmd._heard()
-
-
-#: guest -> host notifications of VM Session
-HOOKS: dict[tuple[int, int], NotificationHook] = {
-    (ServiceId.VMSESSION, VmSessionOp.OUTPUT): _guarded(_on_output),
-    (ServiceId.VMSESSION, VmSessionOp.WINDOW): _guarded(_on_window),
-    (ServiceId.VMSESSION, VmSessionOp.EXIT): _guarded(_on_exit),
-    (ServiceId.VMSESSION, VmSessionOp.KEEPALIVE): _guarded(_on_keepalive),
-}
+SERVICE = VmSessionHost

@@ -2,7 +2,7 @@
 
 One connection runs one command (docs/services/vmsession.md §8). The client
 sends a ``start`` message; the server relays between the socket and a
-:class:`~vmis.host.plugins.vmsession.RemoteCommand`:
+:class:`~vmis.services.vmsession.host.RemoteCommand`:
 
 - down (server -> client): binary messages ``[stream byte] + bytes`` (1
   stdout, 2 stderr), and text JSON ``started``, ``window``, ``keepalive``,
@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from vmis.errors import StateError, VmisError
 from vmis.host.manager import HostManager
-from vmis.host.plugins.vmsession import Exit, InputCredit, Output, RemoteCommand
+from vmis.services.vmsession.host import Exit, InputCredit, Output, RemoteCommand
 
 __all__ = ["router"]
 

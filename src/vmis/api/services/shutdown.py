@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from vmis.api.app import manager_of
-from vmis.host.plugins.shutdown import power_vms
+from vmis.api.context import manager_of
 from vmis.services.shutdown import MAX_REASON_BYTES, PowerAction
+from vmis.services.shutdown.host import ShutdownHost
 
 __all__ = ["router"]
 
@@ -27,13 +27,13 @@ class PowerRequest(BaseModel):
 
 @router.post("/power/stop")
 async def stop(request: Request, body: PowerRequest) -> list[dict[str, Any]]:
-    return await power_vms(manager_of(request), body.vms, PowerAction.POWEROFF,
-                           force=body.force, reason=body.reason, timeout=body.timeout,
-                           turn_off=body.turn_off)
+    return await manager_of(request).service(ShutdownHost).power_vms(
+        body.vms, PowerAction.POWEROFF, force=body.force, reason=body.reason,
+        timeout=body.timeout, cut_power=body.turn_off)
 
 
 @router.post("/power/restart")
 async def restart(request: Request, body: PowerRequest) -> list[dict[str, Any]]:
-    return await power_vms(manager_of(request), body.vms, PowerAction.REBOOT,
-                           force=body.force, reason=body.reason, timeout=body.timeout,
-                           turn_off=body.turn_off)
+    return await manager_of(request).service(ShutdownHost).power_vms(
+        body.vms, PowerAction.REBOOT, force=body.force, reason=body.reason,
+        timeout=body.timeout, cut_power=body.turn_off)

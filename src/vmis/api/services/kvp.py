@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from vmis.api.app import manager_of
-from vmis.host.plugins.kvp import of
+from vmis.api.context import manager_of
+from vmis.services.kvp.host import KvpHost
 
 __all__ = ["router"]
 
@@ -29,14 +29,14 @@ class KvpRemove(BaseModel):
 @router.get("/kvp")
 async def get_kvp(request: Request, vm: Annotated[list[str], Query()],
                   pool: str | None = None) -> list[dict[str, Any]]:
-    return of(manager_of(request)).rows(vm, pool)
+    return manager_of(request).service(KvpHost).rows(vm, pool)
 
 
 @router.post("/kvp/set")
 async def set_kvp(request: Request, change: KvpSet) -> list[dict[str, Any]]:
-    return await of(manager_of(request)).set(change.vms, change.key, change.value)
+    return await manager_of(request).service(KvpHost).set(change.vms, change.key, change.value)
 
 
 @router.post("/kvp/remove")
 async def remove_kvp(request: Request, change: KvpRemove) -> list[dict[str, Any]]:
-    return await of(manager_of(request)).remove(change.vms, change.key)
+    return await manager_of(request).service(KvpHost).remove(change.vms, change.key)

@@ -21,10 +21,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from vmis.api.app import manager_of
+from vmis.api.context import manager_of
 from vmis.errors import VmisError
-from vmis.host.plugins.fcopy import copy_vm_file, prepare_copy
-from vmis.services.fcopy.host import CopyProgress
+from vmis.services.fcopy.engine import CopyProgress
+from vmis.services.fcopy.host import FcopyHost
 
 __all__ = ["router"]
 
@@ -55,12 +55,12 @@ def _error_line(exc: BaseException) -> dict[str, Any]:
 @router.post("/vms/{name}/copy", response_model=None)
 async def copy(request: Request, name: str, body: CopyIn,
                stream: bool = Query(False)) -> dict[str, Any] | StreamingResponse:
-    manager = manager_of(request)
+    fcopy = manager_of(request).service(FcopyHost)
     # Errors found before any byte moves come back as ordinary error answers.
-    prepare_copy(manager, name, body.source, body.destination, body.file_source)
+    fcopy.prepare_copy(name, body.source, body.destination, body.file_source)
 
     def run(progress: Callable[[CopyProgress], None] | None = None) -> Awaitable[dict[str, Any]]:
-        return copy_vm_file(manager, name, body.source, body.destination, body.file_source,
+        return fcopy.copy_vm_file(name, body.source, body.destination, body.file_source,
                             create_full_path=body.create_full_path, force=body.force,
                             recurse=body.recurse, progress=progress)
 

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from vmis.api.app import manager_of
-from vmis.host.plugins.timesync import MAX_INTERVAL_MS, MIN_INTERVAL_MS, of
+from vmis.api.context import manager_of
+from vmis.services.timesync.host import MAX_INTERVAL_MS, MIN_INTERVAL_MS, TimeSyncHost
 
 __all__ = ["router"]
 
@@ -23,9 +23,9 @@ class TimeSyncPatch(BaseModel):
 @router.get("/timesync")
 async def get_timesync(request: Request,
                        vm: Annotated[list[str], Query()]) -> list[dict[str, Any]]:
-    return of(manager_of(request)).rows(vm)
+    return manager_of(request).service(TimeSyncHost).rows(vm)
 
 
 @router.patch("/timesync")
 async def set_timesync(request: Request, patch: TimeSyncPatch) -> list[dict[str, Any]]:
-    return of(manager_of(request)).set_interval(patch.vms, patch.interval_ms)
+    return manager_of(request).service(TimeSyncHost).set_interval(patch.vms, patch.interval_ms)

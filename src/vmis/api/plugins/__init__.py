@@ -1,1 +1,0 @@
-"""API routers of the data-plane services, one module per service key (see vmis.api.routes)."""
