@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support.hv_emulator import KernelEmulator, ServiceName
+from support.hv_emulator.kernel import KernelEmulator, ServiceName
 from vmis.hyperv.daemon import DaemonRunner, Handler, StopSignal
 
 #: Generous bound for anything timed (2-core loaded CI machines).

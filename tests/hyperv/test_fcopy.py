@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.hv_emulator import KernelEmulator
+from support.hv_emulator.kernel import KernelEmulator
 from vmis.hyperv.constants import FcopyFlag, FcopyOp, HResult
 from vmis.hyperv.fcopy import FcopyHandler
 from vmis.hyperv.messages import FCOPY_START

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support.hv_emulator import HvUtilState, KernelEmulator
+from support.hv_emulator.kernel import HvUtilState, KernelEmulator
 from vmis.hyperv.constants import HResult, KvpOp, RegType
 from vmis.hyperv.ipconfig import HelperScripts, IpConfig
 from vmis.hyperv.kvp import INTRINSIC_KEYS, Intrinsics, KvpHandler, read_os_info

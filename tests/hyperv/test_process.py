@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support.hv_emulator import KernelEmulator
+from support.hv_emulator.kernel import KernelEmulator
 from vmis.hyperv.constants import HResult
 from vmis.services.kvp.pool import KvpPool, Pool
 

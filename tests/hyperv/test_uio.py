@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support.hv_emulator import UioHostEmulator
+from support.hv_emulator.uio_host import UioHostEmulator
 from vmis.hyperv.constants import FcopyFlag, HResult, IcMsgType
 from vmis.hyperv.daemon import StopSignal
 from vmis.hyperv.fcopy import FcopyHandler

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.hv_emulator import HvUtilState, KernelEmulator
+from support.hv_emulator.kernel import HvUtilState, KernelEmulator
 from vmis.hyperv.constants import HResult, VssOp
 from vmis.hyperv.daemon import HoldableHandler
 from vmis.hyperv.vss import VssHandler

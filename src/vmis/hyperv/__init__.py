@@ -21,5 +21,5 @@ message layouts byte for byte (docs/hyperv-daemons.md):
 
 The tests play the kernel's side (and, for uio, the host's side of the VMBus
 rings) with an emulator that is not part of this package, so it does not
-ship to guests: ``tests/support/hv_emulator.py``.
+ship to guests: ``tests/support/hv_emulator/``.
 """
