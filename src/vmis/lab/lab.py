@@ -1,20 +1,8 @@
-"""The lab: a host manager and local lab VMs, for demos and tests.
+"""The lab directory and what runs from it: the host manager and the lab VMs.
 
-A lab VM is an honest stand-in for a guest: a separate ``vmis-guest run``
-process with its own root directory (its config, state, hooks and file-copy
-destinations all resolve inside it) and fake clock, power and freeze
-adapters, reached by the host only through its channel socket. Everything
-lives in one directory, ``./.vmis-lab`` or ``$VMIS_LAB_DIR``::
-
-    .vmis-lab/
-      host.sock host.db host.log host.pid     the host manager
-      vms/<name>/root/                        the lab VM's filesystem
-      vms/<name>/agent.log agent.pid          its agent process
-      vms/<name>/init.pid                     its init (vmis.lab.vmproc)
-
-A lab VM may instead be a real QEMU virtual machine booted from the
-project's guest image (``vmis lab up NAME -Qemu``, :mod:`vmis.lab.qemuvm`);
-its directory is then the machine's work directory.
+:class:`Lab` starts, finds and stops them (``vmis lab up|down|status|guest``);
+:func:`run_lab_up` is ``vmis lab up`` from the host manager to the VMs' heartbeats.
+The layout of the directory is in :mod:`vmis.lab`.
 """
 
 from __future__ import annotations
@@ -22,96 +10,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vmis.api.client import ApiClient
 from vmis.errors import ConnectError, NotFoundError, StateError, VmisError
+from vmis.lab.processes import (
+    how_it_ended,
+    log_hint,
+    pid_alive,
+    read_pid,
+    spawn,
+    stop_pid,
+    wait_for,
+)
 
-__all__ = ["Lab", "LabVm"]
+__all__ = ["START_TIMEOUT", "Lab", "LabVm", "run_lab_up"]
 
 #: seconds to wait for a process to come up
 START_TIMEOUT = 20.0
-
-
-def pid_alive(pid: int | None, marker: str = "vmis") -> bool:
-    """True if *pid* runs a vmis process (not a recycled pid)."""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
-        return False  # a zombie: exited, not yet reaped
-    return marker.encode() in cmdline
-
-
-def read_pid(path: Path) -> int | None:
-    """The pid in a pid file, or None."""
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
-    """Poll *check* until true.
-
-    :raise StateError: On timeout, pointing at the log file.
-    """
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise StateError(f"{what} did not come up within {timeout:g} s{log_hint(log)}")
-        time.sleep(0.05)
-
-
-def log_hint(log: Path | None) -> str:
-    """``: <the log's last line>; see <log>``: why a process failed, at a glance."""
-    if log is None:
-        return ""
-    try:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        lines = []
-    last = f": {lines[-1].strip()[:300]}" if lines else ""
-    return f"{last}; see {log}"
-
-
-def stop_pid(pid: int | None, timeout: float = 10.0) -> bool:
-    """SIGTERM a process and wait for it (SIGKILL after *timeout*); True if it ran."""
-    if not pid_alive(pid):
-        return False
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return True
-
-
-def _spawn(
-    argv: list[str], log: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, env=env)
-
-
-def _how_it_ended(code: int) -> str:
-    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
 @dataclass
@@ -206,7 +125,7 @@ class Lab:
         log = self.dir / "host.log"
         argv = [sys.executable, "-m", "vmis.cli.host", "host", "serve",
                 "-Db", f"sqlite:///{self.dir / 'host.db'}", "-Socket", str(self.socket)]
-        pid = _spawn(argv, log).pid
+        pid = spawn(argv, log).pid
         (self.dir / "host.pid").write_text(f"{pid}\n")
         wait_for(self._host_answers, START_TIMEOUT, "the lab host manager", log)
         return pid
@@ -277,14 +196,14 @@ class Lab:
                 vm.channel_path.unlink()
             vm.pid_file.unlink(missing_ok=True)
             argv = [sys.executable, "-m", "vmis.lab.vmproc", str(vm.root), str(vm.pid_file)]
-            supervisor = _spawn(argv, vm.log)
+            supervisor = spawn(argv, vm.log)
             (vm.dir / "init.pid").write_text(f"{supervisor.pid}\n")
             # Our own child: poll() knows for sure, where /proc can be caught mid-exec.
             wait_for(lambda: vm.channel_path.is_socket() or supervisor.poll() is not None,
                      START_TIMEOUT, f"lab VM {name}", vm.log)
             code = supervisor.poll()
             if code is not None:
-                raise StateError(f"lab VM {name} exited at start ({_how_it_ended(code)})"
+                raise StateError(f"lab VM {name} exited at start ({how_it_ended(code)})"
                                  f"{log_hint(vm.log)}")
         self._register(name, {"channel": f"unix:{vm.channel_path}"})
         return vm
