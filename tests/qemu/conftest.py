@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from qemu_probe import install_probe
 
-from vmis.qemu.image import GuestImage, ensure_agent_image
+from vmis.qemu.image.layers import GuestImage, ensure_agent_image
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,6 @@ def install_test_agent(root: Path) -> None:
 
 def build_test_image() -> Path:
     """The test image's directory in the cache (built first if missing)."""
-    from vmis.qemu.image import ensure_agent_image
+    from vmis.qemu.image.layers import ensure_agent_image
 
     return ensure_agent_image(install_test_agent).directory

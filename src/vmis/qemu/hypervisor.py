@@ -361,7 +361,7 @@ async def create_vm(manager: HostManager, name: str, *, memory_mib: int = 512, c
     if MachinePaths(workdir).state.exists():
         raise StateError(f"{workdir} holds the files of an earlier VM named {name!r}; "
                          "remove that directory or choose another name")
-    from vmis.qemu.image import ensure_agent_image
+    from vmis.qemu.image.layers import ensure_agent_image
 
     image = await asyncio.to_thread(ensure_agent_image)
     machine = QemuMachine(

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from vmis.errors import VmisError
-from vmis.qemu.image import (
+from vmis.qemu.image.layers import (
     GuestImage,
     cache_dir,
     default_agent_installer,
