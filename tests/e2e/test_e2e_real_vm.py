@@ -37,7 +37,7 @@ from support.lab import Result, run_vmis
 from support.vmimage import build_test_image
 from vmis.api.client import ApiClient
 from vmis.lab.lab import Lab
-from vmis.qemu.image.layers import GuestImage
+from vmis.qemu.image.guest_image import GuestImage
 from vmis.qemu.machine import QemuMachine
 from vmis.qemu.monitor import QmpMonitor
 

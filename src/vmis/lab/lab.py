@@ -217,7 +217,7 @@ class Lab:
         :raise StateError: When the name belongs to a process lab VM.
         """
         from vmis.lab.qemuvm import boot_machine
-        from vmis.qemu.image.layers import GuestImage
+        from vmis.qemu.image.guest_image import GuestImage
 
         vm = self._named(name)
         guest_image = GuestImage.load(image) if image is not None else None

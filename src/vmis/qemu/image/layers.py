@@ -1,27 +1,10 @@
-"""The project's guest image: a Debian 12 machine with systemd, Python and the vmis agent.
+"""The two layers of the guest image, each built once and cached by a key of its inputs.
 
-Two layers, each cached under :func:`cache_dir` by a key of its inputs:
-
-- the **base image** (:func:`ensure_base_image`, about a minute cold): the
-  Debian kernel, a busybox initramfs and a ``debootstrap`` root file system;
-  keyed by the recipe (:mod:`._recipe`: package list, modules, configuration
-  files, recipe version) and the kernel package version apt currently offers;
-- an **agent layer** (:func:`ensure_agent_image`, seconds): the base root plus
-  whatever an installer puts into it, by default
-  :func:`vmis.packaging.install.install_agent`; keyed additionally by a digest of
-  the files the installer writes.
-
-Builds take a per-image lock, so concurrent test processes build once, and
-are published by an atomic rename, so an interrupted build is never used.
-Building needs root (debootstrap, chroot) and Debian's tools
-(``dev/apt-packages-vm.txt``); using a built image needs only QEMU.
-
-Usage::
-
-    image = ensure_agent_image()          # builds what is missing
-    machine = QemuMachine("vm1", workdir, image)
-
-From a shell: ``python -m vmis.qemu.image build``.
+:func:`ensure_base_image` gives the Debian base (kernel, initramfs, root file
+system) for the current recipe and kernel package; :func:`ensure_agent_image`
+gives that base plus an installed agent, keyed by the files the installer
+writes. Each builds only what the cache lacks, under the image's lock, and
+publishes whole (:mod:`vmis.qemu.image._cache`).
 """
 
 from __future__ import annotations
@@ -37,42 +20,33 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmis.qemu.cmdline import BootSpec
 from vmis.qemu.errors import ImageBuildError
-from vmis.qemu.image._build import (
-    BUILD_TOOLS,
-    QBOOT,
-    build_agent_tree,
-    build_base_tree,
-    smoke_boot,
+from vmis.qemu.image._build import BUILD_TOOLS, build_agent_tree, build_base_tree, smoke_boot
+from vmis.qemu.image._cache import (
+    build_lock,
+    cache_dir,
+    images_dir,
+    publish,
+    remove_tree,
+    tree_digest,
 )
-from vmis.qemu.image._cache import build_lock, cache_dir, publish, remove_tree, tree_digest
 from vmis.qemu.image._debian import KernelPackage, debian_mirror, resolve_kernel
-from vmis.qemu.image._recipe import (
-    APPEND,
-    BOOT_MARKER,
-    PACKAGES,
-    RECIPE_VERSION,
-    SUITE,
-    recipe_digest,
-)
+from vmis.qemu.image._recipe import APPEND, PACKAGES, RECIPE_VERSION, SUITE, recipe_digest
 from vmis.qemu.image._steps import BuildLog, require_tools
+from vmis.qemu.image.guest_image import GuestImage, read_manifest
+from vmis.qemu.image.pruning import prune_images
 
 __all__ = [
-    "BOOT_MARKER",
+    "SMOKE_BOOT_TIMEOUT",
     "AgentInstaller",
-    "GuestImage",
     "base_image_key",
-    "cache_dir",
     "default_agent_installer",
     "ensure_agent_image",
     "ensure_base_image",
     "find_base_image",
-    "prune_images",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,103 +60,6 @@ AgentInstaller = Callable[[Path], None]
 
 #: Seconds the build's smoke boot may take to reach multi-user.target.
 SMOKE_BOOT_TIMEOUT = 240.0
-#: How many agent layers and base images the cache keeps (most recently used).
-KEEP_AGENT_LAYERS = 4
-KEEP_BASE_IMAGES = 2
-#: How many build logs the cache keeps (newest).
-KEEP_LOGS = 20
-
-
-@dataclass(frozen=True, slots=True)
-class GuestImage:
-    """A built image in the cache: what QEMU needs to boot it."""
-
-    #: ``"base"`` or ``"agent"``
-    kind: str
-    #: the cache key (hex); the image's directory is ``<kind>-<key>``
-    key: str
-    #: the image's directory in the cache
-    directory: Path
-    #: the kernel to boot: ``vmlinux`` (PVH) or ``vmlinuz`` (bzImage)
-    kernel: Path
-    initrd: Path
-    #: ``-bios`` firmware (qboot for PVH), or ``None`` for QEMU's default SeaBIOS
-    firmware: Path | None
-    #: the raw ext4 root disk; never written by machines (they use snapshots or overlays)
-    rootfs: Path
-    #: kernel command line
-    append: str
-    #: the guest kernel's release (``uname -r``)
-    kernel_release: str
-    #: key of the base image (equal to :attr:`key` for a base image)
-    base_key: str
-    #: everything recorded at build time (inputs, timings, boot time)
-    manifest: Mapping[str, Any] = field(compare=False, repr=False)
-
-    def boot_spec(self) -> BootSpec:
-        """How QEMU boots this image (:class:`~vmis.qemu.machine.QemuMachine` calls it)."""
-        return BootSpec(
-            kernel=self.kernel,
-            initrd=self.initrd,
-            append=self.append,
-            firmware=self.firmware,
-            disk=self.rootfs,
-            disk_format="raw",
-        )
-
-    @property
-    def tree(self) -> Path:
-        """The root file system as a directory (base images only): what agent layers copy."""
-        return self.directory / "rootfs"
-
-    @classmethod
-    def load(cls, directory: Path) -> GuestImage:
-        """Read a published image from its directory.
-
-        :raise ImageBuildError: When the directory is not a complete image
-            (or an agent layer's base image is gone).
-        """
-        try:
-            manifest = json.loads((directory / "manifest.json").read_text())
-        except (OSError, ValueError) as err:
-            raise ImageBuildError("load", f"{directory} is not a complete image: {err}") from err
-        kind = manifest["kind"]
-        base_dir = (
-            directory if kind == "base" else directory.parent / f"base-{manifest['base_key']}"
-        )
-        base = manifest if kind == "base" else _read_manifest(base_dir)
-        if base is None:
-            raise ImageBuildError("load", f"the base image of {directory} is gone")
-        if base["boot"] == "pvh":
-            kernel = base_dir / "vmlinux"
-            firmware = QBOOT if QBOOT.exists() else None
-        else:
-            kernel, firmware = base_dir / "vmlinuz", None
-        return cls(
-            kind=kind,
-            key=manifest["key"],
-            directory=directory,
-            kernel=kernel,
-            initrd=base_dir / "initrd.img",
-            firmware=firmware,
-            rootfs=directory / "rootfs.ext4",
-            append=base["append"],
-            kernel_release=base["kernel_release"],
-            base_key=base["key"],
-            manifest=manifest,
-        )
-
-
-def _read_manifest(directory: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data
-
-
-def _images(cache: Path) -> Path:
-    return cache / "images"
 
 
 def _now() -> str:
@@ -250,10 +127,10 @@ def base_image_key() -> str:
 
 def find_base_image(cache: Path | None = None) -> GuestImage | None:
     """The most recently built base image in the cache, whatever its inputs."""
-    images = _images(cache or cache_dir())
+    images = images_dir(cache or cache_dir())
     found = []
     for directory in images.glob("base-*"):
-        manifest = _read_manifest(directory)
+        manifest = read_manifest(directory)
         if manifest is not None:
             found.append((str(manifest.get("built_at", "")), directory))
     if not found:
@@ -284,7 +161,7 @@ def ensure_base_image(*, cache: Path | None = None, rebuild: bool = False) -> Gu
     inputs = _base_inputs(kernel)
     key = _key(inputs)
     name = f"base-{key}"
-    final = _images(cache) / name
+    final = images_dir(cache) / name
     if not rebuild and (final / "manifest.json").is_file():
         image = GuestImage.load(final)
         _touch(image)
@@ -332,11 +209,11 @@ def _build_image(
     ``fill`` builds the tree and returns its manifest; the build's times and
     log are added here. A failed build leaves nothing behind but its log.
     """
-    final = _images(cache) / name
+    final = images_dir(cache) / name
     with build_lock(cache, name):
         if not rebuild and (final / "manifest.json").is_file():
             return GuestImage.load(final)  # another process built it while we waited
-        images = _images(cache)
+        images = images_dir(cache)
         images.mkdir(parents=True, exist_ok=True)
         _clear_stale(images, name)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=images))
@@ -413,7 +290,7 @@ def ensure_agent_image(
         files = tree_digest(Path(staging))
     key = _key({"base": base.key, "agent_files": files})
     name = f"agent-{key}"
-    final = _images(cache) / name
+    final = images_dir(cache) / name
     if not rebuild and (final / "manifest.json").is_file():
         image = GuestImage.load(final)
         _touch(image)
@@ -431,54 +308,3 @@ def ensure_agent_image(
 
     note = f"building {name} on base-{base.key}, agent files {files}"
     return _build_image(cache, name, note, fill, rebuild=rebuild)
-
-
-# Section: pruning
-
-
-def prune_images(
-    cache: Path | None = None,
-    *,
-    keep_agent: int = KEEP_AGENT_LAYERS,
-    keep_base: int = KEEP_BASE_IMAGES,
-) -> list[Path]:
-    """Remove the least recently used images beyond the given counts, and old build logs.
-
-    A machine already running from a removed image is unaffected (its open
-    file lives on); a stopped machine with a persistent overlay on it is not,
-    so keep that in mind before lowering the counts.
-
-    :return: the directories removed.
-    """
-    images = _images(cache or cache_dir())
-    removed: list[Path] = []
-    for kind, keep in (("base", keep_base), ("agent", keep_agent)):
-        found = []
-        for directory in images.glob(f"{kind}-*"):
-            manifest = _read_manifest(directory)
-            if manifest is None:
-                continue
-            used = (directory / "manifest.json").stat().st_mtime
-            if kind == "agent" and not (images / f"base-{manifest.get('base_key')}").is_dir():
-                used = -1.0  # its base image is gone: unusable, pruned first
-            found.append((used, directory))
-        ranked = sorted(found, reverse=True)
-        doomed = ranked[keep:] + [item for item in ranked[:keep] if item[0] < 0]
-        for _, directory in doomed:
-            try:
-                with build_lock(images.parent, directory.name, timeout=0):
-                    shutil.rmtree(directory, ignore_errors=True)
-            except ImageBuildError:
-                continue  # someone is (re)building it right now
-            removed.append(directory)
-    logs = sorted((images.parent / "logs").glob("*.log"), key=_mtime, reverse=True)
-    for old in logs[KEEP_LOGS:]:
-        old.unlink(missing_ok=True)
-    return removed
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
