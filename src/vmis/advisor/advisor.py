@@ -10,7 +10,7 @@ their provenance (which translation, which table and row, how the
 translations differ); vmis's own answers for vmis hosts and vmis guests sit
 beside them there. This module only reads that file and answers::
 
-    >>> from vmis.host.advisor import update_path
+    >>> from vmis.advisor.advisor import update_path
     >>> advice = update_path("Windows Server 2012 R2", "Windows 7")
     >>> advice.mechanism, advice.source.table, advice.source.row
     ('Integration Services disk', 2, 4)

@@ -18,7 +18,7 @@ import pytest
 from vmis.cli.advisorcmd import format_advice
 from vmis.cli.host import main
 from vmis.errors import NotFoundError
-from vmis.host.advisor import (
+from vmis.advisor.advisor import (
     Advisor,
     Support,
     UnknownOSError,
