@@ -14,6 +14,7 @@ PKG = SRC / "vmis"
 ALLOWED = {
     "protocol": set(),
     "packaging": set(),
+    "advisor": set(),
     "transport": {"protocol"},
     "services": {"protocol", "transport"},
     "guest": {"protocol", "transport", "services", "packaging"},
@@ -24,7 +25,7 @@ ALLOWED = {
     "lab": {"protocol", "transport", "services", "host", "qemu", "api", "guest", "cli",
             "packaging"},
     "cli": {"protocol", "transport", "services", "host", "qemu", "api", "guest", "hyperv", "lab",
-            "packaging"},
+            "packaging", "advisor"},
 }
 
 #: the guest side: copied into guests that have nothing but Python
