@@ -29,9 +29,10 @@ Quick use::
         assert kernel.kvp_set(Pool.EXTERNAL, "key", "value") == HResult.HV_S_OK
         status, items = kernel.kvp_enumerate_all(Pool.GUEST)
 
-The host's requests come from :mod:`support.hv_emulator.host_requests`;
-:meth:`KernelEmulator.host_request` takes and returns whole packets
-for anything else, and :meth:`KernelEmulator.send_to_daemon` sends a raw
+The host's requests (``kvp_set``, ``vss_freeze``, ``copy_file`` ...) come from
+:mod:`support.hv_emulator.host_requests` and return the status the host would
+see; :meth:`KernelEmulator.host_request` takes and returns whole packets for
+anything else, and :meth:`KernelEmulator.send_to_daemon` sends a raw
 kernel->daemon message (for malformed-input tests the real kernel would never
 produce).
 """
