@@ -151,7 +151,7 @@ class VmisLab:
     """A lab host manager and one lab VM (separate processes), Guest Service Interface on."""
 
     def __init__(self, directory: Path) -> None:
-        from vmis.lab import Lab
+        from vmis.lab.lab import Lab
 
         self.lab = Lab(directory)
         self.lab.ensure_host()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from support.lab import start_lab
-from vmis.lab import Lab
+from vmis.lab.lab import Lab
 
 
 @pytest.fixture

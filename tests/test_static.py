@@ -16,6 +16,7 @@ PKG = SRC / "vmis"
 ALLOWED = {
     "protocol": set(),
     "packaging": set(),
+    "advisor": set(),
     "transport": {"protocol"},
     "services": {"protocol", "transport"},
     "links": {"protocol", "transport", "services"},
@@ -27,7 +28,7 @@ ALLOWED = {
     "lab": {"protocol", "transport", "services", "host", "qemu", "api", "guest", "cli",
             "packaging"},
     "cli": {"protocol", "transport", "services", "host", "qemu", "api", "guest", "hyperv", "lab",
-            "packaging"},
+            "packaging", "advisor"},
 }
 
 

@@ -150,7 +150,7 @@ def test_readme_seed_table_and_guest_service_interface_within_two_seconds(lab, l
 
 def test_lab_up_without_qemu_refuses_a_qemu_lab_vm(short_tmp):
     from vmis.errors import StateError
-    from vmis.lab import Lab
+    from vmis.lab.lab import Lab
     from vmis.qemu.cmdline import MachinePaths
 
     lab = Lab(short_tmp / "lab")

@@ -36,8 +36,8 @@ import vmis
 from support.lab import Result, run_vmis
 from support.vmimage import build_test_image
 from vmis.api.client import ApiClient
-from vmis.lab import Lab
-from vmis.qemu.image import GuestImage
+from vmis.lab.lab import Lab
+from vmis.qemu.image.guest_image import GuestImage
 from vmis.qemu.machine import QemuMachine
 from vmis.qemu.monitor import QmpMonitor
 

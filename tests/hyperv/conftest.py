@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from support.hv_emulator.kernel import KernelEmulator, ServiceName
 from vmis.hyperv.daemon import DaemonRunner, Handler, StopSignal
-from vmis.hyperv.emulator import KernelEmulator, ServiceName
 
 #: Generous bound for anything timed (2-core loaded CI machines).
 WAIT = 20.0

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from support.hv_emulator.kernel import KernelEmulator
 from vmis.hyperv.constants import FcopyFlag, FcopyOp, HResult
-from vmis.hyperv.emulator import KernelEmulator
 from vmis.hyperv.fcopy import FcopyHandler
 from vmis.hyperv.messages import FCOPY_START
 

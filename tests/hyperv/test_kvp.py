@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.hv_emulator.kernel import HvUtilState, KernelEmulator
 from vmis.hyperv.constants import HResult, KvpOp, RegType
-from vmis.hyperv.emulator import HvUtilState, KernelEmulator
 from vmis.hyperv.ipconfig import HelperScripts, IpConfig
 from vmis.hyperv.kvp import INTRINSIC_KEYS, Intrinsics, KvpHandler, read_os_info
 from vmis.hyperv.messages import KVP_MSG_SIZE, kvp_message

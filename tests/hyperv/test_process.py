@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from support.hv_emulator.kernel import KernelEmulator
 from vmis.hyperv.constants import HResult
-from vmis.hyperv.emulator import KernelEmulator
 from vmis.services.kvp.pool import KvpPool, Pool
 
 WAIT = 30.0

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from support.hv_emulator.uio_host import UioHostEmulator
 from vmis.hyperv.constants import FcopyFlag, HResult, IcMsgType
 from vmis.hyperv.daemon import StopSignal
-from vmis.hyperv.emulator import UioHostEmulator
 from vmis.hyperv.fcopy import FcopyHandler
 from vmis.hyperv.messages import NEGOTIATE_HDR
 from vmis.hyperv.uio import (

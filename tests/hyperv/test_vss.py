@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from support.hv_emulator.kernel import HvUtilState, KernelEmulator
 from vmis.hyperv.constants import HResult, VssOp
 from vmis.hyperv.daemon import HoldableHandler
-from vmis.hyperv.emulator import HvUtilState, KernelEmulator
 from vmis.hyperv.vss import VssHandler
 from vmis.services.vss.freeze import FakeFreezer, FilesystemFreeze
 

@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from qemu_probe import install_probe
 
-from vmis.qemu.image import GuestImage, ensure_agent_image
+from vmis.qemu.image.guest_image import GuestImage
+from vmis.qemu.image.layers import ensure_agent_image
 
 
 @pytest.fixture(scope="session")

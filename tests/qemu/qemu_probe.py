@@ -6,7 +6,7 @@ agent. It lets the tests look inside the guest (shell commands, the guest's
 clock) without depending on the agent, which other code provides. It runs
 a shell for whoever holds the host end of the port, so it exists only in test
 images: :func:`install_probe` is passed to
-:func:`vmis.qemu.image.ensure_agent_image` by the tests, never by default.
+:func:`vmis.qemu.image.layers.ensure_agent_image` by the tests, never by default.
 
 Requests and replies are one JSON object per line::
 
@@ -114,7 +114,7 @@ WantedBy=multi-user.target
 
 
 def install_probe(root: Path) -> None:
-    """Install the probe service into a root tree (an :data:`~vmis.qemu.image.AgentInstaller`)."""
+    """Install the probe service into a root tree (an :data:`~vmis.qemu.image.layers.AgentInstaller`)."""
     script = root / "usr/local/lib/vmis-probe/probe.py"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(PROBE_SCRIPT)

@@ -24,7 +24,7 @@ import pytest
 
 from support.lab import run_vmis
 from vmis.api.server import data_dir_for
-from vmis.lab import Lab
+from vmis.lab.lab import Lab
 from vmis.qemu.hypervisor import RUN_STATES
 from vmis.qemu.monitor import QmpMonitor
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from vmis.qemu.errors import ImageBuildError
-from vmis.qemu.image import GuestImage, ensure_agent_image, find_base_image, prune_images
+from vmis.qemu.image.guest_image import GuestImage
+from vmis.qemu.image.layers import ensure_agent_image, find_base_image
+from vmis.qemu.image.pruning import prune_images
 from vmis.qemu.image._cache import build_lock, cache_dir, remove_tree, tree_digest
 from vmis.qemu.image._cpio import CpioEntry, newc_archive
 from vmis.qemu.image._debian import debian_mirror, parse_kernel_meta, parse_sources

@@ -25,7 +25,7 @@ from qemu_probe import ProbeClient
 
 from vmis.qemu.cmdline import BootSpec, DiskMode
 from vmis.qemu.errors import MachineStartError
-from vmis.qemu.image import GuestImage
+from vmis.qemu.image.guest_image import GuestImage
 from vmis.qemu.machine import QemuMachine
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(400)]

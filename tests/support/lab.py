@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmis.lab import Lab
+from vmis.lab.lab import Lab
 
 
 @dataclass

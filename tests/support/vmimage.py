@@ -1,6 +1,6 @@
 """The guest image of the real-VM tests: the project's agent image, plus a test configuration.
 
-:func:`install_test_agent` is an :data:`~vmis.qemu.image.AgentInstaller`: it
+:func:`install_test_agent` is an :data:`~vmis.qemu.image.layers.AgentInstaller`: it
 installs the agent exactly as a user would (:func:`vmis.packaging.install.install_agent`)
 and then writes an ``agent.conf`` that turns VM Session on with an allow-list,
 so the tests (and ``bench/vm_copy_throughput.py``) can look inside the guest
@@ -41,6 +41,6 @@ def install_test_agent(root: Path) -> None:
 
 def build_test_image() -> Path:
     """The test image's directory in the cache (built first if missing)."""
-    from vmis.qemu.image import ensure_agent_image
+    from vmis.qemu.image.layers import ensure_agent_image
 
     return ensure_agent_image(install_test_agent).directory

@@ -35,7 +35,7 @@ def test_bad_targets_are_one_line_errors(short_tmp):
 def test_install_into_a_qcow2_image_through_libguestfs(short_tmp):
     if shutil.which("qemu-img") is None or shutil.which("debugfs") is None:
         pytest.fail("qemu-utils and e2fsprogs are needed: run dev/setup --test")
-    from vmis.qemu.image import ensure_agent_image
+    from vmis.qemu.image.layers import ensure_agent_image
 
     # a stopped VM's disk: the test image, which already has an agent config
     image = ensure_agent_image()

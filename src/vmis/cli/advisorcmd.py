@@ -1,7 +1,7 @@
 """``vmis Get-VMIntegrationServicesUpdatePath``: the update advisor on the command line.
 
 A local command (no host manager needed): it answers from the data in
-``vmis/data/update_paths.toml`` through :mod:`vmis.host.advisor`::
+``vmis/data/update_paths.toml`` through :mod:`vmis.advisor`::
 
     vmis Get-VMIntegrationServicesUpdatePath -HostOS "Windows Server 2012 R2" -GuestOS "Windows 7"
     vmis update-path 2016 '*'              # every guest of that host, as a table
@@ -18,9 +18,10 @@ import json
 import textwrap
 from typing import Any
 
+from vmis.advisor.advisor import default_advisor
+from vmis.advisor.answers import Advice
 from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_list, format_table
-from vmis.host.advisor import Advice, default_advisor
 
 __all__ = ["UPDATE_PATH_COMMANDS", "format_advice"]
 

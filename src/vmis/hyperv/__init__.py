@@ -17,7 +17,9 @@ message layouts byte for byte (docs/hyperv-daemons.md):
 ``ipconfig``   KVP GET_IP_INFO / SET_IP_INFO through the helper scripts' interface
 ``netinfo``    interface addresses and routes via rtnetlink (the daemon's getifaddrs)
 ``scripts``    Python equivalents of hv_get_dhcp_info, hv_get_dns_info, hv_set_ifconfig
-``emulator``   the hv_utils side, for tests: a SOCK_SEQPACKET server that plays the
-               kernel (and, for uio, the host side of the VMBus rings)
 ``cli``        ``vmis-guest hyperv kvp|vss|fcopy``
+
+The tests play the kernel's side (and, for uio, the host's side of the VMBus
+rings) with an emulator that is not part of this package, so it does not
+ship to guests: ``tests/support/hv_emulator/``.
 """

@@ -31,7 +31,8 @@ id as the kernel drivers do (it sends all-ones).
 
 For tests, :class:`UioChannel` also takes a socket standing in for
 ``/dev/uioN`` (one 4-byte datagram per interrupt or signal) plus a file to map
-as the rings; :class:`vmis.hyperv.emulator.UioHostEmulator` plays the host.
+as the rings; the tests' ``UioHostEmulator``
+(``tests/support/hv_emulator/uio_host.py``) plays the host.
 """
 
 from __future__ import annotations

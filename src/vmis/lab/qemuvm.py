@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 
 from vmis.errors import StateError
 from vmis.qemu.cmdline import DiskMode, MachinePaths
-from vmis.qemu.image import GuestImage, ensure_agent_image
+from vmis.qemu.image.guest_image import GuestImage
+from vmis.qemu.image.layers import ensure_agent_image
 from vmis.qemu.machine import QemuMachine
 
 __all__ = [

@@ -26,7 +26,8 @@ from vmis.qemu.errors import (
     MonitorError,
     QemuNotInstalled,
 )
-from vmis.qemu.image import GuestImage, ensure_agent_image, ensure_base_image
+from vmis.qemu.image.guest_image import GuestImage
+from vmis.qemu.image.layers import ensure_agent_image, ensure_base_image
 from vmis.qemu.machine import BootReport, QemuMachine
 from vmis.qemu.monitor import BlockSnapshot, QmpMonitor
 

@@ -70,8 +70,8 @@ class DiskMode(enum.StrEnum):
 class BootSpec:
     """What to boot: kernel, initramfs, command line, firmware and root disk.
 
-    :class:`vmis.qemu.image.GuestImage` produces one with
-    :meth:`~vmis.qemu.image.GuestImage.boot_spec`.
+    :class:`vmis.qemu.image.guest_image.GuestImage` produces one with
+    :meth:`~vmis.qemu.image.guest_image.GuestImage.boot_spec`.
     """
 
     #: kernel image: an uncompressed ELF ``vmlinux`` (PVH boot) or a bzImage

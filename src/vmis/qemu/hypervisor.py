@@ -273,7 +273,7 @@ class QemuHypervisor:
         if MachinePaths(workdir).state.exists():
             raise StateError(f"{workdir} holds the files of an earlier VM named {name!r}; "
                              "remove that directory or choose another name")
-        from vmis.qemu.image import ensure_agent_image
+        from vmis.qemu.image.layers import ensure_agent_image
 
         image = await asyncio.to_thread(ensure_agent_image)
         machine = QemuMachine(

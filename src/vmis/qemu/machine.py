@@ -68,7 +68,7 @@ _VHOST_VSOCK = Path("/dev/vhost-vsock")
 
 
 class Bootable(Protocol):
-    """Anything that says how to boot it; :class:`vmis.qemu.image.GuestImage` does."""
+    """Anything that says how to boot it; :class:`vmis.qemu.image.guest_image.GuestImage` does."""
 
     def boot_spec(self) -> BootSpec: ...
 
@@ -183,7 +183,8 @@ class QemuMachine:
     :param name: machine name (QEMU's ``-name``).
     :param workdir: directory for sockets, logs, the state record and overlays;
         short enough for Unix socket paths (about 90 bytes).
-    :param image: what to boot: a :class:`~vmis.qemu.image.GuestImage` or a :class:`BootSpec`.
+    :param image: what to boot: a :class:`~vmis.qemu.image.guest_image.GuestImage` or a
+        :class:`BootSpec`.
     :param memory_mib: guest RAM.
     :param cpus: virtual CPUs.
     :param accel: ``"tcg"`` (default; see feasibility.md §2 on KVM) or ``"kvm"``.
@@ -596,7 +597,7 @@ class QemuMachine:
     async def wait_for_boot(self, timeout: float = 120.0, *, since: int = 0) -> BootReport:
         """Wait until systemd in a vmis test image reaches multi-user.target.
 
-        Relies on the image's announcement unit (:data:`~vmis.qemu.image.BOOT_MARKER`).
+        Relies on the image's announcement unit (:data:`~vmis.qemu.image._recipe.BOOT_MARKER`).
 
         :raise MachineStartError: When the initramfs reports it cannot mount the root.
         :raise MachineNotRunning: When QEMU exits first.

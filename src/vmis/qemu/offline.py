@@ -169,7 +169,7 @@ def install_into_image(path: Path, fmt: str | None = None,
     :raise VmisError: When libguestfs is missing or the image cannot be changed.
     """
     from vmis import __version__
-    from vmis.qemu.image import cache_dir
+    from vmis.qemu.image._cache import cache_dir
 
     if not path.is_file():
         raise ConfigError(f"{path}: no such disk image")

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from support.lab import run_vmis, start_lab
 
-from vmis.lab import Lab, pid_alive
+from vmis.lab.lab import Lab
+from vmis.lab.processes import pid_alive
 from vmis.services.fcopy.files import PART_SUFFIX
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from typing import Any
 
 from support.lab import run_vmis, start_lab
 
-from vmis.lab import Lab
+from vmis.lab.lab import Lab
 from vmis.services.kvp.pool import RECORD_SIZE, decode_record
 
 

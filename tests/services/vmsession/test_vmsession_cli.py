@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from support.lab import run_vmis, start_lab
-from vmis.lab import Lab
+from vmis.lab.lab import Lab
 
 CONF = """[agent]
 channel = unix:/run/vmis/channel.sock

@@ -18,7 +18,7 @@ import pytest
 from support.lab import run_vmis, start_lab
 from vss_support import add_hook, hook_log
 
-from vmis.lab import Lab
+from vmis.lab.lab import Lab
 
 #: [vss] freeze_timeout of the lab VM: short, so the watchdog test is quick
 FREEZE_TIMEOUT = 4

@@ -12,7 +12,7 @@ from typing import Any
 from vmis.api.client import ApiClient
 from vmis.cli.psargs import Command, Param, UsageError
 from vmis.cli.table import report_results
-from vmis.lab import LabVm
+from vmis.lab.lab import LabVm
 
 __all__ = ["COMMANDS"]
 

@@ -19,13 +19,9 @@ import time
 from pathlib import Path
 
 from vmis.errors import VmisError
-from vmis.qemu.image import (
-    GuestImage,
-    cache_dir,
-    default_agent_installer,
-    ensure_agent_image,
-    ensure_base_image,
-)
+from vmis.qemu.image._cache import cache_dir
+from vmis.qemu.image.guest_image import GuestImage
+from vmis.qemu.image.layers import default_agent_installer, ensure_agent_image, ensure_base_image
 
 
 def _describe(image: GuestImage) -> dict[str, object]:

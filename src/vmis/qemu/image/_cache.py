@@ -34,6 +34,7 @@ from vmis.qemu.errors import ImageBuildError
 __all__ = [
     "build_lock",
     "cache_dir",
+    "images_dir",
     "publish",
     "remove_tree",
     "tree_digest",
@@ -54,6 +55,11 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return (base / "vmis").absolute()
+
+
+def images_dir(cache: Path) -> Path:
+    """Where the finished images of *cache* live, and its builds in progress."""
+    return cache / "images"
 
 
 @contextlib.contextmanager

@@ -18,17 +18,16 @@ import pytest
 from vmis.cli.advisorcmd import format_advice
 from vmis.cli.host import main
 from vmis.errors import NotFoundError
-from vmis.host.advisor import (
+from vmis.advisor.advisor import (
     Advisor,
-    Support,
     UnknownOSError,
-    UpdatePathDataError,
     default_advisor,
-    load_update_paths,
-    normalise_name,
     update_path,
     update_paths,
 )
+from vmis.advisor.answers import Support
+from vmis.advisor.datafile import UpdatePathDataError, load_update_paths
+from vmis.advisor.names import normalise_name
 
 WU, DISK, PKG = "Windows Update", "Integration Services disk", "Package manager"
 OK = Support.SUPPORTED

@@ -1,0 +1,330 @@
+"""The lab directory and what runs from it: the host manager and the lab VMs.
+
+:class:`Lab` starts, finds and stops them (``vmis lab up|down|status|guest``);
+:func:`run_lab_up` is ``vmis lab up`` from the host manager to the VMs' heartbeats.
+The layout of the directory is in :mod:`vmis.lab`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmis.api.client import ApiClient
+from vmis.errors import ConnectError, NotFoundError, StateError, VmisError
+from vmis.lab.processes import (
+    how_it_ended,
+    log_hint,
+    pid_alive,
+    read_pid,
+    spawn,
+    stop_pid,
+    wait_for,
+)
+
+__all__ = ["START_TIMEOUT", "Lab", "LabVm", "run_lab_up"]
+
+#: seconds to wait for a process to come up
+START_TIMEOUT = 20.0
+
+
+@dataclass
+class LabVm:
+    """One lab VM's directory and process."""
+
+    name: str
+    dir: Path
+
+    @property
+    def root(self) -> Path:
+        return self.dir / "root"
+
+    @property
+    def channel_path(self) -> Path:
+        return self.root / "run/vmis/channel.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "agent.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "agent.log"
+
+    @property
+    def is_qemu(self) -> bool:
+        """Whether this lab VM is a QEMU virtual machine (vmis.lab.qemuvm)."""
+        from vmis.lab.qemuvm import is_qemu_dir
+
+        return is_qemu_dir(self.dir)
+
+    @property
+    def pid(self) -> int | None:
+        """The agent process of a process lab VM, QEMU's of a QEMU lab VM; None if not running."""
+        if self.is_qemu:
+            from vmis.qemu.machine import QemuMachine
+
+            return QemuMachine.attach(self.dir).pid
+        pid = read_pid(self.pid_file)
+        return pid if pid_alive(pid) else None
+
+    def status(self) -> dict[str, Any]:
+        """Name, agent pid (or QEMU pid), root directory, running or not."""
+        pid = self.pid
+        if self.is_qemu:
+            from vmis.qemu.cmdline import MachinePaths
+
+            paths = MachinePaths(self.dir)
+            return {"Name": self.name, "Kind": "qemu", "Pid": pid, "QemuPid": pid,
+                    "Root": str(self.dir), "Running": pid is not None,
+                    "Log": str(paths.console), "Channel": f"unix:{paths.channel}",
+                    "Qmp": str(paths.qmp)}
+        return {"Name": self.name, "Kind": "process", "Pid": pid, "Root": str(self.root),
+                "Running": pid is not None, "Log": str(self.log)}
+
+
+class Lab:
+    """The lab directory and what runs from it."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.dir = (directory or Path(os.environ.get("VMIS_LAB_DIR", ".vmis-lab"))).absolute()
+
+    # Section: host manager
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "host.sock"
+
+    def api(self) -> ApiClient:
+        return ApiClient(self.socket)
+
+    def host_pid(self) -> int | None:
+        pid = read_pid(self.dir / "host.pid")
+        return pid if pid_alive(pid) else None
+
+    def _host_answers(self) -> bool:
+        try:
+            with self.api() as api:
+                api.call("GET", "/ping", timeout=2)
+            return True
+        except ConnectError:
+            return False
+
+    def ensure_host(self) -> int:
+        """Start the lab's host manager unless one answers; return its pid."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pid = self.host_pid()
+        if pid and self._host_answers():
+            return pid
+        stop_pid(pid)
+        log = self.dir / "host.log"
+        argv = [sys.executable, "-m", "vmis.cli.host", "host", "serve",
+                "-Db", f"sqlite:///{self.dir / 'host.db'}", "-Socket", str(self.socket)]
+        pid = spawn(argv, log).pid
+        (self.dir / "host.pid").write_text(f"{pid}\n")
+        wait_for(self._host_answers, START_TIMEOUT, "the lab host manager", log)
+        return pid
+
+    # Section: lab VMs
+
+    def vm(self, name: str) -> LabVm:
+        return LabVm(name, self.dir / "vms" / name)
+
+    def vms(self) -> list[LabVm]:
+        base = self.dir / "vms"
+        if not base.is_dir():
+            return []
+        return [self.vm(p.name) for p in sorted(base.iterdir()) if p.is_dir()]
+
+    def _write_config(self, vm: LabVm) -> None:
+        # The directories every Linux root has, where copies may go
+        # (docs/services/fcopy.md §5: allowed roots that exist).
+        for directory in ("tmp", "var/tmp", "home", "root", "srv", "opt"):
+            (vm.root / directory).mkdir(parents=True, exist_ok=True)
+        conf = vm.root / "etc/vmis/agent.conf"
+        if conf.exists():
+            return
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(
+            "# lab VM: every path below resolves inside this root directory\n"
+            "[agent]\nchannel = unix:/run/vmis/channel.sock\nadapters = fake\n"
+            "\n[heartbeat]\nhealth_interval = 1\nhealth_timeout = 5\n"
+        )
+
+    def _named(self, name: str) -> LabVm:
+        if not name or "/" in name or name.startswith("."):
+            raise StateError(f"invalid lab VM name {name!r}")
+        return self.vm(name)
+
+    def _register(self, name: str, where: dict[str, str]) -> None:
+        """Register a lab VM with the host (or update where it is) and dial it now."""
+        with self.api() as api:
+            try:
+                api.call("POST", "/vms", json={"name": name, "kind": "lab", **where})
+            except StateError:
+                api.call("PATCH", f"/vms/{name}", json=where)
+            api.call("POST", f"/vms/{name}/reconnect")
+
+    def start_vm(self, name: str, clock_offset: float | None = None,
+                 agent_bundle: Path | None = None) -> LabVm:
+        """Start a lab VM's agent unless it runs; register it with the host.
+
+        A new lab VM gets the agent installed into its root as a user installs
+        it (vmis.packaging.install), from this vmis or from *agent_bundle*; an
+        existing one keeps the agent it has (update it with
+        Update-VMIntegrationServices, or give *agent_bundle* to reinstall).
+        """
+        vm = self._named(name)
+        if vm.is_qemu:
+            raise StateError(f"{name} is a QEMU lab VM: vmis lab up {name} -Qemu")
+        self._write_config(vm)
+        if agent_bundle is not None or not (vm.root / "usr/lib/vmis/vmis-guest.pyz").exists():
+            self._install(vm, agent_bundle)
+        if clock_offset is not None:
+            clock = vm.root / "var/lib/vmis/clock.json"
+            clock.parent.mkdir(parents=True, exist_ok=True)
+            clock.write_text(json.dumps({"offset_ns": int(clock_offset * 1e9)}))
+        if vm.pid is None:
+            with contextlib.suppress(FileNotFoundError):
+                (vm.root / "var/lib/vmis/power.json").unlink()
+            with contextlib.suppress(FileNotFoundError):
+                vm.channel_path.unlink()
+            vm.pid_file.unlink(missing_ok=True)
+            argv = [sys.executable, "-m", "vmis.lab.vmproc", str(vm.root), str(vm.pid_file)]
+            supervisor = spawn(argv, vm.log)
+            (vm.dir / "init.pid").write_text(f"{supervisor.pid}\n")
+            # Our own child: poll() knows for sure, where /proc can be caught mid-exec.
+            wait_for(lambda: vm.channel_path.is_socket() or supervisor.poll() is not None,
+                     START_TIMEOUT, f"lab VM {name}", vm.log)
+            code = supervisor.poll()
+            if code is not None:
+                raise StateError(f"lab VM {name} exited at start ({how_it_ended(code)})"
+                                 f"{log_hint(vm.log)}")
+        self._register(name, {"channel": f"unix:{vm.channel_path}"})
+        return vm
+
+    def start_qemu_vm(self, name: str, *, image: Path | None = None,
+                      clock_offset: float | None = None, memory_mib: int | None = None,
+                      cpus: int | None = None) -> LabVm:
+        """Boot a QEMU lab VM from the project's guest image (or *image*, a built image's
+        directory) unless it runs; register it with the host, with its QMP socket.
+
+        :raise StateError: When the name belongs to a process lab VM.
+        """
+        from vmis.lab.qemuvm import boot_machine
+        from vmis.qemu.image.guest_image import GuestImage
+
+        vm = self._named(name)
+        guest_image = GuestImage.load(image) if image is not None else None
+        machine = boot_machine(name, vm.dir, image=guest_image, clock_offset=clock_offset,
+                               memory_mib=memory_mib, cpus=cpus)
+        self._register(name, {"channel": f"unix:{machine.paths.channel}",
+                              "qmp": str(machine.paths.qmp)})
+        return vm
+
+    @staticmethod
+    def _install(vm: LabVm, bundle: Path | None) -> None:
+        from vmis.packaging.bundle import bundle_version
+        from vmis.packaging.install import install_agent
+
+        if bundle is None:
+            install_agent(vm.root)
+            return
+        try:
+            data = bundle.read_bytes()
+            version = bundle_version(data)
+        except (OSError, ValueError) as exc:
+            raise StateError(f"{bundle}: {exc}") from None
+        install_agent(vm.root, data, version)
+
+    def wait_ready(self, names: list[str], timeout: float = START_TIMEOUT) -> None:
+        """Wait until every named VM's heartbeat is OK."""
+        def ready() -> bool:
+            with self.api() as api:
+                vms = {v["Name"]: v for v in api.call("GET", "/vms")}
+            return all(vms.get(n, {}).get("Heartbeat") == "Ok" for n in names)
+
+        wait_for(ready, timeout, f"the heartbeat of {', '.join(names)}", self.dir / "host.log")
+
+    def stop_vm(self, name: str) -> bool:
+        """Stop a lab VM's agent (SIGTERM, through its init); True if it was running."""
+        vm = self.vm(name)
+        if not vm.dir.is_dir():
+            raise NotFoundError(f"no lab VM named {name!r}")
+        if vm.is_qemu:
+            from vmis.lab.qemuvm import stop_machine
+
+            return stop_machine(vm.dir)
+        ran = stop_pid(read_pid(vm.dir / "init.pid"))
+        return stop_pid(read_pid(vm.pid_file)) or ran
+
+    def down(self, names: list[str] | None) -> list[str]:
+        """Stop the named lab VMs, or all of them and the host manager.
+
+        Without names, QEMU VMs the lab's host manager launched (``vmis vm
+        create`` and Start-VM, in ``<lab>/machines``) are powered off too.
+        """
+        targets = names or [vm.name for vm in self.vms()]
+        stopped = [n for n in targets if self.stop_vm(n)]
+        if not names:
+            from vmis.lab.qemuvm import is_qemu_dir, stop_machine
+
+            machines = self.dir / "machines"
+            for directory in sorted(machines.iterdir()) if machines.is_dir() else []:
+                if is_qemu_dir(directory) and stop_machine(directory):
+                    stopped.append(directory.name)
+            stop_pid(read_pid(self.dir / "host.pid"))
+        return stopped
+
+    def status(self) -> dict[str, Any]:
+        """The host manager and every lab VM, for ``lab status``."""
+        return {"Directory": str(self.dir), "HostPid": self.host_pid(),
+                "HostSocket": str(self.socket), "VMs": [vm.status() for vm in self.vms()]}
+
+    def guest(self, name: str, argv: list[str]) -> int:
+        """Run a ``vmis-guest`` command against a lab VM."""
+        from vmis.cli.guest import main as guest_main
+
+        vm = self.vm(name)
+        if vm.is_qemu:
+            raise StateError(f"lab VM {name} is a QEMU VM: its agent runs inside the guest; "
+                             f"use vmis Invoke-Command -VMName {name} -- COMMAND")
+        if not vm.root.is_dir():
+            raise NotFoundError(f"no lab VM named {name!r} (start it with 'vmis lab up {name}')")
+        return guest_main(["--root", str(vm.root), *argv])
+
+
+def run_lab_up(lab: Lab, names: list[str], clock_offset: float | None,
+               timeout: float | None = None, agent_bundle: Path | None = None, *,
+               qemu: bool = False, image: Path | None = None,
+               memory_mib: int | None = None) -> list[LabVm]:
+    """``vmis lab up``: host manager, then each VM, then wait for heartbeats.
+
+    :param qemu: boot real QEMU VMs from the project's guest image (or *image*)
+        instead of agent processes; their heartbeat gets a longer wait
+        (:data:`vmis.lab.qemuvm.BOOT_TIMEOUT`) since the guest boots first.
+    """
+    lab.ensure_host()
+    if qemu:
+        from vmis.lab.qemuvm import BOOT_TIMEOUT
+
+        if agent_bundle is not None:
+            raise StateError("-AgentBundle is for process lab VMs; a QEMU lab VM runs the agent "
+                             "of its image (update it with Update-VMIntegrationServices)")
+        vms = [lab.start_qemu_vm(name, image=image, clock_offset=clock_offset,
+                                 memory_mib=memory_mib) for name in names]
+        wait = timeout or BOOT_TIMEOUT
+    else:
+        vms = [lab.start_vm(name, clock_offset, agent_bundle) for name in names]
+        wait = timeout or START_TIMEOUT
+    try:
+        lab.wait_ready(names, wait)
+    except VmisError as exc:
+        logs = ", ".join(vm.status()["Log"] for vm in vms)
+        raise StateError(f"{exc}; logs: {logs}") from None
+    return vms
