@@ -29,12 +29,12 @@ GUEST_SIDE = (
     "hyperv", "cli/__init__.py", "cli/guest.py", "cli/guest_commands", "cli/psargs.py",
     "cli/table.py", "data",
 )
-#: what the host alone runs inside those folders (fnmatch patterns): the host
-#: halves of the services, their contracts and what only they use
+#: what the host alone uses inside those folders (fnmatch patterns): the host
+#: halves of the services, their contracts and what only they use, the advisor's data
 HOST_ONLY = (
     "services/host_half.py", "services/link.py", "services/hypervisor.py",
     "services/*/host.py", "services/fcopy/engine.py", "services/timesync/burst.py",
-    "services/vss/checkpoint.py",
+    "services/vss/checkpoint.py", "data/update_paths.toml",
 )
 
 
