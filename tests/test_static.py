@@ -12,24 +12,31 @@ from vmis.packaging.bundle import GUEST_SIDE, is_guest_side
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "vmis"
 
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+
+def layer_map() -> dict[str, set[str]]:
+    """layer -> the vmis packages it may import, read from docs/architecture.md §1."""
+    text = ARCHITECTURE.read_text()
+    table = text.split("<!-- the layer map: tests/test_static.py parses this table -->", 1)[1]
+    allowed: dict[str, set[str]] = {}
+    for line in table.strip().splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        layer, imports = (cell.strip() for cell in line.strip("|").split("|")[:2])
+        allowed[layer.strip("`")] = {word.strip("`, ") for word in imports.split()} - {"—"}
+    return allowed
+
+
 #: layer -> vmis packages it may import (besides itself and vmis.errors / vmis top level)
-ALLOWED = {
-    "protocol": set(),
-    "packaging": set(),
-    "advisor": set(),
-    "transport": {"protocol"},
-    "services": {"protocol", "transport"},
-    "links": {"protocol", "transport", "services"},
-    "guest": {"protocol", "transport", "services", "packaging"},
-    "hyperv": {"protocol", "transport", "services", "guest"},
-    "host": {"protocol", "transport", "services", "links", "packaging"},
-    "qemu": {"protocol", "transport", "services", "host", "packaging"},
-    "api": {"protocol", "transport", "services", "host", "qemu", "packaging"},
-    "lab": {"protocol", "transport", "services", "host", "qemu", "api", "guest", "cli",
-            "packaging"},
-    "cli": {"protocol", "transport", "services", "host", "qemu", "api", "guest", "hyperv", "lab",
-            "packaging", "advisor"},
-}
+ALLOWED = layer_map()
+
+
+def test_every_package_is_a_layer_of_the_map():
+    packages = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages == set(ALLOWED), "docs/architecture.md §1 and src/vmis/ disagree"
+    for layer, names in ALLOWED.items():
+        assert names <= set(ALLOWED), f"{layer} may import unknown layers {names - set(ALLOWED)}"
 
 
 #: the sans-IO core may not do I/O
