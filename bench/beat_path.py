@@ -3,7 +3,8 @@
 No sockets and no event loop wakeups (bench/wakeups.py measures those):
 a host ``Channel`` with the manager's ``VmSession`` as its handler is handed
 one BEAT frame at a time the way asyncio's BufferedProtocol hands bytes over
-(``get_buffer``, ``buffer_updated``). The baseline, measured in the same
+(``get_buffer``, ``buffer_updated``), through the vmis agent's guest link to
+the Heartbeat host half. The baseline, measured in the same
 run, is the bare protocol: ``Connection.receive_data`` and ``events()``.
 Both connections first run the real handshake (SYNC, HELLO) against an
 in-memory guest ``Connection``.
@@ -15,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import time
+from typing import Any
 
 from vmis.host.session import VmSession
-from vmis.host.store import VmRecord
+from vmis.links.vmis_agent import VmisAgent, VmisAgentLink
 from vmis.protocol import Connection, RequestReceived, Role, ServiceId, State, encode_json
 from vmis.services.heartbeat import HeartbeatOp, encode_beat
+from vmis.services.heartbeat.host import HeartbeatHost
+from vmis.services.host_half import VmRecord
 from vmis.transport.channel import Channel
 
 
@@ -35,6 +40,13 @@ class NullTransport:
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
+
+
+class _NoHost:
+    """The Heartbeat host half asks nothing of its manager."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)
 
 
 def handshake(host: Connection) -> Connection:
@@ -73,8 +85,11 @@ def beat_bytes(guest: Connection) -> bytes:
 
 async def manager_path(beats: int) -> float:
     vm = VmRecord("bench-id", "bench", "unix:/nonexistent", None, "external", 1000, 1000, 2, {})
-    session = VmSession(vm)
-    channel = Channel(Role.HOST, session)
+    heartbeat = HeartbeatHost(_NoHost())  # type: ignore[arg-type]
+    session = VmSession(vm, [heartbeat], VmisAgent())
+    link = VmisAgentLink(session, logging.getLogger("bench"))
+    channel = Channel(Role.HOST, link)
+    link.channel = channel
     channel.connection_made(NullTransport())  # type: ignore[arg-type]
     frame = beat_bytes(handshake(channel.conn))
     size = len(frame)
@@ -84,7 +99,7 @@ async def manager_path(beats: int) -> float:
         get_buffer(-1)[:size] = frame
         buffer_updated(size)
     elapsed = time.perf_counter() - start
-    if session.heartbeat.last_beat is None:
+    if session.part(HeartbeatHost).monitor.last_beat is None:
         raise SystemExit("the beats never reached the heartbeat monitor")
     return elapsed / beats
 
