@@ -10,7 +10,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "vmis"
 
-#: layer -> vmis packages it may import (besides itself and vmis.errors / vmis top level)
+#: layer -> vmis packages it may import (besides itself, the vmis top level and the leaf
+#: modules every layer may use: vmis.errors, vmis.psargs)
 ALLOWED = {
     "protocol": set(),
     "packaging": set(),
@@ -30,7 +31,7 @@ ALLOWED = {
 #: the guest side: copied into guests that have nothing but Python
 GUEST_SIDE = ["protocol", "transport", "services", "guest", "hyperv", "packaging",
               "cli/guest.py",
-              "cli/guest_commands", "cli/psargs.py", "cli/table.py", "errors.py", "__init__.py"]
+              "cli/guest_commands", "cli/table.py", "errors.py", "psargs.py", "__init__.py"]
 
 #: the sans-IO core may not do I/O
 NO_IO_IN_PROTOCOL = {"asyncio", "socket", "os", "selectors", "subprocess", "threading"}
@@ -60,7 +61,7 @@ def test_layers_import_only_downward(layer):
     for path in files(layer):
         for name in imports(path):
             parts = name.split(".")
-            if parts[0] != "vmis" or len(parts) < 2 or parts[1] in ("errors", layer):
+            if parts[0] != "vmis" or len(parts) < 2 or parts[1] in ("errors", "psargs", layer):
                 continue
             if parts[1] in ALLOWED and parts[1] not in ALLOWED[layer]:
                 bad.append(f"{path.relative_to(SRC)} imports {name}")

@@ -18,9 +18,9 @@ import json
 import textwrap
 from typing import Any
 
-from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_list, format_table
 from vmis.host.advisor import Advice, default_advisor
+from vmis.psargs import Command, Param
 
 __all__ = ["UPDATE_PATH_COMMANDS", "format_advice"]
 

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import vmis
-from vmis.cli.psargs import (
+from vmis.cli.table import Column, format_table
+from vmis.errors import VmisError
+from vmis.guest.client import ControlClient
+from vmis.guest.config import CONFIG_PATH, AgentConfig, load_config
+from vmis.psargs import (
     Command,
     Param,
     UsageError,
@@ -27,10 +31,6 @@ from vmis.cli.psargs import (
     run_main,
     usage,
 )
-from vmis.cli.table import Column, format_table
-from vmis.errors import VmisError
-from vmis.guest.client import ControlClient
-from vmis.guest.config import CONFIG_PATH, AgentConfig, load_config
 from vmis.services.catalog import CATALOG, StartupType, match_guest_names
 
 __all__ = ["main"]

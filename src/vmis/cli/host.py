@@ -20,7 +20,10 @@ from typing import Any
 import vmis
 from vmis.api.client import ApiClient
 from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
-from vmis.cli.psargs import (
+from vmis.cli.table import Column, format_table
+from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
+from vmis.errors import VmisError
+from vmis.psargs import (
     Command,
     Param,
     UsageError,
@@ -29,9 +32,6 @@ from vmis.cli.psargs import (
     run_main,
     usage,
 )
-from vmis.cli.table import Column, format_table
-from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
-from vmis.errors import VmisError
 
 __all__ = ["COMMANDS", "main"]
 

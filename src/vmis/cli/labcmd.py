@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vmis.cli.psargs import Command, Param, UsageError
 from vmis.cli.table import Column, format_table
 from vmis.lab import Lab, run_lab_up
+from vmis.psargs import Command, Param, UsageError
 
 __all__ = ["LAB_COMMANDS"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_table
+from vmis.psargs import Command, Param
 
 __all__ = ["SETUP_DISK_COMMANDS", "UPDATE_COMMANDS"]
 

@@ -22,10 +22,9 @@ __all__ = ["GUEST_SIDE", "build_bundle", "bundle_bytes", "bundle_version", "gues
 
 #: the guest side of the package, relative to the vmis package directory
 GUEST_SIDE = (
-    "__init__.py", "errors.py", "py.typed", "protocol", "transport", "services", "guest",
-    "packaging",
-    "hyperv", "cli/__init__.py", "cli/guest.py", "cli/guest_commands", "cli/psargs.py",
-    "cli/table.py", "data",
+    "__init__.py", "errors.py", "psargs.py", "py.typed", "protocol", "transport", "services",
+    "guest", "packaging",
+    "hyperv", "cli/__init__.py", "cli/guest.py", "cli/guest_commands", "cli/table.py", "data",
 )
 
 _MAIN = b"""import sys

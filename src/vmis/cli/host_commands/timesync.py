@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.cli.psargs import Command, Param, UsageError
 from vmis.cli.table import Column, format_table
+from vmis.psargs import Command, Param, UsageError
 
 __all__ = ["COMMANDS"]
 

@@ -31,8 +31,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from vmis.api.client import ApiClient
 from vmis.api.errors import error_from_json
-from vmis.cli.psargs import Command, Param, UsageError, usage
 from vmis.errors import ChannelError, ConnectError, VmisError
+from vmis.psargs import Command, Param, UsageError, usage
 from vmis.services.vmsession import CHUNK, KEEPALIVE_MISSES
 
 __all__ = ["COMMANDS"]
