@@ -85,6 +85,7 @@ UPDATE_PATH_COMMANDS: tuple[Command, ...] = (
         ),
         cmd_update_path,
         aliases=("update-path",),
+        local=True,
         examples=(
             'vmis Get-VMIntegrationServicesUpdatePath -HostOS "Windows Server 2012 R2" '
             '-GuestOS "Windows 7"',

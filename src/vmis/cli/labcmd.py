@@ -66,6 +66,8 @@ def cmd_status(args: dict[str, Any]) -> int:
 
 
 def cmd_guest(args: dict[str, Any]) -> int:
+    if not args["Name"]:
+        raise UsageError("lab guest: name a lab VM: vmis lab guest NAME ARGS...")
     return Lab().guest(args["Name"], args["args"])
 
 
@@ -81,12 +83,14 @@ LAB_COMMANDS: tuple[Command, ...] = (
         Param("Image", help="with -Qemu: boot this built guest image (its directory)"),
         Param("Memory", "int", aliases=("MemoryMiB",), help="with -Qemu: RAM in MiB (512)"),
         JSON,
-    ), cmd_up, examples=("vmis lab up DemoVM", "vmis lab up RealVM -Qemu")),
+    ), cmd_up, examples=("vmis lab up DemoVM", "vmis lab up RealVM -Qemu"), local=True),
     Command("lab down", "Stop lab VMs (all, and the host manager, without names).", (
         Param("Name", "list", position=0), JSON,
-    ), cmd_down),
-    Command("lab status", "Show the lab's host manager and VMs.", (JSON,), cmd_status),
+    ), cmd_down, local=True),
+    Command("lab status", "Show the lab's host manager and VMs.", (JSON,), cmd_status,
+            local=True),
     Command("lab guest", "Run a vmis-guest command inside a lab VM: lab guest NAME -- ARGS.", (
-        Param("Name", required=True, position=0),
-    ), cmd_guest, rest="args"),
+        # mandatory; cmd_guest says so, showing the whole command line
+        Param("Name", position=0, help="the lab VM (mandatory)"),
+    ), cmd_guest, rest="args", raw=True, local=True),
 )
