@@ -149,3 +149,13 @@ def test_runs_on_this_machine():
     data = json.loads(done.stdout)
     assert data["versions"]["vmis"] == vmis.__version__
     assert len(data["drivers"]) == 4
+
+
+def test_powershell_spellings_and_the_root_of_vmis_guest(capsys):
+    code = main(["-Path", PATH, "-json"], root=FIXTURES / "all-present")
+    out = capsys.readouterr().out
+    assert code == 0 and json.loads(out)["platform"] == "Hyper-V"
+    assert main(["-?"]) == 0
+    assert capsys.readouterr().out.startswith("diagnose [-Root <str>]")
+    assert main(["--frobnicate"]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1

@@ -16,7 +16,15 @@ import pytest
 from vmis.errors import ConfigError, StateError
 from vmis.hyperv.daemon import HoldableHandler, PidFile, StopSignal
 from vmis.hyperv.netinfo import NetlinkInfo
-from vmis.hyperv.scripts import ROOT_ENV, get_dhcp_info, get_dns_info, set_ifconfig
+from vmis.hyperv.scripts import (
+    ROOT_ENV,
+    dhcp_main,
+    dns_main,
+    get_dhcp_info,
+    get_dns_info,
+    set_ifconfig,
+    set_ifconfig_main,
+)
 
 WAIT = 30.0
 
@@ -138,6 +146,18 @@ def test_script_command_lines(tmp_path: Path):
     bad = run("set-ifconfig", str(tmp_path / "x"), str(tmp_path / "y"), "--no-apply")
     assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1
     assert run().returncode == 2
+
+
+def test_script_parameters_in_both_spellings(tmp_path: Path, capsys):
+    write(tmp_path, "etc/resolv.conf", "nameserver 10.9.9.9\n")
+    write(tmp_path, "etc/network/interfaces", "iface eth0 inet dhcp\n")
+    assert dhcp_main(["eth0", "--root", str(tmp_path)]) == 0
+    assert dns_main(["-Root", str(tmp_path)]) == 0
+    assert dhcp_main(["-Interface", "eth1", "-root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "Enabled\n10.9.9.9\nDisabled\n"
+    assert set_ifconfig_main(["only-one"]) == 2
+    assert capsys.readouterr().err == (
+        "vmis-hv-set-ifconfig: hv_set_ifconfig: missing mandatory parameter -NmConnection.\n")
 
 
 # Section: netlink

@@ -26,3 +26,16 @@ def test_unit(service: str) -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts[script] == f"vmis.hyperv.cli:{service}_main"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.parametrize("service", ["kvp", "vss", "fcopy"])
+def test_the_units_options_are_the_daemons_parameters(service: str) -> None:
+    # Installed unit files keep their GNU spellings (--pid-file ...).
+    from vmis.hyperv.cli import COMMANDS
+    from vmis.psargs import find_verb, parse
+
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.read(UNITS / f"vmis-hv-{service}.service")
+    options = unit["Service"]["ExecStart"].split()[2:]
+    cmd, rest = find_verb(COMMANDS, [service, *options])
+    assert parse(cmd, rest)["PidFile"] == f"/run/vmis-hv-{service}.pid"

@@ -20,8 +20,8 @@ from typing import Any
 
 from vmis.advisor.advisor import default_advisor
 from vmis.advisor.answers import Advice
-from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_list, format_table
+from vmis.psargs import Command, Param
 
 __all__ = ["UPDATE_PATH_COMMANDS", "format_advice"]
 
@@ -86,6 +86,7 @@ UPDATE_PATH_COMMANDS: tuple[Command, ...] = (
         ),
         cmd_update_path,
         aliases=("update-path",),
+        local=True,
         examples=(
             'vmis Get-VMIntegrationServicesUpdatePath -HostOS "Windows Server 2012 R2" '
             '-GuestOS "Windows 7"',

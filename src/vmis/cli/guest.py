@@ -12,25 +12,17 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import vmis
-from vmis.cli.psargs import (
-    Command,
-    Param,
-    UsageError,
-    find_command,
-    parse,
-    run_main,
-    usage,
-)
 from vmis.cli.table import Column, format_table
 from vmis.errors import VmisError
 from vmis.guest.client import ControlClient
 from vmis.guest.config import CONFIG_PATH, AgentConfig, load_config
+from vmis.psargs import Command, Param, UsageError, find_verb, run_command, run_main
 from vmis.services.catalog import CATALOG, StartupType, match_guest_names
 
 __all__ = ["main"]
@@ -183,17 +175,16 @@ def cmd_install(g: Globals, args: dict[str, Any]) -> int:
     return 0
 
 
-def cmd_delegate(module: str) -> Callable[[Globals, dict[str, Any]], int]:
-    def run(g: Globals, args: dict[str, Any]) -> int:
-        import importlib
+def cmd_hyperv(g: Globals, args: dict[str, Any]) -> int:
+    from vmis.hyperv.cli import main
 
-        main: Callable[[list[str]], int] = importlib.import_module(module).main
-        argv = list(args["args"])
-        if g.root != Path("/") and "--root" not in argv and module.endswith("diagnose"):
-            argv = ["--root", str(g.root), *argv]
-        return main(argv)
+    return main(args["args"])
 
-    return run
+
+def cmd_diagnose(g: Globals, args: dict[str, Any]) -> int:
+    from vmis.guest.diagnose import main
+
+    return main(args["args"], root=g.root)
 
 
 JSON = Param("json", "switch", help="print JSON for scripts")
@@ -224,20 +215,16 @@ COMMANDS: tuple[Command, ...] = (
         Param("NoRestart", "switch", help="do not restart vmis-guest.service"), JSON,
     ), cmd_install),
     Command("hyperv", "Hyper-V daemons: hyperv kvp|vss|fcopy [options] (see --help there).",
-            (), cmd_delegate("vmis.hyperv.cli"), rest="args"),
+            (), cmd_hyperv, rest="args", raw=True),
     Command("diagnose", "Check what integration drivers, daemons and agents this guest has.",
-            (), cmd_delegate("vmis.guest.diagnose"), rest="args"),
+            (), cmd_diagnose, rest="args", raw=True),
 )
 
 
 def _all_commands() -> tuple[Command, ...]:
-    # vmis.cli.guest_commands.<key>.COMMANDS: guest tools of each service
-    from vmis.services.plugins import service_modules
+    from vmis.cli.guest_commands import SERVICE_COMMANDS
 
-    found = list(COMMANDS)
-    for _, module in service_modules("vmis.cli.guest_commands.{key}"):
-        found.extend(module.COMMANDS)
-    return tuple(found)
+    return COMMANDS + SERVICE_COMMANDS
 
 
 def _help() -> str:
@@ -274,23 +261,9 @@ def _run(words: list[str]) -> int:
     if words[0] == "--version":
         print(vmis.__version__)
         return 0
-    commands = _all_commands()
-    if len(words) > 1 and words[0].lower() in {c.name.split()[0].lower() for c in commands
-                                                 if " " in c.name}:
-        cmd = find_command(commands, f"{words[0]} {words[1]}")
-        words = [cmd.name, *words[2:]]
-    else:
-        cmd = find_command(commands, words[0])
-    if cmd.rest is not None:
-        args: dict[str, Any] = {"args": words[1:]}
-    elif any(w in ("-h", "--help", "-?") for w in words[1:]):
-        print(usage(cmd))
-        return 0
-    else:
-        args = parse(cmd, words[1:])
+    cmd, rest = find_verb(_all_commands(), words)
     g = Globals(root, config_path or root / CONFIG_PATH.lstrip("/"))
-    result: int = cmd.run(g, args)
-    return result
+    return run_command(cmd, rest, lambda args: cmd.run(g, args))
 
 
 if __name__ == "__main__":

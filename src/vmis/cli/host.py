@@ -20,18 +20,10 @@ from typing import Any
 import vmis
 from vmis.api.client import ApiClient
 from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
-from vmis.cli.psargs import (
-    Command,
-    Param,
-    UsageError,
-    find_command,
-    parse,
-    run_main,
-    usage,
-)
 from vmis.cli.table import Column, format_table
 from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
 from vmis.errors import VmisError
+from vmis.psargs import Command, Param, UsageError, find_verb, run_command, run_main
 
 __all__ = ["COMMANDS", "main"]
 
@@ -264,28 +256,19 @@ LOCAL_COMMANDS: tuple[Command, ...] = (
         Param("Db", help="SQLAlchemy URL (default sqlite:////var/lib/vmis/host.db)"),
         Param("Socket", help="API socket (default /run/vmis/host.sock, or $VMIS_SOCKET)"),
         Param("LogLevel", choices=("debug", "info", "warning", "error"), default="info"),
-    ), cmd_host_serve),
+    ), cmd_host_serve, local=True),
     *UPDATE_PATH_COMMANDS,
     *SETUP_DISK_COMMANDS,
 )
 
 
-def _service_commands() -> tuple[Command, ...]:
-    # vmis.cli.host_commands.<key>.COMMANDS: API commands of each data-plane service
-    from vmis.services.plugins import service_modules
-
-    found: list[Command] = []
-    for _, module in service_modules("vmis.cli.host_commands.{key}"):
-        found.extend(module.COMMANDS)
-    return tuple(found)
-
-
 def _all_commands() -> tuple[Command, ...]:
+    from vmis.cli.host_commands import SERVICE_COMMANDS
     from vmis.cli.hypervisorcmd import HYPERVISOR_COMMANDS
     from vmis.cli.labcmd import LAB_COMMANDS
     from vmis.cli.updatecmd import UPDATE_COMMANDS
 
-    return (COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS + _service_commands()
+    return (COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS + SERVICE_COMMANDS
             + LOCAL_COMMANDS + LAB_COMMANDS)
 
 
@@ -321,28 +304,16 @@ def _run(words: list[str]) -> int:
     if words[0] == "--version":
         print(vmis.__version__)
         return 0
-    if len(words) > 1 and words[0].lower() in ("host", "vm", "lab", "setup-disk"):
-        cmd = find_command(commands, f"{words[0]} {words[1]}")
-        rest = words[2:]
-    else:
-        cmd = find_command(commands, words[0])
-        rest = words[1:]
-    before_rest = rest[: rest.index("--")] if "--" in rest else rest
-    if any(w in ("-h", "--help", "-?") for w in before_rest) and cmd.name != "lab guest":
-        print(usage(cmd))
-        return 0
-    if cmd.name == "lab guest":
-        # Everything after the VM name belongs to vmis-guest, dashes included.
-        if not rest:
-            raise UsageError("lab guest: name a lab VM: vmis lab guest NAME ARGS...")
-        args = {"Name": rest[0], "args": rest[2:] if rest[1:2] == ["--"] else rest[1:]}
-    else:
-        args = parse(cmd, rest)
-    if cmd not in LOCAL_COMMANDS and not cmd.name.startswith("lab "):
-        with ApiClient() as api:
-            code: int = cmd.run(api, args)
-    else:
-        code = cmd.run(args)
+    cmd, rest = find_verb(commands, words)
+    return run_command(cmd, rest, lambda args: _call(cmd, args))
+
+
+def _call(cmd: Command, args: dict[str, Any]) -> int:
+    if cmd.local:
+        code: int = cmd.run(args)
+        return code
+    with ApiClient() as api:
+        code = cmd.run(api, args)
     return code
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.cli.psargs import Command, Param, UsageError
 from vmis.cli.table import report_results
 from vmis.errors import ConfigError, NotFoundError, VmisError
+from vmis.psargs import Command, Param, UsageError
 
 __all__ = ["HYPERVISOR_COMMANDS", "Discovery", "discover_for_add"]
 

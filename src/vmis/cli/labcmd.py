@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vmis.cli.psargs import Command, Param, UsageError
 from vmis.cli.table import Column, format_table
 from vmis.lab.lab import Lab, run_lab_up
+from vmis.psargs import Command, Param, UsageError
 
 __all__ = ["LAB_COMMANDS"]
 
@@ -66,7 +66,11 @@ def cmd_status(args: dict[str, Any]) -> int:
 
 
 def cmd_guest(args: dict[str, Any]) -> int:
-    return Lab().guest(args["Name"], args["args"])
+    if not args["Name"]:
+        raise UsageError("lab guest: name a lab VM: vmis lab guest NAME ARGS...")
+    from vmis.cli.guest import main as guest_main
+
+    return guest_main(["--root", str(Lab().guest_root(args["Name"])), *args["args"]])
 
 
 JSON = Param("json", "switch", help="print JSON for scripts")
@@ -81,12 +85,14 @@ LAB_COMMANDS: tuple[Command, ...] = (
         Param("Image", help="with -Qemu: boot this built guest image (its directory)"),
         Param("Memory", "int", aliases=("MemoryMiB",), help="with -Qemu: RAM in MiB (512)"),
         JSON,
-    ), cmd_up, examples=("vmis lab up DemoVM", "vmis lab up RealVM -Qemu")),
+    ), cmd_up, examples=("vmis lab up DemoVM", "vmis lab up RealVM -Qemu"), local=True),
     Command("lab down", "Stop lab VMs (all, and the host manager, without names).", (
         Param("Name", "list", position=0), JSON,
-    ), cmd_down),
-    Command("lab status", "Show the lab's host manager and VMs.", (JSON,), cmd_status),
+    ), cmd_down, local=True),
+    Command("lab status", "Show the lab's host manager and VMs.", (JSON,), cmd_status,
+            local=True),
     Command("lab guest", "Run a vmis-guest command inside a lab VM: lab guest NAME -- ARGS.", (
-        Param("Name", required=True, position=0),
-    ), cmd_guest, rest="args"),
+        # mandatory; cmd_guest says so, showing the whole command line
+        Param("Name", position=0, help="the lab VM (mandatory)"),
+    ), cmd_guest, rest="args", raw=True, local=True),
 )

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_table
+from vmis.psargs import Command, Param
 
 __all__ = ["SETUP_DISK_COMMANDS", "UPDATE_COMMANDS"]
 
@@ -128,9 +128,9 @@ SETUP_DISK_COMMANDS: tuple[Command, ...] = (
                       help="a guest root directory, or a disk image (raw, qcow2, vhdx...)"),
                 Param("Format", help="the image format (default: detected)"),
                 Param("json", "switch", help="print JSON for scripts"),
-            ), cmd_install_offline, aliases=("install-offline",)),
+            ), cmd_install_offline, aliases=("install-offline",), local=True),
     Command("setup-disk build", "Write the setup disk (ISO 9660) that installs the guest agent.", (
         Param("Path", position=0, help="where to write it (default ./vmis-setup.iso)"),
         Param("json", "switch", help="print JSON for scripts"),
-    ), cmd_setup_disk_build),
+    ), cmd_setup_disk_build, local=True),
 )

@@ -1,7 +1,7 @@
 """``vmis-guest diagnose``: what the article checks by hand, in one command.
 
 On any Linux guest it reports, reading only ``/proc`` and ``/sys`` (under
-``--root``, so tests use fixture trees) and the directories of ``PATH``:
+``-Root``, so tests use fixture trees) and the directories of ``PATH``:
 
 * which integration drivers are present: ``hv_vmbus`` and ``hv_utils``
   (Hyper-V; the article's ``lsmod | grep hv_utils``), ``virtio_console`` and
@@ -13,7 +13,7 @@ On any Linux guest it reports, reading only ``/proc`` and ``/sys`` (under
   driver's ("3.1", what the KVP daemon reports as IntegrationServicesVersion);
 * what is missing, each with a one-line fix.
 
-``--json`` prints the same as one JSON object.  Exit status: 0 when nothing
+``-json`` prints the same as one JSON object.  Exit status: 0 when nothing
 is missing, 1 when something is, 2 on a usage error.
 
 The daemon table (:data:`DAEMONS`) is data: a new service is one more
@@ -22,14 +22,15 @@ The daemon table (:data:`DAEMONS`) is data: a new service is one more
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import vmis
+from vmis.psargs import Command, Param, run_command, run_main
 
 __all__ = [
     "DAEMONS",
@@ -385,28 +386,35 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    """``vmis-guest diagnose [--root PATH] [--path PATH] [--json]``.
-
-    :return: 0 when nothing is missing, 1 when something is, 2 on usage errors.
-    """
-    parser = argparse.ArgumentParser(prog="vmis-guest diagnose",
-                                     description="Check this guest's integration services.")
-    parser.add_argument("--root", type=Path, default=Path("/"),
-                        help="read /proc, /sys and PATH directories under this root")
-    parser.add_argument("--path", default=None,
-                        help="the PATH to search for daemons (default: $PATH)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    args = parser.parse_args(argv)
-    if not (args.root / "proc").is_dir():
-        print(f"vmis-guest diagnose: {args.root / 'proc'} is not a directory", file=sys.stderr)
+def _report(args: dict[str, Any], root: Path) -> int:
+    root = Path(args["Root"]) if args["Root"] else root
+    if not (root / "proc").is_dir():
+        print(f"vmis-guest diagnose: {root / 'proc'} is not a directory", file=sys.stderr)
         return 1
-    report = diagnose(args.root, args.path)
-    if args.json:
+    report = diagnose(root, args["Path"])
+    if args["json"]:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print(render(report))
     return 0 if report.ok else 1
+
+
+def _command(root: Path) -> Command:
+    return Command("diagnose", "Check this guest's integration services.", (
+        Param("Root", help=f"read /proc, /sys and PATH directories under this root "
+                           f"(default {root})"),
+        Param("Path", help="the PATH to search for daemons (default: $PATH)"),
+        Param("json", "switch", help="print JSON"),
+    ), lambda args: _report(args, root))
+
+
+def main(argv: list[str], root: Path = Path("/")) -> int:
+    """``vmis-guest diagnose [-Root PATH] [-Path PATH] [-json]`` (``--root`` ... too).
+
+    :param root: the root when ``-Root`` is not given (``vmis-guest --root``).
+    :return: 0 when nothing is missing, 1 when something is, 2 on usage errors.
+    """
+    return run_main(lambda: run_command(_command(root), argv), lambda exc: "vmis-guest")
 
 
 if __name__ == "__main__":

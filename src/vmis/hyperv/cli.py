@@ -10,7 +10,12 @@ defaults) and a test (fixture trees and the emulator's socket)::
     vmis-guest hyperv fcopy [--device /dev/vmbus/hv_fcopy]
                             [--uio [--uio-device /dev/uioN] [--sys-root /sys]
                                    [--ring-size N] [--ring-file PATH]]
-    common: [--pid-file PATH | --no-pid-file] [--log-level LEVEL]
+    common: [--pid-file PATH | --no-pid-file] [--log-level LEVEL] [-n] [-h]
+
+These GNU spellings are vmis's parameters (``-Device``, ``-PidFile``, ...,
+case-insensitive and shortened as everywhere in vmis: :mod:`vmis.psargs`), so
+installed units and scripts keep working; ``-n``/``--no-daemon`` and ``-h``
+are the C daemons' options (ours never forks: ``-n`` changes nothing).
 
 The daemons stay in the foreground (systemd ``Type=simple``), log one line
 per event to stderr (the journal), stop on SIGTERM/SIGINT within a fraction
@@ -21,10 +26,11 @@ Also installed as ``vmis-hv-kvp-daemon``, ``vmis-hv-vss-daemon`` and
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from vmis.errors import VmisError
 from vmis.hyperv.daemon import DaemonRunner, Handler, HoldableHandler, PidFile, StopSignal
@@ -42,6 +48,7 @@ from vmis.hyperv.uio import (
     find_uio_device,
 )
 from vmis.hyperv.vss import DEFAULT_THAW_TIMEOUT, VssHandler
+from vmis.psargs import HELP_WORDS, Command, Param, find_verb, run_command, run_main
 from vmis.services.kvp.pool import DEFAULT_DIRECTORY, KvpPools
 from vmis.services.vss.freeze import FakeFreezer, FilesystemFreeze, Freezer, IoctlFreezer
 
@@ -55,62 +62,19 @@ DEVICES = {
 }
 
 
-def _parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Hyper-V integration-service daemons for Linux guests."
+def _common(name: str) -> tuple[Param, ...]:
+    return (
+        Param("Device", default=DEVICES[name],
+              help=f"character device, or the emulator's SOCK_SEQPACKET socket "
+                   f"(default {DEVICES[name]})"),
+        Param("PidFile", default=f"/run/vmis-hv-{name}.pid",
+              help=f"pid file (default /run/vmis-hv-{name}.pid)"),
+        Param("NoPidFile", "switch", help="write no pid file"),
+        Param("LogLevel", choices=("debug", "info", "warning", "error"), default="info"),
+        # The C daemons fork unless given -n; ours never does (systemd Type=simple).
+        Param("NoDaemon", "switch", aliases=("n",),
+              help="stay in the foreground (always so; the C daemons' -n, --no-daemon)"),
     )
-    sub = parser.add_subparsers(dest="service", required=True, metavar="kvp|vss|fcopy")
-
-    def common(p: argparse.ArgumentParser, name: str) -> None:
-        p.add_argument("--device", default=DEVICES[name],
-                       help="character device, or the emulator's SOCK_SEQPACKET socket "
-                            "(default %(default)s)")
-        p.add_argument("--pid-file", type=Path, default=Path(f"/run/vmis-hv-{name}.pid"),
-                       help="pid file (default %(default)s)")
-        p.add_argument("--no-pid-file", action="store_true", help="write no pid file")
-        p.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
-
-    kvp = sub.add_parser("kvp", help="Data Exchange (KVP): hv_kvp_daemon")
-    common(kvp, "kvp")
-    kvp.add_argument("--pool-dir", type=Path, default=DEFAULT_DIRECTORY,
-                     help="KVP pool directory (default %(default)s)")
-    kvp.add_argument("--root", type=Path, default=Path("/"),
-                     help="read /etc and /sys under this root (default /)")
-    kvp.add_argument("--scripts-dir", type=Path, default=None,
-                     help="directory of hv_get_dhcp_info, hv_get_dns_info, hv_set_ifconfig "
-                          "(default: the Python equivalents shipped with vmis)")
-    kvp.add_argument("--config-dir", type=Path, default=DEFAULT_DIRECTORY,
-                     help="where SET_IP_INFO writes ifcfg-IF and IF.nmconnection "
-                          "(default %(default)s)")
-    kvp.add_argument("--no-ip-injection", action="store_true",
-                     help="answer GET_IP_INFO / SET_IP_INFO with HV_E_FAIL")
-
-    vss = sub.add_parser("vss", help="Backup (VSS): hv_vss_daemon")
-    common(vss, "vss")
-    vss.add_argument("--root", type=Path, default=Path("/"),
-                     help="read /proc/mounts, /sys and /dev under this root (default /)")
-    vss.add_argument("--freezer", choices=["ioctl", "fake"], default="ioctl",
-                     help="ioctl: FIFREEZE/FITHAW (default); fake: only log (lab, tests)")
-    vss.add_argument("--thaw-timeout", type=float, default=DEFAULT_THAW_TIMEOUT,
-                     help="thaw by ourselves this many seconds after a freeze without "
-                          "THAW (default %(default)g)")
-
-    fcopy = sub.add_parser("fcopy", help="Guest Service Interface (file copy): hv_fcopy_daemon")
-    common(fcopy, "fcopy")
-    fcopy.add_argument("--uio", action="store_true",
-                       help="serve the raw VMBus channel through uio_hv_generic (kernels "
-                            "without /dev/vmbus/hv_fcopy) instead of the character device")
-    fcopy.add_argument("--uio-device", default=None,
-                       help="the channel's /dev/uioN, or the emulator's socket "
-                            "(default: found under --sys-root)")
-    fcopy.add_argument("--sys-root", type=Path, default=Path("/sys"),
-                       help="where to find the uio channel (default /sys)")
-    fcopy.add_argument("--ring-size", type=int, default=None,
-                       help="bytes per ring (default: from sysfs, else 16384)")
-    fcopy.add_argument("--ring-file", default=None,
-                       help="map this file as the rings (the emulator's; default: the device)")
-    return parser
 
 
 class _LoggingFreezer:
@@ -130,60 +94,61 @@ class _LoggingFreezer:
         self._log.info("fake freezer: thawed %s", mountpoint)
 
 
-def _build(args: argparse.Namespace, logger: logging.Logger,
+def _build(service: str, args: dict[str, Any], logger: logging.Logger,
            holder: HoldableHandler) -> Handler:
-    if args.service == "kvp":
-        pools = KvpPools(args.pool_dir)
+    if service == "kvp":
+        pool_dir = Path(args["PoolDir"])
+        pools = KvpPools(pool_dir)
         try:
             pools.create()
         except OSError as err:
-            raise VmisError(f"cannot create the KVP pools in {args.pool_dir}: "
+            raise VmisError(f"cannot create the KVP pools in {pool_dir}: "
                             f"{err.strerror}") from err
         net = NetlinkInfo()
-        intrinsics = Intrinsics(read_os_info(args.root), net.addresses)
+        root = Path(args["Root"])
+        intrinsics = Intrinsics(read_os_info(root), net.addresses)
         ipconfig = None
-        if not args.no_ip_injection:
-            scripts = HelperScripts(args.scripts_dir, {ROOT_ENV: str(args.root)})
-            ipconfig = IpConfig(net, scripts, args.root, args.config_dir)
+        if not args["NoIpInjection"]:
+            scripts_dir = Path(args["ScriptsDir"]) if args["ScriptsDir"] else None
+            scripts = HelperScripts(scripts_dir, {ROOT_ENV: str(root)})
+            ipconfig = IpConfig(net, scripts, root, Path(args["ConfigDir"]))
         return KvpHandler(pools, intrinsics, ipconfig, logger)
-    if args.service == "vss":
+    if service == "vss":
         # Modules imported while filesystems are frozen could try to write
         # their bytecode cache and block: import nothing new, write nothing.
         sys.dont_write_bytecode = True
-        freezer: Freezer = IoctlFreezer() if args.freezer == "ioctl" else _LoggingFreezer(logger)
-        return VssHandler(FilesystemFreeze(freezer, args.root), holder, logger,
-                          thaw_timeout=args.thaw_timeout)
+        freezer: Freezer = (IoctlFreezer() if args["Freezer"] == "ioctl"
+                            else _LoggingFreezer(logger))
+        return VssHandler(FilesystemFreeze(freezer, Path(args["Root"])), holder, logger,
+                          thaw_timeout=args["ThawTimeout"])
     return FcopyHandler(logger)
 
 
-def _open_uio(args: argparse.Namespace) -> UioChannel:
-    if args.uio_device is None:
-        found = find_uio_device(args.sys_root)
+def _open_uio(args: dict[str, Any]) -> tuple[UioChannel, str]:
+    device, ring_size = args["UioDevice"], args["RingSize"]
+    if device is None:
+        sys_root = Path(args["SysRoot"])
+        found = find_uio_device(sys_root)
         if found is None:
             raise VmisError(
-                f"no uio channel for file copy under {args.sys_root}/bus/vmbus/devices/"
+                f"no uio channel for file copy under {sys_root}/bus/vmbus/devices/"
                 f"{FCOPY_INSTANCE_GUID}/uio (modprobe uio_hv_generic and bind the "
                 "Guest Service Interface channel to it)"
             )
-        args.uio_device, size = found
-        args.ring_size = args.ring_size or size
-    return UioChannel(args.uio_device, args.ring_size or DEFAULT_RING_SIZE, args.ring_file)
+        device, size = found
+        ring_size = ring_size or size
+    return UioChannel(device, ring_size or DEFAULT_RING_SIZE, args["RingFile"]), device
 
 
-def main(argv: list[str], prog: str = PROG) -> int:
-    """Run ``hyperv kvp|vss|fcopy ...`` (``argv`` starts with the service name).
-
-    :return: the exit status: 0 after a stop request, 1 on failure, 2 on usage errors.
-    """
-    args = _parser(prog).parse_args(argv)
-    logger, holder = _setup_logging(f"vmis.hyperv.{args.service}",
-                                    getattr(logging, args.log_level.upper()))
+def _serve(service: str, prog: str, args: dict[str, Any]) -> int:
+    logger, holder = _setup_logging(f"vmis.hyperv.{service}",
+                                    getattr(logging, args["LogLevel"].upper()))
     stop = StopSignal()
     try:
         stop.install()
-        handler = _build(args, logger, holder)
-        uio = _open_uio(args) if args.service == "fcopy" and args.uio else None
-        pid_file = None if args.no_pid_file else PidFile(args.pid_file)
+        handler = _build(service, args, logger, holder)
+        uio, uio_device = _open_uio(args) if service == "fcopy" and args["Uio"] else (None, "")
+        pid_file = None if args["NoPidFile"] else PidFile(Path(args["PidFile"]))
         if pid_file is not None:
             try:
                 pid_file.acquire()
@@ -194,10 +159,10 @@ def main(argv: list[str], prog: str = PROG) -> int:
         try:
             if uio is not None:
                 assert isinstance(handler, FcopyHandler)
-                logger.info("serving the uio channel %s", args.uio_device)
+                logger.info("serving the uio channel %s", uio_device)
                 status = UioFcopyDaemon(uio, handler, stop, logger).run()
             else:
-                status = DaemonRunner(handler, args.device, stop, logger).run()
+                status = DaemonRunner(handler, args["Device"], stop, logger).run()
         finally:
             holder.resume()
             if pid_file is not None:
@@ -207,10 +172,75 @@ def main(argv: list[str], prog: str = PROG) -> int:
         return status
     except VmisError as err:
         holder.resume()
-        print(f"{prog} {args.service}: {err}", file=sys.stderr)
+        print(f"{prog} {service}: {err}", file=sys.stderr)
         return 1
     finally:
         stop.close()
+
+
+#: one command per daemon; ``--pid-file`` and the other GNU spellings of the
+#: parameter names work as they did under argparse (vmis.psargs)
+COMMANDS: tuple[Command, ...] = (
+    Command("kvp", "Data Exchange (KVP): hv_kvp_daemon", (
+        *_common("kvp"),
+        Param("PoolDir", default=str(DEFAULT_DIRECTORY),
+              help=f"KVP pool directory (default {DEFAULT_DIRECTORY})"),
+        Param("Root", default="/", help="read /etc and /sys under this root (default /)"),
+        Param("ScriptsDir",
+              help="directory of hv_get_dhcp_info, hv_get_dns_info, hv_set_ifconfig "
+                   "(default: the Python equivalents shipped with vmis)"),
+        Param("ConfigDir", default=str(DEFAULT_DIRECTORY),
+              help=f"where SET_IP_INFO writes ifcfg-IF and IF.nmconnection "
+                   f"(default {DEFAULT_DIRECTORY})"),
+        Param("NoIpInjection", "switch",
+              help="answer GET_IP_INFO / SET_IP_INFO with HV_E_FAIL"),
+    ), partial(_serve, "kvp")),
+    Command("vss", "Backup (VSS): hv_vss_daemon", (
+        *_common("vss"),
+        Param("Root", default="/",
+              help="read /proc/mounts, /sys and /dev under this root (default /)"),
+        Param("Freezer", choices=("ioctl", "fake"), default="ioctl",
+              help="ioctl: FIFREEZE/FITHAW (default); fake: only log (lab, tests)"),
+        Param("ThawTimeout", "float", default=DEFAULT_THAW_TIMEOUT,
+              help=f"thaw by ourselves this many seconds after a freeze without THAW "
+                   f"(default {DEFAULT_THAW_TIMEOUT:g})"),
+    ), partial(_serve, "vss")),
+    Command("fcopy", "Guest Service Interface (file copy): hv_fcopy_daemon", (
+        *_common("fcopy"),
+        Param("Uio", "switch",
+              help="serve the raw VMBus channel through uio_hv_generic (kernels without "
+                   "/dev/vmbus/hv_fcopy) instead of the character device"),
+        Param("UioDevice", help="the channel's /dev/uioN, or the emulator's socket "
+                                "(default: found under -SysRoot)"),
+        Param("SysRoot", default="/sys", help="where to find the uio channel (default /sys)"),
+        Param("RingSize", "int", help="bytes per ring (default: from sysfs, else 16384)"),
+        Param("RingFile",
+              help="map this file as the rings (the emulator's; default: the device)"),
+    ), partial(_serve, "fcopy")),
+)
+
+
+def _help(prog: str) -> str:
+    lines = [f"usage: {prog} kvp|vss|fcopy [parameters]", "",
+             "Hyper-V integration-service daemons for Linux guests.", ""]
+    lines += [f"  {c.name:6} {c.summary}" for c in COMMANDS]
+    lines += ["", f"Run '{prog} SERVICE -?' for a daemon's parameters."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str], prog: str = PROG) -> int:
+    """Run ``hyperv kvp|vss|fcopy ...`` (``argv`` starts with the service name).
+
+    :return: the exit status: 0 after a stop request, 1 on failure, 2 on usage errors.
+    """
+    def run() -> int:
+        if not argv or argv[0] in HELP_WORDS:
+            print(_help(prog))
+            return 0 if argv else 2
+        cmd, rest = find_verb(COMMANDS, argv)
+        return run_command(cmd, rest, lambda args: cmd.run(prog, args))
+
+    return run_main(run, lambda exc: prog)
 
 
 def kvp_main() -> int:

@@ -9,10 +9,11 @@ distribution's scripts and these are interchangeable:
 ``hv_set_ifconfig IFCFG NMCONNECTION``  installs the configuration the host
     injected (SET_IP_INFO) and applies it; non-zero exit = failure
 
-Every file is read and written under a root directory (``--root`` or the
-``VMIS_HV_ROOT`` environment variable, default ``/``) so tests run them
-against fixture trees; and the network is only *applied* (``nmcli`` /
-``networkctl``) when the root is ``/`` and ``--no-apply`` is not given.
+Every file is read and written under a root directory (``-Root``, spelled
+``--root`` too, or the ``VMIS_HV_ROOT`` environment variable, default ``/``)
+so tests run them against fixture trees; and the network is only *applied*
+(``nmcli`` / ``networkctl``) when the root is ``/`` and ``-NoApply``
+(``--no-apply``) is not given.
 
 Run as ``vmis-hv-get-dhcp-info``, ``vmis-hv-get-dns-info``,
 ``vmis-hv-set-ifconfig`` or ``python -m vmis.hyperv.scripts NAME ...``.
@@ -20,7 +21,6 @@ Run as ``vmis-hv-get-dhcp-info``, ``vmis-hv-get-dns-info``,
 
 from __future__ import annotations
 
-import argparse
 import configparser
 import os
 import re
@@ -28,8 +28,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from vmis.errors import ConfigError, VmisError
+from vmis.psargs import HELP_WORDS, Command, Param, find_verb, run_command, run_main
 
 __all__ = [
     "dhcp_main",
@@ -263,40 +265,21 @@ def set_ifconfig(ifcfg: Path, nmconnection: Path, root: Path = Path("/"),
 # Section: command lines
 
 
-def _parser(prog: str, positional: list[str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog)
-    for name in positional:
-        p.add_argument(name)
-    p.add_argument("--root", help=f"read and write under this root (env {ROOT_ENV})")
-    return p
-
-
-def dhcp_main(argv: list[str] | None = None) -> int:
-    """``hv_get_dhcp_info IFNAME``."""
-    args = _parser("vmis-hv-get-dhcp-info", ["ifname"]).parse_args(argv)
-    print(get_dhcp_info(args.ifname, _root(args.root)))
+def _print_dhcp_info(args: dict[str, Any]) -> int:
+    print(get_dhcp_info(args["Interface"], _root(args["Root"])))
     return 0
 
 
-def dns_main(argv: list[str] | None = None) -> int:
-    """``hv_get_dns_info [IFNAME]`` (the interface is accepted and, as in the C
-    daemon's script, not used: resolv.conf is global)."""
-    p = _parser("vmis-hv-get-dns-info", [])
-    p.add_argument("ifname", nargs="?")
-    args = p.parse_args(argv)
-    for server in get_dns_info(_root(args.root)):
+def _print_dns_info(args: dict[str, Any]) -> int:
+    for server in get_dns_info(_root(args["Root"])):
         print(server)
     return 0
 
 
-def set_ifconfig_main(argv: list[str] | None = None) -> int:
-    """``hv_set_ifconfig IFCFG NMCONNECTION``."""
-    p = _parser("vmis-hv-set-ifconfig", ["ifcfg", "nmconnection"])
-    p.add_argument("--no-apply", action="store_true", help="install only, do not apply")
-    args = p.parse_args(argv)
+def _set_ifconfig(args: dict[str, Any]) -> int:
     try:
-        for path in set_ifconfig(Path(args.ifcfg), Path(args.nmconnection),
-                                 _root(args.root), apply=not args.no_apply):
+        for path in set_ifconfig(Path(args["Ifcfg"]), Path(args["NmConnection"]),
+                                 _root(args["Root"]), apply=not args["NoApply"]):
             print(path)
     except VmisError as err:
         print(f"vmis-hv-set-ifconfig: {err}", file=sys.stderr)
@@ -304,24 +287,56 @@ def set_ifconfig_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_COMMANDS = {
-    "get-dhcp-info": dhcp_main,
-    "hv_get_dhcp_info": dhcp_main,
-    "get-dns-info": dns_main,
-    "hv_get_dns_info": dns_main,
-    "set-ifconfig": set_ifconfig_main,
-    "hv_set_ifconfig": set_ifconfig_main,
-}
+ROOT = Param("Root", help=f"read and write under this root (default ${ROOT_ENV}, else /)")
+
+#: the C scripts' names and command lines; ``--root`` and ``--no-apply`` are
+#: -Root and -NoApply (vmis.psargs takes GNU spellings)
+COMMANDS: tuple[Command, ...] = (
+    Command("hv_get_dhcp_info", "Print Enabled or Disabled: does the interface use DHCP?", (
+        Param("Interface", required=True, position=0), ROOT,
+    ), _print_dhcp_info, aliases=("get-dhcp-info",)),
+    # The interface is accepted and, as in the C daemon's script, not used:
+    # resolv.conf is global.
+    Command("hv_get_dns_info", "Print the DNS servers, one a line.", (
+        Param("Interface", position=0), ROOT,
+    ), _print_dns_info, aliases=("get-dns-info",)),
+    Command("hv_set_ifconfig", "Install (and apply) the configuration the host injected.", (
+        Param("Ifcfg", required=True, position=0, help="the ifcfg-IF file"),
+        Param("NmConnection", required=True, position=1, help="the IF.nmconnection file"),
+        ROOT, Param("NoApply", "switch", help="install only, do not apply"),
+    ), _set_ifconfig, aliases=("set-ifconfig",)),
+)
+
+
+def _script_main(cmd: Command, prog: str, argv: list[str] | None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    return run_main(lambda: run_command(cmd, words), lambda exc: prog)
+
+
+def dhcp_main(argv: list[str] | None = None) -> int:
+    """``hv_get_dhcp_info IFNAME``."""
+    return _script_main(COMMANDS[0], "vmis-hv-get-dhcp-info", argv)
+
+
+def dns_main(argv: list[str] | None = None) -> int:
+    """``hv_get_dns_info [IFNAME]``."""
+    return _script_main(COMMANDS[1], "vmis-hv-get-dns-info", argv)
+
+
+def set_ifconfig_main(argv: list[str] | None = None) -> int:
+    """``hv_set_ifconfig IFCFG NMCONNECTION``."""
+    return _script_main(COMMANDS[2], "vmis-hv-set-ifconfig", argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m vmis.hyperv.scripts get-dhcp-info|get-dns-info|set-ifconfig ...``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in _COMMANDS:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or words[0] in HELP_WORDS:
         print("usage: python -m vmis.hyperv.scripts "
               "get-dhcp-info|get-dns-info|set-ifconfig ...", file=sys.stderr)
-        return 2
-    return _COMMANDS[args[0]](args[1:])
+        return 0 if words else 2
+    prog = "python -m vmis.hyperv.scripts"
+    return run_main(lambda: run_command(*find_verb(COMMANDS, words)), lambda exc: prog)
 
 
 if __name__ == "__main__":

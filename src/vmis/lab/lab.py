@@ -286,17 +286,19 @@ class Lab:
         return {"Directory": str(self.dir), "HostPid": self.host_pid(),
                 "HostSocket": str(self.socket), "VMs": [vm.status() for vm in self.vms()]}
 
-    def guest(self, name: str, argv: list[str]) -> int:
-        """Run a ``vmis-guest`` command against a lab VM."""
-        from vmis.cli.guest import main as guest_main
+    def guest_root(self, name: str) -> Path:
+        """The root directory of a lab VM, where ``vmis-guest --root`` acts as inside it.
 
+        :raise StateError: For a QEMU lab VM (its agent runs inside the guest).
+        :raise NotFoundError: For a lab VM that is not up.
+        """
         vm = self.vm(name)
         if vm.is_qemu:
             raise StateError(f"lab VM {name} is a QEMU VM: its agent runs inside the guest; "
                              f"use vmis Invoke-Command -VMName {name} -- COMMAND")
         if not vm.root.is_dir():
             raise NotFoundError(f"no lab VM named {name!r} (start it with 'vmis lab up {name}')")
-        return guest_main(["--root", str(vm.root), *argv])
+        return vm.root
 
 
 def run_lab_up(lab: Lab, names: list[str], clock_offset: float | None,

@@ -24,10 +24,9 @@ __all__ = ["GUEST_SIDE", "HOST_ONLY", "build_bundle", "bundle_bytes", "bundle_ve
 
 #: the guest side of the package, relative to the vmis package directory
 GUEST_SIDE = (
-    "__init__.py", "errors.py", "py.typed", "protocol", "transport", "services", "guest",
-    "packaging",
-    "hyperv", "cli/__init__.py", "cli/guest.py", "cli/guest_commands", "cli/psargs.py",
-    "cli/table.py", "data",
+    "__init__.py", "errors.py", "psargs.py", "py.typed", "protocol", "transport", "services",
+    "guest", "packaging",
+    "hyperv", "cli/__init__.py", "cli/guest.py", "cli/guest_commands", "cli/table.py", "data",
 )
 #: what the host alone uses inside those folders (fnmatch patterns): the host
 #: halves of the services, their contracts and what only they use, the advisor's data

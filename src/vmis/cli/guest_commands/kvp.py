@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_table
+from vmis.psargs import Command, Param
 
 __all__ = ["COMMANDS"]
 

@@ -6,8 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from vmis.cli.psargs import Command, Param
 from vmis.cli.table import format_list
+from vmis.psargs import Command, Param
 
 __all__ = ["COMMANDS"]
 

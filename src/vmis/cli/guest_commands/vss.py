@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_list, format_table
+from vmis.psargs import Command, Param
 
 if TYPE_CHECKING:
     from vmis.cli.guest import Globals

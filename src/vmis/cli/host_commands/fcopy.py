@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 
 from vmis.api.client import ApiClient
-from vmis.cli.psargs import Command, Param, UsageError
 from vmis.errors import VmisError
+from vmis.psargs import Command, Param, UsageError
 
 __all__ = ["COMMANDS"]
 

@@ -12,8 +12,8 @@ import sys
 from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_table
+from vmis.psargs import Command, Param
 from vmis.services.kvp import POOL_NAMES
 
 __all__ = ["COMMANDS"]

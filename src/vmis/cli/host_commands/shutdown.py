@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.cli.psargs import Command, Param, UsageError
 from vmis.cli.table import report_results
 from vmis.lab.lab import LabVm
+from vmis.psargs import Command, Param, UsageError
 
 __all__ = ["COMMANDS"]
 

@@ -7,8 +7,9 @@ import sys
 from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.cli.psargs import Command, Param, UsageError
 from vmis.cli.table import Column, format_table
+from vmis.psargs import Command, Param, UsageError
+from vmis.services.timesync import DEFAULT_INTERVAL_MS
 
 __all__ = ["COMMANDS"]
 
@@ -67,7 +68,7 @@ COMMANDS: tuple[Command, ...] = (
         Param("VMName", "list", required=True, position=0, aliases=("Name", "VM"),
               help="VM names; wildcards allowed"),
         Param("IntervalSec", "float", required=True,
-              help="seconds between sample bursts (default 5)"),
+              help=f"seconds between sample bursts (default {DEFAULT_INTERVAL_MS / 1000:g})"),
         Param("Passthru", "switch", help="print the resulting rows"), JSON,
     ), cmd_set, examples=("vmis Set-VMTimeSync -VMName DemoVM -IntervalSec 2",)),
 )

@@ -23,17 +23,17 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-from websockets.asyncio.client import ClientConnection, unix_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from vmis.api.client import ApiClient
 from vmis.api.errors import error_from_json
-from vmis.cli.psargs import Command, Param, UsageError, usage
 from vmis.errors import ChannelError, ConnectError, VmisError
+from vmis.psargs import Command, Param, UsageError, usage
 from vmis.services.vmsession import CHUNK, KEEPALIVE_MISSES
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 __all__ = ["COMMANDS"]
 
@@ -106,6 +106,10 @@ class _Invocation:
         self._broken_pipe = False
 
     async def run(self) -> int:
+        # websockets only here: every other command starts without it
+        from websockets.asyncio.client import unix_connect
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
         uri = f"ws://vmis/v1/vms/{quote(self.vm, safe='')}/exec"
         try:
             ws = await unix_connect(str(self.socket), uri, compression=None,
@@ -201,6 +205,8 @@ class _Invocation:
 
     async def _send(self, body: dict[str, Any]) -> None:
         # After the exit message the manager closes the stream; late acks are moot.
+        from websockets.exceptions import ConnectionClosed
+
         assert self.ws is not None
         with contextlib.suppress(ConnectionClosed):
             await self.ws.send(json.dumps(body))

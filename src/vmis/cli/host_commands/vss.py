@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.cli.psargs import Command, Param
 from vmis.cli.table import Column, format_list, format_table
+from vmis.psargs import Command, Param
 from vmis.services.vss.checkpoint import SnapshotType
 
 __all__ = ["COMMANDS"]

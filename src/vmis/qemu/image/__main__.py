@@ -5,11 +5,14 @@
            ``.ci/run`` calls it before the tests.
 ``show``   prints the cached images as JSON.
 ``boot``   boots an image once and prints the time to multi-user.target.
+
+Options before the command apply to it (``--cache-dir DIR -v build``); the
+parameters are vmis's (``-CacheDir``, ``-Verbose``, ``-BaseOnly``, ...), and
+the GNU spellings (``--cache-dir``, ``--base-only``) are the same parameters.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -17,11 +20,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from vmis.errors import VmisError
+from vmis.psargs import (
+    HELP_WORDS,
+    Command,
+    Param,
+    UsageError,
+    find_verb,
+    leading_options,
+    run_command,
+    run_main,
+)
 from vmis.qemu.image._cache import cache_dir
 from vmis.qemu.image.guest_image import GuestImage
 from vmis.qemu.image.layers import default_agent_installer, ensure_agent_image, ensure_base_image
+
+PROG = "python -m vmis.qemu.image"
 
 
 def _describe(image: GuestImage) -> dict[str, object]:
@@ -41,25 +57,29 @@ def _describe(image: GuestImage) -> dict[str, object]:
     }
 
 
-def _build(args: argparse.Namespace) -> int:
+def _cache(args: dict[str, Any]) -> Path | None:
+    return Path(args["CacheDir"]) if args["CacheDir"] else None
+
+
+def _build(args: dict[str, Any]) -> int:
     begin = time.monotonic()
-    base = ensure_base_image(cache=args.cache_dir, rebuild=args.rebuild)
+    base = ensure_base_image(cache=_cache(args), rebuild=args["Rebuild"])
     result = {"base": _describe(base)}
-    if not args.base_only:
+    if not args["BaseOnly"]:
         try:
             installer = default_agent_installer()
         except VmisError as err:
             print(f"agent layer skipped: {err}", file=sys.stderr)
         else:
-            agent = ensure_agent_image(installer, base=base, cache=args.cache_dir)
+            agent = ensure_agent_image(installer, base=base, cache=_cache(args))
             result["agent"] = _describe(agent)
     print(json.dumps(result, indent=2))
     print(f"image ready in {time.monotonic() - begin:.1f} s", file=sys.stderr)
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    images = (args.cache_dir or cache_dir()) / "images"
+def _show(args: dict[str, Any]) -> int:
+    images = (_cache(args) or cache_dir()) / "images"
     found = []
     for directory in sorted(images.glob("*-*")):
         if directory.name.startswith("."):
@@ -72,19 +92,19 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _boot(args: argparse.Namespace) -> int:
+def _boot(args: dict[str, Any]) -> int:
     from vmis.qemu.machine import QemuMachine
 
-    image = ensure_base_image(cache=args.cache_dir)
-    if args.agent:
-        image = ensure_agent_image(base=image, cache=args.cache_dir)
+    image = ensure_base_image(cache=_cache(args))
+    if args["Agent"]:
+        image = ensure_agent_image(base=image, cache=_cache(args))
 
     async def boot() -> None:
         with tempfile.TemporaryDirectory(prefix="vmis-boot-") as work:
             machine = QemuMachine("vmis-boot", Path(work), image)
             machine.start()
             try:
-                report = await machine.wait_for_boot(timeout=args.timeout)
+                report = await machine.wait_for_boot(timeout=args["Timeout"])
                 print(
                     f"multi-user.target after {report.seconds:.2f} s "
                     f"(guest uptime {report.guest_uptime:.2f} s); "
@@ -98,39 +118,59 @@ def _boot(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vmis.qemu.image", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--cache-dir", type=Path, default=None, help="default: $VMIS_CACHE_DIR or ~/.cache/vmis"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="build the images the cache lacks")
-    build.add_argument("--base-only", action="store_true", help="skip the agent layer")
-    build.add_argument(
-        "--rebuild", action="store_true", help="rebuild the base image even if cached"
-    )
-    build.set_defaults(func=_build)
-    show = commands.add_parser("show", help="list the cached images")
-    show.set_defaults(func=_show)
-    boot = commands.add_parser("boot", help="boot an image once and time it")
-    boot.add_argument("--agent", action="store_true", help="boot the agent layer, not the base")
-    boot.add_argument("--timeout", type=float, default=180.0)
-    boot.set_defaults(func=_boot)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+#: options of every command, also taken before it
+OPTIONS = (
+    Param("CacheDir", help="default: $VMIS_CACHE_DIR or ~/.cache/vmis"),
+    Param("Verbose", "switch", aliases=("v",), help="log progress to stderr"),
+)
+
+COMMANDS: tuple[Command, ...] = (
+    Command("build", "build the images the cache lacks", (
+        *OPTIONS,
+        Param("BaseOnly", "switch", help="skip the agent layer"),
+        Param("Rebuild", "switch", help="rebuild the base image even if cached"),
+    ), _build),
+    Command("show", "list the cached images", OPTIONS, _show),
+    Command("boot", "boot an image once and time it", (
+        *OPTIONS,
+        Param("Agent", "switch", help="boot the agent layer, not the base"),
+        Param("Timeout", "float", default=180.0, help="seconds (default 180)"),
+    ), _boot),
+)
+
+
+def _help() -> str:
+    lines = [f"usage: {PROG} [-CacheDir DIR] [-Verbose] build|show|boot [parameters]", "",
+             "Build, show and boot the guest image from a shell.", ""]
+    lines += [f"  {c.name:6} {c.summary}" for c in COMMANDS]
+    lines += ["", f"Run '{PROG} COMMAND -?' for a command's parameters."]
+    return "\n".join(lines)
+
+
+def _run(words: list[str]) -> int:
+    before = leading_options(PROG, OPTIONS, words)
+    if before == len(words) or words[before] in HELP_WORDS:
+        print(_help())
+        return 0 if words[before:] else 2
+    cmd, rest = find_verb(COMMANDS, words[before:])
+    return run_command(cmd, words[:before] + rest, lambda args: _start(cmd, args))
+
+
+def _start(cmd: Command, args: dict[str, Any]) -> int:
+    logging.basicConfig(level=logging.INFO if args["Verbose"] else logging.WARNING)
     try:
-        status: int = args.func(args)
-    except VmisError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        status: int = cmd.run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    return run_main(lambda: _run(words),
+                    lambda exc: PROG if isinstance(exc, UsageError) else "error")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,15 @@ PowerShell does:
 - list parameters take ``a,b`` or several words (``-Name Heartbeat VSS``);
 - switches take no value (``-Force``), or ``-Force:$false``;
 - parameters may be given by position where the command declares one;
-- GNU spellings work too: ``--vm-name``, ``--json``, ``-h``/``--help``.
+- GNU spellings work too: ``--vm-name``, ``--vm-name=X``, ``--json``,
+  ``-h``/``--help``, so a program moved here from argparse keeps its options.
 
 Standard library only: the guest tools use it as well.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -24,7 +26,22 @@ from typing import Any
 
 from vmis.errors import VmisError
 
-__all__ = ["Command", "Param", "UsageError", "find_command", "parse", "usage"]
+__all__ = [
+    "HELP_WORDS",
+    "Command",
+    "Param",
+    "UsageError",
+    "find_command",
+    "find_verb",
+    "leading_options",
+    "parse",
+    "run_command",
+    "run_main",
+    "usage",
+]
+
+#: words that ask for a command's usage instead of running it
+HELP_WORDS = ("-h", "--help", "-?")
 
 
 class UsageError(VmisError):
@@ -78,6 +95,16 @@ class Command:
     #: words after ``--`` are passed as the parameter of this name
     rest: str | None = None
     examples: tuple[str, ...] = field(default=())
+    #: True: ``run(args)`` needs nothing but this machine; False: ``run(context, args)``
+    #: with what the program gives every command (vmis: the host manager's API client)
+    local: bool = False
+    #: the words after the positional parameters go to ``rest`` as they are, dashes
+    #: included (``--`` optional): a command that hands them to another command line
+    raw: bool = False
+
+    def __post_init__(self) -> None:
+        if self.raw and self.rest is None:
+            raise ValueError(f"{self.name}: a raw command names its rest parameter")
 
 
 def _norm(name: str) -> str:
@@ -98,19 +125,33 @@ def find_command(commands: Sequence[Command], word: str) -> Command:
     raise UsageError(f"'{word}' is not a known command.{hint} See --help.")
 
 
-def _lookup(cmd: Command, raw: str) -> Param:
+def find_verb(commands: Sequence[Command], words: Sequence[str]) -> tuple[Command, list[str]]:
+    """The command ``words`` start with, and the words after its name.
+
+    A command's name is one word or two (``vm add``); the first word of a
+    two-word name takes the next one along.
+
+    :raise UsageError: Naming close matches.
+    """
+    groups = {c.name.split()[0].lower() for c in commands if " " in c.name}
+    if len(words) > 1 and words[0].lower() in groups:
+        return find_command(commands, f"{words[0]} {words[1]}"), list(words[2:])
+    return find_command(commands, words[0]), list(words[1:])
+
+
+def _lookup(where: str, params: Sequence[Param], raw: str) -> Param:
     wanted = _norm(raw)
-    exact = [p for p in cmd.params if wanted in (_norm(p.name), *map(_norm, p.aliases))]
+    exact = [p for p in params if wanted in (_norm(p.name), *map(_norm, p.aliases))]
     if exact:
         return exact[0]
-    prefixed = [p for p in cmd.params if _norm(p.name).startswith(wanted)]
+    prefixed = [p for p in params if _norm(p.name).startswith(wanted)]
     if len(prefixed) == 1:
         return prefixed[0]
     if len(prefixed) > 1:
         names = ", ".join(f"-{p.name}" for p in prefixed)
-        raise UsageError(f"{cmd.name}: parameter -{raw} is ambiguous: {names}.")
+        raise UsageError(f"{where}: parameter -{raw} is ambiguous: {names}.")
     raise UsageError(
-        f"{cmd.name}: a parameter cannot be found that matches parameter name '{raw}'."
+        f"{where}: a parameter cannot be found that matches parameter name '{raw}'."
     )
 
 
@@ -152,6 +193,42 @@ def _is_param(word: str) -> bool:
     return len(word) > 1 and word[0] == "-" and not re.fullmatch(r"-[\d.]+", word)
 
 
+def _split_word(word: str) -> tuple[str, str | None]:
+    # "-Name:value" (PowerShell) and "--name=value" (GNU): the name ends at the
+    # first ':' or '=', so a value may hold either ("--device=unix:/x").
+    match = re.fullmatch(r"-+([^:=]*)(?:[:=](.*))?", word, re.DOTALL)
+    assert match is not None
+    return match[1], match[2]
+
+
+def _split_rest(cmd: Command, argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """The words to parse, and those passed on as they are (None: no ``--``)."""
+    words = list(argv)
+    if cmd.raw:
+        leading = sum(1 for p in cmd.params if p.position is not None)
+        own = list(itertools.takewhile(lambda w: w != "--", words[:leading]))
+        rest = words[len(own):]
+        return own, rest[1:] if rest[:1] == ["--"] else rest
+    if "--" in words:
+        cut = words.index("--")
+        return words[:cut], words[cut + 1:]
+    return words, None
+
+
+def leading_options(program: str, params: Sequence[Param], words: Sequence[str]) -> int:
+    """How many of ``words`` are ``params`` (with their values) before the first
+    other word: the options a program takes before its verb.
+
+    :raise UsageError: For a parameter not in ``params``.
+    """
+    i = 0
+    while i < len(words) and _is_param(words[i]) and words[i] not in ("--", *HELP_WORDS):
+        name, inline = _split_word(words[i])
+        param = _lookup(program, params, name)
+        i += 1 if param.kind == "switch" or inline is not None else 2
+    return min(i, len(words))
+
+
 def parse(cmd: Command, argv: Sequence[str]) -> dict[str, Any]:
     """Parse the words after the verb into ``{param name: value}``.
 
@@ -162,29 +239,23 @@ def parse(cmd: Command, argv: Sequence[str]) -> dict[str, Any]:
     given: dict[str, list[str]] = {}
     switches: dict[str, bool] = {}
     positional: list[str] = []
-    rest: list[str] = []
-    words = list(argv)
+    words, rest = _split_rest(cmd, argv)
+    if rest is not None and cmd.rest is None:
+        raise UsageError(f"{cmd.name}: unexpected '--'.")
     i = 0
     while i < len(words):
         word = words[i]
         i += 1
-        if word == "--":
-            if cmd.rest is None:
-                raise UsageError(f"{cmd.name}: unexpected '--'.")
-            rest = words[i:]
-            break
         if not _is_param(word):
             positional.append(word)
             continue
-        name, colon, inline = word.lstrip("-").partition(":")
-        name, eq, inline2 = name.partition("=")
-        param = _lookup(cmd, name)
+        name, inline = _split_word(word)
+        param = _lookup(cmd.name, cmd.params, name)
         if param.kind == "switch":
-            value = (inline or inline2).lower()
-            switches[param.name] = value not in ("$false", "false", "0", "no")
+            switches[param.name] = (inline or "").lower() not in ("$false", "false", "0", "no")
             continue
-        values = [inline or inline2] if (colon or eq) else []
-        while i < len(words) and not _is_param(words[i]) and words[i] != "--":
+        values = [] if inline is None else [inline]
+        while i < len(words) and not _is_param(words[i]):
             values.append(words[i])
             i += 1
             if param.kind != "list":
@@ -212,8 +283,24 @@ def parse(cmd: Command, argv: Sequence[str]) -> dict[str, Any]:
         else:
             result[param.name] = param.default
     if cmd.rest is not None:
-        result[cmd.rest] = rest
+        result[cmd.rest] = rest or []
     return result
+
+
+def run_command(cmd: Command, argv: Sequence[str],
+                call: Callable[[dict[str, Any]], int] | None = None) -> int:
+    """Print ``cmd``'s usage when ``argv`` asks for it (``-?``, ``-h``, ``--help``
+    among the words parsed, not among those passed on), else run it.
+
+    :param call: runs the parsed parameters (default ``cmd.run``).
+    :return: the exit status.
+    """
+    own, _ = _split_rest(cmd, argv)
+    if any(w in HELP_WORDS for w in own):
+        print(usage(cmd))
+        return 0
+    status: int = (call or cmd.run)(parse(cmd, argv))
+    return status
 
 
 def usage(cmd: Command) -> str:
