@@ -1,7 +1,7 @@
 """Find the per-service modules of a layer, in catalogue order.
 
 Each layer keeps one module per service, named by the service's key
-(``vmis.services.kvp.guest``, ``vmis.host.plugins.kvp``, ...). A layer asks
+(``vmis.cli.host_commands.kvp``, ``vmis.cli.guest_commands.kvp``, ...). A layer asks
 for its modules here instead of listing them, so adding a service adds
 files, not edits to shared lists; the catalogue (an enum) fixes the order.
 """
