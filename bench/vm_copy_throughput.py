@@ -18,7 +18,7 @@ on the same booted VM:
 
 QEMU's CPU seconds per MiB are printed for both: under TCG the guest's CPU
 (which QEMU emulates) is what limits the host-to-guest direction
-(feasibility.md §4b measured ≈20 MB/s raw that way).
+(docs/real-vms.md, "The test machines": ≈20 MB/s into a Python reader).
 
     .venv/bin/python bench/vm_copy_throughput.py [--size-mib 100] [--rounds 2]
 

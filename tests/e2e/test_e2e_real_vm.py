@@ -169,7 +169,7 @@ def test_lab_status_shows_the_qemu_process(real_vm):
 
 
 def test_seed_scenario_with_copies_in_and_out(real_vm, tmp_path):
-    # SPEC.md §4: the table, from a real guest
+    # docs/hyperv.md §3: the table, from a real guest
     assert real_vm.ok("Get-VMIntegrationService", "-VMName", VM) == SEED_TABLE
 
     real_vm.ok("Enable-VMIntegrationService", "-VMName", VM, "-Name", "Guest Service Interface")

@@ -1,4 +1,4 @@
-"""SPEC.md §3: the six host/guest rules, end to end through the real channel."""
+"""The host/guest rules of docs/hyperv.md §2, end to end through the real channel."""
 
 import pytest
 from support.pair import eventually, host_guest_pair

@@ -201,7 +201,7 @@ def test_find_serial_port_by_name(tmp_path):
 
 async def test_guest_listens_on_vsock_where_available(short_tmp):
     # No host-to-guest vsock path exists on a test machine without
-    # vhost-vsock (feasibility.md §5): check the agent really listens by
+    # vhost-vsock (docs/real-vms.md, "The test machines"): check the agent really listens by
     # failing to bind its port a second time. The real path is tested in VMs.
     if not hasattr(socket, "AF_VSOCK"):
         pytest.skip("no AF_VSOCK in this Python")

@@ -47,7 +47,7 @@ SERVICE_COLUMNS = [Column("VMName", min_width=11), Column("Name"), Column("Enabl
 
 
 def print_services(rows: list[dict[str, Any]]) -> None:
-    """Get-VMIntegrationService's table (SPEC.md §4), reasons as warnings."""
+    """Get-VMIntegrationService's table (docs/hyperv.md §3), reasons as warnings."""
     print(format_table(SERVICE_COLUMNS, [
         (r["VMName"], r["Name"], r["Enabled"], r["PrimaryStatusDescription"],
          r["SecondaryStatusDescription"]) for r in rows

@@ -1,6 +1,6 @@
 """The guest's service manager: start types, start and stop, the host's wishes.
 
-The rules of SPEC.md §3 meet here on the guest side:
+The rules of docs/hyperv.md §2 meet here on the guest side:
 
 - a service whose start type is Disabled never runs, and a host that tries
   to start it gets ``service-disabled`` (rule 6);

@@ -1,8 +1,8 @@
 """One supervised host-guest session per VM.
 
 :class:`VmSession` opens a link to the VM's guest (vmis.services.link),
-applies the host's desired service state, and then keeps the rules of
-docs/status.md (rules 4-6) while the link lasts (:meth:`VmSession._apply_rules`).
+applies the host's desired service state, and then keeps rules 4-6 of
+docs/hyperv.md §2 while the link lasts (:meth:`VmSession._apply_rules`).
 When the link fails it opens another with exponential backoff, forever,
 until the VM is removed. Each service's host half keeps its state for this
 VM in a part the session owns (``session.part(KvpHost)``); the status of
@@ -374,7 +374,7 @@ class VmSession:
         self.last_error = reason
 
     async def _apply_rules(self, spec: ServiceSpec) -> None:
-        """Rules 4-6 of docs/status.md after a change made inside the guest."""
+        """Rules 4-6 of docs/hyperv.md §2 after a change made inside the guest."""
         link = self.link
         if spec.host_name is None or link is None:
             return  # guest-controlled service (VM Session): no host rule applies

@@ -98,7 +98,8 @@ class MachineConfig:
     boot: BootSpec
     memory_mib: int = 512
     cpus: int = 1
-    #: ``"tcg"`` (always works) or ``"kvm"`` (only when asked: see feasibility.md §2)
+    #: ``"tcg"`` (always works) or ``"kvm"`` (only when asked: not on the test
+    #: machines, docs/real-vms.md, "The test machines")
     accel: str = "tcg"
     disk_mode: DiskMode = DiskMode.SNAPSHOT
     #: seconds the guest's real-time clock runs ahead of the host (negative: behind)

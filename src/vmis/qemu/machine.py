@@ -187,7 +187,7 @@ class QemuMachine:
         :class:`BootSpec`.
     :param memory_mib: guest RAM.
     :param cpus: virtual CPUs.
-    :param accel: ``"tcg"`` (default; see feasibility.md §2 on KVM) or ``"kvm"``.
+    :param accel: ``"tcg"`` (default; see docs/real-vms.md, "The test machines") or ``"kvm"``.
     :param disk_mode: :attr:`DiskMode.SNAPSHOT` discards the guest's disk writes at
         exit; :attr:`DiskMode.OVERLAY` keeps them in a qcow2 overlay and allows
         block snapshots.
@@ -623,7 +623,7 @@ class QemuMachine:
         """Wait until the guest opens the agent's virtio-serial port.
 
         Before that, QEMU keeps host writes queued and drops guest writes
-        (feasibility.md §8), so a host waits here before its first request.
+        (docs/real-vms.md, "Plain QEMU"), so a host waits here before its first request.
 
         While waiting, this holds a connection to the channel socket, as a
         host would. Without a host every read of the port is an end of file,

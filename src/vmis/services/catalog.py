@@ -45,7 +45,7 @@ class StartupType(Enum):
     AUTOMATIC = "automatic"
     #: started by the host when it enables the service, or by a guest administrator
     MANUAL = "manual"
-    #: never runs; the host cannot start it (docs/status.md, rule 6)
+    #: never runs; the host cannot start it (docs/hyperv.md §2, rule 6)
     DISABLED = "disabled"
 
     @property

@@ -1,6 +1,6 @@
 """The build steps of the base image and of an agent layer.
 
-Base image (slow, about a minute; feasibility.md §3, §4, §8):
+Base image (slow, about two minutes; docs/real-vms.md, "Build the image"):
 
 1. download the Debian kernel package (``apt-get download``) and unpack it;
 2. cut an uncompressed ``vmlinux`` out of the bzImage for PVH boot;

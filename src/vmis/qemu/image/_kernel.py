@@ -1,6 +1,6 @@
 """Take apart a Debian kernel package: an uncompressed vmlinux and the modules the guest needs.
 
-Two facts from feasibility.md §3 shape this module:
+Two facts shape this module (docs/real-vms.md, "The test machines"):
 
 - QEMU boots an uncompressed ELF ``vmlinux`` through its PVH entry point
   without running a BIOS or the xz decompressor under TCG, which saves about

@@ -50,7 +50,7 @@ PACKAGES: tuple[str, ...] = ("python3", "systemd-sysv", "udev", "kmod", "acpid",
 #: Modules the initramfs loads to mount the root file system, in load order
 #: (dependencies are added by the build). crc32c_generic first: ext4 asks the
 #: crypto API for crc32c, which cannot autoload modules in the initramfs, and
-#: crc32c-intel does not load on TCG's default CPU (feasibility.md §3).
+#: crc32c-intel does not load on TCG's default CPU (docs/real-vms.md, "The test machines").
 INITRAMFS_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
 
 #: Modules copied into the root file system (with their dependencies) for udev
@@ -62,7 +62,7 @@ ROOTFS_MODULES: tuple[str, ...] = (
     "virtio_net",
     "virtio_rng",
     "vmw_vsock_virtio_transport",  # vhost-vsock-pci, where the host has it
-    "vsock_loopback",  # in-guest AF_VSOCK tests (feasibility.md §5)
+    "vsock_loopback",  # in-guest AF_VSOCK tests (docs/real-vms.md, "The test machines")
     "ata_piix",  # the IDE controller of the CD-ROM
     "sr_mod",
     "isofs",

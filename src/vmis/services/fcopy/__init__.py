@@ -1,7 +1,7 @@
 """Guest Service Interface (vmicguestinterface): file copy, docs/services/fcopy.md.
 
-Hyper-V's Copy-VMFile, done the way its users asked for (research/anchors.md
-§3 A): host to guest *and* guest to host, whole directory trees, large raw
+Hyper-V's Copy-VMFile (docs/hyperv.md §11), done the way its users asked
+for: host to guest *and* guest to host, whole directory trees, large raw
 frames with several in flight, SHA-256 verified end to end, a temporary
 file renamed into place, and resumable after an interruption.
 

@@ -21,7 +21,7 @@ __all__ = [
     "encode_beat",
 ]
 
-#: Msvm_HeartbeatComponentSettingData defaults (hyperv-facts.md §7.1)
+#: Msvm_HeartbeatComponentSettingData defaults (docs/hyperv.md §6)
 DEFAULT_INTERVAL_MS = 2000
 DEFAULT_LATENCY_MS = 1000
 DEFAULT_ERROR_THRESHOLD = 2

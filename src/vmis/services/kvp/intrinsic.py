@@ -4,7 +4,7 @@ One implementation for both KVP daemons of vmis: the Hyper-V daemon
 (:mod:`vmis.hyperv.kvp`, which serves them to the kernel by ENUMERATE index)
 and the vmis KVP service (:mod:`vmis.services.kvp.guest`, which pushes them to
 the host). The keys and where each value comes from follow ``hv_kvp_daemon``
-(hyperv-facts.md §3.5):
+(docs/hyperv.md §7.3, docs/services/kvp.md §5):
 
 ========================== ==================================================
 FullyQualifiedDomainName   ``gethostname`` then the canonical name of

@@ -1,7 +1,7 @@
 """Shutdown (vmicshutdown): orderly power-off and restart from the host.
 
 docs/services/shutdown.md describes the operations. As in Hyper-V
-(hyperv-facts.md §7.2) the guest answers **before** it acts, so the host
+(docs/hyperv.md §10) the guest answers **before** it acts, so the host
 learns that the request was accepted before the channel goes away; a power
 command that then fails is reported with a FAILED notification.
 """

@@ -80,7 +80,7 @@ class TimeSyncOp(IntEnum):
 
 
 class Flag(Enum):
-    """Hyper-V's ICTIMESYNCFLAG_* (hyperv-facts.md §7.3): how hard the host asks."""
+    """Hyper-V's ICTIMESYNCFLAG_* (docs/hyperv.md §9): how hard the host asks."""
 
     #: periodic hint: the guest slews small offsets and steps large ones
     SAMPLE = "sample"

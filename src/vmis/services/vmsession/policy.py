@@ -1,8 +1,8 @@
 """What the guest lets the host run: the ``[vmsession]`` settings and the allow-list.
 
-The host is a trust boundary, not a trusted party (anchors §3 F: qemu-ga's
-exec is all-or-nothing). A guest administrator decides, in the agent's
-configuration file, which programs a host may start and as whom::
+The host is a trust boundary, not a trusted party (qemu-ga's exec is all or
+nothing; docs/services/vmsession.md §6). A guest administrator decides, in
+the agent's configuration file, which programs a host may start and as whom::
 
     [vmsession]
     # programs the host may run: absolute glob patterns of executables, comma

@@ -23,7 +23,7 @@ __all__ = [
 
 #: seconds a freeze may last before the guest thaws by itself ([vss] freeze_timeout)
 DEFAULT_FREEZE_TIMEOUT = 60.0
-#: Hyper-V's own limit for a VSS freeze (hyperv-facts.md §5.2); no request may ask for more
+#: Hyper-V's own limit for a VSS freeze (docs/hyperv.md §8); no request may ask for more
 MAX_FREEZE_TIMEOUT = 900.0
 #: seconds one hook may run before it is killed ([vss] hook_timeout)
 DEFAULT_HOOK_TIMEOUT = 30.0

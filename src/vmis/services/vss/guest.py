@@ -7,8 +7,7 @@ One freeze *cycle* at a time (docs/services/vss.md §2)::
     THAW, the watchdog, a guest administrator or the service stopping:
             filesystems thawed -> thaw hooks (reverse order)
 
-Rules this module keeps, because a guest left frozen hangs every writer
-(anchors.md §3 C):
+Rules this module keeps, because a guest left frozen hangs every writer:
 
 - **The watchdog.** Once frozen, the guest thaws by itself ``timeout``
   seconds after the freeze began (``[vss] freeze_timeout``, or less if the
