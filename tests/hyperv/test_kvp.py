@@ -457,3 +457,87 @@ def test_random_sessions_match_the_c_daemon(kvp: KernelEmulator, pools: KvpPools
     expected = c_daemon_model(model)
     assert pools[Pool.AUTO_EXTERNAL].items() == expected
     assert kvp.kvp_enumerate_all(Pool.AUTO_EXTERNAL) == (CONT, expected)
+
+
+# Section: GET, byte for byte (include/uapi/linux/hyperv.h; tools/hv/hv_kvp_daemon.c)
+
+_GET_BODY = 4  # hv_kvp_msg.body, after the 4-byte header/error union
+_GET_KEY = _GET_BODY + 12  # hv_kvp_msg_get.data.key (after value_type, key_size, value_size)
+_GET_VALUE = _GET_KEY + 512  # hv_kvp_msg_get.data.value
+_ENUM_VALUE = _GET_BODY + 4 + 12 + 512  # hv_kvp_msg_enumerate.data.value
+
+
+def get_request(pool: int, key: bytes, key_size: int, value_size: int) -> bytes:
+    """A GET as the daemon's device delivers it: header, then the get layout."""
+    msg = bytearray(KVP_MSG_SIZE)
+    msg[0], msg[1] = KvpOp.GET, pool
+    struct.pack_into("<III", msg, _GET_BODY, RegType.REG_SZ, key_size, value_size)
+    msg[_GET_KEY : _GET_KEY + len(key)] = key
+    return bytes(msg)
+
+
+def c_daemon_get(request: bytes, records: dict[bytes, bytes]) -> bytes:
+    """hv_kvp_daemon.c's reply to a GET: kvp_get_value's memcpy, or HV_S_CONT."""
+    reply = bytearray(request)
+    key_size, value_size = struct.unpack_from("<II", request, _GET_BODY + 4)
+    error = CONT
+    if key_size <= 512 and value_size <= 2048:
+        key = request[_GET_KEY : _GET_KEY + key_size]
+        for stored, value in records.items():
+            if (stored + b"\0").ljust(512, b"\0")[:key_size] == key:
+                reply[_GET_VALUE : _GET_VALUE + value_size] = value.ljust(2048, b"\0")[:value_size]
+                error = OK
+                break
+    struct.pack_into("<I", reply, 0, error)
+    return bytes(reply)
+
+
+GET_RECORDS = {b"color": b"blue", b"long": "\u00e9".encode() * 1023 + b"x",
+               b"empty": b"", b"nine": b"123456789"}
+
+
+@pytest.mark.parametrize("pool", list(Pool))
+@pytest.mark.parametrize("key, value_size", [
+    (b"color", 2048), (b"long", 2048), (b"empty", 2048), (b"nine", 2048),
+    (b"nine", 4), (b"nine", 9), (b"nine", 1), (b"color", 2049), (b"missing", 2048),
+])
+def test_get_answers_byte_for_byte_as_the_c_daemon(pools: KvpPools, root: Path, logger,
+                                                   pool: Pool, key: bytes, value_size: int):
+    for stored, value in GET_RECORDS.items():
+        pools[pool].set(stored.decode(), value.decode())
+    handler = make_handler(pools, root, logger)
+    request = get_request(pool, key + b"\0", len(key) + 1, value_size)
+    assert handler.handle(request) == c_daemon_get(request, GET_RECORDS)
+
+
+@pytest.mark.parametrize("pool", list(Pool))
+def test_get_with_an_oversized_key_is_refused_as_the_c_daemon(pools: KvpPools, root: Path,
+                                                                logger, pool: Pool):
+    pools[pool].set("color", "blue")
+    request = get_request(pool, b"color\0", 513, 2048)
+    reply = make_handler(pools, root, logger).handle(request)
+    assert reply == c_daemon_get(request, {b"color": b"blue"})
+    assert struct.unpack_from("<I", reply)[0] == CONT
+
+
+@pytest.mark.parametrize("pool", list(Pool))
+def test_the_kernels_get_reads_the_whole_value(pools: KvpPools, root: Path, logger,
+                                               pool: Pool):
+    # The kernel sends value_size 0 and reads the reply through the enumerate
+    # layout: there the value is whole (hv_kvp_daemon.c leaves it empty).
+    value = "\u00e9" * 1023 + "x"
+    pools[pool].set("long", value)
+    request = get_request(pool, b"long\0", 5, 0)
+    reply = make_handler(pools, root, logger).handle(request)
+    assert struct.unpack_from("<I", reply)[0] == OK
+    assert reply[_ENUM_VALUE : _ENUM_VALUE + 2048].split(b"\0")[0] == value.encode()
+    assert reply[_GET_VALUE : _GET_VALUE + 4] == bytes(4)  # nothing where C would copy 0 bytes
+
+
+@pytest.mark.parametrize("pool", [Pool.EXTERNAL, Pool.GUEST, Pool.AUTO_EXTERNAL,
+                                  Pool.AUTO_INTERNAL])
+def test_a_host_get_through_the_kernel_returns_the_value(kvp: KernelEmulator, pools: KvpPools,
+                                                         pool: Pool):
+    pools[pool].set("role", "db-primary")
+    assert kvp.kvp_get(pool, "role") == (OK, "db-primary")
+    assert kvp.kvp_get(pool, "nothing")[0] == CONT

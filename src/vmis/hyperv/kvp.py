@@ -15,10 +15,16 @@ ENUMERATE   record ``index`` of pool N's file, or for pool AUTO the intrinsic
 GET_IP_INFO / SET_IP_INFO  see :mod:`vmis.hyperv.ipconfig`
 =========== ====================================================================
 
-GET: the kernel hands the daemon ``value_size = 0`` and reads the reply's
-value through the ENUMERATE layout (four bytes further on), so the C daemon's
-GET always reaches the host as an empty string.  This daemon writes the value
-where the kernel reads it, so a GET returns the stored value.
+GET, as ``tools/hv/hv_kvp_daemon.c`` does it: the stored record's value
+field (2048 bytes, NUL-padded) is copied, ``value_size`` bytes of it, into the
+GET layout's value (``body.kvp_get.data.value``); a ``key_size`` over 512 or a
+``value_size`` over 2048 is refused with HV_S_CONT.  The kernel, though, hands
+the daemon ``value_size = 0`` for every GET and reads the reply's value
+through the ENUMERATE layout (four bytes further on), so the C daemon's GET
+always reaches a Hyper-V host as an empty string.  For that request, and only
+for it, this daemon also writes the value where the kernel reads it, so a GET
+returns the stored value; any other ``value_size`` is answered byte for byte
+as the C daemon answers it.
 
 A pool file error ends the C daemon; this one answers HV_E_FAIL and goes on.
 """
@@ -192,15 +198,22 @@ class KvpHandler:
         return HResult.HV_S_OK
 
     def _get(self, buf: bytearray, pool: int) -> int:
-        _, key_size, _ = struct.unpack_from("<III", buf, _SET_VALUE)
+        _, key_size, value_size = struct.unpack_from("<III", buf, _SET_VALUE)
+        if key_size > KVP_KEY_FIELD or value_size > KVP_VALUE_FIELD:
+            return HResult.HV_S_CONT
         start = _SET_VALUE + KVP_VALUE_KEY_OFFSET
-        key = cstring(bytes(buf[start : start + min(key_size, KVP_KEY_FIELD)]))
+        key = cstring(bytes(buf[start : start + key_size]))
         value = self._pools[pool].get(_text(key))
         if value is None:
             return HResult.HV_S_CONT
-        # where the kernel reads a GET reply: the ENUMERATE layout's value
-        # (the kernel takes the length with strlen; it reads no size field for GET)
-        _put_string(buf, _ENUM_VALUE + KVP_VALUE_VALUE_OFFSET, KVP_VALUE_FIELD, _raw(value))
+        if value_size:
+            field = _raw(value)[:KVP_VALUE_FIELD].ljust(KVP_VALUE_FIELD, b"\0")
+            start = _SET_VALUE + KVP_VALUE_VALUE_OFFSET
+            buf[start : start + value_size] = field[:value_size]
+        else:
+            # The kernel's GET: its reply is read through the ENUMERATE layout's
+            # value, with strlen (it reads no size field for GET).
+            _put_string(buf, _ENUM_VALUE + KVP_VALUE_VALUE_OFFSET, KVP_VALUE_FIELD, _raw(value))
         return HResult.HV_S_OK
 
     def _delete(self, buf: bytearray, pool: int) -> int:
