@@ -51,6 +51,19 @@ def test_update_turns_update_required_to_up_to_date_and_keeps_settings(lab_dir, 
     assert got.code == 0 and got.out.strip().endswith("db"), got.out + got.err
     again = json.loads(run_vmis(lab_dir, "update", "OldVM", "--json").out)
     assert again[0]["Result"] == "current"
+    assert (again[0]["Version"], again[0]["Seconds"]) == (vmis.__version__, 0.0)
+
+
+def test_the_readme_update_of_every_vm_prints_its_table(lab_dir):
+    # README: vmis Update-VMIntegrationServices -VMName '*' (table mode) on a current lab VM
+    start_lab(lab_dir, "DemoVM")
+    result = run_vmis(lab_dir, "Update-VMIntegrationServices", "-VMName", "*")
+    assert result.code == 0, result.err
+    assert "Traceback" not in result.err
+    lines = result.out.splitlines()
+    assert lines[0].split() == ["VMName", "From", "To", "Result", "Version", "Seconds"]
+    assert lines[2].split() == ["DemoVM", vmis.__version__, vmis.__version__, "current",
+                                vmis.__version__, "0.0"]
 
 
 def test_a_broken_bundle_rolls_back_and_the_vm_keeps_working(lab_dir, short_tmp):

@@ -102,7 +102,7 @@ async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, st
             raise ServiceUnavailable(f"{name}: no contact with the guest agent "
                                      f"({session.last_error})")
         if before == bundle.version:
-            result.update(Result="current", Seconds=0.0)
+            result.update(Result="current", Version=before, Seconds=0.0)
             report("done", Result="current")
             return result
         if not session.vm.enabled.get(GSI.key, False):
