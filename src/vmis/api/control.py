@@ -85,7 +85,7 @@ def _control_router() -> APIRouter:
         vm: Annotated[list[str], Query()],
         name: Annotated[list[str] | None, Query()] = None,
     ) -> list[dict[str, Any]]:
-        return [row.to_json() for row in manager_of(request).services(vm, name)]
+        return [row.to_json() for row in await manager_of(request).services(vm, name)]
 
     @router.post("/services/enable")
     async def enable(request: Request, change: ServiceChange) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from vmis.host.vminfo import vm_row
 from vmis.links.vmis_agent import VmisAgent
 from vmis.services.catalog import CATALOG, ServiceSpec, match_host_names
 from vmis.services.host_half import Contact, HostContext, HostService, VmRecord
-from vmis.services.hypervisor import Hypervisor
+from vmis.services.hypervisor import Hypervisor, known_state
 from vmis.services.link import GuestKind
 from vmis.services.status import ServiceStatus
 from vmis.transport.address import parse_address
@@ -243,10 +243,23 @@ class HostManager:
 
     # Section: integration services
 
-    def services(self, vm_patterns: list[str], names: list[str] | None) -> list[ServiceStatus]:
-        """Get-VMIntegrationService rows."""
+    async def services(self, vm_patterns: list[str],
+                       names: list[str] | None) -> list[ServiceStatus]:
+        """Get-VMIntegrationService rows; an Off VM's services show no status."""
         specs = match_host_names(names) if names else list(CATALOG.host_services)
-        return [s.status(spec) for s in self.match(vm_patterns) for spec in specs]
+        sessions = self.match(vm_patterns)
+        off = await asyncio.gather(*(self.is_off(s) for s in sessions))
+        return [s.status(spec, off=o) for s, o in zip(sessions, off, strict=True)
+                for spec in specs]
+
+    async def is_off(self, session: VmSession) -> bool:
+        """Whether the VM is off: stopped from here, or so its hypervisor says."""
+        if session.connected:
+            return False
+        if session.powered_off:
+            return True
+        hypervisor = self.hypervisor_for(session.vm)
+        return hypervisor is not None and await known_state(hypervisor, session) == "Off"
 
     async def set_enabled(self, vm_patterns: list[str], names: list[str],
                           enabled: bool) -> list[dict[str, Any]]:

@@ -231,6 +231,7 @@ class VmSession:
         self.link = link
         try:
             self.mismatch = ""
+            self.powered_off = False  # a guest that answers runs
             self._hello = link.hello
             self._backoff.reset()
             self.contacted = True
@@ -435,8 +436,11 @@ class VmSession:
 
     # Section: status
 
-    def status(self, spec: ServiceSpec) -> ServiceStatus:
-        """Get-VMIntegrationService's row for one host service (table in vmis.services.status)."""
+    def status(self, spec: ServiceSpec, off: bool = False) -> ServiceStatus:
+        """Get-VMIntegrationService's row for one host service (table in vmis.services.status).
+
+        :param off: the VM is known to be off (no status then, as Hyper-V shows it).
+        """
         enabled = self.vm.enabled.get(spec.key, spec.default_enabled)
         name = spec.host_name or spec.guest_name
         row: dict[str, Any] = {"vm_name": self.vm.name, "vm_id": self.vm.id, "name": name,
@@ -448,6 +452,8 @@ class VmSession:
                      "version": ".".join(map(str, guest.version)) if guest.version else None}
         elif self.contacted:
             facts = {"guest_state": "absent"}
+        if off and not self.connected:
+            return ServiceStatus(**row, primary=None, **facts)
         if not enabled:
             return ServiceStatus(**row, primary=OperationalStatus.OK, **facts)
         primary, reason = self._primary(spec, guest)

@@ -74,8 +74,9 @@ async def vm_row(session: VmSession, hypervisor: Hypervisor | None) -> dict[str,
     heartbeat = heartbeat_status(session, state)
     version = session.agent.get("version") if session.contacted else None
     hb_spec = by_key("heartbeat")
+    primary = session.status(hb_spec, off=state == "Off").primary
     status = "Operating normally" if session.connected else (
-        "" if state == "Off" else session.status(hb_spec).primary.description)
+        primary.description if primary is not None else "")
     return {
         "Name": session.vm.name,
         "Id": session.vm.id,

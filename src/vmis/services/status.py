@@ -6,6 +6,7 @@ applies wins; docs/status.md has the same table for administrators):
 =====================================================  ======================  =================
 state                                                  Primary                 reason
 =====================================================  ======================  =================
+the VM is off and no guest answers                     (none)                  -
 disabled on the host                                   OK                      -
 no session with the guest yet (since the host started) No Contact              last failure
 a session existed but ended, or heartbeats stopped     Lost Communication      channel/heartbeat
@@ -96,7 +97,8 @@ class ServiceStatus:
     vm_id: str
     name: str
     enabled: bool
-    primary: OperationalStatus
+    #: None while the VM is off: Hyper-V shows no status then
+    primary: OperationalStatus | None
     secondary: OperationalStatus | None = None
     #: why the status is what it is, in one line (empty when OK)
     reason: str = ""
@@ -109,17 +111,17 @@ class ServiceStatus:
 
     def to_json(self) -> dict[str, object]:
         """The Hyper-V object's properties plus vmis's, for ``--json``."""
-        statuses = [self.primary] + ([self.secondary] if self.secondary else [])
+        statuses = [s for s in (self.primary, self.secondary) if s is not None]
         return {
             "VMName": self.vm_name,
             "VMId": self.vm_id,
             "Name": self.name,
             "Enabled": self.enabled,
             "OperationalStatus": [s.enum_name for s in statuses],
-            "PrimaryOperationalStatus": self.primary.enum_name,
+            "PrimaryOperationalStatus": self.primary.enum_name if self.primary else None,
             "SecondaryOperationalStatus": self.secondary.enum_name if self.secondary else None,
             "StatusDescription": [s.description for s in statuses],
-            "PrimaryStatusDescription": self.primary.description,
+            "PrimaryStatusDescription": self.primary.description if self.primary else None,
             "SecondaryStatusDescription": self.secondary.description if self.secondary else None,
             "Reason": self.reason,
             "Version": self.version,

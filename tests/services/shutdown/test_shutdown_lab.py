@@ -27,6 +27,18 @@ def test_stop_vm_ends_the_lab_vm(lab, lab_dir):
     assert row["Connected"] is False
 
 
+def test_an_off_vm_shows_no_status_as_hyper_v_does(lab, lab_dir):
+    assert run_vmis(lab_dir, "Stop-VM", "-Name", "DemoVM").code == 0
+    table = run_vmis(lab_dir, "Get-VMIntegrationService", "-VMName", "DemoVM")
+    assert table.code == 0 and table.err == ""  # no Lost Communication warnings
+    rows = [line.split() for line in table.out.splitlines()[2:]]
+    assert [r[-1] for r in rows] == ["False", "True", "True", "True", "True", "True"]
+    rows = json.loads(run_vmis(lab_dir, "services", "DemoVM", "--json").out)
+    assert {(r["PrimaryStatusDescription"], r["Reason"]) for r in rows} == {(None, "")}
+    [vm] = json.loads(run_vmis(lab_dir, "Get-VM", "--json").out)
+    assert (vm["State"], vm["Status"], vm["Heartbeat"]) == ("Off", "", None)
+
+
 def test_stop_vm_with_shutdown_disabled_fails_with_a_clear_error(lab, lab_dir):
     vm = lab.vm("DemoVM")
     disable = run_vmis(lab_dir, "Disable-VMIntegrationService", "-VMName", "DemoVM",
