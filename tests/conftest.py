@@ -12,6 +12,8 @@ import pytest
 from support.lab import start_lab
 from vmis.lab.lab import Lab
 
+pytest_plugins = ["support.postgres"]
+
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:

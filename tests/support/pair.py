@@ -79,12 +79,16 @@ async def host_guest_pair(
     config: AgentConfig | None = None,
     heartbeat_interval_ms: int = 200,
     wait: bool = True,
+    db_url: str | None = None,
 ) -> AsyncIterator[Pair]:
-    """A connected host manager and guest agent; the VM is called DemoVM."""
+    """A connected host manager and guest agent; the VM is called DemoVM.
+
+    :param db_url: the manager's store (default: SQLite in *tmp_path*).
+    """
     root = tmp_path / "guest"
     root.mkdir(parents=True, exist_ok=True)
     agent, task = await _start_agent(root, services, adapters, versions, config)
-    store = Store(f"sqlite:///{tmp_path / 'host.db'}")
+    store = Store(db_url or f"sqlite:///{tmp_path / 'host.db'}")
     manager = HostManager(store)
     await manager.start()
     manager.add_vm("DemoVM", f"unix:{root / 'run/vmis/channel.sock'}",

@@ -17,7 +17,7 @@ import uvicorn
 from vmis.api.app import create_app
 from vmis.errors import ConfigError
 from vmis.host.manager import HostManager
-from vmis.host.store import Store
+from vmis.host.store import Store, safe_url
 from vmis.qemu.hypervisor import QemuHypervisor
 
 __all__ = ["bind_socket", "data_dir_for", "serve"]
@@ -93,7 +93,7 @@ async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-    _log.info("host manager listening on %s (database %s)", socket_path, db_url)
+    _log.info("host manager listening on %s (database %s)", socket_path, safe_url(db_url))
     try:
         serve_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serve_task.done():

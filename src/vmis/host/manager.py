@@ -73,7 +73,6 @@ class HostManager:
             half = spec.half("host")
             if half is not None:
                 self._services[spec.key] = half(host)
-        store.create_tables(t for service in self._services.values() for t in service.tables)
 
     # Section: HostContext
 

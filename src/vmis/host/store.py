@@ -1,8 +1,8 @@
 """The host manager's persistent state, through SQLAlchemy Core.
 
-SQLite by default (``sqlite:///path``); any SQLAlchemy URL works, so a
-fleet can point several tools at one PostgreSQL database (``--db
-postgresql+psycopg://...``). Tables are created on first use.
+SQLite by default (``sqlite:///path``); PostgreSQL through psycopg 3
+(``postgresql+psycopg://...``). Opening a store brings its schema up to
+date (vmis.host.schema: Alembic revisions, the same for both).
 
 Only plain values cross this module's boundary (:class:`VmRecord` and dicts);
 no SQLAlchemy object leaks into the manager.
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from vmis.errors import ConfigError, NotFoundError, StateError
+from vmis.host.schema import upgrade
 from vmis.services.catalog import CATALOG
 from vmis.services.heartbeat import (
     DEFAULT_ERROR_THRESHOLD,
@@ -29,7 +30,7 @@ from vmis.services.heartbeat import (
 )
 from vmis.services.host_half import VmRecord, metadata
 
-__all__ = ["Store"]
+__all__ = ["Store", "safe_url"]
 
 vms = sa.Table(
     "vms",
@@ -74,19 +75,9 @@ class Store:
             self.engine: Engine = sa.create_engine(url)
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            metadata.create_all(self.engine)
+            upgrade(self.engine)
         except (SQLAlchemyError, ValueError) as exc:
-            raise ConfigError(f"cannot open the database {url!r}: {exc}") from exc
-
-    def create_tables(self, tables: Iterable[sa.Table]) -> None:
-        """Create the host halves' tables where missing (their modules load after this one).
-
-        :raise StateError: When the database refuses.
-        """
-        try:
-            metadata.create_all(self.engine, tables=list(tables))
-        except SQLAlchemyError as exc:
-            raise StateError(f"cannot create the services' tables: {exc}") from exc
+            raise ConfigError(f"cannot open the database {safe_url(url)}: {exc}") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -214,3 +205,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def safe_url(url: str) -> str:
+    """*url* with any password masked, for messages and logs."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "(an invalid database URL)"

@@ -1,0 +1,88 @@
+"""The store's schema: Alembic revisions bring SQLite and PostgreSQL to the tables the code uses.
+
+docs/architecture.md §5. The same revisions run on both databases; a store
+made before migrations existed is taken over with its data; the host
+managers of a fleet share one PostgreSQL store.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from support.pair import eventually, host_guest_pair
+
+from vmis.errors import ConfigError
+from vmis.host.schema import target_metadata
+from vmis.host.store import Store
+from vmis.services.kvp.host import KvpHost
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'host.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def schema_differences(engine: sa.Engine) -> list:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn)
+        return compare_metadata(context, target_metadata())
+
+
+def test_the_migrated_schema_is_the_codes_own(db_url):
+    store = Store(db_url)
+    assert schema_differences(store.engine) == []
+    with store.engine.connect() as conn:
+        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == "0001"
+    Store(db_url)  # opening it again changes nothing
+    assert schema_differences(store.engine) == []
+
+
+def test_a_store_made_before_migrations_is_taken_over_with_its_data(tmp_path):
+    url = f"sqlite:///{tmp_path / 'host.db'}"
+    engine = sa.create_engine(url)
+    old = [t for t in target_metadata().sorted_tables
+           if t.name in ("vms", "service_settings")]  # what a manager of 0.1 made first
+    target_metadata().create_all(engine, tables=old)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO vms (id, name, name_key, channel, kind, heartbeat_interval_ms, "
+            "heartbeat_latency_ms, heartbeat_error_threshold, created) VALUES "
+            "('id-1', 'OldVM', 'oldvm', 'unix:/x', 'external', 2000, 1000, 2, "
+            "'2026-11-01 00:00:00')"))
+    store = Store(url)
+    assert [vm.name for vm in store.list_vms()] == ["OldVM"]
+    assert schema_differences(store.engine) == []
+
+
+async def test_a_host_manager_runs_on_postgresql(short_tmp, postgres_url):
+    async with host_guest_pair(short_tmp, db_url=postgres_url) as pair:
+        rows = (await pair.api.get("/v1/services", params={"vm": "DemoVM"})).json()
+        assert {r["PrimaryStatusDescription"] for r in rows if r["Enabled"]} == {"OK"}
+        await pair.manager.set_enabled(["DemoVM"], ["VSS"], False)
+        result = await pair.manager.service(KvpHost).set(["DemoVM"], "role", "db")
+        assert result[0]["Delivered"]
+        await pair._stop_agent()
+        await eventually(lambda: not pair.session.connected)
+        pending = await pair.manager.service(KvpHost).set(["DemoVM"], "next", "1")
+        assert pending[0]["Pending"]
+    store = Store(postgres_url)  # what the manager wrote is in the database
+    [vm] = store.list_vms()
+    assert vm.enabled["vss"] is False
+    with store.engine.connect() as conn:
+        keys = conn.execute(sa.text("SELECT key FROM kvp_pending")).scalars().all()
+    assert keys == ["next"]
+    assert store.remove_vm("DemoVM").name == "DemoVM"
+    with store.engine.connect() as conn:  # ON DELETE CASCADE took the VM's rows along
+        assert conn.execute(sa.text("SELECT count(*) FROM kvp_pending")).scalar() == 0
+
+
+def test_a_password_in_the_url_is_never_shown(postgres_cluster):
+    url = postgres_cluster.url("nosuchdb").replace("postgres@", "postgres:s3cr3t@")
+    with pytest.raises(ConfigError) as error:
+        Store(url)
+    assert "s3cr3t" not in str(error.value) and "***" in str(error.value)
