@@ -38,8 +38,11 @@ from vmis.protocol import (
     encode_json_raw,
 )
 from vmis.services.fcopy import CHUNK_SIZE, DATA_TIMEOUT, HEAD_ROOM, WINDOW, FcopyOp, resume_token
-from vmis.services.fcopy.files import BULK_MEMORY, Reader, Receiver, entry_type, file_mode
+from vmis.services.fcopy.bulk_memory import BULK_MEMORY
+from vmis.services.fcopy.metadata import entry_type, file_mode
 from vmis.services.fcopy.paths import RootedPaths, check_name
+from vmis.services.fcopy.reader import Reader
+from vmis.services.fcopy.receiver import Receiver
 from vmis.services.guest_half import ServiceError
 
 __all__ = ["CopyEngine", "CopyProgress", "Requester"]
