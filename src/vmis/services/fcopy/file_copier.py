@@ -1,9 +1,11 @@
-"""Host half of the Guest Service Interface: the copy engine.
+"""One file copied either way between this machine and a guest: the host's end of the stream.
 
-docs/services/fcopy.md. :class:`CopyEngine` copies files and trees between
-this machine and a guest, through any *requester* that sends one fcopy
-request and returns its answer (the host manager passes
-``VmSession.request``). It has no host-only dependency.
+docs/services/fcopy.md §3.2-3.4 and §4. :class:`FileCopier` copies single
+files through any *requester* that sends one fcopy request and returns its
+answer (the host manager passes ``VmSession.request``): into the guest a PUT,
+or OPEN_WRITE, WRITE..., COMMIT; out of it OPEN_READ, READ..., CLOSE; both
+resuming a partial file where a copy stopped. :class:`~.engine.CopyEngine`
+builds Copy-VMFile's files and trees on it. It has no host-only dependency.
 
 Throughput (§3.3): the file is read one chunk ahead of the sender in one
 worker thread and hashed in another, up to :data:`WINDOW` data requests
@@ -20,7 +22,6 @@ import contextlib
 import logging
 import os
 import stat
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from vmis.errors import NotFoundError, StateError, VmisError
+from vmis.errors import VmisError
 from vmis.protocol import (
     Payload,
     Received,
@@ -38,14 +39,12 @@ from vmis.protocol import (
     encode_json_raw,
 )
 from vmis.services.fcopy import CHUNK_SIZE, DATA_TIMEOUT, HEAD_ROOM, WINDOW, FcopyOp, resume_token
-from vmis.services.fcopy.bulk_memory import BULK_MEMORY
-from vmis.services.fcopy.metadata import entry_type, file_mode
 from vmis.services.fcopy.paths import RootedPaths, check_name
 from vmis.services.fcopy.reader import Reader
 from vmis.services.fcopy.receiver import Receiver
 from vmis.services.guest_half import ServiceError
 
-__all__ = ["CopyEngine", "CopyProgress", "Requester"]
+__all__ = ["CopyProgress", "FileCopier", "Requester"]
 
 _log = logging.getLogger("vmis.host.fcopy")
 
@@ -86,15 +85,8 @@ class _Stats:
     skipped: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _LocalEntry:
-    rel: str
-    path: Path
-    st: os.stat_result
-
-
-class CopyEngine:
-    """Copies between this machine and one guest (docs/services/fcopy.md §3).
+class FileCopier:
+    """Copies single files between this machine and one guest (docs/services/fcopy.md §3.2).
 
     :param request: sends one fcopy request (service 6) and returns the answer.
     :param peer_max_payload: the guest's receive limit (docs/protocol.md §2.4).
@@ -116,99 +108,6 @@ class CopyEngine:
         self._stats = _Stats()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fcopy-host")
         self._local = RootedPaths(Path("/"), ["/"])
-
-    # Section: public interface
-
-    async def to_guest(self, source: Path, destination: str, *, create_full_path: bool = False,
-                       force: bool = False, recurse: bool = False) -> dict[str, Any]:
-        """Copy a host file (or with *recurse* a directory tree) into the guest.
-
-        :param source: an absolute host path.
-        :param destination: an absolute guest path (docs/services/fcopy.md §3.1).
-        :return: the result (docs/services/fcopy.md §7).
-        :raise NotFoundError: When the source does not exist.
-        :raise VmisError: The guest's refusal or the copy's failure, with its reason.
-        """
-        started = time.monotonic()
-        BULK_MEMORY.acquire()
-        try:
-            return await self._to_guest(source, destination, started, create=create_full_path,
-                                        force=force, recurse=recurse)
-        finally:
-            BULK_MEMORY.release()
-            self._worker.shutdown(wait=False)
-
-    async def _to_guest(self, source: Path, destination: str, started: float, *, create: bool,
-                        force: bool, recurse: bool) -> dict[str, Any]:
-        try:
-            st = os.stat(source)
-        except FileNotFoundError:
-            raise NotFoundError(f"{source} does not exist on the host") from None
-        except OSError as exc:
-            raise VmisError(f"cannot read {source}: {exc.strerror}") from exc
-        if stat.S_ISDIR(st.st_mode):
-            if not recurse:
-                raise StateError(f"{source} is a directory; -Recurse copies directories")
-            top = await self._tree_to_guest(source, destination, create, force)
-        elif stat.S_ISREG(st.st_mode):
-            self.progress.bytes_total, self.progress.files_total = st.st_size, 1
-            item = await self._file_to_guest(source, st, destination, source.name,
-                                             exact=False, create=create, force=force)
-            top = item["Path"]
-        else:
-            raise StateError(f"{source} is not a regular file or a directory")
-        return self._result("Host", str(source), top, started, tree=stat.S_ISDIR(st.st_mode))
-
-    async def from_guest(self, source: str, destination: str, *,
-                         create_full_path: bool = False, force: bool = False,
-                         recurse: bool = False) -> dict[str, Any]:
-        """Copy a guest file (or with *recurse* a directory tree) to this machine.
-
-        :param source: an absolute guest path.
-        :param destination: an absolute host path; the same rules as for guest
-            destinations apply (docs/services/fcopy.md §3.1), a trailing ``/``
-            included.
-        """
-        started = time.monotonic()
-        BULK_MEMORY.acquire()
-        try:
-            info = await self._json(FcopyOp.STAT, {"path": source})
-            if info.get("type") == "dir":
-                if not recurse:
-                    raise StateError(f"{source} is a directory in the guest; -Recurse copies "
-                                     "directories")
-                top = await self._tree_from_guest(str(info["path"]), Path(destination),
-                                                  create_full_path, force)
-            elif info.get("type") == "file":
-                self.progress.bytes_total, self.progress.files_total = int(info["size"]), 1
-                item = await self._file_from_guest(str(info["path"]), destination,
-                                                   exact=False, create=create_full_path,
-                                                   force=force)
-                top = item["Path"]
-            elif info.get("type") == "none":
-                raise NotFoundError(f"{source} does not exist in the guest")
-            else:
-                raise StateError(f"{source} is not a regular file or a directory in the guest")
-        finally:
-            BULK_MEMORY.release()
-            self._worker.shutdown(wait=False)
-        return self._result("Guest", source, top, started, tree=info.get("type") == "dir")
-
-    def _result(self, file_source: str, source: str, destination: str, started: float,
-                tree: bool) -> dict[str, Any]:
-        seconds = max(time.monotonic() - started, 1e-9)
-        total = sum(i["Bytes"] for i in self._stats.items)
-        result: dict[str, Any] = {
-            "FileSource": file_source, "Source": source, "Destination": destination,
-            "Files": len(self._stats.items), "Directories": self._stats.directories,
-            "Bytes": total, "BytesSent": self._stats.sent, "BytesResumed": self._stats.resumed,
-            "Seconds": round(seconds, 6), "BytesPerSecond": round(self._stats.sent / seconds),
-            "Sha256": None if tree else self._stats.items[0]["Sha256"],
-            "Skipped": self._stats.skipped,
-        }
-        if tree:
-            result["Items"] = self._stats.items
-        return result
 
     # Section: plumbing
 
@@ -342,63 +241,6 @@ class CopyEngine:
             raise VmisError(f"{what}: the guest reports SHA-256 {answer.get('sha256')}, "
                             f"the host {digest}")
 
-    async def _tree_to_guest(self, source: Path, destination: str, create: bool,
-                             force: bool) -> str:
-        dirs, files = self._walk_local(source)
-        self.progress.files_total = len(files)
-        self.progress.bytes_total = sum(f.st.st_size for f in files)
-        info = await self._json(FcopyOp.STAT, {"path": destination})
-        if info.get("type") == "dir":
-            top = f"{str(info['path']).rstrip('/')}/{check_name(source.name)}"
-        elif info.get("type") == "none":
-            top = destination.rstrip("/") or "/"
-        else:
-            raise ServiceError("exists", f"{info.get('path')} exists in the guest and is not "
-                                         "a directory")
-        top = str((await self._json(FcopyOp.MKDIR, {"path": top, "parents": create}))["path"])
-        for d in dirs[1:]:
-            await self._json(FcopyOp.MKDIR, {"path": f"{top}/{d.rel}"})
-        for f in files:
-            await self._file_to_guest(f.path, f.st, f"{top}/{f.rel}", f.path.name, exact=True,
-                                      create=False, force=force)
-        for d in reversed(dirs):
-            path = f"{top}/{d.rel}" if d.rel else top
-            await self._json(FcopyOp.SETMETA, {"path": path, "mode": file_mode(d.st.st_mode),
-                                               "atime_ns": d.st.st_atime_ns,
-                                               "mtime_ns": d.st.st_mtime_ns})
-        self._stats.directories = len(dirs)
-        return top
-
-    def _walk_local(self, source: Path) -> tuple[list[_LocalEntry], list[_LocalEntry]]:
-        """Directories (top first) and regular files of a host tree; the rest is skipped."""
-        dirs = [_LocalEntry("", source, os.stat(source))]
-        files: list[_LocalEntry] = []
-        i = 0
-        while i < len(dirs):
-            parent = dirs[i]
-            i += 1
-            try:
-                entries = sorted(os.scandir(parent.path), key=lambda e: e.name)
-            except OSError as exc:
-                raise VmisError(f"cannot list {parent.path}: {exc.strerror}") from exc
-            for entry in entries:
-                rel = f"{parent.rel}/{entry.name}" if parent.rel else entry.name
-                try:
-                    entry.name.encode("utf-8")
-                    st = entry.stat(follow_symlinks=False)
-                except UnicodeEncodeError:
-                    self._stats.skipped.append(os.fsencode(entry.path).decode("utf-8",
-                                                                              "backslashreplace"))
-                    continue
-                kind = entry_type(st.st_mode)
-                if kind == "dir":
-                    dirs.append(_LocalEntry(rel, Path(entry.path), st))
-                elif kind == "file":
-                    files.append(_LocalEntry(rel, Path(entry.path), st))
-                else:
-                    self._stats.skipped.append(entry.path)
-        return dirs, files
-
     # Section: guest to host
 
     async def _file_from_guest(self, source: str, destination: str, *, exact: bool,
@@ -512,66 +354,3 @@ class CopyEngine:
                 "Resumed": receiver.resumed}
         self._file_done(item)
         return item
-
-    async def _tree_from_guest(self, source: str, destination: Path, create: bool,
-                               force: bool) -> str:
-        dirs, files = await self._walk_guest(source)
-        self.progress.files_total = len(files)
-        self.progress.bytes_total = sum(int(f["size"]) for f in files)
-        name = check_name(source.rstrip("/").rsplit("/", 1)[-1] or "root")
-        if destination.is_dir():
-            top = destination / name
-        elif destination.exists() or destination.is_symlink():
-            raise ServiceError("exists", f"{destination} exists and is not a directory")
-        else:
-            top = destination
-        try:
-            top.mkdir(parents=create, exist_ok=True)
-        except FileNotFoundError:
-            raise ServiceError("not-found", f"{top.parent} does not exist "
-                                            "(-CreateFullPath creates it)") from None
-        except FileExistsError:
-            raise ServiceError("exists", f"{top} exists and is not a directory") from None
-        for d in dirs[1:]:
-            try:
-                (top / d["rel"]).mkdir(exist_ok=True)
-            except FileExistsError:
-                raise ServiceError("exists", f"{top / d['rel']} exists and is not a "
-                                             "directory") from None
-        for f in files:
-            await self._file_from_guest(f"{source.rstrip('/')}/{f['rel']}", str(top / f["rel"]),
-                                        exact=True, create=False, force=force)
-        for d in reversed(dirs):
-            path = top / d["rel"] if d["rel"] else top
-            os.chmod(path, file_mode(int(d["mode"])))
-            os.utime(path, ns=(int(d["atime_ns"]), int(d["mtime_ns"])))
-        self._stats.directories = len(dirs)
-        return str(top)
-
-    async def _walk_guest(self, source: str) -> tuple[list[dict[str, Any]],
-                                                       list[dict[str, Any]]]:
-        top = await self._json(FcopyOp.STAT, {"path": source})
-        dirs: list[dict[str, Any]] = [{**top, "rel": ""}]
-        files: list[dict[str, Any]] = []
-        i = 0
-        while i < len(dirs):
-            parent = dirs[i]
-            i += 1
-            path = f"{source.rstrip('/')}/{parent['rel']}" if parent["rel"] else source
-            start: int | None = 0
-            while start is not None:
-                page = await self._json(FcopyOp.LIST, {"path": path, "start": start})
-                for skipped in page.get("skipped") or []:
-                    self._stats.skipped.append(f"{path}/{skipped}")
-                for entry in page["entries"]:
-                    name = check_name(entry["name"])
-                    rel = f"{parent['rel']}/{name}" if parent["rel"] else name
-                    if entry["type"] == "dir":
-                        dirs.append({**entry, "rel": rel})
-                    elif entry["type"] == "file":
-                        files.append({**entry, "rel": rel})
-                    else:
-                        self._stats.skipped.append(f"{path}/{name}")
-                start = page.get("next")
-        return dirs, files
-

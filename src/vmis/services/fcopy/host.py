@@ -2,7 +2,7 @@
 
 The host manager does every copy (it holds the link); the API and the CLI
 only start it and show its progress (docs/services/fcopy.md §7). The copy
-itself is :class:`~vmis.services.fcopy.file_copier.CopyEngine`'s.
+itself is :class:`~vmis.services.fcopy.engine.CopyEngine`'s.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from vmis.errors import ConfigError
 from vmis.protocol import Payload
 from vmis.services.catalog import by_key
 from vmis.services.fcopy import FcopyOp
-from vmis.services.fcopy.file_copier import CopyEngine, CopyProgress
+from vmis.services.fcopy.engine import CopyEngine
+from vmis.services.fcopy.file_copier import CopyProgress
 from vmis.services.host_half import HostService, VmContext, VmPart
 
 __all__ = ["SERVICE", "SPEC", "FcopyHost"]
