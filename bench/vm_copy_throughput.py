@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.vmimage import build_test_image
 
 from vmis.lab.lab import Lab, run_lab_up
-from vmis.qemu.process import QemuMachine
+from vmis.qemu.machine import QemuMachine
 
 MIB = 1024 * 1024
 TICK = os.sysconf("SC_CLK_TCK")

@@ -38,7 +38,7 @@ from support.vmimage import build_test_image
 from vmis.api.client import ApiClient
 from vmis.lab.lab import Lab
 from vmis.qemu.image.guest_image import GuestImage
-from vmis.qemu.process import QemuMachine
+from vmis.qemu.machine import QemuMachine
 from vmis.qemu.monitor import QmpMonitor
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(600)]

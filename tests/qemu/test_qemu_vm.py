@@ -26,7 +26,7 @@ from qemu_probe import ProbeClient
 from vmis.qemu.cmdline import BootSpec, DiskMode
 from vmis.qemu.errors import MachineStartError
 from vmis.qemu.image.guest_image import GuestImage
-from vmis.qemu.process import QemuMachine
+from vmis.qemu.machine import QemuMachine
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(400)]
 
@@ -168,7 +168,7 @@ async def test_guest_boots_and_serves_channel_network_clock_cdrom_snapshot(
 ATTACH_AND_REPORT = """
 import asyncio, sys
 from pathlib import Path
-from vmis.qemu.process import QemuMachine
+from vmis.qemu.machine import QemuMachine
 machine = QemuMachine.attach(Path(sys.argv[1]))
 print(machine.pid, asyncio.run(machine.status()))
 """

@@ -67,7 +67,7 @@ class LabVm:
     def pid(self) -> int | None:
         """The agent process of a process lab VM, QEMU's of a QEMU lab VM; None if not running."""
         if self.is_qemu:
-            from vmis.qemu.process import QemuMachine
+            from vmis.qemu.machine import QemuMachine
 
             return QemuMachine.attach(self.dir).pid
         pid = read_pid(self.pid_file)

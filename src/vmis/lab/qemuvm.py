@@ -29,7 +29,7 @@ from vmis.errors import StateError
 from vmis.qemu.cmdline import DiskMode, MachinePaths
 from vmis.qemu.image.guest_image import GuestImage
 from vmis.qemu.image.layers import ensure_agent_image
-from vmis.qemu.process import QemuMachine
+from vmis.qemu.machine import QemuMachine
 
 __all__ = [
     "BOOT_TIMEOUT",

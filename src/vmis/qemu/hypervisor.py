@@ -37,8 +37,8 @@ from typing import Any
 from vmis.errors import NotFoundError, StateError, VmisError
 from vmis.qemu.cmdline import DiskMode, MachinePaths
 from vmis.qemu.errors import MonitorError
+from vmis.qemu.machine import QemuMachine
 from vmis.qemu.monitor import QmpMonitor
-from vmis.qemu.process import QemuMachine
 from vmis.services.host_half import VmRecord
 from vmis.services.hypervisor import NewMachine, SnapshotError, SnapshotRequest, SnapshotResult
 

@@ -73,7 +73,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _boot(args: argparse.Namespace) -> int:
-    from vmis.qemu.process import QemuMachine
+    from vmis.qemu.machine import QemuMachine
 
     image = ensure_base_image(cache=args.cache_dir)
     if args.agent:

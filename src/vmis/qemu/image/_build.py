@@ -387,7 +387,7 @@ def smoke_boot(tmp: Path, *, append: str, pvh: bool, log: BuildLog, timeout: flo
     """
     # Imported here: the machine layer imports the recipe from this package.
     from vmis.qemu.cmdline import BootSpec
-    from vmis.qemu.process import QemuMachine
+    from vmis.qemu.machine import QemuMachine
 
     attempts: list[tuple[str, BootSpec]] = []
     disk = tmp / "rootfs.ext4"
