@@ -14,8 +14,8 @@ import pytest
 from vmis.errors import NotFoundError
 from vmis.qemu.cmdline import BootSpec, DiskMode, MachineConfig
 from vmis.qemu.errors import MachineNotRunning, MachineStartError, QemuNotInstalled
-from vmis.qemu.machine import (
-    QemuMachine,
+from vmis.qemu.machine import QemuMachine
+from vmis.qemu.process import (
     _config_from_json,
     _config_to_json,
     _proc_identity,

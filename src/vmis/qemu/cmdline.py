@@ -3,7 +3,7 @@
 Nothing here starts a process or touches the file system: :func:`build_command`
 turns a :class:`MachineConfig` and a :class:`MachinePaths` into an argument
 vector, so the whole device layout is unit-tested without QEMU installed.
-:mod:`vmis.qemu.machine` runs the result.
+:mod:`vmis.qemu.process` runs the result.
 
 The layout (device ids are stable, the QMP helpers and the discovery code rely
 on them):

@@ -3,6 +3,8 @@
 :class:`QmpMonitor` wraps :class:`qemu.qmp.QMPClient` with the few commands
 vmis needs (run state, pause, ACPI power-down, quit, block snapshot, CD-ROM
 media) and maps its errors onto :class:`~vmis.qemu.errors.MonitorError`.
+:func:`qmp_ready` asks, synchronously and without qemu.qmp, whether a QEMU
+that is starting answers yet.
 
 Each call opens its own QMP session and closes it again. A QMP chardev
 serves one client at a time, and the host manager, the CLI and a test may
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,7 @@ from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, QMPError
 from vmis.qemu.cmdline import AGENT_CHARDEV_ID, CDROM_DEVICE_ID, ROOT_DRIVE_ID
 from vmis.qemu.errors import MonitorError
 
-__all__ = ["BlockSnapshot", "QmpMonitor"]
+__all__ = ["BlockSnapshot", "QmpMonitor", "qmp_ready"]
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +237,35 @@ class QmpMonitor:
                 {"device": device, "snapshot-file": str(target), "format": "qcow2"},
             )
         return BlockSnapshot(device=device, frozen=frozen, active=target)
+
+
+def qmp_ready(path: Path, timeout: float) -> bool:
+    """Whether QEMU answers a QMP command, which proves the machine was set up.
+
+    The greeting alone proves nothing: QEMU may send it while it is still
+    loading the kernel (and about to fail). Commands are only answered from
+    the main loop, which runs once the machine exists.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            reader = sock.makefile("rb")
+            if b'"QMP"' not in reader.readline():
+                return False
+            for command in (b"qmp_capabilities", b"query-status"):
+                sock.sendall(b'{"execute": "' + command + b'"}\n')
+                while True:
+                    line = reader.readline()
+                    if not line:
+                        return False
+                    if b'"return"' in line:
+                        break
+                    if b'"error"' in line:
+                        return False
+            return True
+    except OSError:
+        return False
 
 
 async def _quiet_disconnect(client: QMPClient) -> None:

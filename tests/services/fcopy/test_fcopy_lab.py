@@ -21,7 +21,7 @@ from support.lab import run_vmis, start_lab
 
 from vmis.lab.lab import Lab
 from vmis.lab.processes import pid_alive
-from vmis.services.fcopy.files import PART_SUFFIX
+from vmis.services.fcopy.receiver import PART_SUFFIX
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import pytest
 from support.pair import eventually, host_guest_pair
 
 from vmis.errors import RemoteServiceError, ServiceUnavailable, StateError
-from vmis.services.fcopy.files import PART_SUFFIX
+from vmis.services.fcopy.receiver import PART_SUFFIX
 from vmis.services.fcopy.guest import _Write
 from vmis.services.fcopy.host import FcopyHost
 
@@ -447,7 +447,7 @@ async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, s
     # The guest's writer thread fails (the disk is full): the copy stops with
     # that reason, nothing reaches the destination, and the partial file is
     # good only up to its last checkpoint, so a rerun completes the copy.
-    from vmis.services.fcopy.files import Receiver
+    from vmis.services.fcopy.receiver import Receiver
     from vmis.services.guest_half import ServiceError
 
     data = os.urandom(40 * MIB + 5)
@@ -474,7 +474,7 @@ async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, s
 async def test_a_failing_disk_on_the_host_ends_the_copy_out_of_the_guest(pair, short_tmp,
                                                                         monkeypatch):
     from vmis.errors import VmisError
-    from vmis.services.fcopy.files import Receiver
+    from vmis.services.fcopy.receiver import Receiver
     from vmis.services.guest_half import ServiceError
 
     data = os.urandom(20 * MIB)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from vmis.api.context import manager_of
 from vmis.errors import VmisError
-from vmis.services.fcopy.engine import CopyProgress
+from vmis.services.fcopy.file_copier import CopyProgress
 from vmis.services.fcopy.host import FcopyHost
 
 __all__ = ["router"]

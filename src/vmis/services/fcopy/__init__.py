@@ -9,10 +9,14 @@ The modules of this package, all standard library only:
 
 - :mod:`.paths`: guest path resolution inside the agent's root, symlinks
   resolved chroot-style, the ``[fcopy] allowed_roots`` policy;
-- :mod:`.files`: the blocking file work both ends share (partial files,
-  resume records, hashing readers and writers);
+- the blocking file work both ends share: :mod:`.receiver` (partial files,
+  resume records, the hashing writer), :mod:`.reader` (the hashing reader),
+  :mod:`.file_io` (what those two share), :mod:`.metadata` (a file's type,
+  mode and times), :mod:`.bulk_memory` (glibc's buffers during copies);
 - :mod:`.guest`: the guest service (handlers of the operations below);
-- :mod:`.host`: the copy engine the host manager runs.
+- :mod:`.host`: the host half, Copy-VMFile on a VM's session; it runs
+  :mod:`.engine` (files and trees, the result) on :mod:`.file_copier` (one
+  file either way, the host's end of the stream); these three ship to no guest.
 """
 
 from __future__ import annotations

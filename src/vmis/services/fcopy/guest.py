@@ -31,16 +31,11 @@ from vmis.protocol import (
 )
 from vmis.services.catalog import by_key
 from vmis.services.fcopy import DEFAULT_ALLOWED_ROOTS, FcopyOp
-from vmis.services.fcopy.files import (
-    BULK_MEMORY,
-    Reader,
-    Receiver,
-    file_mode,
-    list_dir,
-    set_times,
-    stat_entry,
-)
+from vmis.services.fcopy.bulk_memory import BULK_MEMORY
+from vmis.services.fcopy.metadata import file_mode, list_dir, set_times, stat_entry
 from vmis.services.fcopy.paths import Resolved, RootedPaths, check_name, parse_roots, split_path
+from vmis.services.fcopy.reader import Reader
+from vmis.services.fcopy.receiver import Receiver
 from vmis.services.guest_half import GuestContext, GuestService, ServiceError
 
 __all__ = ["SERVICE", "FcopyService"]

@@ -16,7 +16,8 @@ from vmis.errors import ConfigError
 from vmis.protocol import Payload
 from vmis.services.catalog import by_key
 from vmis.services.fcopy import FcopyOp
-from vmis.services.fcopy.engine import CopyEngine, CopyProgress
+from vmis.services.fcopy.engine import CopyEngine
+from vmis.services.fcopy.file_copier import CopyProgress
 from vmis.services.host_half import HostService, VmContext, VmPart
 
 __all__ = ["SERVICE", "SPEC", "FcopyHost"]

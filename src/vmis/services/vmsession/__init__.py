@@ -3,7 +3,8 @@
 The wire operations, their payloads, flow control, keepalives and the exit
 status rules are in docs/services/vmsession.md; this module holds what both
 halves share: op codes, stream numbers, limits and the exit status rule.
-The guest half is :mod:`.guest` (policy in :mod:`.policy`), the host half is
+The guest half is :mod:`.guest` (one running command in :mod:`.guest_session`,
+policy in :mod:`.policy`), the host half is
 ``vmis.services.vmsession.host``.
 """
 

@@ -1,13 +1,12 @@
-"""The file work of a copy, shared by the guest service and the host engine.
+"""One incoming file, written beside its destination and moved into place once verified.
+
+:class:`Receiver` writes one file (docs/services/fcopy.md §3-4): a partial
+file next to the destination, a running SHA-256, resume checkpoints, and
+the final verify, fsync and rename. Both ends use it: the guest service
+for copies into the guest, the host's engine for copies out of it.
 
 Everything here blocks (disk I/O, hashing, fsync); the async callers run it
 in worker threads, where hashlib and os.pwrite release the GIL.
-
-- :class:`Receiver` writes one incoming file: a partial file next to the
-  destination, a running SHA-256, resume checkpoints, and the final verify,
-  fsync and rename (docs/services/fcopy.md §3-4);
-- :class:`Reader` reads one outgoing file in order, hashing as it goes;
-- :func:`stat_entry` and :func:`list_dir` describe files for the peer.
 
 Standard library only.
 """
@@ -26,142 +25,20 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from vmis.services.fcopy import CHECKPOINT_BYTES, LIST_PAGE
+from vmis.services.fcopy import CHECKPOINT_BYTES
+from vmis.services.fcopy.file_io import HASH_BLOCK, nothing, os_error
+from vmis.services.fcopy.metadata import file_mode, set_times
 from vmis.services.guest_half import ServiceError
 
-__all__ = [
-    "BULK_MEMORY",
-    "PART_SUFFIX",
-    "Reader",
-    "Receiver",
-    "entry_type",
-    "file_mode",
-    "list_dir",
-    "part_names",
-    "set_times",
-    "stat_entry",
-]
+__all__ = ["PART_SUFFIX", "Receiver", "part_names"]
 
 PART_SUFFIX = ".vmis-part"
 RESUME_SUFFIX = ".vmis-resume"
 #: bytes of the destination name kept in partial file names (NAME_MAX is 255)
 _NAME_KEEP = 200
-_HASH_BLOCK = 1024 * 1024
-#: chunks a reader may be ahead of its hashing
-_HASH_LAG = 4
 #: a receiver starts writing its data to disk every this many bytes
 _FLUSH_BYTES = 32 * 1024 * 1024
 _RECORD_VERSION = 1
-
-
-class BulkMemory:
-    """Keeps glibc from handing megabyte buffers back to the kernel while copies run.
-
-    Every data frame is a fresh buffer of about a megabyte. glibc serves
-    such sizes with mmap, or trims them off the heap as soon as they are
-    freed, so each new frame's pages fault in again and are zeroed by the
-    kernel: that cost as much CPU as a memcpy of the data (measured with
-    ``perf stat -e page-faults``: 40,000 faults for 400 MiB copied, 1,000
-    with this). While a copy is open the thresholds are raised so the heap
-    keeps and reuses those buffers; when the last copy ends the memory is
-    given back with ``malloc_trim``. Without glibc this does nothing.
-    """
-
-    #: glibc's mallopt parameters (malloc.h) and their default values
-    _M_TRIM_THRESHOLD = -1
-    _M_MMAP_THRESHOLD = -3
-    _DEFAULT = 128 * 1024
-
-    def __init__(self) -> None:
-        self._users = 0
-        self._libc: Any = None
-        try:
-            import ctypes
-            import platform
-
-            if platform.libc_ver()[0] == "glibc":
-                libc = ctypes.CDLL(None)
-                if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim"):
-                    self._libc = libc
-        except (OSError, ImportError):
-            self._libc = None
-
-    def acquire(self) -> None:
-        """A copy starts."""
-        if self._users == 0 and self._libc is not None:
-            self._libc.mallopt(self._M_MMAP_THRESHOLD, 32 * 1024 * 1024)
-            self._libc.mallopt(self._M_TRIM_THRESHOLD, 128 * 1024 * 1024)
-        self._users += 1
-
-    def release(self) -> None:
-        """A copy ended; the last one gives the memory back."""
-        self._users = max(0, self._users - 1)
-        if self._users == 0 and self._libc is not None:
-            self._libc.mallopt(self._M_MMAP_THRESHOLD, self._DEFAULT)
-            self._libc.mallopt(self._M_TRIM_THRESHOLD, self._DEFAULT)
-            self._libc.malloc_trim(0)
-
-
-#: one per process: the thresholds are process-wide
-BULK_MEMORY = BulkMemory()
-
-
-def file_mode(mode: int) -> int:
-    """The permission bits a copy keeps: rwx for all and the sticky bit, not setuid/setgid.
-
-    A file copied by the agent belongs to root; keeping a set-user-ID bit
-    would turn any host file into a root program in the guest.
-    """
-    return stat.S_IMODE(mode) & 0o1777
-
-
-def entry_type(mode: int) -> str:
-    """``file``, ``dir``, ``link`` or ``other`` for an lstat mode."""
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "link"
-    return "other"
-
-
-def stat_entry(st: os.stat_result) -> dict[str, Any]:
-    """What the peer learns of a file: type, size, mode, times."""
-    return {"type": entry_type(st.st_mode), "size": st.st_size,
-            "mode": stat.S_IMODE(st.st_mode), "atime_ns": st.st_atime_ns,
-            "mtime_ns": st.st_mtime_ns}
-
-
-def list_dir(dir_fd: int, start: int) -> tuple[list[dict[str, Any]], int | None, list[str]]:
-    """One page of a directory's entries, sorted by name.
-
-    :return: ``(entries, next start or None, names skipped)``; a name that is
-        not valid UTF-8 cannot travel in json and is skipped (reported
-        with its bytes escaped).
-    """
-    names = sorted(os.listdir(dir_fd))
-    page = names[start : start + LIST_PAGE]
-    entries, skipped = [], []
-    for name in page:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            skipped.append(name.encode("utf-8", "surrogateescape").decode("utf-8",
-                                                                            "backslashreplace"))
-            continue
-        try:
-            st = os.lstat(name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            continue
-        entries.append({"name": name, **stat_entry(st)})
-    nxt = start + LIST_PAGE if start + LIST_PAGE < len(names) else None
-    return entries, nxt, skipped
-
-
-def set_times(fd: int, atime_ns: int, mtime_ns: int) -> None:
-    """Set an open file's times."""
-    os.utime(fd, ns=(atime_ns, mtime_ns))
 
 
 def part_names(name: str, token: str) -> tuple[str, str]:
@@ -169,16 +46,6 @@ def part_names(name: str, token: str) -> tuple[str, str]:
     raw = name.encode("utf-8", "surrogateescape")[:_NAME_KEEP]
     keep = raw.decode("utf-8", "ignore")
     return f".{keep}.{token[:16]}{PART_SUFFIX}", f".{keep}.{token[:16]}{RESUME_SUFFIX}"
-
-
-def _os_error(exc: OSError, what: str) -> ServiceError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return ServiceError("too-large", f"{what}: {os.strerror(exc.errno or 0)}")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return ServiceError("denied", f"{what}: {os.strerror(exc.errno or 0)}")
-    if exc.errno == errno.ENOENT:
-        return ServiceError("not-found", f"{what}: {os.strerror(exc.errno)}")
-    return ServiceError("failed", f"{what}: {exc.strerror or exc}")
 
 
 class Receiver:
@@ -248,7 +115,7 @@ class Receiver:
             self._create()
         except OSError as exc:
             self.close(keep=False)
-            raise _os_error(exc, f"cannot create a file in the directory of {self.display}") \
+            raise os_error(exc, f"cannot create a file in the directory of {self.display}") \
                 from exc
         return 0, self._hash.copy().hexdigest()
 
@@ -270,7 +137,7 @@ class Receiver:
         h = hashlib.sha256()
         pos = 0
         while pos < verified:
-            block = os.pread(fd, min(_HASH_BLOCK, verified - pos), pos)
+            block = os.pread(fd, min(HASH_BLOCK, verified - pos), pos)
             if not block:
                 break
             h.update(block)
@@ -390,7 +257,7 @@ class Receiver:
             while pos < len(view):
                 pos += os.pwrite(self.fd, view[pos:], offset + pos)
         except OSError as exc:
-            raise _os_error(exc, f"writing {self.display}") from exc
+            raise os_error(exc, f"writing {self.display}") from exc
 
     def _digest(self, offset: int, data: bytes | bytearray | memoryview,
                 written: Future[None]) -> None:
@@ -432,9 +299,9 @@ class Receiver:
         # Hash tasks wait for their writes: once the hasher is idle, so is the
         # writer; then the flusher's flushes and records queued meanwhile.
         if self._hasher is not None:
-            self._hasher.submit(_nothing).result()
+            self._hasher.submit(nothing).result()
         if self._flusher is not None:
-            self._flusher.submit(_nothing).result()
+            self._flusher.submit(nothing).result()
         if self._flushing is not None:
             self._flushing.result()
 
@@ -503,7 +370,7 @@ class Receiver:
                 self._place()
                 os.fsync(self.dir_fd)
             except OSError as exc:
-                raise _os_error(exc, f"cannot finish {self.display}") from exc
+                raise os_error(exc, f"cannot finish {self.display}") from exc
             os.close(self.fd)
             self.fd = -1
             self._remove_parts(self.record, self.record + ".tmp")
@@ -560,123 +427,3 @@ class Receiver:
         if self.dir_fd >= 0:
             os.close(self.dir_fd)
             self.dir_fd = -1
-
-
-class Reader:
-    """One file read in order from offset 0 (or a resume offset), hashed as it goes.
-
-    :param fd: the open file; the reader takes ownership.
-    :param display: its path, for messages.
-    """
-
-    def __init__(self, fd: int, display: str) -> None:
-        self.fd = fd
-        self.display = display
-        self.st = os.fstat(fd)
-        self.size = self.st.st_size
-        self._hash = hashlib.sha256()
-        #: bytes hashed so far
-        self.pos = 0
-        #: the offset the next read must start at (claimed ahead of the worker)
-        self.expected = 0
-        self._io: ThreadPoolExecutor | None = None
-        self._hasher: ThreadPoolExecutor | None = None
-        #: chunks read but not hashed yet, at most _HASH_LAG (bounds the memory held)
-        self._lag = threading.Semaphore(_HASH_LAG)
-
-    def seek(self, offset: int) -> str:
-        """Start over, hashing the first *offset* bytes; return their SHA-256."""
-        if not 0 <= offset <= self.size:
-            raise ServiceError("bad-request", f"offset {offset} outside 0..{self.size}")
-        self._drain()
-        self._hash = hashlib.sha256()
-        self.pos = 0
-        while self.pos < offset:
-            block = self._pread(min(_HASH_BLOCK, offset - self.pos), self.pos)
-            self._hash.update(block)
-            self.pos += len(block)
-        self.expected = offset
-        return self._hash.copy().hexdigest()
-
-    def claim(self, offset: int, length: int) -> int:
-        """Check that a read continues the last one; return the length to read."""
-        if offset != self.expected:
-            raise ServiceError("bad-request", f"read at offset {offset}, expected {self.expected}")
-        length = max(0, min(length, self.size - offset))
-        self.expected = offset + length
-        return length
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Read claimed bytes and hash them now, in the calling thread (small files)."""
-        data = self._pread(length, offset)
-        self._hash.update(data)
-        self.pos = offset + len(data)
-        return data
-
-    def submit(self, offset: int, length: int) -> Future[bytes]:
-        """Queue a claimed read: one thread reads, another hashes, in offset order.
-
-        The future is done as soon as the bytes are read; hashing follows
-        behind (at most a few chunks) and :meth:`finish` waits for it.
-        """
-        if self._io is None or self._hasher is None:
-            self._io = ThreadPoolExecutor(1, thread_name_prefix="fcopy-read")
-            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="fcopy-hash")
-        got = self._io.submit(self._lagged_pread, length, offset)
-        self._hasher.submit(self._digest, got)
-        return got
-
-    def _lagged_pread(self, length: int, offset: int) -> bytes:
-        self._lag.acquire()
-        return self._pread(length, offset)
-
-    def _digest(self, got: Future[bytes]) -> None:
-        try:
-            data = got.result()
-        finally:
-            self._lag.release()
-        self._hash.update(data)
-        self.pos += len(data)
-
-    def _drain(self) -> None:
-        for pool in (self._io, self._hasher):
-            if pool is not None:
-                pool.submit(_nothing).result()
-
-    def _pread(self, length: int, offset: int) -> bytes:
-        try:
-            data = os.pread(self.fd, length, offset)
-        except OSError as exc:
-            raise _os_error(exc, f"reading {self.display}") from exc
-        if len(data) != length:
-            raise ServiceError("failed", f"{self.display} shrank while being copied")
-        return data
-
-    def finish(self) -> str:
-        """The SHA-256 of the whole file, after checking it did not change meanwhile.
-
-        :raise ServiceError: ``failed`` when not all was read or the file changed.
-        """
-        self._drain()
-        if self.pos != self.size:
-            raise ServiceError("failed", f"{self.display}: read {self.pos} of {self.size} bytes")
-        st = os.fstat(self.fd)
-        if (st.st_size, st.st_mtime_ns) != (self.size, self.st.st_mtime_ns):
-            raise ServiceError("failed", f"{self.display} changed while being copied")
-        return self._hash.hexdigest()
-
-    def close(self) -> None:
-        """Close the file once no read is queued any more."""
-        with contextlib.suppress(BaseException):
-            self._drain()
-        for pool in (self._io, self._hasher):
-            if pool is not None:
-                pool.shutdown(wait=False)
-        self._io = self._hasher = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _nothing() -> None:
-    """A no-op queued behind a worker's tasks, to wait for them."""

@@ -1,0 +1,356 @@
+"""One file copied either way between this machine and a guest: the host's end of the stream.
+
+docs/services/fcopy.md §3.2-3.4 and §4. :class:`FileCopier` copies single
+files through any *requester* that sends one fcopy request and returns its
+answer (the host manager passes ``VmSession.request``): into the guest a PUT,
+or OPEN_WRITE, WRITE..., COMMIT; out of it OPEN_READ, READ..., CLOSE; both
+resuming a partial file where a copy stopped. :class:`~.engine.CopyEngine`
+builds Copy-VMFile's files and trees on it. It has no host-only dependency.
+
+Throughput (§3.3): the file is read one chunk ahead of the sender in one
+worker thread and hashed in another, up to :data:`WINDOW` data requests
+are in flight, and each frame carries up to :data:`CHUNK_SIZE` bytes of
+data that are never copied to be framed. Receiving from the guest is the
+mirror image: READ requests are kept in flight and two worker threads write
+and hash the answers in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from vmis.errors import VmisError
+from vmis.protocol import (
+    Payload,
+    Received,
+    decode_json,
+    decode_json_raw,
+    encode_json,
+    encode_json_raw,
+)
+from vmis.services.fcopy import CHUNK_SIZE, DATA_TIMEOUT, HEAD_ROOM, WINDOW, FcopyOp, resume_token
+from vmis.services.fcopy.paths import RootedPaths, check_name
+from vmis.services.fcopy.reader import Reader
+from vmis.services.fcopy.receiver import Receiver
+from vmis.services.guest_half import ServiceError
+
+__all__ = ["CopyProgress", "FileCopier", "Requester"]
+
+_log = logging.getLogger("vmis.host.fcopy")
+
+#: seconds for a request that does no bulk work
+_SHORT_TIMEOUT = 30.0
+
+
+class Requester(Protocol):
+    """Sends one fcopy request and returns the answer's payload."""
+
+    def __call__(self, op: int, payload: Payload,
+                 timeout: float | None) -> Awaitable[Received]: ...
+
+
+@dataclass
+class CopyProgress:
+    """Where a copy stands; handed to the progress callback after each chunk."""
+
+    bytes_total: int = 0
+    bytes_done: int = 0
+    files_total: int = 0
+    files_done: int = 0
+    #: the file being copied
+    current: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bytes": self.bytes_done, "total": self.bytes_total,
+                "files": self.files_done, "files_total": self.files_total,
+                "file": self.current}
+
+
+@dataclass
+class _Stats:
+    sent: int = 0
+    resumed: int = 0
+    items: list[dict[str, Any]] = field(default_factory=list)
+    directories: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+class FileCopier:
+    """Copies single files between this machine and one guest (docs/services/fcopy.md §3.2).
+
+    :param request: sends one fcopy request (service 6) and returns the answer.
+    :param peer_max_payload: the guest's receive limit (docs/protocol.md §2.4).
+    :param own_max_payload: this side's receive limit.
+    :param progress: called with the running :class:`CopyProgress`.
+    :param chunk_size: data bytes per frame (capped by the limits above).
+    :param window: data requests in flight per file.
+    """
+
+    def __init__(self, request: Requester, *, peer_max_payload: int, own_max_payload: int,
+                 progress: Callable[[CopyProgress], None] | None = None,
+                 chunk_size: int = CHUNK_SIZE, window: int = WINDOW) -> None:
+        self._request = request
+        self.send_chunk = max(1, min(chunk_size, peer_max_payload - HEAD_ROOM))
+        self.recv_chunk = max(1, min(chunk_size, own_max_payload - HEAD_ROOM))
+        self.window = max(1, window)
+        self.progress = CopyProgress()
+        self._on_progress = progress
+        self._stats = _Stats()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="fcopy-host")
+        self._local = RootedPaths(Path("/"), ["/"])
+
+    # Section: plumbing
+
+    async def _call(self, op: FcopyOp, payload: Payload, timeout: float | None) -> Received:
+        return await self._request(op, payload, timeout)
+
+    async def _json(self, op: FcopyOp, body: dict[str, Any],
+                    timeout: float = _SHORT_TIMEOUT) -> dict[str, Any]:
+        return decode_json(await self._call(op, encode_json(body), timeout))
+
+    async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(self._worker.submit(fn, *args))
+
+    def _advance(self, n: int) -> None:
+        self.progress.bytes_done += n
+        if self._on_progress is not None:
+            self._on_progress(self.progress)
+
+    def _file_done(self, item: dict[str, Any]) -> None:
+        self._stats.items.append(item)
+        self.progress.files_done += 1
+        if self._on_progress is not None:
+            self._on_progress(self.progress)
+
+    async def _best_effort(self, op: FcopyOp, body: dict[str, Any]) -> None:
+        # Tidy-up after a failure: the guest may be gone, the caller cancelled.
+        with contextlib.suppress(VmisError, OSError, asyncio.CancelledError):
+            await asyncio.shield(self._json(op, body, timeout=5))
+
+    # Section: host to guest
+
+    async def _file_to_guest(self, source: Path, st: os.stat_result, destination: str,
+                             name: str, *, exact: bool, create: bool,
+                             force: bool) -> dict[str, Any]:
+        self.progress.current = str(source)
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise VmisError(f"cannot read {source}: {exc.strerror}") from exc
+        reader = Reader(fd, str(source))
+        try:
+            token = resume_token("to-guest", str(source), reader.size, reader.st.st_mtime_ns,
+                                 f"{destination}\0{name}")
+            meta = {"path": destination, "name": name, "size": reader.size,
+                    "mode": stat.S_IMODE(reader.st.st_mode), "atime_ns": reader.st.st_atime_ns,
+                    "mtime_ns": reader.st.st_mtime_ns, "token": token, "force": force,
+                    "create_path": create, "exact": exact}
+            if reader.size <= self.send_chunk:
+                return await self._put(reader, meta)
+            return await self._stream_to_guest(reader, meta)
+        finally:
+            self._worker.submit(reader.close)
+
+    async def _put(self, reader: Reader, meta: dict[str, Any]) -> dict[str, Any]:
+        def whole() -> tuple[bytes, str]:
+            reader.claim(0, reader.size)
+            data = reader.read(0, reader.size)
+            return data, reader.finish()
+
+        data, digest = await self._in_worker(whole)
+        answer = decode_json(await self._call(
+            FcopyOp.PUT, encode_json_raw({**meta, "sha256": digest}, data), DATA_TIMEOUT))
+        self._check_digest(answer, digest, reader.display)
+        self._stats.sent += len(data)
+        self._advance(len(data))
+        item = {"Path": answer["path"], "Bytes": reader.size, "Sha256": digest}
+        self._file_done(item)
+        return item
+
+    async def _stream_to_guest(self, reader: Reader, meta: dict[str, Any]) -> dict[str, Any]:
+        opened = await self._json(FcopyOp.OPEN_WRITE, {**meta, "resume": True}, DATA_TIMEOUT)
+        handle, offset = int(opened["handle"]), int(opened["offset"])
+        if offset:
+            mine = await self._in_worker(reader.seek, offset)
+            if mine != opened.get("prefix_sha256"):
+                # The guest's partial data is not a prefix of this source.
+                _log.info("%s: partial data in the guest differs; starting over", reader.display)
+                await self._json(FcopyOp.ABORT, {"handle": handle, "keep": False})
+                opened = await self._json(FcopyOp.OPEN_WRITE, {**meta, "resume": False},
+                                          DATA_TIMEOUT)
+                handle, offset = int(opened["handle"]), 0
+                await self._in_worker(reader.seek, 0)
+            else:
+                _log.info("%s: resuming at byte %d", reader.display, offset)
+                self._stats.resumed += offset
+                self._advance(offset)
+        pending: deque[asyncio.Task[Received]] = deque()
+        nxt: asyncio.Future[bytes] | None = None
+        try:
+            pos = offset
+            nxt = self._read_ahead(reader, pos)
+            while nxt is not None:
+                data = await nxt
+                at = pos
+                pos += len(data)
+                nxt = self._read_ahead(reader, pos)
+                while len(pending) >= self.window:
+                    await pending.popleft()
+                pending.append(asyncio.ensure_future(self._call(
+                    FcopyOp.WRITE, encode_json_raw({"handle": handle, "offset": at}, data),
+                    DATA_TIMEOUT)))
+                self._stats.sent += len(data)
+                self._advance(len(data))
+            while pending:
+                await pending.popleft()
+            digest = await self._in_worker(reader.finish)
+            answer = await self._json(FcopyOp.COMMIT, {"handle": handle, "sha256": digest},
+                                      DATA_TIMEOUT)
+        except BaseException as exc:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, *([nxt] if nxt else []), return_exceptions=True)
+            keep = not isinstance(exc, ServiceError)  # a verify failure is not resumable
+            await self._best_effort(FcopyOp.ABORT, {"handle": handle, "keep": keep})
+            raise
+        self._check_digest(answer, digest, reader.display)
+        item = {"Path": answer["path"], "Bytes": reader.size, "Sha256": digest,
+                "Resumed": offset}
+        self._file_done(item)
+        return item
+
+    def _read_ahead(self, reader: Reader, pos: int) -> asyncio.Future[bytes] | None:
+        if pos >= reader.size:
+            return None
+        n = reader.claim(pos, self.send_chunk)
+        return asyncio.wrap_future(reader.submit(pos, n))
+
+    @staticmethod
+    def _check_digest(answer: dict[str, Any], digest: str, what: str) -> None:
+        if answer.get("sha256") != digest:
+            raise VmisError(f"{what}: the guest reports SHA-256 {answer.get('sha256')}, "
+                            f"the host {digest}")
+
+    # Section: guest to host
+
+    async def _file_from_guest(self, source: str, destination: str, *, exact: bool,
+                               create: bool, force: bool) -> dict[str, Any]:
+        self.progress.current = source
+        raw = await self._call(FcopyOp.OPEN_READ, encode_json(
+            {"path": source, "inline_max": self.recv_chunk}), DATA_TIMEOUT)
+        info, inline = decode_json_raw(raw)
+        handle = int(info.get("handle", 0))
+        try:
+            target = self._local.destination(destination, check_name(source.rsplit("/", 1)[-1]),
+                                             create=create, exact=exact, force=force,
+                                             what="copying to the host")
+        except BaseException:
+            if handle:
+                await self._best_effort(FcopyOp.ABORT, {"handle": handle})
+            raise
+        assert target.name is not None
+        size = int(info["size"])
+        token = resume_token("from-guest", str(info["path"]), size, int(info["mtime_ns"]),
+                             target.path)
+        receiver = Receiver(target.dir_fd, target.name, target.path, token, size,
+                            mode=int(info["mode"]), atime_ns=int(info["atime_ns"]),
+                            mtime_ns=int(info["mtime_ns"]), force=force)
+        target.dir_fd = -1
+        if not handle:
+            return await self._receive_inline(receiver, bytes(inline), str(info["sha256"]))
+        return await self._stream_from_guest(receiver, handle)
+
+    async def _receive_inline(self, receiver: Receiver, data: bytes,
+                              digest: str) -> dict[str, Any]:
+        def whole() -> str:
+            try:
+                receiver.open(resume=False)
+                receiver.claim(0, len(data))
+                receiver.write(0, data)
+                return receiver.commit(digest)
+            finally:
+                receiver.close(keep=False)
+
+        mine = await self._in_worker(whole)
+        self._stats.sent += len(data)
+        self._advance(len(data))
+        item = {"Path": receiver.display, "Bytes": len(data), "Sha256": mine}
+        self._file_done(item)
+        return item
+
+    async def _stream_from_guest(self, receiver: Receiver, handle: int) -> dict[str, Any]:
+        reads: deque[tuple[int, asyncio.Task[Received]]] = deque()
+        writes: deque[asyncio.Future[Any]] = deque()
+        keep = True
+        failed = False
+        try:
+            offset, mine = await self._in_worker(receiver.open, True)
+            if offset:
+                theirs = (await self._json(FcopyOp.SEEK, {"handle": handle, "offset": offset},
+                                           DATA_TIMEOUT))["prefix_sha256"]
+                if theirs != mine:
+                    _log.info("%s: partial data differs from the guest's file; starting over",
+                              receiver.display)
+                    await self._in_worker(receiver.restart)
+                    await self._json(FcopyOp.SEEK, {"handle": handle, "offset": 0})
+                    offset = 0
+                else:
+                    self._stats.resumed += offset
+                    self._advance(offset)
+            asked = offset
+            while asked < receiver.size or reads:
+                while asked < receiver.size and len(reads) < self.window:
+                    n = min(self.recv_chunk, receiver.size - asked)
+                    reads.append((asked, asyncio.ensure_future(self._call(
+                        FcopyOp.READ, encode_json({"handle": handle, "offset": asked,
+                                                   "length": n}), DATA_TIMEOUT))))
+                    asked += n
+                at, task = reads.popleft()
+                data = await task
+                receiver.claim(at, len(data))
+                writes.append(asyncio.wrap_future(receiver.submit(at, data)))
+                while len(writes) > self.window or (writes and writes[0].done()):
+                    await writes.popleft()
+                self._stats.sent += len(data)
+                self._advance(len(data))
+            while writes:
+                await writes.popleft()
+            theirs = (await self._json(FcopyOp.CLOSE, {"handle": handle}, DATA_TIMEOUT))["sha256"]
+            handle = 0
+            keep = False
+            digest = await self._in_worker(receiver.commit, str(theirs))
+        except BaseException as exc:
+            for _, task in reads:
+                task.cancel()
+            await asyncio.gather(*(t for _, t in reads), *writes, return_exceptions=True)
+            if handle:
+                await self._best_effort(FcopyOp.ABORT, {"handle": handle})
+            keep = keep and not isinstance(exc, ServiceError)
+            failed = True
+            raise
+        finally:
+            # Awaited: once the copy has failed, its partial file is gone (or
+            # checkpointed for a resume) before anyone hears of the failure.
+            # Shielded: a cancellation does not stop the close.
+            closing = asyncio.shield(asyncio.wrap_future(self._worker.submit(receiver.close, keep)))
+            try:
+                await closing
+            except Exception as err:
+                if not failed:
+                    raise
+                # the copy's own failure is the one to report
+                _log.warning("%s: cleaning up after a failed copy: %s", receiver.display, err)
+        item = {"Path": receiver.display, "Bytes": receiver.size, "Sha256": digest,
+                "Resumed": receiver.resumed}
+        self._file_done(item)
+        return item
