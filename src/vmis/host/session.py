@@ -28,6 +28,7 @@ from vmis.errors import (
     ServiceUnavailable,
     VmisError,
 )
+from vmis.host.service_status import out_of_date, service_status
 from vmis.protocol import Payload, Received
 from vmis.services.catalog import CATALOG, ServiceSpec
 from vmis.services.host_half import (
@@ -39,7 +40,7 @@ from vmis.services.host_half import (
     VmRecord,
 )
 from vmis.services.link import GuestKind, GuestLink, LinkHello, NotificationHandler, ServiceOffer
-from vmis.services.status import OperationalStatus, ServiceStatus
+from vmis.services.status import ServiceStatus
 
 __all__ = ["Backoff", "VmSession"]
 
@@ -426,7 +427,7 @@ class VmSession:
             )
         state = self.guest.get(spec.key)
         if state is None or state.version is None:
-            raise ServiceUnavailable(f"{self.vm.name}: {self._out_of_date(spec, state)}")
+            raise ServiceUnavailable(f"{self.vm.name}: {out_of_date(self, spec, state)}")
         if state.state != "running":
             how = ("it is disabled in the guest (StartupType Disabled)"
                    if state.startup == "disabled" else "it is stopped in the guest")
@@ -437,74 +438,8 @@ class VmSession:
     # Section: status
 
     def status(self, spec: ServiceSpec, off: bool = False) -> ServiceStatus:
-        """Get-VMIntegrationService's row for one host service (table in vmis.services.status).
+        """Get-VMIntegrationService's row for one host service (vmis.host.service_status).
 
         :param off: the VM is known to be off (no status then, as Hyper-V shows it).
         """
-        enabled = self.vm.enabled.get(spec.key, spec.default_enabled)
-        name = spec.host_name or spec.guest_name
-        row: dict[str, Any] = {"vm_name": self.vm.name, "vm_id": self.vm.id, "name": name,
-                               "enabled": enabled}
-        guest = self.guest.get(spec.key)
-        facts: dict[str, Any] = {}
-        if guest is not None:
-            facts = {"guest_state": guest.state, "guest_startup": guest.startup,
-                     "version": ".".join(map(str, guest.version)) if guest.version else None}
-        elif self.contacted:
-            facts = {"guest_state": "absent"}
-        if off and not self.connected:
-            return ServiceStatus(**row, primary=None, **facts)
-        if not enabled:
-            return ServiceStatus(**row, primary=OperationalStatus.OK, **facts)
-        primary, reason = self._primary(spec, guest)
-        secondary = None
-        part = self._parts.get(spec.key)
-        if part is not None and primary in (OperationalStatus.OK, OperationalStatus.DEGRADED):
-            primary, secondary, reason = part.refine_status(primary, reason)
-        return ServiceStatus(**row, primary=primary, secondary=secondary, reason=reason, **facts)
-
-    def _out_of_date(self, spec: ServiceSpec, guest: ServiceOffer | None) -> str:
-        """Why an older guest cannot serve *spec*, naming the guest version it needs."""
-        if guest is not None and guest.limit:
-            return guest.limit
-        label = spec.host_name or spec.guest_name
-        agent = self.agent.get("version", "unknown")
-        needs = (f"update its integration services to vmis {spec.since} or newer "
-                 "(Update-VMIntegrationServices)")
-        if guest is None:
-            return f"the guest agent {agent} does not offer {label}; {needs}"
-        offered = f" (it speaks {_versions(guest.offers)})" if guest.offers else ""
-        return (f"the guest agent {agent} speaks no version of {label} this host speaks "
-                f"({_versions(spec.versions)}){offered}; {needs}")
-
-    def _primary(self, spec: ServiceSpec,
-                 guest: ServiceOffer | None) -> tuple[OperationalStatus, str]:
-        if not self.contacted:
-            return OperationalStatus.NO_CONTACT, self.last_error
-        if self.mismatch:
-            return OperationalStatus.PROTOCOL_MISMATCH, self.mismatch
-        if not self.connected:
-            return OperationalStatus.LOST_COMMUNICATION, self.last_error
-        if self.contact() == Contact.LOST:
-            return OperationalStatus.LOST_COMMUNICATION, "heartbeats stopped"
-        if guest is None:
-            return OperationalStatus.NO_CONTACT, self._out_of_date(spec, guest)
-        if guest.version is None:
-            return OperationalStatus.PROTOCOL_MISMATCH, self._out_of_date(spec, guest)
-        if guest.startup == "disabled" and guest.state != "running":
-            return OperationalStatus.ERROR, guest.limit or (
-                f"{spec.guest_name} is disabled in the guest (StartupType Disabled); "
-                "the host cannot start it"
-            )
-        if guest.state != "running":
-            return OperationalStatus.NO_CONTACT, f"{spec.guest_name} is stopped in the guest"
-        if guest.version < spec.versions[0]:
-            return OperationalStatus.DEGRADED, (
-                f"guest speaks version {'.'.join(map(str, guest.version))}, "
-                f"the host {'.'.join(map(str, spec.versions[0]))}"
-            )
-        return OperationalStatus.OK, ""
-
-
-def _versions(versions: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> str:
-    return ", ".join(".".join(map(str, v)) for v in versions)
+        return service_status(self, spec, self._parts.get(spec.key), off)
