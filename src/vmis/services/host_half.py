@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import sqlalchemy as sa
 
+from vmis.errors import ProtocolError
 from vmis.protocol.frames import Payload, Received
+from vmis.protocol.session import decode_json
 from vmis.services.catalog import ServiceSpec
 from vmis.services.link import GuestLink, NotificationHandler, ServiceOffer
 from vmis.services.status import OperationalStatus
@@ -193,6 +195,18 @@ class VmPart:
     def settings(self) -> dict[str, Any]:
         """The host's settings sent to the guest service with each start (SET_SERVICE)."""
         return {}
+
+    def json_body(self, payload: bytes, what: str) -> dict[str, Any] | None:
+        """A guest notification's JSON object, or None when it is not one.
+
+        Handlers run in the link's bottom half: a bad payload is logged
+        (``bad <what>: ...``) and ends nothing.
+        """
+        try:
+            return decode_json(payload)
+        except ProtocolError as exc:
+            self.vm.log.warning("bad %s: %s", what, exc)
+            return None
 
     def on_record_changed(self) -> None:
         """``self.vm.vm`` was replaced (vm set, Enable-/Disable-VMIntegrationService)."""

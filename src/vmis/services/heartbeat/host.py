@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmis.errors import ProtocolError
-from vmis.protocol import decode_json
 from vmis.services.catalog import by_key
 from vmis.services.heartbeat import (
     DEFAULT_ERROR_THRESHOLD,
@@ -200,10 +199,8 @@ class HeartbeatPart(VmPart):
             self.vm.log.info("heartbeat: Ok")
 
     def _on_health(self, payload: bytes) -> None:
-        try:
-            body = decode_json(payload)
-        except ProtocolError as exc:
-            self.vm.log.warning("bad heartbeat: %s", exc)
+        body = self.json_body(payload, "heartbeat")
+        if body is None:
             return
         failed = body.get("failed") or []
         self.monitor.set_health(str(body.get("health", "ok")),

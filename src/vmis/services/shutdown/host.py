@@ -19,14 +19,13 @@ from typing import Any
 
 from vmis.errors import (
     ChannelClosed,
-    ProtocolError,
     RemoteServiceError,
     RequestTimeout,
     ServiceUnavailable,
     StateError,
     VmisError,
 )
-from vmis.protocol import decode_json, encode_json
+from vmis.protocol import encode_json
 from vmis.services.catalog import by_key
 from vmis.services.host_half import HostService, VmContext, VmPart
 from vmis.services.hypervisor import known_state, turn_off
@@ -52,10 +51,8 @@ class VmShutdown(VmPart):
         return {ShutdownOp.FAILED: self._on_failed}
 
     def _on_failed(self, payload: bytes) -> None:
-        try:
-            body = decode_json(payload)
-        except ProtocolError as exc:
-            self.vm.log.warning("bad shutdown FAILED notification: %s", exc)
+        body = self.json_body(payload, "shutdown FAILED notification")
+        if body is None:
             return
         error = str(body.get("error", "unknown error"))
         self.vm.log.error("the guest's %s failed: %s", body.get("action"), error)

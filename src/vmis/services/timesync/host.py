@@ -25,7 +25,6 @@ from vmis.errors import (
     RemoteServiceError,
     ServiceUnavailable,
 )
-from vmis.protocol import decode_json
 from vmis.services.catalog import by_key
 from vmis.services.host_half import HostContext, HostService, VmContext, VmPart, metadata
 from vmis.services.link import GuestLink, NotificationHandler
@@ -137,10 +136,8 @@ class VmTimeSync(VmPart):
         return True
 
     def _on_clock_event(self, payload: bytes) -> None:
-        try:
-            body = decode_json(payload)
-        except ProtocolError as exc:
-            self.vm.log.warning("bad time sync CLOCK_EVENT: %s", exc)
+        body = self.json_body(payload, "time sync CLOCK_EVENT")
+        if body is None:
             return
         delta = body.get("delta_ns")
         self.vm.log.info("guest reports a clock %s (%s s); syncing now", body.get("event"),
