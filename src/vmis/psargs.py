@@ -24,13 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmis.errors import VmisError
+from vmis.errors import UsageError, VmisError
 
 __all__ = [
     "HELP_WORDS",
     "Command",
     "Param",
-    "UsageError",
     "find_command",
     "find_verb",
     "leading_options",
@@ -42,10 +41,6 @@ __all__ = [
 
 #: words that ask for a command's usage instead of running it
 HELP_WORDS = ("-h", "--help", "-?")
-
-
-class UsageError(VmisError):
-    """The command line is wrong; the message says how."""
 
 
 def run_main(body: Callable[[], int], prefix: Callable[[VmisError], str]) -> int:

@@ -17,16 +17,10 @@ import pytest
 
 from vmis.cli.advisorcmd import format_advice
 from vmis.cli.host import main
-from vmis.errors import NotFoundError
-from vmis.advisor.advisor import (
-    Advisor,
-    UnknownOSError,
-    default_advisor,
-    update_path,
-    update_paths,
-)
+from vmis.errors import NotFoundError, UnknownOSError, UpdatePathDataError
+from vmis.advisor.advisor import Advisor, default_advisor, update_path, update_paths
 from vmis.advisor.answers import Support
-from vmis.advisor.datafile import UpdatePathDataError, load_update_paths
+from vmis.advisor.datafile import load_update_paths
 from vmis.advisor.names import normalise_name
 
 WU, DISK, PKG = "Windows Update", "Integration Services disk", "Package manager"

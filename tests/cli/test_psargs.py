@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vmis.psargs import Command, Param, UsageError, find_verb, leading_options, parse, run_command
+from vmis.errors import UsageError
+from vmis.psargs import Command, Param, find_verb, leading_options, parse, run_command
 
 
 def _ran(args):

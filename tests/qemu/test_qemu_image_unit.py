@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vmis.qemu.errors import ImageBuildError
+from vmis.errors import ImageBuildError
 from vmis.qemu.image.guest_image import GuestImage
 from vmis.qemu.image.layers import ensure_agent_image, find_base_image
 from vmis.qemu.image.pruning import prune_images

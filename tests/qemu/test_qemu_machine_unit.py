@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vmis.errors import NotFoundError
+from vmis.errors import MachineNotRunning, MachineStartError, NotFoundError, QemuNotInstalled
 from vmis.qemu.cmdline import BootSpec, DiskMode, MachineConfig
-from vmis.qemu.errors import MachineNotRunning, MachineStartError, QemuNotInstalled
 from vmis.qemu.machine import QemuMachine
 from vmis.qemu.process import (
     _config_from_json,

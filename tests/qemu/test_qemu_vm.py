@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from qemu_probe import ProbeClient
 
+from vmis.errors import MachineStartError
 from vmis.qemu.cmdline import BootSpec, DiskMode
-from vmis.qemu.errors import MachineStartError
 from vmis.qemu.image.guest_image import GuestImage
 from vmis.qemu.machine import QemuMachine
 

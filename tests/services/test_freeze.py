@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from vmis.errors import VmisError
+from vmis.errors import FreezeError, ThawError, VmisError
 from vmis.services.vss.freeze import (
     FIFREEZE,
     FITHAW,
     FakeFreezer,
     FilesystemFreeze,
-    FreezeError,
     IoctlFreezer,
-    ThawError,
     freeze_candidates,
     read_mounts,
 )

@@ -15,15 +15,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from vmis.errors import VmisError
+from vmis.errors import KvpFormatError, KvpSizeError, VmisError
 from vmis.services.kvp.pool import (
     KEY_SIZE,
     RECORD_SIZE,
     VALUE_SIZE,
-    KvpFormatError,
     KvpPool,
     KvpPools,
-    KvpSizeError,
     Pool,
     decode_record,
     encode_record,

@@ -9,9 +9,10 @@ from support.bundles import make_bundle
 from support.lab import run_vmis, start_lab
 
 import vmis
+from vmis.errors import ServiceError
 from vmis.guest.config import AgentConfig
 from vmis.guest.update import apply_update
-from vmis.services.guest_half import GuestContext, ServiceError
+from vmis.services.guest_half import GuestContext
 
 
 def get_vm(lab_dir, name):

@@ -27,7 +27,6 @@ from vmis.advisor.datafile import (
     HostEntry,
     Row,
     Table,
-    UpdatePathDataError,
     UpdatePaths,
     VmisAnswer,
     load_update_paths,
@@ -39,26 +38,14 @@ from vmis.advisor.names import (
     normalise_name,
     words_of,
 )
-from vmis.errors import NotFoundError
+from vmis.errors import UnknownOSError, UpdatePathDataError
 
 __all__ = [
     "Advisor",
-    "UnknownOSError",
     "default_advisor",
     "update_path",
     "update_paths",
 ]
-
-
-class UnknownOSError(NotFoundError):
-    """A host or guest OS name matches nothing the advisor knows.
-
-    :ivar suggestions: the closest known names, best first.
-    """
-
-    def __init__(self, message: str, suggestions: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.suggestions = tuple(suggestions)
 
 
 @dataclass(frozen=True, slots=True)

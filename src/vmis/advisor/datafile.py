@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any
 
 from vmis.advisor.answers import Support
-from vmis.errors import VmisError
+from vmis.errors import UpdatePathDataError
 
 __all__ = [
     "DATA_FILE",
@@ -25,7 +25,6 @@ __all__ = [
     "HostEntry",
     "Row",
     "Table",
-    "UpdatePathDataError",
     "UpdatePaths",
     "VmisAnswer",
     "load_update_paths",
@@ -33,10 +32,6 @@ __all__ = [
 
 #: the data file, inside the ``vmis`` package
 DATA_FILE = "update_paths.toml"
-
-
-class UpdatePathDataError(VmisError):
-    """The update-path data file is malformed (a packaging or editing error)."""
 
 
 _SUPPORT_IDS = {

@@ -6,13 +6,11 @@ every router); errors map to statuses through :mod:`vmis.api.errors`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 import vmis
-from vmis.api.errors import status_for
+from vmis.api.errors import error_to_json, status_for
 from vmis.api.routes import ROUTERS
 from vmis.errors import VmisError
 from vmis.host.manager import HostManager
@@ -27,11 +25,7 @@ def create_app(manager: HostManager) -> FastAPI:
 
     @app.exception_handler(VmisError)
     async def vmis_error(request: Request, exc: VmisError) -> JSONResponse:
-        body: dict[str, Any] = {"error": str(exc), "type": type(exc).__name__}
-        code = getattr(exc, "code", None)
-        if isinstance(code, str):
-            body["code"] = code
-        return JSONResponse(body, status_code=status_for(exc))
+        return JSONResponse(error_to_json(exc), status_code=status_for(exc))
 
     for router in ROUTERS:
         app.include_router(router)

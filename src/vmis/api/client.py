@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from vmis.api.errors import error_from_json
-from vmis.errors import ConnectError, VmisError
+from vmis.errors import ConfigError, ConnectError, RequestTimeout
 
 __all__ = ["ApiClient", "default_socket"]
 
@@ -67,8 +67,10 @@ class ApiClient:
              params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         """One request; returns the decoded JSON answer.
 
-        :raise ConnectError: When the manager does not answer.
-        :raise VmisError: The error the manager reported.
+        :raise ConnectError: When the manager is not running.
+        :raise RequestTimeout: When it does not answer within the timeout.
+        :raise ConfigError: When it finds the request's fields invalid.
+        :raise VmisError: The error the manager reported, as the class it raised.
         """
         kwargs: dict[str, Any] = {"json": json, "params": params}
         if timeout is not None:
@@ -78,7 +80,7 @@ class ApiClient:
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
             raise self._unreachable(exc) from exc
         except httpx.TimeoutException as exc:
-            raise VmisError(f"the host manager did not answer within the timeout ({exc})") \
+            raise RequestTimeout(f"the host manager did not answer within the timeout ({exc})") \
                 from exc
         return self._decode(response)
 
@@ -96,7 +98,7 @@ class ApiClient:
                 f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
                 for d in details if isinstance(d, dict)
             )
-            raise VmisError(f"invalid request: {text}")
+            raise ConfigError(f"invalid request: {text}")
         raise error_from_json(body if isinstance(body, dict) else {"error": str(body)})
 
     def stream(self, method: str, path: str, *, json: Any = None,
@@ -114,7 +116,7 @@ class ApiClient:
                     if line.strip():
                         item = jsonlib.loads(line)
                         if isinstance(item, dict) and item.get("type") == "error":
-                            raise error_from_json(item)
+                            raise error_from_json(item, type_key="class")
                         yield item
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise self._unreachable(exc) from exc

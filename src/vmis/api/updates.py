@@ -19,6 +19,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from vmis.api.context import manager_of
+from vmis.api.errors import error_to_json
 from vmis.errors import VmisError
 from vmis.host.update import RESTART_TIMEOUT, Bundle, update_vms
 
@@ -56,8 +57,8 @@ async def update(request: Request, body: UpdateIn) -> StreamingResponse:
             try:
                 results = task.result()
             except VmisError as exc:
-                yield json.dumps({"type": "error", "error": str(exc),
-                                  "class": type(exc).__name__}).encode() + b"\n"
+                yield json.dumps({"type": "error", **error_to_json(exc, type_key="class")}
+                                 ).encode() + b"\n"
                 return
             yield json.dumps({"type": "result", "VMs": results}).encode() + b"\n"
         finally:

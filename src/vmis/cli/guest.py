@@ -19,10 +19,10 @@ from typing import Any
 
 import vmis
 from vmis.cli.table import Column, format_table
-from vmis.errors import VmisError
+from vmis.errors import ConfigError, UsageError
 from vmis.guest.client import ControlClient
 from vmis.guest.config import CONFIG_PATH, AgentConfig, load_config
-from vmis.psargs import Command, Param, UsageError, find_verb, run_command, run_main
+from vmis.psargs import Command, Param, find_verb, run_command, run_main
 from vmis.services.catalog import CATALOG, StartupType, match_guest_names
 
 __all__ = ["main"]
@@ -155,7 +155,7 @@ def cmd_install(g: Globals, args: dict[str, Any]) -> int:
     bundle = archive.read_bytes() if archive.is_file() else bundle_bytes()
     root = Path(args["Root"]) if args["Root"] else g.root
     if not root.is_dir():
-        raise VmisError(f"{root} is not a directory")
+        raise ConfigError(f"{root} is not a directory")
     previous = (root / "usr/lib/vmis/VERSION")
     before = previous.read_text().strip() if previous.is_file() else None
     install_agent(root, bundle)

@@ -22,8 +22,8 @@ from vmis.api.client import ApiClient
 from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
 from vmis.cli.table import Column, format_table
 from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
-from vmis.errors import VmisError
-from vmis.psargs import Command, Param, UsageError, find_verb, run_command, run_main
+from vmis.errors import UsageError, VmisError
+from vmis.psargs import Command, Param, find_verb, run_command, run_main
 
 __all__ = ["COMMANDS", "main"]
 

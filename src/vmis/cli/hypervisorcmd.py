@@ -19,8 +19,8 @@ from typing import Any
 
 from vmis.api.client import ApiClient
 from vmis.cli.table import report_results
-from vmis.errors import ConfigError, NotFoundError, VmisError
-from vmis.psargs import Command, Param, UsageError
+from vmis.errors import ConfigError, ExternalProgramError, NotFoundError, UsageError
+from vmis.psargs import Command, Param
 
 __all__ = ["HYPERVISOR_COMMANDS", "Discovery", "discover_for_add"]
 
@@ -60,7 +60,7 @@ def _virsh_dumpxml(domain: str) -> str:
         proc = subprocess.run([virsh, "dumpxml", domain], capture_output=True, text=True,
                               timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise VmisError(f"virsh dumpxml {domain} failed: {exc}") from None
+        raise ExternalProgramError(f"virsh dumpxml {domain} failed: {exc}") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise NotFoundError(f"virsh dumpxml {domain} failed: {last}")

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from vmis.cli.table import Column, format_table
+from vmis.errors import UsageError
 from vmis.lab.lab import Lab, run_lab_up
-from vmis.psargs import Command, Param, UsageError
+from vmis.psargs import Command, Param
 
 __all__ = ["LAB_COMMANDS"]
 

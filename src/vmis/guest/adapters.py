@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from vmis.errors import ConfigError, VmisError
+from vmis.errors import ConfigError, ExternalProgramError
 from vmis.services.timesync import SLEW_RATE
 from vmis.services.vss.freeze import FakeFreezer, IoctlFreezer
 
@@ -184,14 +184,15 @@ class SystemPower:
         try:
             return parse_inhibitors(proc.stdout)
         except ValueError as exc:
-            raise VmisError(f"unexpected answer from logind's ListInhibitors: {exc}") from exc
+            raise ExternalProgramError(f"unexpected answer from logind's ListInhibitors: {exc}") \
+                from exc
 
     def _run(self, argv: tuple[str, ...], reason: str) -> None:
         _log.warning("running %s: %s", " ".join(argv), reason)
         try:
             subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
         except OSError as exc:
-            raise VmisError(f"cannot run {' '.join(argv)}: {exc}") from exc
+            raise ExternalProgramError(f"cannot run {' '.join(argv)}: {exc}") from exc
 
     def poweroff(self, reason: str) -> None:
         self._run(self._poweroff, reason)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import vmis
-from vmis.errors import RemoteProtocolError, VmisError
+from vmis.errors import RemoteProtocolError, ServiceError, VmisError
 from vmis.guest.config import AgentConfig
 from vmis.guest.control import ControlServer
 from vmis.guest.manager import ServiceManager
@@ -40,7 +40,7 @@ from vmis.protocol import (
 )
 from vmis.protocol.services import parse_version_list
 from vmis.services.catalog import ServiceSpec, by_id, by_key
-from vmis.services.guest_half import GuestContext, GuestService, ServiceError
+from vmis.services.guest_half import GuestContext, GuestService
 from vmis.transport.address import UnixAddress, parse_address
 from vmis.transport.channel import Channel
 from vmis.transport.listen import serve

@@ -83,13 +83,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from vmis.errors import ConfigError, NotFoundError
+from vmis.errors import ConfigError, NotFoundError, ServiceError
 from vmis.protocol import DEFAULT_MAX_PAYLOAD
 from vmis.protocol.frames import MIN_MAX_PAYLOAD
 from vmis.services.catalog import CATALOG, StartupType, by_guest_name
 from vmis.services.fcopy import DEFAULT_ALLOWED_ROOTS
 from vmis.services.fcopy.paths import parse_roots
-from vmis.services.guest_half import ServiceError
 from vmis.services.vmsession.policy import SessionConfig
 
 __all__ = ["CONFIG_PATH", "AgentConfig", "load_config"]

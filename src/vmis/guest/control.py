@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import vmis
-from vmis.errors import NotFoundError, VmisError
+from vmis.errors import NotFoundError, ServiceError, VmisError
 from vmis.services.catalog import StartupType, by_guest_name
-from vmis.services.guest_half import ControlOp, ServiceError
+from vmis.services.guest_half import ControlOp
 
 if TYPE_CHECKING:
     from vmis.guest.agent import Agent

@@ -18,9 +18,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from vmis.errors import ServiceError
 from vmis.guest.state import ServiceState
 from vmis.services.catalog import CATALOG, ServiceSpec, StartupType
-from vmis.services.guest_half import GuestService, ServiceError
+from vmis.services.guest_half import GuestService
 
 __all__ = ["ServiceManager", "ServiceStatus"]
 

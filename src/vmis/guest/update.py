@@ -31,9 +31,10 @@ import time
 from typing import Any
 
 import vmis
+from vmis.errors import ServiceError
 from vmis.packaging.bundle import bundle_version
 from vmis.packaging.install import install_agent, rollback_agent
-from vmis.services.guest_half import GuestContext, ServiceError
+from vmis.services.guest_half import GuestContext
 
 __all__ = ["UPDATE_DIR", "UpdateState", "apply_update"]
 

@@ -73,7 +73,7 @@ def setup_disk_image(data_dir: Path) -> Path:
     host whose vmis changed builds a new disk; older ones are removed (a VM
     that has one in its drive keeps reading it: QEMU holds it open).
 
-    :raise VmisError: When it cannot be written.
+    :raise LocalFileError: When it cannot be written.
     """
     from vmis.host.setupdisk import build_setup_disk
     from vmis.packaging.bundle import bundle_bytes

@@ -31,7 +31,7 @@ from pathlib import Path
 import pycdlib
 
 import vmis
-from vmis.errors import VmisError
+from vmis.errors import LocalFileError, PackageDataError
 from vmis.packaging.bundle import bundle_bytes
 
 __all__ = ["INSTALL_SH", "build_setup_disk", "setup_disk_files"]
@@ -103,7 +103,7 @@ def _iso_name(name: str) -> str:
 def build_setup_disk(path: Path, bundle: bytes | None = None) -> dict[str, object]:
     """Write the setup disk image to *path*; return its manifest plus the ISO's SHA-256.
 
-    :raise VmisError: When the image cannot be written.
+    :raise LocalFileError: When the image cannot be written.
     """
     files = setup_disk_files(bundle)
     iso = pycdlib.PyCdlib()
@@ -114,7 +114,7 @@ def build_setup_disk(path: Path, bundle: bytes | None = None) -> dict[str, objec
     for name, (data, mode) in sorted(files.items()):
         iso_name = _iso_name(name)
         if iso_name in seen:
-            raise VmisError(f"setup disk: two files map to {iso_name}")
+            raise PackageDataError(f"setup disk: two files map to {iso_name}")
         seen.add(iso_name)
         iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path=f"/{name}",
                    file_mode=0o100000 | mode)
@@ -123,7 +123,7 @@ def build_setup_disk(path: Path, bundle: bytes | None = None) -> dict[str, objec
     try:
         iso.write(str(tmp))
     except OSError as exc:
-        raise VmisError(f"cannot write {path}: {exc.strerror}") from exc
+        raise LocalFileError(f"cannot write {path}: {exc.strerror}") from exc
     finally:
         iso.close()
     tmp.replace(path)

@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import vmis
-from vmis.errors import ChannelError, RemoteServiceError, ServiceUnavailable, VmisError
+from vmis.errors import (
+    BundleError,
+    ChannelError,
+    LocalFileError,
+    RemoteServiceError,
+    RequestTimeout,
+    ServiceUnavailable,
+    VmisError,
+)
 from vmis.host.manager import HostManager
 from vmis.host.session import VmSession
 from vmis.packaging.bundle import bundle_bytes, bundle_version
@@ -65,13 +73,17 @@ class Bundle:
     def from_file(cls, path: Path) -> Bundle:
         """A bundle built elsewhere (``vmis setup-disk build``, a release).
 
-        :raise VmisError: When the file is not a vmis agent bundle.
+        :raise LocalFileError: When the file cannot be read.
+        :raise BundleError: When it is not a vmis agent bundle.
         """
         try:
             data = path.read_bytes()
+        except OSError as exc:
+            raise LocalFileError(f"{path}: {exc}") from None
+        try:
             version = bundle_version(data)
-        except (OSError, ValueError) as exc:
-            raise VmisError(f"{path}: {exc}") from None
+        except ValueError as exc:
+            raise BundleError(f"{path}: {exc}") from None
         return cls(data, version, hashlib.sha256(data).hexdigest())
 
 
@@ -81,7 +93,8 @@ async def _wait_for_new_agent(session: VmSession, old_boot: Any, timeout: float)
         if session.connected and session.agent.get("boot_id") != old_boot:
             return
         await asyncio.sleep(0.1)
-    raise VmisError(f"{session.vm.name}: the guest agent did not come back within {timeout:g} s")
+    raise RequestTimeout(f"{session.vm.name}: the guest agent did not come back within "
+                         f"{timeout:g} s")
 
 
 async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, staged: Path,

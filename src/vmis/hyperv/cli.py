@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from vmis.errors import VmisError
+from vmis.errors import LocalFileError, NotFoundError, VmisError
 from vmis.hyperv.daemon import DaemonRunner, Handler, HoldableHandler, PidFile, StopSignal
 from vmis.hyperv.daemon import setup_logging as _setup_logging
 from vmis.hyperv.fcopy import FcopyHandler
@@ -102,8 +102,8 @@ def _build(service: str, args: dict[str, Any], logger: logging.Logger,
         try:
             pools.create()
         except OSError as err:
-            raise VmisError(f"cannot create the KVP pools in {pool_dir}: "
-                            f"{err.strerror}") from err
+            raise LocalFileError(f"cannot create the KVP pools in {pool_dir}: "
+                                 f"{err.strerror}") from err
         net = NetlinkInfo()
         root = Path(args["Root"])
         intrinsics = Intrinsics(read_os_info(root), net.addresses)
@@ -130,7 +130,7 @@ def _open_uio(args: dict[str, Any]) -> tuple[UioChannel, str]:
         sys_root = Path(args["SysRoot"])
         found = find_uio_device(sys_root)
         if found is None:
-            raise VmisError(
+            raise NotFoundError(
                 f"no uio channel for file copy under {sys_root}/bus/vmbus/devices/"
                 f"{FCOPY_INSTANCE_GUID}/uio (modprobe uio_hv_generic and bind the "
                 "Guest Service Interface channel to it)"

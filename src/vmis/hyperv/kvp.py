@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import struct
 
-from vmis.errors import RemoteProtocolError
+from vmis.errors import KvpFormatError, RemoteProtocolError
 from vmis.hyperv.constants import HV_DRV_VERSION, HResult, KvpOp, RegType
 from vmis.hyperv.ipconfig import IpConfig, IpInfo
 from vmis.hyperv.messages import (
@@ -49,7 +49,7 @@ from vmis.hyperv.messages import (
     kvp_message,
 )
 from vmis.services.kvp.intrinsic import INTRINSIC_KEYS, Intrinsics, OsInfo, read_os_info
-from vmis.services.kvp.pool import KvpFormatError, KvpPools, Pool
+from vmis.services.kvp.pool import KvpPools, Pool
 
 __all__ = ["INTRINSIC_KEYS", "Intrinsics", "KvpHandler", "OsInfo", "read_os_info"]
 

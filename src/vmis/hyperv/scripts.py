@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vmis.errors import ConfigError, VmisError
+from vmis.errors import ConfigError, ExternalProgramError, VmisError
 from vmis.psargs import HELP_WORDS, Command, Param, find_verb, run_command, run_main
 
 __all__ = [
@@ -199,7 +199,8 @@ def _run(argv: list[str]) -> None:
         raise ConfigError(f"{argv[0]} not found; the configuration is installed but not applied")
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise VmisError(f"{' '.join(argv)} failed: {done.stderr.strip() or done.returncode}")
+        raise ExternalProgramError(f"{' '.join(argv)} failed: "
+                                   f"{done.stderr.strip() or done.returncode}")
 
 
 def set_ifconfig(ifcfg: Path, nmconnection: Path, root: Path = Path("/"),
@@ -216,7 +217,7 @@ def set_ifconfig(ifcfg: Path, nmconnection: Path, root: Path = Path("/"),
     :param apply: ask NetworkManager / networkd to apply it (only ever when
         ``root`` is ``/``).
     :raise ConfigError: When the input is unreadable or no network manager is found.
-    :raise VmisError: When applying fails.
+    :raise ExternalProgramError: When applying fails.
     :return: the files written.
     """
     nm = configparser.ConfigParser(interpolation=None, strict=False)

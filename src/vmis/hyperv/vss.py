@@ -31,11 +31,11 @@ import struct
 import time
 from collections.abc import Callable
 
-from vmis.errors import RemoteProtocolError
+from vmis.errors import FreezeError, RemoteProtocolError, ThawError
 from vmis.hyperv.constants import HResult, VssOp
 from vmis.hyperv.daemon import HoldableHandler
 from vmis.hyperv.messages import VSS_MSG_SIZE, VssMessage
-from vmis.services.vss.freeze import FilesystemFreeze, FreezeError, ThawError
+from vmis.services.vss.freeze import FilesystemFreeze
 
 __all__ = ["DEFAULT_THAW_TIMEOUT", "VssHandler"]
 

@@ -34,13 +34,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmis.errors import NotFoundError, StateError, VmisError
+from vmis.errors import MonitorError, NotFoundError, SnapshotError, StateError, VmisError
 from vmis.qemu.cmdline import DiskMode, MachinePaths
-from vmis.qemu.errors import MonitorError
 from vmis.qemu.machine import QemuMachine
 from vmis.qemu.monitor import QmpMonitor
 from vmis.services.host_half import VmRecord
-from vmis.services.hypervisor import NewMachine, SnapshotError, SnapshotRequest, SnapshotResult
+from vmis.services.hypervisor import NewMachine, SnapshotRequest, SnapshotResult
 
 __all__ = ["RUN_STATES", "QemuHypervisor", "QmpSnapshot", "machines_dir"]
 

@@ -2,7 +2,7 @@
 
 :class:`QmpMonitor` wraps :class:`qemu.qmp.QMPClient` with the few commands
 vmis needs (run state, pause, ACPI power-down, quit, block snapshot, CD-ROM
-media) and maps its errors onto :class:`~vmis.qemu.errors.MonitorError`.
+media) and maps its errors onto :class:`~vmis.errors.MonitorError`.
 :func:`qmp_ready` asks, synchronously and without qemu.qmp, whether a QEMU
 that is starting answers yet.
 
@@ -33,8 +33,8 @@ from typing import Any
 from qemu.qmp import ConnectError as QmpConnectError
 from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, QMPError
 
+from vmis.errors import MonitorError
 from vmis.qemu.cmdline import AGENT_CHARDEV_ID, CDROM_DEVICE_ID, ROOT_DRIVE_ID
-from vmis.qemu.errors import MonitorError
 
 __all__ = ["BlockSnapshot", "QmpMonitor", "qmp_ready"]
 

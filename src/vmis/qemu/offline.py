@@ -29,7 +29,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from vmis.errors import ConfigError, VmisError
+from vmis.errors import ConfigError, ExternalProgramError, QemuNotInstalled
 from vmis.packaging.install import install_agent
 
 __all__ = ["install_into_image", "install_into_root", "libguestfs_python"]
@@ -110,7 +110,7 @@ def install_into_root(root: Path) -> dict[str, Any]:
 def libguestfs_python() -> str:
     """A Python interpreter that can ``import guestfs``.
 
-    :raise VmisError: Naming the Debian packages when there is none.
+    :raise QemuNotInstalled: Naming the Debian packages when there is none.
     """
     for candidate in ("/usr/bin/python3", shutil.which("python3")):
         if not candidate:
@@ -119,8 +119,8 @@ def libguestfs_python() -> str:
                                check=False)
         if probe.returncode == 0:
             return candidate
-    raise VmisError("installing into a disk image needs libguestfs: "
-                    "apt-get install python3-guestfs libguestfs-tools")
+    raise QemuNotInstalled("installing into a disk image needs libguestfs: "
+                           "apt-get install python3-guestfs libguestfs-tools")
 
 
 def _detect_format(path: Path) -> str:
@@ -128,10 +128,10 @@ def _detect_format(path: Path) -> str:
         probe = subprocess.run(["qemu-img", "info", "--output=json", str(path)],
                                capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        raise VmisError("telling a disk image's format needs qemu-img: "
-                        "apt-get install qemu-utils (or give -Format)") from None
+        raise QemuNotInstalled("telling a disk image's format needs qemu-img: "
+                               "apt-get install qemu-utils (or give -Format)") from None
     if probe.returncode != 0:
-        raise VmisError(f"{path}: qemu-img cannot read it: {probe.stderr.strip()}")
+        raise ExternalProgramError(f"{path}: qemu-img cannot read it: {probe.stderr.strip()}")
     fmt = str(json.loads(probe.stdout).get("format", "raw"))
     return fmt
 
@@ -166,7 +166,8 @@ def install_into_image(path: Path, fmt: str | None = None,
     """Install the agent into a disk image file through libguestfs.
 
     :param fmt: the image format; detected with ``qemu-img info`` when omitted.
-    :raise VmisError: When libguestfs is missing or the image cannot be changed.
+    :raise QemuNotInstalled: When libguestfs (or qemu-img, to tell the format) is missing.
+    :raise ExternalProgramError: When libguestfs cannot change the image.
     """
     from vmis import __version__
     from vmis.qemu.image._cache import cache_dir
@@ -202,11 +203,12 @@ def install_into_image(path: Path, fmt: str | None = None,
             proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=TIMEOUT,
                                   check=False)
         except subprocess.TimeoutExpired:
-            raise VmisError(f"{path}: libguestfs did not finish within {TIMEOUT} s") from None
+            raise ExternalProgramError(f"{path}: libguestfs did not finish within {TIMEOUT} s") \
+                from None
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        raise VmisError(f"{path}: installing through libguestfs failed: "
-                        f"{lines[-1] if lines else 'exit ' + str(proc.returncode)}")
+        raise ExternalProgramError(f"{path}: installing through libguestfs failed: "
+                                   f"{lines[-1] if lines else 'exit ' + str(proc.returncode)}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"Target": str(path), "Kind": f"image ({fmt})", "Installed": __version__,
             "Root": result["root"], "OS": result["os"], "Written": len(result["written"]),
@@ -218,9 +220,9 @@ def _in_private_namespace(argv: list[str], modules: Path, release: str,
     # supermin copies the kernel's modules from /usr/lib/modules/<release>:
     # show it ours through an overlay that lives only in a new mount namespace.
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        raise VmisError("this host has no kernel of its own for libguestfs's appliance; "
-                        "run as root (vmis lends it the Debian kernel in a private mount "
-                        "namespace) or install linux-image-amd64")
+        raise ExternalProgramError("this host has no kernel of its own for libguestfs's "
+                                   "appliance; run as root (vmis lends it the Debian kernel "
+                                   "in a private mount namespace) or install linux-image-amd64")
     upper, work = tmp / "upper", tmp / "work"
     (upper / "modules" / release).mkdir(parents=True)
     work.mkdir()

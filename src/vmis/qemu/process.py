@@ -29,9 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
-from vmis.errors import NotFoundError, StateError
+from vmis.errors import MachineStartError, NotFoundError, QemuNotInstalled, StateError
 from vmis.qemu.cmdline import BootSpec, DiskMode, MachineConfig, MachinePaths, build_command
-from vmis.qemu.errors import MachineStartError, QemuNotInstalled
 from vmis.qemu.monitor import qmp_ready
 
 __all__ = ["Bootable", "QemuProcess", "default_vsock_cid", "host_has_vhost_vsock"]

@@ -5,7 +5,7 @@ A guest service is a class with a :class:`~vmis.services.catalog.ServiceSpec`,
 code. The agent owns the lifecycle (start types, the host/guest rules) and
 the dispatch; a service only does its own work. Every request gets an answer
 (docs/protocol.md §5.2): a handler returns the payload, or raises
-:class:`ServiceError` with a code of docs/protocol.md §5.1; anything else it
+:class:`~vmis.errors.ServiceError` with a code of docs/protocol.md §5.1; anything else it
 raises is answered as ``failed`` and logged with its traceback.
 
 Real effects (clock, power, filesystem freeze) go through the adapters in
@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from vmis.errors import VmisError
+# ServiceError is re-exported only for two modules another engineer is splitting
+# (fcopy/engine.py, vmsession/guest.py) until they import it from vmis.errors;
+# tests/test_errors.py (REEXPORTS_LEFT) fails when another module uses it, and
+# when neither does any longer, so that it goes with them.
+from vmis.errors import ServiceError
 from vmis.protocol import RequestReceived
 from vmis.services.catalog import ServiceSpec
 
@@ -34,14 +38,6 @@ __all__ = [
     "Notifier",
     "ServiceError",
 ]
-
-
-class ServiceError(VmisError):
-    """A request failed with a protocol error code (docs/protocol.md §5.1)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Notifier(Protocol):

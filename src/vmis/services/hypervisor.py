@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Hypervisor",
     "NewMachine",
-    "SnapshotError",
     "SnapshotRequest",
     "SnapshotResult",
     "SnapshotStep",
@@ -69,17 +68,6 @@ class SnapshotResult:
     output: str = ""
     #: step-specific facts for ``--json`` (file names, job ids ...)
     data: Mapping[str, Any] = field(default_factory=dict)
-
-
-class SnapshotError(VmisError):
-    """The snapshot step failed; the message says why.
-
-    :ivar output: what the step printed, if anything.
-    """
-
-    def __init__(self, message: str, output: str = "") -> None:
-        super().__init__(message)
-        self.output = output
 
 
 class SnapshotStep(Protocol):

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
+from vmis.errors import ServiceError
 from vmis.services.fcopy import CHECKPOINT_BYTES, resume_token
 from vmis.services.fcopy.metadata import file_mode
 from vmis.services.fcopy.reader import Reader
 from vmis.services.fcopy.receiver import Receiver, part_names
-from vmis.services.guest_half import ServiceError
 
 MIB = 1024 * 1024
 

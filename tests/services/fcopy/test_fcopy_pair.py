@@ -447,8 +447,8 @@ async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, s
     # The guest's writer thread fails (the disk is full): the copy stops with
     # that reason, nothing reaches the destination, and the partial file is
     # good only up to its last checkpoint, so a rerun completes the copy.
+    from vmis.errors import ServiceError
     from vmis.services.fcopy.receiver import Receiver
-    from vmis.services.guest_half import ServiceError
 
     data = os.urandom(40 * MIB + 5)
     src = host_file(short_tmp, "full.bin", data)
@@ -473,9 +473,8 @@ async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, s
 
 async def test_a_failing_disk_on_the_host_ends_the_copy_out_of_the_guest(pair, short_tmp,
                                                                         monkeypatch):
-    from vmis.errors import VmisError
+    from vmis.errors import ServiceError, VmisError
     from vmis.services.fcopy.receiver import Receiver
-    from vmis.services.guest_half import ServiceError
 
     data = os.urandom(20 * MIB)
     (pair.root / "tmp/out.bin").write_bytes(data)

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
+from vmis.errors import ServiceError
 from vmis.services.fcopy.paths import RootedPaths, parse_roots, split_path
-from vmis.services.guest_half import ServiceError
 
 
 @pytest.fixture

@@ -18,11 +18,10 @@ import pytest
 from support.pair import eventually, host_guest_pair
 
 import vmis
-from vmis.errors import ServiceUnavailable
+from vmis.errors import ServiceError, ServiceUnavailable
 from vmis.guest.adapters import make_adapters
 from vmis.protocol import encode_json
 from vmis.services.catalog import StartupType, by_key
-from vmis.services.guest_half import ServiceError
 from vmis.services.kvp import KvpOp
 from vmis.services.kvp import guest as kvp_guest
 from vmis.services.kvp.guest import KvpService

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 import vmis
-from vmis.errors import ConfigError, NotFoundError
+from vmis.errors import ConfigError, KvpFormatError, KvpSizeError, NotFoundError, ServiceError
 from vmis.guest.config import AgentConfig, load_config
 from vmis.protocol import ServiceId, decode_json
 from vmis.services import kvp as kvp_pkg
-from vmis.services.guest_half import GuestContext, ServiceError
+from vmis.services.guest_half import GuestContext
 from vmis.services.kvp import (
     NOTIFY_CHUNK,
     KvpOp,
@@ -38,7 +38,7 @@ from vmis.services.kvp.intrinsic import (
     release_root,
 )
 from vmis.services.kvp.netinfo import IfAddress, StaticNetInfo
-from vmis.services.kvp.pool import KvpFormatError, KvpPool, KvpSizeError, Pool
+from vmis.services.kvp.pool import KvpPool, Pool
 
 NET = StaticNetInfo(links=[], gateways={}, addrs=[
     IfAddress("lo", socket.AF_INET, "127.0.0.1", 8, loopback=True),

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from vmis.errors import VmisError
+from vmis.errors import ServiceError, VmisError
 from vmis.guest.adapters import LAB_INHIBIT_DIR, LabPower, SystemPower, parse_inhibitors
 from vmis.guest.config import AgentConfig
 from vmis.protocol import RequestReceived, ServiceId, decode_json, encode_json
-from vmis.services.guest_half import GuestContext, ServiceError
+from vmis.services.guest_half import GuestContext
 from vmis.services.shutdown import ShutdownOp
 from vmis.services.shutdown.guest import ShutdownService
 

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vmis.errors import ConfigError
+from vmis.errors import ConfigError, ServiceError
 from vmis.guest.config import load_config
-from vmis.services.guest_half import ServiceError
 from vmis.services.vmsession import exit_status, idle_deadline
 from vmis.services.vmsession.policy import (
     SessionConfig,

@@ -14,10 +14,10 @@ from pathlib import Path
 from support.pair import eventually, host_guest_pair
 from vss_support import add_hook, hook_log
 
-from vmis.errors import ChannelClosed, RequestTimeout, ServiceUnavailable
+from vmis.errors import ChannelClosed, RequestTimeout, ServiceUnavailable, SnapshotError
 from vmis.protocol import decode_json, encode_json
 from vmis.services.catalog import by_key
-from vmis.services.hypervisor import SnapshotError, SnapshotResult
+from vmis.services.hypervisor import SnapshotResult
 from vmis.services.vss import VssOp
 from vmis.services.vss.checkpoint import CheckpointPlan, CheckpointRun, SnapshotType
 

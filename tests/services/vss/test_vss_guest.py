@@ -16,13 +16,13 @@ import pytest
 from support.pair import eventually, host_guest_pair
 from vss_support import add_hook, hook_log, make_root
 
-from vmis.errors import RemoteServiceError
+from vmis.errors import RemoteServiceError, ServiceError
 from vmis.guest.adapters import LabFreezer
 from vmis.guest.config import AgentConfig
 from vmis.protocol import decode_json, encode_json
 from vmis.services import vss as vss_pkg
 from vmis.services.catalog import StartupType, by_key
-from vmis.services.guest_half import GuestContext, ServiceError
+from vmis.services.guest_half import GuestContext
 from vmis.services.heartbeat.guest import HeartbeatService
 from vmis.services.vss import VssOp
 from vmis.services.vss import guest as vss_guest

@@ -22,7 +22,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from vmis.api.context import manager_of
-from vmis.errors import VmisError
+from vmis.api.errors import error_to_json
+from vmis.errors import InternalError, VmisError
 from vmis.services.fcopy.file_copier import CopyProgress
 from vmis.services.fcopy.host import FcopyHost
 
@@ -44,12 +45,8 @@ class CopyIn(BaseModel):
     recurse: bool = False
 
 
-def _error_line(exc: BaseException) -> dict[str, Any]:
-    line: dict[str, Any] = {"type": "error", "error": str(exc), "class": type(exc).__name__}
-    code = getattr(exc, "code", None)
-    if isinstance(code, str):
-        line["code"] = code
-    return line
+def _error_line(exc: VmisError) -> dict[str, Any]:
+    return {"type": "error", **error_to_json(exc, type_key="class")}
 
 
 @router.post("/vms/{name}/copy", response_model=None)
@@ -92,7 +89,7 @@ async def copy(request: Request, name: str, body: CopyIn,
                 result = _error_line(exc)
             except Exception as exc:
                 _log.exception("Copy-VMFile %s failed", name)
-                result = _error_line(VmisError(f"the copy failed: {exc}"))
+                result = _error_line(InternalError(f"the copy failed: {exc}"))
             yield json.dumps(result).encode() + b"\n"
         finally:
             if not task.done():

@@ -29,7 +29,8 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, ValidationError
 
-from vmis.errors import StateError, VmisError
+from vmis.api.errors import error_to_json
+from vmis.errors import ConfigError, StateError, VmisError
 from vmis.host.manager import HostManager
 from vmis.services.vmsession.host import Exit, InputCredit, Output, RemoteCommand
 
@@ -58,11 +59,7 @@ class ExecStart(BaseModel):
 
 
 def _error(exc: VmisError) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": "error", "error": str(exc), "error_type": type(exc).__name__}
-    code = getattr(exc, "code", None)
-    if isinstance(code, str):
-        body["code"] = code
-    return body
+    return {"type": "error", **error_to_json(exc, type_key="error_type")}
 
 
 class _ClientGone(Exception):
@@ -169,7 +166,7 @@ async def exec_command(websocket: WebSocket, name: str) -> None:
     except (WebSocketDisconnect, TimeoutError):
         return
     except (ValidationError, ValueError) as exc:
-        await websocket.send_json(_error(VmisError(f"invalid start message: {exc}")))
+        await websocket.send_json(_error(ConfigError(f"invalid start message: {exc}")))
         await websocket.close()
         return
     except VmisError as exc:

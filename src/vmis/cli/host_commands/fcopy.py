@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 
 from vmis.api.client import ApiClient
-from vmis.errors import VmisError
-from vmis.psargs import Command, Param, UsageError
+from vmis.errors import ChannelError, ManagerApiError, UsageError
+from vmis.psargs import Command, Param
 
 __all__ = ["COMMANDS"]
 
@@ -103,12 +103,12 @@ def cmd_copy(api: ApiClient, args: dict[str, Any]) -> int:
         print("Copy-VMFile: interrupted; the same command resumes the copy", file=sys.stderr)
         raise
     except httpx.HTTPError as exc:
-        raise VmisError(f"lost the host manager during the copy ({exc}); the same command "
-                        "resumes it") from exc
+        raise ChannelError(f"lost the host manager during the copy ({exc}); the same command "
+                           "resumes it") from exc
     finally:
         bar.stop()
     if result is None:
-        raise VmisError("the host manager ended the copy without a result")
+        raise ManagerApiError("the host manager ended the copy without a result")
     result.pop("type", None)
     if args["json"]:
         print(json.dumps(result, indent=2))

@@ -11,8 +11,9 @@ from typing import Any
 
 from vmis.api.client import ApiClient
 from vmis.cli.table import report_results
+from vmis.errors import UsageError
 from vmis.lab.lab import LabVm
-from vmis.psargs import Command, Param, UsageError
+from vmis.psargs import Command, Param
 
 __all__ = ["COMMANDS"]
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from vmis.api.client import ApiClient
 from vmis.cli.table import Column, format_table
-from vmis.psargs import Command, Param, UsageError
+from vmis.errors import UsageError
+from vmis.psargs import Command, Param
 from vmis.services.timesync import DEFAULT_INTERVAL_MS
 
 __all__ = ["COMMANDS"]

@@ -28,8 +28,8 @@ from urllib.parse import quote
 
 from vmis.api.client import ApiClient
 from vmis.api.errors import error_from_json
-from vmis.errors import ChannelError, ConnectError, VmisError
-from vmis.psargs import Command, Param, UsageError, usage
+from vmis.errors import ChannelError, ConnectError, ManagerApiError, UsageError, VmisError
+from vmis.psargs import Command, Param, usage
 from vmis.services.vmsession import CHUNK, KEEPALIVE_MISSES
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class _Invocation:
             await ws.send(json.dumps(self.start))
             started = await self._receive_json(timeout=90)
             if started.get("type") != "started":
-                raise VmisError(f"unexpected answer from the host manager: {started}")
+                raise ManagerApiError(f"unexpected answer from the host manager: {started}")
             self._install_signals()
             if self.start["stdin"]:
                 self._start_stdin(int(started.get("input_window", 0)))
@@ -147,10 +147,9 @@ class _Invocation:
             message = await self.ws.recv()
         body = json.loads(message)
         if not isinstance(body, dict):
-            raise VmisError(f"unexpected message from the host manager: {message!r}")
+            raise ManagerApiError(f"unexpected message from the host manager: {message!r}")
         if body.get("type") == "error":
-            raise error_from_json({"error": body.get("error"), "type": body.get("error_type"),
-                                   "code": body.get("code")})
+            raise error_from_json(body, type_key="error_type")
         return body
 
     async def _pump(self) -> int:
@@ -184,9 +183,7 @@ class _Invocation:
                     return 128 + signal.SIGPIPE
                 return self._exit_status(body)
             elif kind == "error":
-                raise error_from_json({"error": body.get("error"),
-                                       "type": body.get("error_type"),
-                                       "code": body.get("code")})
+                raise error_from_json(body, type_key="error_type")
 
     async def _write_output(self, output: asyncio.Queue[memoryview | None]) -> None:
         assert self.ws is not None

@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmis.errors import VmisError
+from vmis.errors import UsageError, VmisError
 from vmis.psargs import (
     HELP_WORDS,
     Command,
     Param,
-    UsageError,
     find_verb,
     leading_options,
     run_command,

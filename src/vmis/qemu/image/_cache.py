@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from vmis.qemu.errors import ImageBuildError
+from vmis.errors import ImageBuildError
 
 __all__ = [
     "build_lock",

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmis.qemu.errors import ImageBuildError
+from vmis.errors import ImageBuildError
 
 __all__ = [
     "DEFAULT_MIRROR",

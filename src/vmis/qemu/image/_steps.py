@@ -1,7 +1,7 @@
 """Run the external programs of an image build, with one log file per build.
 
 Every step's output goes to the build log, never to the caller's terminal; a
-failing step raises :class:`~vmis.qemu.errors.ImageBuildError` naming the step
+failing step raises :class:`~vmis.errors.ImageBuildError` naming the step
 and the log, which is the one line an administrator needs.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from vmis.qemu.errors import ImageBuildError
+from vmis.errors import ImageBuildError
 
 __all__ = ["BuildLog", "require_tools"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmis.errors import ImageBuildError
 from vmis.qemu.cmdline import BootSpec
-from vmis.qemu.errors import ImageBuildError
 from vmis.qemu.image._build import QBOOT
 
 __all__ = ["GuestImage", "read_manifest"]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vmis.qemu.errors import ImageBuildError
+from vmis.errors import ImageBuildError
 from vmis.qemu.image._build import BUILD_TOOLS, build_agent_tree, build_base_tree, smoke_boot
 from vmis.qemu.image._cache import (
     build_lock,

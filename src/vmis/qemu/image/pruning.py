@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from vmis.qemu.errors import ImageBuildError
+from vmis.errors import ImageBuildError
 from vmis.qemu.image._cache import build_lock, cache_dir, images_dir
 from vmis.qemu.image.guest_image import read_manifest
 

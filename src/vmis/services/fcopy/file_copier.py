@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from vmis.errors import VmisError
+from vmis.errors import LocalFileError, ServiceError, VmisError
 from vmis.protocol import (
     Payload,
     Received,
@@ -42,7 +42,6 @@ from vmis.services.fcopy import CHUNK_SIZE, DATA_TIMEOUT, HEAD_ROOM, WINDOW, Fco
 from vmis.services.fcopy.paths import RootedPaths, check_name
 from vmis.services.fcopy.reader import Reader
 from vmis.services.fcopy.receiver import Receiver
-from vmis.services.guest_half import ServiceError
 
 __all__ = ["CopyProgress", "FileCopier", "Requester"]
 
@@ -146,7 +145,7 @@ class FileCopier:
         try:
             fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise VmisError(f"cannot read {source}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot read {source}: {exc.strerror}") from exc
         reader = Reader(fd, str(source))
         try:
             token = resume_token("to-guest", str(source), reader.size, reader.st.st_mtime_ns,
@@ -238,8 +237,9 @@ class FileCopier:
     @staticmethod
     def _check_digest(answer: dict[str, Any], digest: str, what: str) -> None:
         if answer.get("sha256") != digest:
-            raise VmisError(f"{what}: the guest reports SHA-256 {answer.get('sha256')}, "
-                            f"the host {digest}")
+            # the copy's own check on this side, as the receiver's digest check
+            raise ServiceError("failed", f"{what}: the guest reports SHA-256 "
+                                         f"{answer.get('sha256')}, the host {digest}")
 
     # Section: guest to host
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 
-from vmis.services.guest_half import ServiceError
+from vmis.errors import ServiceError
 
 __all__ = ["HASH_BLOCK", "nothing", "os_error"]
 

@@ -22,6 +22,7 @@ import stat
 import threading
 from typing import Any, TypeVar
 
+from vmis.errors import ServiceError
 from vmis.protocol import (
     RequestReceived,
     decode_json,
@@ -36,7 +37,7 @@ from vmis.services.fcopy.metadata import file_mode, list_dir, set_times, stat_en
 from vmis.services.fcopy.paths import Resolved, RootedPaths, check_name, parse_roots, split_path
 from vmis.services.fcopy.reader import Reader
 from vmis.services.fcopy.receiver import Receiver
-from vmis.services.guest_half import GuestContext, GuestService, ServiceError
+from vmis.services.guest_half import GuestContext, GuestService
 
 __all__ = ["SERVICE", "FcopyService"]
 

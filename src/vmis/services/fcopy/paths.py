@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmis.services.guest_half import ServiceError
+from vmis.errors import ServiceError
 
 __all__ = ["Resolved", "RootedPaths", "check_name", "parse_roots", "split_path"]
 

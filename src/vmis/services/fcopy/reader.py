@@ -13,8 +13,8 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from vmis.errors import ServiceError
 from vmis.services.fcopy.file_io import HASH_BLOCK, nothing, os_error
-from vmis.services.guest_half import ServiceError
 
 __all__ = ["Reader"]
 

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from vmis.errors import ServiceError
 from vmis.services.fcopy import CHECKPOINT_BYTES
 from vmis.services.fcopy.file_io import HASH_BLOCK, nothing, os_error
 from vmis.services.fcopy.metadata import file_mode, set_times
-from vmis.services.guest_half import ServiceError
 
 __all__ = ["PART_SUFFIX", "Receiver", "part_names"]
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from vmis.errors import NotFoundError
-from vmis.services.kvp.pool import KEY_SIZE, VALUE_SIZE, KvpFormatError, Pool, encode_record
+from vmis.errors import KvpFormatError, NotFoundError
+from vmis.services.kvp.pool import KEY_SIZE, VALUE_SIZE, Pool, encode_record
 
 __all__ = [
     "DEFAULT_POOL_DIR",

@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import vmis
-from vmis.errors import NotFoundError
+from vmis.errors import KvpFormatError, KvpSizeError, NotFoundError, ServiceError
 from vmis.protocol import RequestReceived, ServiceId, decode_json, encode_json
 from vmis.services.catalog import by_key
-from vmis.services.guest_half import GuestContext, GuestService, ServiceError
+from vmis.services.guest_half import GuestContext, GuestService
 from vmis.services.kvp import (
     DEFAULT_POOL_DIR,
     HOST_POOLS,
@@ -57,7 +57,7 @@ from vmis.services.kvp import (
 )
 from vmis.services.kvp.intrinsic import Intrinsics, fqdn_for, read_os_info, release_root
 from vmis.services.kvp.netinfo import NetInfo, NetlinkInfo
-from vmis.services.kvp.pool import KvpFormatError, KvpPools, KvpSizeError, Pool
+from vmis.services.kvp.pool import KvpPools, Pool
 
 __all__ = ["AUTO_INTERVAL", "SERVICE", "WATCH_INTERVAL", "KvpService"]
 

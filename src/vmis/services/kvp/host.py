@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from vmis.errors import (
     ChannelError,
     ConfigError,
+    KvpFormatError,
     NotFoundError,
     ProtocolError,
     RemoteServiceError,
@@ -43,7 +44,7 @@ from vmis.services.catalog import by_key
 from vmis.services.host_half import HostContext, HostService, VmContext, VmPart, metadata
 from vmis.services.kvp import KvpOp, check_item, parse_pool, pool_name
 from vmis.services.kvp.intrinsic import default_fqdn
-from vmis.services.kvp.pool import KvpFormatError, Pool
+from vmis.services.kvp.pool import Pool
 from vmis.services.link import NotificationHandler
 
 __all__ = ["SERVICE", "KvpHost", "VmKvp", "kvp_pending"]

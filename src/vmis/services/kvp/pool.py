@@ -50,17 +50,15 @@ from collections.abc import Iterator
 from enum import IntEnum
 from pathlib import Path
 
-from vmis.errors import VmisError
+from vmis.errors import KvpFormatError, KvpSizeError
 
 __all__ = [
     "DEFAULT_DIRECTORY",
     "KEY_SIZE",
     "RECORD_SIZE",
     "VALUE_SIZE",
-    "KvpFormatError",
     "KvpPool",
     "KvpPools",
-    "KvpSizeError",
     "Pool",
     "decode_record",
     "encode_record",
@@ -93,27 +91,6 @@ class Pool(IntEnum):
     AUTO_EXTERNAL = 3
     #: Undocumented; kept for completeness.
     AUTO_INTERNAL = 4
-
-
-class KvpFormatError(VmisError):
-    """A key or value cannot be stored in a pool record."""
-
-
-class KvpSizeError(KvpFormatError, ValueError):
-    """A key or value is longer than its record field.
-
-    :ivar field: ``"key"`` or ``"value"``.
-    :ivar size: the encoded size, terminating NUL included.
-    :ivar limit: the field size (512 or 2048).
-    """
-
-    def __init__(self, field: str, size: int, limit: int) -> None:
-        super().__init__(
-            f"KVP {field} is {size} bytes with its terminating NUL; the limit is {limit}"
-        )
-        self.field = field
-        self.size = size
-        self.limit = limit
 
 
 # Section: record codec

@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from vmis.errors import VmisError
+from vmis.errors import ServiceError, VmisError
 from vmis.protocol import RequestReceived, ServiceId, decode_json, encode_json
 from vmis.services.catalog import by_key
-from vmis.services.guest_half import GuestContext, GuestService, ServiceError
+from vmis.services.guest_half import GuestContext, GuestService
 from vmis.services.shutdown import ACT_DELAY, MAX_REASON_BYTES, PowerAction, ShutdownOp
 
 __all__ = ["SERVICE", "ShutdownService"]

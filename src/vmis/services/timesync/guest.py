@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmis.errors import ServiceError
 from vmis.protocol import RequestReceived, ServiceId, decode_json, encode_json
 from vmis.services.catalog import by_key
-from vmis.services.guest_half import GuestContext, GuestService, ServiceError
+from vmis.services.guest_half import GuestContext, GuestService
 from vmis.services.timesync import (
     DEFAULT_STEP_THRESHOLD,
     Action,

@@ -38,8 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from vmis.errors import ConfigError
-from vmis.services.guest_half import ServiceError
+from vmis.errors import ConfigError, ServiceError
 
 __all__ = ["SessionConfig", "allowed", "check_env", "resolve_program"]
 

@@ -38,14 +38,10 @@ from vmis.errors import (
     ProtocolError,
     RemoteServiceError,
     ServiceUnavailable,
+    SnapshotError,
     VmisError,
 )
-from vmis.services.hypervisor import (
-    SnapshotError,
-    SnapshotRequest,
-    SnapshotResult,
-    SnapshotStep,
-)
+from vmis.services.hypervisor import SnapshotRequest, SnapshotResult, SnapshotStep
 from vmis.services.vss import MAX_FREEZE_TIMEOUT, VssOp
 from vmis.services.vss.hooks import run_process
 

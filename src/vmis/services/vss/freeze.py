@@ -31,18 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from vmis.errors import VmisError
+from vmis.errors import FreezeError, ThawError
 
 __all__ = [
     "FIFREEZE",
     "FITHAW",
     "FakeFreezer",
     "FilesystemFreeze",
-    "FreezeError",
     "Freezer",
     "IoctlFreezer",
     "Mount",
-    "ThawError",
     "freeze_candidates",
     "read_mounts",
 ]
@@ -54,36 +52,6 @@ FITHAW = 0xC0045878
 
 #: Maps a device path (``/dev/sda1``) to its ``(major, minor)``, or ``None``.
 DeviceNumberT = Callable[[str], "tuple[int, int] | None"]
-
-
-class FreezeError(VmisError):
-    """A filesystem could not be frozen; everything frozen before it was thawed.
-
-    :ivar mountpoint: the filesystem that failed.
-    :ivar errno: the OS error number, when there is one.
-    """
-
-    def __init__(self, mountpoint: str, err: OSError) -> None:
-        super().__init__(
-            f"freezing {mountpoint} failed: {err.strerror or err}; all filesystems were "
-            "thawed again (report it with /etc/fstab and /proc/mounts)"
-        )
-        self.mountpoint = mountpoint
-        self.errno = err.errno
-
-
-class ThawError(VmisError):
-    """One or more filesystems could not be thawed.
-
-    :ivar failures: ``(mountpoint, errno)`` for each failure.
-    """
-
-    def __init__(self, failures: list[tuple[str, int | None]]) -> None:
-        names = ", ".join(
-            f"{m} ({os.strerror(e) if e is not None else 'error'})" for m, e in failures
-        )
-        super().__init__(f"thawing failed for {names}")
-        self.failures = failures
 
 
 @dataclass(frozen=True, slots=True)

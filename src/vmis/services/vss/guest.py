@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmis.errors import FreezeError, ServiceError, ThawError
 from vmis.protocol import RequestReceived, decode_json, encode_json
 from vmis.services.catalog import by_key
-from vmis.services.guest_half import GuestContext, GuestService, ServiceError
+from vmis.services.guest_half import GuestContext, GuestService
 from vmis.services.vss import (
     DEFAULT_FREEZE_TIMEOUT,
     DEFAULT_HOOK_TIMEOUT,
@@ -49,13 +50,7 @@ from vmis.services.vss import (
     GuestVssState,
     VssOp,
 )
-from vmis.services.vss.freeze import (
-    FilesystemFreeze,
-    FreezeError,
-    Freezer,
-    IoctlFreezer,
-    ThawError,
-)
+from vmis.services.vss.freeze import FilesystemFreeze, Freezer, IoctlFreezer
 from vmis.services.vss.hooks import HookResult, list_hooks, run_hooks
 
 __all__ = ["SERVICE", "Cycle", "LogHold", "VssService"]
