@@ -11,7 +11,6 @@ import ast
 import importlib
 import pkgutil
 import re
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,30 +21,6 @@ from vmis.api import errors as api_errors
 from vmis.protocol import RequestReceived
 
 PKG = Path(vmis.__file__).resolve().parent
-
-#: Direct raises of the root left in files another engineer is splitting
-#: (issue 12): (file, the call as written). Strict: the test fails when one is
-#: added or when one is gone, so the entry goes with the last of them. The
-#: class each should raise is in the comment.
-ROOT_RAISES_LEFT = Counter([
-    # LocalFileError, as file_copier.py raises for the same failure
-    ("services/fcopy/engine.py", "VmisError(f'cannot read {source}: {exc.strerror}')"),
-    # LocalFileError
-    ("services/fcopy/engine.py", "VmisError(f'cannot list {parent.path}: {exc.strerror}')"),
-])
-
-#: Names the same files still import from the modules that defined them before
-#: the tree moved into vmis/errors.py: module -> (name -> the files importing
-#: it). Strict like ROOT_RAISES_LEFT: nothing else may import through them.
-REEXPORTS_LEFT = {
-    "vmis.services.guest_half": {
-        "ServiceError": {"services/fcopy/engine.py", "services/vmsession/guest.py"},
-    },
-    "vmis.qemu.errors": {
-        name: {"qemu/machine.py"} for name in ("MachineNotRunning", "MachineStartError",
-                                                "MonitorError")
-    },
-}
 
 #: modules that are scripts another program runs, not importable on their own
 #: (besides every __main__): Alembic runs env.py inside a migration's context
@@ -124,37 +99,30 @@ def _is_root(node: ast.expr) -> bool:
 
 
 def test_the_root_is_never_raised_or_built_directly():
-    found: Counter[tuple[str, str]] = Counter()
+    found = []
     for path in sorted(PKG.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             # a call builds one (to raise or to send); a bare raise of the class, too
             root = (isinstance(node, ast.Call) and _is_root(node.func)) or \
                 (isinstance(node, ast.Raise) and node.exc is not None and _is_root(node.exc))
             if root:
-                found[(path.relative_to(PKG).as_posix(), ast.unparse(node))] += 1
-    new = found - ROOT_RAISES_LEFT
-    assert not new, "raise the class of the tree that says what happened: " + \
-        "\n".join(f"{file}: {call}" for file, call in new)
-    gone = ROOT_RAISES_LEFT - found
-    assert not gone, f"fixed: remove from ROOT_RAISES_LEFT: {sorted(gone)}"
+                found.append(f"{path.relative_to(PKG).as_posix()}: {ast.unparse(node)}")
+    assert not found, "raise the class of the tree that says what happened:\n" + \
+        "\n".join(found)
 
 
-def test_only_the_files_being_split_import_errors_from_their_old_modules():
-    found: dict[str, dict[str, set[str]]] = {}
+def test_error_classes_are_imported_from_vmis_errors_only():
+    names = {cls.__name__ for cls in _vmis_error_classes()} | {"VmisError"}
+    found = []
     root = PKG.parents[1]
     for path in sorted([*root.glob("src/**/*.py"), *root.glob("tests/**/*.py"),
                         *root.glob("bench/**/*.py")]):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and node.module in REEXPORTS_LEFT:
-                module = importlib.import_module(node.module)
-                for alias in node.names:
-                    if isinstance(getattr(module, alias.name, None), type) and \
-                            issubclass(getattr(module, alias.name), errors.VmisError):
-                        where = path.relative_to(PKG).as_posix() if path.is_relative_to(PKG) \
-                            else path.relative_to(root).as_posix()
-                        found.setdefault(node.module, {}).setdefault(alias.name, set()).add(where)
-    assert found == REEXPORTS_LEFT, "import errors from vmis.errors; when the files being " \
-        "split do, drop their entry here and the re-export"
+            if isinstance(node, ast.ImportFrom) and node.module not in (None, "vmis.errors") \
+                    and (node.module or "").startswith("vmis"):
+                found += [f"{path.relative_to(root)}: {alias.name} from {node.module}"
+                          for alias in node.names if alias.name in names]
+    assert not found, "import errors from vmis.errors:\n" + "\n".join(found)
 
 
 def _tree() -> list[type[errors.VmisError]]:

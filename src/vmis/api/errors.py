@@ -21,8 +21,8 @@ __all__ = [
 ]
 
 #: the classes that answer 500 on purpose: a fault of this machine or of vmis
-#: itself, not of the request nor of what the manager drives; the root stands
-#: for the raises of it not yet replaced
+#: itself, not of the request nor of what the manager drives; the root is never
+#: raised (tests/test_errors.py) and stays as the last resort of the table
 SERVER_FAULTS: tuple[type[errors.VmisError], ...] = (
     errors.InternalError,
     errors.PackageDataError,

@@ -10,7 +10,6 @@ This is host-side code (third-party libraries allowed: ``qemu.qmp``).
 ``vmis.qemu.monitor``    :class:`QmpMonitor`: QMP commands to any QEMU
 ``vmis.qemu.discovery``  QMP socket and agent channel of a VM vmis did not start
 ``vmis.qemu.offline``    the agent installed into a stopped VM's disk image
-``vmis.qemu.errors``     for now, machine.py's imports of errors now in :mod:`vmis.errors`
 
 Guests run under TCG (software emulation) where the machine has no KVM, as
 test machines usually do: docs/real-vms.md.

@@ -30,9 +30,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmis.errors import RequestTimeout, StateError
+from vmis.errors import (
+    MachineNotRunning,
+    MachineStartError,
+    MonitorError,
+    RequestTimeout,
+    StateError,
+)
 from vmis.qemu.cmdline import AGENT_CHARDEV_ID, DiskMode
-from vmis.qemu.errors import MachineNotRunning, MachineStartError, MonitorError
 from vmis.qemu.image._recipe import BOOT_MARKER, INITRAMFS_FAILURE
 from vmis.qemu.monitor import BlockSnapshot, QmpMonitor
 from vmis.qemu.process import QemuProcess

@@ -22,11 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-# ServiceError is re-exported only for two modules another engineer is splitting
-# (fcopy/engine.py, vmsession/guest.py) until they import it from vmis.errors;
-# tests/test_errors.py (REEXPORTS_LEFT) fails when another module uses it, and
-# when neither does any longer, so that it goes with them.
-from vmis.errors import ServiceError
 from vmis.protocol import RequestReceived
 from vmis.services.catalog import ServiceSpec
 
@@ -36,7 +31,6 @@ __all__ = [
     "GuestService",
     "Handler",
     "Notifier",
-    "ServiceError",
 ]
 
 

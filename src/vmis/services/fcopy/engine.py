@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmis.errors import NotFoundError, StateError, VmisError
+from vmis.errors import LocalFileError, NotFoundError, ServiceError, StateError
 from vmis.services.fcopy import FcopyOp
 from vmis.services.fcopy.bulk_memory import BULK_MEMORY
 from vmis.services.fcopy.file_copier import FileCopier
 from vmis.services.fcopy.metadata import entry_type, file_mode
 from vmis.services.fcopy.paths import check_name
-from vmis.services.guest_half import ServiceError
 
 __all__ = ["CopyEngine"]
 
@@ -69,7 +68,7 @@ class CopyEngine(FileCopier):
         except FileNotFoundError:
             raise NotFoundError(f"{source} does not exist on the host") from None
         except OSError as exc:
-            raise VmisError(f"cannot read {source}: {exc.strerror}") from exc
+            raise LocalFileError(f"cannot read {source}: {exc.strerror}") from exc
         if stat.S_ISDIR(st.st_mode):
             if not recurse:
                 raise StateError(f"{source} is a directory; -Recurse copies directories")
@@ -174,7 +173,7 @@ class CopyEngine(FileCopier):
             try:
                 entries = sorted(os.scandir(parent.path), key=lambda e: e.name)
             except OSError as exc:
-                raise VmisError(f"cannot list {parent.path}: {exc.strerror}") from exc
+                raise LocalFileError(f"cannot list {parent.path}: {exc.strerror}") from exc
             for entry in entries:
                 rel = f"{parent.rel}/{entry.name}" if parent.rel else entry.name
                 try:

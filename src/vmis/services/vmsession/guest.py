@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vmis.errors import ServiceError
 from vmis.protocol import (
     RequestReceived,
     ServiceId,
@@ -30,7 +31,7 @@ from vmis.protocol import (
     encode_json,
 )
 from vmis.services.catalog import by_key
-from vmis.services.guest_half import GuestContext, GuestService, ServiceError
+from vmis.services.guest_half import GuestContext, GuestService
 from vmis.services.vmsession import (
     DEFAULT_WINDOW,
     MAX_WINDOW,
