@@ -21,10 +21,9 @@ import itertools
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from vmis.errors import UsageError, VmisError
+from vmis.errors import InternalError, RequestRefused, UsageError, VmisError
 
 __all__ = [
     "HELP_WORDS",
@@ -34,35 +33,93 @@ __all__ = [
     "find_verb",
     "leading_options",
     "parse",
+    "report_error",
     "run_command",
     "run_main",
     "usage",
+    "wants_json",
 ]
 
 #: words that ask for a command's usage instead of running it
 HELP_WORDS = ("-h", "--help", "-?")
+#: a switch's values that turn it off (``-Force:$false``)
+_FALSE = ("$false", "false", "0", "no")
 
 
-def run_main(body: Callable[[], int], prefix: Callable[[VmisError], str]) -> int:
+def run_main(body: Callable[[], int], prefix: Callable[[VmisError], str],
+             words: Sequence[str] = ()) -> int:
     """Run a command line's body and turn how it ends into an exit status.
 
-    A :class:`VmisError` is one line on stderr (``prefix: message``) and
-    status 2 for a usage error, 1 otherwise; never a traceback. Ctrl-C is
-    130, and a reader that went away (``| head``) is not an error.
+    A :class:`VmisError` is one line on stderr (``prefix: message``), or one
+    JSON object when *words* (the command line) ask for JSON (:func:`report_error`),
+    and status 2 for a usage error, 1 otherwise. Anything else is a bug: one
+    line too (its traceback in the log of a program that keeps one, or with
+    ``$VMIS_DEBUG`` set), status 1. Ctrl-C is 130, and a reader that went away
+    (``| head``) is not an error.
     """
+    as_json = wants_json(words)
     try:
         return body()
     except VmisError as exc:
-        print(f"{prefix(exc)}: {exc}", file=sys.stderr)
+        report_error(prefix(exc), exc, as_json)
         return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        import logging
+        import os
+
+        if os.environ.get("VMIS_DEBUG"):
+            raise
+        if logging.getLogger().handlers:  # a daemon's log: the traceback belongs there
+            logging.getLogger("vmis").exception("unexpected error")
+        bug = InternalError(f"internal error: {type(exc).__name__}: {exc} (a bug in vmis; "
+                            "VMIS_DEBUG=1 shows where)")
+        report_error(prefix(bug), bug, as_json)
+        return 1
 
 
-@dataclass(frozen=True)
-class Param:
+def wants_json(words: Sequence[str]) -> bool:
+    """Whether a command line asks for JSON (``--json``, ``-JSON``, ``-json:$true``)
+    among the words it parses itself (before ``--``)."""
+    for word in words:
+        if word == "--":
+            return False
+        if _is_param(word):
+            name, inline = _split_word(word)
+            if _norm(name) == "json":
+                return (inline or "").lower() not in _FALSE
+    return False
+
+
+def report_error(where: str, error: VmisError | str, as_json: bool, **fields: Any) -> None:
+    """One error on stderr: ``where: message``, or with *as_json* one line of JSON,
+    ``{"Error": message, "Type": class name, "Code": code, **fields}``.
+
+    *Code* is the machine-readable code of a refusal (:class:`RequestRefused`,
+    docs/protocol.md §5.1: ``denied``, ``service-disabled`` ...), else null.
+    A message given as text names its class in ``fields["Type"]``, if known.
+    """
+    if not as_json:
+        print(f"{where}: {error}", file=sys.stderr)
+        return
+    import json
+
+    body: dict[str, Any] = {"Error": str(error), "Type": None, "Code": None}
+    if isinstance(error, VmisError):
+        body["Type"] = type(error).__name__
+        body["Code"] = error.code if isinstance(error, RequestRefused) else None
+    body.update(fields)
+    print(json.dumps(body), file=sys.stderr)
+
+
+# NamedTuples, not dataclasses: every command line builds its table of these at
+# start, and dataclasses would import inspect (bench/cli_start.py).
+
+
+class Param(NamedTuple):
     """One parameter of a command."""
 
     name: str
@@ -78,9 +135,11 @@ class Param:
     default: Any = None
 
 
-@dataclass(frozen=True)
-class Command:
-    """One verb of a command line."""
+class Command(NamedTuple):
+    """One verb of a command line.
+
+    A raw command (:attr:`raw`) names its :attr:`rest` parameter.
+    """
 
     name: str
     summary: str
@@ -89,17 +148,13 @@ class Command:
     aliases: tuple[str, ...] = ()
     #: words after ``--`` are passed as the parameter of this name
     rest: str | None = None
-    examples: tuple[str, ...] = field(default=())
+    examples: tuple[str, ...] = ()
     #: True: ``run(args)`` needs nothing but this machine; False: ``run(context, args)``
     #: with what the program gives every command (vmis: the host manager's API client)
     local: bool = False
     #: the words after the positional parameters go to ``rest`` as they are, dashes
     #: included (``--`` optional): a command that hands them to another command line
     raw: bool = False
-
-    def __post_init__(self) -> None:
-        if self.raw and self.rest is None:
-            raise ValueError(f"{self.name}: a raw command names its rest parameter")
 
 
 def _norm(name: str) -> str:
@@ -200,6 +255,8 @@ def _split_rest(cmd: Command, argv: Sequence[str]) -> tuple[list[str], list[str]
     """The words to parse, and those passed on as they are (None: no ``--``)."""
     words = list(argv)
     if cmd.raw:
+        if cmd.rest is None:
+            raise ValueError(f"{cmd.name}: a raw command names its rest parameter")
         leading = sum(1 for p in cmd.params if p.position is not None)
         own = list(itertools.takewhile(lambda w: w != "--", words[:leading]))
         rest = words[len(own):]
@@ -247,7 +304,7 @@ def parse(cmd: Command, argv: Sequence[str]) -> dict[str, Any]:
         name, inline = _split_word(word)
         param = _lookup(cmd.name, cmd.params, name)
         if param.kind == "switch":
-            switches[param.name] = (inline or "").lower() not in ("$false", "false", "0", "no")
+            switches[param.name] = (inline or "").lower() not in _FALSE
             continue
         values = [] if inline is None else [inline]
         while i < len(words) and not _is_param(words[i]):
@@ -272,14 +329,32 @@ def parse(cmd: Command, argv: Sequence[str]) -> dict[str, Any]:
         if param.kind == "switch":
             result[param.name] = switches.get(param.name, bool(param.default))
         elif param.name in given:
+            for value in given[param.name]:
+                _check_text(cmd, f"-{param.name}", value)
             result[param.name] = _convert(cmd, param, given[param.name])
         elif param.required:
             raise UsageError(f"{cmd.name}: missing mandatory parameter -{param.name}.")
         else:
             result[param.name] = param.default
     if cmd.rest is not None:
+        if not cmd.raw:  # a raw rest is another command line's, which checks its own
+            for word in rest or []:
+                _check_text(cmd, "the command after '--'", word)
         result[cmd.rest] = rest or []
     return result
+
+
+def _check_text(cmd: Command, what: str, value: str) -> None:
+    """Refuse an argument that is not UTF-8: Python carries its bytes as lone
+    surrogates, which no JSON request, file name or KVP record can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise UsageError(f"{cmd.name}: {what} is not UTF-8 text ({byte} at character "
+                         f"{exc.start + 1}); vmis takes names, keys, values, paths and "
+                         "commands as UTF-8") from None
 
 
 def run_command(cmd: Command, argv: Sequence[str],

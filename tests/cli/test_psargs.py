@@ -1,11 +1,23 @@
-"""vmis.psargs without a lab: name=value spellings, raw commands, verbs of two words."""
+"""vmis.psargs without a lab: name=value spellings, raw commands, verbs of two words,
+arguments that are not UTF-8, errors as one line or one JSON object."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from vmis.errors import UsageError
-from vmis.psargs import Command, Param, find_verb, leading_options, parse, run_command
+from vmis.errors import RemoteServiceError, UsageError
+from vmis.psargs import (
+    Command,
+    Param,
+    find_verb,
+    leading_options,
+    parse,
+    run_command,
+    run_main,
+    wants_json,
+)
 
 
 def _ran(args):
@@ -55,7 +67,7 @@ def test_help_words_count_only_where_the_command_parses(capsys):
 
 def test_a_raw_command_names_its_rest_parameter():
     with pytest.raises(ValueError, match="names its rest"):
-        Command("x", "", (), _ran, raw=True)
+        parse(Command("x", "", (), _ran, raw=True), ["a"])
 
 
 def test_verbs_of_one_word_and_of_two():
@@ -75,3 +87,54 @@ def test_options_before_a_verb():
     assert leading_options("prog", options, ["build"]) == 0
     with pytest.raises(UsageError, match="'bogus'"):
         leading_options("prog", options, ["--bogus", "build"])
+
+
+def test_an_argument_that_is_not_utf8_is_a_usage_error_naming_it():
+    # what Python makes of the bytes b"caf\xe9" in argv on a UTF-8 system
+    word = b"caf\xe9".decode("utf-8", "surrogateescape")
+    with pytest.raises(UsageError, match=r"^kvp: -Device is not UTF-8 text \(byte 0xe9 at "
+                                         r"character 4\)"):
+        parse(DAEMON, ["-Device", word])
+    run = Command("exec", "", (Param("VMName", position=0),), _ran, rest="Command")
+    with pytest.raises(UsageError, match="the command after '--' is not UTF-8 text"):
+        parse(run, ["vm", "--", "cat", word])
+    # a raw rest is another command line's, which checks it itself
+    assert parse(GUEST, ["vm", word])["args"] == [word]
+
+
+def test_a_command_line_asks_for_json_before_its_double_dash():
+    assert wants_json(["Get-VM", "--json"]) and wants_json(["Get-VM", "-JSON"])
+    assert wants_json(["kvp", "list", "-json:$true"])
+    assert not wants_json(["Get-VM", "-json:$false"]) and not wants_json(["Get-VM"])
+    assert not wants_json(["exec", "vm", "--", "jq", "--json"])
+
+
+def test_errors_under_json_are_one_json_object_on_stderr(capsys):
+    def refused():
+        raise RemoteServiceError("denied", "not allowed here")
+
+    assert run_main(refused, lambda exc: "Invoke-Command", ["x", "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert json.loads(captured.err) == {"Error": "not allowed here", "Type": "RemoteServiceError",
+                                        "Code": "denied"}
+    assert run_main(lambda: parse(DAEMON, ["-Nope"]), lambda exc: "vmis", ["-json"]) == 2
+    error = json.loads(capsys.readouterr().err)
+    assert error["Type"] == "UsageError" and error["Code"] is None
+    assert run_main(refused, lambda exc: "Invoke-Command", ["x"]) == 1
+    assert capsys.readouterr().err == "Invoke-Command: not allowed here\n"
+
+
+def test_an_unexpected_error_is_one_line_too(capsys, monkeypatch):
+    monkeypatch.delenv("VMIS_DEBUG", raising=False)
+
+    def bug():
+        return {}["missing"]
+
+    assert run_main(bug, lambda exc: "vmis") == 1
+    err = capsys.readouterr().err
+    assert err == "vmis: internal error: KeyError: 'missing' (a bug in vmis; VMIS_DEBUG=1 " \
+                  "shows where)\n"
+    monkeypatch.setenv("VMIS_DEBUG", "1")
+    with pytest.raises(KeyError):
+        run_main(bug, lambda exc: "vmis")

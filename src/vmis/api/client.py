@@ -1,21 +1,31 @@
-"""Client of the host manager's API over its Unix socket (used by the CLI)."""
+"""Client of the host manager's API over its Unix socket (used by the CLI).
+
+A plain call (a JSON request, a JSON answer) is one HTTP/1.1 exchange on a
+new connection, written with the standard library's socket alone: the
+command lines' common path (``vmis Get-VMIntegrationService``) must start
+fast (bench/cli_start.py), and importing httpx took longer than all the rest
+of that command. Streams (JSON lines of long work) use httpx, imported when
+the first stream opens.
+"""
 
 from __future__ import annotations
 
+import json as jsonlib
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import quote, urlencode
 
-import httpx
+from vmis.errors import ConfigError, ConnectError, ManagerApiError, RequestTimeout
 
-from vmis.api.errors import error_from_json
-from vmis.errors import ConfigError, ConnectError, RequestTimeout
-
-__all__ = ["ApiClient", "default_socket"]
+__all__ = ["SYSTEM_SOCKET", "ApiClient", "api_path", "default_socket"]
 
 #: where a system-wide host manager listens
 SYSTEM_SOCKET = Path("/run/vmis/host.sock")
+#: the longest answer a plain call reads (a Get-VM of thousands of VMs is far less)
+MAX_ANSWER = 256 * 1024 * 1024
 
 
 def default_socket() -> Path:
@@ -33,6 +43,60 @@ def default_socket() -> Path:
     return SYSTEM_SOCKET
 
 
+def api_path(*segments: str) -> str:
+    """``/a/b/c`` from its segments, each percent-encoded: a VM name may hold ``#``,
+    ``?``, ``%`` or spaces, and a name from before vmis checked names even ``/``."""
+    return "".join("/" + quote(segment, safe="") for segment in segments)
+
+
+class _Answer:
+    """One HTTP answer, read whole."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+
+def _dechunk(data: bytes) -> bytes:
+    """The body of a ``Transfer-Encoding: chunked`` answer (RFC 9112 §7.1)."""
+    body = bytearray()
+    while True:
+        size_line, sep, data = data.partition(b"\r\n")
+        if not sep:
+            raise ValueError("a chunk is cut short")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return bytes(body)
+        if len(data) < size + 2:
+            raise ValueError("a chunk is cut short")
+        body += data[:size]
+        data = data[size + 2:]
+
+
+def _parse(data: bytes) -> _Answer:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError("no end of the headers")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    version, status, *reason = status_line.split(" ", 2)
+    if not version.startswith("HTTP/1."):
+        raise ValueError(f"not an HTTP/1 answer: {status_line!r}")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = _dechunk(body)
+    elif "content-length" in headers:
+        length = int(headers["content-length"])
+        if len(body) < length:
+            raise ValueError("the answer is cut short")
+        body = body[:length]
+    return _Answer(int(status), reason[0] if reason else "", headers, body)
+
+
 class ApiClient:
     """Synchronous API calls; errors come back as the vmis errors the server raised.
 
@@ -42,14 +106,12 @@ class ApiClient:
 
     def __init__(self, socket: Path | None = None, timeout: float = 60.0) -> None:
         self.socket = socket or default_socket()
-        self._client = httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.socket)),
-            base_url="http://vmis",
-            timeout=timeout,
-        )
+        self.timeout = timeout
+        self._httpx: Any = None
 
     def close(self) -> None:
-        self._client.close()
+        if self._httpx is not None:
+            self._httpx.close()
 
     def __enter__(self) -> ApiClient:
         return self
@@ -57,7 +119,10 @@ class ApiClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _unreachable(self, exc: Exception) -> ConnectError:
+    def _unreachable(self, exc: BaseException) -> ConnectError:
+        if isinstance(exc, PermissionError):
+            return ConnectError(f"permission denied on the host manager's socket {self.socket} "
+                                "(mode 0600: run as the user who started it, or as root)", exc)
         return ConnectError(
             f"the vmis host manager is not running (no answer on {self.socket}); "
             "start it with 'vmis host serve' or 'vmis lab up'", exc
@@ -67,51 +132,88 @@ class ApiClient:
              params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         """One request; returns the decoded JSON answer.
 
+        :param path: under ``/v1``, its segments encoded (:func:`api_path`).
+        :param params: the query; a list value repeats its key.
         :raise ConnectError: When the manager is not running.
         :raise RequestTimeout: When it does not answer within the timeout.
         :raise ConfigError: When it finds the request's fields invalid.
         :raise VmisError: The error the manager reported, as the class it raised.
         """
-        kwargs: dict[str, Any] = {"json": json, "params": params}
-        if timeout is not None:
-            kwargs["timeout"] = timeout
+        target = f"/v1{path}"
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        if query:
+            target += ("&" if "?" in target else "?") + urlencode(query, doseq=True)
+        body = None if json is None else jsonlib.dumps(json).encode()
+        head = [f"{method} {target} HTTP/1.1", "Host: vmis", "Connection: close",
+                "Accept: application/json"]
+        if body is not None:
+            head.append("Content-Type: application/json")
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            head.append(f"Content-Length: {len(body or b'')}")
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + (body or b"")
+        return self._decode(self._exchange(request, self.timeout if timeout is None else timeout))
+
+    def _exchange(self, request: bytes, timeout: float) -> _Answer:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
         try:
-            response = self._client.request(method, f"/v1{path}", **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
-            raise self._unreachable(exc) from exc
-        except httpx.TimeoutException as exc:
-            raise RequestTimeout(f"the host manager did not answer within the timeout ({exc})") \
+            try:
+                sock.connect(str(self.socket))
+            except OSError as exc:
+                raise self._unreachable(exc) from exc
+            sock.sendall(request)
+            data = bytearray()
+            while chunk := sock.recv(1024 * 1024):
+                data += chunk
+                if len(data) > MAX_ANSWER:
+                    raise ManagerApiError(f"the host manager's answer is over {MAX_ANSWER} bytes")
+        except TimeoutError as exc:
+            raise RequestTimeout(f"the host manager did not answer within {timeout:g} s") \
                 from exc
-        return self._decode(response)
+        except OSError as exc:  # reset, broken pipe: it went away while answering
+            raise self._unreachable(exc) from exc
+        finally:
+            sock.close()
+        if not data:
+            raise self._unreachable(ConnectionResetError("closed without an answer"))
+        try:
+            return _parse(bytes(data))
+        except ValueError as exc:
+            raise ManagerApiError(f"the host manager's answer is not HTTP/1.1: {exc}") from None
 
     @staticmethod
-    def _decode(response: httpx.Response) -> Any:
+    def _decode(answer: _Answer) -> Any:
         try:
-            body = response.json()
+            body = jsonlib.loads(answer.body)
         except ValueError:
-            body = {"error": response.text or response.reason_phrase}
-        if response.is_success:
-            return body
-        if response.status_code == 422 and isinstance(body, dict):
-            details = body.get("detail") or []
-            text = "; ".join(
-                f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
-                for d in details if isinstance(d, dict)
-            )
-            raise ConfigError(f"invalid request: {text}")
-        raise error_from_json(body if isinstance(body, dict) else {"error": str(body)})
+            body = {"error": answer.body.decode(errors="replace") or answer.reason}
+        if not 200 <= answer.status < 300:
+            _raise(answer.status, body)
+        return body
 
     def stream(self, method: str, path: str, *, json: Any = None,
                timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """A request whose answer is JSON lines (progress of long work)."""
-        import json as jsonlib
+        """A request whose answer is JSON lines (progress of long work), through httpx.
 
+        :raise httpx.HTTPError: When the connection fails once the answer has begun.
+        """
+        import httpx
+
+        from vmis.api.errors import error_from_json
+
+        if self._httpx is None:
+            self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
+                                       base_url="http://vmis", timeout=self.timeout)
         try:
-            with self._client.stream(method, f"/v1{path}", json=json,
-                                     timeout=timeout) as response:
+            with self._httpx.stream(method, f"/v1{path}", json=json,
+                                    timeout=timeout) as response:
                 if not response.is_success:
                     response.read()
-                    self._decode(response)
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        body = {"error": response.text or response.reason_phrase}
+                    _raise(response.status_code, body)
                 for line in response.iter_lines():
                     if line.strip():
                         item = jsonlib.loads(line)
@@ -120,3 +222,20 @@ class ApiClient:
                         yield item
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise self._unreachable(exc) from exc
+
+
+def _raise(status: int, body: Any) -> NoReturn:
+    """Raise what an error answer says: the manager's own error as its class, FastAPI's
+    checks of a request's fields as a ConfigError, anything else as a ManagerApiError."""
+    from vmis.api.errors import error_from_json
+
+    if isinstance(body, dict) and "error" not in body and "detail" in body:
+        details = body["detail"]
+        if status == 422 and isinstance(details, list):
+            text = "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
+                for d in details if isinstance(d, dict)
+            )
+            raise ConfigError(f"invalid request: {text}")
+        raise ManagerApiError(f"the host manager answered {status}: {details}")
+    raise error_from_json(body if isinstance(body, dict) else {"error": str(body)})

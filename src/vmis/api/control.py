@@ -18,7 +18,8 @@ __all__ = ["router"]
 
 
 class VmIn(BaseModel):
-    name: str = Field(min_length=1, max_length=255)
+    #: checked by the manager (vmis.host.vmname), which says what is wrong with it
+    name: str
     channel: str
     qmp: str | None = None
     kind: str = "external"
@@ -69,8 +70,9 @@ def _control_router() -> APIRouter:
         return {"Name": session.vm.name}
 
     @router.delete("/vms/{name}")
-    async def remove_vm(request: Request, name: str) -> dict[str, Any]:
-        record = await manager_of(request).remove_vm(name)
+    async def remove_vm(request: Request, name: str, by_id: bool = False) -> dict[str, Any]:
+        # by_id: *name* is the VM's id (a VM registered under a name no URL can carry)
+        record = await manager_of(request).remove_vm(name, by_id=by_id)
         return {"Name": record.name, "Id": record.id}
 
     @router.get("/vm-status")

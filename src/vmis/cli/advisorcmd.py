@@ -15,13 +15,13 @@ One answer prints in Format-List shape, several in Format-Table shape;
 from __future__ import annotations
 
 import json
-import textwrap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmis.advisor.advisor import default_advisor
-from vmis.advisor.answers import Advice
 from vmis.cli.table import Column, format_list, format_table
 from vmis.psargs import Command, Param
+
+if TYPE_CHECKING:
+    from vmis.advisor.answers import Advice
 
 __all__ = ["UPDATE_PATH_COMMANDS", "format_advice"]
 
@@ -35,6 +35,8 @@ _LIST_KEYS = ("HostOS", "GuestOS", "Mechanism", "Requires", "Fallback", "Support
 
 def format_advice(advice: Advice) -> str:
     """One answer as Format-List prints it, Notes wrapped under their column."""
+    import textwrap
+
     indent = " " * (max(map(len, _LIST_KEYS)) + 3)
     lines = [line for note in advice.notes
              for line in textwrap.wrap(note, WIDTH - len(indent), break_long_words=False,
@@ -54,6 +56,8 @@ def _format_many(answers: list[Advice]) -> str:
 
 def cmd_update_path(args: dict[str, Any]) -> int:
     """Answer one host/guest pair, or list the pairs the wildcards match."""
+    from vmis.advisor.advisor import default_advisor  # its data only for this command
+
     host, guest = args["HostOS"], args["GuestOS"]
     advisor = default_advisor()
     if "*" in host + guest or "?" in host + guest:

@@ -6,14 +6,10 @@ inside DIR, for lab VMs) and ``--config FILE``.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +46,11 @@ class Globals:
 
 
 def cmd_run(g: Globals, args: dict[str, Any]) -> int:
+    import asyncio
+    import logging
+    import signal
+    from dataclasses import replace
+
     from vmis.guest.adapters import make_adapters
     from vmis.guest.agent import Agent
     from vmis.guest.services import available_services, parse_offer
@@ -87,6 +88,8 @@ def _exec_launcher(g: Globals, args: dict[str, Any]) -> None:
     # An online update installed a new agent (vmis.guest.update): replace this
     # process with the installed launcher, which runs the new bundle (same pid,
     # so systemd and the lab keep tracking it).
+    import logging
+
     launcher = g.inside("/usr/bin/vmis-guest")
     argv = ["run"] + [w for k, v in args.items() if v for w in (f"-{k}", str(v))]
     env = dict(os.environ, VMIS_PYTHON=sys.executable)
@@ -241,7 +244,7 @@ def _help() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vmis-guest``; returns the exit status."""
     words = list(sys.argv[1:] if argv is None else argv)
-    return run_main(lambda: _run(words), lambda exc: "vmis-guest")
+    return run_main(lambda: _run(words), lambda exc: "vmis-guest", words)
 
 
 def _run(words: list[str]) -> int:

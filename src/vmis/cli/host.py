@@ -8,9 +8,7 @@ should parse; errors are one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import vmis
-from vmis.api.client import ApiClient
+from vmis.api.client import ApiClient, api_path
 from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
 from vmis.cli.table import Column, format_table
 from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
@@ -148,18 +146,25 @@ def cmd_vm_list(api: ApiClient, args: dict[str, Any]) -> int:
         return 0
     print(format_table(
         [Column("Name"), Column("Connected"), Column("Heartbeat"), Column("AgentVersion"),
-         Column("Channel")],
-        [(v["Name"], v["Connected"], v["Heartbeat"], v["AgentVersion"] or "", v["Channel"])
-         for v in vms],
+         Column("Channel"), Column("Id")],
+        [(v["Name"], v["Connected"], v["Heartbeat"], v["AgentVersion"] or "", v["Channel"],
+          v["Id"]) for v in vms],
     ))
     return 0
 
 
 def cmd_vm_remove(api: ApiClient, args: dict[str, Any]) -> int:
-    for name in args["Name"]:
-        vm = api.call("DELETE", f"/vms/{name}")
-        if not args["json"]:
-            print(f"VM {vm['Name']} removed")
+    if not args["Name"] and not args["Id"]:
+        raise UsageError("vm remove: name the VMs, or give their ids with -Id.")
+    # A name is the VM's, else the VM's id; -Id is only an id (vmis vm list shows both)
+    removed = [api.call("DELETE", api_path("vms", name)) for name in args["Name"] or []]
+    removed += [api.call("DELETE", api_path("vms", vm_id), params={"by_id": "true"})
+                for vm_id in args["Id"] or []]
+    if args["json"]:
+        _out(removed)
+    else:
+        for vm in removed:
+            print(f"VM {vm['Name']!r} removed (id {vm['Id']})")
     return 0
 
 
@@ -168,7 +173,7 @@ def cmd_vm_set(api: ApiClient, args: dict[str, Any]) -> int:
              "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
              "heartbeat_latency_ms": args["HeartbeatLatencyMs"],
              "heartbeat_error_threshold": args["HeartbeatErrorThreshold"]}
-    vm = api.call("PATCH", f"/vms/{args['Name']}",
+    vm = api.call("PATCH", api_path("vms", args["Name"]),
                   json={k: v for k, v in patch.items() if v is not None})
     if args["json"]:
         _out(vm)
@@ -181,6 +186,8 @@ def cmd_vm_set(api: ApiClient, args: dict[str, Any]) -> int:
 def run_fast(main: Any) -> None:
     """Run the manager on uvloop where installed (about twice the messages per CPU
     second of the default loop: bench/heartbeat_scale.py), else on asyncio's."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
@@ -190,6 +197,8 @@ def run_fast(main: Any) -> None:
 
 
 def cmd_host_serve(args: dict[str, Any]) -> int:
+    import logging
+
     from vmis.api.client import SYSTEM_SOCKET
     from vmis.api.server import serve
 
@@ -247,8 +256,12 @@ COMMANDS: tuple[Command, ...] = (
         Param("HeartbeatIntervalMs", "int"), Param("HeartbeatLatencyMs", "int"),
         Param("HeartbeatErrorThreshold", "int"), JSON,
     ), cmd_vm_set),
-    Command("vm remove", "Unregister VMs.", (Param("Name", "list", required=True, position=0),
-                                             JSON), cmd_vm_remove),
+    Command("vm remove", "Unregister VMs.", (
+        Param("Name", "list", position=0, help="VM names (or ids)"),
+        Param("Id", "list", help="VM ids (vmis vm list --json): for a VM whose name a command "
+                                 "line cannot spell"), JSON,
+    ), cmd_vm_remove, examples=("vmis vm remove web01",
+                                "vmis vm remove -Id 5f0c9a6e-0d1b-4c1e-9a51-3d2f8e8b7c11")),
 )
 
 LOCAL_COMMANDS: tuple[Command, ...] = (
@@ -293,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A usage error is vmis's own complaint; others come from the command named.
         return "vmis" if isinstance(exc, UsageError) or not words else words[0]
 
-    return run_main(lambda: _run(words), prefix)
+    return run_main(lambda: _run(words), prefix, words)
 
 
 def _run(words: list[str]) -> int:

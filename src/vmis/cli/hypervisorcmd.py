@@ -10,8 +10,6 @@ QMP connection to each VM (vmis.host.hypervisor, vmis.qemu.hypervisor);
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,6 +50,9 @@ class Discovery:
 
 
 def _virsh_dumpxml(domain: str) -> str:
+    import shutil
+    import subprocess
+
     virsh = shutil.which("virsh")
     if virsh is None:
         raise NotFoundError("virsh is not installed; save the domain XML with 'virsh dumpxml' "

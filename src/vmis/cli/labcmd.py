@@ -9,13 +9,14 @@ from typing import Any
 
 from vmis.cli.table import Column, format_table
 from vmis.errors import UsageError
-from vmis.lab.lab import Lab, run_lab_up
 from vmis.psargs import Command, Param
 
 __all__ = ["LAB_COMMANDS"]
 
 
 def cmd_up(args: dict[str, Any]) -> int:
+    from vmis.lab.lab import Lab, run_lab_up
+
     lab = Lab()
     names = args["Name"] or ["DemoVM"]
     bundle = Path(args["AgentBundle"]).absolute() if args["AgentBundle"] else None
@@ -44,6 +45,8 @@ def cmd_up(args: dict[str, Any]) -> int:
 
 
 def cmd_down(args: dict[str, Any]) -> int:
+    from vmis.lab.lab import Lab
+
     stopped = Lab().down(args["Name"])
     if args["json"]:
         print(json.dumps({"Stopped": stopped}))
@@ -53,6 +56,8 @@ def cmd_down(args: dict[str, Any]) -> int:
 
 
 def cmd_status(args: dict[str, Any]) -> int:
+    from vmis.lab.lab import Lab
+
     status = Lab().status()
     if args["json"]:
         print(json.dumps(status, indent=2))
@@ -70,6 +75,7 @@ def cmd_guest(args: dict[str, Any]) -> int:
     if not args["Name"]:
         raise UsageError("lab guest: name a lab VM: vmis lab guest NAME ARGS...")
     from vmis.cli.guest import main as guest_main
+    from vmis.lab.lab import Lab
 
     return guest_main(["--root", str(Lab().guest_root(args["Name"])), *args["args"]])
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Column", "format_list", "format_table"]
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(NamedTuple):
     """A table column."""
 
     header: str
@@ -33,9 +31,18 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
 
 
+#: control characters (Unicode Cc) as escapes, so that a cell stays on its line
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else str(value).translate(_CONTROLS)
+
+
 def format_table(columns: Sequence[Column], rows: Sequence[Sequence[object]]) -> str:
-    """Render *rows* under *columns*; ``None`` cells print empty."""
-    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    """Render *rows* under *columns*; ``None`` cells print empty, control characters
+    as escapes (``\\n``)."""
+    cells = [[_cell(v) for v in row] for row in rows]
     widths = []
     for i, col in enumerate(columns):
         if col.width is not None:

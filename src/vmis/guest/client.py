@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from vmis.errors import ConnectError, RemoteServiceError
-from vmis.guest.control import MAX_LINE
 
-__all__ = ["ControlClient"]
+__all__ = ["MAX_LINE", "ControlClient"]
+
+#: longest line either side sends (a KVP value is at most 2 KiB); defined here,
+#: not with the server (vmis.guest.control), so a guest tool starts without asyncio
+MAX_LINE = 1024 * 1024
 
 
 class ControlClient:

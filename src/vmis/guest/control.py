@@ -20,18 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import vmis
 from vmis.errors import NotFoundError, ServiceError, VmisError
+from vmis.guest.client import MAX_LINE
 from vmis.services.catalog import StartupType, by_guest_name
 from vmis.services.guest_half import ControlOp
 
 if TYPE_CHECKING:
     from vmis.guest.agent import Agent
 
-__all__ = ["MAX_LINE", "ControlServer"]
+__all__ = ["ControlServer"]
 
 _log = logging.getLogger("vmis.guest.control")
-
-#: longest request line accepted (a KVP value is at most 2 KiB)
-MAX_LINE = 1024 * 1024
 
 
 class ControlServer:

@@ -414,7 +414,8 @@ def main(argv: list[str], root: Path = Path("/")) -> int:
     :param root: the root when ``-Root`` is not given (``vmis-guest --root``).
     :return: 0 when nothing is missing, 1 when something is, 2 on usage errors.
     """
-    return run_main(lambda: run_command(_command(root), argv), lambda exc: "vmis-guest")
+    return run_main(lambda: run_command(_command(root), argv), lambda exc: "vmis-guest",
+                    argv)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import vmis
 from vmis.errors import ConfigError, NotFoundError, StateError, VmisError
 from vmis.host.manager import HostManager
 from vmis.host.session import VmSession
+from vmis.host.vmname import check_vm_name
 from vmis.services.hypervisor import known_state, require_hypervisor
 from vmis.services.timesync.host import TimeSyncHost
 
@@ -136,17 +137,17 @@ async def create_vm(manager: HostManager, name: str, *, memory_mib: int = 512, c
     backend of the manager and registered with its agent channel; it stays off
     until Start-VM.
 
-    :raise StateError: When the name is taken or is not a valid name, or no backend makes VMs.
-    :raise ConfigError: For a bad size, or a work directory path too long for sockets.
+    :raise StateError: When the name is taken, or no backend makes VMs.
+    :raise ConfigError: For an invalid name (vmis.host.vmname), a bad size, or a work
+        directory path too long for sockets.
     """
+    check_vm_name(name)
     try:
         manager.session(name)
     except NotFoundError:
         pass
     else:
         raise StateError(f"a VM named {name!r} is already registered")
-    if not name or name in (".", "..") or any(c in name for c in "/*?[,=\0"):
-        raise StateError(f"invalid VM name {name!r}: no '/', ',', '=' or wildcards")
     if not manager.hypervisors:
         raise ConfigError("this host manager has no hypervisor backend to make VMs with")
     backend = manager.hypervisors[0]

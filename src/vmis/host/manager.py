@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
-from vmis.errors import NotFoundError, ServiceUnavailable, StateError
+from vmis.errors import NotFoundError, ServiceUnavailable
 from vmis.host.session import VmSession
 from vmis.host.store import Store
 from vmis.host.vminfo import vm_row
+from vmis.host.vmname import check_vm_name
 from vmis.links.vmis_agent import VmisAgent
 from vmis.services.catalog import CATALOG, ServiceSpec, match_host_names
 from vmis.services.host_half import Contact, HostContext, HostService, VmRecord
@@ -157,25 +158,29 @@ class HostManager:
                heartbeat_interval_ms: int | None = None) -> VmRecord:
         """Register a VM and start its session.
 
-        :raise ConfigError: For an invalid channel address.
+        :raise ConfigError: For an invalid name (vmis.host.vmname) or channel address.
         :raise StateError: When the name is taken.
         """
+        check_vm_name(name)
         parse_address(channel)
-        if not name or any(c in name for c in "*?["):
-            raise StateError(f"invalid VM name {name!r}: wildcards are not allowed in names")
         vm = self.store.add_vm(name, channel, qmp=qmp, kind=kind,
                                heartbeat_interval_ms=heartbeat_interval_ms)
         self._start_session(vm)
         _log.info("VM %s added (%s)", name, channel)
         return vm
 
-    async def remove_vm(self, name: str) -> VmRecord:
-        """Unregister a VM and end its session."""
-        vm = self.store.remove_vm(name)
-        session = self.sessions.pop(vm.id, None)
+    async def remove_vm(self, name: str, *, by_id: bool = False) -> VmRecord:
+        """Unregister a VM and end its session.
+
+        :param name: the VM's name, or else its id; with *by_id*, only its id
+            (a VM registered under a name no command line can spell).
+        :raise NotFoundError: When no VM has that name or id.
+        """
+        session = self._by_id(name) if by_id else self._named(name)
+        vm = self.store.remove_vm_by_id(session.vm.id)
+        del self.sessions[vm.id]
         self._seen.pop(vm.id, None)
-        if session is not None:
-            await session.stop()
+        await session.stop()
         _log.info("VM %s removed", vm.name)
         return vm
 
@@ -197,6 +202,21 @@ class HostManager:
             if session.vm.name.lower() == key:
                 return session
         raise NotFoundError(f"no VM named {name!r} is registered (see 'vmis vm list')")
+
+    def _by_id(self, vm_id: str) -> VmSession:
+        session = self.sessions.get(vm_id.lower())
+        if session is None:
+            raise NotFoundError(f"no VM with id {vm_id!r} is registered (see 'vmis vm list')")
+        return session
+
+    def _named(self, name: str) -> VmSession:
+        """The VM of that name, else the VM of that id (a name no command line can spell)."""
+        try:
+            return self.session(name)
+        except NotFoundError:
+            if name.lower() in self.sessions:
+                return self.sessions[name.lower()]
+            raise
 
     def match(self, patterns: Iterable[str]) -> list[VmSession]:
         """Sessions whose VM name matches any pattern (wildcards, case-insensitive), by name.

@@ -125,11 +125,20 @@ class Store:
 
         :raise NotFoundError: When there is no such VM.
         """
-        vm = self.get_vm(name)
+        return self.remove_vm_by_id(self.get_vm(name).id)
+
+    def remove_vm_by_id(self, vm_id: str) -> VmRecord:
+        """Unregister a VM by its id, whatever its name.
+
+        :raise NotFoundError: When there is no such VM.
+        """
+        found = self._load(vms.c.id == vm_id)
+        if not found:
+            raise NotFoundError(f"no VM with id {vm_id!r} is registered (see 'vmis vm list')")
         with self._tx() as conn:
-            conn.execute(service_settings.delete().where(service_settings.c.vm_id == vm.id))
-            conn.execute(vms.delete().where(vms.c.id == vm.id))
-        return vm
+            conn.execute(service_settings.delete().where(service_settings.c.vm_id == vm_id))
+            conn.execute(vms.delete().where(vms.c.id == vm_id))
+        return found[0]
 
     def get_vm(self, name: str) -> VmRecord:
         """Look a VM up by name, case-insensitively.

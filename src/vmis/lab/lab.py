@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmis.api.client import ApiClient
+from vmis.api.client import ApiClient, api_path
 from vmis.errors import ConnectError, NotFoundError, StateError, VmisError
+from vmis.host.vmname import check_vm_name
 from vmis.lab.processes import (
     how_it_ended,
     log_hint,
@@ -157,9 +158,8 @@ class Lab:
         )
 
     def _named(self, name: str) -> LabVm:
-        if not name or "/" in name or name.startswith("."):
-            raise StateError(f"invalid lab VM name {name!r}")
-        return self.vm(name)
+        # before anything starts: a name the host manager refuses leaves nothing running
+        return self.vm(check_vm_name(name))
 
     def _register(self, name: str, where: dict[str, str]) -> None:
         """Register a lab VM with the host (or update where it is) and dial it now."""
@@ -167,8 +167,8 @@ class Lab:
             try:
                 api.call("POST", "/vms", json={"name": name, "kind": "lab", **where})
             except StateError:
-                api.call("PATCH", f"/vms/{name}", json=where)
-            api.call("POST", f"/vms/{name}/reconnect")
+                api.call("PATCH", api_path("vms", name), json=where)
+            api.call("POST", api_path("vms", name, "reconnect"))
 
     def start_vm(self, name: str, clock_offset: float | None = None,
                  agent_bundle: Path | None = None) -> LabVm:

@@ -8,8 +8,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from vmis.api.context import manager_of
-from vmis.services.vss import MAX_FREEZE_TIMEOUT
-from vmis.services.vss.checkpoint import SnapshotType
+from vmis.services.vss import MAX_FREEZE_TIMEOUT, SnapshotType
 from vmis.services.vss.host import VssHost
 
 __all__ = ["router"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from vmis.cli.table import format_list
@@ -13,6 +12,8 @@ __all__ = ["COMMANDS"]
 
 
 def _time(ns: Any) -> str:
+    from datetime import UTC, datetime
+
     if not isinstance(ns, int):
         return ""
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds")

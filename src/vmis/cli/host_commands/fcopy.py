@@ -15,9 +15,7 @@ import os
 import sys
 from typing import Any
 
-import httpx
-
-from vmis.api.client import ApiClient
+from vmis.api.client import ApiClient, api_path
 from vmis.errors import ChannelError, ManagerApiError, UsageError
 from vmis.psargs import Command, Param
 
@@ -76,6 +74,8 @@ def _absolute(path: str) -> str:
 
 
 def cmd_copy(api: ApiClient, args: dict[str, Any]) -> int:
+    import httpx  # with the stream that needs it: other commands start without it
+
     source, destination, file_source = args["SourcePath"], args["DestinationPath"], \
         args["FileSource"]
     if file_source == "Host":
@@ -92,8 +92,8 @@ def cmd_copy(api: ApiClient, args: dict[str, Any]) -> int:
     bar = _Bar(sys.stderr.isatty() and not args["json"], os.path.basename(source))
     result: dict[str, Any] | None = None
     try:
-        for line in api.stream("POST", f"/vms/{args['Name']}/copy?stream=true", json=body,
-                               timeout=None):
+        for line in api.stream("POST", api_path("vms", args["Name"], "copy") + "?stream=true",
+                               json=body, timeout=None):
             if line.get("type") == "progress":
                 bar.update(line)
             elif line.get("type") == "result":

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import getpass
 import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmis.api.client import ApiClient
 from vmis.cli.table import report_results
 from vmis.errors import UsageError
-from vmis.lab.lab import LabVm
 from vmis.psargs import Command, Param
+
+if TYPE_CHECKING:
+    from vmis.lab.lab import LabVm
 
 __all__ = ["COMMANDS"]
 
@@ -24,6 +25,8 @@ _MARGIN = 30.0
 
 def default_reason(verb: str) -> str:
     """``Stop-VM by alice on hv01``: who asked, from where (Hyper-V logs the same)."""
+    import getpass
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -33,6 +36,8 @@ def default_reason(verb: str) -> str:
 
 def lab_vm_of(name: str, channel: str) -> LabVm | None:
     """The lab VM behind a channel address, if it has the lab's layout (vmis.lab)."""
+    from vmis.lab.lab import LabVm
+
     if not channel.startswith("unix:"):
         return None
     path = Path(channel.removeprefix("unix:"))

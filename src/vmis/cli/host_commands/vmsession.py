@@ -4,8 +4,10 @@ The command's stdout and stderr arrive live on this process's stdout and
 stderr, stdin is passed through, and the exit status is the remote
 command's (128+n when signal n ended it). Ctrl-C cancels the remote command
 (SIGINT to its process group, SIGKILL after the guest's grace time); a second
-Ctrl-C kills it at once; a third gives up waiting. See
-docs/services/vmsession.md §8-9 for the stream to the host manager.
+Ctrl-C kills it at once; a third gives up waiting. With ``--json`` the output
+is kept instead and printed with the exit as one JSON object. See
+docs/services/vmsession.md §8-9; the stream itself is
+:mod:`vmis.cli.host_commands.vmsession_stream`, imported when a command runs.
 
 Exit statuses of this command itself: 124 when -TimeoutSec ran out (as
 timeout(1)), 255 when vmis failed (refused, no contact, ...; as ssh).
@@ -13,27 +15,13 @@ timeout(1)), 255 when vmis failed (refused, no contact, ...; as ssh).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextlib
 import json
 import os
-import pwd
-import signal
-import sys
-import threading
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.api.errors import error_from_json
-from vmis.errors import ChannelError, ConnectError, ManagerApiError, UsageError, VmisError
-from vmis.psargs import Command, Param, usage
-from vmis.services.vmsession import CHUNK, KEEPALIVE_MISSES
-
-if TYPE_CHECKING:
-    from websockets.asyncio.client import ClientConnection
+from vmis.errors import UsageError, VmisError
+from vmis.psargs import Command, Param, report_error, usage
 
 __all__ = ["COMMANDS"]
 
@@ -41,261 +29,26 @@ __all__ = ["COMMANDS"]
 TIMEOUT_STATUS = 124
 #: exit status when vmis itself failed, as ssh
 FAILURE_STATUS = 255
-_SIGNAL_NAMES: dict[int, str] = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data):]
-
-
-class _StdinReader(threading.Thread):
-    """Reads stdin in a thread, never more than the credit the manager granted.
-
-    A daemon thread: a read blocked on a terminal must not keep the process
-    alive once the remote command has ended.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes],
-                 fd: int = 0) -> None:
-        super().__init__(name="vmis-stdin", daemon=True)
-        self._loop = loop
-        self._queue = queue
-        self._fd = fd
-        self._credit = 0
-        self._cond = threading.Condition()
-
-    def add_credit(self, n: int) -> None:
-        with self._cond:
-            self._credit += n
-            self._cond.notify()
-
-    def run(self) -> None:
-        while True:
-            with self._cond:
-                while self._credit <= 0:
-                    self._cond.wait()
-                wanted = min(self._credit, CHUNK)
-            try:
-                data = os.read(self._fd, wanted)
-            except OSError:
-                data = b""
-            with self._cond:
-                self._credit -= len(data)
-            try:
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
-            except RuntimeError:
-                return  # the loop is closed: the command has ended
-            if not data:
-                return
-
-
-class _Invocation:
-    """One Invoke-Command: the WebSocket to the manager and the local streams."""
-
-    def __init__(self, socket: Path, vm: str, start: dict[str, Any]) -> None:
-        self.socket = socket
-        self.vm = vm
-        self.start = start
-        self.keepalive: float = start["keepalive"]
-        self.ws: ClientConnection | None = None
-        self.interrupts = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, "vmis-output")
-        self._stdin: _StdinReader | None = None
-        self._broken_pipe = False
-
-    async def run(self) -> int:
-        # websockets only here: every other command starts without it
-        from websockets.asyncio.client import unix_connect
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-
-        uri = f"ws://vmis/v1/vms/{quote(self.vm, safe='')}/exec"
-        try:
-            ws = await unix_connect(str(self.socket), uri, compression=None,
-                                    ping_interval=self.keepalive,
-                                    ping_timeout=self.keepalive * KEEPALIVE_MISSES,
-                                    max_size=4 * CHUNK, open_timeout=30)
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            raise ConnectError(
-                f"the vmis host manager is not running or does not stream (no WebSocket on "
-                f"{self.socket}: {exc}); start it with 'vmis host serve' or 'vmis lab up'",
-                exc) from exc
-        self.ws = ws
-        try:
-            await ws.send(json.dumps(self.start))
-            started = await self._receive_json(timeout=90)
-            if started.get("type") != "started":
-                raise ManagerApiError(f"unexpected answer from the host manager: {started}")
-            self._install_signals()
-            if self.start["stdin"]:
-                self._start_stdin(int(started.get("input_window", 0)))
-            return await self._pump()
-        except ConnectionClosed as exc:
-            raise ChannelError(f"the host manager closed the stream before the command ended "
-                               f"({exc})") from None
-        finally:
-            self._remove_signals()
-            for task in self._tasks:
-                task.cancel()
-            await ws.close()
-            self._writer.shutdown(wait=False, cancel_futures=True)
-
-    async def _receive_json(self, timeout: float) -> dict[str, Any]:
-        assert self.ws is not None
-        async with asyncio.timeout(timeout):
-            message = await self.ws.recv()
-        body = json.loads(message)
-        if not isinstance(body, dict):
-            raise ManagerApiError(f"unexpected message from the host manager: {message!r}")
-        if body.get("type") == "error":
-            raise error_from_json(body, type_key="error_type")
-        return body
-
-    async def _pump(self) -> int:
-        # The socket is read all the time, even while stdout is blocked, so
-        # keepalives and pings keep flowing; output waits in self._output,
-        # bounded by the guest's window, because the guest sends more only
-        # after _write_output has acknowledged it (docs/services/vmsession.md §8).
-        assert self.ws is not None
-        output: asyncio.Queue[memoryview | None] = asyncio.Queue()
-        writer = asyncio.ensure_future(self._write_output(output))
-        self._tasks.add(writer)
-        deadline = self.keepalive * KEEPALIVE_MISSES + 1
-        while True:
-            try:
-                async with asyncio.timeout(deadline):
-                    message = await self.ws.recv()
-            except TimeoutError:
-                raise ChannelError(f"lost contact with the host manager: nothing heard for "
-                                   f"{deadline:g} s") from None
-            if isinstance(message, bytes):
-                output.put_nowait(memoryview(message))
-                continue
-            body = json.loads(message)
-            kind = body.get("type")
-            if kind == "window" and self._stdin is not None:
-                self._stdin.add_credit(int(body.get("bytes", 0)))
-            elif kind == "exit":
-                output.put_nowait(None)
-                await writer
-                if self._broken_pipe:
-                    return 128 + signal.SIGPIPE
-                return self._exit_status(body)
-            elif kind == "error":
-                raise error_from_json(body, type_key="error_type")
-
-    async def _write_output(self, output: asyncio.Queue[memoryview | None]) -> None:
-        assert self.ws is not None
-        loop = asyncio.get_running_loop()
-        while (view := await output.get()) is not None:
-            if not self._broken_pipe:
-                fd = 2 if view[0] == 2 else 1
-                try:
-                    await loop.run_in_executor(self._writer, _write_all, fd, view[1:])
-                except BrokenPipeError:
-                    # Our reader is gone (| head): end the command, as a pipe
-                    # would, and drop what it still sends.
-                    self._broken_pipe = True
-                    await self._send({"type": "signal", "signal": "KILL", "cancel": True})
-            await self._send({"type": "ack", "bytes": len(view) - 1})
-
-    async def _send(self, body: dict[str, Any]) -> None:
-        # After the exit message the manager closes the stream; late acks are moot.
-        from websockets.exceptions import ConnectionClosed
-
-        assert self.ws is not None
-        with contextlib.suppress(ConnectionClosed):
-            await self.ws.send(json.dumps(body))
-
-    def _exit_status(self, body: dict[str, Any]) -> int:
-        reason = body.get("reason")
-        status = int(body.get("status", FAILURE_STATUS))
-        if reason == "timeout":
-            print(f"Invoke-Command: {self.vm}: the command ran out of time "
-                  f"({self.start['timeout']:g} s); its process group was killed",
-                  file=sys.stderr)
-            return TIMEOUT_STATUS
-        if reason in ("host-lost", "stopped", "failed"):
-            why = {"host-lost": "the guest lost its session with the host",
-                   "stopped": "the VM Session service was stopped in the guest",
-                   "failed": "the guest failed to run it"}[str(reason)]
-            print(f"Invoke-Command: {self.vm}: the command was killed: {why}", file=sys.stderr)
-            return status if body.get("code") is not None or body.get("signal") else \
-                FAILURE_STATUS
-        return status
-
-    # Section: stdin
-
-    def _start_stdin(self, credit: int) -> None:
-        assert self.ws is not None
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        try:
-            os.fstat(0)
-        except OSError:
-            self._spawn(self.ws.send(json.dumps({"type": "eof"})))
-            return
-        self._stdin = _StdinReader(asyncio.get_running_loop(), queue)
-        self._stdin.add_credit(credit)
-        self._stdin.start()
-        self._spawn(self._send_stdin(queue))
-
-    async def _send_stdin(self, queue: asyncio.Queue[bytes]) -> None:
-        assert self.ws is not None
-        while data := await queue.get():
-            await self.ws.send(data)
-        await self.ws.send(json.dumps({"type": "eof"}))
-
-    # Section: Ctrl-C
-
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in _SIGNAL_NAMES:
-            loop.add_signal_handler(signum, self._on_signal, signum)
-
-    def _remove_signals(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-            for signum in _SIGNAL_NAMES:
-                loop.remove_signal_handler(signum)
-
-    def _on_signal(self, signum: int) -> None:
-        assert self.ws is not None
-        name = _SIGNAL_NAMES[signum]
-        if signum == signal.SIGINT:
-            self.interrupts += 1
-            if self.interrupts == 2:
-                name = "KILL"
-            elif self.interrupts > 2:
-                # Give up waiting: the manager kills the command when we go.
-                for task in self._tasks:
-                    task.cancel()
-                raise KeyboardInterrupt
-        self._spawn(self.ws.send(json.dumps({"type": "signal", "signal": name,
-                                             "cancel": True})))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # a send on a closing socket: the pump reports it
+#: why the guest killed a command, by the exit message's reason
+_KILLED = {"host-lost": "the guest lost its session with the host",
+           "stopped": "the VM Session service was stopped in the guest",
+           "failed": "the guest failed to run it"}
 
 
 def _login_name() -> str:
+    import pwd
+
     try:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return str(os.getuid())
 
 
-def cmd_invoke(api: ApiClient, args: dict[str, Any]) -> int:
-    if args["Help"]:
-        print(usage(INVOKE))
-        return 0
+def _start_message(args: dict[str, Any]) -> dict[str, Any]:
+    """START's fields from the parameters (docs/services/vmsession.md §8).
+
+    :raise UsageError: For a missing VM or command, or a malformed value.
+    """
     if not args["VMName"]:
         raise UsageError("Invoke-Command: missing mandatory parameter -VMName.")
     argv = args["Command"]
@@ -314,14 +67,63 @@ def cmd_invoke(api: ApiClient, args: dict[str, Any]) -> int:
     keepalive = args["KeepAliveSec"]
     if not 0.05 <= keepalive <= 3600:
         raise UsageError("Invoke-Command: -KeepAliveSec must be between 0.05 and 3600")
-    start = {"type": "start", "argv": argv, "cwd": args["WorkingDirectory"], "env": env,
-             "stdin": not args["NoStdin"], "timeout": timeout, "keepalive": keepalive,
-             "requested_by": _login_name()}
+    return {"type": "start", "argv": argv, "cwd": args["WorkingDirectory"], "env": env,
+            "stdin": not args["NoStdin"], "timeout": timeout, "keepalive": keepalive,
+            "requested_by": _login_name()}
+
+
+def _status(vm: str, start: dict[str, Any], end: dict[str, Any]) -> tuple[int, str | None]:
+    """This command's exit status after the manager's exit message, and what to say."""
+    import signal
+
+    reason = end.get("reason")
+    status = int(end.get("status", FAILURE_STATUS))
+    if end.get("broken_pipe"):
+        return 128 + signal.SIGPIPE, None
+    if reason == "timeout":
+        return TIMEOUT_STATUS, (f"{vm}: the command ran out of time ({start['timeout']:g} s); "
+                                "its process group was killed")
+    if reason in _KILLED:
+        ended = end.get("code") is not None or end.get("signal")
+        return (status if ended else FAILURE_STATUS,
+                f"{vm}: the command was killed: {_KILLED[str(reason)]}")
+    return status, None
+
+
+def _text(data: bytearray) -> str:
+    # JSON holds text: bytes that are not UTF-8 become U+FFFD (without --json they pass as is)
+    return bytes(data).decode("utf-8", errors="replace")
+
+
+def cmd_invoke(api: ApiClient, args: dict[str, Any]) -> int:
+    if args["Help"]:
+        print(usage(INVOKE))
+        return 0
+    start = _start_message(args)
+    vm = args["VMName"]
+    collect: dict[int, bytearray] | None = {1: bytearray(), 2: bytearray()} \
+        if args["json"] else None
     try:
-        return asyncio.run(_Invocation(api.socket, args["VMName"], start).run())
+        import asyncio
+
+        from vmis.cli.host_commands.vmsession_stream import Invocation
+
+        end = asyncio.run(Invocation(api.socket, vm, start, collect).run())
     except VmisError as exc:
-        print(f"Invoke-Command: {exc}", file=sys.stderr)
+        report_error("Invoke-Command", exc, args["json"])
         return FAILURE_STATUS
+    status, note = _status(vm, start, end)
+    if collect is None:
+        if note:
+            report_error("Invoke-Command", note, False)
+        return status
+    print(json.dumps({
+        "VMName": vm, "Command": start["argv"], "ExitCode": status,
+        "Signal": end.get("signal"), "Reason": end.get("reason"),
+        "DurationMs": end.get("duration_ms"), "Note": note,
+        "Stdout": _text(collect[1]), "Stderr": _text(collect[2]),
+    }, indent=2))
+    return status
 
 
 INVOKE = Command(
@@ -338,12 +140,16 @@ INVOKE = Command(
         Param("NoStdin", "switch", help="do not pass stdin; the command reads /dev/null"),
         Param("KeepAliveSec", "float", default=15.0,
               help="seconds between keepalives on a quiet stream to the manager (default 15)"),
+        Param("json", "switch",
+              help="keep the output and print it with the exit as one JSON object "
+                   "(ExitCode, Stdout, Stderr, Reason ...)"),
         Param("Help", "switch", aliases=("?", "h"), help="show this help"),
     ),
     cmd_invoke, aliases=("exec", "icm"), rest="Command",
     examples=("vmis Invoke-Command -VMName DemoVM -- uptime",
               "vmis exec DemoVM -TimeoutSec 60 -- journalctl -n 20",
-              "tar cf - dir | vmis exec DemoVM -- tar xf - -C /srv"),
+              "tar cf - dir | vmis exec DemoVM -- tar xf - -C /srv",
+              "vmis exec DemoVM --json -NoStdin -- cat /etc/os-release"),
 )
 
 COMMANDS: tuple[Command, ...] = (INVOKE,)

@@ -6,10 +6,10 @@ import json
 import sys
 from typing import Any
 
-from vmis.api.client import ApiClient
+from vmis.api.client import ApiClient, api_path
 from vmis.cli.table import Column, format_list, format_table
 from vmis.psargs import Command, Param
-from vmis.services.vss.checkpoint import SnapshotType
+from vmis.services.vss import SnapshotType
 
 __all__ = ["COMMANDS"]
 
@@ -59,7 +59,8 @@ def print_report(report: dict[str, Any]) -> None:
 def cmd_checkpoint(api: ApiClient, args: dict[str, Any]) -> int:
     body = {"name": args["SnapshotName"], "snapshot_type": args["SnapshotType"],
             "snapshot_command": args["SnapshotCommand"], "freeze_timeout": args["FreezeTimeout"]}
-    report = api.call("POST", f"/vms/{args['Name']}/checkpoints", timeout=CHECKPOINT_CALL_TIMEOUT,
+    report = api.call("POST", api_path("vms", args["Name"], "checkpoints"),
+                      timeout=CHECKPOINT_CALL_TIMEOUT,
                       json={k: v for k, v in body.items() if v is not None})
     if args["json"]:
         _out(report)
@@ -88,7 +89,7 @@ def cmd_get_checkpoints(api: ApiClient, args: dict[str, Any]) -> int:
 
 
 def cmd_get_vss(api: ApiClient, args: dict[str, Any]) -> int:
-    status = api.call("GET", f"/vms/{args['Name']}/vss")
+    status = api.call("GET", api_path("vms", args["Name"], "vss"))
     if args["json"]:
         _out(status)
         return 0
@@ -128,7 +129,7 @@ def cmd_set_snapshot_command(api: ApiClient, args: dict[str, Any]) -> int:
         body["snapshot_command"] = args["Command"]
     if args["Timeout"] is not None:
         body["snapshot_timeout"] = args["Timeout"]
-    result = api.call("PATCH", f"/vms/{args['Name']}/vss", json=body)
+    result = api.call("PATCH", api_path("vms", args["Name"], "vss"), json=body)
     if args["json"]:
         _out(result)
     else:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Iterator
@@ -350,7 +349,7 @@ class KvpPool:
         """
         directory = self.path.parent
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        tmp = directory / f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp = directory / f"{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             try:

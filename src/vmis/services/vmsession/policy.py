@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -122,6 +121,8 @@ def resolve_program(name: str, search_path: str) -> str:
     if "/" in name and not name.startswith("/"):
         raise ServiceError("bad-request",
                            f"{name!r}: give a command name or an absolute path")
+    import shutil  # not at the top: the guest tools load this module with the config
+
     found = shutil.which(name, path=search_path) if "/" not in name else (
         name if os.path.isfile(name) and os.access(name, os.X_OK) else None)
     if found is None:

@@ -10,7 +10,7 @@ freezing in vmis; the Hyper-V VSS daemon (:mod:`vmis.hyperv.vss`) and the vmis
 VSS service both freeze through it.
 """
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 __all__ = [
     "DEFAULT_FREEZE_TIMEOUT",
@@ -18,6 +18,7 @@ __all__ = [
     "HOOKS_DIR",
     "MAX_FREEZE_TIMEOUT",
     "GuestVssState",
+    "SnapshotType",
     "VssOp",
 ]
 
@@ -40,6 +41,17 @@ class VssOp(IntEnum):
     THAW = 2
     #: host -> guest request: the freeze state and the last freeze cycle
     STATUS = 3
+
+
+class SnapshotType(StrEnum):
+    """``Checkpoint-VM -SnapshotType``, Hyper-V's checkpoint types."""
+
+    #: application-consistent through VSS; falls back to Standard if VSS fails
+    PRODUCTION = "Production"
+    #: application-consistent through VSS, or the checkpoint fails
+    PRODUCTION_ONLY = "ProductionOnly"
+    #: crash-consistent: the guest is not asked
+    STANDARD = "Standard"
 
 
 class GuestVssState:

@@ -29,7 +29,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,7 +41,7 @@ from vmis.errors import (
     VmisError,
 )
 from vmis.services.hypervisor import SnapshotRequest, SnapshotResult, SnapshotStep
-from vmis.services.vss import MAX_FREEZE_TIMEOUT, VssOp
+from vmis.services.vss import MAX_FREEZE_TIMEOUT, SnapshotType, VssOp
 from vmis.services.vss.hooks import run_process
 
 __all__ = [
@@ -62,17 +61,6 @@ FREEZE_REQUEST_TIMEOUT = MAX_FREEZE_TIMEOUT
 THAW_REQUEST_TIMEOUT = 300.0
 #: seconds to wait for a lost session to come back before giving up on THAW
 RECONNECT_WAIT = 30.0
-
-
-class SnapshotType(StrEnum):
-    """``Checkpoint-VM -SnapshotType``, Hyper-V's checkpoint types."""
-
-    #: application-consistent through VSS; falls back to Standard if VSS fails
-    PRODUCTION = "Production"
-    #: application-consistent through VSS, or the checkpoint fails
-    PRODUCTION_ONLY = "ProductionOnly"
-    #: crash-consistent: the guest is not asked
-    STANDARD = "Standard"
 
 
 # Section: the snapshot step
