@@ -33,6 +33,7 @@ __all__ = [
     "find_verb",
     "leading_options",
     "parse",
+    "pascal_keys",
     "report_error",
     "run_command",
     "run_main",
@@ -113,6 +114,22 @@ def report_error(where: str, error: VmisError | str, as_json: bool, **fields: An
         body["Code"] = error.code if isinstance(error, RequestRefused) else None
     body.update(fields)
     print(json.dumps(body), file=sys.stderr)
+
+
+def pascal_keys(value: Any) -> Any:
+    """*value* with every mapping key in PascalCase (``allowed_roots`` ->
+    ``AllowedRoots``), all the way down: what ``--json`` prints, as
+    PowerShell's objects are named. For answers whose keys are field names,
+    not data (a KVP key must stay as it is)."""
+    if isinstance(value, dict):
+        return {_pascal(str(k)): pascal_keys(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [pascal_keys(v) for v in value]
+    return value
+
+
+def _pascal(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
 
 
 # NamedTuples, not dataclasses: every command line builds its table of these at

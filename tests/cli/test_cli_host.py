@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 
+import pytest
+
+from support.imports import HOST_HEAVY, heavy_modules_loaded
 from vmis.cli.host import _all_commands, main
 from vmis.services.timesync import DEFAULT_INTERVAL_MS
+
+#: the bytes b"caf\xe9" as a command line's word: Latin-1, not UTF-8
+BAD = b"caf\xe9"
 
 
 def test_help_lists_every_command_in_its_order(capsys):
@@ -62,20 +69,28 @@ def test_a_local_command_runs_without_a_manager(tmp_path, capsys, monkeypatch):
     assert "host manager is not running" in capsys.readouterr().err
 
 
-#: what the host CLI's common path must not load: the manager, its database
-#: and web server, QEMU's monitor, and the WebSocket stack of Invoke-Command
-HEAVY = ("vmis.host.manager", "vmis.qemu", "sqlalchemy", "fastapi", "uvicorn", "qemu",
-         "websockets")
-
-
 def test_the_common_path_imports_nothing_heavy():
-    code = ("import json, sys\n"
-            "from vmis.cli.host import main\n"
-            "main(['Get-VMIntegrationService', '-?'])\n"
-            "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)
-    assert done.stdout.startswith("Get-VMIntegrationService ")
-    loaded = json.loads(done.stderr.splitlines()[-1])
-    heavy = [m for m in loaded if m in HEAVY or m.startswith(tuple(f"{h}." for h in HEAVY))]
-    assert heavy == []
+    # the parameters' help; the answered call, against a lab: tests/cli/test_cli_lab.py
+    out, heavy = heavy_modules_loaded("host", ["Get-VMIntegrationService", "-?"], HOST_HEAVY)
+    assert out.startswith("Get-VMIntegrationService ") and heavy == []
+
+
+@pytest.mark.parametrize(("program", "words"), [
+    ("host", ["Set-VMKvp", "DemoVM", BAD, "v"]),
+    ("host", ["Set-VMKvp", "DemoVM", "k", BAD]),
+    ("host", ["Copy-VMFile", "DemoVM", BAD, "/tmp/", "-FileSource", "Host"]),
+    ("host", ["Checkpoint-VM", "DemoVM", "-SnapshotCommand", BAD]),
+    ("host", ["vm", "set-snapshot-command", "DemoVM", BAD]),
+    ("host", ["vm", "add", BAD, "-Channel", "unix:/x"]),
+    ("host", ["Invoke-Command", "DemoVM", "--", "cat", BAD]),
+    ("guest", ["kvp", "set", BAD, "v"]),
+])
+def test_an_argument_that_is_not_utf8_is_one_line(tmp_path, program, words):
+    # no manager, no agent: the command line refuses before it asks anything
+    env = dict(os.environ, VMIS_SOCKET=str(tmp_path / "none.sock"), VMIS_GUEST_ROOT=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", f"vmis.cli.{program}", *words],
+                          capture_output=True, env=env, timeout=60, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 2 and done.stdout == b""
+    assert len(err.splitlines()) == 1 and "is not UTF-8 text (byte 0xe9 at character 4)" in err
+    assert "Traceback" not in err

@@ -1,10 +1,12 @@
 """The command lines as an administrator uses them, against a real lab (processes)."""
 
 import json
+import os
 import time
 
 import pytest
 
+from support.imports import GUEST_HEAVY, HOST_HEAVY, heavy_modules_loaded
 from support.lab import run_vmis
 
 SEED_HEADER = [
@@ -65,6 +67,12 @@ def test_guest_stop_is_undone_and_disabled_startup_is_reported(lab, lab_dir):
     enable = run_vmis(lab_dir, "Enable-VMIntegrationService", "-VMName", "DemoVM", "-Name",
                       "Heartbeat")
     assert enable.code == 1 and "disabled in the guest" in enable.err
+    enable = run_vmis(lab_dir, "Enable-VMIntegrationService", "-VMName", "DemoVM", "-Name",
+                      "Heartbeat", "--json")
+    error = json.loads(enable.err)
+    assert enable.code == 1 and json.loads(enable.out)[0]["Error"] == error["Error"]
+    assert error["VMName"] == "DemoVM" and "disabled in the guest" in error["Error"]
+    assert error["Type"] == "ServiceUnavailable"
 
 
 def test_errors_are_one_clear_line(lab, lab_dir, short_tmp):
@@ -79,6 +87,20 @@ def test_errors_are_one_clear_line(lab, lab_dir, short_tmp):
     assert no_manager.code == 1 and "host manager is not running" in no_manager.err
     for result in (unknown_vm, unknown_service, bad_param, no_manager):
         assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+    # under --json, each is one JSON object on stderr (host and guest command lines)
+    for words, code, kind in (
+            (("Get-VMIntegrationService", "-VMName", "NoSuchVM", "--json"), 1, "NotFoundError"),
+            (("Get-VMIntegrationService", "-Frobnicate", "1", "-JSON"), 2, "UsageError"),
+            (("lab", "guest", "DemoVM", "kvp", "get", "NoSuchKey", "--json"), 1,
+             "RemoteServiceError")):
+        result = run_vmis(lab_dir, *words)
+        error = json.loads(result.err)
+        assert result.code == code and result.out == "" and error["Type"] == kind, result.err
+        assert set(error) == {"Error", "Type", "Code"}
+    assert error["Code"] == "not-found" and "no key 'NoSuchKey'" in error["Error"]
+    no_agent = run_vmis(lab_dir, "--root", str(short_tmp / "none"), "Get-Service", "--json",
+                        guest=True)
+    assert no_agent.code == 1 and json.loads(no_agent.err)["Type"] == "ConnectError"
 
 
 def test_lab_status_and_restart_of_a_killed_agent(lab, lab_dir):
@@ -160,3 +182,85 @@ def test_lab_up_without_qemu_refuses_a_qemu_lab_vm(short_tmp):
     with pytest.raises(StateError, match="is a QEMU lab VM"):
         lab.start_vm("Q")
     assert not (lab.vm("Q").dir / "root").exists()  # its directory was left alone
+
+
+def test_vm_names_are_checked_encoded_in_urls_and_removable(lab, lab_dir, short_tmp):
+    channel = f"unix:{short_tmp}/none.sock"
+    for name in ("web #1", "100% & more", "Zürich"):
+        assert run_vmis(lab_dir, "vm", "add", name, "-Channel", channel).code == 0
+        row = json.loads(run_vmis(lab_dir, "Get-VMIntegrationService", "-VMName", name,
+                                  "-Name", "Heartbeat", "--json").out)[0]
+        assert row["VMName"] == name and row["PrimaryStatusDescription"] == "No Contact"
+        changed = run_vmis(lab_dir, "vm", "set", name, "-HeartbeatIntervalMs", "3000", "--json")
+        assert json.loads(changed.out)["HeartbeatIntervalMs"] == 3000
+        removed = run_vmis(lab_dir, "vm", "remove", name)
+        assert removed.code == 0 and removed.out.startswith(f"VM {name!r} removed (id ")
+    for name, why in (("a/b", "'/' is not allowed"), ("two\nlines", "'\\n' is not allowed"),
+                      ("web[1]", "'[' is not allowed"), (" x", "begin or end with a space")):
+        refused = run_vmis(lab_dir, "vm", "add", name, "-Channel", channel)
+        assert refused.code == 1 and why in refused.err, refused.err
+        assert len(refused.err.splitlines()) == 1 and "Traceback" not in refused.err
+    assert [v["Name"] for v in json.loads(run_vmis(lab_dir, "vm", "list", "--json").out)] == [
+        "DemoVM"]
+
+
+def test_vms_registered_under_bad_names_before_the_check_can_be_removed(lab, lab_dir):
+    from vmis.host.store import Store
+
+    lab.down(None)
+    store = Store(f"sqlite:///{lab_dir / 'host.db'}")
+    slash = store.add_vm("old/name", "unix:/nonexistent.sock")
+    newline = store.add_vm("two\nlines", "unix:/nonexistent.sock")
+    store.engine.dispose()
+    assert run_vmis(lab_dir, "lab", "up").code == 0
+    table = run_vmis(lab_dir, "vm", "list").out.splitlines()
+    assert any(line.startswith("two\\nlines ") and line.endswith(newline.id) for line in table)
+    assert run_vmis(lab_dir, "vm", "remove", "old/name").out == (
+        f"VM 'old/name' removed (id {slash.id})\n")
+    assert run_vmis(lab_dir, "vm", "remove", "-Id", newline.id, "--json").code == 0
+    missing = run_vmis(lab_dir, "vm", "remove", "-Id", newline.id)
+    assert missing.code == 1 and f"no VM with id '{newline.id}'" in missing.err
+    assert [v["Name"] for v in json.loads(run_vmis(lab_dir, "vm", "list", "--json").out)] == [
+        "DemoVM"]
+
+
+def test_lab_up_refuses_a_bad_name_before_starting_anything(lab_dir):
+    for name in ("a/b", b"caf\xe9"):
+        result = run_vmis(lab_dir, "lab", "up", name)
+        assert result.code in (1, 2) and len(result.err.splitlines()) == 1, result.err
+        assert "Traceback" not in result.err
+        assert not (lab_dir / "vms").exists()
+
+
+def test_the_common_paths_answer_without_importing_anything_heavy(lab, lab_dir):
+    env = dict(os.environ, VMIS_SOCKET=str(lab.socket))
+    out, heavy = heavy_modules_loaded("host", ["Get-VMIntegrationService", "-VMName", "DemoVM"],
+                                      HOST_HEAVY, env)
+    assert out.splitlines()[:2] == SEED_HEADER and heavy == []
+    out, heavy = heavy_modules_loaded("guest", ["--root", str(lab.guest_root("DemoVM")),
+                                                "Get-Service"], GUEST_HEAVY)
+    assert "Running  vmicheartbeat" in out and heavy == []
+
+
+def _keys(value):
+    if isinstance(value, dict):
+        return [k for k, v in value.items() for k in (k, *_keys(v))]
+    if isinstance(value, list):
+        return [k for item in value for k in _keys(item)]
+    return []
+
+
+def test_guest_json_is_pascal_case_like_the_hosts(lab, lab_dir):
+    listing = json.loads(run_vmis(lab_dir, "lab", "guest", "DemoVM", "Get-Service", "--json").out)
+    heartbeat = next(r for r in listing if r["Name"] == "vmicheartbeat")
+    assert heartbeat == {"Status": "Running", "Name": "vmicheartbeat",
+                         "DisplayName": "Hyper-V Heartbeat Service", "StartType": "Automatic",
+                         "HostEnabled": True}
+    [stopped] = json.loads(run_vmis(lab_dir, "lab", "guest", "DemoVM", "Set-Service",
+                                    "vmicguestinterface", "Disabled", "--json").out)
+    assert (stopped["Status"], stopped["StartType"]) == ("Stopped", "Disabled")
+    for words in (("fcopy", "status"), ("timesync", "status"), ("vss", "status"),
+                  ("kvp", "list"), ("Get-IntegrationServicesVersion",), ("diagnose",)):
+        result = run_vmis(lab_dir, "lab", "guest", "DemoVM", *words, "--json")
+        keys = _keys(json.loads(result.out))
+        assert keys and all(k[:1].isupper() for k in keys), (words, keys)

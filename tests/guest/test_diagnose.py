@@ -51,17 +51,17 @@ def test_all_present_text(capsys):
 def test_all_present_json(capsys):
     code, out = run(capsys, "all-present", "--json")
     data = json.loads(out)
-    assert code == 0 and data["ok"] is True and data["missing"] == []
-    assert data["platform"] == "Hyper-V"
-    assert data["versions"] == {"vmis": vmis.__version__, "hyperv_driver": "3.1",
-                                "kernel": "6.8.0-1015-azure"}
-    daemons = {d["key"]: d for d in data["daemons"]}
-    assert daemons["kvp"]["state"] == "running"
-    assert daemons["kvp"]["processes"] == [{"pid": 101, "name": "hv_kvp_daemon"}]
-    assert daemons["kvp"]["installed"] == ["/usr/local/bin/vmis-hv-kvp-daemon",
+    assert code == 0 and data["Ok"] is True and data["Missing"] == []
+    assert data["Platform"] == "Hyper-V"
+    assert data["Versions"] == {"Vmis": vmis.__version__, "HypervDriver": "3.1",
+                                "Kernel": "6.8.0-1015-azure"}
+    daemons = {d["Key"]: d for d in data["Daemons"]}
+    assert daemons["kvp"]["State"] == "running"
+    assert daemons["kvp"]["Processes"] == [{"Pid": 101, "Name": "hv_kvp_daemon"}]
+    assert daemons["kvp"]["Installed"] == ["/usr/local/bin/vmis-hv-kvp-daemon",
                                            "/usr/sbin/hv_kvp_daemon"]
-    assert daemons["agent"]["processes"] == [{"pid": 404, "name": "vmis-guest run"}]
-    assert {d["name"]: d["present"] for d in data["drivers"]} == {
+    assert daemons["agent"]["Processes"] == [{"Pid": 404, "Name": "vmis-guest run"}]
+    assert {d["Name"]: d["Present"] for d in data["Drivers"]} == {
         "hv_vmbus": True, "hv_utils": True, "virtio_console": True, "vsock": True}
 
 
@@ -74,9 +74,9 @@ def test_hv_utils_missing(capsys):
     assert missing[0] == "  driver hv_utils: sudo modprobe hv_utils"
     assert "not running" in daemon_line(out, "Key-Value Pair Exchange")
     data = json.loads(run(capsys, "hv-utils-missing", "--json")[1])
-    assert data["ok"] is False
-    assert data["missing"][0] == {"what": "driver hv_utils", "fix": "sudo modprobe hv_utils"}
-    assert "hyperv_driver" not in data["versions"]
+    assert data["Ok"] is False
+    assert data["Missing"][0] == {"What": "driver hv_utils", "Fix": "sudo modprobe hv_utils"}
+    assert "HypervDriver" not in data["Versions"]
 
 
 def test_kvp_daemon_not_running(capsys):
@@ -88,9 +88,9 @@ def test_kvp_daemon_not_running(capsys):
     assert missing == ["  Key-Value Pair Exchange (Data Exchange) daemon not running: "
                        "sudo systemctl start vmis-hv-kvp (or: sudo vmis-hv-kvp-daemon)"]
     data = json.loads(run(capsys, "kvp-not-running", "--json")[1])
-    assert [m["what"] for m in data["missing"]] == [
+    assert [m["What"] for m in data["Missing"]] == [
         "Key-Value Pair Exchange (Data Exchange) daemon not running"]
-    assert {d["key"]: d["state"] for d in data["daemons"]} == {
+    assert {d["Key"]: d["State"] for d in data["Daemons"]} == {
         "kvp": "not running", "vss": "running", "fcopy": "running", "agent": "running"}
 
 
@@ -147,14 +147,14 @@ def test_runs_on_this_machine():
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode in (0, 1), done.stderr
     data = json.loads(done.stdout)
-    assert data["versions"]["vmis"] == vmis.__version__
-    assert len(data["drivers"]) == 4
+    assert data["Versions"]["Vmis"] == vmis.__version__
+    assert len(data["Drivers"]) == 4
 
 
 def test_powershell_spellings_and_the_root_of_vmis_guest(capsys):
     code = main(["-Path", PATH, "-json"], root=FIXTURES / "all-present")
     out = capsys.readouterr().out
-    assert code == 0 and json.loads(out)["platform"] == "Hyper-V"
+    assert code == 0 and json.loads(out)["Platform"] == "Hyper-V"
     assert main(["-?"]) == 0
     assert capsys.readouterr().out.startswith("diagnose [-Root <str>]")
     assert main(["--frobnicate"]) == 2

@@ -15,11 +15,11 @@ from typing import Any
 
 import vmis
 from vmis.cli.table import Column, format_table
-from vmis.errors import ConfigError, UsageError
+from vmis.errors import ConfigError, UsageError, VmisError
 from vmis.guest.client import ControlClient
 from vmis.guest.config import CONFIG_PATH, AgentConfig, load_config
 from vmis.psargs import Command, Param, find_verb, run_command, run_main
-from vmis.services.catalog import CATALOG, StartupType, match_guest_names
+from vmis.services.catalog import CATALOG, ServiceSpec, StartupType, match_guest_names
 
 __all__ = ["main"]
 
@@ -45,21 +45,28 @@ class Globals:
 # Section: commands
 
 
-def cmd_run(g: Globals, args: dict[str, Any]) -> int:
-    import asyncio
-    import logging
-    import signal
+def _run_config(g: Globals, args: dict[str, Any]) -> AgentConfig:
+    """The configuration file's settings, with what ``run``'s parameters override."""
     from dataclasses import replace
-
-    from vmis.guest.adapters import make_adapters
-    from vmis.guest.agent import Agent
-    from vmis.guest.services import available_services, parse_offer
 
     config = g.config()
     if args["Channel"]:
         config = replace(config, channel=args["Channel"])
     if args["Adapters"]:
         config = replace(config, adapters=args["Adapters"])
+    return config
+
+
+def cmd_run(g: Globals, args: dict[str, Any]) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from vmis.guest.adapters import make_adapters
+    from vmis.guest.agent import Agent
+    from vmis.guest.services import available_services, parse_offer
+
+    config = _run_config(g, args)
     level = (args["LogLevel"] or config.log_level).upper()
     fmt = "%(levelname)s %(name)s: %(message)s"
     if "JOURNAL_STREAM" not in os.environ:
@@ -72,10 +79,22 @@ def cmd_run(g: Globals, args: dict[str, Any]) -> int:
     agent = Agent(config, g.root, services, make_adapters(config.adapters, g.root, config),
                   versions)
 
+    def reload() -> None:
+        # SIGHUP (systemctl reload vmis-guest): a bad file keeps the running settings
+        try:
+            new = _run_config(g, args)
+        except VmisError as exc:
+            logging.getLogger("vmis.guest").error("configuration not reloaded: %s", exc)
+            return
+        agent.reconfigure(new)
+        if not args["LogLevel"]:
+            logging.getLogger().setLevel(new.log_level.upper())
+
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.shutdown)
+        loop.add_signal_handler(signal.SIGHUP, reload)
         await agent.run()
 
     asyncio.run(run())
@@ -100,24 +119,33 @@ def _exec_launcher(g: Globals, args: dict[str, Any]) -> None:
     os.execve("/bin/sh", ["/bin/sh", str(launcher), *argv], env)
 
 
+def _service(spec: ServiceSpec, status: dict[str, Any]) -> dict[str, Any]:
+    """A guest service as PowerShell's Get-Service objects name it (``--json``), from the
+    agent's answer (``state``, ``startup``, and ``host_enabled`` in a listing)."""
+    row = {"Status": str(status["state"]).capitalize(), "Name": spec.guest_name,
+           "DisplayName": spec.display_name,
+           "StartType": StartupType.parse(str(status["startup"])).title}
+    if "host_enabled" in status:
+        row["HostEnabled"] = status["host_enabled"]
+    return row
+
+
 def cmd_get_service(g: Globals, args: dict[str, Any]) -> int:
-    rows = g.client().call("services")
-    wanted = {s.guest_name for s in match_guest_names(args["Name"] or ["vm*"])}
-    rows = [r for r in rows if r["name"] in wanted and r["state"] != "absent"]
+    listing = {r["name"]: r for r in g.client().call("services")}
+    rows = [_service(spec, listing[spec.guest_name])
+            for spec in match_guest_names(args["Name"] or ["vm*"])
+            if listing.get(spec.guest_name, {}).get("state", "absent") != "absent"]
     if args["json"]:
         print(json.dumps(rows, indent=2))
         return 0
-    table = [(r["state"].capitalize(), r["name"], r["display_name"]) for r in rows]
     print(format_table([Column("Status", 8), Column("Name", 18), Column("DisplayName", 38)],
-                       table))
+                       [(r["Status"], r["Name"], r["DisplayName"]) for r in rows]))
     return 0
 
 
 def _one_service(g: Globals, args: dict[str, Any], op: str, **extra: Any) -> int:
-    results = []
-    for spec in match_guest_names(args["Name"]):
-        results.append({"name": spec.guest_name, **g.client().call(op, name=spec.guest_name,
-                                                                    **extra)})
+    results = [_service(spec, g.client().call(op, name=spec.guest_name, **extra))
+               for spec in match_guest_names(args["Name"])]
     if args["json"]:
         print(json.dumps(results, indent=2))
     return 0

@@ -18,9 +18,9 @@ from typing import Any
 import vmis
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
-from vmis.cli.table import Column, format_table
+from vmis.cli.table import Column, format_table, report_failures
 from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
-from vmis.errors import UsageError, VmisError
+from vmis.errors import NotFoundError, UsageError, VmisError
 from vmis.psargs import Command, Param, find_verb, run_command, run_main
 
 __all__ = ["COMMANDS", "main"]
@@ -70,12 +70,9 @@ def cmd_get_services(api: ApiClient, args: dict[str, Any]) -> int:
 def _set_services(api: ApiClient, args: dict[str, Any], enable: bool, verb: str) -> int:
     results = api.call("POST", f"/services/{'enable' if enable else 'disable'}",
                        json={"vms": args["VMName"], "names": args["Name"]})
-    failed = [r for r in results if r["Error"]]
     if args["json"]:
         _out(results)
     else:
-        for r in failed:
-            print(f"{verb}: {r['Error']}", file=sys.stderr)
         pending = sorted({r["VMName"] for r in results if not r["Applied"] and not r["Error"]})
         for name in pending:
             warn(f"{name}: no guest agent connected; the change is saved and applies when it "
@@ -84,7 +81,7 @@ def _set_services(api: ApiClient, args: dict[str, Any], enable: bool, verb: str)
             names = sorted({r["Name"] for r in results})
             print_services(api.call("GET", "/services",
                                     params={"vm": args["VMName"], "name": names}))
-    return 1 if failed else 0
+    return report_failures(results, verb, args["json"])
 
 
 def cmd_enable(api: ApiClient, args: dict[str, Any]) -> int:
@@ -157,9 +154,20 @@ def cmd_vm_remove(api: ApiClient, args: dict[str, Any]) -> int:
     if not args["Name"] and not args["Id"]:
         raise UsageError("vm remove: name the VMs, or give their ids with -Id.")
     # A name is the VM's, else the VM's id; -Id is only an id (vmis vm list shows both)
-    removed = [api.call("DELETE", api_path("vms", name)) for name in args["Name"] or []]
+    ids = list(args["Id"] or [])
+    names = []
+    for name in args["Name"] or []:
+        if "/" not in name:
+            names.append(name)
+            continue
+        # a name from before vmis checked names: no URL path carries a '/'
+        found = [v["Id"] for v in api.call("GET", "/vms") if v["Name"].lower() == name.lower()]
+        if not found:
+            raise NotFoundError(f"no VM named {name!r} is registered (see 'vmis vm list')")
+        ids += found
+    removed = [api.call("DELETE", api_path("vms", name)) for name in names]
     removed += [api.call("DELETE", api_path("vms", vm_id), params={"by_id": "true"})
-                for vm_id in args["Id"] or []]
+                for vm_id in ids]
     if args["json"]:
         _out(removed)
     else:

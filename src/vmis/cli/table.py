@@ -10,11 +10,12 @@ Standard library only: the guest tools use it as well.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Column", "format_list", "format_table"]
+from vmis.psargs import report_error
+
+__all__ = ["Column", "format_list", "format_table", "report_failures", "report_results"]
 
 
 class Column(NamedTuple):
@@ -69,15 +70,24 @@ def format_list(records: Sequence[Sequence[tuple[str, object]]]) -> str:
     return "\n\n".join(blocks)
 
 
+def report_failures(results: Sequence[Mapping[str, Any]], verb: str, as_json: bool) -> int:
+    """Each result's ``Error`` on stderr, one per VM: ``verb: error``, or with *as_json*
+    one JSON object (vmis.psargs.report_error, with the VM's name); 1 if any failed."""
+    failed = [r for r in results if r.get("Error")]
+    for r in failed:
+        report_error(verb, str(r["Error"]), as_json, Type=r.get("ErrorType"),
+                     VMName=r.get("VMName"))
+    return 1 if failed else 0
+
+
 def report_results(results: Sequence[Mapping[str, Any]], verb: str, as_json: bool,
                    line: Callable[[Mapping[str, Any]], str]) -> int:
     """End a command run on several VMs: JSON (or a *line* per VM that worked),
-    each VM's error as one ``verb: error`` line on stderr; 1 if any failed."""
+    each VM's error on stderr (:func:`report_failures`); 1 if any failed."""
     if as_json:
         print(json.dumps(list(results), indent=2))
-    for r in results:
-        if r["Error"]:
-            print(f"{verb}: {r['Error']}", file=sys.stderr)
-        elif not as_json:
-            print(line(r))
-    return 1 if any(r["Error"] for r in results) else 0
+    else:
+        for r in results:
+            if not r["Error"]:
+                print(line(r))
+    return report_failures(results, verb, as_json)

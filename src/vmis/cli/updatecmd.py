@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.cli.table import Column, format_table
+from vmis.cli.table import Column, format_table, report_failures
 from vmis.psargs import Command, Param
 
 __all__ = ["SETUP_DISK_COMMANDS", "UPDATE_COMMANDS"]
@@ -69,9 +69,7 @@ def cmd_update(api: ApiClient, args: dict[str, Any]) -> int:
              Column("Version"), Column("Seconds")],
             [(r["VMName"], r["From"], r["To"], r["Result"], r["Version"], r["Seconds"])
              for r in results]))
-        for r in results:
-            if r["Error"]:
-                print(f"Update-VMIntegrationServices: {r['Error']}", file=sys.stderr)
+    report_failures(results, "Update-VMIntegrationServices", args["json"])
     return 0 if all(r["Result"] in ("updated", "current") for r in results) else 1
 
 

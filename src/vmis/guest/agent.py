@@ -45,9 +45,13 @@ from vmis.transport.address import UnixAddress, parse_address
 from vmis.transport.channel import Channel
 from vmis.transport.listen import serve
 
-__all__ = ["Agent"]
+__all__ = ["RESTART_SETTINGS", "Agent"]
 
 _log = logging.getLogger("vmis.guest")
+
+#: settings used once, when the agent starts: a reload leaves them to the next start
+RESTART_SETTINGS = ("channel", "control_socket", "state_dir", "max_payload", "adapters",
+                    "pool_dir")
 
 
 class Agent:
@@ -121,6 +125,28 @@ class Agent:
                 self.channel.close()
             await self.manager.stop_all()
             self.manager.state.flush()
+
+    def reconfigure(self, config: AgentConfig) -> list[str]:
+        """Use a reloaded configuration (``vmis-guest run`` on SIGHUP).
+
+        The services read their settings when they use them, so those apply
+        from now on ([vmsession], [shutdown], [timesync], [vss], [heartbeat]);
+        what was set up at start (the channel, the control socket, the state and
+        pool directories, [fcopy]'s roots until the service starts again) keeps
+        its old value until the agent restarts.
+
+        :return: the settings that wait for a restart.
+        """
+        waiting = [name for name in RESTART_SETTINGS
+                   if getattr(config, name) != getattr(self.config, name)]
+        self.config = config
+        self.ctx.config = config
+        if waiting:
+            _log.warning("configuration reloaded; %s apply when the agent restarts",
+                         ", ".join(waiting))
+        else:
+            _log.info("configuration reloaded")
+        return waiting
 
     def shutdown(self, restart: bool = False) -> None:
         """Ask :meth:`run` to return (SIGTERM); with *restart*, to be replaced."""

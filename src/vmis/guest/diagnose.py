@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import vmis
-from vmis.psargs import Command, Param, run_command, run_main
+from vmis.psargs import Command, Param, pascal_keys, run_command, run_main
 
 __all__ = [
     "DAEMONS",
@@ -393,7 +393,7 @@ def _report(args: dict[str, Any], root: Path) -> int:
         return 1
     report = diagnose(root, args["Path"])
     if args["json"]:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps(pascal_keys(report.as_dict()), indent=2))
     else:
         print(render(report))
     return 0 if report.ok else 1

@@ -290,7 +290,7 @@ class HostManager:
         in the guest) is reported per VM and service, the rest still apply.
 
         :return: one entry per VM and service: ``{"VMName", "Name", "Enabled",
-            "Applied", "Error"}``.
+            "Applied", "Error", "ErrorType"}``.
         """
         sessions = self.match(vm_patterns)
         specs = match_host_names(names)
@@ -302,11 +302,12 @@ class HostManager:
 
         async def push(session: VmSession, spec: ServiceSpec) -> dict[str, Any]:
             entry: dict[str, Any] = {"VMName": session.vm.name, "Name": spec.host_name,
-                                     "Enabled": enabled, "Applied": False, "Error": None}
+                                     "Enabled": enabled, "Applied": False, "Error": None,
+                                     "ErrorType": None}
             try:
                 entry["Applied"] = await session.set_service(spec, enabled) is not None
             except ServiceUnavailable as exc:
-                entry["Error"] = str(exc)
+                entry["Error"], entry["ErrorType"] = str(exc), type(exc).__name__
             return entry
 
         return list(await asyncio.gather(*(push(s, spec) for s in sessions for spec in specs)))

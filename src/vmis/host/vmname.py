@@ -49,8 +49,6 @@ def check_vm_name(name: str) -> str:
         raise bad("a VM name cannot be empty or only spaces")
     if len(name) > MAX_VM_NAME:
         raise bad(f"it is {len(name)} characters long; at most {MAX_VM_NAME}")
-    if name != name.strip():
-        raise bad("a VM name cannot begin or end with a space")
     for char in name:
         if char in HYPERV_FORBIDDEN or _is_control(char):
             raise bad(f"{_shown(char)} is not allowed in a VM name (none of "
@@ -60,6 +58,8 @@ def check_vm_name(name: str) -> str:
                       "and , as a list separator)")
         if 0xD800 <= ord(char) <= 0xDFFF:
             raise bad("it is not valid UTF-8 text")
+    if name != name.strip():
+        raise bad("a VM name cannot begin or end with a space")
     if name.startswith("-"):
         raise bad("a VM name cannot begin with '-' (it would read as a parameter)")
     if not name.strip("."):

@@ -94,8 +94,8 @@ def test_guest_tool_shows_the_guest_side(lab_dir):
     lab_vm = start_lab(lab_dir, clock_offset=-7).vm("DemoVM")
     status = wait_for(lambda: (s := json.loads(run_vmis(
         lab_dir, "--root", str(lab_vm.root), "timesync", "status", "--json", guest=True).out))
-        ["last_sample_ns"] and s, 20)
-    assert status["mode"] == "own" and status["last_step_delta_ns"] > 6 * S
+        ["LastSampleNs"] and s, 20)
+    assert status["Mode"] == "own" and status["LastStepDeltaNs"] > 6 * S
     text = run_vmis(lab_dir, "--root", str(lab_vm.root), "timesync", "status", guest=True)
     assert text.code == 0, text.err
     assert "ChronyRefclock : refclock SOCK /run/chrony.vmis.sock refid VMIS" in text.out

@@ -5,6 +5,7 @@ here, as the lab agent's user: harmless ones only (echo, cat, sleep, sh and
 python printing). The lab VM's policy allows /usr/bin and /bin.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -215,3 +216,49 @@ def test_usage_and_both_logs(session_lab):
     assert "started sh -c 'exit 5'" in host_log and "exit code 5" in host_log
     assert "requested by" in agent_log and "started sh -c 'exit 5'" in agent_log
     assert "ended: exited, exit code 5" in agent_log
+
+
+def test_json_output_and_exit(session_lab):
+    result = run_vmis(session_lab, "exec", "DemoVM", "--json", "-NoStdin", "--", "sh", "-c",
+                      "echo out; printf 'caf\\351\\n' >&2; exit 3")
+    assert result.code == 3 and result.err == ""
+    answer = json.loads(result.out)
+    assert answer["VMName"] == "DemoVM" and answer["Command"][:2] == ["sh", "-c"]
+    assert (answer["ExitCode"], answer["Signal"], answer["Reason"]) == (3, None, "exited")
+    # JSON carries text: a byte that is not UTF-8 is U+FFFD
+    assert (answer["Stdout"], answer["Stderr"]) == ("out\n", "caf\ufffd\n")
+    # a signal's exit status, as a shell shows it; --json after '--' is the command's
+    result = run_vmis(session_lab, "exec", "DemoVM", "-json", "--", "sh", "-c",
+                      "echo --json; kill -TERM $$")
+    answer = json.loads(result.out)
+    assert result.code == answer["ExitCode"] == 128 + signal.SIGTERM
+    assert answer["Signal"] == signal.SIGTERM and answer["Stdout"] == "--json\n"
+
+
+def test_a_changed_allow_list_applies_after_sighup(lab_dir):
+    # VM Session enabled in the guest, but its allow-list empty
+    write_conf(lab_dir, enabled=True)
+    conf = lab_dir / "vms" / "DemoVM" / "root" / "etc" / "vmis" / "agent.conf"
+    conf.write_text(conf.read_text().replace("allow = /usr/bin/*, /bin/*\n", ""))
+    start_lab(lab_dir)
+    refused = run_vmis(lab_dir, "exec", "DemoVM", "--json", "--", "echo", "hi")
+    assert refused.code == 255 and refused.out == ""
+    error = json.loads(one_line_error(refused.err))
+    assert error["Code"] == "denied" and "allows no commands" in error["Error"]
+    assert error["Type"] == "RemoteServiceError"
+    write_conf(lab_dir, enabled=True)
+    os.kill(Lab(lab_dir).vm("DemoVM").pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while (result := run_vmis(lab_dir, "exec", "DemoVM", "--", "echo", "hi")).code != 0:
+        assert time.monotonic() < deadline, f"not allowed 10 s after SIGHUP: {result.err}"
+        time.sleep(0.2)
+    assert (result.out, result.err) == ("hi\n", "")
+    assert "configuration reloaded" in Lab(lab_dir).vm("DemoVM").log.read_text()
+    # a bad file keeps the running settings, and says why in the agent's log
+    conf.write_text(conf.read_text() + "[nosuchsection]\n")
+    os.kill(Lab(lab_dir).vm("DemoVM").pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "configuration not reloaded" not in Lab(lab_dir).vm("DemoVM").log.read_text():
+        assert time.monotonic() < deadline, "no word of the bad file in the agent's log"
+        time.sleep(0.1)
+    assert run_vmis(lab_dir, "exec", "DemoVM", "--", "echo", "still").out == "still\n"

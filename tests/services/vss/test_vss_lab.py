@@ -136,8 +136,8 @@ def test_killing_the_host_mid_freeze_still_thaws_within_the_timeout(lab_dir):
         # the watchdog thawed it, not a host: it took the freeze timeout, not less
         assert thawed_after > FREEZE_TIMEOUT - 1.0
         status = guest_status(lab_dir)
-        assert status["state"] == "timed-out"
-        assert status["cycle"]["reason"] == "timeout"
+        assert status["State"] == "timed-out"
+        assert status["Cycle"]["Reason"] == "timeout"
         wait(lambda: len(hook_log(root)) == 4, 10, "the thaw hooks did not run")
         assert [e for e, _ in hook_log(root)][2:] == ["20-app thaw timeout",
                                                       "10-db thaw timeout"]

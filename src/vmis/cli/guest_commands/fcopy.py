@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from vmis.cli.table import Column, format_table
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, pascal_keys
 
 __all__ = ["COMMANDS"]
 
@@ -17,7 +17,7 @@ __all__ = ["COMMANDS"]
 def cmd_status(g: Any, args: dict[str, Any]) -> int:
     status = g.client().call("fcopy.status")
     if args["json"]:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(pascal_keys(status), indent=2))
         return 0
     print(f"AllowedRoots: {' '.join(status['allowed_roots'])}")
     print(f"Frozen:       {status['frozen']}")

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from vmis.cli.table import format_list
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, pascal_keys
 
 __all__ = ["COMMANDS"]
 
@@ -26,7 +26,7 @@ def _ms(ns: Any) -> str:
 def cmd_status(g: Any, args: dict[str, Any]) -> int:
     status = g.client().call("timesync.status")
     if args["json"]:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(pascal_keys(status), indent=2))
         return 0
     print(format_list([[
         ("State", status["state"]), ("Mode", status["mode"]), ("Daemon", status["daemon"]),

@@ -9,7 +9,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from vmis.cli.table import Column, format_list, format_table
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, pascal_keys
 
 if TYPE_CHECKING:
     from vmis.cli.guest import Globals
@@ -48,7 +48,7 @@ def _print_cycle(cycle: dict[str, Any]) -> None:
 def cmd_status(g: Globals, args: dict[str, Any]) -> int:
     status = g.client().call("vss.status")
     if args["json"]:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(pascal_keys(status), indent=2))
         return 0
     print(format_list([[
         ("State", status["state"]),
@@ -66,7 +66,7 @@ def cmd_status(g: Globals, args: dict[str, Any]) -> int:
 def cmd_thaw(g: Globals, args: dict[str, Any]) -> int:
     result = g.client().call("vss.thaw")
     if args["json"]:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(pascal_keys(result), indent=2))
     elif result["result"] == "thawed":
         print(f"thawed: {', '.join(result['cycle']['thawed']) or 'nothing'}")
     else:

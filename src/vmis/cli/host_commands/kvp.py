@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from vmis.api.client import ApiClient
-from vmis.cli.table import Column, format_table
+from vmis.cli.table import Column, format_table, report_failures
 from vmis.psargs import Command, Param
 from vmis.services.kvp import POOL_NAMES
 
@@ -66,19 +66,16 @@ def cmd_get(api: ApiClient, args: dict[str, Any]) -> int:
 
 
 def _report(verb: str, results: list[dict[str, Any]], args: dict[str, Any]) -> int:
-    failed = [r for r in results if r["Error"]]
     if args["json"]:
         print(json.dumps(results, indent=2))
     else:
-        for r in failed:
-            print(f"{verb}: {r['Error']}", file=sys.stderr)
         for r in results:
             if r["Pending"]:
                 reason = str(r["Reason"] or "not delivered yet")
                 if not reason.startswith(f"{r['VMName']}:"):
                     reason = f"{r['VMName']}: {reason}"
                 _warn(f"{reason}; the write is saved and delivered when the guest can take it")
-    return 1 if failed else 0
+    return report_failures(results, verb, args["json"])
 
 
 def cmd_set(api: ApiClient, args: dict[str, Any]) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.table import Column, format_list, format_table
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, report_error
 from vmis.services.vss import SnapshotType
 
 __all__ = ["COMMANDS"]
@@ -63,13 +63,14 @@ def cmd_checkpoint(api: ApiClient, args: dict[str, Any]) -> int:
                       timeout=CHECKPOINT_CALL_TIMEOUT,
                       json={k: v for k, v in body.items() if v is not None})
     if args["json"]:
-        _out(report)
+        _out(report)  # its Warnings included
     else:
         print_report(report)
-    for warning in report["Warnings"]:
-        _warn(warning)
+        for warning in report["Warnings"]:
+            _warn(warning)
     if report["Status"] != "Completed":
-        print(f"Checkpoint-VM: {report['Error']}", file=sys.stderr)
+        report_error("Checkpoint-VM", str(report["Error"]), args["json"],
+                     VMName=report["VMName"])
         return 1
     return 0
 

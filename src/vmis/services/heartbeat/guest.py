@@ -113,9 +113,9 @@ class HeartbeatService(GuestService):
                     await self._wake.wait()
 
     async def _health_loop(self) -> None:
-        cfg = self.ctx.config
         directory = self.ctx.path(HEALTH_DIR)
         while True:
+            cfg = self.ctx.config  # each round: a reloaded configuration applies (SIGHUP)
             failed = await run_checks(directory, cfg.health_timeout)
             health = "critical" if failed else "ok"
             if health != self.health or failed != self.failed:
