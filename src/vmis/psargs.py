@@ -12,6 +12,11 @@ PowerShell does:
 - GNU spellings work too: ``--vm-name``, ``--vm-name=X``, ``--json``,
   ``-h``/``--help``, so a program moved here from argparse keeps its options.
 
+What a command line prints follows the same conventions: an error is one
+line on stderr, or one JSON object under ``--json`` (:func:`run_main`,
+:func:`report_error`), and ``--json`` keys are PascalCase (:func:`pascal_keys`).
+An argument that is not UTF-8 is a usage error naming it.
+
 Standard library only: the guest tools use it as well.
 """
 

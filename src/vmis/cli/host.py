@@ -3,7 +3,8 @@
 Every command is a thin call of the host manager's API (vmis.api), except
 ``host serve`` (which runs the manager) and ``lab`` (which starts lab VMs).
 Verbs and parameters are case-insensitive; ``--json`` prints what scripts
-should parse; errors are one line on stderr and a non-zero exit.
+should parse; errors are one line on stderr (one JSON object with ``--json``)
+and a non-zero exit.
 """
 
 from __future__ import annotations
