@@ -37,7 +37,7 @@ def test_names_hyperv_and_vmis_accept(name):
     (b"caf\xe9".decode("utf-8", "surrogateescape"), "not valid UTF-8"),
 ])
 def test_names_refused_say_why(name, why):
-    with pytest.raises(ConfigError, match="^invalid VM name ") as caught:
+    with pytest.raises(ConfigError, match=r"^invalid VM name ") as caught:
         check_vm_name(name)
     assert why in str(caught.value) and "\n" not in str(caught.value)
 

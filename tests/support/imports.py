@@ -1,4 +1,4 @@
-"""What a command line imports to answer: a guard of its start (bench/cli_start.py has the times)."""
+"""What a command line imports to answer: a guard of its start (bench/cli_start.py: the times)."""
 
 from __future__ import annotations
 
