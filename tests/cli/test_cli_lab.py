@@ -229,7 +229,7 @@ def test_lab_up_refuses_a_bad_name_before_starting_anything(lab_dir):
         result = run_vmis(lab_dir, "lab", "up", name)
         assert result.code in (1, 2) and len(result.err.splitlines()) == 1, result.err
         assert "Traceback" not in result.err
-        assert not (lab_dir / "vms").exists()
+        assert not (lab_dir / "vms").exists() and not (lab_dir / "host.pid").exists()
 
 
 def test_the_common_paths_answer_without_importing_anything_heavy(lab, lab_dir):

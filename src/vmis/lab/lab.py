@@ -311,6 +311,8 @@ def run_lab_up(lab: Lab, names: list[str], clock_offset: float | None,
         instead of agent processes; their heartbeat gets a longer wait
         (:data:`vmis.lab.qemuvm.BOOT_TIMEOUT`) since the guest boots first.
     """
+    for name in names:  # before anything starts: a refused name leaves nothing running
+        check_vm_name(name)
     lab.ensure_host()
     if qemu:
         from vmis.lab.qemuvm import BOOT_TIMEOUT
