@@ -280,8 +280,8 @@ def _help(commands: Sequence[Command]) -> str:
         alias = f" (alias: {', '.join(c.aliases)})" if c.aliases else ""
         lines.append(f"  {c.name:30} {c.summary}{alias}")
     lines += ["", "Run 'vmis COMMAND -?' for a command's parameters.",
-              "The manager's socket: $VMIS_SOCKET, else ./.vmis-lab/host.sock when a lab runs, "
-              "else /run/vmis/host.sock."]
+              "The manager's socket: $VMIS_SOCKET, else the lab's when a lab runs "
+              "($VMIS_LAB_DIR, default ~/.local/state/vmis/lab), else /run/vmis/host.sock."]
     return "\n".join(lines)
 
 

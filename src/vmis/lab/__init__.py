@@ -4,9 +4,10 @@ A lab VM is an honest stand-in for a guest: a separate ``vmis-guest run``
 process with its own root directory (its config, state, hooks and file-copy
 destinations all resolve inside it) and fake clock, power and freeze
 adapters, reached by the host only through its channel socket. Everything
-lives in one directory, ``./.vmis-lab`` or ``$VMIS_LAB_DIR``::
+lives in the user's one lab directory, found from anywhere: ``$VMIS_LAB_DIR``,
+else ``$XDG_STATE_HOME/vmis/lab`` (``~/.local/state/vmis/lab``)::
 
-    .vmis-lab/
+    ~/.local/state/vmis/lab/
       host.sock host.db host.log host.pid     the host manager
       vms/<name>/root/                        the lab VM's filesystem
       vms/<name>/agent.log agent.pid          its agent process

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmis.api.client import ApiClient
+from vmis.api.client import ApiClient, default_lab_dir
 from vmis.errors import ConnectError, NotFoundError, StateError, VmisError
 from vmis.lab.processes import (
     how_it_ended,
@@ -92,7 +91,7 @@ class Lab:
     """The lab directory and what runs from it."""
 
     def __init__(self, directory: Path | None = None) -> None:
-        self.dir = (directory or Path(os.environ.get("VMIS_LAB_DIR", ".vmis-lab"))).absolute()
+        self.dir = (directory or default_lab_dir()).absolute()
 
     # Section: host manager
 
