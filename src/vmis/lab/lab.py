@@ -160,6 +160,21 @@ class Lab:
             raise StateError(f"invalid lab VM name {name!r}")
         return self.vm(name)
 
+    def _claim(self, name: str) -> None:
+        """Make sure *name* is free or a lab VM's before the lab touches anything.
+
+        :raise StateError: When the host has a VM of that name that is not a lab
+            VM: ``lab up`` would re-point its channel.
+        """
+        with self.api() as api:
+            registered = api.call("GET", "/vms")
+        for vm in registered:
+            if vm["Name"].lower() == name.lower() and vm["Kind"] != "lab":
+                raise StateError(
+                    f"{vm['Name']} is registered as a VM of kind {vm['Kind']} (channel "
+                    f"{vm['Channel']}), not a lab VM; it was left as it is: choose another "
+                    f"name, or unregister it first (vmis vm remove {vm['Name']})")
+
     def _register(self, name: str, where: dict[str, str]) -> None:
         """Register a lab VM with the host (or update where it is) and dial it now."""
         with self.api() as api:
@@ -181,6 +196,7 @@ class Lab:
         vm = self._named(name)
         if vm.is_qemu:
             raise StateError(f"{name} is a QEMU lab VM: vmis lab up {name} -Qemu")
+        self._claim(name)
         self._write_config(vm)
         if agent_bundle is not None or not (vm.root / "usr/lib/vmis/vmis-guest.pyz").exists():
             self._install(vm, agent_bundle)
@@ -219,6 +235,7 @@ class Lab:
         from vmis.qemu.image.guest_image import GuestImage
 
         vm = self._named(name)
+        self._claim(name)
         guest_image = GuestImage.load(image) if image is not None else None
         machine = boot_machine(name, vm.dir, image=guest_image, clock_offset=clock_offset,
                                memory_mib=memory_mib, cpus=cpus)
