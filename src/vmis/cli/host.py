@@ -195,8 +195,6 @@ def cmd_host_serve(args: dict[str, Any]) -> int:
 
     socket_path = Path(args["Socket"] or os.environ.get("VMIS_SOCKET") or SYSTEM_SOCKET)
     db = args["Db"] or "sqlite:////var/lib/vmis/host.db"
-    if db.startswith("sqlite:///"):
-        Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=args["LogLevel"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_fast(serve(db, socket_path))

@@ -7,7 +7,7 @@ adapters, reached by the host only through its channel socket. Everything
 lives in the user's one lab directory, found from anywhere: ``$VMIS_LAB_DIR``,
 else ``$XDG_STATE_HOME/vmis/lab`` (``~/.local/state/vmis/lab``)::
 
-    ~/.local/state/vmis/lab/
+    ~/.local/state/vmis/lab/                  0700, its files 0600 (vmis.host.private)
       host.sock host.db host.log host.pid     the host manager
       vms/<name>/root/                        the lab VM's filesystem
       vms/<name>/agent.log agent.pid          its agent process

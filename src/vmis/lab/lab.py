@@ -16,6 +16,7 @@ from typing import Any
 
 from vmis.api.client import ApiClient, default_lab_dir
 from vmis.errors import ConnectError, NotFoundError, StateError, VmisError
+from vmis.host.private import private_dir, write_private
 from vmis.lab.processes import (
     how_it_ended,
     log_hint,
@@ -116,7 +117,7 @@ class Lab:
 
     def ensure_host(self) -> int:
         """Start the lab's host manager unless one answers; return its pid."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         pid = self.host_pid()
         if pid and self._host_answers():
             return pid
@@ -125,7 +126,7 @@ class Lab:
         argv = [sys.executable, "-m", "vmis.cli.host", "host", "serve",
                 "-Db", f"sqlite:///{self.dir / 'host.db'}", "-Socket", str(self.socket)]
         pid = spawn(argv, log).pid
-        (self.dir / "host.pid").write_text(f"{pid}\n")
+        write_private(self.dir / "host.pid", f"{pid}\n")
         wait_for(self._host_answers, START_TIMEOUT, "the lab host manager", log)
         return pid
 
@@ -197,6 +198,8 @@ class Lab:
         if vm.is_qemu:
             raise StateError(f"{name} is a QEMU lab VM: vmis lab up {name} -Qemu")
         self._claim(name)
+        private_dir(vm.dir.parent)
+        private_dir(vm.dir)
         self._write_config(vm)
         if agent_bundle is not None or not (vm.root / "usr/lib/vmis/vmis-guest.pyz").exists():
             self._install(vm, agent_bundle)
@@ -212,7 +215,7 @@ class Lab:
             vm.pid_file.unlink(missing_ok=True)
             argv = [sys.executable, "-m", "vmis.lab.vmproc", str(vm.root), str(vm.pid_file)]
             supervisor = spawn(argv, vm.log)
-            (vm.dir / "init.pid").write_text(f"{supervisor.pid}\n")
+            write_private(vm.dir / "init.pid", f"{supervisor.pid}\n")
             # Our own child: poll() knows for sure, where /proc can be caught mid-exec.
             wait_for(lambda: vm.channel_path.is_socket() or supervisor.poll() is not None,
                      START_TIMEOUT, f"lab VM {name}", vm.log)

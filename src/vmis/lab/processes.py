@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmis.errors import StateError
+from vmis.host.private import open_private_log, private_dir
 
 __all__ = ["how_it_ended", "log_hint", "pid_alive", "read_pid", "spawn", "stop_pid", "wait_for"]
 
@@ -84,8 +85,9 @@ def stop_pid(pid: int | None, timeout: float = 10.0) -> bool:
 def spawn(
     argv: list[str], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
+    """Start *argv* in the background, its output appended to *log* (made 0600)."""
+    private_dir(log.parent)
+    with open_private_log(log) as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True, env=env)
 

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from vmis.host.private import write_private
+
 __all__ = ["main"]
 
 #: systemd's RestartSec in the shipped unit
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, forward)
     while True:
         child = subprocess.Popen(["/bin/sh", str(root / "usr/bin/vmis-guest"), "run"], env=env)
-        pidfile.write_text(f"{child.pid}\n")
+        write_private(pidfile, f"{child.pid}\n")
         code = child.wait()
         pending = (root / "var/lib/vmis/update/pending").exists()
         if stopping or code == 0 or not pending:
