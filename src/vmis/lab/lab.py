@@ -26,6 +26,7 @@ from vmis.lab.processes import (
     stop_pid,
     wait_for,
 )
+from vmis.lab.sandbox import Sandbox, check_host
 
 __all__ = ["START_TIMEOUT", "Lab", "LabVm", "run_lab_up"]
 
@@ -197,10 +198,12 @@ class Lab:
         vm = self._named(name)
         if vm.is_qemu:
             raise StateError(f"{name} is a QEMU lab VM: vmis lab up {name} -Qemu")
+        check_host(self.dir)
         self._claim(name)
         private_dir(vm.dir.parent)
         private_dir(vm.dir)
         self._write_config(vm)
+        Sandbox(vm.root, name).prepare()
         if agent_bundle is not None or not (vm.root / "usr/lib/vmis/vmis-guest.pyz").exists():
             self._install(vm, agent_bundle)
         if clock_offset is not None:
@@ -213,12 +216,13 @@ class Lab:
             with contextlib.suppress(FileNotFoundError):
                 vm.channel_path.unlink()
             vm.pid_file.unlink(missing_ok=True)
-            argv = [sys.executable, "-m", "vmis.lab.vmproc", str(vm.root), str(vm.pid_file)]
+            argv = [sys.executable, "-m", "vmis.lab.vmproc", str(vm.root), str(vm.pid_file),
+                    name]
             supervisor = spawn(argv, vm.log)
             write_private(vm.dir / "init.pid", f"{supervisor.pid}\n")
             # Our own child: poll() knows for sure, where /proc can be caught mid-exec.
-            wait_for(lambda: vm.channel_path.is_socket() or supervisor.poll() is not None,
-                     START_TIMEOUT, f"lab VM {name}", vm.log)
+            wait_for(lambda: (vm.channel_path.is_socket() and vm.pid is not None)
+                     or supervisor.poll() is not None, START_TIMEOUT, f"lab VM {name}", vm.log)
             code = supervisor.poll()
             if code is not None:
                 raise StateError(f"lab VM {name} exited at start ({how_it_ended(code)})"
