@@ -54,3 +54,5 @@ def test_one_lab_serves_every_working_directory(short_tmp):
         assert not (here / ".vmis-lab").exists() and not (there / ".vmis-lab").exists()
     finally:
         lab.down(None)
+        for cwd in (here, there):  # what a failing run started where it ran
+            Lab(cwd / ".vmis-lab").down(None)
