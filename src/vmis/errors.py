@@ -27,6 +27,7 @@ and the classes the same::
      |    +-- ChannelClosed       the channel closed while a request was pending
      |    +-- RequestTimeout      no answer within the caller's deadline
      |    +-- MonitorError        QEMU's QMP monitor failed or rejected a command (``.error_class``)
+     |    +-- LibvirtError        libvirtd unreachable, or it failed an operation (``.error_code``)
      +-- ManagerApiError          the host manager answered what its API does not define
      +-- LocalFileError           a file or directory on this machine cannot be read or written
      +-- ExternalProgramError     a program vmis runs (virsh, qemu-img, libguestfs, ip ...) failed
@@ -65,6 +66,7 @@ __all__ = [
     "InternalError",
     "KvpFormatError",
     "KvpSizeError",
+    "LibvirtError",
     "LocalFileError",
     "LocalProtocolError",
     "MachineNotRunning",
@@ -215,6 +217,18 @@ class MonitorError(ChannelError):
     def __init__(self, message: str, error_class: str | None = None) -> None:
         super().__init__(message)
         self.error_class = error_class
+
+
+class LibvirtError(ChannelError):
+    """libvirtd could not be reached, or it failed an operation for a reason other than a
+    missing domain (NotFoundError) or the domain's state (StateError)."""
+
+    #: libvirt's error code name (e.g. ``"VIR_ERR_SYSTEM_ERROR"``), when libvirt gave one
+    error_code: str | None
+
+    def __init__(self, message: str, error_code: str | None = None) -> None:
+        super().__init__(message)
+        self.error_code = error_code
 
 
 class ManagerApiError(VmisError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from vmis.api import control, hypervisor, updates
+from vmis.api import control, hypervisor, libvirt, updates
 from vmis.api.services import fcopy, kvp, shutdown, timesync, vmsession, vss
 
 __all__ = ["ROUTERS"]
@@ -25,4 +25,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     vmsession.router,
     vss.router,
     hypervisor.router,
+    libvirt.router,
 )

@@ -9,7 +9,7 @@ import os
 import resource
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -20,6 +20,7 @@ from vmis.host.manager import HostManager
 from vmis.host.private import private_dir
 from vmis.host.store import Store, safe_url
 from vmis.qemu.hypervisor import QemuHypervisor
+from vmis.services.hypervisor import Hypervisor
 
 __all__ = ["bind_socket", "data_dir_for", "serve"]
 
@@ -100,14 +101,36 @@ def _private_store_dir(db_url: str) -> None:
                           f"{exc.strerror or exc}") from None
 
 
-async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None) -> None:
-    """Run the manager until SIGTERM/SIGINT or cancellation."""
+def hypervisors_for(libvirt_uris: Sequence[str], data_dir: Path) -> list[Hypervisor]:
+    """The manager's backends: one per libvirt connection, asked first (a libvirt
+    domain may also have a QMP socket of its own), then QEMU's for every VM with QMP.
+
+    :raise ConfigError: When libvirt URIs are given and libvirt-python is missing.
+    """
+    backends: list[Hypervisor] = []
+    if libvirt_uris:
+        from vmis.libvirt.connection import load_libvirt
+        from vmis.libvirt.hypervisor import LibvirtHypervisor
+
+        load_libvirt()
+        backends += [LibvirtHypervisor(uri, data_dir) for uri in dict.fromkeys(libvirt_uris)]
+    return [*backends, QemuHypervisor(data_dir)]
+
+
+async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None,
+                libvirt_uris: Sequence[str] = ()) -> None:
+    """Run the manager until SIGTERM/SIGINT or cancellation.
+
+    :param libvirt_uris: libvirt connections whose domains the manager drives
+        (``host serve -Hypervisor``).
+    """
     raise_file_limit()
     _private_store_dir(db_url)
+    data_dir = data_dir_for(db_url)
+    hypervisors = hypervisors_for(libvirt_uris, data_dir)
     store = Store(db_url)
     sock = bind_socket(socket_path)
-    data_dir = data_dir_for(db_url)
-    manager = HostManager(store, hypervisors=[QemuHypervisor(data_dir)], data_dir=data_dir)
+    manager = HostManager(store, hypervisors=hypervisors, data_dir=data_dir)
     await manager.start()
     app = create_app(manager)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
@@ -125,5 +148,9 @@ async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = No
         await serve_task
     finally:
         await manager.close()
+        for backend in hypervisors:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()

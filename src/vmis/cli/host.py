@@ -112,8 +112,10 @@ def cmd_get_vm(api: ApiClient, args: dict[str, Any]) -> int:
 
 
 def cmd_vm_add(api: ApiClient, args: dict[str, Any]) -> int:
-    from vmis.cli.hypervisorcmd import discover_for_add
+    from vmis.cli.hypervisorcmd import add_libvirt_domains, discover_for_add
 
+    if args["Libvirt"] and (done := add_libvirt_domains(api, args)) is not None:
+        return done
     name, channel, qmp = args["Name"], args["Channel"], args["Qmp"]
     found = discover_for_add(args)
     if found is not None:
@@ -215,7 +217,7 @@ def cmd_host_serve(args: dict[str, Any]) -> int:
     db = args["Db"] or "sqlite:////var/lib/vmis/host.db"
     logging.basicConfig(level=args["LogLevel"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_fast(serve(db, socket_path))
+    run_fast(serve(db, socket_path, libvirt_uris=args["Hypervisor"] or ()))
     return 0
 
 
@@ -251,11 +253,14 @@ COMMANDS: tuple[Command, ...] = (
         Param("FromPid", "int", help="read -Channel and -Qmp off this running QEMU process"),
         Param("FromCmdline", help="read them off a QEMU command line (one quoted word)"),
         Param("FromLibvirtXml", help="read them off a libvirt domain XML file (virsh dumpxml)"),
-        Param("Libvirt", help="read them off this libvirt domain (runs virsh dumpxml)"),
+        Param("Libvirt", "list", help="libvirt domains, wildcards allowed: through the host "
+                                      "manager's libvirt connection, else virsh dumpxml"),
+        Param("LibvirtUri", help="the manager's libvirt connection to look in (default: all)"),
         Param("HeartbeatIntervalMs", "int", help="heartbeat interval (default 2000)"), JSON,
     ), cmd_vm_add, examples=(
         "vmis vm add web1 -Channel unix:/run/vmis/web1.agent -Qmp /run/vmis/web1.qmp",
         "vmis vm add web1 -FromPid 12345",
+        "vmis vm add -Libvirt '*'",
     )),
     Command("vm list", "List registered VMs.", (JSON,), cmd_vm_list),
     Command("vm set", "Change a registered VM's settings.", (
@@ -276,7 +281,11 @@ LOCAL_COMMANDS: tuple[Command, ...] = (
         Param("Db", help="SQLAlchemy URL (default sqlite:////var/lib/vmis/host.db)"),
         Param("Socket", help="API socket (default /run/vmis/host.sock, or $VMIS_SOCKET)"),
         Param("LogLevel", choices=("debug", "info", "warning", "error"), default="info"),
-    ), cmd_host_serve, local=True),
+        Param("Hypervisor", "list", help="libvirt connection URIs whose domains it drives "
+                                         "(qemu:///system); repeatable"),
+    ), cmd_host_serve, local=True, examples=(
+        "vmis host serve -Hypervisor qemu:///system",
+    )),
     *UPDATE_PATH_COMMANDS,
     *SETUP_DISK_COMMANDS,
 )

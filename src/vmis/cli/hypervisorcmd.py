@@ -4,7 +4,8 @@ Start-VM, Insert-SetupDisk and Eject-SetupDisk go through the host manager's
 QMP connection to each VM (vmis.host.hypervisor, vmis.qemu.hypervisor);
 ``vm create`` makes a VM the manager launches itself. Discovery
 (:func:`discover_for_add`) runs here, in the command line, because it reads
-``/proc`` and ``virsh`` on the machine where QEMU runs.
+``/proc`` and ``virsh`` on the machine where QEMU runs; a host manager with
+libvirt connections discovers libvirt domains itself (:func:`add_libvirt_domains`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from vmis.cli.table import report_results
 from vmis.errors import ConfigError, ExternalProgramError, NotFoundError, UsageError
 from vmis.psargs import Command, Param
 
-__all__ = ["HYPERVISOR_COMMANDS", "Discovery", "discover_for_add"]
+__all__ = ["HYPERVISOR_COMMANDS", "Discovery", "add_libvirt_domains", "discover_for_add"]
 
 JSON = Param("json", "switch", help="print JSON for scripts")
 NAMES = Param("Name", "list", required=True, position=0, aliases=("VMName", "VM"),
@@ -104,8 +105,11 @@ def discover_for_add(args: dict[str, Any]) -> Discovery | None:
         found = discover_from_libvirt_xml(xml)
         source = str(value)
     else:
-        found = discover_from_libvirt_xml(_virsh_dumpxml(str(value)))
-        source = f"libvirt domain {value}"
+        if len(value) != 1 or any(c in value[0] for c in "*?["):
+            raise UsageError("vm add: several domains, or wildcards, need the host manager's "
+                             "libvirt connection (vmis host serve -Hypervisor qemu:///system)")
+        found = discover_from_libvirt_xml(_virsh_dumpxml(value[0]))
+        source = f"libvirt domain {value[0]}"
     if found.channel is None:
         why = "; ".join(found.notes) or "no reason given"
         raise NotFoundError(f"no vmis agent channel (virtio-serial port "
@@ -113,6 +117,40 @@ def discover_for_add(args: dict[str, Any]) -> Discovery | None:
     return Discovery(found.name, f"unix:{found.channel}",
                      str(found.qmp) if found.qmp is not None else None, tuple(found.notes),
                      source)
+
+
+def add_libvirt_domains(api: ApiClient, args: dict[str, Any]) -> int | None:
+    """``vm add -Libvirt DOMAIN,...``: register domains through the host manager's libvirt
+    connection (names, or wildcards: ``'*'`` registers every domain with an agent channel).
+
+    :return: the exit status, or None when the manager has no libvirt connection
+        (then the domain's XML is read with virsh, :func:`discover_for_add`).
+    """
+    if not api.call("GET", "/libvirt/connections"):
+        if args["LibvirtUri"]:
+            raise UsageError("vm add: -LibvirtUri needs a host manager with that libvirt "
+                             "connection (vmis host serve -Hypervisor URI)")
+        return None
+    for other in ("Channel", "Qmp"):
+        if args[other]:
+            raise UsageError(f"vm add: -{other} comes from the domain with -Libvirt; "
+                             f"change it afterwards with vmis vm set")
+    rows = api.call("POST", "/libvirt/vms", json={
+        "domains": args["Libvirt"], "name": args["Name"], "uri": args["LibvirtUri"],
+        "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
+    })
+    if args["json"]:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        if row["Registered"]:
+            print(f"VM {row['Name']} registered (libvirt domain {row['Domain']} at "
+                  f"{row['LibvirtUri']}, {row['Channel']}), id {row['Id']}")
+        else:
+            print(f"WARNING: {row['Domain']}: skipped: {row['Note']}", file=sys.stderr)
+    if not rows:
+        print(f"WARNING: no libvirt domain matches {', '.join(args['Libvirt'])}", file=sys.stderr)
+    return 0
 
 
 # Section: commands

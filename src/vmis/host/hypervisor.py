@@ -57,6 +57,10 @@ async def start_vms(manager: HostManager, patterns: list[str]) -> list[dict[str,
     async def start(session: VmSession) -> dict[str, Any]:
         hypervisor = require_hypervisor(manager, session.vm, "Start-VM")
         result = await hypervisor.start(session.vm)
+        # libvirt names a channel's socket per start unless its XML gives a path
+        channel = result.pop("Channel", None)
+        if channel and channel != session.vm.channel:
+            manager.update_vm(session.vm.name, channel=channel)
         session.powered_off = False
         session.reconnect_now()
         if result.get("Action") == "Resumed":
@@ -154,7 +158,8 @@ async def create_vm(manager: HostManager, name: str, *, memory_mib: int = 512, c
     made = await backend.create(name, memory_mib=memory_mib, cpus=cpus,
                                 clock_offset=clock_offset, persistent=persistent)
     try:
-        record = manager.add_vm(name, made.channel, qmp=made.qmp, kind=made.kind)
+        record = manager.add_vm(name, made.channel, qmp=made.qmp, kind=made.kind,
+                                libvirt_uri=made.libvirt_uri, libvirt_domain=made.libvirt_domain)
     except VmisError:
         await backend.discard(name)
         raise

@@ -168,7 +168,8 @@ class HostManager:
     # Section: VMs
 
     def add_vm(self, name: str, channel: str, *, qmp: str | None = None, kind: str = "external",
-               heartbeat_interval_ms: int | None = None) -> VmRecord:
+               heartbeat_interval_ms: int | None = None, libvirt_uri: str | None = None,
+               libvirt_domain: str | None = None) -> VmRecord:
         """Register a VM and start its session.
 
         :raise ConfigError: For an invalid name (vmis.host.vmname) or channel address.
@@ -177,7 +178,8 @@ class HostManager:
         check_vm_name(name)
         parse_address(channel)
         vm = self.store.add_vm(name, channel, qmp=qmp, kind=kind,
-                               heartbeat_interval_ms=heartbeat_interval_ms)
+                               heartbeat_interval_ms=heartbeat_interval_ms,
+                               libvirt_uri=libvirt_uri, libvirt_domain=libvirt_domain)
         self._start_session(vm)
         _log.info("VM %s added (%s)", name, channel)
         self.publish("vm-added", vm_name=vm.name, vm_id=vm.id, Channel=vm.channel, Kind=vm.kind)
@@ -266,6 +268,7 @@ class HostManager:
             "Connected": session.connected, "Heartbeat": session.contact(),
             "AgentVersion": session.agent.get("version"), "LastError": session.last_error,
             "HeartbeatIntervalMs": vm.heartbeat_interval_ms,
+            "LibvirtUri": vm.libvirt_uri, "LibvirtDomain": vm.libvirt_domain,
         }
 
     async def get_vms(self, patterns: list[str] | None) -> list[dict[str, Any]]:

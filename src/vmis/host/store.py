@@ -44,7 +44,7 @@ vms = sa.Table(
     sa.Column("channel", sa.String(1024), nullable=False),
     #: QMP socket of a QEMU VM (hypervisor operations), if any
     sa.Column("qmp", sa.String(1024)),
-    #: "external", "lab" or "qemu": who starts and stops the VM
+    #: "external", "lab", "qemu" or "libvirt": who starts and stops the VM
     sa.Column("kind", sa.String(16), nullable=False, server_default="external"),
     sa.Column("heartbeat_interval_ms", sa.Integer, nullable=False,
               server_default=str(DEFAULT_INTERVAL_MS)),
@@ -53,6 +53,9 @@ vms = sa.Table(
     sa.Column("heartbeat_error_threshold", sa.Integer, nullable=False,
               server_default=str(DEFAULT_ERROR_THRESHOLD)),
     sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    #: a VM libvirt runs: its connection URI and domain UUID (vmis.libvirt)
+    sa.Column("libvirt_uri", sa.String(1024)),
+    sa.Column("libvirt_domain", sa.String(36)),
 )
 
 service_settings = sa.Table(
@@ -93,7 +96,8 @@ class Store:
     # Section: VMs
 
     def add_vm(self, name: str, channel: str, *, qmp: str | None = None,
-               kind: str = "external", heartbeat_interval_ms: int | None = None) -> VmRecord:
+               kind: str = "external", heartbeat_interval_ms: int | None = None,
+               libvirt_uri: str | None = None, libvirt_domain: str | None = None) -> VmRecord:
         """Register a VM with the default service settings (docs/services/README.md).
 
         :raise StateError: When a VM of that name exists.
@@ -101,7 +105,7 @@ class Store:
         vm_id = str(uuid.uuid4())
         values: dict[str, Any] = dict(
             id=vm_id, name=name, name_key=name.lower(), channel=channel, qmp=qmp, kind=kind,
-            created=datetime.now(UTC),
+            created=datetime.now(UTC), libvirt_uri=libvirt_uri, libvirt_domain=libvirt_domain,
         )
         if heartbeat_interval_ms is not None:
             values["heartbeat_interval_ms"] = heartbeat_interval_ms
@@ -178,6 +182,7 @@ class Store:
                 heartbeat_error_threshold=r["heartbeat_error_threshold"],
                 enabled={s.key: settings[r["id"]].get(s.key, s.default_enabled)
                          for s in CATALOG.host_services},
+                libvirt_uri=r["libvirt_uri"], libvirt_domain=r["libvirt_domain"],
             )
             for r in rows
         ]

@@ -71,6 +71,9 @@ class VmRecord:
     heartbeat_error_threshold: int
     #: service key -> enabled on the host
     enabled: dict[str, bool]
+    #: the libvirt connection URI and domain UUID of a VM libvirt runs (vmis.libvirt)
+    libvirt_uri: str | None = None
+    libvirt_domain: str | None = None
 
 
 class VmContext(Protocol):

@@ -108,6 +108,9 @@ class NewMachine:
     kind: str
     #: facts for the command's answer (work directory, image, sizes...)
     facts: dict[str, Any]
+    #: the libvirt connection and domain UUID of a VM libvirt defined
+    libvirt_uri: str | None = None
+    libvirt_domain: str | None = None
 
 
 class Hypervisor(Protocol):
@@ -181,11 +184,15 @@ def require_hypervisor(host: HostContext, vm: VmRecord, what: str) -> Hypervisor
     hypervisor = host.hypervisor_for(vm)
     if hypervisor is not None:
         return hypervisor
-    if not vm.qmp:
+    if vm.libvirt_uri:
+        reason = (f"{vm.name} is a domain of libvirt at {vm.libvirt_uri}, which this host "
+                  f"manager does not connect to (vmis host serve -Hypervisor {vm.libvirt_uri})")
+    elif not vm.qmp:
         reason = f"{vm.name} has none (vmis vm set {vm.name} -Qmp PATH)"
     else:
         reason = "this host manager has no hypervisor connection set up"
-    raise StateError(f"{vm.name}: {what} needs a hypervisor connection (QMP); {reason}")
+    kind = "libvirt" if vm.libvirt_uri else "QMP"
+    raise StateError(f"{vm.name}: {what} needs a hypervisor connection ({kind}); {reason}")
 
 
 async def known_state(hypervisor: Hypervisor, vm: VmContext) -> str | None:
