@@ -184,3 +184,31 @@ def test_a_libvirt_vm_on_a_manager_without_that_connection_is_one_clear_line(
     # and without one, vm add -Libvirt with wildcards says what it needs
     wild = run_vmis(stop_and_serve_without_libvirt, "vm", "add", "-Libvirt", "lv*")
     assert wild.code == 2 and "need the host manager's libvirt connection" in wild.err
+
+
+def test_the_manager_connects_again_after_libvirtd_restarts(short_tmp):
+    """A libvirtd of this test's own, restarted under a running host manager."""
+    from conftest import serve, stop
+    from support.libvirtd import libvirtd_missing, start_libvirtd
+
+    if (why := libvirtd_missing()) is not None:
+        pytest.skip(why)
+    libvirt = load_libvirt()
+    daemon = start_libvirtd(short_tmp / "lv")
+    running = None
+    try:
+        conn = libvirt.open(daemon.uri)
+        domain = define(conn, "lvagain", short_tmp / "again")
+        domain.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        conn.close()
+        running = serve(short_tmp / "host", daemon.uri)
+        assert run_vmis(running.dir, "vm", "add", "-Libvirt", "lvagain").code == 0
+        assert state(running.dir, "lvagain") == "Paused"
+        daemon.restart()  # the domain keeps running; the manager's connection is dead
+        assert state(running.dir, "lvagain") == "Paused"
+        (started,) = vmis_json(running.dir, "Start-VM", "lvagain")
+        assert started["Action"] == "Resumed"
+    finally:
+        if running is not None:
+            stop(running)
+        daemon.stop()

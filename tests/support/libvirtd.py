@@ -118,6 +118,13 @@ class PrivateLibvirtd:
             self.process.wait(timeout=10)
         self._kill_leftover_qemu()
 
+    def restart(self) -> None:
+        """Stop the daemon alone (its domains keep running, as when libvirtd is
+        restarted on a host) and start it again on the same directories."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        self.process = start_libvirtd(self.root).process
+
     def _kill_leftover_qemu(self) -> None:
         # Only if the daemon could not destroy them: QEMU's pid files are in our run dir.
         for pidfile in (self.root / "run" / "libvirt" / "qemu").glob("*.pid"):
@@ -140,7 +147,8 @@ def start_libvirtd(root: Path, timeout: float = 60.0) -> PrivateLibvirtd:
         (root / name).mkdir(parents=True, exist_ok=True)
     drivers = root / "drivers"
     drivers.mkdir(exist_ok=True)
-    (drivers / QEMU_DRIVER.name).symlink_to(QEMU_DRIVER)
+    if not (drivers / QEMU_DRIVER.name).exists():
+        (drivers / QEMU_DRIVER.name).symlink_to(QEMU_DRIVER)
     (root / "etc" / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(root=root))
     (root / "etc" / "qemu.conf").write_text(QEMU_CONF)
     out = (root / "libvirtd.out").open("wb")
