@@ -17,7 +17,7 @@ from alembic.migration import MigrationContext
 from support.pair import eventually, host_guest_pair
 
 from vmis.errors import ConfigError
-from vmis.host.schema import target_metadata
+from vmis.host.schema import target_metadata, upgrade
 from vmis.host.store import Store
 from vmis.services.kvp.host import KvpHost
 
@@ -64,14 +64,33 @@ def test_a_store_made_before_migrations_is_taken_over_with_its_data(tmp_path):
     old = [t for t in target_metadata().sorted_tables
            if t.name in ("vms", "service_settings")]  # what a manager of 0.1 made first
     target_metadata().create_all(engine, tables=old)
+    insert_old_vm(engine)
+    store = Store(url)
+    assert [vm.name for vm in store.list_vms()] == ["OldVM"]
+    assert schema_differences(store.engine) == []
+
+
+def insert_old_vm(engine: sa.Engine) -> None:
+    """A VM row as vmis 0.1 wrote it (the columns of revision 0001 only)."""
     with engine.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO vms (id, name, name_key, channel, kind, heartbeat_interval_ms, "
             "heartbeat_latency_ms, heartbeat_error_threshold, created) VALUES "
             "('id-1', 'OldVM', 'oldvm', 'unix:/x', 'external', 2000, 1000, 2, "
             "'2026-11-01 00:00:00')"))
+
+
+def test_a_store_of_revision_0001_gets_the_libvirt_columns_and_keeps_its_vms(tmp_path):
+    url = f"sqlite:///{tmp_path / 'host.db'}"
+    engine = sa.create_engine(url)
+    upgrade(engine, "0001")
+    insert_old_vm(engine)
     store = Store(url)
-    assert [vm.name for vm in store.list_vms()] == ["OldVM"]
+    (old,) = store.list_vms()
+    assert (old.name, old.libvirt_uri, old.libvirt_domain) == ("OldVM", None, None)
+    new = store.add_vm("LvVM", "unix:/y", kind="libvirt", libvirt_uri="qemu:///system",
+                       libvirt_domain="27479ace-c680-484f-90bd-43eb0462b9e3")
+    assert store.get_vm("lvvm") == new and new.libvirt_uri == "qemu:///system"
     assert schema_differences(store.engine) == []
 
 

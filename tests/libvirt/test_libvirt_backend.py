@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from support.hostserve import serve, stop
 from support.lab import run_vmis
+from support.libvirtd import libvirtd_missing, start_libvirtd
 from vmis.libvirt.connection import load_libvirt
 
 pytestmark = pytest.mark.timeout(240)
@@ -188,8 +190,6 @@ def test_a_libvirt_vm_on_a_manager_without_that_connection_is_one_clear_line(
 
 def test_the_manager_connects_again_after_libvirtd_restarts(short_tmp):
     """A libvirtd of this test's own, restarted under a running host manager."""
-    from conftest import serve, stop
-    from support.libvirtd import libvirtd_missing, start_libvirtd
 
     if (why := libvirtd_missing()) is not None:
         pytest.skip(why)

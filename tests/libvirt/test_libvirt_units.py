@@ -1,5 +1,5 @@
 """The libvirt backend's pure parts: the state mapping, the XML it reads and writes, the
-QEMU user check of ``vm create``, and the store's revision for libvirt VMs."""
+QEMU user check of ``vm create``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from vmis.errors import ConfigError, StateError
-from vmis.host.schema import upgrade
-from vmis.host.store import Store
 from vmis.libvirt import states
 from vmis.libvirt.domainxml import (
     NewDomain,
@@ -138,21 +135,3 @@ def test_vm_create_knows_which_user_runs_qemu_and_what_it_cannot_reach(short_tmp
     assert unreachable_directory(private / "machines" / "disk.qcow2", 0, 0) is None
     private.chmod(0o711)
     assert unreachable_directory(private / "machines" / "disk.qcow2", 64055, 108) is None
-
-
-def test_a_store_of_revision_0001_gets_the_libvirt_columns_and_keeps_its_vms(tmp_path):
-    url = f"sqlite:///{tmp_path / 'host.db'}"
-    engine = sa.create_engine(url)
-    upgrade(engine, "0001")
-    with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO vms (id, name, name_key, channel, kind, heartbeat_interval_ms, "
-            "heartbeat_latency_ms, heartbeat_error_threshold, created) VALUES "
-            "('id-1', 'OldVM', 'oldvm', 'unix:/x', 'external', 2000, 1000, 2, "
-            "'2026-11-01 00:00:00')"))
-    store = Store(url)
-    (old,) = store.list_vms()
-    assert (old.name, old.libvirt_uri, old.libvirt_domain) == ("OldVM", None, None)
-    new = store.add_vm("LvVM", "unix:/y", kind="libvirt", libvirt_uri="qemu:///system",
-                       libvirt_domain="27479ace-c680-484f-90bd-43eb0462b9e3")
-    assert store.get_vm("lvvm") == new and new.libvirt_uri == "qemu:///system"

@@ -209,21 +209,22 @@ def cmd_vm_create(api: ApiClient, args: dict[str, Any]) -> int:
 
 
 HYPERVISOR_COMMANDS: tuple[Command, ...] = (
-    Command("Start-VM", "Start a VM (QEMU through QMP), or resume a paused one.", (
+    Command("Start-VM", "Start a VM (through QMP or libvirt), or resume a paused one.", (
         NAMES, JSON,
     ), cmd_start_vm, examples=("vmis Start-VM -Name web1",)),
-    Command("Insert-SetupDisk", "Put the setup disk (or an ISO) into a VM's CD-ROM drive (QMP).", (
+    Command("Insert-SetupDisk", "Put the setup disk (or an ISO) into a VM's CD-ROM drive.", (
         Param("VMName", "list", required=True, position=0, aliases=("VM", "Name"),
               help="VM names; wildcards allowed"),
         Param("Path", help="a disc image on this host (default: this host's setup disk)"),
         Param("Eject", "switch", help="take the disc out instead"), JSON,
     ), cmd_insert_setup_disk,
         examples=("vmis Insert-SetupDisk -VMName web1", "vmis Insert-SetupDisk web1 -Eject")),
-    Command("Eject-SetupDisk", "Take the disc out of a VM's CD-ROM drive (QMP).", (
+    Command("Eject-SetupDisk", "Take the disc out of a VM's CD-ROM drive.", (
         Param("VMName", "list", required=True, position=0, aliases=("VM", "Name"),
               help="VM names; wildcards allowed"), JSON,
     ), cmd_eject_setup_disk),
-    Command("vm create", "Create a QEMU VM vmis launches, from the project's guest image.", (
+    Command("vm create", "Create a VM from the project's guest image (QEMU; libvirt with "
+            "host serve -Hypervisor).", (
         Param("Name", required=True, position=0),
         Param("Memory", "int", default=512, aliases=("MemoryMiB",), help="RAM in MiB (512)"),
         Param("Cpus", "int", default=1, help="virtual CPUs (1)"),

@@ -24,9 +24,6 @@ vm create              ``defineXML`` of the project's guest image (vmis.libvirt.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -40,13 +37,16 @@ from vmis.libvirt.domainxml import cdrom_drive, cdrom_xml, disks, snapshot_xml
 from vmis.libvirt.machines import MachineMaker
 from vmis.qemu.discovery import discover_from_libvirt_xml
 from vmis.services.host_half import VmRecord
-from vmis.services.hypervisor import NewMachine, SnapshotRequest, SnapshotResult
+from vmis.services.hypervisor import (
+    NewMachine,
+    SnapshotRequest,
+    SnapshotResult,
+    wait_until_off,
+)
 
 __all__ = ["FoundDomain", "LibvirtHypervisor", "LibvirtSnapshot"]
 
 T = TypeVar("T")
-
-log = logging.getLogger(__name__)
 
 #: seconds between looks at a domain that is on its way off
 _POLL = 0.2
@@ -168,16 +168,7 @@ class LibvirtHypervisor:
         return facts
 
     async def wait_off(self, vm: VmRecord, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if await self.state(vm) == "Off":
-                    return True
-            except VmisError as exc:  # libvirtd may be restarting: look again
-                log.debug("%s: state unknown while waiting for it to be off: %s", vm.name, exc)
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(_POLL)
+        return await wait_until_off(self, vm, timeout, _POLL)
 
     # Section: the CD-ROM drive
 

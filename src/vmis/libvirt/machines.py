@@ -21,17 +21,17 @@ import asyncio
 import os
 import shutil
 import stat
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from vmis.errors import ConfigError, MachineStartError, QemuNotInstalled, StateError
+from vmis.errors import ConfigError, StateError
 from vmis.libvirt.connection import LibvirtConnection, load_libvirt
 from vmis.libvirt.domainxml import NewDomain, domain_xml
-from vmis.qemu.cmdline import BootSpec, MachinePaths
+from vmis.qemu.cmdline import MachinePaths
 from vmis.qemu.hypervisor import machines_dir
+from vmis.qemu.process import create_overlay
 from vmis.services.hypervisor import NewMachine
 
 __all__ = ["MachineMaker", "qemu_user", "unreachable_directory"]
@@ -75,19 +75,6 @@ def unreachable_directory(path: Path, uid: int, gid: int) -> Path | None:
         if not allowed:
             return directory
     return None
-
-
-def _create_overlay(boot: BootSpec, overlay: Path) -> None:
-    qemu_img = shutil.which("qemu-img")
-    if qemu_img is None:
-        raise QemuNotInstalled("qemu-img is not installed; install the Debian package qemu-utils")
-    proc = subprocess.run(
-        [qemu_img, "create", "-q", "-f", "qcow2", "-F", boot.disk_format,
-         "-b", str(boot.disk.absolute()), str(overlay)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise MachineStartError(f"cannot create disk overlay {overlay}: {proc.stderr.strip()}")
 
 
 class MachineMaker:
@@ -134,7 +121,7 @@ class MachineMaker:
             channel=paths.channel, console=paths.console, memory_mib=memory_mib, cpus=cpus,
             clock_offset=clock_offset))
         try:
-            await asyncio.to_thread(_create_overlay, boot, paths.overlay)
+            await asyncio.to_thread(create_overlay, boot, paths.overlay)
             uuid = await self.connection.call(lambda conn: conn.defineXML(xml).UUIDString(),
                                               f"{name}: define the domain")
         except BaseException:

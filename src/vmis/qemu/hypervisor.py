@@ -30,16 +30,20 @@ import asyncio
 import logging
 import shutil
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
-from vmis.errors import MonitorError, NotFoundError, SnapshotError, StateError, VmisError
+from vmis.errors import MonitorError, NotFoundError, SnapshotError, StateError
 from vmis.qemu.cmdline import DiskMode, MachinePaths
 from vmis.qemu.machine import QemuMachine
 from vmis.qemu.monitor import QmpMonitor
 from vmis.services.host_half import VmRecord
-from vmis.services.hypervisor import NewMachine, SnapshotRequest, SnapshotResult
+from vmis.services.hypervisor import (
+    NewMachine,
+    SnapshotRequest,
+    SnapshotResult,
+    wait_until_off,
+)
 
 __all__ = ["RUN_STATES", "QemuHypervisor", "QmpSnapshot", "machines_dir"]
 
@@ -212,16 +216,7 @@ class QemuHypervisor:
         return {"Exited": True}
 
     async def wait_off(self, vm: VmRecord, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if await self.state(vm) == "Off":
-                    return True
-            except VmisError as exc:
-                log.debug("%s: state unknown while waiting for it to be off: %s", vm.name, exc)
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(_POLL)
+        return await wait_until_off(self, vm, timeout, _POLL)
 
     async def _cdrom(self, vm: VmRecord) -> str:
         """The qdev id (or QOM path) of the VM's CD-ROM drive: ``cdrom0`` where there is one."""

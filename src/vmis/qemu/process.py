@@ -33,7 +33,7 @@ from vmis.errors import MachineStartError, NotFoundError, QemuNotInstalled, Stat
 from vmis.qemu.cmdline import BootSpec, DiskMode, MachineConfig, MachinePaths, build_command
 from vmis.qemu.monitor import qmp_ready
 
-__all__ = ["Bootable", "QemuProcess", "default_vsock_cid", "host_has_vhost_vsock"]
+__all__ = ["Bootable", "QemuProcess", "create_overlay", "default_vsock_cid", "host_has_vhost_vsock"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,24 @@ def _tail(path: Path, lines: int = 5) -> str:
     except OSError:
         return ""
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def create_overlay(boot: BootSpec, overlay: Path) -> None:
+    """Create *overlay*, a qcow2 file backed by *boot*'s disk image (which it never writes).
+
+    :raise QemuNotInstalled: When ``qemu-img`` is missing.
+    :raise MachineStartError: When ``qemu-img`` cannot create it.
+    """
+    qemu_img = shutil.which("qemu-img")
+    if qemu_img is None:
+        raise QemuNotInstalled("qemu-img is not installed; install the Debian package qemu-utils")
+    proc = subprocess.run(
+        [qemu_img, "create", "-q", "-f", "qcow2", "-F", boot.disk_format,
+         "-b", str(boot.disk.absolute()), str(overlay)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise MachineStartError(f"cannot create disk overlay {overlay}: {proc.stderr.strip()}")
 
 
 def _config_to_json(config: MachineConfig) -> dict[str, Any]:
@@ -353,21 +371,8 @@ class QemuProcess:
                     f"the disk of {self.config.name} is gone: {self.disk_chain[-1]} is missing"
                 )
             return
-        qemu_img = shutil.which("qemu-img")
-        if qemu_img is None:
-            raise QemuNotInstalled(
-                "qemu-img is not installed; install the Debian package qemu-utils"
-            )
-        boot = self.config.boot
-        overlay = self.paths.overlay
-        proc = subprocess.run(
-            [qemu_img, "create", "-q", "-f", "qcow2", "-F", boot.disk_format,
-             "-b", str(boot.disk.absolute()), str(overlay)],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise MachineStartError(f"cannot create disk overlay {overlay}: {proc.stderr.strip()}")
-        self.disk_chain = [overlay]
+        create_overlay(self.config.boot, self.paths.overlay)
+        self.disk_chain = [self.paths.overlay]
 
     def _save_state(self, argv: list[str] | None = None) -> None:
         state = {

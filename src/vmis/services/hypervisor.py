@@ -14,6 +14,8 @@ Hyper-V's VM states are used for ``Get-VM``'s State: ``Running``, ``Off``,
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +36,10 @@ __all__ = [
     "known_state",
     "require_hypervisor",
     "turn_off",
+    "wait_until_off",
 ]
+
+log = logging.getLogger(__name__)
 
 
 # Section: a checkpoint's snapshot step (docs/services/vss.md §4.2)
@@ -203,6 +208,23 @@ async def known_state(hypervisor: Hypervisor, vm: VmContext) -> str | None:
     except VmisError as exc:
         vm.log.debug("%s cannot tell the state: %s", hypervisor.name, exc)
         return None
+
+
+async def wait_until_off(hypervisor: Hypervisor, vm: VmRecord, timeout: float,
+                         every: float = 0.2) -> bool:
+    """Look at the VM's state every *every* seconds until it is Off (a backend's
+    ``wait_off``); ``True`` if it was within *timeout* seconds. A state the backend
+    cannot read for a moment (its monitor or daemon restarting) is looked at again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if await hypervisor.state(vm) == "Off":
+                return True
+        except VmisError as exc:
+            log.debug("%s: state unknown while waiting for it to be off: %s", vm.name, exc)
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(every)
 
 
 async def turn_off(host: HostContext, vm: VmContext, timeout: float) -> dict[str, Any]:
