@@ -1,9 +1,9 @@
 """API of the hypervisor operations (vmis.host.hypervisor), through the manager's backends.
 
-``POST /v1/vms/start``           Start-VM: power on or resume, through QMP
+``POST /v1/vms/start``           Start-VM: power on or resume, through QMP or libvirt
 ``POST /v1/setup-disk/insert``   Insert-SetupDisk: the setup disk into the CD-ROM drive
 ``POST /v1/setup-disk/eject``    Eject-SetupDisk
-``POST /v1/qemu/vms``            vm create: a QEMU VM from the project's guest image
+``POST /v1/qemu/vms``            vm create: a VM from the project's guest image (QEMU, or libvirt)
 
 Stop-VM -TurnOff is ``POST /v1/power/stop`` with ``turn_off`` (vmis.api.services.shutdown).
 """
