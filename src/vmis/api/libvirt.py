@@ -87,7 +87,7 @@ async def add_domains(request: Request, body: DomainsIn) -> list[dict[str, Any]]
     rows = []
     for domain in found:
         row = {"Domain": domain.name, "LibvirtUri": domain.uri, "LibvirtDomain": domain.uuid,
-               "Registered": False, "Note": None}
+               "Active": domain.active, "Registered": False, "Note": None}
         if (domain.uri, domain.uuid) in known:
             row["Note"] = f"already registered as {known[domain.uri, domain.uuid]}"
         elif domain.channel is None:

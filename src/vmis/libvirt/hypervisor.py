@@ -129,7 +129,7 @@ class LibvirtHypervisor:
 
     async def start(self, vm: VmRecord) -> dict[str, Any]:
         def start(domain: Any) -> dict[str, Any]:
-            state, _reason = domain.state()
+            state, reason = domain.state()
             if state == states.SHUTOFF:
                 saved = bool(domain.hasManagedSaveImage())
                 domain.create()
@@ -147,7 +147,7 @@ class LibvirtHypervisor:
                 return {"Action": "Resumed"}
             if state in (states.RUNNING, states.BLOCKED):
                 return {"Action": None, "Note": "already running"}
-            word = states.hyperv_state(state, _reason)
+            word = states.hyperv_state(state, reason)
             raise StateError(f"{vm.name}: libvirt reports the domain {word or 'in no state'}, "
                              "which Start-VM does not leave; turn it off first "
                              f"(vmis Stop-VM -Name {vm.name} -TurnOff)")
