@@ -38,6 +38,8 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.VmisError], int], ...] = (
     (errors.UsageError, 400),
     (errors.ConfigError, 400),
     (errors.BundleError, 400),
+    (errors.AuthenticationError, 401),
+    (errors.AccessDenied, 403),
     (errors.KvpSizeError, 413),
     (errors.KvpFormatError, 400),
     (errors.NotFoundError, 404),
