@@ -234,8 +234,8 @@ class Accounts:
 
     # Section: the audit log
 
-    def record(self, entry: AuditEntry) -> None:
-        """Add one call to the audit log.
+    def record(self, entry: AuditEntry) -> int:
+        """Add one call to the audit log; return its id (for :meth:`finish`).
 
         :raise StateError: When the database cannot take it.
         """
@@ -251,6 +251,21 @@ class Accounts:
                 if keys:
                     conn.execute(audit_vms.insert(),
                                  [{"audit_id": audit_id, "vm_key": key[:255]} for key in keys])
+        except OperationalError as exc:
+            raise StateError(f"database error: {exc.orig}") from exc
+        return int(audit_id)
+
+    def finish(self, audit_id: int | None, entry: AuditEntry) -> None:
+        """Complete an entry :meth:`record` wrote when its call began.
+
+        :raise StateError: When the database cannot take it.
+        """
+        if audit_id is None:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(audit_log.update().where(audit_log.c.id == audit_id).values(
+                    status=entry.status, result=entry.result, detail=entry.detail))
         except OperationalError as exc:
             raise StateError(f"database error: {exc.orig}") from exc
 
