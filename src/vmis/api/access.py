@@ -10,12 +10,13 @@ forgotten: it either has a line or the app does not start.
 
 The guard resolves a request's account before routing; the
 :func:`vmis.api.guard.authorize` dependency, which every route has, checks
-its role once the route is known. A request's account comes from :func:`resolve_account`, which asks each of
-:data:`AUTHENTICATORS` in turn: the Unix socket's caller is the manager's
-own user (``local:<user>``, an Administrator: whoever can open the 0600
-socket can read the store anyway), then a token in ``Authorization:
-Bearer``. A later way to present a token (the web console's session
-cookie) is one more function in that list (docs/api.md §2).
+its role once the route is known. A request's account comes from
+:func:`resolve_account`, which asks each of :data:`AUTHENTICATORS` in
+turn: the Unix socket's caller is the manager's own user (``local:<user>``,
+an Administrator: whoever can open the 0600 socket can read the store
+anyway), then a token in ``Authorization: Bearer``. A later way to present
+a token (the web console's session cookie) is one more function in that
+list (docs/api.md §2).
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def account_of(conn: HTTPConnection) -> Account:
     return account
 
 
-def set_account(conn_scope: dict[str, Any], account: Account) -> None:
+def set_account(conn_scope: Scope, account: Account) -> None:
     conn_scope[_ACCOUNT] = account
 
 

@@ -242,18 +242,19 @@ class Accounts:
         keys = sorted({vm.lower() for vm in entry.vms})
         try:
             with self.engine.begin() as conn:
-                audit_id = conn.execute(audit_log.insert().values(
+                inserted = conn.execute(audit_log.insert().values(
                     time=entry.time, account=entry.account, role=entry.role.label,
                     via=entry.via, client=entry.client[:255], method=entry.method,
                     route=entry.route[:255], path=entry.path, vms=",".join(entry.vms),
                     status=entry.status, result=entry.result, detail=entry.detail,
-                )).inserted_primary_key[0]
+                )).inserted_primary_key
+                audit_id = int(inserted[0]) if inserted is not None else 0
                 if keys:
                     conn.execute(audit_vms.insert(),
                                  [{"audit_id": audit_id, "vm_key": key[:255]} for key in keys])
         except OperationalError as exc:
             raise StateError(f"database error: {exc.orig}") from exc
-        return int(audit_id)
+        return audit_id
 
     def finish(self, audit_id: int | None, entry: AuditEntry) -> None:
         """Complete an entry :meth:`record` wrote when its call began.
