@@ -27,18 +27,17 @@ from starlette.types import ASGIApp
 from vmis.api.access import local_user, on_unix_socket
 from vmis.api.app import create_app
 from vmis.api.certs import TlsFiles, fingerprint, self_signed
+from vmis.api.remote import DEFAULT_PORT
 from vmis.errors import ConfigError
 from vmis.host.manager import HostManager
 from vmis.host.private import private_dir
 from vmis.host.store import Store, safe_url
 from vmis.qemu.hypervisor import QemuHypervisor
 
-__all__ = ["DEFAULT_PORT", "Listen", "bind_socket", "data_dir_for", "serve"]
+__all__ = ["Listen", "bind_socket", "data_dir_for", "serve"]
 
 #: the data directory of a manager whose database is not a local SQLite file
 DEFAULT_DATA_DIR = Path("/var/lib/vmis")
-#: the TCP port of ``-Listen HOST`` and of ``-ComputerName HOST`` without one
-DEFAULT_PORT = 8443
 
 _log = logging.getLogger("vmis.host")
 
