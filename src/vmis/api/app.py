@@ -10,19 +10,35 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
 import vmis
-from vmis.api.access import check_roles
+from vmis.api.access import app_routes, check_roles
 from vmis.api.docs import install_docs
 from vmis.api.errors import error_to_json, status_for
 from vmis.api.guard import AccessGuard, authorize
 from vmis.api.routes import ROUTERS
-from vmis.errors import VmisError
+from vmis.errors import ConfigError, ManagerApiError, NotFoundError, UsageError, VmisError
 from vmis.host.accounts import Accounts
 from vmis.host.manager import HostManager
 
 __all__ = ["create_app"]
+
+#: the error class of Starlette's and FastAPI's own refusals, by status
+_HTTP_ERRORS: dict[int, type[VmisError]] = {400: ConfigError, 404: NotFoundError,
+                                            405: UsageError, 413: ConfigError}
+
+
+def _methods_of(app: FastAPI, path: str) -> list[str]:
+    """Every method some route takes at *path*: a 405's ``Allow`` (Starlette names only
+    those of the first route whose path matches)."""
+    methods: set[str] = set()
+    for route in app_routes(app.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 DESCRIPTION = """The API of a vmis host manager (docs/api.md). On the manager's Unix socket it
 needs no token; over TCP every call but this description needs `Authorization: Bearer TOKEN`,
@@ -46,6 +62,17 @@ def create_app(manager: HostManager) -> FastAPI:
     async def vmis_error(conn: HTTPConnection, exc: VmisError) -> JSONResponse:
         # on a WebSocket, Starlette sends it as the answer to the handshake
         return JSONResponse(error_to_json(exc), status_code=status_for(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(conn: HTTPConnection, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's and FastAPI's own refusals (no such path, a body that is not
+        # JSON, a method the path does not take) in vmis's one error shape
+        cls = _HTTP_ERRORS.get(exc.status_code, ManagerApiError)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_methods_of(app, conn.url.path))
+        return JSONResponse(error_to_json(cls(str(exc.detail))), status_code=exc.status_code,
+                            headers=headers)
 
     for router in ROUTERS:
         app.include_router(router)

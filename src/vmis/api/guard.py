@@ -105,7 +105,7 @@ async def authorize(conn: HTTPConnection) -> None:
         if account.role < needed:
             raise refusal(account, needed, method, conn.url.path)
         return
-    client = conn.client.host if conn.client is not None else "unix"
+    client = "unix" if account.via == "socket" or conn.client is None else conn.client.host
     entry = AuditEntry(account=account.name, role=account.role, via=account.via,
                        client=client, method=method, route=path, path=conn.url.path,
                        vms=await _vms(conn, key))
