@@ -31,14 +31,16 @@ _HTTP_ERRORS: dict[int, type[VmisError]] = {400: ConfigError, 404: NotFoundError
 
 
 def _methods_of(app: FastAPI, path: str) -> list[str]:
-    """Every method some route takes at *path*: a 405's ``Allow`` (Starlette names only
-    those of the first route whose path matches)."""
-    methods: set[str] = set()
+    """The methods of *path*, a 405's ``Allow``: those of every route of its most
+    literal template (``/v1/timesync``: GET and PATCH; ``/v1/vms/start``: POST, not
+    ``/v1/vms/{name}``'s), where Starlette names only the first route's."""
+    found: dict[int, set[str]] = {}
     for route in app_routes(app.routes):
         regex = getattr(route, "path_regex", None)
         if regex is not None and regex.match(path):
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+            params = str(getattr(route, "path", "")).count("{")
+            found.setdefault(params, set()).update(getattr(route, "methods", None) or ())
+    return sorted(found[min(found)]) if found else []
 
 DESCRIPTION = """The API of a vmis host manager (docs/api.md). On the manager's Unix socket it
 needs no token; over TCP every call but this description needs `Authorization: Bearer TOKEN`,
