@@ -40,6 +40,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.VmisError], int], ...] = (
     (errors.BundleError, 400),
     (errors.AuthenticationError, 401),
     (errors.AccessDenied, 403),
+    (errors.AccessError, 403),
     (errors.KvpSizeError, 413),
     (errors.KvpFormatError, 400),
     (errors.NotFoundError, 404),

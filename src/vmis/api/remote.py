@@ -8,7 +8,8 @@ self-signed certificate itself), or pinned with ``$VMIS_CERT_FINGERPRINT``
 (its SHA-256, as ``vmis host serve`` logs it): then that certificate alone
 is accepted, whatever its name or issuer. docs/api.md §3.
 
-Standard library only: the command lines' plain calls must start fast
+Standard library only, and ``ssl`` imported when a manager is remote: the
+command lines' plain calls on the local socket must start fast
 (vmis.api.client).
 """
 
@@ -17,12 +18,15 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from vmis.errors import ConfigError, ConnectError
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["DEFAULT_PORT", "Remote"]
 
@@ -97,6 +101,8 @@ class Remote:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _context(self) -> ssl.SSLContext:
+        import ssl
+
         if self.pin is not None:
             # the pin decides, after the handshake (check_pin): no name nor issuer to check
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -115,6 +121,8 @@ class Remote:
         :raise ConnectError: When it cannot be reached or its certificate is not trusted.
         :raise ConfigError: When ``$VMIS_CA`` cannot be read.
         """
+        import ssl
+
         try:
             sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as exc:
@@ -151,6 +159,8 @@ class Remote:
     def _untrusted(self, why: str, timeout: float) -> ConnectError:
         """What a client that does not trust the certificate is told: its fingerprint too,
         to compare with the one ``vmis host serve`` logged."""
+        import ssl
+
         seen = ""
         try:
             der = self.peer_certificate(timeout)
@@ -164,6 +174,8 @@ class Remote:
 
     def peer_certificate(self, timeout: float) -> bytes:
         """The server's certificate (DER), not checked: for messages and pinning."""
+        import ssl
+
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -178,6 +190,8 @@ class Remote:
 
         :raise ConnectError: When the certificate is not the pinned one.
         """
+        import ssl
+
         if self.scheme == "http":
             return None
         if self.pin is None:
