@@ -78,6 +78,17 @@ def test_an_app_with_a_route_the_table_does_not_name_does_not_start(tmp_path):
         check_roles(app.routes)
 
 
+def test_a_mounted_app_cannot_ask_more_than_a_reader(tmp_path, monkeypatch):
+    # authorize is a FastAPI dependency: a mounted ASGI app never reaches it
+    app = create_app(HostManager(Store(f"sqlite:///{tmp_path / 'host.db'}")))
+    app.mount("/metrics", FastAPI())
+    monkeypatch.setitem(ROLES, ("GET", "/metrics"), Role.OPERATOR)
+    with pytest.raises(InternalError, match="GET /metrics: a mounted app can only be"):
+        check_roles(app.routes)
+    monkeypatch.setitem(ROLES, ("GET", "/metrics"), Role.READER)
+    check_roles(app.routes)
+
+
 async def test_without_a_token_every_route_but_the_description_answers_401(served):
     app, _ = served
     async with _client(app) as api:

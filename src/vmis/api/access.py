@@ -262,6 +262,13 @@ def check_roles(routes: Sequence[BaseRoute]) -> None:
     problems += [f"{m} {p}: changes state, so needs at least the Operator role"
                  for (m, p), role in sorted(ROLES.items(), key=lambda i: i[0])
                  if m != "GET" and (role is PUBLIC or role < OPERATOR)]
+    # a mounted app (static files, another ASGI app) has no FastAPI dependencies, so
+    # authorize never sees it: the guard's "any valid token" is all it can have
+    problems += [f"GET {path}: a mounted app can only be public or for Readers"
+                 for route in app_routes(routes)
+                 if isinstance(getattr(route, "original_route", route), Mount)
+                 for path in [str(route.path)]
+                 if ROLES.get(("GET", path)) not in (PUBLIC, READER)]
     if problems:
         raise InternalError("the API's routes and its role table disagree: "
                             + "; ".join(problems))
