@@ -10,6 +10,9 @@ and the classes the same::
     VmisError
      +-- UsageError               the command line is wrong (exit status 2)
      +-- ConfigError              a configuration file, option value or request field is invalid
+     +-- AccessError              the caller may not make this request of the host manager's API
+     |    +-- AuthenticationError no valid API token was presented (HTTP 401)
+     |    +-- AccessDenied        the caller's role does not allow the request (HTTP 403)
      +-- NotFoundError            an unknown VM, service, key, file, device ... was named
      |    +-- UnknownOSError      an OS name the update advisor does not know (``.suggestions``)
      |    +-- QemuNotInstalled    QEMU or another program the QEMU layer needs is missing
@@ -55,6 +58,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
+    "AccessDenied",
+    "AccessError",
+    "AuthenticationError",
     "BundleError",
     "ChannelClosed",
     "ChannelError",
@@ -106,6 +112,18 @@ class UsageError(VmisError):
 
 class ConfigError(VmisError):
     """A configuration file, option value or request field is invalid."""
+
+
+class AccessError(VmisError):
+    """The caller may not make this request of the host manager's API."""
+
+
+class AuthenticationError(AccessError):
+    """No valid API token came with a request that needs one (docs/api.md §2)."""
+
+
+class AccessDenied(AccessError):
+    """The caller's role does not allow the request (docs/api.md §2)."""
 
 
 class NotFoundError(VmisError):

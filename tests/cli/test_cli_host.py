@@ -30,7 +30,7 @@ def test_help_lists_every_command_in_its_order(capsys):
         "Update-VMIntegrationServices", "Copy-VMFile", "Get-VMKvp", "Set-VMKvp", "Remove-VMKvp",
         "Stop-VM", "Restart-VM", "Get-VMTimeSync", "Set-VMTimeSync", "Invoke-Command",
         "Checkpoint-VM", "Get-VMCheckpoint", "Get-VMVss", "vm set-snapshot-command",
-        "host serve", "Get-VMIntegrationServicesUpdatePath", "Install-VMIntegrationServices",
+        "token add", "token list", "token remove", "Get-VMAuditLog", "host serve", "Get-VMIntegrationServicesUpdatePath", "Install-VMIntegrationServices",
         "setup-disk build", "lab up", "lab down", "lab status", "lab guest",
     ]
 

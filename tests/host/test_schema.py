@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from support.pair import eventually, host_guest_pair
 
 from vmis.errors import ConfigError
@@ -31,7 +32,6 @@ def db_url(request, tmp_path) -> str:
 
 def newest_revision() -> str:
     """The head of vmis.host.migrations' revisions: what every store is brought to."""
-    from alembic.script import ScriptDirectory
 
     from vmis.host import migrations
 

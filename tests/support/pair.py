@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from vmis.api.access import on_unix_socket
 from vmis.api.app import create_app
 from vmis.guest.adapters import make_adapters
 from vmis.guest.agent import Agent
@@ -95,7 +96,9 @@ async def host_guest_pair(
                    heartbeat_interval_ms=heartbeat_interval_ms)
     session = manager.session("DemoVM")
     app = create_app(manager)
-    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vmis")
+    # as the manager's Unix socket serves it: its caller needs no token
+    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=on_unix_socket(app)),
+                            base_url="http://vmis")
     pair = Pair(manager, agent, session, root, api)
     pair._agent_task = task
     try:

@@ -1,4 +1,4 @@
-"""Client of the host manager's API over its Unix socket (used by the CLI).
+"""Client of the host manager's API, over its Unix socket or TCP (used by the CLI).
 
 A plain call (a JSON request, a JSON answer) is one HTTP/1.1 exchange on a
 new connection, written with the standard library's socket alone: the
@@ -6,6 +6,9 @@ command lines' common path (``vmis Get-VMIntegrationService``) must start
 fast (bench/cli_start.py), and importing httpx took longer than all the rest
 of that command. Streams (JSON lines of long work) use httpx, imported when
 the first stream opens.
+
+A remote manager (:class:`~vmis.api.remote.Remote`: ``-ComputerName`` or
+``$VMIS_URL``) is reached the same way over TCP, TLS and its token added.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote, urlencode
 
+from vmis.api.remote import Remote
 from vmis.errors import ConfigError, ConnectError, ManagerApiError, RequestTimeout
 
 __all__ = ["SYSTEM_SOCKET", "ApiClient", "api_path", "default_lab_dir", "default_socket"]
@@ -117,12 +121,25 @@ class ApiClient:
 
     :param socket: the manager's Unix socket.
     :param timeout: seconds per call (long operations pass their own).
+    :param remote: a manager over TCP instead (its URL, token, trust).
     """
 
-    def __init__(self, socket: Path | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, socket: Path | None = None, timeout: float = 60.0,
+                 remote: Remote | None = None) -> None:
         self.socket = socket or default_socket()
         self.timeout = timeout
+        self.remote = remote
         self._httpx: Any = None
+
+    @classmethod
+    def for_target(cls, computer_name: str | None = None) -> ApiClient:
+        """The client of ``-ComputerName`` (else ``$VMIS_URL``), else of the local socket."""
+        return cls(remote=Remote.from_environment(computer_name))
+
+    @property
+    def where(self) -> str:
+        """The manager, for messages: its URL or its socket."""
+        return self.remote.url if self.remote is not None else str(self.socket)
 
     def close(self) -> None:
         if self._httpx is not None:
@@ -135,6 +152,8 @@ class ApiClient:
         self.close()
 
     def _unreachable(self, exc: BaseException) -> ConnectError:
+        if self.remote is not None:
+            return ConnectError(f"no host manager answers at {self.remote.url}: {exc}", exc)
         if isinstance(exc, PermissionError):
             return ConnectError(f"permission denied on the host manager's socket {self.socket} "
                                 "(mode 0600: run as the user who started it, or as root)", exc)
@@ -159,8 +178,11 @@ class ApiClient:
         if query:
             target += ("&" if "?" in target else "?") + urlencode(query, doseq=True)
         body = None if json is None else jsonlib.dumps(json).encode()
-        head = [f"{method} {target} HTTP/1.1", "Host: vmis", "Connection: close",
+        host = self.remote.host_header if self.remote is not None else "vmis"
+        head = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close",
                 "Accept: application/json"]
+        if self.remote is not None:
+            head += [f"{name}: {value}" for name, value in self.remote.headers().items()]
         if body is not None:
             head.append("Content-Type: application/json")
         if body is not None or method in ("POST", "PUT", "PATCH"):
@@ -168,14 +190,21 @@ class ApiClient:
         request = ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + (body or b"")
         return self._decode(self._exchange(request, self.timeout if timeout is None else timeout))
 
-    def _exchange(self, request: bytes, timeout: float) -> _Answer:
+    def _connect(self, timeout: float) -> socket.socket:
+        if self.remote is not None:
+            return self.remote.connect(timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            try:
-                sock.connect(str(self.socket))
-            except OSError as exc:
-                raise self._unreachable(exc) from exc
+            sock.connect(str(self.socket))
+        except OSError as exc:
+            sock.close()
+            raise self._unreachable(exc) from exc
+        return sock
+
+    def _exchange(self, request: bytes, timeout: float) -> _Answer:
+        sock = self._connect(timeout)
+        try:
             sock.sendall(request)
             data = bytearray()
             while chunk := sock.recv(1024 * 1024):
@@ -216,7 +245,11 @@ class ApiClient:
 
         from vmis.api.errors import error_from_json
 
-        if self._httpx is None:
+        if self._httpx is None and self.remote is not None:
+            self._httpx = httpx.Client(
+                base_url=self.remote.url, headers=self.remote.headers(), timeout=self.timeout,
+                verify=self.remote.library_context(self.timeout) or False)
+        elif self._httpx is None:
             self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
                                        base_url="http://vmis", timeout=self.timeout)
         try:
@@ -237,6 +270,38 @@ class ApiClient:
                         yield item
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise self._unreachable(exc) from exc
+
+    async def websocket(self, path: str, **options: Any) -> Any:
+        """A WebSocket to *path* under ``/v1`` (Invoke-Command), through websockets:
+        its ``ClientConnection``. *options* go to websockets' ``connect``.
+
+        :raise AccessError: When the manager refuses the caller (401, 403).
+        :raise ConnectError: When it cannot be reached or does not stream.
+        """
+        from websockets.asyncio.client import connect, unix_connect
+        from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+        try:
+            if self.remote is None:
+                return await unix_connect(str(self.socket), f"ws://vmis/v1{path}", **options)
+            scheme = "wss" if self.remote.scheme == "https" else "ws"
+            return await connect(
+                f"{scheme}://{self.remote.host_header}/v1{path}",
+                additional_headers=self.remote.headers(),
+                ssl=self.remote.library_context(options.get("open_timeout") or self.timeout),
+                **options)
+        except InvalidStatus as exc:
+            answer = exc.response
+            try:
+                body = jsonlib.loads(answer.body or b"")
+            except ValueError:
+                body = {"error": f"the WebSocket was refused: {answer.status_code}"}
+            _raise(answer.status_code, body)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise ConnectError(
+                f"the vmis host manager is not running or does not stream (no WebSocket at "
+                f"{self.where}: {exc}); start it with 'vmis host serve' or 'vmis lab up'",
+                exc) from exc
 
 
 def _raise(status: int, body: Any) -> NoReturn:

@@ -1,4 +1,12 @@
-"""``vmis host serve``: the host manager with its API on a Unix socket."""
+"""``vmis host serve``: the host manager with its API on a Unix socket, and on TCP if asked.
+
+The Unix socket (mode 0600) is always there and needs no token: whoever can
+open it is the manager's user. ``-Listen HOST:PORT`` serves the same API
+over TCP, where every call needs a token (vmis.api.access): with TLS
+(``-CertificatePath``/``-KeyPath``, or ``-SelfSignedCertificate``), or as
+plain HTTP on a loopback address only, since a token sent in clear over a
+network is a token given away.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +18,16 @@ import resource
 import signal
 import socket
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
+from vmis.api.access import local_user, on_unix_socket
 from vmis.api.app import create_app
+from vmis.api.certs import TlsFiles, fingerprint, self_signed
+from vmis.api.remote import DEFAULT_PORT
 from vmis.errors import ConfigError
 from vmis.host.manager import HostManager
 from vmis.host.private import private_dir
@@ -22,7 +35,7 @@ from vmis.host.store import Store, safe_url
 from vmis.qemu.hypervisor import QemuHypervisor
 from vmis.services.hypervisor import Hypervisor
 
-__all__ = ["bind_socket", "data_dir_for", "serve"]
+__all__ = ["Listen", "bind_socket", "data_dir_for", "serve"]
 
 #: the data directory of a manager whose database is not a local SQLite file
 DEFAULT_DATA_DIR = Path("/var/lib/vmis")
@@ -63,6 +76,88 @@ def bind_socket(path: Path) -> socket.socket:
         os.umask(old)
     sock.listen(128)
     return sock
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """What ``-Listen`` and the TLS parameters ask for.
+
+    :param address: ``HOST:PORT``, ``[IPv6]:PORT``, or ``HOST`` (port 8443).
+    :param cert: with *key*: the administrator's certificate (PEM, chain after it).
+    :param self_signed: make (once) and use a self-signed pair in the data directory.
+    """
+
+    address: str
+    cert: Path | None = None
+    key: Path | None = None
+    self_signed: bool = False
+
+    def host_port(self) -> tuple[str, int]:
+        """:raise ConfigError: For an address that is not one."""
+        text = self.address.strip()
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        else:
+            host, port_text = text, ""
+        try:
+            port = int(port_text) if port_text else DEFAULT_PORT
+        except ValueError:
+            port = -1
+        if not host or not 0 <= port <= 65535:
+            raise ConfigError(f"-Listen {self.address}: give HOST:PORT (127.0.0.1:8443, "
+                              "[::1]:8443, 0.0.0.0:8443)")
+        return host, port
+
+    def tls(self, data_dir: Path) -> TlsFiles | None:
+        """The certificate to serve, made now if asked and missing.
+
+        :raise ConfigError: For a certificate without its key, or both ways at once,
+            or plain HTTP on an address that is not loopback.
+        """
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("-CertificatePath and -KeyPath go together")
+        if self.cert is not None and self.self_signed:
+            raise ConfigError("-SelfSignedCertificate or -CertificatePath/-KeyPath, not both")
+        host, _ = self.host_port()
+        if self.cert is not None and self.key is not None:
+            files = TlsFiles(self.cert.absolute(), self.key.absolute())
+        elif self.self_signed:
+            files = self_signed(data_dir, host)
+        elif not _is_loopback(host):
+            raise ConfigError(f"-Listen {self.address} is not a loopback address: tokens would "
+                              "cross the network in clear; add -SelfSignedCertificate or "
+                              "-CertificatePath and -KeyPath")
+        else:
+            return None
+        files.check()
+        return files
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address *host* names is a loopback one."""
+    import ipaddress
+
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback
+               for info in infos)
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """The listening TCP socket of ``-Listen``.
+
+    :raise ConfigError: When the address cannot be bound (in use, not this machine's).
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def raise_file_limit() -> None:
@@ -117,35 +212,58 @@ def hypervisors_for(libvirt_uris: Sequence[str], data_dir: Path) -> list[Hypervi
     return [*backends, QemuHypervisor(data_dir)]
 
 
+def _server(app: ASGIApp, tls: TlsFiles | None = None) -> _Server:
+    # proxy_headers off: the audit log's client address is the peer's, not a header's
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                            proxy_headers=False,
+                            ssl_certfile=tls.cert if tls else None,
+                            ssl_keyfile=tls.key if tls else None)
+    return _Server(config)
+
+
+def _stop(servers: list[_Server]) -> None:
+    for server in servers:
+        server.should_exit = True
+
+
 async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None,
-                libvirt_uris: Sequence[str] = ()) -> None:
+                listen: Listen | None = None, libvirt_uris: Sequence[str] = ()) -> None:
     """Run the manager until SIGTERM/SIGINT or cancellation.
 
     :param libvirt_uris: libvirt connections whose domains the manager drives
         (``host serve -Hypervisor``).
+    :raise ConfigError: For a bad -Listen or certificate, before anything starts.
     """
     raise_file_limit()
     _private_store_dir(db_url)
     data_dir = data_dir_for(db_url)
     hypervisors = hypervisors_for(libvirt_uris, data_dir)
+    tls = listen.tls(data_dir) if listen is not None else None
+    tcp = bind_tcp(*listen.host_port()) if listen is not None else None
     store = Store(db_url)
     sock = bind_socket(socket_path)
     manager = HostManager(store, hypervisors=hypervisors, data_dir=data_dir)
     await manager.start()
     app = create_app(manager)
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-    server = _Server(config)
+    servers = [_server(on_unix_socket(app, local_user()))]
+    if tcp is not None:
+        servers.append(_server(app, tls))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(sig, _stop, servers)
     _log.info("host manager listening on %s (database %s)", socket_path, safe_url(db_url))
+    tasks = [asyncio.create_task(servers[0].serve(sockets=[sock]))]
+    if tcp is not None:
+        tasks.append(asyncio.create_task(servers[1].serve(sockets=[tcp])))
+        _log_tcp(tcp, tls)
     try:
-        serve_task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not serve_task.done():
+        while not all(s.started for s in servers) and not any(t.done() for t in tasks):
             await asyncio.sleep(0.02)
         if ready is not None:
             ready.set()
-        await serve_task
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        _stop(servers)  # one ended (a failure): end the other too
+        await asyncio.gather(*tasks)
     finally:
         await manager.close()
         for backend in hypervisors:
@@ -154,3 +272,13 @@ async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = No
                 close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
+
+
+def _log_tcp(tcp: socket.socket, tls: TlsFiles | None) -> None:
+    host, port = tcp.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    if tls is None:
+        _log.info("API on http://%s:%d (plain HTTP: loopback only)", shown, port)
+    else:
+        _log.info("API on https://%s:%d (certificate %s, SHA-256 fingerprint %s)", shown, port,
+                  tls.cert, fingerprint(tls.cert))

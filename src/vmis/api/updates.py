@@ -19,7 +19,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from vmis.api.context import manager_of
+from vmis.api.docs import ndjson_response
 from vmis.api.errors import error_to_json
+from vmis.api.guard import note
 from vmis.errors import VmisError
 from vmis.host.update import RESTART_TIMEOUT, Bundle, update_vms
 
@@ -35,7 +37,8 @@ class UpdateIn(BaseModel):
     timeout: float = Field(default=RESTART_TIMEOUT, gt=0, le=3600)
 
 
-@router.post("/update")
+@router.post("/update", responses=ndjson_response(
+    "progress lines as each VM moves on, then the result of every VM", "progress", "result"))
 async def update(request: Request, body: UpdateIn) -> StreamingResponse:
     manager = manager_of(request)
     manager.match(body.vms)  # unknown VMs fail here, as an ordinary error answer
@@ -57,9 +60,13 @@ async def update(request: Request, body: UpdateIn) -> StreamingResponse:
             try:
                 results = task.result()
             except VmisError as exc:
+                note(request, failure=exc)
                 yield json.dumps({"type": "error", **error_to_json(exc, type_key="class")}
                                  ).encode() + b"\n"
                 return
+            failed = [r["VMName"] for r in results if r.get("Result") not in ("updated", "current")]
+            if failed:
+                note(request, failure=f"not updated: {', '.join(failed)}")
             yield json.dumps({"type": "result", "VMs": results}).encode() + b"\n"
         finally:
             if not task.done():

@@ -211,13 +211,20 @@ def cmd_host_serve(args: dict[str, Any]) -> int:
     import logging
 
     from vmis.api.client import SYSTEM_SOCKET
-    from vmis.api.server import serve
+    from vmis.api.server import Listen, serve
 
     socket_path = Path(args["Socket"] or os.environ.get("VMIS_SOCKET") or SYSTEM_SOCKET)
     db = args["Db"] or "sqlite:////var/lib/vmis/host.db"
+    tls = args["CertificatePath"] or args["KeyPath"] or args["SelfSignedCertificate"]
+    if tls and not args["Listen"]:
+        raise UsageError("host serve: -CertificatePath, -KeyPath and -SelfSignedCertificate "
+                         "are for -Listen HOST:PORT")
+    listen = Listen(args["Listen"], Path(args["CertificatePath"]) if args["CertificatePath"]
+                    else None, Path(args["KeyPath"]) if args["KeyPath"] else None,
+                    args["SelfSignedCertificate"]) if args["Listen"] else None
     logging.basicConfig(level=args["LogLevel"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_fast(serve(db, socket_path, libvirt_uris=args["Hypervisor"] or ()))
+    run_fast(serve(db, socket_path, listen=listen, libvirt_uris=args["Hypervisor"] or ()))
     return 0
 
 
@@ -277,28 +284,48 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 LOCAL_COMMANDS: tuple[Command, ...] = (
-    Command("host serve", "Run the host manager (API on a Unix socket, mode 0600).", (
+    Command("host serve", "Run the host manager (API on a Unix socket, mode 0600; on TCP "
+                          "with -Listen).", (
         Param("Db", help="SQLAlchemy URL (default sqlite:////var/lib/vmis/host.db)"),
         Param("Socket", help="API socket (default /run/vmis/host.sock, or $VMIS_SOCKET)"),
+        Param("Listen", help="also serve the API on TCP, HOST:PORT (port 8443 if left out); "
+                             "every call there needs a token; without TLS, loopback only"),
+        Param("CertificatePath", help="TLS certificate for -Listen (PEM, its chain after it)"),
+        Param("KeyPath", help="the private key of -CertificatePath (PEM)"),
+        Param("SelfSignedCertificate", "switch",
+              help="TLS for -Listen with a self-signed pair, made once in the data directory "
+                   "(the log shows its fingerprint for $VMIS_CERT_FINGERPRINT)"),
         Param("LogLevel", choices=("debug", "info", "warning", "error"), default="info"),
         Param("Hypervisor", "list", help="libvirt connection URIs whose domains it drives "
                                          "(qemu:///system); repeatable"),
     ), cmd_host_serve, local=True, examples=(
         "vmis host serve -Hypervisor qemu:///system",
+        "vmis host serve -Listen 0.0.0.0:8443 -SelfSignedCertificate",
+        "vmis host serve -Listen 127.0.0.1:8080",
     )),
     *UPDATE_PATH_COMMANDS,
     *SETUP_DISK_COMMANDS,
 )
 
 
+#: a common parameter of every command that calls the manager, as Hyper-V's cmdlets have
+COMPUTER_NAME = Param("ComputerName", aliases=("Server",),
+                      help="a remote host manager: https://HOST:PORT, or HOST (port 8443); "
+                           "default $VMIS_URL, else this machine's socket; its token in "
+                           "$VMIS_TOKEN")
+
+
 def _all_commands() -> tuple[Command, ...]:
+    from vmis.cli.accountcmd import ACCOUNT_COMMANDS
     from vmis.cli.host_commands import SERVICE_COMMANDS
     from vmis.cli.hypervisorcmd import HYPERVISOR_COMMANDS
     from vmis.cli.labcmd import LAB_COMMANDS
     from vmis.cli.updatecmd import UPDATE_COMMANDS
 
-    return (COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS + SERVICE_COMMANDS
-            + LOCAL_COMMANDS + LAB_COMMANDS)
+    remote = COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS + SERVICE_COMMANDS \
+        + ACCOUNT_COMMANDS
+    return tuple(c._replace(params=(*c.params, COMPUTER_NAME)) for c in remote) \
+        + LOCAL_COMMANDS + LAB_COMMANDS
 
 
 def _help(commands: Sequence[Command]) -> str:
@@ -310,7 +337,9 @@ def _help(commands: Sequence[Command]) -> str:
         lines.append(f"  {c.name:30} {c.summary}{alias}")
     lines += ["", "Run 'vmis COMMAND -?' for a command's parameters.",
               "The manager's socket: $VMIS_SOCKET, else the lab's when a lab runs "
-              "($VMIS_LAB_DIR, default ~/.local/state/vmis/lab), else /run/vmis/host.sock."]
+              "($VMIS_LAB_DIR, default ~/.local/state/vmis/lab), else /run/vmis/host.sock.",
+              "A remote manager: -ComputerName or $VMIS_URL, with $VMIS_TOKEN (and $VMIS_CA "
+              "or $VMIS_CERT_FINGERPRINT for a self-signed certificate)."]
     return "\n".join(lines)
 
 
@@ -341,7 +370,7 @@ def _call(cmd: Command, args: dict[str, Any]) -> int:
     if cmd.local:
         code: int = cmd.run(args)
         return code
-    with ApiClient() as api:
+    with ApiClient.for_target(args.get("ComputerName")) as api:
         code = cmd.run(api, args)
     return code
 

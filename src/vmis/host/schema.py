@@ -1,7 +1,8 @@
 """The store's schema: its tables, and bringing a database up to them.
 
-The tables are the registry's (vmis.host.store) and each catalogued host
-half's (``HostService.tables``), all on vmis.services.host_half.metadata.
+The tables are the registry's (vmis.host.store), the API accounts'
+(vmis.host.accounts) and each catalogued host half's
+(``HostService.tables``), all on vmis.services.host_half.metadata.
 A database, SQLite or PostgreSQL, is brought to them by the Alembic
 revisions in vmis.host.migrations, applied when a host manager opens its
 store: a new database gets every table, an older one the revisions it
@@ -31,6 +32,7 @@ _MIGRATION_LOCK = 0x766D6973  # "vmis"
 
 def target_metadata() -> sa.MetaData:
     """Every table of the store, the host halves' included."""
+    import vmis.host.accounts  # the API's tokens and audit log
     import vmis.host.store  # noqa: F401  (the registry's tables)
 
     for spec in CATALOG:

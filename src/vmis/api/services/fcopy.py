@@ -22,7 +22,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from vmis.api.context import manager_of
+from vmis.api.docs import ndjson_response
 from vmis.api.errors import error_to_json
+from vmis.api.guard import note
 from vmis.errors import InternalError, VmisError
 from vmis.services.fcopy.file_copier import CopyProgress
 from vmis.services.fcopy.host import FcopyHost
@@ -49,7 +51,11 @@ def _error_line(exc: VmisError) -> dict[str, Any]:
     return {"type": "error", **error_to_json(exc, type_key="class")}
 
 
-@router.post("/vms/{name}/copy", response_model=None)
+_STREAM = ndjson_response("with ?stream=true: progress lines, then the result or the error",
+                          "progress", "result")
+
+
+@router.post("/vms/{name}/copy", response_model=None, responses=_STREAM)
 async def copy(request: Request, name: str, body: CopyIn,
                stream: bool = Query(False)) -> dict[str, Any] | StreamingResponse:
     fcopy = manager_of(request).service(FcopyHost)
@@ -86,9 +92,11 @@ async def copy(request: Request, name: str, body: CopyIn,
             try:
                 result = {"type": "result", **task.result()}
             except VmisError as exc:
+                note(request, failure=exc)
                 result = _error_line(exc)
             except Exception as exc:
                 _log.exception("Copy-VMFile %s failed", name)
+                note(request, failure=f"{type(exc).__name__}: {exc}")
                 result = _error_line(InternalError(f"the copy failed: {exc}"))
             yield json.dumps(result).encode() + b"\n"
         finally:

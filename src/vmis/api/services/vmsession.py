@@ -24,12 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
+from vmis.api.access import account_of
 from vmis.api.errors import error_to_json
+from vmis.api.guard import note
 from vmis.errors import ConfigError, StateError, VmisError
 from vmis.host.manager import HostManager
 from vmis.services.vmsession.host import Exit, InputCredit, Output, RemoteCommand
@@ -73,6 +77,8 @@ class _Relay:
         self.ws = websocket
         self.cmd = cmd
         self.keepalive = keepalive
+        #: how the command ended, for the audit log
+        self.outcome = "the client went away; the command was killed"
 
     async def _send_json(self, body: dict[str, Any]) -> None:
         try:
@@ -90,6 +96,7 @@ class _Relay:
                 await self._send_json({"type": "keepalive"})
                 continue
             except VmisError as exc:
+                self.outcome = f"failed: {exc}"
                 await self._send_json(_error(exc))
                 return
             if isinstance(event, Output):
@@ -100,6 +107,7 @@ class _Relay:
             elif isinstance(event, InputCredit):
                 await self._send_json({"type": "window", "bytes": event.bytes})
             elif isinstance(event, Exit):
+                self.outcome = f"exit status {event.status} ({event.reason})"
                 await self._send_json({"type": "exit", **event.to_json()})
                 return
 
@@ -151,6 +159,13 @@ class _Relay:
                     await task
 
 
+def _requested_by(websocket: WebSocket, claimed: str) -> str:
+    """Who asked, for both sides' logs: the account the guard found, and the login
+    name the client says it runs as, which only the account vouches for."""
+    account = account_of(websocket).name
+    return f"{account} (login {claimed})" if claimed and claimed != account else account
+
+
 @router.websocket("/vms/{name}/exec")
 async def exec_command(websocket: WebSocket, name: str) -> None:
     """Invoke-Command: run one command in the VM's guest, streamed both ways."""
@@ -159,17 +174,21 @@ async def exec_command(websocket: WebSocket, name: str) -> None:
     try:
         async with asyncio.timeout(_START_TIMEOUT):
             start = ExecStart.model_validate(await websocket.receive_json())
+        note(websocket, detail=shlex.join(start.argv))
         cmd = await RemoteCommand.start(
             manager.session(name), start.argv, cwd=start.cwd, env=start.env,
-            stdin=start.stdin, timeout=start.timeout, requested_by=start.requested_by,
-            window=STREAM_WINDOW)
+            stdin=start.stdin, timeout=start.timeout,
+            requested_by=_requested_by(websocket, start.requested_by), window=STREAM_WINDOW)
     except (WebSocketDisconnect, TimeoutError):
+        note(websocket, failure="the client sent no start message")
         return
     except (ValidationError, ValueError) as exc:
+        note(websocket, failure="invalid start message")
         await websocket.send_json(_error(ConfigError(f"invalid start message: {exc}")))
         await websocket.close()
         return
     except VmisError as exc:
+        note(websocket, failure=exc)
         await websocket.send_json(_error(exc))
         await websocket.close()
         return
@@ -181,3 +200,25 @@ async def exec_command(websocket: WebSocket, name: str) -> None:
         await websocket.close()
     except (_ClientGone, WebSocketDisconnect, RuntimeError, OSError):
         cmd.abandon()
+    finally:
+        note(websocket, detail=relay.outcome)
+
+
+#: what the OpenAPI document says of the WebSocket (vmis.api.docs)
+_EXEC_DOC = """Invoke-Command: a WebSocket (send `Upgrade: websocket`; without it the answer
+is 426). The client's first message is a text JSON `ExecStart`; then, down: binary
+`[1|2] + bytes` (stdout, stderr) and text JSON `started`, `window`, `keepalive`, `exit`,
+`error`; up: binary stdin bytes within the granted window, text JSON `ack`, `eof`,
+`signal` (docs/services/vmsession.md §8)."""
+
+
+@router.get("/vms/{name}/exec", status_code=426, description=_EXEC_DOC, responses={
+    101: {"description": "Switching Protocols: the command's WebSocket"},
+    426: {"description": "Upgrade Required: this is a WebSocket", "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+})
+async def exec_without_upgrade(name: str) -> JSONResponse:
+    error = ConfigError(f"/v1/vms/{name}/exec is a WebSocket: connect with 'Upgrade: "
+                        "websocket' (vmis Invoke-Command does)")
+    return JSONResponse(error_to_json(error), status_code=426,
+                        headers={"Upgrade": "websocket", "Connection": "Upgrade"})

@@ -7,7 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from vmis.api.access import require
 from vmis.api.context import manager_of
+from vmis.api.guard import note
+from vmis.host.accounts import Role
 from vmis.services.vss import MAX_FREEZE_TIMEOUT, SnapshotType
 from vmis.services.vss.host import VssHost
 
@@ -35,10 +38,15 @@ class VssSettingsIn(BaseModel):
 @router.post("/vms/{name}/checkpoints")
 async def checkpoint(request: Request, name: str, body: CheckpointIn) -> dict[str, Any]:
     """Freeze, snapshot, thaw; a failed checkpoint is a report with Status Failed."""
+    if body.snapshot_command is not None:
+        # the command runs on the host, as the manager's user: not an Operator's to give
+        require(request, Role.ADMINISTRATOR, "a checkpoint's own -SnapshotCommand")
     report = await manager_of(request).service(VssHost).checkpoint(
         name, name=body.name, snapshot_type=body.snapshot_type, command=body.snapshot_command,
         freeze_timeout=body.freeze_timeout,
     )
+    if report.status == "Failed":
+        note(request, failure=report.error or "the checkpoint failed")
     return report.to_json()
 
 

@@ -108,7 +108,7 @@ def cmd_invoke(api: ApiClient, args: dict[str, Any]) -> int:
 
         from vmis.cli.host_commands.vmsession_stream import Invocation
 
-        end = asyncio.run(Invocation(api.socket, vm, start, collect).run())
+        end = asyncio.run(Invocation(api, vm, start, collect).run())
     except VmisError as exc:
         report_error("Invoke-Command", exc, args["json"])
         return FAILURE_STATUS

@@ -15,12 +15,11 @@ import json
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmis.api.client import api_path
+from vmis.api.client import ApiClient, api_path
 from vmis.api.errors import error_from_json
-from vmis.errors import ChannelError, ConnectError, ManagerApiError
+from vmis.errors import ChannelError, ManagerApiError
 from vmis.services.vmsession import CHUNK, KEEPALIVE_MISSES
 
 if TYPE_CHECKING:
@@ -84,9 +83,9 @@ class Invocation:
         writing it to this process's stdout and stderr (``--json``).
     """
 
-    def __init__(self, socket: Path, vm: str, start: dict[str, Any],
+    def __init__(self, api: ApiClient, vm: str, start: dict[str, Any],
                  collect: dict[int, bytearray] | None = None) -> None:
-        self.socket = socket
+        self.api = api
         self.vm = vm
         self.start = start
         self.collect = collect
@@ -101,20 +100,12 @@ class Invocation:
     async def run(self) -> dict[str, Any]:
         """Run the command to its end; return the manager's exit message, with
         ``"broken_pipe": True`` when our stdout's reader went away first."""
-        from websockets.asyncio.client import unix_connect
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+        from websockets.exceptions import ConnectionClosed
 
-        uri = f"ws://vmis/v1{api_path('vms', self.vm, 'exec')}"
-        try:
-            ws = await unix_connect(str(self.socket), uri, compression=None,
-                                    ping_interval=self.keepalive,
-                                    ping_timeout=self.keepalive * KEEPALIVE_MISSES,
-                                    max_size=4 * CHUNK, open_timeout=30)
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            raise ConnectError(
-                f"the vmis host manager is not running or does not stream (no WebSocket on "
-                f"{self.socket}: {exc}); start it with 'vmis host serve' or 'vmis lab up'",
-                exc) from exc
+        ws = await self.api.websocket(api_path("vms", self.vm, "exec"), compression=None,
+                                      ping_interval=self.keepalive,
+                                      ping_timeout=self.keepalive * KEEPALIVE_MISSES,
+                                      max_size=4 * CHUNK, open_timeout=30)
         self.ws = ws
         try:
             await ws.send(json.dumps(self.start))
