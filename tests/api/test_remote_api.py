@@ -39,7 +39,7 @@ def test_the_command_line_reaches_the_manager_with_a_token(short_tmp):
     with served_manager(short_tmp) as served:
         assert served.url.startswith("http://127.0.0.1:")
         made = _vmis(served.env(), "token", "add", "ops", "-Role", "Operator",
-                     "-ComputerName", served.url)
+                     "-Server", served.url)
         assert made.returncode == 1 and "needs a token" in made.stderr  # none over TCP
         reader = served.token("viewer", "Reader")
         operator = served.token("ops", "Operator")
@@ -49,10 +49,10 @@ def test_the_command_line_reaches_the_manager_with_a_token(short_tmp):
                         "-Value", "v", "--json")
         assert refused.returncode == 1
         assert json.loads(refused.stderr)["Type"] == "AccessDenied"
-        # -ComputerName wins over $VMIS_URL
+        # -Server wins over $VMIS_URL
         env = {**served.env(operator), "VMIS_URL": "http://127.0.0.1:1"}
         missing = _vmis(env, "Set-VMKvp", "-VMName", "DemoVM", "-Key", "k", "-Value", "v",
-                        "-ComputerName", served.url)
+                        "-Server", served.url)
         assert missing.returncode == 1 and "no VM named 'DemoVM'" in missing.stderr
         audit = _vmis({**served.env(), "VMIS_SOCKET": str(served.socket), "VMIS_URL": ""},
                       "Get-VMAuditLog", "-VMName", "demo*", "--json")

@@ -7,7 +7,7 @@ fast (bench/cli_start.py), and importing httpx took longer than all the rest
 of that command. Streams (JSON lines of long work) use httpx, imported when
 the first stream opens.
 
-A remote manager (:class:`~vmis.api.remote.Remote`: ``-ComputerName`` or
+A remote manager (:class:`~vmis.api.remote.Remote`: ``-Server`` or
 ``$VMIS_URL``) is reached the same way over TCP, TLS and its token added.
 """
 
@@ -132,9 +132,9 @@ class ApiClient:
         self._httpx: Any = None
 
     @classmethod
-    def for_target(cls, computer_name: str | None = None) -> ApiClient:
-        """The client of ``-ComputerName`` (else ``$VMIS_URL``), else of the local socket."""
-        return cls(remote=Remote.from_environment(computer_name))
+    def for_target(cls, server: str | None = None) -> ApiClient:
+        """The client of ``-Server`` (else ``$VMIS_URL``), else of the local socket."""
+        return cls(remote=Remote.from_environment(server))
 
     @property
     def where(self) -> str:

@@ -1,6 +1,6 @@
 """Where the command line finds a remote host manager, and how it trusts its certificate.
 
-``-ComputerName URL`` (alias ``-Server``) or ``$VMIS_URL`` names the manager
+``-Server URL`` or ``$VMIS_URL`` names the manager
 (``https://host:8443``; ``host`` alone is ``https://host:8443``), ``$VMIS_TOKEN``
 the API token. A manager's certificate is trusted as the system trusts
 certificates, or through ``$VMIS_CA`` (a PEM file of CAs, or the manager's
@@ -80,9 +80,9 @@ class Remote:
                    Path(ca).expanduser() if ca else None, digest)
 
     @classmethod
-    def from_environment(cls, computer_name: str | None = None) -> Remote | None:
-        """The manager of ``-ComputerName`` (else ``$VMIS_URL``), or None: the local socket."""
-        url = computer_name or os.environ.get("VMIS_URL")
+    def from_environment(cls, server: str | None = None) -> Remote | None:
+        """The manager of ``-Server`` (else ``$VMIS_URL``), or None: the local socket."""
+        url = server or os.environ.get("VMIS_URL")
         if not url:
             return None
         return cls.parse(url, os.environ.get("VMIS_TOKEN"), os.environ.get("VMIS_CA"),

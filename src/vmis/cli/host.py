@@ -308,11 +308,11 @@ LOCAL_COMMANDS: tuple[Command, ...] = (
 )
 
 
-#: a common parameter of every command that calls the manager, as Hyper-V's cmdlets have
-COMPUTER_NAME = Param("ComputerName", aliases=("Server",),
-                      help="a remote host manager: https://HOST:PORT, or HOST (port 8443); "
-                           "default $VMIS_URL, else this machine's socket; its token in "
-                           "$VMIS_TOKEN")
+#: a common parameter of every command that calls the manager (-ComputerName names
+#: hosts of a fleet, as Hyper-V's; -Server the manager that answers)
+SERVER = Param("Server", help="the host manager to ask: https://HOST:PORT, or HOST (port "
+                                "8443); default $VMIS_URL, else this machine's socket; its "
+                                "token in $VMIS_TOKEN")
 
 
 def _all_commands() -> tuple[Command, ...]:
@@ -324,7 +324,7 @@ def _all_commands() -> tuple[Command, ...]:
 
     remote = COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS + SERVICE_COMMANDS \
         + ACCOUNT_COMMANDS
-    return tuple(c._replace(params=(*c.params, COMPUTER_NAME)) for c in remote) \
+    return tuple(c._replace(params=(*c.params, SERVER)) for c in remote) \
         + LOCAL_COMMANDS + LAB_COMMANDS
 
 
@@ -338,7 +338,7 @@ def _help(commands: Sequence[Command]) -> str:
     lines += ["", "Run 'vmis COMMAND -?' for a command's parameters.",
               "The manager's socket: $VMIS_SOCKET, else the lab's when a lab runs "
               "($VMIS_LAB_DIR, default ~/.local/state/vmis/lab), else /run/vmis/host.sock.",
-              "A remote manager: -ComputerName or $VMIS_URL, with $VMIS_TOKEN (and $VMIS_CA "
+              "A remote manager: -Server or $VMIS_URL, with $VMIS_TOKEN (and $VMIS_CA "
               "or $VMIS_CERT_FINGERPRINT for a self-signed certificate)."]
     return "\n".join(lines)
 
@@ -370,7 +370,7 @@ def _call(cmd: Command, args: dict[str, Any]) -> int:
     if cmd.local:
         code: int = cmd.run(args)
         return code
-    with ApiClient.for_target(args.get("ComputerName")) as api:
+    with ApiClient.for_target(args.get("Server")) as api:
         code = cmd.run(api, args)
     return code
 
