@@ -81,6 +81,9 @@ ROLES: dict[tuple[str, str], Role | None] = {
     ("POST", "/v1/setup-disk/insert"): ADMINISTRATOR,
     ("POST", "/v1/setup-disk/eject"): ADMINISTRATOR,
     ("POST", "/v1/qemu/vms"): ADMINISTRATOR,
+    # libvirt's domains (vmis.api.libvirt): registering them is registering VMs
+    ("GET", "/v1/libvirt/connections"): READER,
+    ("POST", "/v1/libvirt/vms"): ADMINISTRATOR,
     # the services' faces (vmis.api.services)
     ("POST", "/v1/vms/{name}/copy"): OPERATOR,
     ("GET", "/v1/kvp"): READER,
