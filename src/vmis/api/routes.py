@@ -1,5 +1,5 @@
-"""Every router of the API: the control plane's, the hypervisor operations', the
-online update's, and each service's face.
+"""Every router of the API: the control plane's, the event stream's, the metrics',
+the hypervisor operations', the online update's, and each service's face.
 
 A service with an API face has a module in vmis.api.services and one line
 here (docs/architecture.md, "Add a screen").
@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from vmis.api import control, hypervisor, updates
+from vmis.api import control, events, hypervisor, metrics, updates
 from vmis.api.services import fcopy, kvp, shutdown, timesync, vmsession, vss
 
 __all__ = ["ROUTERS"]
 
 ROUTERS: tuple[APIRouter, ...] = (
     control.router,
+    events.router,
+    metrics.router,
     updates.router,
     # each service's face, in catalogue order
     fcopy.router,

@@ -113,8 +113,14 @@ async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = No
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = _Server(config)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        # The event streams end first: the server waits for open responses.
+        manager.end_events()
+        server.should_exit = True
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(sig, stop)
     _log.info("host manager listening on %s (database %s)", socket_path, safe_url(db_url))
     try:
         serve_task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -29,6 +29,7 @@ from vmis.errors import (
     VmisError,
 )
 from vmis.host.events import EventHub
+from vmis.host.request_stats import RequestStats, request_stats
 from vmis.host.service_status import out_of_date, service_status
 from vmis.protocol import Payload, Received
 from vmis.services.catalog import CATALOG, ServiceSpec
@@ -83,14 +84,18 @@ class VmSession:
     :param services: the host halves, in catalogue order: each gives this VM a part.
     :param kind: opens links to the VM's guest.
     :param events: where the VM's changes are published (a fresh hub when not shared).
+    :param requests: where the host halves' requests are counted, by service key
+        (vmis.host.request_stats; fresh ones when not shared).
     """
 
     def __init__(self, vm: VmRecord, services: Iterable[HostService[Any]],
-                 kind: GuestKind, events: EventHub | None = None) -> None:
+                 kind: GuestKind, events: EventHub | None = None,
+                 requests: Mapping[str, RequestStats] | None = None) -> None:
         self.vm = vm
         self.log = _log.getChild(vm.name)
         self.kind = kind
         self.events = events if events is not None else EventHub()
+        self._requests = requests if requests is not None else request_stats()
         #: the statuses last published, by service key (see check_status)
         self._published: dict[str, tuple[bool, str | None, str | None, str]] = {}
         self.link: GuestLink | None = None
@@ -446,14 +451,29 @@ class VmSession:
         :raise ServiceUnavailable: When the service is disabled on the host, the VM
             is not connected, or the guest lacks or has stopped the service.
         """
-        self.require(spec)
-        assert self.link is not None
+        stats = self._requests[spec.key]
         try:
-            return await self.link.request(spec.id, op, payload, timeout=timeout)
+            self.require(spec)
+        except ServiceUnavailable:
+            stats.record("unavailable")
+            raise
+        assert self.link is not None
+        start = time.perf_counter()
+        try:
+            received = await self.link.request(spec.id, op, payload, timeout=timeout)
         except RemoteServiceError as exc:
+            stats.record("refused", time.perf_counter() - start)
             if exc.code in ("service-stopped", "service-disabled", "unknown-service"):
                 raise ServiceUnavailable(f"{self.vm.name}: {exc}") from exc
             raise
+        except RequestTimeout:
+            stats.record("timeout", time.perf_counter() - start)
+            raise
+        except (ChannelError, ProtocolError):
+            stats.record("channel", time.perf_counter() - start)
+            raise
+        stats.record("ok", time.perf_counter() - start)
+        return received
 
     def require(self, spec: ServiceSpec) -> None:
         """Raise ServiceUnavailable unless the service can take requests now."""
