@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 import vmis
 from vmis.api.errors import error_to_json, status_for
-from vmis.api.metrics import metrics_registry
+from vmis.api.metrics import Metrics
 from vmis.api.routes import ROUTERS
 from vmis.errors import VmisError
 from vmis.host.manager import HostManager
@@ -24,7 +24,7 @@ def create_app(manager: HostManager) -> FastAPI:
     app = FastAPI(title="vmis host manager", version=vmis.__version__)
     app.state.manager = manager
     # made with the app: the copy and checkpoint totals count from now on
-    app.state.metrics = metrics_registry(manager)
+    app.state.metrics = Metrics(manager)
 
     @app.exception_handler(VmisError)
     async def vmis_error(request: Request, exc: VmisError) -> JSONResponse:

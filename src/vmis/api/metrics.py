@@ -13,23 +13,15 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import generate_latest
 
 import vmis
+from vmis.api.exposition import Family, label, render
 from vmis.host.events import Event
 from vmis.host.manager import HostManager
 from vmis.host.request_stats import BUCKETS
@@ -40,7 +32,7 @@ from vmis.services.kvp import pool_name
 from vmis.services.kvp.host import KvpHost
 from vmis.services.timesync.host import TimeSyncHost
 
-__all__ = ["ManagerCollector", "Tallies", "metrics_registry", "router"]
+__all__ = ["ManagerCollector", "Metrics", "Tallies", "router"]
 
 router = APIRouter()
 
@@ -63,11 +55,11 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def buckets(self) -> list[tuple[str, float]]:
-        total, out = 0, list[tuple[str, float]]()
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+    def cumulative(self) -> list[int]:
+        total, out = 0, []
+        for count in self.counts:
             total += count
-            out.append((bound, total))
+            out.append(total)
         return out
 
 
@@ -114,166 +106,159 @@ class Tallies:
                     del table[k]
 
 
-def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=list(labels))
-
-
-def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:
-    return CounterMetricFamily(name, doc, labels=list(labels))
-
-
-class ManagerCollector(Collector):
+class ManagerCollector:
     """Every ``vmis_`` metric, read from the manager at scrape time."""
 
     def __init__(self, manager: HostManager, tallies: Tallies) -> None:
         self.manager = manager
         self.tallies = tallies
 
-    def collect(self) -> Iterator[Metric]:
-        yield from self._vms()
-        yield from self._requests()
-        yield from self._activity()
-        yield from self._events()
+    def collect(self) -> list[Family]:
+        return [*self._vms(), *self._requests(), *self._activity(), *self._events()]
 
-    def _vms(self) -> Iterator[Metric]:
+    def _vms(self) -> list[Family]:
         manager = self.manager
         sessions = sorted(manager.sessions.values(), key=lambda s: s.vm.name.lower())
         now = time.monotonic()
-        vms = _gauge("vmis_vms", "VMs registered with the host manager")
-        vms.add_metric([], len(sessions))
-        connected = _gauge("vmis_vm_connected", "1 while a channel to the VM's guest is open",
-                           ("vm",))
-        agent = InfoMetricFamily("vmis_guest_agent", "The VM's guest agent (last connection)",
-                                 labels=["vm"])
-        enabled = _gauge("vmis_integration_service_enabled",
-                         "1 when the integration service is enabled on the host",
-                         ("vm", "service"))
-        primary = _gauge("vmis_integration_service_primary_status",
-                         "PrimaryOperationalStatus code (Hyper-V's; 2 OK, 12 No Contact, 13 Lost "
-                         "Communication; none while the VM is off)", ("vm", "service"))
-        secondary = _gauge("vmis_integration_service_secondary_status",
+        vms = Family("vmis_vms", "gauge", "VMs registered with the host manager")
+        vms.add("", len(sessions))
+        connected = Family("vmis_vm_connected", "gauge",
+                           "1 while a channel to the VM's guest agent is open")
+        agent = Family("vmis_guest_agent_info", "gauge",
+                       "The VM's guest agent, as it last connected (always 1)")
+        enabled = Family("vmis_integration_service_enabled", "gauge",
+                         "1 when the integration service is enabled on the host")
+        primary = Family("vmis_integration_service_primary_status", "gauge",
+                         "PrimaryOperationalStatus code, Hyper-V's (2 OK, 12 No Contact, 13 Lost "
+                         "Communication, ...; none while the VM is off)")
+        secondary = Family("vmis_integration_service_secondary_status", "gauge",
                            "SecondaryOperationalStatus code (Heartbeat: 2 OK, 32782 Application "
-                           "Critical)", ("vm", "service"))
-        heartbeat = _gauge("vmis_heartbeat_state",
-                           "1 for the VM's heartbeat state (Get-VM's Heartbeat), 0 for the others",
-                           ("vm", "state"))
-        gap = _gauge("vmis_heartbeat_gap_seconds", "Seconds between the last two heartbeats",
-                     ("vm",))
-        age = _gauge("vmis_heartbeat_age_seconds", "Seconds since the last heartbeat", ("vm",))
-        offset = _gauge("vmis_timesync_offset_seconds",
-                        "Guest clock minus host clock at the last time sync sample", ("vm",))
-        rtt = _gauge("vmis_timesync_round_trip_seconds",
-                     "Round trip of the last time sync sample", ("vm",))
-        syncs = _counter("vmis_timesync_syncs", "Time sync bursts completed", ("vm",))
-        pool = _gauge("vmis_kvp_pool_items", "Items in a KVP pool as the guest last pushed it",
-                      ("vm", "pool"))
-        pending = _gauge("vmis_kvp_pending_writes",
-                         "Host KVP writes (Set-/Remove-VMKvp) the guest has not taken yet",
-                         ("vm",))
-        specs = [(spec, spec.host_name or spec.key) for spec in CATALOG.host_services]
+                           "Critical)")
+        heartbeat = Family("vmis_heartbeat_state", "gauge",
+                           "1 for the VM's heartbeat state (Get-VM's Heartbeat), 0 for the others")
+        gap = Family("vmis_heartbeat_gap_seconds", "gauge",
+                     "Seconds between the VM's last two heartbeats")
+        age = Family("vmis_heartbeat_age_seconds", "gauge", "Seconds since the VM's last heartbeat")
+        offset = Family("vmis_timesync_offset_seconds", "gauge",
+                        "Guest clock minus host clock at the last time sync sample")
+        rtt = Family("vmis_timesync_round_trip_seconds", "gauge",
+                     "Round trip of the last time sync sample")
+        syncs = Family("vmis_timesync_syncs", "counter",
+                       "Time sync bursts completed since the host manager started")
+        pool = Family("vmis_kvp_pool_items", "gauge",
+                      "Items in a KVP pool, as the guest last pushed it")
+        pending = Family("vmis_kvp_pending_writes", "gauge",
+                         "Host KVP writes (Set-/Remove-VMKvp) the guest has not taken yet")
+        specs = [(spec, label("service", spec.host_name or spec.key))
+                 for spec in CATALOG.host_services]
+        states = [(word, label("state", word)) for word in CONTACTS]
+        pools: dict[Any, str] = {}
         for session in sessions:
-            name = session.vm.name
-            connected.add_metric([name], 1 if session.connected else 0)
+            vm = label("vm", session.vm.name)
+            connected.add(vm, 1 if session.connected else 0)
             version = session.agent.get("version")
             if version is not None:
-                agent.add_metric([name], {"version": str(version),
-                                          "os": str(session.agent.get("os", ""))})
-            off = session.powered_off and not session.connected
-            for spec, label in specs:
-                row = session.status(spec, off=off)
-                enabled.add_metric([name, label], 1 if row.enabled else 0)
+                agent.add(f"{vm},{label('version', str(version))},"
+                          f"{label('os', str(session.agent.get('os', '')))}", 1)
+            for spec, service in specs:
+                row = session.last_status(spec)
+                both = f"{vm},{service}"
+                enabled.add(both, 1 if row.enabled else 0)
                 if row.primary is not None:
-                    primary.add_metric([name, label], int(row.primary))
+                    primary.add(both, int(row.primary))
                 if row.secondary is not None:
-                    secondary.add_metric([name, label], int(row.secondary))
+                    secondary.add(both, int(row.secondary))
             state = session.contact(now)
-            for word in CONTACTS:
-                heartbeat.add_metric([name, word], 1 if word == state else 0)
+            for word, text in states:
+                heartbeat.add(f"{vm},{text}", 1 if word == state else 0)
             monitor = session.part(HeartbeatHost).monitor
             if monitor.gap is not None:
-                gap.add_metric([name], monitor.gap)
+                gap.add(vm, monitor.gap)
             if monitor.last_beat is not None:
-                age.add_metric([name], max(0.0, now - monitor.last_beat))
+                age.add(vm, max(0.0, now - monitor.last_beat))
             clock = session.part(TimeSyncHost).monitor
             if clock.last_sample is not None:
-                offset.add_metric([name], clock.last_sample.offset_ns / 1e9)
-                rtt.add_metric([name], clock.last_sample.rtt_ns / 1e9)
-            syncs.add_metric([name], clock.syncs)
+                offset.add(vm, clock.last_sample.offset_ns / 1e9)
+                rtt.add(vm, clock.last_sample.rtt_ns / 1e9)
+            syncs.add(vm, clock.syncs)
             kvp = session.part(KvpHost)
             for which, items in kvp.pools.items():
-                pool.add_metric([name, pool_name(which)], len(items))
-            pending.add_metric([name], kvp.pending)
-        yield from (vms, connected, agent, enabled, primary, secondary, heartbeat, gap, age,
-                    offset, rtt, syncs, pool, pending)
+                if which not in pools:
+                    pools[which] = label("pool", pool_name(which))
+                pool.add(f"{vm},{pools[which]}", len(items))
+            pending.add(vm, kvp.pending)
+        return [vms, connected, agent, enabled, primary, secondary, heartbeat, gap, age, offset,
+                rtt, syncs, pool, pending]
 
-    def _requests(self) -> Iterator[Metric]:
-        count = _counter("vmis_channel_requests",
-                         "Requests of the host halves to guests, by service and outcome",
-                         ("service", "outcome"))
-        latency = HistogramMetricFamily(
-            "vmis_channel_request_duration_seconds",
-            "From sending a request to its answer (or failure), by service",
-            labels=["service"])
-        bounds = [*map(str, BUCKETS), "+Inf"]
+    def _requests(self) -> list[Family]:
+        count = Family("vmis_channel_requests", "counter",
+                       "Requests of the host halves to guests, by service and outcome")
+        latency = Family("vmis_channel_request_duration_seconds", "histogram",
+                         "From sending a request to its answer or failure, by service")
         for key, stats in self.manager.requests.items():
+            service = label("service", key)
             for outcome, n in stats.outcomes.items():
-                count.add_metric([key, outcome], n)
-            latency.add_metric([key], list(zip(bounds, stats.cumulative(), strict=True)),
-                               stats.seconds)
-        yield count
-        yield latency
+                count.add(f"{service},{label('outcome', outcome)}", n)
+            latency.histogram(service, BUCKETS, stats.cumulative(), stats.seconds)
+        return [count, latency]
 
-    def _activity(self) -> Iterator[Metric]:
+    def _activity(self) -> list[Family]:
         t = self.tallies
-        copies = _counter("vmis_copies", "Copy-VMFile runs that ended, by outcome",
-                          ("vm", "file_source", "status"))
+        copies = Family("vmis_copies", "counter", "Copy-VMFile runs that ended, by status")
         for (vm, source, status), n in sorted(t.copies.items()):
-            copies.add_metric([vm, source, status], n)
-        copy_bytes = _counter("vmis_copy_bytes", "Bytes of completed Copy-VMFile runs",
-                              ("vm", "file_source"))
+            copies.add(f"{label('vm', vm)},{label('file_source', source)},"
+                       f"{label('status', status)}", n)
+        copy_bytes = Family("vmis_copy_bytes", "counter", "Bytes of completed Copy-VMFile runs")
         for (vm, source), n in sorted(t.copy_bytes.items()):
-            copy_bytes.add_metric([vm, source], n)
-        seconds = HistogramMetricFamily("vmis_copy_duration_seconds",
-                                        "Durations of completed Copy-VMFile runs",
-                                        labels=["file_source"])
+            copy_bytes.add(f"{label('vm', vm)},{label('file_source', source)}", n)
+        seconds = Family("vmis_copy_duration_seconds", "histogram",
+                         "Durations of completed Copy-VMFile runs")
         for source, hist in sorted(t.copy_seconds.items()):
-            seconds.add_metric([source], hist.buckets(), hist.sum)
-        checkpoints = _counter("vmis_checkpoints", "Checkpoint-VM runs that ended, by status",
-                               ("vm", "status"))
+            seconds.histogram(label("file_source", source), hist.bounds, hist.cumulative(),
+                              hist.sum)
+        checkpoints = Family("vmis_checkpoints", "counter",
+                             "Checkpoint-VM runs that ended, by status")
         for (vm, status), n in sorted(t.checkpoints.items()):
-            checkpoints.add_metric([vm, status], n)
-        freeze = HistogramMetricFamily("vmis_checkpoint_freeze_seconds",
-                                       "How long checkpoints kept guests frozen")
-        freeze.add_metric([], t.freeze_seconds.buckets(), t.freeze_seconds.sum)
-        yield from (copies, copy_bytes, seconds, checkpoints, freeze)
+            checkpoints.add(f"{label('vm', vm)},{label('status', status)}", n)
+        freeze = Family("vmis_checkpoint_freeze_seconds", "histogram",
+                        "How long checkpoints kept guests frozen, as the guests measured it")
+        hist = t.freeze_seconds
+        freeze.histogram("", hist.bounds, hist.cumulative(), hist.sum)
+        return [copies, copy_bytes, seconds, checkpoints, freeze]
 
-    def _events(self) -> Iterator[Metric]:
+    def _events(self) -> list[Family]:
         hub = self.manager.events
-        published = _counter("vmis_events", "Events published on the event stream")
-        published.add_metric([], hub.last_id - hub.first_id + 1)
-        dropped = _counter("vmis_events_dropped",
-                           "Events stream readers lost because they fell behind")
-        dropped.add_metric([], hub.dropped)
-        readers = _gauge("vmis_event_subscribers", "Readers following the event stream now")
-        readers.add_metric([], hub.subscribers)
-        info = InfoMetricFamily("vmis_build", "The host manager's vmis version")
-        info.add_metric([], {"version": vmis.__version__})
-        yield from (published, dropped, readers, info)
+        published = Family("vmis_events", "counter", "Events published on the event stream")
+        published.add("", hub.last_id - hub.first_id + 1)
+        dropped = Family("vmis_events_dropped", "counter",
+                         "Events the stream's readers lost because they fell behind")
+        dropped.add("", hub.dropped)
+        readers = Family("vmis_event_subscribers", "gauge",
+                         "Readers following the event stream now")
+        readers.add("", hub.subscribers)
+        build = Family("vmis_build_info", "gauge", "The host manager's vmis version (always 1)")
+        build.add(label("version", vmis.__version__), 1)
+        return [published, dropped, readers, build]
 
 
-def metrics_registry(manager: HostManager) -> CollectorRegistry:
-    """A registry of the manager's metrics and its process's (CPU, memory, files)."""
-    tallies = Tallies()
-    manager.events.watch(tallies)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ManagerCollector(manager, tallies))
-    ProcessCollector(registry=registry)
-    return registry
+class Metrics:
+    """What ``/metrics`` serves: the manager's metrics, then its process's (CPU,
+    memory, open files: prometheus-client's ``process_*``)."""
+
+    def __init__(self, manager: HostManager) -> None:
+        tallies = Tallies()
+        manager.events.watch(tallies)
+        self.collector = ManagerCollector(manager, tallies)
+        self.process = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.process)
+
+    def exposition(self) -> bytes:
+        return (render(self.collector.collect()).encode()
+                + generate_latest(self.process))
 
 
 @router.get("/metrics", response_model=None)
 async def metrics(request: Request) -> Response:
     # On the event loop, not in a thread: the collector reads state the loop changes.
-    registry: CollectorRegistry = request.app.state.metrics
-    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encoder(registry), media_type=content_type)
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -98,6 +98,8 @@ class VmSession:
         self._requests = requests if requests is not None else request_stats()
         #: the statuses last published, by service key (see check_status)
         self._published: dict[str, tuple[bool, str | None, str | None, str]] = {}
+        #: the rows last computed by check_status, by service key (see last_status)
+        self._rows: dict[str, ServiceStatus] = {}
         self.link: GuestLink | None = None
         #: True once any session with this VM completed its handshake
         self.contacted = False
@@ -157,7 +159,7 @@ class VmSession:
         contact change)."""
         off = self._powered_off and not self.connected
         for spec in CATALOG.host_services:
-            row = self.status(spec, off=off)
+            row = self._rows[spec.key] = self.status(spec, off=off)
             seen = (row.enabled, row.primary.description if row.primary else None,
                     row.secondary.description if row.secondary else None, row.reason)
             if self._published.get(spec.key) != seen:
@@ -165,6 +167,16 @@ class VmSession:
                 self.publish("service", Name=row.name, Enabled=row.enabled,
                              PrimaryStatusDescription=seen[1],
                              SecondaryStatusDescription=seen[2], Reason=row.reason)
+
+    def last_status(self, spec: ServiceSpec) -> ServiceStatus:
+        """The row of *spec* as :meth:`check_status` last found it (computed now if it
+        never ran): what a scrape of a thousand VMs reads instead of computing six
+        thousand rows. It is current because every change of a status calls
+        :meth:`check_status`."""
+        row = self._rows.get(spec.key)
+        if row is None:
+            row = self.status(spec, off=self._powered_off and not self.connected)
+        return row
 
     # Section: the parts
 

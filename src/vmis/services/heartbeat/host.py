@@ -211,6 +211,7 @@ class HeartbeatPart(VmPart):
         failed = body.get("failed") or []
         self.monitor.set_health(str(body.get("health", "ok")),
                                 [str(f) for f in failed] if isinstance(failed, list) else [])
+        self.vm.check_status()  # Application Critical, or OK again
         self.vm.log.info("application health: %s %s", self.monitor.health,
                          self.monitor.failed or "")
 
