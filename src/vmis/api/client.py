@@ -5,7 +5,7 @@ new connection, written with the standard library's socket alone: the
 command lines' common path (``vmis Get-VMIntegrationService``) must start
 fast (bench/cli_start.py), and importing httpx took longer than all the rest
 of that command. Streams (JSON lines of long work) use httpx, imported when
-the first stream opens.
+the first stream opens; so does the event stream (Server-Sent Events, :meth:`ApiClient.sse`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ from __future__ import annotations
 import json as jsonlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, urlencode
 
-from vmis.errors import ConfigError, ConnectError, ManagerApiError, RequestTimeout
+from vmis.errors import ChannelClosed, ConfigError, ConnectError, ManagerApiError, RequestTimeout
+
+if TYPE_CHECKING:
+    from vmis.api.sse import SseEvent
 
 __all__ = ["SYSTEM_SOCKET", "ApiClient", "api_path", "default_lab_dir", "default_socket"]
 
@@ -237,6 +240,50 @@ class ApiClient:
                         yield item
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise self._unreachable(exc) from exc
+
+
+    def sse(self, path: str, params: dict[str, Any] | None = None, read_timeout: float = 45.0,
+            opened: Callable[[], None] | None = None) -> Iterator[SseEvent]:
+        """The events of a Server-Sent Events answer (the event stream), through httpx;
+        ends when the manager ends the stream.
+
+        :param read_timeout: seconds without a byte (the stream sends a keepalive
+            every 15 s) after which the connection counts as dropped.
+        :param opened: called once the manager has accepted the stream.
+        :raise ConnectError: When the manager is not running.
+        :raise ChannelClosed: When the connection drops once the stream has begun.
+        """
+        import httpx
+
+        from vmis.api.sse import SseDecoder
+
+        if self._httpx is None:
+            self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
+                                       base_url="http://vmis", timeout=self.timeout)
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        decoder = SseDecoder()
+        try:
+            with self._httpx.stream("GET", f"/v1{path}", params=query, timeout=timeout,
+                                    headers={"Accept": "text/event-stream"}) as response:
+                if not response.is_success:
+                    response.read()
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        body = {"error": response.text or response.reason_phrase}
+                    _raise(response.status_code, body)
+                if opened is not None:
+                    opened()
+                for line in response.iter_lines():
+                    event = decoder.feed(line)
+                    if event is not None:
+                        yield event
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise self._unreachable(exc) from exc
+        except httpx.TransportError as exc:
+            raise ChannelClosed(f"the event stream dropped ({type(exc).__name__}"
+                                f"{': ' + str(exc) if str(exc) else ''})") from exc
 
 
 def _raise(status: int, body: Any) -> NoReturn:

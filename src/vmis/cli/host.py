@@ -283,13 +283,14 @@ LOCAL_COMMANDS: tuple[Command, ...] = (
 
 
 def _all_commands() -> tuple[Command, ...]:
+    from vmis.cli.eventcmd import EVENT_COMMANDS
     from vmis.cli.host_commands import SERVICE_COMMANDS
     from vmis.cli.hypervisorcmd import HYPERVISOR_COMMANDS
     from vmis.cli.labcmd import LAB_COMMANDS
     from vmis.cli.updatecmd import UPDATE_COMMANDS
 
-    return (COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS + SERVICE_COMMANDS
-            + LOCAL_COMMANDS + LAB_COMMANDS)
+    return (COMMANDS + EVENT_COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS
+            + SERVICE_COMMANDS + LOCAL_COMMANDS + LAB_COMMANDS)
 
 
 def _help(commands: Sequence[Command]) -> str:
