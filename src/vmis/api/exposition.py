@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from prometheus_client.utils import floatToGoString
+
 __all__ = ["Family", "label", "render"]
 
 _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
@@ -60,7 +62,9 @@ class Family:
                   total: float) -> None:
         """One histogram: *cumulative* counts for each bound and then +Inf, and their sum."""
         sep = "," if labels else ""
-        for bound, count in zip((*map(_number, bounds), "+Inf"), cumulative, strict=True):
+        # Go's spelling of the bounds (1.0, not 1): a bound is a label value
+        for bound, count in zip((*map(floatToGoString, bounds), "+Inf"), cumulative,
+                                strict=True):
             self.lines.append(f'{self.name}_bucket{{{labels}{sep}le="{bound}"}} {count}\n')
         braces = f"{{{labels}}}" if labels else ""
         self.lines.append(f"{self.name}_sum{braces} {_number(total)}\n")
