@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
 import vmis
@@ -40,6 +40,8 @@ router = APIRouter()
 COPY_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 #: buckets of the checkpoints' freeze durations, seconds (VSS's own limit is 10 s)
 FREEZE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: the text format vmis.api.exposition writes, which every Prometheus reads
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CONTACTS = (Contact.OK, Contact.NO_CONTACT, Contact.LOST)
 
 
@@ -261,4 +263,4 @@ class Metrics:
 async def metrics(request: Request) -> Response:
     # On the event loop, not in a thread: the collector reads state the loop changes.
     metrics: Metrics = request.app.state.metrics
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE)
