@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heartbeat_scale import FARM, wait_line  # noqa: E402  (beside this file)
+from heartbeat_scale import FARM, cpu_seconds, wait_line  # noqa: E402  (beside this file)
 
 CLIENTS = textwrap.dedent("""
     import asyncio, json, sys, time
@@ -84,10 +84,14 @@ class Run:
 
     client: httpx.Client
     sock: Path
+    host_pid: int
     n: int
     clients: int
     rounds: int
     figures: dict[str, list[float]] = field(default_factory=dict)
+    #: the manager's CPU use while each figure was measured, % of one core
+    cpu: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def timed(call: Callable[[], object], times: int) -> list[float]:
@@ -141,6 +145,8 @@ def sse_fanout(run: Run) -> list[float]:
     expected = 2 * run.rounds * run.clients
     if len(latencies) < expected:
         raise SystemExit(f"the clients received {len(latencies)} of {expected} events")
+    run.notes.append(f"SSE: {len(latencies)} receipts ({expected} from the rounds; the rest "
+                     "are other VMs' status changes)")
     return latencies
 
 
@@ -215,9 +221,11 @@ def main() -> None:
                   f"{args.clients} SSE clients")
             host, client = start_manager(base, args.n)
             time.sleep(args.settle)
-            run = Run(client, base / "host.sock", args.n, args.clients, args.rounds)
+            run = Run(client, base / "host.sock", host.pid, args.n, args.clients, args.rounds)
             for name, _, _, measure in FIGURES:
+                cpu, start = cpu_seconds(host.pid), time.monotonic()
                 run.figures[name] = measure(run)
+                run.cpu[name] = 100 * (cpu_seconds(host.pid) - cpu) / (time.monotonic() - start)
         finally:
             if host is not None:
                 host.send_signal(signal.SIGTERM)
@@ -226,14 +234,18 @@ def main() -> None:
                 farm.kill()
                 farm.wait()
     baseline = statistics.median(run.figures["GET /v1/vms"])
-    print(f"{'':28}{'what':>20}{'median ms':>11}{'p99 ms':>9}{'x /v1/vms':>11}  target")
+    print(f"{'':28}{'what':>20}{'median ms':>11}{'p99 ms':>9}{'x /v1/vms':>11}"
+          f"{'host CPU':>10}  target")
     for name, what, target, _ in FIGURES:
         values = run.figures[name]
         median, p99 = statistics.median(values), percentile(values, 0.99)
         verdict = "" if target is None else (
             f"p99 < {target * 1000:g} ms {'met' if p99 < target else 'MISSED'}")
         print(f"{name:28}{what:>20}{median * 1000:>11.1f}{p99 * 1000:>9.1f}"
-              f"{median / baseline:>11.2f}  {verdict}")
+              f"{median / baseline:>11.2f}{run.cpu[name]:>9.0f}%  {verdict}")
+    for note in run.notes:
+        print(note)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,13 @@ import json
 from prometheus_client.parser import text_string_to_metric_families
 
 from vmis.api.exposition import Family, label, render
-from vmis.api.sse import KEEPALIVE_COMMENT, SseDecoder, encode_event, retry_field
+from vmis.api.sse import (
+    KEEPALIVE_COMMENT,
+    EncodedEvents,
+    SseDecoder,
+    encode_event,
+    retry_field,
+)
 from vmis.host.events import Event
 
 
@@ -77,3 +83,17 @@ def test_the_exposition_reads_back_with_prometheus_clients_parser():
         ("vmis_test_seconds_count", None, 4)]
     assert parsed["vmis_test_empty"].samples == []
     assert json.dumps(parsed["vmis_test_nan"].samples[0].value) == "NaN"
+
+
+def test_an_event_is_encoded_once_for_every_stream():
+    encode = EncodedEvents(size=2)
+    one, two, three = (Event(n, "kvp", 0.0, data={"Items": n}) for n in (1, 2, 3))
+    block = encode(one)
+    assert encode(one) is block and block == encode_event(one)
+    # another hub's event with the same id is not taken for it
+    assert encode(Event(1, "kvp", 0.0, data={"Items": 9})) != block
+    encode(two)
+    encode(three)
+    assert encode(one) is not block  # evicted: the cache holds the newest
+    gap = Event(3, "dropped", 0.0, data={"Dropped": 1})
+    assert encode(gap) == encode_event(gap) and encode(three) == encode_event(three)

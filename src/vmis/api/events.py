@@ -19,7 +19,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from vmis.api.context import manager_of
-from vmis.api.sse import KEEPALIVE, KEEPALIVE_COMMENT, encode_event, retry_field
+from vmis.api.sse import KEEPALIVE, KEEPALIVE_COMMENT, EncodedEvents, retry_field
 from vmis.errors import ConfigError
 from vmis.host.events import Event, event_filter
 
@@ -29,6 +29,8 @@ router = APIRouter(prefix="/v1")
 
 #: the most events one write of the stream carries (the rest follow at once)
 BATCH = 256
+#: the blocks the streams send, shared by them
+_encode = EncodedEvents()
 
 Names = Annotated[list[str] | None, Query()]
 
@@ -74,9 +76,9 @@ async def events(  # noqa: PLR0917 (FastAPI's parameters, each a query field)
                     return  # the manager is going down; its last event was host Down
                 # What else is queued goes in the same write: a burst (a thousand
                 # VMs' statuses) is a few writes, not one per event.
-                chunk = [encode_event(event)]
+                chunk = [_encode(event)]
                 while len(chunk) < BATCH and (more := subscription.get_nowait()) is not None:
-                    chunk.append(encode_event(more))
+                    chunk.append(_encode(more))
                 yield b"".join(chunk)
         finally:
             subscription.close()

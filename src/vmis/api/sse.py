@@ -17,8 +17,8 @@ from typing import Any
 
 from vmis.host.events import Event
 
-__all__ = ["KEEPALIVE", "KEEPALIVE_COMMENT", "RETRY_MS", "SseDecoder", "SseEvent",
-           "encode_event", "retry_field"]
+__all__ = ["KEEPALIVE", "KEEPALIVE_COMMENT", "RETRY_MS", "EncodedEvents", "SseDecoder",
+           "SseEvent", "encode_event", "retry_field"]
 
 #: seconds between two keepalive comments of a quiet stream (proxies close idle
 #: connections after 30 to 60 s by default)
@@ -33,6 +33,31 @@ def encode_event(event: Event) -> bytes:
     data = json.dumps(event.to_json(), separators=(",", ":"))
     head = "" if event.type == "dropped" else f"id: {event.id}\n"
     return f"{head}event: {event.type}\ndata: {data}\n\n".encode()
+
+
+class EncodedEvents:
+    """Each event encoded once for all the streams that send it (twenty consoles
+    following a thousand VMs' burst would otherwise encode it twenty times).
+
+    :param size: how many of the newest events to keep encoded.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        # id -> (the event, its block): the event is kept to tell it from another
+        # hub's event of the same id
+        self._blocks: dict[int, tuple[Event, bytes]] = {}
+
+    def __call__(self, event: Event) -> bytes:
+        found = self._blocks.get(event.id)
+        if found is not None and found[0] is event:
+            return found[1]
+        block = encode_event(event)
+        if event.type != "dropped":  # made per reader: never shared
+            if len(self._blocks) >= self._size:
+                del self._blocks[next(iter(self._blocks))]
+            self._blocks[event.id] = (event, block)
+        return block
 
 
 def retry_field(ms: int = RETRY_MS) -> bytes:
