@@ -111,6 +111,11 @@ def test_the_stream_filters_keeps_alive_and_resumes_after_an_id(lab, lab_dir):
         assert ids == sorted(ids)
     finally:
         resumed.close()
+    # a client that went away leaves no subscription behind
+    deadline = time.monotonic() + 20
+    while value(metrics(lab_dir), "vmis_event_subscribers") != 0:
+        assert time.monotonic() < deadline, "the closed streams' subscriptions stayed"
+        time.sleep(0.1)
 
     with http(lab_dir) as client:
         bad = client.get("/v1/events", params={"type": "heartbeats"})
