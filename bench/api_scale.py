@@ -41,7 +41,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heartbeat_scale import FARM, cpu_seconds, wait_line  # noqa: E402  (beside this file)
+from heartbeat_scale import FARM, cpu_seconds, start_manager, wait_line  # beside this file
 
 CLIENTS = textwrap.dedent("""
     import asyncio, json, sys, time
@@ -168,36 +168,6 @@ FIGURES: list[tuple[str, str, float | None, Callable[[Run], list[float]]]] = [
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def start_manager(base: Path, n: int) -> tuple[subprocess.Popen[bytes], httpx.Client]:
-    sock = base / "host.sock"
-    with open(base / "host.log", "w") as log:
-        host = subprocess.Popen(
-            [sys.executable, "-m", "vmis.cli.host", "host", "serve", "-Db",
-             f"sqlite:///{base}/host.db", "-Socket", str(sock), "-LogLevel", "warning"],
-            env=dict(os.environ, VMIS_SOCKET=str(sock)), stderr=log)
-    client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://vmis",
-                          timeout=120)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.get("/v1/ping")
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise SystemExit("host manager did not start") from None
-            time.sleep(0.1)
-    t0 = time.monotonic()
-    for i in range(n):
-        client.post("/v1/vms", json={"name": f"vm{i:04d}", "channel": f"unix:{base}/g{i}/c.sock",
-                                     "heartbeat_interval_ms": 1000}).raise_for_status()
-    while (ok := sum(v["Heartbeat"] == "Ok" for v in client.get("/v1/vms").json())) < n:
-        if time.monotonic() - t0 > 300:
-            raise SystemExit(f"only {ok}/{n} VMs reached heartbeat OK")
-        time.sleep(0.5)
-    print(f"  {n} VMs registered and beating after {time.monotonic() - t0:.1f} s")
-    return host, client
 
 
 def main() -> None:

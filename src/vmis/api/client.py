@@ -209,6 +209,15 @@ class ApiClient:
             _raise(answer.status, body)
         return body
 
+    def _streams(self) -> Any:
+        """The httpx client of the streams, made (and httpx imported) at the first."""
+        import httpx
+
+        if self._httpx is None:
+            self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
+                                       base_url="http://vmis", timeout=self.timeout)
+        return self._httpx
+
     def stream(self, method: str, path: str, *, json: Any = None,
                timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """A request whose answer is JSON lines (progress of long work), through httpx.
@@ -219,19 +228,10 @@ class ApiClient:
 
         from vmis.api.errors import error_from_json
 
-        if self._httpx is None:
-            self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
-                                       base_url="http://vmis", timeout=self.timeout)
         try:
-            with self._httpx.stream(method, f"/v1{path}", json=json,
-                                    timeout=timeout) as response:
-                if not response.is_success:
-                    response.read()
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = {"error": response.text or response.reason_phrase}
-                    _raise(response.status_code, body)
+            with self._streams().stream(method, f"/v1{path}", json=json,
+                                        timeout=timeout) as response:
+                _raise_unless_success(response)
                 for line in response.iter_lines():
                     if line.strip():
                         item = jsonlib.loads(line)
@@ -257,22 +257,13 @@ class ApiClient:
 
         from vmis.api.sse import SseDecoder
 
-        if self._httpx is None:
-            self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
-                                       base_url="http://vmis", timeout=self.timeout)
         query = {k: v for k, v in (params or {}).items() if v is not None}
         timeout = httpx.Timeout(self.timeout, read=read_timeout)
         decoder = SseDecoder()
         try:
-            with self._httpx.stream("GET", f"/v1{path}", params=query, timeout=timeout,
-                                    headers={"Accept": "text/event-stream"}) as response:
-                if not response.is_success:
-                    response.read()
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = {"error": response.text or response.reason_phrase}
-                    _raise(response.status_code, body)
+            with self._streams().stream("GET", f"/v1{path}", params=query, timeout=timeout,
+                                        headers={"Accept": "text/event-stream"}) as response:
+                _raise_unless_success(response)
                 if opened is not None:
                     opened()
                 for line in response.iter_lines():
@@ -284,6 +275,18 @@ class ApiClient:
         except httpx.TransportError as exc:
             raise ChannelClosed(f"the event stream dropped ({type(exc).__name__}"
                                 f"{': ' + str(exc) if str(exc) else ''})") from exc
+
+
+def _raise_unless_success(response: Any) -> None:
+    """Raise what a stream's error answer (an httpx response, not read yet) says."""
+    if response.is_success:
+        return
+    response.read()
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text or response.reason_phrase}
+    _raise(response.status_code, body)
 
 
 def _raise(status: int, body: Any) -> NoReturn:

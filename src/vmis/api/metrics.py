@@ -12,7 +12,6 @@ the hub), the one thing no host half keeps.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,7 +23,7 @@ import vmis
 from vmis.api.exposition import Family, label, render
 from vmis.host.events import Event
 from vmis.host.manager import HostManager
-from vmis.host.request_stats import BUCKETS
+from vmis.host.request_stats import BUCKETS, Buckets
 from vmis.services.catalog import CATALOG
 from vmis.services.heartbeat.host import HeartbeatHost
 from vmis.services.host_half import Contact
@@ -45,26 +44,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CONTACTS = (Contact.OK, Contact.NO_CONTACT, Contact.LOST)
 
 
-class Histogram:
-    """Observations in fixed buckets, turned into a Prometheus histogram when scraped."""
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def cumulative(self) -> list[int]:
-        total, out = 0, []
-        for count in self.counts:
-            total += count
-            out.append(total)
-        return out
-
-
 class Tallies:
     """Copies and checkpoints that ended, counted from their last event (a hub watcher)."""
 
@@ -74,11 +53,11 @@ class Tallies:
         #: (vm, file source) -> bytes of completed copies
         self.copy_bytes: dict[tuple[str, str], int] = {}
         #: file source -> durations of completed copies
-        self.copy_seconds: dict[str, Histogram] = {}
+        self.copy_seconds: dict[str, Buckets] = {}
         #: (vm, status) -> checkpoints
         self.checkpoints: dict[tuple[str, str], int] = {}
         #: how long guests stayed frozen, as they measured it
-        self.freeze_seconds = Histogram(FREEZE_BUCKETS)
+        self.freeze_seconds = Buckets(FREEZE_BUCKETS)
 
     def __call__(self, event: Event) -> None:
         kind = event.type
@@ -93,7 +72,7 @@ class Tallies:
             if status == "Completed":
                 self.copy_bytes[vm, source] = (self.copy_bytes.get((vm, source), 0)
                                                + int(data.get("Bytes") or 0))
-                seconds = self.copy_seconds.setdefault(source, Histogram(COPY_BUCKETS))
+                seconds = self.copy_seconds.setdefault(source, Buckets(COPY_BUCKETS))
                 seconds.observe(float(data.get("Seconds") or 0.0))
         elif kind == "checkpoint" and status != "Running":
             key2 = (vm, str(status))
@@ -201,7 +180,7 @@ class ManagerCollector:
             service = label("service", key)
             for outcome, n in stats.outcomes.items():
                 count.add(f"{service},{label('outcome', outcome)}", n)
-            latency.histogram(service, BUCKETS, stats.cumulative(), stats.seconds)
+            latency.histogram(service, BUCKETS, stats.latency.cumulative(), stats.latency.sum)
         return [count, latency]
 
     def _activity(self) -> list[Family]:

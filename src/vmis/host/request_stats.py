@@ -14,7 +14,7 @@ from bisect import bisect_left
 
 from vmis.services.catalog import CATALOG
 
-__all__ = ["BUCKETS", "OUTCOMES", "RequestStats", "request_stats"]
+__all__ = ["BUCKETS", "OUTCOMES", "Buckets", "RequestStats", "request_stats"]
 
 #: upper bounds of the latency buckets, seconds (Prometheus' ``le``; +Inf is implied)
 BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -25,34 +25,49 @@ BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 OUTCOMES = ("ok", "refused", "unavailable", "timeout", "channel")
 
 
-class RequestStats:
-    """One service's requests: how many by outcome, and a latency histogram of those
-    that reached the guest (the Prometheus shape: counts per bucket, their sum)."""
+class Buckets:
+    """Observations in fixed buckets, the shape of a Prometheus histogram: counts per
+    bucket (not cumulative; the last one +Inf) and their sum. Observing allocates
+    nothing."""
 
-    __slots__ = ("buckets", "outcomes", "seconds")
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        #: upper bounds (``le``), ascending
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[int]:
+        """The counts as Prometheus wants them: each includes those below."""
+        total, out = 0, []
+        for count in self.counts:
+            total += count
+            out.append(total)
+        return out
+
+
+class RequestStats:
+    """One service's requests: how many by outcome, and the latencies of those that
+    reached the guest."""
+
+    __slots__ = ("latency", "outcomes")
 
     def __init__(self) -> None:
         #: outcome -> requests so far
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
-        #: requests per latency bucket (not cumulative), the last one +Inf
-        self.buckets = [0] * (len(BUCKETS) + 1)
-        #: total seconds of the requests in :attr:`buckets`
-        self.seconds = 0.0
+        #: seconds from sending to the answer or failure
+        self.latency = Buckets(BUCKETS)
 
     def record(self, outcome: str, seconds: float | None = None) -> None:
         """Count one request; *seconds* from sending to the answer or failure, if sent."""
         self.outcomes[outcome] += 1
         if seconds is not None:
-            self.buckets[bisect_left(BUCKETS, seconds)] += 1
-            self.seconds += seconds
-
-    def cumulative(self) -> list[int]:
-        """The counts per bucket as Prometheus wants them: each includes those below."""
-        total, out = 0, []
-        for count in self.buckets:
-            total += count
-            out.append(total)
-        return out
+            self.latency.observe(seconds)
 
 
 def request_stats() -> dict[str, RequestStats]:
