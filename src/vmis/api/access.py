@@ -81,6 +81,13 @@ ROLES: dict[tuple[str, str], Role | None] = {
     ("POST", "/v1/setup-disk/insert"): ADMINISTRATOR,
     ("POST", "/v1/setup-disk/eject"): ADMINISTRATOR,
     ("POST", "/v1/qemu/vms"): ADMINISTRATOR,
+    # libvirt's domains (vmis.api.libvirt): registering them is registering VMs
+    ("GET", "/v1/libvirt/connections"): READER,
+    ("POST", "/v1/libvirt/vms"): ADMINISTRATOR,
+    # what happens and how much (vmis.api.events, vmis.api.metrics)
+    ("GET", "/v1/events"): READER,
+    ("GET", "/v1/events/recent"): READER,
+    ("GET", "/metrics"): READER,
     # the services' faces (vmis.api.services)
     ("POST", "/v1/vms/{name}/copy"): OPERATOR,
     ("GET", "/v1/kvp"): READER,

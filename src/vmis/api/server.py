@@ -249,8 +249,14 @@ async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = No
     if tcp is not None:
         servers.append(_server(app, tls))
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        # The event streams end first: the server waits for open responses.
+        manager.end_events()
+        _stop(servers)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _stop, servers)
+        loop.add_signal_handler(sig, stop)
     _log.info("host manager listening on %s (database %s)", socket_path, safe_url(db_url))
     tasks = [asyncio.create_task(servers[0].serve(sockets=[sock]))]
     if tcp is not None:

@@ -317,13 +317,14 @@ SERVER = Param("Server", help="the host manager to ask: https://HOST:PORT, or HO
 
 def _all_commands() -> tuple[Command, ...]:
     from vmis.cli.accountcmd import ACCOUNT_COMMANDS
+    from vmis.cli.eventcmd import EVENT_COMMANDS
     from vmis.cli.host_commands import SERVICE_COMMANDS
     from vmis.cli.hypervisorcmd import HYPERVISOR_COMMANDS
     from vmis.cli.labcmd import LAB_COMMANDS
     from vmis.cli.updatecmd import UPDATE_COMMANDS
 
-    remote = COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS + SERVICE_COMMANDS \
-        + ACCOUNT_COMMANDS
+    remote = COMMANDS + EVENT_COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS \
+        + SERVICE_COMMANDS + ACCOUNT_COMMANDS
     return tuple(c._replace(params=(*c.params, SERVER)) for c in remote) \
         + LOCAL_COMMANDS + LAB_COMMANDS
 

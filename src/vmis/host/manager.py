@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 
 from vmis.errors import NotFoundError, ServiceUnavailable
-from vmis.host.events import EventHub
+from vmis.host.events import EventHub, first_id_now
+from vmis.host.request_stats import request_stats
 from vmis.host.session import VmSession
 from vmis.host.store import Store
 from vmis.host.vminfo import vm_row
@@ -67,7 +68,9 @@ class HostManager:
         self.hypervisors = list(hypervisors)
         self.data_dir = data_dir
         #: what changes, for screens that follow it live
-        self.events = EventHub()
+        self.events = EventHub(first=first_id_now())
+        #: the host halves' requests to guests, by service key (docs/metrics.md)
+        self.requests = request_stats()
         self.sessions: dict[str, VmSession] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._seen: dict[str, str] = {}
@@ -119,9 +122,19 @@ class HostManager:
         self._sweeper = asyncio.create_task(self._sweep(), name="heartbeat-sweep")
         self.publish("host", State="Up", VMs=len(self.sessions))
 
+    def end_events(self) -> None:
+        """Publish the manager's ``host`` Down and end the event streams (idempotent).
+
+        The server calls it as soon as it is told to stop: a stream's client
+        is told, and its open response ends, so the server need not wait for it.
+        """
+        if not self.events.closed:
+            self.publish("host", State="Down")
+            self.events.close()
+
     async def close(self) -> None:
         """Stop every session, then the services."""
-        self.publish("host", State="Down")
+        self.end_events()
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*(s.stop() for s in self.sessions.values()))
@@ -130,7 +143,8 @@ class HostManager:
             await service.close()
 
     def _start_session(self, vm: VmRecord) -> VmSession:
-        session = VmSession(vm, self._services.values(), self.guest_kind, self.events)
+        session = VmSession(vm, self._services.values(), self.guest_kind, self.events,
+                            self.requests)
         self.sessions[vm.id] = session
         session.start()
         return session

@@ -129,6 +129,11 @@ class VmContext(Protocol):
         (``publish("kvp", Pool="Guest", Items=3)``: PascalCase members)."""
         ...
 
+    def check_status(self) -> None:
+        """Publish the services' statuses that changed: a part calls it when what
+        its ``refine_status`` goes by changed (Heartbeat: the application health)."""
+        ...
+
 
 class HostContext(Protocol):
     """What a host half sees of the host manager."""

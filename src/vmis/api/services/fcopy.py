@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from vmis.api.context import manager_of
+from vmis.api.copy_events import CopyEvents
 from vmis.api.docs import ndjson_response
 from vmis.api.errors import error_to_json
 from vmis.api.guard import note
@@ -62,10 +63,15 @@ async def copy(request: Request, name: str, body: CopyIn,
     # Errors found before any byte moves come back as ordinary error answers.
     fcopy.prepare_copy(name, body.source, body.destination, body.file_source)
 
+    # on the event stream too (vmis.api.copy_events)
+    events = CopyEvents(manager_of(request), name, body.file_source, body.source,
+                        body.destination)
+
     def run(progress: Callable[[CopyProgress], None] | None = None) -> Awaitable[dict[str, Any]]:
-        return fcopy.copy_vm_file(name, body.source, body.destination, body.file_source,
-                            create_full_path=body.create_full_path, force=body.force,
-                            recurse=body.recurse, progress=progress)
+        return events.track(fcopy.copy_vm_file(
+            name, body.source, body.destination, body.file_source,
+            create_full_path=body.create_full_path, force=body.force, recurse=body.recurse,
+            progress=events.progress(progress)))
 
     if not stream:
         return await run()

@@ -103,6 +103,11 @@ class VmKvp(VmPart):
     def handlers(self) -> Mapping[int, NotificationHandler]:
         return {KvpOp.POOL: self.on_pool}
 
+    @property
+    def pending(self) -> int:
+        """How many host writes wait for the guest (kept in step with ``kvp_pending``)."""
+        return self._pending
+
     async def on_running(self) -> None:
         # In the background: a guest slow to write its pools must not hold up
         # the after-connect steps of the other services.
