@@ -14,7 +14,7 @@ from alembic.migration import MigrationContext
 from support.pair import eventually, host_guest_pair
 
 from vmis.errors import ConfigError
-from vmis.host.schema import target_metadata
+from vmis.host.schema import target_metadata, upgrade
 from vmis.host.store import Store
 from vmis.services.kvp.host import KvpHost
 
@@ -37,7 +37,7 @@ def test_the_migrated_schema_is_the_codes_own(db_url):
     assert schema_differences(store.engine) == []
     with store.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0001"
+    assert version == "0002"
     Store(db_url)  # opening it again changes nothing
     assert schema_differences(store.engine) == []
 
@@ -57,6 +57,22 @@ def test_a_store_made_before_migrations_is_taken_over_with_its_data(tmp_path):
     store = Store(url)
     assert [vm.name for vm in store.list_vms()] == ["OldVM"]
     assert schema_differences(store.engine) == []
+
+
+def test_a_store_of_revision_0001_gets_the_guest_agent_column_with_its_vms(db_url):
+    engine = sa.create_engine(db_url)
+    upgrade(engine, "0001")  # a store as vmis 0.1 left it
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO vms (id, name, name_key, channel, kind, heartbeat_interval_ms, "
+            "heartbeat_latency_ms, heartbeat_error_threshold, created) VALUES "
+            "('id-1', 'OldVM', 'oldvm', 'unix:/x', 'external', 2000, 1000, 2, "
+            "'2026-11-01 00:00:00')"))
+    store = Store(db_url)
+    [vm] = store.list_vms()
+    assert (vm.name, vm.guest_agent) == ("OldVM", "vmis")  # the only kind there was
+    assert schema_differences(store.engine) == []
+    assert store.add_vm("QgaVM", "unix:/y", guest_agent="qemu-ga").guest_agent == "qemu-ga"
 
 
 async def test_a_host_manager_runs_on_postgresql(short_tmp, postgres_url):

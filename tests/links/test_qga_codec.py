@@ -8,6 +8,7 @@ one JSON object per line with the request's id.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -109,7 +110,7 @@ def test_a_line_that_answers_nothing_is_a_stray():
 
 def test_a_no_reply_command_is_done_when_a_later_request_is_answered():
     codec = synced_codec()
-    shutdown, wire = codec.request("guest-shutdown", {"mode": "powerdown"}, now=0.0)
+    shutdown, _ = codec.request("guest-shutdown", {"mode": "powerdown"}, now=0.0)
     ping, _ = codec.request("guest-ping", None, now=0.0)
     assert codec.feed(f'{{"return": {{}}, "id": {ping}}}\n'.encode()) == [
         Reply(shutdown, "guest-shutdown", None), Reply(ping, "guest-ping", {})]
@@ -227,7 +228,7 @@ def bytewise(data: bytes) -> list[bytes]:
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 def test_one_byte_at_a_time_gives_the_same_events_as_one_block():

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 from vmis.errors import (
     ChannelError,
+    ConfigError,
     ProtocolError,
     RemoteServiceError,
     RequestTimeout,
@@ -80,14 +81,15 @@ class VmSession:
 
     :param vm: the VM's record (desired state included).
     :param services: the host halves, in catalogue order: each gives this VM a part.
-    :param kind: opens links to the VM's guest.
+    :param kinds: the guest kinds by name; the VM's record names the one that
+        opens links to its guest (``VmRecord.guest_agent``).
     """
 
     def __init__(self, vm: VmRecord, services: Iterable[HostService[Any]],
-                 kind: GuestKind) -> None:
+                 kinds: Mapping[str, GuestKind]) -> None:
         self.vm = vm
         self.log = _log.getChild(vm.name)
-        self.kind = kind
+        self.kinds = kinds
         self.link: GuestLink | None = None
         #: True once any session with this VM completed its handshake
         self.contacted = False
@@ -142,6 +144,11 @@ class VmSession:
         return self._hello.services
 
     @property
+    def absent(self) -> Mapping[str, str]:
+        """Why the guest's agent lacks a service, by key, where its kind says (qemu-ga)."""
+        return self._hello.absent
+
+    @property
     def handlers(self) -> Mapping[tuple[int, int], NotificationHandler]:
         """The parts' handlers of guest notifications (the link dispatches to them)."""
         return self._handlers
@@ -178,7 +185,7 @@ class VmSession:
 
     def update(self, vm: VmRecord) -> None:
         """Take a changed record (desired state, channel, heartbeat settings)."""
-        channel_changed = vm.channel != self.vm.channel
+        channel_changed = (vm.channel, vm.guest_agent) != (self.vm.channel, self.vm.guest_agent)
         self.vm = vm
         for part in self._parts.values():
             part.on_record_changed()
@@ -221,6 +228,18 @@ class VmSession:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    @property
+    def kind(self) -> GuestKind:
+        """The guest kind that opens this VM's links.
+
+        :raise ConfigError: When no kind of that name is known to this manager.
+        """
+        kind = self.kinds.get(self.vm.guest_agent)
+        if kind is None:
+            raise ConfigError(f"{self.vm.name}: no guest agent kind {self.vm.guest_agent!r} "
+                              f"(known: {', '.join(sorted(self.kinds))})")
+        return kind
 
     async def _session(self) -> None:
         try:

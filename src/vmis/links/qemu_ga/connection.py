@@ -94,6 +94,8 @@ class QgaConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closed = asyncio.get_running_loop().create_future()
         self.lost_reason = ""
+        #: told why the connection ended, once, before wait_closed() returns
+        self.on_lost: Callable[[str], None] | None = None
         #: monotonic time of the last byte from qemu-ga
         self.last_heard = clock()
 
@@ -258,6 +260,8 @@ class QgaConnection(asyncio.Protocol):
             return
         self.lost_reason = reason
         self._closed.set_result(None)
+        if self.on_lost is not None:
+            self.on_lost(reason)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
