@@ -43,7 +43,7 @@ class Discovery:
     """What ``vm add`` learnt from a running QEMU or a libvirt domain."""
 
     def __init__(self, name: str | None, channel: str | None, qmp: str | None,
-                 notes: tuple[str, ...], source: str, guest_agent: str = "vmis") -> None:
+                 notes: tuple[str, ...], source: str, *, guest_agent: str = "vmis") -> None:
         self.name = name
         self.channel = channel
         self.qmp = qmp
@@ -114,7 +114,7 @@ def discover_for_add(args: dict[str, Any]) -> Discovery | None:
                             f"{why}")
     return Discovery(found.name, f"unix:{found.channel}",
                      str(found.qmp) if found.qmp is not None else None, tuple(found.notes),
-                     source, found.guest_agent)
+                     source, guest_agent=found.guest_agent)
 
 
 # Section: commands

@@ -35,9 +35,9 @@ from vmis.errors import ConfigError
 __all__ = [
     "AGENT_CHARDEV_ID",
     "AGENT_PORT_NAME",
+    "CDROM_DEVICE_ID",
     "QGA_CHARDEV_ID",
     "QGA_PORT_NAME",
-    "CDROM_DEVICE_ID",
     "ROOT_DRIVE_ID",
     "BootSpec",
     "DiskMode",

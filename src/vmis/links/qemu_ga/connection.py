@@ -21,7 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from vmis.errors import (
     ChannelClosed,
@@ -86,7 +86,7 @@ class QgaConnection(asyncio.Protocol):
         self.log = log
         self._clock = clock
         self.codec = QgaCodec()
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.WriteTransport | None = None
         self._futures: dict[int, asyncio.Future[Any]] = {}
         #: id -> (command, monotonic time sent) of every request not answered yet
         self._sent: dict[int, tuple[str, float]] = {}
@@ -102,8 +102,8 @@ class QgaConnection(asyncio.Protocol):
     # Section: asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport (asyncio's, or uvloop's, which subclasses neither)
+        self._transport = cast(asyncio.WriteTransport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = self._clock()
