@@ -151,3 +151,62 @@ async def test_a_late_reply_times_out_and_the_connection_stays_usable(short_tmp)
             await conn.call("guest-ping")
     finally:
         server.close()
+
+
+class CountingPeer:
+    """Answers each request after a delay, noting how many it had unanswered at once."""
+
+    def __init__(self, path, delay: float) -> None:
+        self.path = path
+        self.delay = delay
+        self.most_waiting = 0
+        self.order: list[int] = []
+
+    async def serve(self):
+        return await asyncio.start_unix_server(self._client, str(self.path))
+
+    async def _client(self, reader, writer):
+        decoder = json.JSONDecoder()
+        text = ""
+        waiting: list[dict] = []
+        while data := await reader.read(65536):
+            text += data.replace(b"\xff", b"").decode()
+            while text:
+                try:
+                    body, end = decoder.raw_decode(text)
+                except ValueError:
+                    break
+                text = text[end:]
+                waiting.append(body)
+            self.most_waiting = max(self.most_waiting, len(waiting))
+            while waiting:
+                body = waiting.pop(0)
+                if body["execute"] == "guest-sync-delimited":
+                    writer.write(b"\xff" + json.dumps({"return": body["arguments"]["id"]}
+                                                      ).encode() + b"\n")
+                    continue
+                await asyncio.sleep(self.delay)
+                self.order.append(body["id"])
+                writer.write(json.dumps({"return": {}, "id": body["id"]}).encode() + b"\n")
+        writer.close()
+
+
+async def test_one_request_is_in_flight_at_a_time_and_the_next_goes_at_once(short_tmp):
+    # qemu-ga over virtio-serial loses replies when requests arrive while it
+    # writes them (docs/guest-links.md §2): the connection never pipelines.
+    peer = CountingPeer(short_tmp / "count.sock", delay=0.05)
+    server = await peer.serve()
+    try:
+        conn = await connect(f"unix:{peer.path}")
+        futures = [conn.send("guest-ping") for _ in range(6)]
+        started = time.monotonic()
+        assert await asyncio.gather(*futures) == [{}] * 6
+        assert peer.most_waiting == 1 and peer.order == sorted(peer.order)
+        assert time.monotonic() - started < 5
+        # a caller that gives up does not stop the queue
+        slow = conn.send("guest-ping", timeout=5)
+        slow.cancel()
+        assert await conn.call("guest-ping", timeout=5) == {}
+        conn.close()
+    finally:
+        server.close()

@@ -140,6 +140,8 @@ class Stray:
 
     line: bytes
     why: str
+    #: the id it names, if any (a late reply's)
+    id: int | None = None
 
 
 Event = Synced | Reply | ErrorReply | Expired | Stray
@@ -318,7 +320,8 @@ class QgaCodec:
         pending = self._pending.get(request_id) if isinstance(request_id, int) else None
         if pending is None or not isinstance(request_id, int):
             why = "no id" if request_id is None else f"no pending request has id {request_id}"
-            events.append(Stray(line[:200], why))
+            events.append(Stray(line[:200], why,
+                                request_id if isinstance(request_id, int) else None))
             return
         self._settle_earlier(request_id, events)
         del self._pending[request_id]

@@ -9,11 +9,15 @@ then keeps its states and its Lost Communication timing unchanged
 keeps the last and the worst of the last minute in the agent facts
 (``beat_latency_ms``, ``beat_latency_max_ms``; ``vmis vm list --json``).
 
-qemu-ga answers one command at a time. While it works on a freeze or a
-thaw (a sync of every dirty page, then FIFREEZE), a ping waits behind it;
-such a ping is counted as answered for up to :data:`BUSY_GRACE` seconds, so a
-slow freeze does not read as a guest gone (the VSS translation bounds the
-freeze itself).
+qemu-ga answers one command at a time, and the link sends one at a time
+(vmis.links.qemu_ga.connection), so a ping waits behind the commands asked
+before it: a copy's writes, which a guest's emulated CPU parses at well under
+a MiB a second, or a freeze (a sync of every dirty page, then FIFREEZE), or a
+clock step (qemu-ga runs hwclock before it answers). A ping that times out
+still counts as a beat when qemu-ga answered anything else within the last
+two intervals (it is alive, and busy), or when what holds it up is a freeze, a
+thaw or a clock step younger than :data:`BUSY_GRACE` seconds (the VSS
+translation bounds the freeze itself). Only silence is a missed beat.
 """
 
 from __future__ import annotations
@@ -34,15 +38,20 @@ __all__ = ["BUSY_COMMANDS", "BUSY_GRACE", "HeartbeatTranslator", "busy_with"]
 SPEC = by_key("heartbeat")
 #: commands that keep qemu-ga from answering a ping for a while, by their nature
 BUSY_COMMANDS = frozenset({"guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list",
-                           "guest-fsfreeze-thaw"})
+                           "guest-fsfreeze-thaw", "guest-set-time"})
 #: seconds such a command may hold pings up before the guest counts as silent
 BUSY_GRACE = 60.0
 #: beats whose latency the worst figure covers (a minute at the default interval)
 _LATENCY_WINDOW = 30
 
 
-def busy_with(link: LinkContext) -> str | None:
-    """The freeze or thaw qemu-ga works on now, if one holds pings up within its grace."""
+def busy_with(link: LinkContext, within: float) -> str | None:
+    """Why qemu-ga counts as alive though a ping got no answer, if it does.
+
+    :param within: seconds: an answer to anything this recent is a sign of life.
+    """
+    if time.monotonic() - link.conn.last_heard < within:
+        return "answering other commands"
     oldest = link.conn.oldest_pending()
     if oldest is None:
         return None
@@ -82,28 +91,27 @@ class HeartbeatTranslator(Translator):
 
     async def _beat(self) -> None:
         interval = self.interval_ms / 1000
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        next_at = time.monotonic()
         while True:
-            started = loop.time()
+            started = time.monotonic()
             alive = False
             try:
                 # A ping slower than the interval is a missed beat, not a queue of pings.
                 await self.link.call("guest-ping", timeout=max(interval, 0.5))
                 alive = True
-                self._record((loop.time() - started) * 1000)
+                self._record((time.monotonic() - started) * 1000)
             except RequestTimeout:
-                busy = busy_with(self.link)
+                busy = busy_with(self.link, 2 * max(interval, 0.5))
                 if busy is not None:
-                    self.link.log.debug("qemu-ga is busy with %s: counted as a beat", busy)
+                    self.link.log.debug("qemu-ga is busy (%s): counted as a beat", busy)
                     alive = True
             except (ChannelError, ProtocolError, RemoteServiceError) as exc:
                 self.link.log.debug("heartbeat ping failed: %s", exc)
             if alive:
                 self.seq += 1
                 self.link.to_host(SPEC.id, HeartbeatOp.BEAT, encode_beat(self.seq, "ok"))
-            next_at = max(next_at + interval, loop.time())
-            await asyncio.sleep(next_at - loop.time())
+            next_at = max(next_at + interval, time.monotonic())
+            await asyncio.sleep(next_at - time.monotonic())
 
     def _record(self, ms: float) -> None:
         self._latencies.append(ms)

@@ -128,9 +128,9 @@ class QemuGaLink:
         try:
             await self.conn.call("guest-ping", timeout=timeout)
         except RequestTimeout:
-            if busy_with(self) is None:
+            if busy_with(self, timeout) is None:
                 raise
-            # qemu-ga works on a freeze or thaw: alive, if busy (see heartbeat).
+            # qemu-ga answers what was asked before the ping: alive, if busy (see heartbeat).
 
     async def install_agent(self, bundle: str, sha256: str, version: str,
                             timeout: float) -> dict[str, Any]:

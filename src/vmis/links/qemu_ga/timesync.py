@@ -137,7 +137,7 @@ class TimeSyncTranslator(Translator):
                         step_threshold_ns=STEP_THRESHOLD_NS, noise_ns=max(sample.rtt_ns // 2, 0))
         note = ""
         if action is Action.STEP:
-            note = await self._step(sample, timeout)
+            note = await self._step(sample)
             state = "Stepped"
         elif action is Action.SLEW:
             action, state, note = Action.NONE, "Unslewed", NO_SLEW_NOTE
@@ -154,12 +154,14 @@ class TimeSyncTranslator(Translator):
         }
         return encode_json(answer)
 
-    async def _step(self, sample: Sample, timeout: float | None) -> str:
+    async def _step(self, sample: Sample) -> str:
         # The guest's clock takes the value when the request arrives: half a round trip on.
         target = time.time_ns() + max(sample.rtt_ns, 0) // 2
         note = ""
         try:
-            await self.link.call("guest-set-time", {"time": target}, timeout=timeout)
+            # Not the sample's timeout: qemu-ga writes the RTC (hwclock, which waits
+            # for a second's edge) before it answers, seconds on an emulated CPU.
+            await self.link.call("guest-set-time", {"time": target})
         except RemoteServiceError as exc:
             if "hwclock" not in str(exc):
                 raise
