@@ -39,6 +39,7 @@ class Guest:
         self.offset_ns = 3600 * 10**9  # an hour ahead
         self.frozen = False
         self.freeze_delay = 0.0
+        self.no_dbus = False
         self.programs: dict[str, dict[str, Any]] = {}
         self.started: list[list[str]] = []
         self._next_pid = 100
@@ -61,10 +62,15 @@ class Guest:
             "guest-fsfreeze-thaw": self._thaw,
             "guest-get-fsinfo": lambda a: [{"mountpoint": "/", "type": "ext4"},
                                            {"mountpoint": "/var", "type": "ext4"}],
-            "guest-shutdown": lambda a: None,
+            "guest-shutdown": self._shutdown,
             "guest-exec": self._exec,
             "guest-exec-status": self._status,
         }
+
+    def _shutdown(self, args: dict[str, Any]) -> None:
+        if self.no_dbus:
+            # qemu-ga 7.2's "shutdown -P +0" in a guest without D-Bus (systemd 252)
+            raise QgaError("child process has failed to shutdown")
 
     def _open(self, args: dict[str, Any]) -> int:
         if args["path"] != "/proc/sys/kernel/random/boot_id":
@@ -203,6 +209,16 @@ async def test_stop_vm_through_guest_shutdown_which_answers_nothing(scripted):
                                          reason="test", timeout=10)
     assert stopped["Error"] is None and stopped["State"] == "Off", stopped
     assert peer.commands("guest-shutdown") == [{"mode": "powerdown"}]
+
+
+async def test_a_guest_shutdown_that_fails_without_dbus_is_done_by_systemctl(scripted):
+    manager, _, guest, peer = scripted
+    guest.no_dbus = True
+    asyncio.get_running_loop().call_later(1.0, peer.drop_clients)  # QEMU exits
+    [stopped] = await manager.service(ShutdownHost).power_vms(
+        ["QgaVM"], PowerAction.POWEROFF, force=True, reason="test", timeout=10)
+    assert stopped["Error"] is None, stopped
+    assert guest.started[-1] == ["systemctl", "poweroff"]
 
 
 async def test_invoke_command_output_after_exit_with_qemu_gas_cap_said(scripted):

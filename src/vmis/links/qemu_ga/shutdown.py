@@ -11,9 +11,17 @@ agent's does, and the host waits for the VM to go as for any guest
 Without ``-Force`` a vmis guest refuses while logind holds a block inhibitor
 on shutdown; qemu-ga's shutdown never asks, so where guest-exec is allowed
 the link asks logind itself (the same busctl call) and refuses the same way.
+
+qemu-ga 7.2 runs ``shutdown -P +0``, which systemd 252 hands to logind over
+D-Bus: in a guest without D-Bus (a minimal image) it fails ("child process
+has failed to shutdown"). Where guest-exec is allowed the link then runs
+``systemctl poweroff`` (``reboot``) itself, which needs neither, and says so
+in the log; otherwise the failure is the answer.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from vmis.errors import ChannelError, RemoteServiceError, RequestTimeout
 from vmis.links.qemu_ga import guest_exec
@@ -33,6 +41,8 @@ __all__ = ["ShutdownTranslator"]
 SPEC = by_key("shutdown")
 #: qemu-ga's guest-shutdown modes
 _MODES = {PowerAction.POWEROFF: "powerdown", PowerAction.REBOOT: "reboot"}
+#: the systemctl verbs of the fallback
+_SYSTEMCTL = {PowerAction.POWEROFF: "poweroff", PowerAction.REBOOT: "reboot"}
 
 
 class ShutdownTranslator(Translator):
@@ -76,11 +86,32 @@ class ShutdownTranslator(Translator):
             if not shutdown.done():
                 shutdown.cancel()
         if shutdown.done() and not shutdown.cancelled() and shutdown.exception() is not None:
-            raise RemoteServiceError("failed", str(shutdown.exception())) from None
+            failure = shutdown.exception()
+            if not self.link.agent.can_exec:
+                raise RemoteServiceError("failed", str(failure)) from None
+            self.link.log.warning("%s; running systemctl %s through guest-exec instead",
+                                  failure, _SYSTEMCTL[action])
+            await self._systemctl(action)
         self.pending = action
         self.link.log.warning("%s accepted by qemu-ga%s: %s", action.value,
                               " (forced)" if force else "", reason)
         return encode_json({"action": action.value, "force": force, "accepted": True})
+
+    async def _systemctl(self, action: PowerAction) -> None:
+        """``systemctl poweroff`` (or ``reboot``) in the guest; the guest may go before it ends."""
+        pid = await guest_exec.start(self.link, ["systemctl", _SYSTEMCTL[action]])
+        try:
+            done = None
+            for _ in range(50):  # systemctl returns once the job is queued
+                done = await guest_exec.poll(self.link, pid)
+                if done is not None:
+                    break
+                await asyncio.sleep(0.1)
+        except (RequestTimeout, ChannelError):
+            return  # qemu-ga stopped with the guest going down
+        if done is not None and not done.ok:
+            raise RemoteServiceError("failed", f"systemctl {_SYSTEMCTL[action]} in the guest: "
+                                               f"{done.why()}")
 
     async def _blockers(self) -> list[str]:
         """logind's block inhibitors on shutdown; none when logind does not answer."""
