@@ -37,6 +37,7 @@ from vmis.lab.lab import Lab
 from vmis.qemu.cmdline import DiskMode
 from vmis.qemu.image.guest_image import GuestImage
 from vmis.qemu.machine import QemuMachine
+from vmis.services.fcopy import resume_token
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900)]
 
@@ -168,6 +169,17 @@ def test_copy_vm_file_in_and_out_and_trees(qga_guest, tmp_path):
     assert out["Sha256"] == digest and back.read_bytes() == source.read_bytes()
     print(f"\nCopy-VMFile {COPY_MIB} MiB over qemu-ga: into the guest "
           f"{COPY_MIB / into['Seconds']:.2f} MiB/s, out {COPY_MIB / out['Seconds']:.2f} MiB/s")
+
+    # an interrupted copy's partial file (the first MiB) is resumed: its prefix
+    # hashes the same in the guest
+    name = resume_token("to-guest", str(source), source.stat().st_size,
+                        source.stat().st_mtime_ns, "/root/in2/\0in.bin")[:16]
+    qga_guest.guest("sh", "-c", f"mkdir -p /root/in2 && head -c {MIB} /root/in/in.bin > "
+                                f"/root/in2/.in.bin.{name}.vmis-part")
+    resumed = qga_guest.json("Copy-VMFile", VM, str(source), "/root/in2/", "-FileSource", "Host",
+                             timeout=600)
+    assert (resumed["BytesResumed"], resumed["Sha256"]) == (MIB, digest)
+    assert qga_guest.guest("sha256sum", "/root/in2/in.bin").split()[0] == digest
 
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)

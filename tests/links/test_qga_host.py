@@ -136,7 +136,8 @@ async def test_copy_vm_file_both_ways_through_qemu_ga(qga_vm, tmp_path):
     await manager.set_enabled(["QgaVM"], ["Guest Service Interface"], True)
     guest_dir = sandbox.dir / "files"
     guest_dir.mkdir()
-    for size in (5, 3 * 1024 * 1024 + 17):  # one PUT; OPEN_WRITE, WRITEs, COMMIT
+    # one PUT and OPEN_READ inline; then OPEN_WRITE, WRITEs, COMMIT and READs, CLOSE
+    for size in (5, 5 * 1024 * 1024 + 17):
         source = tmp_path / f"in-{size}.bin"
         source.write_bytes(os.urandom(size))
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -163,3 +164,24 @@ async def test_copy_vm_file_both_ways_through_qemu_ga(qga_vm, tmp_path):
     with pytest.raises(RemoteServiceError, match="without guest-exec"):
         await fcopy.copy_vm_file("QgaVM", str(smaller), f"{guest_dir}/new/dir/f", "Host",
                                  create_full_path=True)
+
+
+async def test_an_interrupted_copy_out_leaves_no_destination_and_starts_over(qga_vm, tmp_path):
+    # Without guest-exec a guest file's times are unknown, so a copy cannot
+    # resume (docs/guest-links.md §4); it is never left half-written either.
+    manager, _, sandbox = qga_vm
+    await manager.set_enabled(["QgaVM"], ["Guest Service Interface"], True)
+    fcopy = manager.service(FcopyHost)
+    data = os.urandom(24 * 1024 * 1024)
+    (sandbox.dir / "big.bin").write_bytes(data)
+    target = tmp_path / "big.bin"
+    first = asyncio.ensure_future(fcopy.copy_vm_file(
+        "QgaVM", f"{sandbox.dir}/big.bin", str(target), "Guest",
+        progress=lambda p: p.bytes_done >= 12 * 1024 * 1024 and first.cancel()))
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert not target.exists()  # a partial file beside it, never the destination
+    again = await fcopy.copy_vm_file("QgaVM", f"{sandbox.dir}/big.bin", str(target), "Guest")
+    assert again["BytesResumed"] == 0 and again["BytesSent"] == len(data)
+    assert target.read_bytes() == data
+    assert again["Sha256"] == hashlib.sha256(data).hexdigest()

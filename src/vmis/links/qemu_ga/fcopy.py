@@ -368,7 +368,7 @@ class FcopyTranslator(Translator):
         if found.size > inline:
             handle = self._handle()
             self._reads[handle] = read
-            return encode_json({**info, "handle": handle})
+            return b"".join(encode_json_raw({**info, "handle": handle}))
         try:
             data = await self._read_data(read, found.size, timeout)
         finally:
@@ -422,16 +422,10 @@ class FcopyTranslator(Translator):
         if read is None:
             raise RemoteServiceError("bad-request", f"no open copy {body.get('handle')}")
         offset = int(body.get("offset") or 0)
-        if self._exec:
-            prefix = await sha256_of(self.link, read.path, offset)
-        else:
-            # The host hashes the prefix as it reads it, which also starts the
-            # running hash CLOSE reports.
-            await self.link.call("guest-file-seek", {"handle": read.qga, "offset": 0,
-                                                     "whence": "set"})
-            read.hasher = hashlib.sha256()
-            await self._read_data(read, offset, timeout)
-            prefix = read.hasher.hexdigest()
+        # Only reached with guest-exec: without it a guest file's times are
+        # unknown, so no two copies share a resume token.
+        self._needs_exec("resume a copy")
+        prefix = await sha256_of(self.link, read.path, offset)
         await self.link.call("guest-file-seek", {"handle": read.qga, "offset": offset,
                                                  "whence": "set"})
         read.expected = offset
