@@ -213,7 +213,7 @@ def main() -> None:
                         help="comma-separated chunk sizes to try for the link's writes and "
                              "reads (bytes); default: the link's own")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)  # the sandbox blocks services: expected warnings
     with tempfile.TemporaryDirectory(prefix="vmis-qb-", dir="/tmp") as tmp:
         work = Path(tmp)
         sandbox = QgaSandbox(work)
