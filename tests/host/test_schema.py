@@ -94,6 +94,22 @@ def test_a_store_of_revision_0001_gets_the_libvirt_columns_and_keeps_its_vms(tmp
     assert schema_differences(store.engine) == []
 
 
+def test_a_store_of_revision_0001_gets_the_guest_agent_column_with_its_vms(db_url):
+    engine = sa.create_engine(db_url)
+    upgrade(engine, "0001")  # a store as vmis 0.1 left it
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO vms (id, name, name_key, channel, kind, heartbeat_interval_ms, "
+            "heartbeat_latency_ms, heartbeat_error_threshold, created) VALUES "
+            "('id-1', 'OldVM', 'oldvm', 'unix:/x', 'external', 2000, 1000, 2, "
+            "'2026-11-01 00:00:00')"))
+    store = Store(db_url)
+    [vm] = store.list_vms()
+    assert (vm.name, vm.guest_agent) == ("OldVM", "vmis")  # the only kind there was
+    assert schema_differences(store.engine) == []
+    assert store.add_vm("QgaVM", "unix:/y", guest_agent="qemu-ga").guest_agent == "qemu-ga"
+
+
 async def test_a_host_manager_runs_on_postgresql(short_tmp, postgres_url):
     async with host_guest_pair(short_tmp, db_url=postgres_url) as pair:
         rows = (await pair.api.get("/v1/services", params={"vm": "DemoVM"})).json()

@@ -23,12 +23,15 @@ class VmIn(BaseModel):
     channel: str
     qmp: str | None = None
     kind: str = "external"
+    #: the guest agent it runs: "vmis" or "qemu-ga"
+    guest_agent: str = "vmis"
     heartbeat_interval_ms: int | None = Field(default=None, ge=100, le=600_000)
 
 
 class VmPatch(BaseModel):
     channel: str | None = None
     qmp: str | None = None
+    guest_agent: str | None = None
     heartbeat_interval_ms: int | None = Field(default=None, ge=100, le=600_000)
     heartbeat_latency_ms: int | None = Field(default=None, ge=0, le=600_000)
     heartbeat_error_threshold: int | None = Field(default=None, ge=1, le=100)
@@ -54,6 +57,7 @@ def _control_router() -> APIRouter:
     async def add_vm(request: Request, vm: VmIn) -> dict[str, Any]:
         manager = manager_of(request)
         record = manager.add_vm(vm.name, vm.channel, qmp=vm.qmp, kind=vm.kind,
+                                guest_agent=vm.guest_agent,
                                 heartbeat_interval_ms=vm.heartbeat_interval_ms)
         return manager.vm_info(manager.sessions[record.id])
 

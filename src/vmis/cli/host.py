@@ -27,6 +27,9 @@ from vmis.psargs import Command, Param, find_verb, run_command, run_main
 __all__ = ["COMMANDS", "main"]
 
 JSON = Param("json", "switch", help="print JSON for scripts")
+GUEST_AGENT = Param("GuestAgent", choices=("vmis", "qemu-ga"),
+                    help="the guest agent the VM runs: vmis (default) or qemu-ga, the QEMU "
+                         "guest agent (docs/guest-links.md)")
 
 
 def _out(data: Any) -> None:
@@ -117,9 +120,11 @@ def cmd_vm_add(api: ApiClient, args: dict[str, Any]) -> int:
     if args["Libvirt"] and (done := add_libvirt_domains(api, args)) is not None:
         return done
     name, channel, qmp = args["Name"], args["Channel"], args["Qmp"]
+    agent = args["GuestAgent"]
     found = discover_for_add(args)
     if found is not None:
         name, channel, qmp = name or found.name, channel or found.channel, qmp or found.qmp
+        agent = agent or found.guest_agent
         for note in found.notes:
             warn(note)
     if not name:
@@ -128,14 +133,15 @@ def cmd_vm_add(api: ApiClient, args: dict[str, Any]) -> int:
         raise UsageError("vm add: missing mandatory parameter -Channel (or read it off a "
                          "running VM with -FromPid, -FromCmdline, -FromLibvirtXml or -Libvirt).")
     vm = api.call("POST", "/vms", json={
-        "name": name, "channel": channel, "qmp": qmp,
+        "name": name, "channel": channel, "qmp": qmp, "guest_agent": agent or "vmis",
         "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
     })
     if args["json"]:
         _out(vm)
     else:
         monitor = f", QMP {vm['Qmp']}" if vm["Qmp"] else ""
-        print(f"VM {vm['Name']} registered ({vm['Channel']}{monitor}), id {vm['Id']}")
+        print(f"VM {vm['Name']} registered ({vm['Channel']}{monitor}, guest agent "
+              f"{vm['GuestAgent']}), id {vm['Id']}")
     return 0
 
 
@@ -145,10 +151,10 @@ def cmd_vm_list(api: ApiClient, args: dict[str, Any]) -> int:
         _out(vms)
         return 0
     print(format_table(
-        [Column("Name"), Column("Connected"), Column("Heartbeat"), Column("AgentVersion"),
-         Column("Channel"), Column("Id")],
-        [(v["Name"], v["Connected"], v["Heartbeat"], v["AgentVersion"] or "", v["Channel"],
-          v["Id"]) for v in vms],
+        [Column("Name"), Column("Connected"), Column("Heartbeat"), Column("GuestAgent"),
+         Column("AgentVersion"), Column("Channel"), Column("Id")],
+        [(v["Name"], v["Connected"], v["Heartbeat"], v["GuestAgent"], v["AgentVersion"] or "",
+          v["Channel"], v["Id"]) for v in vms],
     ))
     return 0
 
@@ -180,7 +186,7 @@ def cmd_vm_remove(api: ApiClient, args: dict[str, Any]) -> int:
 
 
 def cmd_vm_set(api: ApiClient, args: dict[str, Any]) -> int:
-    patch = {"channel": args["Channel"], "qmp": args["Qmp"],
+    patch = {"channel": args["Channel"], "qmp": args["Qmp"], "guest_agent": args["GuestAgent"],
              "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
              "heartbeat_latency_ms": args["HeartbeatLatencyMs"],
              "heartbeat_error_threshold": args["HeartbeatErrorThreshold"]}
@@ -257,6 +263,7 @@ COMMANDS: tuple[Command, ...] = (
         Param("Name", position=0, help="the VM's name (default: the discovered one)"),
         Param("Channel", help="unix:/path | vsock:CID:PORT | hvsock:/path:PORT"),
         Param("Qmp", aliases=("QemuQmp",), help="QEMU QMP socket of the VM"),
+        GUEST_AGENT,
         Param("FromPid", "int", help="read -Channel and -Qmp off this running QEMU process"),
         Param("FromCmdline", help="read them off a QEMU command line (one quoted word)"),
         Param("FromLibvirtXml", help="read them off a libvirt domain XML file (virsh dumpxml)"),
@@ -268,10 +275,11 @@ COMMANDS: tuple[Command, ...] = (
         "vmis vm add web1 -Channel unix:/run/vmis/web1.agent -Qmp /run/vmis/web1.qmp",
         "vmis vm add web1 -FromPid 12345",
         "vmis vm add -Libvirt '*'",
+        "vmis vm add db1 -Channel unix:/run/qemu/db1.qga -GuestAgent qemu-ga",
     )),
     Command("vm list", "List registered VMs.", (JSON,), cmd_vm_list),
     Command("vm set", "Change a registered VM's settings.", (
-        Param("Name", required=True, position=0), Param("Channel"), Param("Qmp"),
+        Param("Name", required=True, position=0), Param("Channel"), Param("Qmp"), GUEST_AGENT,
         Param("HeartbeatIntervalMs", "int"), Param("HeartbeatLatencyMs", "int"),
         Param("HeartbeatErrorThreshold", "int"), JSON,
     ), cmd_vm_set),

@@ -18,20 +18,21 @@ import asyncio
 import fnmatch
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
-from vmis.errors import NotFoundError, ServiceUnavailable
+from vmis.errors import ConfigError, NotFoundError, ServiceUnavailable
 from vmis.host.events import EventHub, first_id_now
 from vmis.host.request_stats import request_stats
 from vmis.host.session import VmSession
 from vmis.host.store import Store
 from vmis.host.vminfo import vm_row
 from vmis.host.vmname import check_vm_name
+from vmis.links.qemu_ga import QemuGa
 from vmis.links.vmis_agent import VmisAgent
 from vmis.services.catalog import CATALOG, ServiceSpec, match_host_names
 from vmis.services.host_half import Contact, HostContext, HostService, VmRecord
@@ -40,7 +41,7 @@ from vmis.services.link import GuestKind
 from vmis.services.status import ServiceStatus
 from vmis.transport.address import parse_address
 
-__all__ = ["HostManager"]
+__all__ = ["HostManager", "default_guest_kinds"]
 
 S = TypeVar("S", bound=HostService[Any])
 
@@ -56,15 +57,17 @@ class HostManager:
     """Owns the store, the services' host halves and the VM sessions.
 
     :param store: the registry.
-    :param guest_kind: opens links to the VMs' guests (default: the vmis agent).
+    :param guest_kinds: the kinds of guest agent, by name: each opens links to
+        the VMs whose record names it (default: the vmis agent and qemu-ga).
     :param hypervisors: the backends that act on VMs' machines, asked in order.
     :param data_dir: where the manager keeps its files (setup disks, machines).
     """
 
-    def __init__(self, store: Store, *, guest_kind: GuestKind | None = None,
+    def __init__(self, store: Store, *, guest_kinds: Mapping[str, GuestKind] | None = None,
                  hypervisors: Sequence[Hypervisor] = (), data_dir: Path | None = None) -> None:
         self.store = store
-        self.guest_kind: GuestKind = guest_kind or VmisAgent()
+        self.guest_kinds: dict[str, GuestKind] = dict(
+            guest_kinds if guest_kinds is not None else default_guest_kinds())
         self.hypervisors = list(hypervisors)
         self.data_dir = data_dir
         #: what changes, for screens that follow it live
@@ -143,7 +146,7 @@ class HostManager:
             await service.close()
 
     def _start_session(self, vm: VmRecord) -> VmSession:
-        session = VmSession(vm, self._services.values(), self.guest_kind, self.events,
+        session = VmSession(vm, self._services.values(), self.guest_kinds, self.events,
                             self.requests)
         self.sessions[vm.id] = session
         session.start()
@@ -182,23 +185,31 @@ class HostManager:
     # Section: VMs
 
     def add_vm(self, name: str, channel: str, *, qmp: str | None = None, kind: str = "external",
-               heartbeat_interval_ms: int | None = None, libvirt_uri: str | None = None,
-               libvirt_domain: str | None = None) -> VmRecord:
+               guest_agent: str = "vmis", heartbeat_interval_ms: int | None = None,
+               libvirt_uri: str | None = None, libvirt_domain: str | None = None) -> VmRecord:
         """Register a VM and start its session.
 
-        :raise ConfigError: For an invalid name (vmis.host.vmname) or channel address.
+        :param guest_agent: the kind of guest agent it runs (``vmis``, ``qemu-ga``).
+        :raise ConfigError: For an invalid name (vmis.host.vmname) or channel address,
+            or an unknown guest agent.
         :raise StateError: When the name is taken.
         """
         check_vm_name(name)
         parse_address(channel)
-        vm = self.store.add_vm(name, channel, qmp=qmp, kind=kind,
+        self._check_guest_agent(guest_agent)
+        vm = self.store.add_vm(name, channel, qmp=qmp, kind=kind, guest_agent=guest_agent,
                                heartbeat_interval_ms=heartbeat_interval_ms,
                                libvirt_uri=libvirt_uri, libvirt_domain=libvirt_domain)
         self._start_session(vm)
-        _log.info("VM %s added (%s)", name, channel)
-        self.publish("vm-added", vm_name=vm.name, vm_id=vm.id, Channel=vm.channel, Kind=vm.kind)
+        _log.info("VM %s added (%s, %s)", name, channel, guest_agent)
+        self.publish("vm-added", vm_name=vm.name, vm_id=vm.id, Channel=vm.channel, Kind=vm.kind,
+                     GuestAgent=vm.guest_agent)
         return vm
 
+    def _check_guest_agent(self, name: str) -> None:
+        if name not in self.guest_kinds:
+            raise ConfigError(f"unknown guest agent {name!r}: use "
+                              f"{' or '.join(sorted(self.guest_kinds))}")
     async def remove_vm(self, name: str, *, by_id: bool = False) -> VmRecord:
         """Unregister a VM and end its session.
 
@@ -216,9 +227,11 @@ class HostManager:
         return vm
 
     def update_vm(self, name: str, **values: Any) -> VmRecord:
-        """Change a VM's channel, QMP socket or heartbeat settings."""
+        """Change a VM's channel, QMP socket, guest agent or heartbeat settings."""
         if "channel" in values:
             parse_address(values["channel"])
+        if "guest_agent" in values:
+            self._check_guest_agent(values["guest_agent"])
         vm = self.store.update_vm(name, **values)
         self.sessions[vm.id].update(vm)
         return vm
@@ -279,8 +292,10 @@ class HostManager:
         vm = session.vm
         return {
             "Name": vm.name, "Id": vm.id, "Channel": vm.channel, "Qmp": vm.qmp, "Kind": vm.kind,
+            "GuestAgent": vm.guest_agent,
             "Connected": session.connected, "Heartbeat": session.contact(),
             "AgentVersion": session.agent.get("version"), "LastError": session.last_error,
+            "BeatLatencyMs": session.agent.get("beat_latency_ms"),
             "HeartbeatIntervalMs": vm.heartbeat_interval_ms,
             "LibvirtUri": vm.libvirt_uri, "LibvirtDomain": vm.libvirt_domain,
         }
@@ -348,6 +363,12 @@ class HostManager:
         for s in sessions:
             s.check_status()
         return results
+
+
+def default_guest_kinds() -> dict[str, GuestKind]:
+    """The kinds of guest agent a host manager knows unless told otherwise."""
+    kinds: tuple[GuestKind, ...] = (VmisAgent(), QemuGa())
+    return {kind.name: kind for kind in kinds}
 
 
 def _with_enabled(vm: VmRecord, changes: dict[str, bool]) -> VmRecord:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 from vmis.errors import (
     ChannelError,
+    ConfigError,
     ProtocolError,
     RemoteServiceError,
     RequestTimeout,
@@ -82,18 +83,19 @@ class VmSession:
 
     :param vm: the VM's record (desired state included).
     :param services: the host halves, in catalogue order: each gives this VM a part.
-    :param kind: opens links to the VM's guest.
+    :param kinds: the guest kinds by name; the VM's record names the one that
+        opens links to its guest (``VmRecord.guest_agent``).
     :param events: where the VM's changes are published (a fresh hub when not shared).
     :param requests: where the host halves' requests are counted, by service key
         (vmis.host.request_stats; fresh ones when not shared).
     """
 
     def __init__(self, vm: VmRecord, services: Iterable[HostService[Any]],
-                 kind: GuestKind, events: EventHub | None = None,
+                 kinds: Mapping[str, GuestKind], events: EventHub | None = None,
                  requests: Mapping[str, RequestStats] | None = None) -> None:
         self.vm = vm
         self.log = _log.getChild(vm.name)
-        self.kind = kind
+        self.kinds = kinds
         self.events = events if events is not None else EventHub()
         self._requests = requests if requests is not None else request_stats()
         #: the statuses last published, by service key (see check_status)
@@ -195,6 +197,11 @@ class VmSession:
         return self._hello.services
 
     @property
+    def absent(self) -> Mapping[str, str]:
+        """Why the guest's agent lacks a service, by key, where its kind says (qemu-ga)."""
+        return self._hello.absent
+
+    @property
     def handlers(self) -> Mapping[tuple[int, int], NotificationHandler]:
         """The parts' handlers of guest notifications (the link dispatches to them)."""
         return self._handlers
@@ -231,7 +238,7 @@ class VmSession:
 
     def update(self, vm: VmRecord) -> None:
         """Take a changed record (desired state, channel, heartbeat settings)."""
-        channel_changed = vm.channel != self.vm.channel
+        channel_changed = (vm.channel, vm.guest_agent) != (self.vm.channel, self.vm.guest_agent)
         self.vm = vm
         for part in self._parts.values():
             part.on_record_changed()
@@ -274,6 +281,18 @@ class VmSession:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    @property
+    def kind(self) -> GuestKind:
+        """The guest kind that opens this VM's links.
+
+        :raise ConfigError: When no kind of that name is known to this manager.
+        """
+        kind = self.kinds.get(self.vm.guest_agent)
+        if kind is None:
+            raise ConfigError(f"{self.vm.name}: no guest agent kind {self.vm.guest_agent!r} "
+                              f"(known: {', '.join(sorted(self.kinds))})")
+        return kind
 
     async def _session(self) -> None:
         try:

@@ -46,6 +46,8 @@ vms = sa.Table(
     sa.Column("qmp", sa.String(1024)),
     #: "external", "lab", "qemu" or "libvirt": who starts and stops the VM
     sa.Column("kind", sa.String(16), nullable=False, server_default="external"),
+    #: the guest agent the VM runs: "vmis" or "qemu-ga" (a GuestKind's name)
+    sa.Column("guest_agent", sa.String(16), nullable=False, server_default="vmis"),
     sa.Column("heartbeat_interval_ms", sa.Integer, nullable=False,
               server_default=str(DEFAULT_INTERVAL_MS)),
     sa.Column("heartbeat_latency_ms", sa.Integer, nullable=False,
@@ -96,7 +98,8 @@ class Store:
     # Section: VMs
 
     def add_vm(self, name: str, channel: str, *, qmp: str | None = None,
-               kind: str = "external", heartbeat_interval_ms: int | None = None,
+               kind: str = "external", guest_agent: str = "vmis",
+               heartbeat_interval_ms: int | None = None,
                libvirt_uri: str | None = None, libvirt_domain: str | None = None) -> VmRecord:
         """Register a VM with the default service settings (docs/services/README.md).
 
@@ -105,7 +108,8 @@ class Store:
         vm_id = str(uuid.uuid4())
         values: dict[str, Any] = dict(
             id=vm_id, name=name, name_key=name.lower(), channel=channel, qmp=qmp, kind=kind,
-            created=datetime.now(UTC), libvirt_uri=libvirt_uri, libvirt_domain=libvirt_domain,
+            guest_agent=guest_agent, created=datetime.now(UTC), libvirt_uri=libvirt_uri,
+            libvirt_domain=libvirt_domain,
         )
         if heartbeat_interval_ms is not None:
             values["heartbeat_interval_ms"] = heartbeat_interval_ms
@@ -121,7 +125,7 @@ class Store:
         return self.get_vm(name)
 
     def update_vm(self, name: str, **values: Any) -> VmRecord:
-        """Change a VM's channel, QMP socket or heartbeat settings."""
+        """Change a VM's channel, QMP socket, guest agent or heartbeat settings."""
         vm = self.get_vm(name)
         with self._tx() as conn:
             conn.execute(vms.update().where(vms.c.id == vm.id).values(**values))
@@ -177,6 +181,7 @@ class Store:
         return [
             VmRecord(
                 id=r["id"], name=r["name"], channel=r["channel"], qmp=r["qmp"], kind=r["kind"],
+                guest_agent=r["guest_agent"],
                 heartbeat_interval_ms=r["heartbeat_interval_ms"],
                 heartbeat_latency_ms=r["heartbeat_latency_ms"],
                 heartbeat_error_threshold=r["heartbeat_error_threshold"],

@@ -66,6 +66,8 @@ class VmRecord:
     channel: str
     qmp: str | None
     kind: str
+    #: the guest agent it runs: the name of the GuestKind that opens its links
+    guest_agent: str
     heartbeat_interval_ms: int
     heartbeat_latency_ms: int
     heartbeat_error_threshold: int

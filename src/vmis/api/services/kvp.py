@@ -32,6 +32,12 @@ async def get_kvp(request: Request, vm: Annotated[list[str], Query()],
     return manager_of(request).service(KvpHost).rows(vm, pool)
 
 
+@router.get("/kvp/limits")
+async def get_kvp_limits(request: Request,
+                         vm: Annotated[list[str], Query()]) -> list[dict[str, str]]:
+    return manager_of(request).service(KvpHost).limits(vm)
+
+
 @router.post("/kvp/set")
 async def set_kvp(request: Request, change: KvpSet) -> list[dict[str, Any]]:
     return await manager_of(request).service(KvpHost).set(change.vms, change.key, change.value)

@@ -62,6 +62,10 @@ def cmd_get(api: ApiClient, args: dict[str, Any]) -> int:
     if any(r["Pending"] for r in rows):
         _warn("pending writes are saved by the host manager and delivered, in order, when the "
               "guest can take them")
+    if args["Pool"] != "Auto":
+        # a guest agent without some pools (qemu-ga) says so
+        for limit in api.call("GET", "/kvp/limits", params={"vm": args["VMName"]}):
+            _warn(f"{limit['VMName']}: {limit['Limit']}")
     return 0
 
 

@@ -323,6 +323,13 @@ class KvpHost(HostService[VmKvp]):
                              for r in state.pending_rows()]
         return rows
 
+    def limits(self, patterns: list[str]) -> list[dict[str, str]]:
+        """What the guest agents of matching VMs cannot do of KVP (an agent's offer
+        limit, e.g. qemu-ga's missing pools); for Get-VMKvp's warnings."""
+        return [{"VMName": vm.vm.name, "Limit": offer.limit}
+                for vm in self.host.match(patterns)
+                if (offer := vm.guest.get(SPEC.key)) is not None and offer.limit]
+
     async def set(self, patterns: list[str], key: str, value: str) -> list[dict[str, Any]]:
         """Set-VMKvp: write *key* = *value* to the External pool of matching VMs.
 

@@ -247,7 +247,8 @@ class RemoteCommand:
             vm.require(SPEC)
         except ServiceUnavailable as exc:
             state = vm.guest.get(SPEC.key)
-            if state is not None and state.state != "running":
+            # the hint is the vmis agent's; another agent's limit says what to do
+            if state is not None and state.state != "running" and not state.limit:
                 raise ServiceUnavailable(f"{exc}; {ENABLE_HINT}") from None
             raise
         assert vm.link is not None
