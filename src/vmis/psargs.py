@@ -47,14 +47,15 @@ def run_main(body: Callable[[], int], prefix: Callable[[VmisError], str]) -> int
     """Run a command line's body and turn how it ends into an exit status.
 
     A :class:`VmisError` is one line on stderr (``prefix: message``) and
-    status 2 for a usage error, 1 otherwise; never a traceback. Ctrl-C is
+    its class's ``exit_status`` (2 for a usage error, 75 for a busy target,
+    1 otherwise); never a traceback. Ctrl-C is
     130, and a reader that went away (``| head``) is not an error.
     """
     try:
         return body()
     except VmisError as exc:
         print(f"{prefix(exc)}: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
+        return exc.exit_status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
