@@ -17,7 +17,7 @@ from support.pair import eventually, host_guest_pair
 
 from vmis.errors import RemoteServiceError, ServiceUnavailable, StateError
 from vmis.services.fcopy.receiver import PART_SUFFIX
-from vmis.services.fcopy.guest import _Write
+from vmis.services.fcopy.guest_handles import WriteOpen
 from vmis.services.fcopy.host import FcopyHost
 
 MIB = 1024 * 1024
@@ -265,7 +265,7 @@ async def test_a_freeze_pauses_a_copy_in_progress_until_the_thaw(pair, short_tmp
                                               "Host", progress=progress))
     await asyncio.wait_for(frozen.wait(), 30)
     await asyncio.sleep(0.3)  # what was already being written finishes
-    writers = [w.receiver for w in fcopy(pair)._open.values() if isinstance(w, _Write)]
+    writers = [w.receiver for w in [w for _, w in fcopy(pair).handles.items()] if isinstance(w, WriteOpen)]
     assert len(writers) == 1
     held = writers[0].written
     await asyncio.sleep(0.5)
@@ -303,7 +303,7 @@ async def test_an_interrupted_copy_into_the_guest_resumes(pair, short_tmp):
     assert not (pair.root / "tmp/big").exists()
     parts = [p for p in (pair.root / "tmp").iterdir() if p.name.endswith(PART_SUFFIX)]
     assert len(parts) == 1
-    await eventually(lambda: not fcopy(pair)._open)  # the guest let go of it
+    await eventually(lambda: not len(fcopy(pair).handles))  # the guest let go of it
     result = await copy(pair, src, "/tmp/")
     assert result["BytesResumed"] >= 16 * MIB
     assert result["BytesSent"] == len(data) - result["BytesResumed"]
@@ -331,7 +331,7 @@ async def test_a_changed_source_starts_over_and_drops_the_old_partial(pair, shor
     src = host_file(short_tmp, "big", data)
     await interrupted(pair, lambda progress: copy_vm_file(
         pair, "DemoVM", str(src), "/tmp/", "Host", progress=progress), 16 * MIB)
-    await eventually(lambda: not fcopy(pair)._open)
+    await eventually(lambda: not len(fcopy(pair).handles))
     data2 = os.urandom(32 * MIB)
     host_file(short_tmp, "big", data2, mtime_ns=1_600_000_000_000_000_000)
     result = await copy(pair, src, "/tmp/")
@@ -346,7 +346,7 @@ async def test_partial_data_that_differs_from_the_source_is_not_kept(pair, short
     src = host_file(short_tmp, "big", data)
     await interrupted(pair, lambda progress: copy_vm_file(
         pair, "DemoVM", str(src), "/tmp/", "Host", progress=progress), 16 * MIB)
-    await eventually(lambda: not fcopy(pair)._open)
+    await eventually(lambda: not len(fcopy(pair).handles))
     other = bytearray(data)
     other[:100] = bytes(100)
     host_file(short_tmp, "big", bytes(other))  # same mtime as before
@@ -463,7 +463,7 @@ async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, s
     code, message = await remote_error(copy(pair, src, "/tmp/full.bin"))
     assert code == "too-large" and "No space left on device" in message
     assert not (pair.root / "tmp/full.bin").exists()
-    await eventually(lambda: not fcopy(pair)._open)
+    await eventually(lambda: not len(fcopy(pair).handles))
     monkeypatch.setattr(Receiver, "_pwrite", real)
     result = await copy(pair, src, "/tmp/full.bin")
     assert (pair.root / "tmp/full.bin").read_bytes() == data
