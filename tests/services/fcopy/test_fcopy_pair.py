@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from support.pair import eventually, host_guest_pair
 
-from vmis.errors import RemoteServiceError, ServiceUnavailable, StateError
+from vmis.errors import RemoteServiceError, ServiceUnavailable, StateError, TargetBusy
 from vmis.services.fcopy.receiver import PART_SUFFIX
 from vmis.services.fcopy.guest_handles import WriteOpen
 from vmis.services.fcopy.host import FcopyHost
@@ -206,7 +206,7 @@ async def test_recurse_copies_a_tree_both_ways_with_modes_and_mtimes(pair, short
     result = await copy(pair, tree, "/tmp/", recurse=True)
     assert result["Destination"] == "/tmp/site"
     assert (result["Files"], result["Directories"]) == (3, 4)
-    assert result["Skipped"] == [str(tree / "a/link")]
+    assert result["Skipped"] == [{"Path": str(tree / "a/link"), "Reason": "a symbolic link"}]
     assert {i["Path"]: i["Sha256"] for i in result["Items"]} == {
         f"/tmp/site/{rel}": sha(data) for rel, (data, _) in files.items()}
 
@@ -242,8 +242,9 @@ async def test_copies_into_a_frozen_guest_are_refused_and_out_of_it_allowed(pair
     (pair.root / "tmp/out").write_bytes(b"data")
     pair.agent.ctx.set_frozen(True)
     try:
-        code, message = await remote_error(copy(pair, src, "/tmp/"))
-        assert code == "busy" and "frozen" in message
+        with pytest.raises(TargetBusy, match="frozen") as info:
+            await copy(pair, src, "/tmp/")
+        assert info.value.code == "busy"
         await copy(pair, "/tmp/out", short_tmp / "out", "Guest")
         assert (short_tmp / "out").read_bytes() == b"data"
     finally:

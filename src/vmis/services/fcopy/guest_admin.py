@@ -121,7 +121,7 @@ class GuestAdmin:
                 closed.append(handle)
 
         def gone(part: PartFile) -> bool:
-            return everything or part.destination == path or part.path == path
+            return everything or path in (part.destination, part.path)
 
         removed = await asyncio.to_thread(self.svc.index.discard, lambda p: not gone(p))
         return encode_json({"closed": closed, "removed": removed})

@@ -289,7 +289,8 @@ def _write_batch(writer: TreeWriter, dirs: list[Any],
     writer.make_dirs(dirs)
     digests, at = [], 0
     for rel, size, mode, atime_ns, mtime_ns, sha256 in files:
-        digests.append(writer.put(rel, data[at : at + size], mode, atime_ns, mtime_ns, sha256))
+        digests.append(writer.put(rel, data[at : at + size], mode=mode, atime_ns=atime_ns,
+                                  mtime_ns=mtime_ns, sha256=sha256))
         at += size
     for line in links:
         if not (isinstance(line, list) and len(line) == 2 and all(isinstance(v, str)

@@ -91,6 +91,8 @@ class PartialIndex:
         self._lock = threading.Lock()
         #: (directory, tag) -> {"tree": bool, "created": epoch seconds}
         self._entries: dict[tuple[str, str], dict[str, Any]] = {}
+        #: tags of copies writing now, how many each (the sweep leaves them alone)
+        self._writing: dict[str, int] = {}
         self._load()
 
     # Section: the index
@@ -138,6 +140,20 @@ class PartialIndex:
             if self._entries.pop((directory, tag[:16]), None) is not None:
                 self._save()
 
+    def hold(self, tag: str) -> None:
+        """A copy tagged *tag* is writing: its partial files are not stale, whatever their age."""
+        with self._lock:
+            self._writing[tag[:16]] = self._writing.get(tag[:16], 0) + 1
+
+    def release(self, tag: str) -> None:
+        """The copy tagged *tag* stopped writing."""
+        with self._lock:
+            left = self._writing.get(tag[:16], 0) - 1
+            if left > 0:
+                self._writing[tag[:16]] = left
+            else:
+                self._writing.pop(tag[:16], None)
+
     def entries(self) -> list[tuple[str, str, bool]]:
         """``(directory, tag, tree)`` of every entry."""
         with self._lock:
@@ -178,7 +194,7 @@ class PartialIndex:
             while stack:
                 dir_fd, dir_path = stack.pop()
                 try:
-                    yield from self._in_dir(dir_fd, dir_path, tag, tree, now, stack)
+                    yield from self._in_dir(dir_fd, dir_path, tag, tree, now=now, below=stack)
                 finally:
                     os.close(dir_fd)
         finally:
@@ -186,7 +202,7 @@ class PartialIndex:
                 os.close(dir_fd)
 
     @staticmethod
-    def _in_dir(dir_fd: int, dir_path: str, tag: str, tree: bool, now: float,
+    def _in_dir(dir_fd: int, dir_path: str, tag: str, tree: bool, *, now: float,
                 below: list[tuple[int, str]]) -> Iterator[tuple[PartFile, int, str]]:
         base = dir_path.rstrip("/")
         for entry in os.scandir(dir_fd):
@@ -216,13 +232,16 @@ class PartialIndex:
 
     # Section: removal
 
-    def sweep(self, max_age: float, open_tags: Collection[str]) -> list[str]:
+    def sweep(self, max_age: float, open_tags: Collection[str] = ()) -> list[str]:
         """Remove what no copy can use any more; return the partial files removed.
 
-        A tree copy's own partial files go once its tag is not open; a
-        resumable file's once untouched for *max_age* seconds (and not open).
-        Entries with nothing left are dropped.
+        A tree copy's own partial files go once no copy with its tag writes
+        (:meth:`hold`, or *open_tags*); a resumable file's once untouched for
+        *max_age* seconds (and not being written). Entries with nothing left
+        are dropped.
         """
+        with self._lock:
+            open_tags = {*open_tags, *self._writing}
         removed: list[str] = []
         for directory, tag, tree in self.entries():
             left = False

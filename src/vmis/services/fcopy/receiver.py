@@ -112,6 +112,8 @@ class Receiver:
         """
         try:
             self.held = CLAIMS.take(CLAIMS.key(self.dir_fd, self.name), self.display)
+            if self._index is not None:
+                self._index.hold(self.token)
             if resume and self._try_resume():
                 return self.written, self._hash.copy().hexdigest()
             self._create()
@@ -397,8 +399,7 @@ class Receiver:
             if place:
                 self._remove_parts(self.record, self.record + ".tmp")
                 self._unindex()
-                CLAIMS.release(self.held)
-                self.held = None
+                self._let_go()
             self._close_dir()
             self._stop_workers()
             return digest
@@ -421,9 +422,16 @@ class Receiver:
                 if not keep:
                     self._remove_parts(self.part, self.record, self.record + ".tmp")
                     self._unindex()
+            self._let_go()
+            self._close_dir()
+
+    def _let_go(self) -> None:
+        """Give the destination's claim back (and let the sweep see the partial file)."""
+        if self.held is not None:
             CLAIMS.release(self.held)
             self.held = None
-            self._close_dir()
+            if self._index is not None:
+                self._index.release(self.token)
 
     def _close_dir(self) -> None:
         if self.dir_fd >= 0:

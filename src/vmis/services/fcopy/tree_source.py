@@ -129,14 +129,14 @@ class _Walker:
                     est = e.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # gone since the listing
-                self._entry(fd, e.name, crel, (*parts, e.name), est, below)
+                self._entry(fd, e.name, crel, (*parts, e.name), st=est, below=below)
             for crel, cparts, followed in below:
                 self._descend(fd, crel, cparts, followed, ancestors)
         finally:
             os.close(fd)
 
-    def _entry(self, fd: int, name: str, rel: str, parts: tuple[str, ...], st: os.stat_result,
-               below: list[tuple[str, tuple[str, ...], bool]]) -> None:
+    def _entry(self, fd: int, name: str, rel: str, parts: tuple[str, ...], *,
+               st: os.stat_result, below: list[tuple[str, tuple[str, ...], bool]]) -> None:
         kind = entry_type(st.st_mode)
         followed = False
         if kind == "link":

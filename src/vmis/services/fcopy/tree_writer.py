@@ -79,6 +79,7 @@ class TreeWriter:
         #: a large file was started: its partial file may outlive the tree
         self._resumable = False
         if index is not None:
+            index.hold(self.tag)
             index.add(self.top, self.tag, tree=True)
 
     def _shown(self, names: Sequence[str]) -> str:
@@ -132,8 +133,8 @@ class TreeWriter:
         return where, dir_fd, name, CLAIMS.take((dev_ino.st_dev, dev_ino.st_ino, name),
                                                 self._shown(names))
 
-    def put(self, rel: str, data: bytes | memoryview, mode: int, atime_ns: int, mtime_ns: int,
-            sha256: str | None) -> str:
+    def put(self, rel: str, data: bytes | memoryview, *, mode: int, atime_ns: int,
+            mtime_ns: int, sha256: str | None) -> str:
         """Write one whole file into its partial file; return its SHA-256.
 
         :param sha256: the sender's hash: a mismatch writes nothing.
@@ -222,6 +223,8 @@ class TreeWriter:
         self._pending.clear()
         if self._index is not None:
             self._index.remove(self.top, self.tag)
+            self._index.release(self.tag)
+            self._index = None
         self._dirs.close()
         return self.files
 
@@ -260,6 +263,9 @@ class TreeWriter:
                     os.unlink(item.part, dir_fd=self._dirs.get(item.dir))
             CLAIMS.release(item.claim)
         self._pending.clear()
-        if self._index is not None and not kept:
-            self._index.remove(self.top, self.tag)
+        if self._index is not None:
+            if not kept:
+                self._index.remove(self.top, self.tag)
+            self._index.release(self.tag)
+            self._index = None
         self._dirs.close()
