@@ -33,7 +33,7 @@ from vmis.services.fcopy.partials import PartialIndex
 from vmis.services.fcopy.paths import RootedPaths, check_name, split_path
 from vmis.services.fcopy.reader import Reader
 from vmis.services.fcopy.tree_source import LINK_POLICIES, TreeSource, walk
-from vmis.services.fcopy.tree_writer import DirMeta, TreeWriter
+from vmis.services.fcopy.tree_writer import DirMeta, TreeWriter, open_tree
 
 __all__ = ["TreeOps", "count", "field", "joined", "owner_of"]
 
@@ -126,12 +126,14 @@ class TreeOps:
         path, name = field(body, "path", str), check_name(body.get("name"))
         paths, index = self.svc.paths, self.svc.index
 
+        token = field(body, "token", str, "")
+        tag = token[:16] if len(token) >= 16 and all(c in "0123456789abcdef" for c in token[:16]) \
+            else secrets.token_hex(8)
+
         def run() -> TreeWriter:
-            with paths.tree_top(path, name, create=bool(body.get("create_path")),
-                                what="copying into the guest") as r:
-                fd, top = paths.open_dir(r), r.path
-            return TreeWriter(fd, top, secrets.token_hex(8), force=bool(body.get("force")),
-                              gate=self.svc.gate, index=index)
+            return open_tree(paths, path, name, create=bool(body.get("create_path")),
+                             force=bool(body.get("force")), tag=tag,
+                             what="copying into the guest", gate=self.svc.gate, index=index)
 
         writer = await asyncio.to_thread(run)
         try:

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat
 import threading
 import time
@@ -218,6 +219,14 @@ class PartialIndex:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
+            if stat.S_ISDIR(st.st_mode) and entry.name.endswith(PART_SUFFIX):
+                # a staged tree (tree_writer): its large files' records make it resumable
+                resumable = _holds_records(dir_fd, entry.name)
+                yield PartFile(destination=f"{base}/{match['keep']}", path=f"{base}/{entry.name}",
+                               tag=match["tag"], size=st.st_size, total=None,
+                               age=max(0.0, now - st.st_mtime), tree=not resumable), \
+                    dir_fd, entry.name
+                continue
             if not stat.S_ISREG(st.st_mode):
                 continue
             total, name = None, None
@@ -249,8 +258,7 @@ class PartialIndex:
                 if part.tag in open_tags or not (part.tree or part.age >= max_age):
                     left = True
                     continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=dir_fd)
+                _remove(dir_fd, name)
                 if name.endswith(PART_SUFFIX):
                     removed.append(part.path)
             if not left and tag not in open_tags:
@@ -267,11 +275,35 @@ class PartialIndex:
             for part, dir_fd, name in self._parts(directory, tag, tree):
                 if keep(part):
                     continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=dir_fd)
+                _remove(dir_fd, name)
                 if name.endswith(PART_SUFFIX):
                     removed.append(part.path)
         return removed
+
+
+def _remove(dir_fd: int, name: str) -> None:
+    """Remove a partial file, or a staged tree's whole directory."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except IsADirectoryError:
+        shutil.rmtree(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _holds_records(dir_fd: int, name: str) -> bool:
+    """Whether a staged tree holds resume records (of large files) anywhere below it."""
+    try:
+        top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      dir_fd=dir_fd)
+    except OSError:
+        return False
+    for _, _, files, _ in os.fwalk(dir_fd=top):
+        if any(f.endswith(RESUME_SUFFIX) for f in files):
+            os.close(top)
+            return True
+    os.close(top)
+    return False
 
 
 def _record_of(dir_fd: int, name: str) -> tuple[int | None, str | None]:

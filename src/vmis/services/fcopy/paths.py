@@ -301,10 +301,10 @@ class RootedPaths:
 
         An existing directory *path* receives the tree under *name*, its
         source's name; a path that does not exist becomes the tree's top (its
-        parent must exist, or *create*); a file in the way is ``exists``. The
-        top is made (mode 0755) if it is missing.
+        parent must exist, or *create*); a file in the way is ``exists``.
 
-        :return: the top, resolved; the caller owns it (:meth:`open_dir` opens it).
+        :return: the top, resolved (``st`` None: it does not exist yet); the
+            caller owns it.
         :raise ServiceError: ``exists``, ``not-found``, ``denied``.
         """
         r = self.resolve(split_path(path), create_dirs=create)
@@ -314,10 +314,7 @@ class RootedPaths:
                 r.close()
                 r = inner
             self.check(r, what)
-            if r.name is not None and r.st is None:
-                os.mkdir(r.name, 0o755, dir_fd=r.dir_fd)
-                r.st = os.lstat(r.name, dir_fd=r.dir_fd)
-            elif not (r.name is None or r.is_dir):
+            if r.st is not None and not r.is_dir:
                 raise ServiceError("exists", f"{r.shown} exists and is not a directory")
             return r
         except BaseException:

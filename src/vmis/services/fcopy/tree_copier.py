@@ -15,7 +15,6 @@ and places it on this machine. No host-only dependency.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,12 +29,13 @@ from vmis.services.fcopy import (
     DATA_TIMEOUT,
     SMALL_FILE,
     FcopyOp,
+    resume_token,
 )
 from vmis.services.fcopy.file_copier import FileCopier
 from vmis.services.fcopy.paths import shown, split_path
 from vmis.services.fcopy.receiver import Receiver
 from vmis.services.fcopy.tree_source import Entry, Tree, TreeSource, walk
-from vmis.services.fcopy.tree_writer import DirMeta, TreeWriter
+from vmis.services.fcopy.tree_writer import DirMeta, TreeWriter, open_tree
 
 __all__ = ["TreeCopier"]
 
@@ -100,9 +100,12 @@ class TreeCopier(FileCopier):
         large = [f for f in tree.files if f.size > SMALL_FILE]
         self.progress.files_total = len(tree.files) + len(tree.links)
         self.progress.bytes_total = sum(f.size for f in tree.files)
+        name = tree.top[-1] if tree.top else "root"
         opened = await self._json(FcopyOp.TREE_CREATE, {
-            "path": destination, "name": tree.top[-1] if tree.top else "root",
-            "create_path": create, "force": force, "owner": self.owner}, DATA_TIMEOUT)
+            "path": destination, "name": name, "create_path": create, "force": force,
+            "owner": self.owner,
+            "token": resume_token("to-guest-tree", str(source), 0, 0, f"{destination}\0{name}")},
+            DATA_TIMEOUT)
         handle, top = int(opened["tree"]), str(opened["path"])
         reader = TreeSource(self._local)
         try:
@@ -128,19 +131,17 @@ class TreeCopier(FileCopier):
         jobs[-1]["links"] = [[e.rel, e.target] for e in tree.links]
         for seq, job in enumerate(jobs):
             job["seq"] = seq
-        reads = iter(jobs)
-        ahead: list[asyncio.Future[Any]] = []
+        def read(i: int) -> None:
+            # Read in order, in the worker thread, one batch ahead of the sender.
+            if i < len(jobs) and "read" not in jobs[i]:
+                jobs[i]["read"] = asyncio.ensure_future(self._in_worker(_read_batch, reader,
+                                                                        jobs[i]))
 
-        def read_next() -> None:
-            job = next(reads, None)
-            if job is not None:
-                ahead.append(asyncio.ensure_future(self._in_worker(_read_batch, reader, job)))
-
-        read_next()
+        read(0)
 
         async def send(job: dict[str, Any]) -> Received:
-            lines, data = await ahead.pop(0)  # read in order, one batch ahead of the sender
-            read_next()
+            read(job["seq"] + 1)
+            lines, data = await job["read"]
             job["lines"] = lines
             return await self._call(FcopyOp.TREE_PUT, encode_json_raw(
                 {"tree": handle, "seq": job["seq"], "dirs": job.get("dirs", []),
@@ -162,8 +163,9 @@ class TreeCopier(FileCopier):
         try:
             await self._pipeline(jobs, send, done)
         finally:
-            for fut in ahead:
-                fut.cancel()
+            for job in jobs:
+                if "read" in job:
+                    job["read"].cancel()
 
     # Section: out of the guest
 
@@ -187,8 +189,8 @@ class TreeCopier(FileCopier):
             self.progress.files_total = len(files) + sum(e.kind == "link" for e in entries)
             self.progress.bytes_total = sum(e.size for _, e in files)
             name = where.rstrip("/").rsplit("/", 1)[-1] or "root"
-            writer = await self._in_worker(self._local_tree, str(destination), name, create,
-                                           force)
+            writer = await self._in_worker(self._local_tree, where, str(destination), name,
+                                           create, force)
             await self._in_worker(writer.make_dirs, [d.rel for d in dirs[1:]])
             await self._get_batches(handle, writer,
                                     _batches([f for f in files if f[1].size <= SMALL_FILE]))
@@ -209,11 +211,11 @@ class TreeCopier(FileCopier):
         self._stats.directories = len(dirs)
         return writer.top
 
-    def _local_tree(self, destination: str, name: str, create: bool, force: bool) -> TreeWriter:
-        with self._local.tree_top(destination, name, create=create,
-                                  what="copying to the host") as r:
-            fd, top = self._local.open_dir(r), r.path
-        return TreeWriter(fd, top, secrets.token_hex(8), force=force, index=self._index)
+    def _local_tree(self, source: str, destination: str, name: str, create: bool,
+                    force: bool) -> TreeWriter:
+        token = resume_token("from-guest-tree", source, 0, 0, f"{destination}\0{name}")
+        return open_tree(self._local, destination, name, create=create, force=force,
+                         tag=token, what="copying to the host", index=self._index)
 
     async def _get_batches(self, handle: int, writer: TreeWriter,
                            batches: list[list[tuple[int, Entry]]]) -> None:

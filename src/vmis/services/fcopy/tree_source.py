@@ -213,46 +213,53 @@ class TreeSource:
     def __init__(self, paths: RootedPaths) -> None:
         self._dirs = DirCache(paths.open_root(), "")
 
+    def _open(self, entry: Entry) -> tuple[int, os.stat_result]:
+        try:
+            fd = os.open(entry.parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, dir_fd=self._dirs.get(entry.parts[:-1]))
+        except OSError as exc:
+            raise os_error(exc, f"cannot read {_where(entry)}") from exc
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise ServiceError("failed", f"{_where(entry)} is no longer a regular file")
+        return fd, st
+
     def open(self, entry: Entry) -> int:
         """Open a file of the tree for reading (the caller closes the descriptor).
 
         :raise ServiceError: When it is gone, or no longer a regular file.
         """
-        try:
-            fd = os.open(entry.parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                         | os.O_NONBLOCK, dir_fd=self._dirs.get(entry.parts[:-1]))
-        except OSError as exc:
-            raise os_error(exc, f"cannot read {shown('/' + '/'.join(entry.parts))}") from exc
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ServiceError("failed", f"{shown('/' + '/'.join(entry.parts))} is no longer "
-                                         "a regular file")
-        return fd
+        return self._open(entry)[0]
 
     def read(self, entry: Entry) -> tuple[bytes, os.stat_result, str]:
         """A whole file: its bytes, its stat, its SHA-256.
 
         :raise ServiceError: ``failed`` when it changed while it was read.
         """
-        fd = self.open(entry)
+        fd, st = self._open(entry)
         try:
-            st = os.fstat(fd)
-            data = os.read(fd, st.st_size + 1) if st.st_size else b""
-            while len(data) < st.st_size + 1:
-                more = os.read(fd, st.st_size + 1 - len(data))
+            data = os.read(fd, st.st_size) if st.st_size else b""
+            while len(data) < st.st_size:
+                more = os.read(fd, st.st_size - len(data))
                 if not more:
                     break
                 data += more
+            # A file that grew or shrank or was written meanwhile has another
+            # size or time now: the same check as a large file's (Reader.finish).
             after = os.fstat(fd)
         except OSError as exc:
-            raise os_error(exc, f"reading {shown('/' + '/'.join(entry.parts))}") from exc
+            raise os_error(exc, f"reading {_where(entry)}") from exc
         finally:
             os.close(fd)
         if len(data) != st.st_size or (after.st_size, after.st_mtime_ns) != \
                 (st.st_size, st.st_mtime_ns):
-            raise ServiceError("failed", f"{shown('/' + '/'.join(entry.parts))} changed while "
-                                         "being copied")
+            raise ServiceError("failed", f"{_where(entry)} changed while being copied")
         return data, st, hashlib.sha256(data).hexdigest()
 
     def close(self) -> None:
         self._dirs.close()
+
+
+def _where(entry: Entry) -> str:
+    return shown("/" + "/".join(entry.parts))
