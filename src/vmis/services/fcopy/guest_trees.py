@@ -295,8 +295,9 @@ def _write_batch(writer: TreeWriter, dirs: list[Any],
                                   mtime_ns=mtime_ns, sha256=sha256))
         at += size
     for line in links:
-        if not (isinstance(line, list) and len(line) == 2 and all(isinstance(v, str)
-                                                                  for v in line)):
-            raise ServiceError("bad-request", "links must be [rel, target]")
-        writer.link(line[0], line[1])
+        if not (isinstance(line, list) and len(line) == 4 and isinstance(line[0], str)
+                and isinstance(line[1], str)
+                and all(isinstance(v, int) and v >= 0 for v in line[2:])):
+            raise ServiceError("bad-request", "links must be [rel, target, atime_ns, mtime_ns]")
+        writer.link(line[0], line[1], line[2], line[3])
     return digests

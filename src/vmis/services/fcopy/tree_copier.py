@@ -128,7 +128,7 @@ class TreeCopier(FileCopier):
                            batches: list[list[tuple[int, Entry]]], reader: TreeSource) -> None:
         jobs: list[dict[str, Any]] = [{"files": b} for b in batches] or [{"files": []}]
         jobs[0]["dirs"] = [d.rel for d in tree.dirs[1:]]
-        jobs[-1]["links"] = [[e.rel, e.target] for e in tree.links]
+        jobs[-1]["links"] = [[e.rel, e.target, e.atime_ns, e.mtime_ns] for e in tree.links]
         for seq, job in enumerate(jobs):
             job["seq"] = seq
         def read(i: int) -> None:
@@ -199,7 +199,8 @@ class TreeCopier(FileCopier):
                     await self._receive_member(handle, i, entry, writer, force)
             for entry in entries:
                 if entry.kind == "link":
-                    await self._in_worker(writer.link, entry.rel, entry.target)
+                    await self._in_worker(writer.link, entry.rel, entry.target,
+                                          entry.atime_ns, entry.mtime_ns)
                     self._files_done(1)
             await self._in_worker(writer.commit, _dir_metas(dirs))
         except BaseException:

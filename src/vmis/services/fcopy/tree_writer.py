@@ -103,6 +103,8 @@ class _Pending:
     record: str | None = None
     #: a symbolic link to make (its target) instead of a file to move
     target: str | None = None
+    #: the link's own access and modification times
+    times: tuple[int, int] = (0, 0)
 
 
 class TreeWriter:
@@ -261,13 +263,13 @@ class TreeWriter:
         self._written.add((where, name))
         self.files += 1
 
-    def link(self, rel: str, target: str) -> None:
-        """A symbolic link to make at commit (-CopySymlinks)."""
+    def link(self, rel: str, target: str, atime_ns: int, mtime_ns: int) -> None:
+        """A symbolic link to make at commit (-CopySymlinks), with its own times."""
         if not isinstance(target, str) or not target or "\0" in target:
             raise ServiceError("bad-request", f"{shown(rel)}: not a valid link target")
         where, _, name, claim = self._destination(rel)
         self._pending.append(_Pending(where, part_names(name, self.tag)[0], name, claim,
-                                      target=target))
+                                      target=target, times=(atime_ns, mtime_ns)))
         self._written.add((where, name))
 
     # Section: finishing
@@ -347,11 +349,12 @@ class TreeWriter:
                 os.symlink(item.target, item.name, dir_fd=dir_fd)
             except FileExistsError:
                 raise ServiceError("exists", f"{what} exists (-Force overwrites it)") from None
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(item.part, dir_fd=dir_fd)
-        os.symlink(item.target, item.part, dir_fd=dir_fd)
-        place_file(dir_fd, item.part, item.name, True, what)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(item.part, dir_fd=dir_fd)
+            os.symlink(item.target, item.part, dir_fd=dir_fd)
+            place_file(dir_fd, item.part, item.name, True, what)
+        os.utime(item.name, ns=item.times, dir_fd=dir_fd, follow_symlinks=False)
 
     def _clear_leftovers(self) -> None:
         """Remove what an earlier run of this copy left in the staging directory and this
