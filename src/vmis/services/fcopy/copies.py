@@ -70,6 +70,7 @@ class RunningCopy:
                 "State": "Stopping" if self.stopping else "Running",
                 "FileSource": self.file_source, "Source": shown(self.source),
                 "Destination": shown(self.destination), "Path": shown(self.destination),
+                "File": shown(p.current),
                 "Bytes": p.bytes_done, "Size": p.bytes_total, "Files": p.files_done,
                 "FilesTotal": p.files_total,
                 "Started": datetime.fromtimestamp(self.started, UTC).isoformat(),

@@ -225,7 +225,8 @@ class FcopyHost(HostService[VmPart]):
             rows += [c.row() for c in self.copies.running(session.vm.id)]
             rows += await self._guest_rows(session)
             parts = await asyncio.to_thread(self.index_of(session.vm.id).scan)
-            rows += [_partial_row(session.vm.name, "Guest", p.to_json()) for p in parts]
+            rows += [_partial_row(session.vm.name, "Guest", p.to_json()) for p in parts
+                     if not p.writing]
         return rows
 
     async def _guest_rows(self, session: VmContext) -> list[dict[str, Any]]:
@@ -249,7 +250,8 @@ class FcopyHost(HostService[VmPart]):
                          else "Guest", "Path": shown(str(item.get("path"))),
                          "Bytes": item.get("done"), "Size": item.get("size"),
                          "Handle": item.get("handle"), "Idle": item.get("idle")})
-        rows += [_partial_row(session.vm.name, "Host", p) for p in answer.get("partials", [])]
+        rows += [_partial_row(session.vm.name, "Host", p) for p in answer.get("partials", [])
+                 if not p.get("writing")]
         return rows
 
     async def stop_copies(self, vm: str, ids: Sequence[int] = (), paths: Sequence[str] = (),

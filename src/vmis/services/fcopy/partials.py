@@ -19,6 +19,7 @@ Standard library only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -72,11 +73,13 @@ class PartFile:
     age: float
     #: the tag belongs to a tree copy
     tree: bool
+    #: a copy is writing it now
+    writing: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"destination": self.destination, "part": self.path, "tag": self.tag,
                 "size": self.size, "total": self.total, "age": round(self.age, 1),
-                "tree": self.tree}
+                "tree": self.tree, "writing": self.writing}
 
 
 class PartialIndex:
@@ -165,8 +168,11 @@ class PartialIndex:
     def scan(self) -> list[PartFile]:
         """The partial files of every entry (a tree's: anywhere below its top)."""
         found: list[PartFile] = []
+        with self._lock:
+            writing = set(self._writing)
         for directory, tag, tree in self.entries():
-            found += [p for p, _, name in self._parts(directory, tag, tree)
+            found += [dataclasses.replace(p, writing=p.tag in writing)
+                      for p, _, name in self._parts(directory, tag, tree)
                       if name.endswith(PART_SUFFIX)]
         return found
 
