@@ -160,3 +160,17 @@ def test_lab_up_without_qemu_refuses_a_qemu_lab_vm(short_tmp):
     with pytest.raises(StateError, match="is a QEMU lab VM"):
         lab.start_vm("Q")
     assert not (lab.vm("Q").dir / "root").exists()  # its directory was left alone
+
+
+def test_lab_up_leaves_a_vm_that_is_not_a_lab_vm_alone(lab, lab_dir, short_tmp):
+    channel = f"unix:{short_tmp}/web01.agent"
+    assert run_vmis(lab_dir, "vm", "add", "web01", "-Channel", channel).code == 0
+    before = json.loads(run_vmis(lab_dir, "vm", "list", "--json").out)
+    refused = run_vmis(lab_dir, "lab", "up", "WEB01")  # names are case-insensitive
+    assert refused.code == 1 and "Traceback" not in refused.err
+    [line] = refused.err.strip().splitlines()
+    assert line == (f"lab: web01 is registered as a VM of kind external (channel {channel}), "
+                    "not a lab VM; it was left as it is: choose another name, or unregister it "
+                    "first (vmis vm remove web01)")
+    assert json.loads(run_vmis(lab_dir, "vm", "list", "--json").out) == before
+    assert not lab.vm("WEB01").dir.exists() and not lab.vm("web01").dir.exists()

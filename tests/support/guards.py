@@ -38,7 +38,9 @@ def real_clock_setters_refused(monkeypatch: pytest.MonkeyPatch) -> Iterator[list
 
 @pytest.fixture
 def guarded_processes(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Lab processes started from now on load the clock guard; returns its log file."""
+    """Python processes started from now on on this machine load the clock guard (not a lab
+    VM's agent: its sandbox clears the environment and has no capabilities); returns
+    its log file."""
     log = short_tmp / "clock-guard.log"
     monkeypatch.setenv("VMIS_TEST_CLOCK_GUARD", str(log))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(

@@ -12,22 +12,37 @@ import httpx
 from vmis.api.errors import error_from_json
 from vmis.errors import ConfigError, ConnectError, RequestTimeout
 
-__all__ = ["ApiClient", "default_socket"]
+__all__ = ["ApiClient", "default_lab_dir", "default_socket"]
 
 #: where a system-wide host manager listens
 SYSTEM_SOCKET = Path("/run/vmis/host.sock")
 
 
+def default_lab_dir() -> Path:
+    """The lab directory: ``$VMIS_LAB_DIR``, else the user's own,
+    ``$XDG_STATE_HOME/vmis/lab`` (``~/.local/state/vmis/lab`` by default).
+
+    The current directory plays no part, so every command finds the one lab
+    wherever it runs. A relative ``$XDG_STATE_HOME`` is ignored, as the XDG
+    Base Directory specification requires.
+    """
+    if explicit := os.environ.get("VMIS_LAB_DIR"):
+        return Path(explicit).expanduser().absolute()
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "vmis" / "lab"
+
+
 def default_socket() -> Path:
     """The manager socket the CLI talks to.
 
-    ``$VMIS_SOCKET`` if set; else the lab's manager when a lab directory with a
-    running manager exists (``$VMIS_LAB_DIR`` or ``./.vmis-lab``); else the
-    system-wide ``/run/vmis/host.sock``.
+    ``$VMIS_SOCKET`` if set; else the lab's manager when the lab directory
+    (:func:`default_lab_dir`) has one; else the system-wide
+    ``/run/vmis/host.sock``.
     """
     if env := os.environ.get("VMIS_SOCKET"):
         return Path(env)
-    lab = Path(os.environ.get("VMIS_LAB_DIR", ".vmis-lab")) / "host.sock"
+    lab = default_lab_dir() / "host.sock"
     if lab.exists():
         return lab
     return SYSTEM_SOCKET

@@ -17,6 +17,7 @@ import uvicorn
 from vmis.api.app import create_app
 from vmis.errors import ConfigError
 from vmis.host.manager import HostManager
+from vmis.host.private import private_dir
 from vmis.host.store import Store, safe_url
 from vmis.qemu.hypervisor import QemuHypervisor
 
@@ -70,18 +71,39 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _sqlite_file(db_url: str) -> Path | None:
+    if db_url.startswith("sqlite:///") and db_url != "sqlite:///:memory:":
+        return Path(db_url.removeprefix("sqlite:///")).absolute()
+    return None
+
+
 def data_dir_for(db_url: str) -> Path:
     """Where the manager keeps its files: the SQLite database's directory, else
     ``$VMIS_DATA_DIR`` (default ``/var/lib/vmis``). The setup disk is built in
     ``<data dir>/setup``, VMs vmis launches live in ``<data dir>/machines/<name>``."""
-    if db_url.startswith("sqlite:///") and db_url != "sqlite:///:memory:":
-        return Path(db_url.removeprefix("sqlite:///")).absolute().parent
+    database = _sqlite_file(db_url)
+    if database is not None:
+        return database.parent
     return Path(os.environ.get("VMIS_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def _private_store_dir(db_url: str) -> None:
+    # The store's directory holds the database and its WAL: the manager's user only
+    # (vmis.host.private). Another database's data directory is made when needed.
+    database = _sqlite_file(db_url)
+    if database is None:
+        return
+    try:
+        private_dir(database.parent)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data directory {database.parent}: "
+                          f"{exc.strerror or exc}") from None
 
 
 async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None) -> None:
     """Run the manager until SIGTERM/SIGINT or cancellation."""
     raise_file_limit()
+    _private_store_dir(db_url)
     store = Store(db_url)
     sock = bind_socket(socket_path)
     data_dir = data_dir_for(db_url)

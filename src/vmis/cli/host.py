@@ -195,8 +195,6 @@ def cmd_host_serve(args: dict[str, Any]) -> int:
 
     socket_path = Path(args["Socket"] or os.environ.get("VMIS_SOCKET") or SYSTEM_SOCKET)
     db = args["Db"] or "sqlite:////var/lib/vmis/host.db"
-    if db.startswith("sqlite:///"):
-        Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=args["LogLevel"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_fast(serve(db, socket_path))
@@ -280,8 +278,8 @@ def _help(commands: Sequence[Command]) -> str:
         alias = f" (alias: {', '.join(c.aliases)})" if c.aliases else ""
         lines.append(f"  {c.name:30} {c.summary}{alias}")
     lines += ["", "Run 'vmis COMMAND -?' for a command's parameters.",
-              "The manager's socket: $VMIS_SOCKET, else ./.vmis-lab/host.sock when a lab runs, "
-              "else /run/vmis/host.sock."]
+              "The manager's socket: $VMIS_SOCKET, else the lab's when a lab runs "
+              "($VMIS_LAB_DIR, default ~/.local/state/vmis/lab), else /run/vmis/host.sock."]
     return "\n".join(lines)
 
 

@@ -357,25 +357,33 @@ LAB_MOUNTS = (
 )
 
 
+#: where a lab VM's freezer keeps the kernel files it stands in for (its mount table):
+#: the VM's own /proc is the real kernel's, which the lab never freezes
+LAB_KERNEL_DIR = "run/vmis/lab-kernel"
+
+
 class LabFreezer(FakeFreezer):
     """The lab VM's freezer: remembers, and shows what it remembers.
 
-    A lab VM has no kernel, so this fake gives it a mount table
-    (``<root>/proc/mounts``, written once if absent: ``/``, ``/var`` and
+    A lab VM has no kernel of its own, so this fake gives it a mount table
+    (``<kernel_root>/proc/mounts``, written once if absent: ``/``, ``/var`` and
     mounts the VSS rules skip) and, after every call, records the mount
     points it holds frozen and its last calls in ``<root>/run/vmis/freezer.json``:
     the kernel's freeze state, which a test or ``vmis lab`` in another process
     can read. ``/run`` is a tmpfs in a real guest, never frozen, so this is no
     write to a frozen disk.
+
+    :param root: the lab VM's root directory.
+    :param kernel_root: where ``proc/mounts`` is kept (default *root*).
     """
 
     #: calls kept in the state file
     KEEP_CALLS = 100
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, kernel_root: Path | None = None) -> None:
         super().__init__()
         self.state_file = root / "run/vmis/freezer.json"
-        mounts = root / "proc/mounts"
+        mounts = (kernel_root or root) / "proc/mounts"
         if not mounts.exists():
             mounts.parent.mkdir(parents=True, exist_ok=True)
             mounts.write_text(LAB_MOUNTS)
@@ -414,9 +422,12 @@ def make_adapters(kind: str, root: Path, config: Any = None) -> dict[str, Any]:
                                 tuple(shlex.split(config.reboot_command)))
         return {"clock": SystemClock(), "power": power, "freezer": IoctlFreezer()}
     if kind == "fake":
+        kernel_root = root / LAB_KERNEL_DIR
         return {
             "clock": VirtualClock(root / "var/lib/vmis/clock.json"),
             "power": LabPower(root),
-            "freezer": LabFreezer(root),
+            "freezer": LabFreezer(root, kernel_root),
+            # VSS reads the mount table here, not in the real /proc of the VM's sandbox
+            "freeze_root": kernel_root,
         }
     raise ConfigError(f"unknown adapters kind {kind!r}: use real or fake")

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 
 from vmis.errors import NotFoundError, ServiceUnavailable, StateError
+from vmis.host.events import EventHub
 from vmis.host.session import VmSession
 from vmis.host.store import Store
 from vmis.host.vminfo import vm_row
@@ -64,6 +65,8 @@ class HostManager:
         self.guest_kind: GuestKind = guest_kind or VmisAgent()
         self.hypervisors = list(hypervisors)
         self.data_dir = data_dir
+        #: what changes, for screens that follow it live
+        self.events = EventHub()
         self.sessions: dict[str, VmSession] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._seen: dict[str, str] = {}
@@ -99,6 +102,11 @@ class HostManager:
         """The first backend that acts on *vm*, if one does."""
         return next((h for h in self.hypervisors if h.handles(vm)), None)
 
+    def publish(self, type: str, *, vm_name: str | None = None, vm_id: str | None = None,
+                **data: Any) -> None:
+        """Publish an event on the manager's stream."""
+        self.events.publish(type, vm_name=vm_name, vm_id=vm_id, **data)
+
     # Section: lifecycle
 
     async def start(self) -> None:
@@ -108,9 +116,11 @@ class HostManager:
         for vm in self.store.list_vms():
             self._start_session(vm)
         self._sweeper = asyncio.create_task(self._sweep(), name="heartbeat-sweep")
+        self.publish("host", State="Up", VMs=len(self.sessions))
 
     async def close(self) -> None:
         """Stop every session, then the services."""
+        self.publish("host", State="Down")
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*(s.stop() for s in self.sessions.values()))
@@ -119,7 +129,7 @@ class HostManager:
             await service.close()
 
     def _start_session(self, vm: VmRecord) -> VmSession:
-        session = VmSession(vm, self._services.values(), self.guest_kind)
+        session = VmSession(vm, self._services.values(), self.guest_kind, self.events)
         self.sessions[vm.id] = session
         session.start()
         return session
@@ -149,6 +159,9 @@ class HostManager:
                 seen[vm_id] = state
                 if before is not None and state == Contact.LOST:
                     session.log.warning("heartbeat: Lost Communication")
+                if state:
+                    session.publish("heartbeat", Heartbeat=state)
+                session.check_status()
         return max(shortest / 1000, MIN_SWEEP_INTERVAL)
 
     # Section: VMs
@@ -167,6 +180,7 @@ class HostManager:
                                heartbeat_interval_ms=heartbeat_interval_ms)
         self._start_session(vm)
         _log.info("VM %s added (%s)", name, channel)
+        self.publish("vm-added", vm_name=vm.name, vm_id=vm.id, Channel=vm.channel, Kind=vm.kind)
         return vm
 
     async def remove_vm(self, name: str) -> VmRecord:
@@ -177,6 +191,7 @@ class HostManager:
         if session is not None:
             await session.stop()
         _log.info("VM %s removed", vm.name)
+        self.publish("vm-removed", vm_name=vm.name, vm_id=vm.id)
         return vm
 
     def update_vm(self, name: str, **values: Any) -> VmRecord:
@@ -279,6 +294,8 @@ class HostManager:
         self.store.set_enabled((s.vm.id, spec.key, enabled) for s in sessions for spec in specs)
         for s in sessions:
             s.vm = _with_enabled(s.vm, {spec.key: enabled for spec in specs})
+            for spec in specs:
+                s.publish("settings", Name=spec.host_name, Enabled=enabled)
 
         async def push(session: VmSession, spec: ServiceSpec) -> dict[str, Any]:
             entry: dict[str, Any] = {"VMName": session.vm.name, "Name": spec.host_name,
@@ -289,7 +306,10 @@ class HostManager:
                 entry["Error"] = str(exc)
             return entry
 
-        return list(await asyncio.gather(*(push(s, spec) for s in sessions for spec in specs)))
+        results = list(await asyncio.gather(*(push(s, spec) for s in sessions for spec in specs)))
+        for s in sessions:
+            s.check_status()
+        return results
 
 
 def _with_enabled(vm: VmRecord, changes: dict[str, bool]) -> VmRecord:

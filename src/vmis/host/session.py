@@ -28,6 +28,7 @@ from vmis.errors import (
     ServiceUnavailable,
     VmisError,
 )
+from vmis.host.events import EventHub
 from vmis.host.service_status import out_of_date, service_status
 from vmis.protocol import Payload, Received
 from vmis.services.catalog import CATALOG, ServiceSpec
@@ -81,13 +82,17 @@ class VmSession:
     :param vm: the VM's record (desired state included).
     :param services: the host halves, in catalogue order: each gives this VM a part.
     :param kind: opens links to the VM's guest.
+    :param events: where the VM's changes are published (a fresh hub when not shared).
     """
 
     def __init__(self, vm: VmRecord, services: Iterable[HostService[Any]],
-                 kind: GuestKind) -> None:
+                 kind: GuestKind, events: EventHub | None = None) -> None:
         self.vm = vm
         self.log = _log.getChild(vm.name)
         self.kind = kind
+        self.events = events if events is not None else EventHub()
+        #: the statuses last published, by service key (see check_status)
+        self._published: dict[str, tuple[bool, str | None, str | None, str]] = {}
         self.link: GuestLink | None = None
         #: True once any session with this VM completed its handshake
         self.contacted = False
@@ -97,8 +102,7 @@ class VmSession:
         self.last_error = "not contacted yet"
         #: why the guest refused the handshake's framework versions, if it did
         self.mismatch = ""
-        #: set when the VM was powered off from here (Stop-VM); Get-VM shows it Off
-        self.powered_off = False
+        self._powered_off = False
         self._hello = LinkHello({}, {})
         self._parts: dict[str, VmPart] = {}
         self._liveness: Liveness | None = None
@@ -124,6 +128,38 @@ class VmSession:
         self._watch_from: float | None = None
         #: the liveness PING in flight, if any
         self._ping: asyncio.Task[None] | None = None
+
+    @property
+    def powered_off(self) -> bool:
+        """Set when the VM was powered off from here (Stop-VM); Get-VM shows it Off."""
+        return self._powered_off
+
+    @powered_off.setter
+    def powered_off(self, off: bool) -> None:
+        if off != self._powered_off:
+            self._powered_off = off
+            self.check_status()
+
+    # Section: events
+
+    def publish(self, type: str, **data: Any) -> None:
+        """Publish an event of this VM on the manager's stream."""
+        self.events.publish(type, vm_name=self.vm.name, vm_id=self.vm.id, **data)
+
+    def check_status(self) -> None:
+        """Publish a ``service`` event for each service whose status changed since the last
+        look; called where a status can change (not per beat: the sweep calls it on a
+        contact change)."""
+        off = self._powered_off and not self.connected
+        for spec in CATALOG.host_services:
+            row = self.status(spec, off=off)
+            seen = (row.enabled, row.primary.description if row.primary else None,
+                    row.secondary.description if row.secondary else None, row.reason)
+            if self._published.get(spec.key) != seen:
+                self._published[spec.key] = seen
+                self.publish("service", Name=row.name, Enabled=row.enabled,
+                             PrimaryStatusDescription=seen[1],
+                             SecondaryStatusDescription=seen[2], Reason=row.reason)
 
     # Section: the parts
 
@@ -232,7 +268,7 @@ class VmSession:
         self.link = link
         try:
             self.mismatch = ""
-            self.powered_off = False  # a guest that answers runs
+            self._powered_off = False  # a guest that answers runs
             self._hello = link.hello
             self._backoff.reset()
             self.contacted = True
@@ -251,6 +287,7 @@ class VmSession:
             # From here the manager's sweep watches this session (see sweep): one
             # pass over all VMs per interval instead of a timer per VM.
             self._watch_in_an_interval()
+            self.check_status()
             await link.wait_closed()
             raise ChannelError(self._dropped or link.lost_reason or "the channel closed")
         finally:
@@ -315,6 +352,7 @@ class VmSession:
         for part in self._parts.values():
             part.on_link_closed()
         self.link = None
+        self.check_status()
 
     async def _apply_desired(self, link: GuestLink) -> None:
         await asyncio.gather(*(
@@ -361,12 +399,15 @@ class VmSession:
         except ChannelError as exc:
             self.log.debug("SET_SERVICE not delivered: %s", exc)
             return None
+        finally:
+            self.check_status()
 
     # Section: LinkEvents
 
     def service_state(self, key: str, state: str, startup: str) -> None:
         """The guest changed a service on its own: keep the rules."""
         spec = CATALOG.by_key(key)
+        self.check_status()
         task = asyncio.ensure_future(self._apply_rules(spec))
         self._rule_tasks.add(task)
         task.add_done_callback(self._rule_tasks.discard)
@@ -394,6 +435,7 @@ class VmSession:
             self.log.info("rule 5: %s was stopped in the guest but is enabled on the host; "
                           "starting it", spec.guest_name)
             await self._set_service(link, spec, True, quiet=True)
+        self.check_status()
 
     # Section: requests of the host halves
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from vmis.errors import ConfigError, NotFoundError, StateError
+from vmis.host.private import private_sqlite
 from vmis.host.schema import upgrade
 from vmis.services.catalog import CATALOG
 from vmis.services.heartbeat import (
@@ -74,6 +76,7 @@ class Store:
         try:
             self.engine: Engine = sa.create_engine(url)
             if self.engine.dialect.name == "sqlite":
+                _keep_private(self.engine.url.database)
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             upgrade(self.engine)
         except (SQLAlchemyError, ValueError) as exc:
@@ -196,6 +199,17 @@ class Store:
                              .values(enabled=sa.bindparam("b_enabled")), updates)
             if inserts:
                 conn.execute(service_settings.insert(), inserts)
+
+
+def _keep_private(database: str | None) -> None:
+    # Pending KVP values and every VM's channel are in here: the manager's user only.
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        private_sqlite(Path(database))
+    except OSError as exc:
+        raise ConfigError(f"cannot open the database {database}: {exc.strerror or exc}") \
+            from exc
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -107,6 +107,7 @@ async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, st
 
     def report(stage: str, **extra: Any) -> None:
         progress({"type": "progress", "VMName": name, "Stage": stage, **extra})
+        session.publish("update", Stage=stage, **extra)
 
     enabled_for_update = False
     started = time.monotonic()

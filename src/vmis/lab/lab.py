@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmis.api.client import ApiClient
+from vmis.api.client import ApiClient, default_lab_dir
 from vmis.errors import ConnectError, NotFoundError, StateError, VmisError
+from vmis.host.private import private_dir, write_private
 from vmis.lab.processes import (
     how_it_ended,
     log_hint,
@@ -26,6 +26,7 @@ from vmis.lab.processes import (
     stop_pid,
     wait_for,
 )
+from vmis.lab.sandbox import Sandbox, check_host
 
 __all__ = ["START_TIMEOUT", "Lab", "LabVm", "run_lab_up"]
 
@@ -92,7 +93,7 @@ class Lab:
     """The lab directory and what runs from it."""
 
     def __init__(self, directory: Path | None = None) -> None:
-        self.dir = (directory or Path(os.environ.get("VMIS_LAB_DIR", ".vmis-lab"))).absolute()
+        self.dir = (directory or default_lab_dir()).absolute()
 
     # Section: host manager
 
@@ -117,7 +118,7 @@ class Lab:
 
     def ensure_host(self) -> int:
         """Start the lab's host manager unless one answers; return its pid."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         pid = self.host_pid()
         if pid and self._host_answers():
             return pid
@@ -126,7 +127,7 @@ class Lab:
         argv = [sys.executable, "-m", "vmis.cli.host", "host", "serve",
                 "-Db", f"sqlite:///{self.dir / 'host.db'}", "-Socket", str(self.socket)]
         pid = spawn(argv, log).pid
-        (self.dir / "host.pid").write_text(f"{pid}\n")
+        write_private(self.dir / "host.pid", f"{pid}\n")
         wait_for(self._host_answers, START_TIMEOUT, "the lab host manager", log)
         return pid
 
@@ -161,6 +162,21 @@ class Lab:
             raise StateError(f"invalid lab VM name {name!r}")
         return self.vm(name)
 
+    def _claim(self, name: str) -> None:
+        """Make sure *name* is free or a lab VM's before the lab touches anything.
+
+        :raise StateError: When the host has a VM of that name that is not a lab
+            VM: ``lab up`` would re-point its channel.
+        """
+        with self.api() as api:
+            registered = api.call("GET", "/vms")
+        for vm in registered:
+            if vm["Name"].lower() == name.lower() and vm["Kind"] != "lab":
+                raise StateError(
+                    f"{vm['Name']} is registered as a VM of kind {vm['Kind']} (channel "
+                    f"{vm['Channel']}), not a lab VM; it was left as it is: choose another "
+                    f"name, or unregister it first (vmis vm remove {vm['Name']})")
+
     def _register(self, name: str, where: dict[str, str]) -> None:
         """Register a lab VM with the host (or update where it is) and dial it now."""
         with self.api() as api:
@@ -182,7 +198,12 @@ class Lab:
         vm = self._named(name)
         if vm.is_qemu:
             raise StateError(f"{name} is a QEMU lab VM: vmis lab up {name} -Qemu")
+        check_host(self.dir)
+        self._claim(name)
+        private_dir(vm.dir.parent)
+        private_dir(vm.dir)
         self._write_config(vm)
+        Sandbox(vm.root, name).prepare()
         if agent_bundle is not None or not (vm.root / "usr/lib/vmis/vmis-guest.pyz").exists():
             self._install(vm, agent_bundle)
         if clock_offset is not None:
@@ -195,12 +216,13 @@ class Lab:
             with contextlib.suppress(FileNotFoundError):
                 vm.channel_path.unlink()
             vm.pid_file.unlink(missing_ok=True)
-            argv = [sys.executable, "-m", "vmis.lab.vmproc", str(vm.root), str(vm.pid_file)]
+            argv = [sys.executable, "-m", "vmis.lab.vmproc", str(vm.root), str(vm.pid_file),
+                    name]
             supervisor = spawn(argv, vm.log)
-            (vm.dir / "init.pid").write_text(f"{supervisor.pid}\n")
+            write_private(vm.dir / "init.pid", f"{supervisor.pid}\n")
             # Our own child: poll() knows for sure, where /proc can be caught mid-exec.
-            wait_for(lambda: vm.channel_path.is_socket() or supervisor.poll() is not None,
-                     START_TIMEOUT, f"lab VM {name}", vm.log)
+            wait_for(lambda: (vm.channel_path.is_socket() and vm.pid is not None)
+                     or supervisor.poll() is not None, START_TIMEOUT, f"lab VM {name}", vm.log)
             code = supervisor.poll()
             if code is not None:
                 raise StateError(f"lab VM {name} exited at start ({how_it_ended(code)})"
@@ -220,6 +242,7 @@ class Lab:
         from vmis.qemu.image.guest_image import GuestImage
 
         vm = self._named(name)
+        self._claim(name)
         guest_image = GuestImage.load(image) if image is not None else None
         machine = boot_machine(name, vm.dir, image=guest_image, clock_offset=clock_offset,
                                memory_mib=memory_mib, cpus=cpus)

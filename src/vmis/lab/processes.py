@@ -16,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmis.errors import StateError
+from vmis.host.private import open_private_log, private_dir
 
-__all__ = ["how_it_ended", "log_hint", "pid_alive", "read_pid", "spawn", "stop_pid", "wait_for"]
+__all__ = ["children_of", "how_it_ended", "log_hint", "pid_alive", "read_pid", "spawn", "stop_pid",
+           "wait_for"]
 
 
 def pid_alive(pid: int | None, marker: str = "vmis") -> bool:
@@ -84,10 +86,30 @@ def stop_pid(pid: int | None, timeout: float = 10.0) -> bool:
 def spawn(
     argv: list[str], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
+    """Start *argv* in the background, its output appended to *log* (made 0600)."""
+    private_dir(log.parent)
+    with open_private_log(log) as out:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True, env=env)
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is *pid*, read off every ``/proc/PID/stat``.
+
+    ``/proc/PID/task/PID/children`` would be quicker, but kernels without
+    CONFIG_PROC_CHILDREN have none.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        if fields[1] == str(pid):
+            found.append(int(entry.name))
+    return found
 
 
 def how_it_ended(code: int) -> str:

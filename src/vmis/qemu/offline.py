@@ -10,18 +10,15 @@ Two targets:
   which inspects the image, mounts its filesystems in a small appliance VM
   and copies the same files in.
 
-libguestfs boots its appliance with the host's kernel. A host without one
-(a container, or a VM booted without modules, like the machines vmis is
-developed on) gets the Debian kernel vmis already downloads for its test
-image, offered to supermin inside a private mount namespace: the host's own
-``/usr/lib/modules`` is never touched.
+What libguestfs's appliance needs of the host (supermin, QEMU, a kernel with
+its modules), and the Debian kernel vmis lends a host without one, are in
+:mod:`vmis.qemu.appliance`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -31,6 +28,7 @@ from typing import Any
 
 from vmis.errors import ConfigError, ExternalProgramError, QemuNotInstalled
 from vmis.packaging.install import install_agent
+from vmis.qemu.appliance import appliance_kernel, check_appliance
 
 __all__ = ["install_into_image", "install_into_root", "libguestfs_python"]
 
@@ -49,19 +47,32 @@ _WORKER = textwrap.dedent('''
     g = guestfs.GuestFS(python_return_dict=True)
     g.add_drive_opts(image, format=fmt, readonly=0)
     g.launch()
+
+    def mount(device, point):
+        # libguestfs would end in mount(8)'s "... failed mount system call"
+        try:
+            g.mount(device, point)
+        except RuntimeError as exc:
+            fstype = g.vfs_type(device)
+            why = ("the appliance's kernel cannot mount " + fstype + " (apt-get install "
+                   "linux-image-amd64 gives it a kernel with every filesystem module)"
+                   if not g.filesystem_available(fstype) else str(exc).splitlines()[0])
+            sys.exit(f"cannot mount {device} ({fstype}) on {point} in libguestfs's "
+                     f"appliance: {why}")
+
     roots = g.inspect_os()
     if not roots:
         filesystems = [d for d, t in g.list_filesystems().items() if t not in ("swap", "unknown")]
         if len(filesystems) != 1:
             sys.exit("no operating system found in the image, and not exactly one filesystem "
                      f"to install into (found {filesystems})")
-        g.mount(filesystems[0], "/")
+        mount(filesystems[0], "/")
         found = {"root": filesystems[0], "os": None}
     else:
         root = roots[0]
         points = g.inspect_get_mountpoints(root)
         for point in sorted(points, key=len):
-            g.mount(points[point], point)
+            mount(points[point], point)
         found = {"root": root, "os": g.inspect_get_product_name(root)}
     written, kept = [], []
     for here, dirs, files in os.walk(staging):
@@ -136,31 +147,6 @@ def _detect_format(path: Path) -> str:
     return fmt
 
 
-def _appliance_kernel(cache: Path) -> tuple[Path, Path, str] | None:
-    """The kernel for supermin when the host has none: (vmlinuz, modules dir, release)."""
-    if Path(f"/lib/modules/{platform.release()}").is_dir():
-        return None
-    from vmis.qemu.image._build import download_kernel
-    from vmis.qemu.image._debian import resolve_kernel
-    from vmis.qemu.image._steps import BuildLog
-
-    kernel = resolve_kernel()
-    tree = cache / "libguestfs-kernel" / kernel.release
-    vmlinuz = tree / f"boot/vmlinuz-{kernel.release}"
-    modules = tree / "lib/modules" / kernel.release
-    if not (modules / "modules.dep").is_file():
-        with BuildLog(cache / "logs" / f"libguestfs-kernel-{kernel.release}.log") as log:
-            deb = download_kernel(cache, kernel, log)
-            partial = tree.with_name(tree.name + f".tmp{os.getpid()}")
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-            log.run("unpack kernel", ["dpkg-deb", "-x", str(deb), str(partial)], timeout=600)
-            log.run("depmod", ["depmod", "-b", str(partial), kernel.release], timeout=600)
-            shutil.rmtree(tree, ignore_errors=True)
-            partial.rename(tree)
-    return vmlinuz, modules, kernel.release
-
-
 def install_into_image(path: Path, fmt: str | None = None,
                        cache: Path | None = None) -> dict[str, Any]:
     """Install the agent into a disk image file through libguestfs.
@@ -178,6 +164,7 @@ def install_into_image(path: Path, fmt: str | None = None,
     if fmt not in FORMATS:
         raise ConfigError(f"{path}: unsupported image format {fmt!r} ({', '.join(FORMATS)})")
     python = libguestfs_python()
+    check_appliance(python)
     cache = cache or cache_dir()
     env = dict(os.environ, LIBGUESTFS_BACKEND="direct",
                LIBGUESTFS_CACHEDIR=str(cache / "libguestfs"))
@@ -186,7 +173,7 @@ def install_into_image(path: Path, fmt: str | None = None,
         # on every host that has /dev/kvm); the appliance follows suit.
         env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
     (cache / "libguestfs").mkdir(parents=True, exist_ok=True)
-    kernel = _appliance_kernel(cache)
+    kernel = appliance_kernel(cache)
     with tempfile.TemporaryDirectory(prefix="vmis-offline-") as tmp:
         staging = Path(tmp) / "root"
         staging.mkdir()
@@ -195,10 +182,8 @@ def install_into_image(path: Path, fmt: str | None = None,
         worker.write_text(_WORKER)
         argv = [python, str(worker), str(path), fmt, str(staging)]
         if kernel is not None:
-            vmlinuz, modules, release = kernel
-            env.update(SUPERMIN_KERNEL=str(vmlinuz), SUPERMIN_KERNEL_VERSION=release,
-                       SUPERMIN_MODULES=f"/usr/lib/modules/{release}")
-            argv = _in_private_namespace(argv, modules, release, Path(tmp))
+            env.update(kernel.env())
+            argv = kernel.wrap(argv, Path(tmp))
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=TIMEOUT,
                                   check=False)
@@ -213,21 +198,3 @@ def install_into_image(path: Path, fmt: str | None = None,
     return {"Target": str(path), "Kind": f"image ({fmt})", "Installed": __version__,
             "Root": result["root"], "OS": result["os"], "Written": len(result["written"]),
             "KeptConfig": bool(result["kept"])}
-
-
-def _in_private_namespace(argv: list[str], modules: Path, release: str,
-                          tmp: Path) -> list[str]:
-    # supermin copies the kernel's modules from /usr/lib/modules/<release>:
-    # show it ours through an overlay that lives only in a new mount namespace.
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        raise ExternalProgramError("this host has no kernel of its own for libguestfs's "
-                                   "appliance; run as root (vmis lends it the Debian kernel "
-                                   "in a private mount namespace) or install linux-image-amd64")
-    upper, work = tmp / "upper", tmp / "work"
-    (upper / "modules" / release).mkdir(parents=True)
-    work.mkdir()
-    script = (
-        f"mount -t overlay overlay -o lowerdir=/usr/lib,upperdir={upper},workdir={work} "
-        f"/usr/lib && mount --bind {modules} /usr/lib/modules/{release} && exec \"$@\""
-    )
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]

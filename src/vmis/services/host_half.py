@@ -122,6 +122,11 @@ class VmContext(Protocol):
         """This VM's part of *service* (``session.part(KvpHost)``)."""
         ...
 
+    def publish(self, type: str, **data: Any) -> None:
+        """Tell the manager's event stream that something of this VM changed
+        (``publish("kvp", Pool="Guest", Items=3)``: PascalCase members)."""
+        ...
+
 
 class HostContext(Protocol):
     """What a host half sees of the host manager."""
@@ -158,6 +163,11 @@ class HostContext(Protocol):
 
     def hypervisor_for(self, vm: VmRecord) -> Hypervisor | None:
         """The hypervisor backend that acts on *vm*, if one does."""
+        ...
+
+    def publish(self, type: str, *, vm_name: str | None = None, vm_id: str | None = None,
+                **data: Any) -> None:
+        """Tell the manager's event stream that something changed (vmis.host.events)."""
         ...
 
 

@@ -1,22 +1,22 @@
 """Invoke-Command as an administrator uses it: the real CLI against a real lab (processes).
 
-A lab VM is a process on this machine, so the commands below really run
-here, as the lab agent's user: harmless ones only (echo, cat, sleep, sh and
-python printing). The lab VM's policy allows /usr/bin and /bin.
+A lab VM is a sandboxed process on this machine (vmis.lab.sandbox): the
+commands below run in it, with the machine's /usr and the VM's own root,
+processes and network. The lab VM's policy allows /usr/bin and /bin. The
+pids a command prints are the VM's own; the tests look them up in the VM's
+/proc.
 """
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from support.lab import run_vmis, start_lab
+from support.lab import configured_lab, guest_proc, run_vmis, start_lab
 from vmis.lab.lab import Lab
 
 CONF = """[agent]
@@ -32,10 +32,13 @@ kill_grace = 1
 """
 
 
+ENABLED = "[services]\nvmicvmsession = automatic\n"
+
+
 def write_conf(lab_dir: Path, enabled: bool) -> None:
     conf = lab_dir / "vms" / "DemoVM" / "root" / "etc" / "vmis" / "agent.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(CONF + ("[services]\nvmicvmsession = automatic\n" if enabled else ""))
+    conf.write_text(CONF + (ENABLED if enabled else ""))
 
 
 def env(lab_dir: Path) -> dict[str, str]:
@@ -49,17 +52,20 @@ def popen(lab_dir: Path, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE)
 
 
-def alive(pid: int) -> bool:
+def alive(lab_dir: Path, pid: int) -> bool:
+    """Whether the lab VM's process *pid* (a pid of its own PID namespace) runs."""
+    stat = guest_proc(lab_dir) / str(pid) / "stat"
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+        return stat.read_text().rsplit(") ", 1)[1][0] != "Z"
     except (OSError, IndexError):
         return False
 
 
-def wait_gone(pids: list[int], timeout: float = 10) -> None:
+def wait_gone(lab_dir: Path, pids: list[int], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
-    while any(alive(p) for p in pids):
-        assert time.monotonic() < deadline, f"still running: {[p for p in pids if alive(p)]}"
+    while any(alive(lab_dir, p) for p in pids):
+        assert time.monotonic() < deadline, \
+            f"still running: {[p for p in pids if alive(lab_dir, p)]}"
         time.sleep(0.05)
 
 
@@ -72,14 +78,8 @@ def one_line_error(text: str) -> str:
 @pytest.fixture(scope="module")
 def session_lab():
     """A lab whose DemoVM has VM Session enabled (startup Automatic)."""
-    directory = Path(tempfile.mkdtemp(prefix="vmis-", dir="/tmp")) / "lab"
-    write_conf(directory, enabled=True)
-    try:
-        start_lab(directory)
+    with configured_lab(CONF + ENABLED) as directory:
         yield directory
-    finally:
-        Lab(directory).down(None)
-        shutil.rmtree(directory.parent, ignore_errors=True)
 
 
 def test_refused_while_disabled_in_the_guest_then_runs_once_enabled(lab_dir):
@@ -119,7 +119,7 @@ def test_ctrl_c_stops_the_remote_process_group(session_lab):
                  "sleep 300 & echo $$ $!; while :; do echo tick; sleep 0.2; done")
     assert proc.stdout is not None and proc.stderr is not None
     pids = [int(p) for p in proc.stdout.readline().split()]
-    assert len(pids) == 2 and all(alive(p) for p in pids)
+    assert len(pids) == 2 and all(alive(session_lab, p) for p in pids)
     assert proc.stdout.readline() == b"tick\n"
     assert proc.stdout.readline() == b"tick\n"  # still streaming
     proc.send_signal(signal.SIGINT)
@@ -130,7 +130,7 @@ def test_ctrl_c_stops_the_remote_process_group(session_lab):
     assert b"Traceback" not in proc.stderr.read()
     # the shell ends at SIGINT; its background sleep ignores SIGINT (POSIX '&'
     # job) and ends at the SIGKILL after kill_grace
-    wait_gone(pids)
+    wait_gone(session_lab, pids)
 
 
 def test_a_reader_that_stops_reading_holds_the_remote_writer_back(session_lab):
@@ -140,7 +140,7 @@ def test_a_reader_that_stops_reading_holds_the_remote_writer_back(session_lab):
     assert proc.stdout is not None
     pid = int(proc.stdout.readline())
     time.sleep(3)  # we read nothing: pipes, the CLI and the 1 MiB window fill up
-    assert alive(pid), "the remote writer finished although nobody read its output"
+    assert alive(session_lab, pid), "the remote writer finished although nobody read its output"
     received = 0
     while chunk := proc.stdout.read(1 << 20):
         received += len(chunk)
@@ -151,10 +151,10 @@ def test_a_killed_client_kills_the_remote_command(session_lab):
     proc = popen(session_lab, "exec", "DemoVM", "--", "sh", "-c", "echo $$; exec sleep 300")
     assert proc.stdout is not None
     pid = int(proc.stdout.readline())
-    assert alive(pid)
+    assert alive(session_lab, pid)
     proc.kill()
     proc.wait(10)
-    wait_gone([pid])
+    wait_gone(session_lab, [pid])
 
 
 def test_stdin_exit_code_and_stderr_apart(session_lab):
@@ -169,8 +169,7 @@ def test_stdin_exit_code_and_stderr_apart(session_lab):
     assert (result.code, result.out) == (0, "")
     result = run_vmis(session_lab, "exec", "DemoVM", "-Environment", "GREETING=hi there",
                       "-WorkingDirectory", "/", "--", "sh", "-c", 'echo "$GREETING"; pwd')
-    assert result.out.splitlines() == [
-        "hi there", str(Lab(session_lab).vm("DemoVM").root)]
+    assert result.out.splitlines() == ["hi there", "/"]  # the VM's root is its /
 
 
 def test_timeout_kills_and_says_so(session_lab):
@@ -181,13 +180,13 @@ def test_timeout_kills_and_says_so(session_lab):
     assert time.monotonic() - started < 20
 
 
-def test_commands_off_the_allow_list_are_refused(session_lab, short_tmp):
-    script = short_tmp / "tool.sh"
+def test_commands_off_the_allow_list_are_refused(session_lab):
+    script = Lab(session_lab).vm("DemoVM").root / "opt/tool.sh"
     script.write_text("#!/bin/sh\necho ran\n")
     script.chmod(0o755)
-    result = run_vmis(session_lab, "exec", "DemoVM", "--", str(script))
+    result = run_vmis(session_lab, "exec", "DemoVM", "--", "/opt/tool.sh")
     assert result.code == 255 and result.out == ""
-    assert f"{script} is not on the guest's allow-list" in one_line_error(result.err)
+    assert "/opt/tool.sh is not on the guest's allow-list" in one_line_error(result.err)
     result = run_vmis(session_lab, "exec", "DemoVM", "--", "no-such-program-vmis")
     assert result.code == 255 and "no executable" in one_line_error(result.err)
 

@@ -129,6 +129,7 @@ class VmKvp(VmPart):
             return
         self.pools[pool] = self._staging.pop(pool)
         self.reported[pool] = datetime.now(UTC)
+        self.vm.publish("kvp", Pool=pool_name(pool), Items=len(self.pools[pool]))
         if self._pending or self._facts_for is not self.vm.link:
             self.spawn(self.deliver(settle=SETTLE_TIMEOUT))
 
@@ -159,10 +160,12 @@ class VmKvp(VmPart):
         self._pending += 1
         return int(row_id[0])
 
-    def _done(self, row_id: int, outcome: VmisError | None) -> None:
+    def _done(self, row_id: int, outcome: VmisError | None, key: str = "") -> None:
         with self.kvp.host.engine.begin() as conn:
             deleted = conn.execute(kvp_pending.delete().where(kvp_pending.c.id == row_id))
         self._pending -= deleted.rowcount
+        self.vm.publish("kvp", Pool=pool_name(Pool.EXTERNAL), Key=key,
+                        Delivered=outcome is None, Error=str(outcome) if outcome else None)
         if row_id in self._waiting:
             self._outcomes[row_id] = outcome
 
@@ -249,14 +252,14 @@ class VmKvp(VmPart):
                     self.vm.log.info("KVP removal of %r: the guest had no such key", row.key)
                     self._done(row.id, NotFoundError(
                         f"{self.vm.vm.name}: no key {row.key!r} in the "
-                        f"{pool_name(row.pool)} pool"))
+                        f"{pool_name(row.pool)} pool"), row.key)
                     continue
                 if exc.code in _PERMANENT:
                     self.vm.log.warning("KVP write of %r dropped: %s", row.key, exc)
-                    self._done(row.id, ServiceUnavailable(f"{self.vm.vm.name}: {exc}"))
+                    self._done(row.id, ServiceUnavailable(f"{self.vm.vm.name}: {exc}"), row.key)
                     continue
                 raise
-            self._done(row.id, None)
+            self._done(row.id, None, row.key)
         self.last_error = ""
 
 

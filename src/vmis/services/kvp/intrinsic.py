@@ -20,11 +20,12 @@ OSVersion                  uname release up to the first ``-``
 ProcessorArchitecture      uname machine
 ========================== ==================================================
 
-An agent running with a root directory other than ``/`` (a lab VM) reads the
-release files and the host name inside that root where they exist, and the
-real machine's otherwise (:func:`release_root`, :func:`fqdn_for`): the kernel
-(uname) and the network are the machine's in any case, because a lab VM
-shares them.
+An agent running with a root directory other than ``/`` (``vmis lab guest``,
+tests) reads the release files and the host name inside that root where they
+exist, and the real machine's otherwise (:func:`release_root`,
+:func:`fqdn_for`): the kernel (uname) and the network are the machine's. A
+process lab VM's agent runs in the VM's sandbox with its root as ``/``
+(vmis.lab.sandbox): its own host name, and no network but loopback.
 
 Standard library only.
 """

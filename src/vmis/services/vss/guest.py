@@ -207,7 +207,9 @@ class VssService(GuestService):
         self.control_ops = {"vss.status": self._control_status, "vss.thaw": self._control_thaw}
         freezer: Freezer | None = ctx.adapters.get("freezer")
         self._freezer = freezer
-        self._fs = FilesystemFreeze(freezer, ctx.root) if freezer is not None else None
+        # A lab VM's fake freezer brings its own mount table (vmis.guest.adapters).
+        freeze_root = ctx.adapters.get("freeze_root", ctx.root)
+        self._fs = FilesystemFreeze(freezer, freeze_root) if freezer is not None else None
         self._lock = asyncio.Lock()
         #: the current cycle, or the last one
         self.cycle: Cycle | None = None

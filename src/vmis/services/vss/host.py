@@ -260,6 +260,8 @@ class VssHost(HostService[VmVss]):
         self._record(run.report, insert=True)
         self.running[vm.id] = run
         session.log.info("checkpoint %r (%s) starting", plan.name, snapshot_type.value)
+        session.publish("checkpoint", Name=plan.name, Status="Running",
+                        SnapshotType=snapshot_type.value)
         try:
             report = await run.run()
         finally:
@@ -272,6 +274,8 @@ class VssHost(HostService[VmVss]):
                              report.duration)
         else:
             session.log.error("checkpoint %r failed: %s", plan.name, report.error)
+        session.publish("checkpoint", Name=plan.name, Status=report.status, Taken=report.taken,
+                        Error=report.error, DurationSeconds=report.duration)
         return report
 
     def _record(self, report: CheckpointReport, insert: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""Test guard loaded into lab processes: refuse and record every real clock setter.
+"""Test guard loaded into the lab's host-side processes: refuse and record every real clock setter.
 
 Put this directory on PYTHONPATH and name a log file in $VMIS_TEST_CLOCK_GUARD;
 every Python process started from then on writes ``loaded PID ARGV`` to it and,
