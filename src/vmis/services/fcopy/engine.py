@@ -99,7 +99,12 @@ class CopyEngine(TreeCopier, LegacyTrees):
             included.
         """
         started = time.monotonic()
-        info = await self._run(self._json(FcopyOp.STAT, {"path": source}))
+        inline = memoryview(b"")
+        if self.streams:
+            # One round trip: a file is opened at once, a directory says so.
+            info, inline = await self._run(self._open_guest_file(source, probe=True))
+        else:
+            info = await self._run(self._json(FcopyOp.STAT, {"path": source}))
         if info.get("type") == "dir":
             if not recurse:
                 raise StateError(f"{shown(source)} is a directory in the guest; -Recurse "
@@ -112,7 +117,9 @@ class CopyEngine(TreeCopier, LegacyTrees):
                                                   force))
         elif info.get("type") == "file":
             self.progress.bytes_total, self.progress.files_total = int(info["size"]), 1
-            item = await self._run(self._file_from_guest(
+            item = await self._run(self._file_from_opened(
+                info, inline, destination, exact=False, create=create_full_path,
+                force=force) if self.streams else self._file_from_guest(
                 str(info["path"]), destination, exact=False, create=create_full_path,
                 force=force))
             top = item["Path"]
@@ -144,7 +151,8 @@ class CopyEngine(TreeCopier, LegacyTrees):
 
     def close(self) -> None:
         """Let the worker thread go (the copy is over)."""
-        self._worker.shutdown(wait=False)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     def _result(self, file_source: str, source: str, destination: str, started: float,
                 tree: bool) -> dict[str, Any]:

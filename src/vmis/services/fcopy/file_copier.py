@@ -112,7 +112,7 @@ class FileCopier:
         self.progress = CopyProgress()
         self._on_progress = progress
         self._stats = _Stats()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="fcopy-host")
+        self._pool: ThreadPoolExecutor | None = None
         self._local = RootedPaths(Path("/"), ["/"])
 
     # Section: plumbing
@@ -124,8 +124,22 @@ class FileCopier:
                     timeout: float = _SHORT_TIMEOUT) -> dict[str, Any]:
         return decode_json(await self._call(op, encode_json(body), timeout))
 
+    @property
+    def _worker(self) -> ThreadPoolExecutor:
+        """The copy's own thread (made when first needed): its file work, in order."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fcopy-host")
+        return self._pool
+
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(self._worker.submit(fn, *args))
+
+    def _after_worker(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Tidy up once the worker's queued work is done (now, if there is no worker)."""
+        if self._pool is None:
+            fn(*args)
+        else:
+            self._pool.submit(fn, *args)
 
     def _advance(self, n: int) -> None:
         self.progress.bytes_done += n
@@ -177,7 +191,7 @@ class FileCopier:
                 return await self._put(reader, meta)
             return await self._stream_to_guest(reader, meta)
         finally:
-            self._worker.submit(reader.close)
+            self._after_worker(reader.close)
 
     async def _put(self, reader: Reader, meta: dict[str, Any]) -> dict[str, Any]:
         def whole() -> tuple[bytes, str]:
@@ -185,7 +199,9 @@ class FileCopier:
             data = reader.read(0, reader.size)
             return data, reader.finish()
 
-        data, digest = await self._in_worker(whole)
+        # A small file is read in the loop's shared threads: a copy of its own
+        # thread costs more than the read (a thread start, about a millisecond).
+        data, digest = await asyncio.to_thread(whole)
         answer = decode_json(await self._call(
             FcopyOp.PUT, encode_json_raw({**meta, "sha256": digest}, data), DATA_TIMEOUT))
         self._check_digest(answer, digest, reader.display)
@@ -262,12 +278,29 @@ class FileCopier:
 
     # Section: guest to host
 
+    async def _open_guest_file(self, source: str, probe: bool = False
+                               ) -> tuple[dict[str, Any], memoryview]:
+        """OPEN_READ: the file's facts and, if it is small, its bytes.
+
+        :param probe: (1.1) a directory answers ``type: dir`` instead of failing.
+        """
+        raw = await self._call(FcopyOp.OPEN_READ, encode_json(
+            {"path": source, "inline_max": self.recv_chunk, "owner": self.owner,
+             "probe": probe}), DATA_TIMEOUT)
+        return decode_json_raw(raw)
+
     async def _file_from_guest(self, source: str, destination: str, *, exact: bool,
                                create: bool, force: bool) -> dict[str, Any]:
+        info, inline = await self._open_guest_file(source)
+        return await self._file_from_opened(info, inline, destination, exact=exact,
+                                            create=create, force=force)
+
+    async def _file_from_opened(self, info: dict[str, Any], inline: memoryview,
+                                destination: str, *, exact: bool, create: bool,
+                                force: bool) -> dict[str, Any]:
+        """Receive a guest file OPEN_READ opened (*info*, and *inline* if it is small)."""
+        source = str(info["path"])
         self.progress.current = shown(source)
-        raw = await self._call(FcopyOp.OPEN_READ, encode_json(
-            {"path": source, "inline_max": self.recv_chunk, "owner": self.owner}), DATA_TIMEOUT)
-        info, inline = decode_json_raw(raw)
         handle = int(info.get("handle", 0))
         try:
             target = self._local.destination(destination, check_name(source.rsplit("/", 1)[-1]),
@@ -278,8 +311,9 @@ class FileCopier:
                 await self._best_effort(FcopyOp.ABORT, {"handle": handle})
             raise
         assert target.name is not None
+        # Indexed when it can be resumed: a small file comes in one answer.
         receiver = self._receiver(info, target.dir_fd, target.name, target.path, force=force,
-                                  index=self._index)
+                                  index=self._index if handle else None)
         target.dir_fd = -1
         if not handle:
             return await self._receive_inline(receiver, bytes(inline), str(info["sha256"]))
@@ -306,7 +340,7 @@ class FileCopier:
             finally:
                 receiver.close(keep=False)
 
-        mine = await self._in_worker(whole)
+        mine = await asyncio.to_thread(whole)
         self._stats.sent += len(data)
         self._advance(len(data))
         item = {"Path": receiver.display, "Bytes": len(data), "Sha256": mine}

@@ -148,14 +148,19 @@ class FcopyService(GuestService):
             force=bool(body.get("force", False)), what="copying into the guest")
 
     def _receiver(self, body: dict[str, Any], dir_fd: int, name: str, path: str,
-                  tree: bool = False) -> Receiver:
-        """A receiver of a file sent to the guest; it owns *dir_fd*."""
+                  indexed: bool) -> Receiver:
+        """A receiver of a file sent to the guest; it owns *dir_fd*.
+
+        :param indexed: note its partial file in the index: a copy that can be
+            resumed (not one that is a single request, nor a tree's, whose
+            entry covers it).
+        """
         try:
             return Receiver(
                 dir_fd, name, path, field(body, "token", str), count(body, "size"),
                 mode=count(body, "mode", 0o644), atime_ns=count(body, "atime_ns", 0),
                 mtime_ns=count(body, "mtime_ns", 0), force=bool(body.get("force", False)),
-                gate=self.gate, index=None if tree else self.index)
+                gate=self.gate, index=self.index if indexed else None)
         except BaseException:
             os.close(dir_fd)
             raise
@@ -184,11 +189,11 @@ class FcopyService(GuestService):
             rel = field(body, "rel", str)
             dir_fd, name = await asyncio.wrap_future(tree.worker.submit(tree.writer.large, rel))
             receiver = self._receiver(body, dir_fd, name, f"{tree.writer.top.rstrip('/')}/{rel}",
-                                      tree=True)
+                                      indexed=False)
         else:
             r = self._destination(body)
             assert r.name is not None
-            receiver = self._receiver(body, r.dir_fd, r.name, r.path)
+            receiver = self._receiver(body, r.dir_fd, r.name, r.path, indexed=True)
             r.dir_fd = -1
         try:
             offset, prefix = await asyncio.to_thread(receiver.open, bool(body.get("resume")))
@@ -259,7 +264,7 @@ class FcopyService(GuestService):
             raise ServiceError("bad-request", "size differs from the data sent")
         r = self._destination(body)
         assert r.name is not None
-        receiver = self._receiver(body, r.dir_fd, r.name, r.path)
+        receiver = self._receiver(body, r.dir_fd, r.name, r.path, indexed=False)
         r.dir_fd = -1
 
         def run() -> str:
@@ -306,8 +311,10 @@ class FcopyService(GuestService):
     # Section: copies out of the guest
 
     async def _stat(self, request: RequestReceived) -> bytes:
-        body = decode_json(request.payload)
-        path = field(body, "path", str)
+        return encode_json(self._facts(field(decode_json(request.payload), "path", str)))
+
+    def _facts(self, path: str) -> dict[str, Any]:
+        """STAT's answer: what a guest path is (``type`` ``none`` when it does not exist)."""
         try:
             r = self.paths.resolve(path)
         except ServiceError as exc:
@@ -316,16 +323,16 @@ class FcopyService(GuestService):
             if not self.paths.allowed_path(split_path(path)):
                 raise ServiceError("denied", f"{path} is outside the guest's allowed roots") \
                     from None
-            return encode_json({"path": path, "type": "none"})
+            return {"path": path, "type": "none"}
         with r:
             self.paths.check(r, "")
             if r.name is None:
                 st = os.fstat(r.dir_fd)
             elif r.st is None:
-                return encode_json({"path": r.path, "type": "none"})
+                return {"path": r.path, "type": "none"}
             else:
                 st = r.st
-            return encode_json({"path": r.path, **stat_entry(st)})
+            return {"path": r.path, **stat_entry(st)}
 
     async def _list(self, request: RequestReceived) -> bytes:
         return await self.trees.list_dir(request)
@@ -335,7 +342,10 @@ class FcopyService(GuestService):
         if body.get("tree"):
             reader = await self.trees.open_member(body)
         else:
-            reader = self._open_path(field(body, "path", str))
+            opened = self._open_path(field(body, "path", str), bool(body.get("probe")))
+            if not isinstance(opened, Reader):
+                return joined(opened)  # probed a directory: its facts
+            reader = opened
         info = {"path": reader.path, **stat_entry(reader.st)}
         if reader.size <= count(body, "inline_max", 0):
             def whole() -> tuple[bytes, str]:
@@ -355,9 +365,21 @@ class FcopyService(GuestService):
             raise
         return joined({**info, "handle": handle})
 
-    def _open_path(self, path: str) -> Reader:
-        with self.paths.resolve(path) as r:
+    def _open_path(self, path: str, probe: bool = False) -> Reader | dict[str, Any]:
+        """A reader of a guest file; with *probe*, what the path is instead of an error
+        when it is not a regular file (STAT's answer: one round trip for both)."""
+        try:
+            r = self.paths.resolve(path)
+        except ServiceError as exc:
+            if probe and exc.code == "not-found":
+                return {**self._facts(path), "handle": 0}
+            raise
+        with r:
             self.paths.check(r, "")
+            if probe and (r.st is None or not stat.S_ISREG(r.st.st_mode)):
+                st = os.fstat(r.dir_fd) if r.name is None else r.st
+                return {"path": r.path, "handle": 0,
+                        **(stat_entry(st) if st is not None else {"type": "none"})}
             if r.name is None or r.is_dir:
                 raise ServiceError("bad-request", f"{r.shown} is a directory (-Recurse copies "
                                                   "directories)")
