@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +59,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from copy_tree import Lab, settle  # the same lab set-up as the tree benchmark
+    from copy_tree import Lab, finish, settle  # the same lab set-up as the tree benchmark
 
     work = Path(tempfile.mkdtemp(prefix="vmis-bench-", dir="/tmp"))
     data = os.urandom(4096)
@@ -132,10 +131,7 @@ def main() -> int:
               f"{figures['floor guest dir']['median_ms']:.2f} ms; the CLI adds "
               f"{figures[f'{way} CLI']['median_ms'] - own:.2f} ms (its start and one call: "
               f"{figures['CLI start']['median_ms']:.2f} ms)")
-    print(f"load at the end {os.getloadavg()[0]:.1f}")
-    if args.json:
-        print(json.dumps(figures, indent=2))
-    return 0
+    return finish(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -254,8 +254,13 @@ def main() -> int:
     finally:
         lab.close()
         shutil.rmtree(work, ignore_errors=True)
+    return finish(figures, args.json)
+
+
+def finish(figures: dict[str, Any], as_json: bool) -> int:
+    """End a benchmark: the load it ran under, and its figures as JSON if asked."""
     print(f"\nload at the end {os.getloadavg()[0]:.1f}")
-    if args.json:
+    if as_json:
         print(json.dumps(figures, indent=2))
     return 0
 

@@ -52,6 +52,19 @@ async def until_bytes(copy, at_least: int) -> None:
     await eventually(lambda: copy.progress.bytes_done >= at_least, timeout=60, interval=0.005)
 
 
+async def copying(fcopy, at_least: int, *args, **kwargs) -> asyncio.Task:
+    """Copy-VMFile(*args) as a task, once it has sent *at_least* bytes."""
+    reached = asyncio.Event()
+
+    def progress(p):
+        if p.bytes_done >= at_least:
+            reached.set()
+
+    task = asyncio.ensure_future(fcopy.copy_vm_file(*args, progress=progress, **kwargs))
+    await asyncio.wait_for(reached.wait(), 60)
+    return task
+
+
 async def ask(pair, op, body):
     return decode_json(await pair.session.request(SPEC, op, encode_json(body), timeout=10))
 
@@ -62,15 +75,7 @@ async def ask(pair, op, body):
 async def test_a_stopped_caller_stops_its_copy_which_resumes_at_once(pair, short_tmp):
     src = big_file(short_tmp)
     fcopy = pair.manager.service(FcopyHost)
-    reached = asyncio.Event()
-
-    def progress(p):
-        if p.bytes_done >= 16 * MIB:
-            reached.set()
-
-    caller = asyncio.ensure_future(fcopy.copy_vm_file("DemoVM", str(src), "/tmp/", "Host",
-                                                      progress=progress))
-    await asyncio.wait_for(reached.wait(), 60)
+    caller = await copying(fcopy, 16 * MIB, "DemoVM", str(src), "/tmp/", "Host")
     # Cancelled again and again, as an ASGI server cancels a handler whose
     # client left: the copy still lets go of what the guest holds for it.
     for _ in range(20):
@@ -144,15 +149,7 @@ async def test_two_copies_to_one_destination_the_second_is_told_it_is_busy(pair,
     a = big_file(short_tmp, name="a")
     b = big_file(short_tmp, name="b")
     fcopy = pair.manager.service(FcopyHost)
-    started = asyncio.Event()
-
-    def progress(p):
-        if p.bytes_done >= 4 * MIB:
-            started.set()
-
-    first = asyncio.ensure_future(fcopy.copy_vm_file("DemoVM", str(a), "/tmp/target", "Host",
-                                                     progress=progress))
-    await asyncio.wait_for(started.wait(), 60)
+    first = await copying(fcopy, 4 * MIB, "DemoVM", str(a), "/tmp/target", "Host")
     with pytest.raises(TargetBusy, match="being written by another copy") as info:
         await fcopy.copy_vm_file("DemoVM", str(b), "/tmp/target", "Host")
     assert info.value.code == "busy" and info.value.exit_status == 75
@@ -160,10 +157,7 @@ async def test_two_copies_to_one_destination_the_second_is_told_it_is_busy(pair,
     assert (pair.root / "tmp/target").read_bytes() == a.read_bytes()
     # ... and out of the guest, onto one host file.
     c = short_tmp / "c"
-    started.clear()
-    first = asyncio.ensure_future(fcopy.copy_vm_file("DemoVM", "/tmp/target", str(c), "Guest",
-                                                     progress=progress))
-    await asyncio.wait_for(started.wait(), 60)
+    first = await copying(fcopy, 4 * MIB, "DemoVM", "/tmp/target", str(c), "Guest")
     with pytest.raises(TargetBusy):
         await fcopy.copy_vm_file("DemoVM", "/tmp/target", str(c), "Guest", force=True)
     await first

@@ -25,6 +25,7 @@ from vmis.psargs import Command, Param
 
 __all__ = ["COMMANDS", "EXIT_SKIPPED"]
 
+JSON = Param("json", "switch", help="print JSON for scripts")
 #: the exit status of a copy that completed but left entries out (links,
 #: special files): they were named on stderr (docs/services/fcopy.md §7)
 EXIT_SKIPPED = 3
@@ -204,7 +205,7 @@ COMMANDS: tuple[Command, ...] = (
     )),
     Command("Get-VMFileCopy", "List copies: running, left open in the guest, partial files.", (
         Param("VMName", "list", position=0, aliases=("Name",), help="VMs (wildcards; all)"),
-        Param("json", "switch", help="print JSON for scripts"),
+        JSON,
     ), cmd_get_copies, examples=('vmis Get-VMFileCopy -VMName DemoVM',)),
     Command("Stop-VMFileCopy", "Stop copies, close what the guest holds, remove partial files.", (
         Param("VMName", required=True, position=0, aliases=("Name",), help="the VM"),
@@ -213,7 +214,7 @@ COMMANDS: tuple[Command, ...] = (
         Param("All", "switch", help="every copy of the VM, and every partial file"),
         Param("Discard", "switch", help="also remove the stopped copies' partial files "
                                         "(default: kept, the same Copy-VMFile resumes)"),
-        Param("json", "switch", help="print JSON for scripts"),
+        JSON,
     ), cmd_stop_copies, examples=(
         'vmis Stop-VMFileCopy DemoVM -Id 3',
         'vmis Stop-VMFileCopy DemoVM -Path /srv/big.iso -Discard',

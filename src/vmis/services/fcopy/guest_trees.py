@@ -19,13 +19,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from vmis.errors import ServiceError
-from vmis.protocol import (
-    RequestReceived,
-    decode_json,
-    decode_json_raw,
-    encode_json,
-    encode_json_raw,
-)
+from vmis.protocol import decode_json, decode_json_raw, encode_json, encode_json_raw
+from vmis.protocol.session import RequestReceived
 from vmis.services.fcopy import TREE_PAGE
 from vmis.services.fcopy.guest_handles import Handles, Open, TreeIn, TreeOut
 from vmis.services.fcopy.metadata import list_dir
