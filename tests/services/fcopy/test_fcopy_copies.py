@@ -272,3 +272,14 @@ async def test_a_dead_agents_tree_is_swept_when_the_next_one_starts(short_tmp):
         await p.restart_agent()
         task.cancel()
         await eventually(lambda: os.listdir(p.root / "tmp") == [])
+
+
+def test_how_long_partial_files_stay_is_a_setting_of_the_guest(tmp_path):
+    from vmis.guest.config import load_config
+
+    conf = tmp_path / "agent.conf"
+    conf.write_text("[fcopy]\npartial_max_age = 3600\n")
+    assert load_config(conf).partial_max_age == 3600.0
+    conf.write_text("[fcopy]\npartial_max_age = never\n")
+    with pytest.raises(Exception, match="partial_max_age"):
+        load_config(conf)
