@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -64,21 +65,42 @@ def open_tree(paths: RootedPaths, path: str, name: str, *, create: bool, force: 
                               index=index)
         claim = CLAIMS.take(CLAIMS.key(r.dir_fd, r.name), r.shown)
         try:
-            staging = part_names(r.name, tag)[0]
-            try:
-                os.mkdir(staging, 0o700, dir_fd=r.dir_fd)
-                reused = False
-            except FileExistsError:
-                reused = True  # an earlier run of this copy: resume its large files
-            fd = os.open(staging, DIR_FLAGS, dir_fd=r.dir_fd)
+            fd, tag, reused = _staging(r.dir_fd, r.name, tag)
             return TreeWriter(fd, r.path, tag, force=force, gate=gate, index=index,
-                              staged=_Staging(os.dup(r.dir_fd), r.name, staging, claim, reused))
+                              staged=_Staging(os.dup(r.dir_fd), r.name,
+                                              part_names(r.name, tag)[0], claim, reused))
         except OSError as exc:
             CLAIMS.release(claim)
             raise os_error(exc, f"cannot make {r.shown}") from exc
         except BaseException:
             CLAIMS.release(claim)
             raise
+
+
+def _staging(parent_fd: int, name: str, tag: str) -> tuple[int, str, bool]:
+    """The staging directory of a tree copy: ``(its descriptor, the tag, reused)``.
+
+    An earlier run's is taken again (its large files resume) only if it is
+    this process's own, 0700, as it was made: the tag can be worked out from
+    the copy's paths, and a directory someone else made there could hold
+    links to files this copy would then overwrite. Otherwise a fresh tag.
+    """
+    for attempt in (tag, secrets.token_hex(8)):
+        staging = part_names(name, attempt)[0]
+        try:
+            os.mkdir(staging, 0o700, dir_fd=parent_fd)
+            return os.open(staging, DIR_FLAGS, dir_fd=parent_fd), attempt, False
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(staging, DIR_FLAGS, dir_fd=parent_fd)
+        except OSError:
+            continue
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+            return fd, attempt, True
+        os.close(fd)
+    raise ServiceError("failed", f"cannot make a staging directory beside {shown(name)}")
 
 
 @dataclass
@@ -226,8 +248,14 @@ class TreeWriter:
         self._wait()
         where, dir_fd, name, claim = self._destination(rel)
         target = name if self._staged is not None else part_names(name, self.tag)[0]
+        flags = _NEW_FILE
+        if self._staged is None or not self._staged.reused:
+            flags |= os.O_EXCL  # never write through a name someone else made
+            if self._staged is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target, dir_fd=dir_fd)  # a killed run's, or planted
         try:
-            fd = os.open(target, _NEW_FILE, 0o600, dir_fd=dir_fd)
+            fd = os.open(target, flags, 0o600, dir_fd=dir_fd)
         except OSError as exc:
             CLAIMS.release(claim)
             raise os_error(exc, f"cannot create a file in {self._shown(where)}") from exc
@@ -287,6 +315,8 @@ class TreeWriter:
         try:
             if self._staged is not None and self._staged.reused:
                 self._clear_leftovers()
+            if self._staged is None:
+                self._sync()  # every file durable before the first is in place
             for item in self._pending:
                 self._place(item)
                 placed += 1
@@ -297,7 +327,7 @@ class TreeWriter:
                 fd = self._dirs.get((*where, name) if rel else ())
                 os.fchmod(fd, file_mode(mode))
                 set_times(fd, atime_ns, mtime_ns)
-            self._sync()
+            self._sync()  # the names, modes and times (staged: all of it, before the rename)
             if self._staged is not None:
                 self._unstage(dirs)
         except BaseException as exc:
@@ -330,6 +360,7 @@ class TreeWriter:
         top = [d for d in dirs if d[0] == ""]
         if top:  # the rename may have touched the top's times
             set_times(self._dirs.base_fd, top[0][2], top[0][3])
+            os.fsync(self._dirs.base_fd)
         os.fsync(staged.parent_fd)
         self._release_staging()
 
