@@ -93,20 +93,28 @@ class TreeCopier(FileCopier):
 
     async def _tree_to_guest_stream(self, source: Path, destination: str, create: bool,
                                     force: bool, links: str) -> str:
-        tree: Tree = await self._in_worker(walk, self._local, tuple(split_path(str(source))),
-                                           links)
+        name = source.name or "root"  # cp -r's: the name given, a link's own
+        # The guest opens the destination while this end walks the source.
+        creating = asyncio.ensure_future(self._json(FcopyOp.TREE_CREATE, {
+            "path": destination, "name": name, "create_path": create, "force": force,
+            "owner": self.owner,
+            "token": resume_token("to-guest-tree", str(source), 0, 0, f"{destination}\0{name}")},
+            DATA_TIMEOUT))
+        try:
+            tree: Tree = await self._in_worker(walk, self._local,
+                                               tuple(split_path(str(source))), links)
+        except BaseException:
+            opened = (await asyncio.gather(creating, return_exceptions=True))[0]
+            if isinstance(opened, dict):
+                await self._best_effort(FcopyOp.ABORT, {"tree": opened["tree"]})
+            raise
+        opened = await creating
+        handle, top = int(opened["tree"]), str(opened["path"])
         self._stats.skipped += [(f"{source}/{rel}", why) for rel, why in tree.skipped]
         small = [(i, f) for i, f in enumerate(tree.files) if f.size <= SMALL_FILE]
         large = [f for f in tree.files if f.size > SMALL_FILE]
         self.progress.files_total = len(tree.files) + len(tree.links)
         self.progress.bytes_total = sum(f.size for f in tree.files)
-        name = tree.top[-1] if tree.top else "root"
-        opened = await self._json(FcopyOp.TREE_CREATE, {
-            "path": destination, "name": name, "create_path": create, "force": force,
-            "owner": self.owner,
-            "token": resume_token("to-guest-tree", str(source), 0, 0, f"{destination}\0{name}")},
-            DATA_TIMEOUT)
-        handle, top = int(opened["tree"]), str(opened["path"])
         reader = TreeSource(self._local)
         try:
             await self._put_batches(handle, top, tree, _batches(small), reader)
@@ -120,7 +128,7 @@ class TreeCopier(FileCopier):
             await self._best_effort(FcopyOp.ABORT, {"tree": handle})
             raise
         finally:
-            self._worker.submit(reader.close)
+            self._after_worker(reader.close)
         self._stats.directories = len(tree.dirs)
         return str(answer.get("path", top))
 
@@ -158,6 +166,7 @@ class TreeCopier(FileCopier):
                 self.progress.bytes_done += line[1]
                 self._stats.items.append({"Path": shown(f"{top}/{line[0]}"),
                                           "Bytes": line[1], "Sha256": line[5]})
+                self.progress.current = self._stats.items[-1]["Path"]
             self._files_done(len(lines) + len(job.get("links", [])))
 
         try:
@@ -255,7 +264,9 @@ class TreeCopier(FileCopier):
                 continue
             self._stats.sent += size
             self.progress.bytes_done += size
-            self._stats.items.append({"Path": shown(path), "Bytes": size, "Sha256": digest})
+            self.progress.current = shown(path)
+            self._stats.items.append({"Path": self.progress.current, "Bytes": size,
+                                      "Sha256": digest})
         self._files_done(len(results))
 
     async def _receive_member(self, handle: int, index: int, entry: Entry, writer: TreeWriter,
