@@ -22,12 +22,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from vmis.api.context import manager_of
 from vmis.api.errors import error_to_json
 from vmis.errors import InternalError, StateError, VmisError
+from vmis.services.fcopy.copies import RunningCopy
 from vmis.services.fcopy.file_copier import CopyProgress
 from vmis.services.fcopy.host import FcopyHost
 
@@ -38,6 +39,7 @@ _log = logging.getLogger("vmis.host.fcopy")
 
 #: seconds between two progress lines
 PROGRESS_INTERVAL = 0.1
+NDJSON = "application/x-ndjson"
 
 
 class CopyIn(BaseModel):
@@ -65,7 +67,7 @@ def _line(item: dict[str, Any]) -> bytes:
 
 @router.post("/vms/{name}/copy", response_model=None)
 async def copy(request: Request, name: str, body: CopyIn,
-               stream: bool = Query(False)) -> dict[str, Any] | StreamingResponse:
+               stream: bool = Query(False)) -> dict[str, Any] | Response:
     fcopy = manager_of(request).service(FcopyHost)
     # Errors found before any byte moves come back as ordinary error answers.
     running = await fcopy.start_copy(name, body.source, body.destination, body.file_source,
@@ -79,6 +81,15 @@ async def copy(request: Request, name: str, body: CopyIn,
         except asyncio.CancelledError:
             running.stop("the client went away")
             raise
+    try:
+        # A copy over before its first progress line needs no stream: its one
+        # line is a plain answer, without a streaming response's machinery.
+        await asyncio.wait({task}, timeout=PROGRESS_INTERVAL)
+    except asyncio.CancelledError:
+        running.stop("the client went away")
+        raise
+    if task.done():
+        return Response(_line(_final(task, running, name)), media_type=NDJSON)
 
     async def lines() -> AsyncIterator[bytes]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -99,26 +110,31 @@ async def copy(request: Request, name: str, body: CopyIn,
                 if item["type"] == "done":
                     break
                 yield _line(item)
-            try:
-                result = {"type": "result", **task.result()}
-            except asyncio.CancelledError:
-                result = {"type": "error", **error_to_json(StateError(
-                    f"the copy was stopped ({running.stopping or 'cancelled'}); the same "
-                    "command resumes it"), type_key="class")}
-            except VmisError as exc:
-                result = {"type": "error", **error_to_json(exc, type_key="class")}
-            except Exception as exc:
-                _log.exception("Copy-VMFile %s failed", name)
-                result = {"type": "error", **error_to_json(
-                    InternalError(f"the copy failed: {exc}"), type_key="class")}
-            yield _line(result)
+            yield _line(_final(task, running, name))
         finally:
             # Only stops the copy, never waits for it here: this generator may be
             # cancelled again and again while its client is gone.
             if not task.done():
                 running.stop("the client went away")
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+def _final(task: asyncio.Task[dict[str, Any]], running: RunningCopy,
+           name: str) -> dict[str, Any]:
+    """The last line of a copy's stream: its result, or why it failed."""
+    try:
+        return {"type": "result", **task.result()}
+    except asyncio.CancelledError:
+        return {"type": "error", **error_to_json(StateError(
+            f"the copy was stopped ({running.stopping or 'cancelled'}); the same command "
+            "resumes it"), type_key="class")}
+    except VmisError as exc:
+        return {"type": "error", **error_to_json(exc, type_key="class")}
+    except Exception as exc:
+        _log.exception("Copy-VMFile %s failed", name)
+        return {"type": "error", **error_to_json(InternalError(f"the copy failed: {exc}"),
+                                                 type_key="class")}
 
 
 @router.get("/copies")
