@@ -90,6 +90,8 @@ ROLES: dict[tuple[str, str], Role | None] = {
     ("GET", "/metrics"): READER,
     # the services' faces (vmis.api.services)
     ("POST", "/v1/vms/{name}/copy"): OPERATOR,
+    ("GET", "/v1/copies"): READER,
+    ("POST", "/v1/vms/{name}/copies/stop"): OPERATOR,
     ("GET", "/v1/kvp"): READER,
     ("POST", "/v1/kvp/set"): OPERATOR,
     ("POST", "/v1/kvp/remove"): OPERATOR,

@@ -30,13 +30,14 @@ class CopyEvents:
     """The events of one copy of one VM's files.
 
     :param file_source: ``Host`` (host to guest) or ``Guest``.
+    :param copy_id: the copy's id in Get-VMFileCopy (a fresh one when not given).
     """
 
     def __init__(self, manager: HostManager, vm_name: str, file_source: str, source: str,
-                 destination: str) -> None:
+                 destination: str, *, copy_id: str | None = None) -> None:
         session = manager.session(vm_name)
         self._publish = session.publish
-        self._common = {"CopyId": uuid.uuid4().hex[:12], "FileSource": file_source,
+        self._common = {"CopyId": copy_id or uuid.uuid4().hex[:12], "FileSource": file_source,
                         "Source": source, "Destination": destination}
         self._last = 0.0
         self._progress = CopyProgress()
@@ -64,15 +65,18 @@ class CopyEvents:
 
         return progress
 
-    async def track(self, copy: Awaitable[T]) -> T:
-        """Await the copy, publishing its start and its end."""
+    async def track(self, copy: Awaitable[T], why: Callable[[], str] | None = None) -> T:
+        """Await the copy, publishing its start and its end.
+
+        :param why: says why a copy was stopped (Stop-VMFileCopy, a client gone).
+        """
         self._last = time.monotonic()
         self._send("Running", **self._counts())
         try:
             result = await copy
         except asyncio.CancelledError:
-            self._send("Stopped", **self._counts(), Error="the client went away",
-                       ErrorType=None)
+            said = (why() if why else "") or "the client went away"
+            self._send("Stopped", **self._counts(), Error=said, ErrorType=None)
             raise
         except VmisError as exc:
             self._send("Failed", **self._counts(), Error=str(exc), ErrorType=type(exc).__name__)

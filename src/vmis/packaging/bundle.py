@@ -33,6 +33,8 @@ GUEST_SIDE = (
 HOST_ONLY = (
     "services/host_half.py", "services/link.py", "services/hypervisor.py",
     "services/*/host.py", "services/fcopy/engine.py", "services/fcopy/file_copier.py",
+    "services/fcopy/tree_copier.py", "services/fcopy/legacy_trees.py",
+    "services/fcopy/copies.py",
     "services/timesync/burst.py", "services/vss/checkpoint.py", "data/update_paths.toml",
 )
 

@@ -185,8 +185,17 @@ Event = (
 
 
 def encode_json(obj: Any) -> bytes:
-    """Encode a json payload (docs/protocol.md §2.2)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """Encode a json payload (docs/protocol.md §2.2).
+
+    A string may hold bytes that are not UTF-8 as lone surrogates (a file
+    name decoded with ``surrogateescape``): such a payload is written with
+    ``\\uXXXX`` escapes, which decode back to the same string.
+    """
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def decode_json(payload: Received) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import abc
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import sqlalchemy as sa
@@ -139,6 +140,9 @@ class VmContext(Protocol):
 
 class HostContext(Protocol):
     """What a host half sees of the host manager."""
+
+    #: where the manager keeps files of its own (None: nowhere, e.g. in tests)
+    data_dir: Path | None
 
     @property
     def engine(self) -> Engine:
