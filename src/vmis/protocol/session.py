@@ -89,6 +89,8 @@ _TRANSITIONS: dict[tuple[Role, State, str], State] = {
     (Role.GUEST, State.NEGOTIATING, "sync_received"): State.NEGOTIATING,
     (Role.GUEST, State.RUNNING, "sync_received"): State.NEGOTIATING,
     (Role.GUEST, State.NEGOTIATING, "hello_answered"): State.RUNNING,
+    # docs/protocol.md §3.2: a HELLO in a running session is negotiated again
+    (Role.GUEST, State.RUNNING, "hello_answered"): State.RUNNING,
     (Role.GUEST, State.NEGOTIATING, "reset"): State.HUNTING,
     (Role.GUEST, State.RUNNING, "reset"): State.HUNTING,
     (Role.GUEST, State.HUNTING, "reset"): State.HUNTING,
