@@ -198,8 +198,10 @@ def decode_json(payload: Received) -> dict[str, Any]:
     """
     try:
         obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RemoteProtocolError(f"payload is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON, or a number longer than Python
+        # converts (4300 digits); RecursionError: nested deeper than the stack
+        raise RemoteProtocolError(f"payload is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("payload is not a JSON object")
     return obj
