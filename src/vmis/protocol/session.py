@@ -188,7 +188,12 @@ Event = (
 
 def encode_json(obj: Any) -> bytes:
     """Encode a json payload (docs/protocol.md §2.2)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (a peer's "\ud800" echoed back, a file name that
+        # is not UTF-8) has no UTF-8 form: JSON's escapes carry it unchanged.
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def decode_json(payload: Received) -> dict[str, Any]:
