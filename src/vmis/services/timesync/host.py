@@ -140,8 +140,10 @@ class VmTimeSync(VmPart):
         if body is None:
             return
         delta = body.get("delta_ns")
+        # nanoseconds of a clock: anything past 64 bits is not one (nor a float)
         self.vm.log.info("guest reports a clock %s (%s s); syncing now", body.get("event"),
-                         f"{delta / 1e9:+.3f}" if isinstance(delta, int) else "?")
+                         f"{delta / 1e9:+.3f}" if isinstance(delta, int)
+                         and abs(delta) < 2**63 else "?")
         self.request_sync()
 
 
