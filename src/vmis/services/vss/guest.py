@@ -253,12 +253,16 @@ class VssService(GuestService):
     async def _on_freeze(self, request: RequestReceived) -> bytes:
         body = decode_json(request.payload)
         timeout = body.get("timeout")
+        # "not > 0" refuses NaN too (json.loads reads it); a number past the
+        # longest freeze allowed (infinity, a 400-digit integer) is that longest
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            or not timeout > 0
         ):
             raise ServiceError("bad-request", "timeout must be a positive number of seconds")
         cycle = await self.freeze(_text(body, "id") or uuid.uuid4().hex, _text(body, "name"),
-                                  float(timeout) if timeout is not None else None)
+                                  float(min(timeout, MAX_FREEZE_TIMEOUT))
+                                  if timeout is not None else None)
         return encode_json(cycle.to_json())
 
     async def _on_thaw(self, request: RequestReceived) -> bytes:
