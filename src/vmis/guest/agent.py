@@ -237,7 +237,10 @@ class Agent:
             settings = body.get("settings") or {}
             if not isinstance(settings, dict):
                 raise ServiceError("bad-request", "settings must be an object")
-            status = await self.manager.set_host_enabled(spec, bool(body["enabled"]), settings)
+            enabled = body.get("enabled")
+            if not isinstance(enabled, bool):
+                raise ServiceError("bad-request", "enabled must be true or false")
+            status = await self.manager.set_host_enabled(spec, enabled, settings)
             return encode_json(status)
         if request.op == ControlOp.PING:
             return b""
