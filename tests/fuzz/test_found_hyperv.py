@@ -89,5 +89,5 @@ def test_a_bundle_with_a_damaged_compressed_member_is_not_a_bundle(method):
     assert bundle_version(bytes(data)) == "1.0"
     offset = data.index(b"vmis/errors.py") + len("vmis/errors.py") + 20  # its compressed data
     data[offset : offset + 8] = b"\xff" * 8
-    with pytest.raises(ValueError, match="damaged|not a vmis agent bundle"):
+    with pytest.raises(ValueError, match=r"damaged|not a vmis agent bundle"):
         bundle_version(bytes(data))
