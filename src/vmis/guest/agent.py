@@ -95,6 +95,10 @@ class Agent:
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Run until :meth:`shutdown` is called or the task is cancelled."""
+        # First of all: a previous agent may have died with the guest frozen,
+        # and anything this one writes would wait for the thaw.
+        for service in self.manager.services.values():
+            service.recover()
         self.updates.on_start()
         if self.updates.pending() is not None:
             self._spawn(self._confirm_or_roll_back())
