@@ -168,3 +168,51 @@ def test_a_kvp_key_with_a_nul_names_no_record(tmp_path):
     assert pool.get("\0") is None and pool.get("a\0") is None
     assert pool.delete("\0") is False and pool.delete("a\0b") is False
     assert pool.items() == [("", "empty key"), ("a", "1")]
+
+
+async def _fuzz_guest_manager(tmp_path):
+    """A host manager whose VM's guest answers what the test queues (the link seam)."""
+    from support.fuzz.harnesses.host_handlers import FuzzKind
+
+    from vmis.host.manager import HostManager
+    from vmis.host.store import Store
+
+    kind = FuzzKind()
+    manager = HostManager(Store(f"sqlite:///{tmp_path / 'host.db'}"), guest_kind=kind)
+    await manager.start()
+    manager.add_vm("FakeVM", "unix:/nonexistent")
+    assert await manager.session("FakeVM").wait_connected(10)
+    return manager, kind.link
+
+
+async def test_a_malformed_freeze_answer_still_ends_in_a_thaw(tmp_path):
+    # host_handlers: float("abc") and iterating 5 raised out of CheckpointRun.run after
+    # the guest had frozen: no THAW was sent, the guest stayed frozen until its watchdog
+    from vmis.services.vss.host import VssHost
+
+    manager, link = await _fuzz_guest_manager(tmp_path)
+    try:
+        link.answers[(VSS.id, VssOp.FREEZE)] = [
+            b'{"frozen": 5, "freeze_ms": "abc", "thaw_in": [1], "timeout": 30}']
+        link.answers[(VSS.id, VssOp.THAW)] = [b'{"result": "thawed", "cycle": {"thawed": 3}}']
+        report = await manager.service(VssHost).checkpoint("FakeVM", command="true")
+        assert report.status == "Completed", report.error
+        assert link.answers[(VSS.id, VssOp.THAW)] == [], "no THAW was sent"
+    finally:
+        await manager.close()
+
+
+async def test_a_malformed_start_answer_gives_a_command_with_the_defaults(tmp_path):
+    # host_handlers: int(None) / int("") of keepalive_ms or input_window raised out of
+    # RemoteCommand.start (Invoke-Command failed with an internal error)
+    from vmis.services.vmsession.host import RemoteCommand
+
+    manager, link = await _fuzz_guest_manager(tmp_path)
+    try:
+        link.answers[(VMSESSION.id, VmSessionOp.START)] = [
+            b'{"keepalive_ms": null, "input_window": "", "pid": 7}']
+        cmd = await RemoteCommand.start(manager.session("FakeVM"), ["true"], stdin=True)
+        assert cmd.pid == 7 and cmd.input_window == 0
+        cmd.abandon()
+    finally:
+        await manager.close()

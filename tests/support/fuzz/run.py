@@ -77,7 +77,9 @@ def main(argv: list[str]) -> None:
     # libFuzzer's -merge runs its argv[0] again: VMIS_FUZZ_ARGV0 names a script
     # that does (bench/fuzz.py writes one), since this module is no program
     program = os.environ.get("VMIS_FUZZ_ARGV0", argv[0])
-    atheris.Setup([program, "-handle_xfsz=0", *argv[2:]], one_input)
+    # -len_control=0: inputs as long as -max_len from the start; the harnesses read
+    # them as recipes (FuzzedDataProvider), and a short one is a recipe of defaults.
+    atheris.Setup([program, "-handle_xfsz=0", "-len_control=0", *argv[2:]], one_input)
     atheris.Fuzz()
 
 

@@ -1,6 +1,7 @@
 """The host halves: every guest notification handler (``VmPart.handlers()``), the
 guest's SERVICE_STATE, and the answers a host half reads (VSS STATUS/THAW after
-a reconnect, VM Session's START), on a real host manager.
+a reconnect, VM Session's START, a checkpoint's FREEZE, STATUS and THAW), on a
+real host manager.
 
 The manager (SQLite store in a scratch directory) has one VM whose guest is a link
 of the link seam (vmis.services.link) that answers each request with what
@@ -13,8 +14,8 @@ May raise: a notification handler nothing ("logs (never raises) a bad
 payload", vmis.services.link); ``VmPart.on_running`` VmisError or OSError
 (the session logs them); ``RemoteCommand.start`` ServiceUnavailable and
 RemoteServiceError, as documented, and ProtocolError for an answer that is
-not json. A task of the manager that fails (logged with a traceback) is a
-crash too.
+not json; ``CheckpointRun.run`` nothing ("never raises for a failure"). A
+task of the manager that fails (logged with a traceback) is a crash too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -45,10 +47,13 @@ from vmis.protocol import encode_json
 from vmis.services.catalog import CATALOG
 from vmis.services.heartbeat import HeartbeatOp
 from vmis.services.host_half import VmRecord
+from vmis.services.hypervisor import SnapshotRequest, SnapshotResult
 from vmis.services.link import LinkEvents, LinkHello, ServiceOffer
 from vmis.services.vmsession import VmSessionOp
 from vmis.services.vmsession.host import RemoteCommand, VmSessionHost
-from vmis.services.vss.host import VssHost
+from vmis.services.vss import VssOp
+from vmis.services.vss.checkpoint import CheckpointPlan, CheckpointRun, SnapshotType
+from vmis.services.vss.host import SessionPeer, VssHost
 
 _JSON_RAW = {(int(CATALOG.by_key("vmsession").id), VmSessionOp.OUTPUT)}
 _RAW = {(int(CATALOG.by_key("heartbeat").id), HeartbeatOp.BEAT)}
@@ -56,7 +61,8 @@ _RAW = {(int(CATALOG.by_key("heartbeat").id), HeartbeatOp.BEAT)}
 _KEYS = ["health", "failed", "pool", "items", "part", "last", "action", "error", "event",
          "delta_ns", "session", "stream", "bytes", "code", "signal", "reason", "duration_ms",
          "sessions", "state", "cycle", "id", "name", "result", "keepalive_ms", "input_window",
-         "pid", "user", "cwd", "program"]
+         "pid", "user", "cwd", "program", "frozen", "thawed", "freeze_ms", "thaw_ms", "thaw_in",
+         "timeout", "hooks", "frozen_for", "phase", "duration_ms", "exit", "output"]
 _CODES = ["failed", "not-found", "busy", "denied", "bad-request", "service-stopped",
           "service-disabled", "unknown-op", "too-large", "exists"]
 
@@ -182,13 +188,20 @@ def setup() -> _Host:
     return _Host()
 
 
+#: the requests the actions below send: their answers are what matters
+_ASKED = [(int(CATALOG.by_key("vss").id), op) for op in (VssOp.FREEZE, VssOp.THAW, VssOp.STATUS)]
+_ASKED += [(int(CATALOG.by_key("vmsession").id), int(VmSessionOp.START))]
+
+
 def _answers(host: _Host, fdp: atheris.FuzzedDataProvider) -> None:
     for _ in range(fdp.ConsumeIntInRange(0, 4)):
-        spec = fdp.PickValueInList(list(CATALOG))
-        op = fdp.ConsumeIntInRange(1, 8)
+        if fdp.ConsumeBool():
+            service, op = fdp.PickValueInList(_ASKED)
+        else:
+            service, op = int(fdp.PickValueInList(list(CATALOG)).id), fdp.ConsumeIntInRange(1, 8)
         answer: bytes | str = json_payload(fdp, _KEYS) if fdp.ConsumeProbability() < 0.8 else \
             str(fdp.PickValueInList(_CODES))
-        host.link.answers.setdefault((int(spec.id), op), []).append(answer)
+        host.link.answers.setdefault((service, op), []).append(answer)
 
 
 async def _notification(host: _Host, fdp: atheris.FuzzedDataProvider) -> None:
@@ -225,8 +238,30 @@ async def _command(host: _Host, fdp: atheris.FuzzedDataProvider) -> None:
     assert cmd.sid in host.session.part(VmSessionHost).open
 
 
+class _Snapshot:
+    """A snapshot step that takes no time and always works (the step is not fuzzed)."""
+
+    kind = "fuzz"
+
+    def describe(self) -> str:
+        return "nothing"
+
+    async def take(self, request: SnapshotRequest) -> SnapshotResult:
+        return SnapshotResult("ok")
+
+
+async def _checkpoint(host: _Host, fdp: atheris.FuzzedDataProvider) -> None:
+    # the guest's FREEZE, STATUS and THAW answers are what the input gave (see _answers)
+    vm = host.session.vm
+    plan = CheckpointPlan(vm.name, vm.id, "cp-1", "fuzz", fdp.PickValueInList(list(SnapshotType)),
+                          fdp.PickValueInList([None, 1.0, 60.0]))
+    report = await CheckpointRun(plan, SessionPeer(host.session), _Snapshot()).run()
+    assert report.status in ("Completed", "Failed"), report.status
+    json.dumps(report.to_json())
+
+
 _ACTIONS = [_notification, _notification, _notification, _service_state, _vss_reconnect,
-            _command]
+            _command, _checkpoint]
 
 
 async def _run(host: _Host, fdp: atheris.FuzzedDataProvider) -> None:
