@@ -27,12 +27,12 @@ import contextlib
 import functools
 import hashlib
 import json
-import logging
 import shutil
 from typing import Any
 
 import atheris
 
+from support.fuzz.failures import LoggedFailures
 from support.fuzz.scratch import scratch_dir
 from support.fuzz.values import json_object, json_payload, json_raw_payload
 from vmis.errors import VmisError
@@ -85,18 +85,6 @@ class _Power:
         return []
 
 
-class _Failures(logging.Handler):
-    """Failures the agent only logs: a service's background task, an unretrieved task."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info:
-            self.records.append(record)
-
-
 class _Guest:
     def __init__(self) -> None:
         self.root = scratch_dir("guest")
@@ -112,11 +100,7 @@ class _Guest:
         self.agent = Agent(config, self.root, available_services(), adapters)
         self.notes: list[tuple[int, int, bytes]] = []
         self.agent.ctx.notify = self._notify  # type: ignore[method-assign]
-        self.failures = _Failures()
-        for name in ("vmis", "asyncio"):
-            logging.getLogger(name).addHandler(self.failures)
-            logging.getLogger(name).propagate = False
-        logging.getLogger("vmis").setLevel(logging.ERROR)
+        self.failures = LoggedFailures("vmis", "asyncio")
         self.services: dict[str, GuestService] = self.agent.manager.services
         self.loop.run_until_complete(self._start_all())
 
@@ -225,8 +209,4 @@ def one_input(data: bytes) -> None:
             _one(guest, fdp, rid)
     finally:
         guest.loop.run_until_complete(guest.reset())
-    if guest.failures.records:
-        record = guest.failures.records[0]
-        guest.failures.records.clear()
-        raise AssertionError(f"logged as a failure: {record.getMessage()}") \
-            from (record.exc_info[1] if record.exc_info else None)
+    guest.failures.raise_first()

@@ -30,6 +30,7 @@ from typing import Any
 
 import atheris
 
+from support.fuzz.failures import LoggedFailures
 from support.fuzz.scratch import scratch_dir
 from support.fuzz.values import json_object, json_payload, json_raw_payload, text
 from vmis.errors import (
@@ -136,26 +137,12 @@ class FuzzKind:
         return self.link
 
 
-class _Failures(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info:
-            self.records.append(record)
-
-
 class _Host:
     def __init__(self) -> None:
         self.dir = scratch_dir("host")
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.failures = _Failures()
-        for name in ("vmis", "asyncio"):
-            logging.getLogger(name).addHandler(self.failures)
-            logging.getLogger(name).propagate = False
-        logging.getLogger("vmis").setLevel(logging.ERROR)
+        self.failures = LoggedFailures("vmis", "asyncio")
         self.kind = FuzzKind()
         self.manager = HostManager(Store(f"sqlite:///{self.dir / 'host.db'}"),
                                    guest_kind=self.kind)
@@ -277,8 +264,4 @@ def one_input(data: bytes) -> None:
         host.loop.run_until_complete(_run(host, fdp))
     finally:
         host.loop.run_until_complete(host.reset())
-    if host.failures.records:
-        record = host.failures.records[0]
-        host.failures.records.clear()
-        raise AssertionError(f"logged as a failure: {record.getMessage()}") \
-            from (record.exc_info[1] if record.exc_info else None)
+    host.failures.raise_first()

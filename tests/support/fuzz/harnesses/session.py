@@ -15,6 +15,7 @@ session is running (and a few requests of their own outstanding):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import atheris
@@ -26,13 +27,10 @@ from vmis.protocol.services import CONTROL, ControlOp
 from vmis.protocol.session import (
     NEED_DATA,
     Connection,
-    ErrorReceived,
-    NotificationReceived,
     RequestReceived,
     ResponseReceived,
     Role,
     State,
-    StrayResponse,
     Synced,
 )
 
@@ -43,62 +41,32 @@ def _fixed(n: int) -> bytes:
     return NONCE[:n]
 
 
-def _running_guest() -> Connection:
+def _running(role: Role) -> Connection:
+    """One end of a session that has run its handshake (SYNC, HELLO) with the other."""
     host = Connection(Role.HOST, random_bytes=_fixed)
-    host.start_sync()
     guest = Connection(Role.GUEST)
-    for buf in host.data_to_send():
-        guest.receive_data(buf)
-    assert isinstance(guest.next_event(), Synced)
-    for buf in guest.data_to_send():
-        host.receive_data(buf)
-    assert isinstance(host.next_event(), Synced)
+
+    def deliver(source: Connection, target: Connection) -> object:
+        for buf in source.data_to_send():
+            target.receive_data(buf)
+        return target.next_event()
+
+    host.start_sync()
+    assert isinstance(deliver(host, guest), Synced)
+    assert isinstance(deliver(guest, host), Synced)
     host.send_hello({"framework": [[1, 0]]})
-    for buf in host.data_to_send():
-        guest.receive_data(buf)
-    hello = guest.next_event()
+    hello = deliver(host, guest)
     assert isinstance(hello, RequestReceived)
     guest.send_response(hello, b"{}")
-    guest.data_to_send()
-    assert guest.state is State.RUNNING
-    return guest
-
-
-def _running_host() -> Connection:
-    host = Connection(Role.HOST, random_bytes=_fixed)
-    host.start_sync()
-    guest = Connection(Role.GUEST)
-    for buf in host.data_to_send():
-        guest.receive_data(buf)
-    guest.next_event()
-    for buf in guest.data_to_send():
-        host.receive_data(buf)
-    host.next_event()
-    host.send_hello({"framework": [[1, 0]]})
-    for buf in host.data_to_send():
-        guest.receive_data(buf)
-    hello = guest.next_event()
-    assert isinstance(hello, RequestReceived)
-    guest.send_response(hello, b"{}")
-    for buf in guest.data_to_send():
-        host.receive_data(buf)
-    assert isinstance(host.next_event(), ResponseReceived)
+    assert isinstance(deliver(guest, host), ResponseReceived)
     host.data_to_send()
-    assert host.state is State.RUNNING
-    return host
+    assert host.state is guest.state is State.RUNNING
+    return guest if role is Role.GUEST else host
 
 
 def _describe(event: Any) -> tuple[Any, ...]:
-    if isinstance(event, RequestReceived | ResponseReceived):
-        return (type(event).__name__, event.service, event.op, event.id, bytes(event.payload))
-    if isinstance(event, NotificationReceived):
-        return ("notify", event.service, event.op, event.payload)
-    if isinstance(event, ErrorReceived):
-        return ("error", event.service, event.op, event.id, event.code, event.message)
-    if isinstance(event, StrayResponse):
-        return ("stray", event.service, event.op, event.id)
-    assert isinstance(event, Synced), event
-    return ("synced", event.nonce, event.replaced)
+    # every event is a frozen dataclass: its class and its fields
+    return (type(event).__name__, *dataclasses.astuple(event))
 
 
 def _answer(conn: Connection, request: RequestReceived) -> None:
@@ -146,7 +114,7 @@ def one_input(data: bytes) -> None:
     pieces = chunks(fdp, stream)
 
     def running() -> Connection:
-        conn = _running_guest() if role is Role.GUEST else _running_host()
+        conn = _running(role)
         for service, op in ours:
             if (service, op) != (CONTROL, ControlOp.SYNC):
                 conn.send_request(service, op, b"{}")

@@ -85,8 +85,4 @@ def one_input(data: bytes) -> None:
             json.dumps(mon.verdict)
     finally:
         host.link.answers.clear()
-    if host.failures.records:
-        record = host.failures.records[0]
-        host.failures.records.clear()
-        raise AssertionError(f"logged as a failure: {record.getMessage()}") \
-            from (record.exc_info[1] if record.exc_info else None)
+    host.failures.raise_first()
