@@ -151,7 +151,15 @@ def test_agent_killed_during_host_kvp_writes(faults: FaultLab):
 
     writer = Background(write_all)
     wait_for(lambda: len(_pool(faults, 0)) >= 3, 30, "the first writes to land")
+    # Killed while it rewrites the pool file (its temporary file exists), if caught
+    # in the act within a second; else between two writes.
+    pools = faults.root() / "var/lib/hyperv"
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline and not list(pools.glob(".kvp_pool_0.*.tmp")):
+        time.sleep(0.0005)
+    in_the_act = bool(list(pools.glob(".kvp_pool_0.*.tmp")))
     faults.kill_agent()
+    print(f"killed {'while writing the pool file' if in_the_act else 'between writes'}")
     writer.wait(120)
     assert writer.error is None, writer.error  # saved, and kept pending while the guest is down
 
