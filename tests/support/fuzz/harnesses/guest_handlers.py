@@ -119,6 +119,8 @@ class _Guest:
 
     async def reset(self) -> None:
         """Back to the state before the input: nothing frozen or open, files gone."""
+        for _ in range(3):  # background work the input woke (a beat) runs now
+            await asyncio.sleep(0)
         vss = self.services["vss"]
         if vss.running:
             await vss.thaw(None, "guest")  # type: ignore[attr-defined]
@@ -167,7 +169,13 @@ async def _call(coro: Any, what: str) -> None:
 def _one(guest: _Guest, fdp: atheris.FuzzedDataProvider, rid: int) -> None:
     if fdp.ConsumeProbability() < 0.15:
         op = fdp.PickValueInList(_CONTROL_OPS)
-        request = RequestReceived(CONTROL, op, rid, json_payload(fdp, _CONTROL_KEYS))
+        payload = json_payload(fdp, _CONTROL_KEYS)
+        if op == ControlOp.SET_SERVICE and fdp.ConsumeBool():
+            # a well-formed SET_SERVICE whose settings are the input's (heartbeat's interval)
+            payload = json.dumps({"service": fdp.PickValueInList([s.key for s in CATALOG]),
+                                  "enabled": fdp.ConsumeBool(), "settings": json_object(
+                                      fdp, keys=["interval_ms"])}).encode()
+        request = RequestReceived(CONTROL, op, rid, payload)
         guest.loop.run_until_complete(_call(guest.agent._control(request), f"control {op}"))
         return
     spec = fdp.PickValueInList(list(CATALOG))
