@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -353,6 +354,10 @@ class LabFreezer(FakeFreezer):
     def __init__(self, root: Path, kernel_root: Path | None = None) -> None:
         super().__init__()
         self.state_file = root / "run/vmis/freezer.json"
+        # A kernel keeps filesystems frozen after the process that froze them
+        # dies: a new agent's freezer starts from what the last one recorded.
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            self.frozen = set(json.loads(self.state_file.read_text())["frozen"])
         mounts = (kernel_root or root) / "proc/mounts"
         if not mounts.exists():
             mounts.parent.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,8 @@ class VmKvp(VmPart):
             pool = Pool(int(body["pool"]))
             items = [(str(k), str(v)) for k, v in body["items"]]
             first, last = int(body.get("part", 0)) == 0, bool(body.get("last", True))
-        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+        except (ProtocolError, KeyError, TypeError, ValueError, OverflowError) as exc:
+            # OverflowError: int() of an infinite "pool" or "part" (json's Infinity)
             self.vm.log.warning("bad KVP POOL notification: %s", exc)
             return
         if first:
