@@ -100,22 +100,41 @@ def _private_store_dir(db_url: str) -> None:
                           f"{exc.strerror or exc}") from None
 
 
-async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None) -> None:
-    """Run the manager until SIGTERM/SIGINT or cancellation."""
+async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None,
+                host_name: str | None = None) -> None:
+    """Run the manager until SIGTERM/SIGINT, cancellation, or another manager taking
+    its host name over (docs/fleet.md).
+
+    :param host_name: this host's name in its fleet (default: the machine's).
+    """
     raise_file_limit()
     _private_store_dir(db_url)
     store = Store(db_url)
     sock = bind_socket(socket_path)
     data_dir = data_dir_for(db_url)
-    manager = HostManager(store, hypervisors=[QemuHypervisor(data_dir)], data_dir=data_dir)
-    await manager.start()
+    manager = HostManager(store, hypervisors=[QemuHypervisor(data_dir)], data_dir=data_dir,
+                          host_name=host_name)
+    try:
+        await manager.start()
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+        raise
     app = create_app(manager)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     server = _Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-    _log.info("host manager listening on %s (database %s)", socket_path, safe_url(db_url))
+    _log.info("host manager %s listening on %s (database %s)", manager.fleet.me.name,
+              socket_path, safe_url(db_url))
+
+    async def stop_when_lost() -> None:
+        await manager.fleet.lost.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stop_when_lost())
     try:
         serve_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serve_task.done():
@@ -124,6 +143,7 @@ async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = No
             ready.set()
         await serve_task
     finally:
+        watcher.cancel()
         await manager.close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
