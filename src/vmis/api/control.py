@@ -45,6 +45,8 @@ class ServiceChange(BaseModel):
 
 class MoveIn(BaseModel):
     destination: str
+    #: the host the VM is on (-ComputerName; default this host)
+    computer: str | None = None
     #: the VM's channel address on the destination, if not the one it has
     channel: str | None = None
     qmp: str | None = None
@@ -78,8 +80,8 @@ def _control_router() -> APIRouter:
 
     @router.post("/vms/{name}/move")
     async def move_vm(request: Request, name: str, move: MoveIn) -> dict[str, Any]:
-        return await manager_of(request).fleet.move_vm(name, move.destination,
-                                                       channel=move.channel, qmp=move.qmp)
+        return await manager_of(request).fleet.move_vm(
+            name, move.destination, source=move.computer, channel=move.channel, qmp=move.qmp)
 
     @router.post("/vms", status_code=201)
     async def add_vm(request: Request, vm: VmIn) -> dict[str, Any]:

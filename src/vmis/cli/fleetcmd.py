@@ -60,7 +60,8 @@ def cmd_get_vmhost(api: ApiClient, args: dict[str, Any]) -> int:
 
 def cmd_move_vm(api: ApiClient, args: dict[str, Any]) -> int:
     result = api.call("POST", api_path("vms", args["Name"], "move"), json={
-        "destination": args["DestinationHost"], "channel": args["Channel"], "qmp": args["Qmp"]})
+        "destination": args["DestinationHost"], "computer": args["ComputerName"],
+        "channel": args["Channel"], "qmp": args["Qmp"]})
     if args["json"]:
         print(json.dumps(result, indent=2))
     elif result.get("Moved"):
@@ -83,7 +84,10 @@ FLEET_COMMANDS: tuple[Command, ...] = (
         Param("Channel", help="the VM's channel address as the destination reaches it "
                               "(default: the one it has)"),
         Param("Qmp", help="its QMP socket as the destination reaches it"),
+        Param("ComputerName", aliases=("CN",),
+              help="the host the VM is on (default: this host)"),
         JSON,
     ), cmd_move_vm, examples=("vmis Move-VM -Name web01 -DestinationHost hv02",
-                              "vmis Move-VM web01 hv02 -Channel vsock:42:5000")),
+                              "vmis Move-VM web01 hv02 -Channel vsock:42:5000",
+                              "vmis Move-VM web01 -DestinationHost hv02 -ComputerName hv01")),
 )

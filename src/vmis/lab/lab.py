@@ -401,7 +401,8 @@ def without_password(url: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).set(password=None).render_as_string(hide_password=False)
+        # (URL.set takes None for "unchanged": the tuple's own _replace removes it)
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
     except (ArgumentError, ValueError):
         return url
 

@@ -329,17 +329,19 @@ class Fleet:
 
     # Section: Move-VM
 
-    async def move_vm(self, name: str, destination: str, *, channel: str | None = None,
-                      qmp: str | None = None) -> dict[str, Any]:
+    async def move_vm(self, name: str, destination: str, *, source: str | None = None,
+                      channel: str | None = None, qmp: str | None = None) -> dict[str, Any]:
         """Move-VM: give a VM to another host, with a channel valid there if given.
 
-        The owner hands it over (ends its session, then gives it away); a VM whose
-        owner is not responding is taken without it, and the answer warns so.
+        As Hyper-V's, it acts on the host the VM is on (*source*, ``-ComputerName``;
+        default this host). That host hands it over (ends its session, then gives it
+        away); from a source that is not responding the VM is taken without it, and
+        the answer warns so. Of two moves of one VM from one source, one wins.
 
         :raise ConfigError: On SQLite (one host), or for an invalid channel.
-        :raise NotFoundError: For an unknown VM or host.
-        :raise StateError: When the VM is there already, the destination is not
-            responding, or another command moved the VM meanwhile.
+        :raise NotFoundError: For an unknown host, or a VM not on *source*.
+        :raise StateError: When the VM is on the destination already, the destination
+            is not responding, or another command moved the VM meanwhile.
         """
         if not self.shared:
             raise ConfigError("Move-VM needs a fleet: this host manager's store is SQLite, "
@@ -350,23 +352,28 @@ class Fleet:
             changes["channel"] = channel
         if qmp is not None:
             changes["qmp"] = qmp
+        origin = self._host(source or ".")
         target = self._host(destination)
         vm = self.manager.store.get_vm(name)
         owner = self.registry.owner(vm.id)
-        if owner == target.key:
+        if owner != origin.key:
+            where = self._name_of(owner) if owner else "no host"
+            hint = f" (add -ComputerName {where})" if source is None and owner else ""
+            raise NotFoundError(f"VM {vm.name!r} is on host {where}, not on host "
+                                f"{origin.name}{hint}")
+        if target.key == origin.key:
             raise StateError(f"{vm.name} is already on host {target.name}")
         if not target.responding:
             raise StateError(f"host {target.name} is not responding: a VM moves only to a "
                              "host whose manager runs")
-        source = next((h for h in self.registry.hosts() if h.key == owner), None)
-        if owner == self.me.key:
+        if origin.key == self.me.key:
             result = await self.hand_over(self.manager.sessions[vm.id], target.key, changes)
-        elif source is not None and source.responding:
-            remote = RemoteVm(vm.id, vm.name, source.key, source.name, True, source.last_seen)
+        elif origin.responding:
+            remote = RemoteVm(vm.id, vm.name, origin.key, origin.name, True, origin.last_seen)
             [result] = await self.requests.run(
                 "move", [remote], {"destination": target.key, "changes": changes})
         else:
-            result = await asyncio.to_thread(self._take_over, vm.id, vm.name, source, target,
+            result = await asyncio.to_thread(self._take_over, vm.id, vm.name, origin, target,
                                              changes)
         if target.key == self.me.key:
             await self.reconcile()
@@ -406,23 +413,22 @@ class Fleet:
             notify(conn, destination, "vms")
         return True
 
-    def _take_over(self, vm_id: str, name: str, source: HostRow | None, target: HostRow,
+    def _take_over(self, vm_id: str, name: str, source: HostRow, target: HostRow,
                    changes: Mapping[str, Any]) -> dict[str, Any]:
         with self.manager.engine.begin() as conn:
-            if not self.registry.move(conn, vm_id, source.key if source else None, target.key,
-                                      dict(changes), only_if_lapsed=True):
+            if not self.registry.move(conn, vm_id, source.key, target.key, dict(changes),
+                                      only_if_lapsed=True):
                 now = self.registry.where_is(name)
-                raise StateError(f"{name} was moved by another command meanwhile (it is on "
-                                 f"host {now} now); nothing was changed")
+                raise StateError(f"{name} is on host {now}, not on host {source.name}, now: "
+                                 "another command moved it meanwhile; nothing was changed")
             notify(conn, target.key, "vms")
             record = conn.execute(sa.select(vms.c.channel, vms.c.qmp)
                                   .where(vms.c.id == vm_id)).one()
-        warning = None if source is None else (
-            f"host {source.name} is not responding: {name} was taken without its part in "
-            "it; make sure the VM does not run there any more")
-        return {"VMName": name, "SourceHost": source.name if source else None,
-                "DestinationHost": target.name, "Channel": record.channel, "Qmp": record.qmp,
-                "Moved": True, "Warning": warning, "Error": None}
+        warning = (f"host {source.name} is not responding: {name} was taken without its part "
+                   "in it; make sure the VM does not run there any more")
+        return {"VMName": name, "SourceHost": source.name, "DestinationHost": target.name,
+                "Channel": record.channel, "Qmp": record.qmp, "Moved": True,
+                "Warning": warning, "Error": None}
 
     def _name_of(self, host_key: str) -> str:
         with self.manager.engine.begin() as conn:

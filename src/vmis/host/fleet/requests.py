@@ -91,14 +91,16 @@ class Requests:
             ``ComputerName``.
         """
         action = ACTIONS[action_name]
-        ids = await asyncio.to_thread(self._submit, action, remote, params, prepare)
-        return await self._wait(action, dict(zip(ids, remote, strict=True)),
-                                {i: dict(params) for i in ids})
+        made = await asyncio.to_thread(self._submit, action, remote, params, prepare)
+        return await self._wait(action, {i: vm for i, vm, _ in made},
+                                {i: own for i, _, own in made})
 
     def _submit(self, action: Action, remote: Sequence[RemoteVm], params: Mapping[str, Any],
-                prepare: Prepare | None) -> list[int]:
+                prepare: Prepare | None) -> list[tuple[int, RemoteVm, dict[str, Any]]]:
+        """Write the requests (and what *prepare* writes) in one transaction; each
+        request's id, VM and parameters."""
         batch = str(uuid.uuid4())
-        ids = []
+        made = []
         with self.engine.begin() as conn:
             for vm in remote:
                 own = {**params, **(prepare(conn, vm) if prepare else {})}
@@ -107,10 +109,10 @@ class Requests:
                     params=json.dumps(own), state=PENDING, requested_by=self.me.key,
                     created=db_now(conn)))
                 assert result.inserted_primary_key is not None
-                ids.append(int(result.inserted_primary_key[0]))
+                made.append((int(result.inserted_primary_key[0]), vm, own))
             for host in sorted({vm.host_key for vm in remote}):
                 notify(conn, host, "request")
-        return ids
+        return made
 
     def answered(self) -> None:
         """A notification said one of this host's requests is done: look again."""
@@ -176,6 +178,7 @@ class Requests:
         (:meth:`catch_up`)."""
         self._interrupted()
         self._taker = asyncio.create_task(self._take_loop(), name="fleet-requests")
+        self._wake.set()  # what came while this host was down, without waiting for LISTEN
 
     async def close(self) -> None:
         tasks = [t for t in (self._taker, *self._applying) if t is not None]
