@@ -23,6 +23,7 @@ from vmis.host.fleet.hosts import HostIdentity, HostRegistry
 from vmis.host.fleet.tables import hosts
 from vmis.host.manager import HostManager
 from vmis.host.store import Store, vms
+from vmis.services.heartbeat.host import HeartbeatHost
 
 
 @asynccontextmanager
@@ -181,3 +182,50 @@ async def test_computer_names_on_sqlite_are_this_hosts(tmp_path):
             hv1.fleet.resolve(["hv2"])
         with pytest.raises(NotFoundError, match="no VM matches"):
             hv1.fleet.targets(["*"], ["*"])
+
+
+async def test_a_request_made_while_the_owner_reconnects_is_caught_up(short_tmp, postgres_url):
+    async with guest(short_tmp / "g") as channel, host(postgres_url, "hv1") as hv1, \
+            host(postgres_url, "hv2") as hv2:
+        hv1.add_vm("VM1", channel, heartbeat_interval_ms=200)
+        session = hv1.session("VM1")
+        assert await session.wait_connected(15)
+        listener = hv1.fleet.listener
+        assert listener is not None
+        await asyncio.wait_for(listener.listening.wait(), 10)
+        # the server drops hv1's LISTEN connection; the change is made before it is back
+        with hv2.engine.begin() as conn:
+            assert conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'vmis host hv1: notifications'")).scalar()
+        await eventually(lambda: not listener.listening.is_set())
+        [entry] = await hv2.set_enabled(["VM1"], ["VSS"], False, ["hv1"])
+        # hv1 heard nothing; on reconnecting it caught up and applied it
+        assert listener.connects == 2
+        assert (entry["Applied"], entry.get("Pending")) == (True, None)
+        assert session.guest["vss"].state == "stopped"
+
+
+async def test_owners_publish_changes_not_beats(short_tmp, postgres_url):
+    async with guest(short_tmp / "g") as channel, host(postgres_url, "hv1") as hv1, \
+            host(postgres_url, "hv2") as hv2:
+        hv1.add_vm("VM1", channel, heartbeat_interval_ms=100)
+        session = hv1.session("VM1")
+        assert await session.wait_connected(15)
+        await eventually(lambda: _ok(hv2))
+        await asyncio.sleep(1.5)  # the sweep's first look (at most a second) is published too
+        written = hv1.fleet.reporter.written
+        monitor = session.part(HeartbeatHost).monitor
+        beats = monitor.seq
+        await asyncio.sleep(2)
+        assert monitor.seq >= beats + 10  # about 20 beats meanwhile
+        assert hv1.fleet.reporter.written == written  # and not one report for them
+        # a change is published at once
+        await hv1.set_enabled(["VM1"], ["Heartbeat"], False)
+        await eventually(lambda: _heartbeat_of(hv2, "Disabled"), timeout=5)
+        await eventually(lambda: hv1.fleet.reporter.written > written, timeout=1)
+
+
+async def _heartbeat_of(manager, state):
+    [row] = await manager.get_vms(["VM1"], ["hv1"])
+    return row["Heartbeat"] == state and row["ComputerName"] == "hv1"

@@ -113,7 +113,7 @@ class Fleet:
             return
         self.requests.start()
         self.listener = Listener(self.manager.engine, channel_of(self.me.key), self._notified,
-                                 self._caught_up)
+                                 self._caught_up, f"vmis host {self.me.name}: notifications")
         self.listener.start()
         self.reporter.start()
         self._lease = asyncio.create_task(self._keep_lease(), name="fleet-lease")

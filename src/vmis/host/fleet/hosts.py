@@ -190,14 +190,20 @@ class HostRegistry:
 
     def _register(self, conn: Connection) -> None:
         c = hosts.c
-        old = conn.execute(sa.select(hosts, (c.lease_until >= db_now(conn)).label("live"))
-                           .where(c.name_key == self.me.key).with_for_update()).first()
-        if old is not None and self._still_running(old):
-            seen = old.last_seen.isoformat(timespec="seconds")
-            raise StateError(
-                f"a host manager named {old.name} is running (on {old.address}, pid "
-                f"{old.pid}, last seen {seen}); give this one another -ComputerName, or stop "
-                f"that one (its lease lapses {LEASE_SECONDS:g} s after its last renewal)")
+        query = sa.select(hosts, (c.lease_until >= db_now(conn)).label("live"))
+        if self.shared:  # on SQLite every registered host is this one under another name
+            query = query.where(c.name_key == self.me.key)
+        rows = conn.execute(query.with_for_update()).all()
+        old = next((r for r in rows if r.name_key == self.me.key), None)
+        for row in rows:
+            if self._still_running(row):
+                seen = row.last_seen.isoformat(timespec="seconds")
+                where = "" if self.shared else " on this store"
+                raise StateError(
+                    f"a host manager named {row.name} is running{where} (on {row.address}, "
+                    f"pid {row.pid}, last seen {seen}); give this one another -ComputerName, "
+                    f"or stop that one (its lease lapses {LEASE_SECONDS:g} s after its last "
+                    "renewal)")
         values = dict(name=self.me.name, address=self.me.address, version=self.me.version,
                       machine=self.me.machine, pid=self.me.pid, instance=self.me.instance,
                       started=db_now(conn), last_seen=db_now(conn),
@@ -213,11 +219,15 @@ class HostRegistry:
                          .values(host=self.me.key))
 
     def _still_running(self, old: Any) -> bool:
+        """Whether the manager that registered *old* still runs: its lease holds (on
+        SQLite, which keeps none: its process runs), and on this machine its process
+        too (a manager killed a moment ago leaves a lease that holds still)."""
         if old.instance == self.me.instance:
             return False
         if old.machine == self.me.machine:
-            return old.pid != self.me.pid and _vmis_process(old.pid)
-        return bool(old.live)
+            alive = old.pid != self.me.pid and _vmis_process(old.pid)
+            return alive and (bool(old.live) or not self.shared)
+        return self.shared and bool(old.live)
 
     def renew(self) -> bool:
         """Renew the lease; False when another run of this host took the name over."""

@@ -52,11 +52,12 @@ class Listener:
     :param channel: the channel to listen on.
     :param on_notify: called with each notification's payload, on the event loop.
     :param catch_up: awaited after every (re)connect, once LISTEN is in force.
+    :param name: what ``pg_stat_activity`` shows of the connection (application_name).
     """
 
     def __init__(self, engine: Engine, channel: str, on_notify: Callable[[str], None],
-                 catch_up: Callable[[], Awaitable[None]]) -> None:
-        self._args = connect_args(engine)
+                 catch_up: Callable[[], Awaitable[None]], name: str = "vmis") -> None:
+        self._args = {**connect_args(engine), "application_name": name[:63]}
         self.channel = channel
         self._on_notify = on_notify
         self._catch_up = catch_up
