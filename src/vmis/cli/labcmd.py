@@ -63,8 +63,10 @@ def cmd_status(args: dict[str, Any]) -> int:
     if args["json"]:
         print(json.dumps(status, indent=2))
         return 0
+    fleet = (f", host {status['ComputerName'] or '(this machine)'} of the fleet on "
+             f"{status['Database']}" if status["Database"] else "")
     print(f"lab directory {status['Directory']}, host manager "
-          f"{'pid ' + str(status['HostPid']) if status['HostPid'] else 'not running'}")
+          f"{'pid ' + str(status['HostPid']) if status['HostPid'] else 'not running'}{fleet}")
     print(format_table([Column("Name"), Column("Kind"), Column("Running"), Column("Pid"),
                         Column("Root")],
                        [(v["Name"], v["Kind"], v["Running"], v["Pid"] or "", v["Root"])

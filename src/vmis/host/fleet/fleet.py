@@ -367,7 +367,11 @@ class Fleet:
             raise StateError(f"host {target.name} is not responding: a VM moves only to a "
                              "host whose manager runs")
         if origin.key == self.me.key:
-            result = await self.hand_over(self.manager.sessions[vm.id], target.key, changes)
+            session = self.manager.sessions.get(vm.id)
+            if session is None:  # owned, but its session not (yet, or no longer) here
+                raise StateError(f"{vm.name} is being moved or taken up on this host; try "
+                                 "again in a moment")
+            result = await self.hand_over(session, target.key, changes)
         elif origin.responding:
             remote = RemoteVm(vm.id, vm.name, origin.key, origin.name, True, origin.last_seen)
             [result] = await self.requests.run(

@@ -239,11 +239,12 @@ class Requests:
                 .where(host_requests.c.id.in_(taken)).order_by(host_requests.c.id)).all())
 
     async def _apply(self, row: Any) -> None:
-        lock = self._vm_locks.setdefault(row.vm_id, asyncio.Lock())
-        async with lock:  # taken in id order: one VM's requests apply in order
+        # Tasks are made in id order and a lock serves its waiters first come, first
+        # served: one VM's requests apply in the order they were made. (A lock per VM
+        # that ever had a request; one dropped while a task still waits on it would
+        # let the next request overtake that task.)
+        async with self._vm_locks.setdefault(row.vm_id, asyncio.Lock()):
             entries = await self._entries(row)
-        if not lock.locked() and self._vm_locks.get(row.vm_id) is lock:
-            del self._vm_locks[row.vm_id]
         try:
             await asyncio.to_thread(self._finish_one, row, entries)
         except sa.exc.SQLAlchemyError as exc:
