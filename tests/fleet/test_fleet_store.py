@@ -22,6 +22,7 @@ from vmis.errors import ConfigError, NotFoundError, StateError
 from vmis.host.fleet.hosts import HostIdentity, HostRegistry
 from vmis.host.fleet.tables import hosts
 from vmis.host.manager import HostManager
+from vmis.host.session import VmSession
 from vmis.host.store import Store, vms
 from vmis.services.heartbeat.host import HeartbeatHost
 
@@ -47,6 +48,17 @@ async def guest(root: Path) -> AsyncIterator[str]:
         await asyncio.wait_for(task, 10)
 
 
+@asynccontextmanager
+async def vm_on_hv1(tmp: Path, url: str, heartbeat_ms: int = 200
+                    ) -> AsyncIterator[tuple[HostManager, HostManager, VmSession]]:
+    """Hosts hv1 and hv2; VM1 is hv1's, its guest connected: both, and VM1's session."""
+    async with guest(tmp / "g") as channel, host(url, "hv1") as hv1, host(url, "hv2") as hv2:
+        hv1.add_vm("VM1", channel, heartbeat_interval_ms=heartbeat_ms)
+        session = hv1.session("VM1")
+        assert await session.wait_connected(15)
+        yield hv1, hv2, session
+
+
 def lapse(url: str, name: str) -> None:
     """End a host's lease as if it had stopped renewing it long ago."""
     engine = sa.create_engine(url)
@@ -58,11 +70,7 @@ def lapse(url: str, name: str) -> None:
 
 async def test_a_remote_change_reaches_its_owner_and_the_answer_comes_back(short_tmp,
                                                                            postgres_url):
-    async with guest(short_tmp / "g") as channel, host(postgres_url, "hv1") as hv1, \
-            host(postgres_url, "hv2") as hv2:
-        hv1.add_vm("VM1", channel, heartbeat_interval_ms=200)
-        session = hv1.session("VM1")
-        assert await session.wait_connected(15)
+    async with vm_on_hv1(short_tmp, postgres_url, 200) as (hv1, hv2, session):
         assert set(hv2.sessions) == set()  # hv2 runs no session for hv1's VM
 
         [entry] = await hv2.set_enabled(["VM1"], ["VSS"], False, ["hv1"])
@@ -185,11 +193,7 @@ async def test_computer_names_on_sqlite_are_this_hosts(tmp_path):
 
 
 async def test_a_request_made_while_the_owner_reconnects_is_caught_up(short_tmp, postgres_url):
-    async with guest(short_tmp / "g") as channel, host(postgres_url, "hv1") as hv1, \
-            host(postgres_url, "hv2") as hv2:
-        hv1.add_vm("VM1", channel, heartbeat_interval_ms=200)
-        session = hv1.session("VM1")
-        assert await session.wait_connected(15)
+    async with vm_on_hv1(short_tmp, postgres_url, 200) as (hv1, hv2, session):
         listener = hv1.fleet.listener
         assert listener is not None
         await asyncio.wait_for(listener.listening.wait(), 10)
@@ -207,11 +211,7 @@ async def test_a_request_made_while_the_owner_reconnects_is_caught_up(short_tmp,
 
 
 async def test_owners_publish_changes_not_beats(short_tmp, postgres_url):
-    async with guest(short_tmp / "g") as channel, host(postgres_url, "hv1") as hv1, \
-            host(postgres_url, "hv2") as hv2:
-        hv1.add_vm("VM1", channel, heartbeat_interval_ms=100)
-        session = hv1.session("VM1")
-        assert await session.wait_connected(15)
+    async with vm_on_hv1(short_tmp, postgres_url, 100) as (hv1, hv2, session):
         await eventually(lambda: _ok(hv2))
         await asyncio.sleep(1.5)  # the sweep's first look (at most a second) is published too
         written = hv1.fleet.reporter.written
