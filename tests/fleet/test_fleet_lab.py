@@ -129,7 +129,9 @@ def test_a_killed_host_is_not_responding_and_converges_when_it_returns(fleet):
     # within the lease, hv1 says so: the VM's rows never keep the last OK
     vm2 = until(lambda: vm_rows(hv1, "-ComputerName", "*")["VM2"],
                 lambda r: r["HostState"] == "Not Responding", LEASE_SECONDS + 2 * RENEW_SECONDS)
-    assert time.monotonic() - killed < LEASE_SECONDS + 2 * RENEW_SECONDS
+    noticed = time.monotonic() - killed
+    print(f"hv2 killed: Not Responding on hv1 after {noticed:.1f} s")
+    assert noticed < LEASE_SECONDS + 2 * RENEW_SECONDS
     assert (vm2["State"], vm2["Status"], vm2["Heartbeat"]) == \
         ("Unknown", "Host Not Responding", "Unknown")
     hosts = {h["Name"]: h["State"] for h in hv1.json("Get-VMHost", "-ComputerName", "*")}

@@ -89,8 +89,8 @@ async def test_a_remote_change_reaches_its_owner_and_the_answer_comes_back(short
                                                                              "Responding")}
         [write] = await hv2.fleet.across(
             "kvp", ["VM1"], ["hv1"], {}, local=_never,
-            prepare=lambda conn, vm: {"writes": [{"Id": _enqueue(conn, vm.id), "Key": "k",
-                                                  "Value": "v"}]})
+            prepare=lambda conn, remote: {vm.id: {"writes": [
+                {"Id": _enqueue(conn, vm.id), "Key": "k", "Value": "v"}]} for vm in remote})
         assert (write["Delivered"], write["Key"], write["ComputerName"]) == (True, "k", "hv1")
 
 

@@ -5,8 +5,8 @@ one host half per catalogued service (vmis.services.host_half), the guest
 kind that opens links to guests (vmis.services.link), the hypervisor
 backends (vmis.services.hypervisor), and its part in a fleet of hosts
 sharing one store (vmis.host.fleet: it runs sessions only for the VMs it
-owns). It gives the host halves what they may
-use of it (a :class:`~vmis.services.host_half.HostContext`). The control
+owns). It gives the host halves what they may use of it (a
+:class:`~vmis.services.host_half.HostContext`). The control
 plane's operations are methods here, so the HTTP layer stays a thin
 translation; each service's own operations are methods of its host half
 (``manager.service(KvpHost).set(...)``). Names given by users follow
@@ -380,8 +380,8 @@ class HostManager:
                     s.publish("settings", Name=spec.host_name, Enabled=enabled)
             return await self.push_settings(sessions, specs)
 
-        def desired(conn: Connection, vm: RemoteVm) -> dict[str, Any]:
-            set_enabled(conn, [(vm.id, spec.key, enabled) for spec in specs])
+        def desired(conn: Connection, remote: Sequence[RemoteVm]) -> dict[str, Any]:
+            set_enabled(conn, [(vm.id, spec.key, enabled) for vm in remote for spec in specs])
             return {}
 
         return await self.fleet.across(

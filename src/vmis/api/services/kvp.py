@@ -7,6 +7,7 @@ with a request that has its owner deliver it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -61,8 +62,9 @@ async def _write(request: Request, vms: list[str], key: str, value: str | None,
     async def here(names: list[str]) -> list[dict[str, Any]]:
         return await (kvp.set(names, key, value) if value is not None else kvp.remove(names, key))
 
-    def pending(conn: Connection, vm: RemoteVm) -> dict[str, Any]:
-        return {"writes": [{"Id": enqueue(conn, vm.id, key, value), "Key": key, "Value": value}]}
+    def pending(conn: Connection, remote: Sequence[RemoteVm]) -> dict[str, Any]:
+        return {vm.id: {"writes": [{"Id": enqueue(conn, vm.id, key, value), "Key": key,
+                                    "Value": value}]} for vm in remote}
 
     return await manager.fleet.across("kvp", vms, computer, {}, local=here, prepare=pending)
 

@@ -166,7 +166,10 @@ class Fleet:
                 for session in list(self.manager.sessions.values()):
                     await self.manager.release(session, "the host's name was taken over")
                 return
-            await self.reconcile()
+            try:
+                await self.reconcile()
+            except Exception:  # the lease must go on whatever befalls one look
+                _log.exception("checking which VMs this host owns failed")
 
     async def reconcile(self) -> None:
         """Run sessions for exactly the VMs the store says this host owns: end those
@@ -191,6 +194,9 @@ class Fleet:
                     record = await asyncio.to_thread(self.manager.store.get_vm_by_id, vm_id)
                 except NotFoundError:
                     continue  # removed meanwhile
+                except StateError as exc:  # the store out of reach: the next look
+                    _log.warning("cannot take VM %s up: %s", vm_id, exc)
+                    return
                 if record.id not in self.manager.sessions:
                     self.manager.adopt(record)
 

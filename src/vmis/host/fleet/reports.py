@@ -119,6 +119,8 @@ class Reporter:
                              str(exc).splitlines()[0])
                 self.mark(chosen)
                 await asyncio.sleep(RETRY_DELAY)
+            except Exception:  # a bug: logged, and the next change is published still
+                _log.exception("publishing %d VMs' status for the fleet failed", len(chosen))
 
     async def write(self, vm_ids: Iterable[str]) -> None:
         """Write the reports of these VMs (those still this host's) now."""

@@ -53,9 +53,9 @@ PICKUP_SECONDS = 5.0
 #: longest pause between two looks at a waited-for request when no notification came
 LOOK_SECONDS = 1.0
 
-#: prepares one VM's request inside the transaction that writes it: writes the
-#: desired state and returns what the request adds to its parameters
-Prepare = Callable[[Connection, RemoteVm], Mapping[str, Any]]
+#: prepares the requests inside the transaction that writes them: writes the VMs'
+#: desired state, and returns what each VM's request adds to its parameters (by id)
+Prepare = Callable[[Connection, Sequence[RemoteVm]], Mapping[str, Mapping[str, Any]]]
 
 
 def notify(conn: Connection, host_key: str, payload: str) -> None:
@@ -102,8 +102,9 @@ class Requests:
         batch = str(uuid.uuid4())
         made = []
         with self.engine.begin() as conn:
+            added = prepare(conn, remote) if prepare else {}
             for vm in remote:
-                own = {**params, **(prepare(conn, vm) if prepare else {})}
+                own = {**params, **added.get(vm.id, {})}
                 result = conn.execute(host_requests.insert().values(
                     batch=batch, host=vm.host_key, vm_id=vm.id, action=action.name,
                     params=json.dumps(own), state=PENDING, requested_by=self.me.key,
