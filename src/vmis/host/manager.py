@@ -257,8 +257,8 @@ class HostManager:
         elsewhere = self.fleet.where_else(name)
         if elsewhere is not None:
             raise NotFoundError(f"VM {name!r} is on host {elsewhere}, not on this host "
-                                f"({self.fleet.me.name}): add -ComputerName {elsewhere}, or "
-                                f"run the command there")
+                                f"({self.fleet.me.name}): run the command there, or with "
+                                f"-ComputerName {elsewhere} if it takes one (docs/fleet.md)")
         raise NotFoundError(f"no VM named {name!r} is registered (see 'vmis vm list')")
 
     def _by_id(self, vm_id: str) -> VmSession:
