@@ -19,7 +19,12 @@ import sqlalchemy as sa
 from support.pair import _start_agent, eventually
 
 from vmis.errors import ConfigError, NotFoundError, StateError
-from vmis.host.fleet.hosts import HostIdentity, HostRegistry
+from vmis.host.fleet.hosts import (
+    HostIdentity,
+    HostRegistry,
+    check_host_name,
+    default_host_name,
+)
 from vmis.host.fleet.tables import hosts
 from vmis.host.manager import HostManager
 from vmis.host.session import VmSession
@@ -229,3 +234,15 @@ async def test_owners_publish_changes_not_beats(short_tmp, postgres_url):
 async def _heartbeat_of(manager, state):
     [row] = await manager.get_vms(["VM1"], ["hv1"])
     return row["Heartbeat"] == state and row["ComputerName"] == "hv1"
+
+
+def test_host_names(monkeypatch):
+    for bad in ("", "-x", "a b", "x" * 254, "localhost", ".", "*"):
+        with pytest.raises(ConfigError, match="invalid host name"):
+            check_host_name(bad)
+    assert check_host_name("hv-01.example_lab") == "hv-01.example_lab"
+    monkeypatch.setattr("socket.gethostname", lambda: "hv07.example.org")
+    assert HostIdentity.named(None).name == "hv07"
+    monkeypatch.setattr("socket.gethostname", lambda: "localhost")
+    made = HostIdentity.named(None).name
+    assert made.startswith("host-") and made == default_host_name()  # the same every time

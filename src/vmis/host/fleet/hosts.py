@@ -17,6 +17,7 @@ claim one VM at once exactly one wins.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -45,6 +46,7 @@ __all__ = [
     "HostRow",
     "RemoteVm",
     "check_host_name",
+    "default_host_name",
     "machine_id",
 ]
 
@@ -71,6 +73,17 @@ def check_host_name(name: str) -> str:
         raise ConfigError(f"invalid host name {name!r}: on a command line it means whichever "
                           "host runs the command")
     return name
+
+
+def default_host_name() -> str:
+    """The machine's short host name, as Hyper-V's ``$env:COMPUTERNAME``; for a machine
+    called what no host may be (``localhost``, as some containers are) a name made of
+    its machine id, the same at every start."""
+    name = socket.gethostname().split(".")[0]
+    try:
+        return check_host_name(name)
+    except ConfigError:
+        return "host-" + hashlib.sha256(machine_id().split("/")[0].encode()).hexdigest()[:12]
 
 
 def machine_id() -> str:
@@ -115,11 +128,11 @@ class HostIdentity:
 
     @classmethod
     def named(cls, name: str | None) -> HostIdentity:
-        """This process under *name*, by default the machine's short host name.
+        """This process under *name*, by default the machine's (:func:`default_host_name`).
 
         :raise ConfigError: For a name a host may not have.
         """
-        return cls(check_host_name(name or socket.gethostname().split(".")[0]))
+        return cls(check_host_name(name) if name else default_host_name())
 
 
 @dataclass(frozen=True)
