@@ -207,6 +207,7 @@ def test_two_managers_racing_for_one_vm_one_wins_the_other_says_why(fleet, short
     assert sorted(r.code for r in moved.values()) == [0, 1]
     [(won, result)] = [(n, r) for n, r in moved.items() if r.code == 0]
     [(lost, refused)] = [(n, r) for n, r in moved.items() if r.code]
+    assert {won, lost} == {"hv1", "hv2"}
     assert f"VM VM3 moved from host hv3 to host {won}" in result.out
     assert "host hv3 is not responding" in result.err  # taken without its part in it
     # (at the same moment: the claim lost; a moment later: the VM was gone already)
