@@ -66,6 +66,10 @@ ROLES: dict[tuple[str, str], Role | None] = {
     ("GET", "/v1/ping"): READER,
     ("GET", "/v1/account"): READER,
     ("GET", "/v1/vms"): READER,
+    # the fleet (vmis.host.fleet): this host, every host; moving a VM is registering it
+    ("GET", "/v1/host"): READER,
+    ("GET", "/v1/hosts"): READER,
+    ("POST", "/v1/vms/{name}/move"): ADMINISTRATOR,
     ("POST", "/v1/vms"): ADMINISTRATOR,
     ("PATCH", "/v1/vms/{name}"): ADMINISTRATOR,
     ("DELETE", "/v1/vms/{name}"): ADMINISTRATOR,

@@ -43,7 +43,7 @@ from vmis.packaging.bundle import bundle_bytes, bundle_version
 from vmis.services.catalog import by_key
 from vmis.services.fcopy.host import FcopyHost
 
-__all__ = ["Bundle", "update_vms"]
+__all__ = ["Bundle", "Progress", "update_vms"]
 
 GSI = by_key("fcopy")
 #: where the host stages the bundle in the guest (an fcopy-allowed root)
