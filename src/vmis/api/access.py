@@ -97,6 +97,7 @@ ROLES: dict[tuple[str, str], Role | None] = {
     ("GET", "/v1/copies"): READER,
     ("POST", "/v1/vms/{name}/copies/stop"): OPERATOR,
     ("GET", "/v1/kvp"): READER,
+    ("GET", "/v1/kvp/limits"): READER,
     ("POST", "/v1/kvp/set"): OPERATOR,
     ("POST", "/v1/kvp/remove"): OPERATOR,
     ("POST", "/v1/power/stop"): OPERATOR,
