@@ -19,6 +19,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from vmis.api.context import manager_of
+from vmis.api.docs import text_response
 from vmis.api.sse import KEEPALIVE, KEEPALIVE_COMMENT, EncodedEvents, retry_field
 from vmis.errors import ConfigError
 from vmis.host.events import Event, event_filter
@@ -46,7 +47,12 @@ def _event_id(text: str) -> int:
         raise ConfigError(f"Last-Event-ID must be an event id, not {text!r}") from None
 
 
-@router.get("/events", response_model=None)
+@router.get("/events", response_model=None, responses=text_response(
+    "Server-Sent Events: one event per change, keepalive comments between (docs/events.md)",
+    # an event's fields; its data is the event as JSON (docs/events.md)
+    "text/event-stream", {"type": "object", "required": ["data"], "properties": {
+        "data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"},
+        "retry": {"type": "integer"}}}))
 async def events(  # noqa: PLR0917 (FastAPI's parameters, each a query field)
     request: Request, vm: Names = None, type: Names = None, after: int | None = None,
     keepalive: Annotated[float, Query(ge=0.05, le=300)] = KEEPALIVE,

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
 import vmis
+from vmis.api.docs import text_response
 from vmis.api.exposition import Family, label, render
 from vmis.host.events import Event
 from vmis.host.manager import HostManager
@@ -238,7 +239,8 @@ class Metrics:
                 + generate_latest(self.process))
 
 
-@router.get("/metrics", response_model=None)
+@router.get("/metrics", response_model=None, responses=text_response(
+    "the metrics in Prometheus' text format 0.0.4 (docs/metrics.md)", CONTENT_TYPE))
 async def metrics(request: Request) -> Response:
     # On the event loop, not in a thread: the collector reads state the loop changes.
     metrics: Metrics = request.app.state.metrics
