@@ -84,9 +84,10 @@ def beat_bytes(guest: Connection) -> bytes:
 
 
 async def manager_path(beats: int) -> float:
-    vm = VmRecord("bench-id", "bench", "unix:/nonexistent", None, "external", 1000, 1000, 2, {})
+    vm = VmRecord("bench-id", "bench", "unix:/nonexistent", None, "external", "vmis", 1000, 1000,
+                  2, {})
     heartbeat = HeartbeatHost(_NoHost())  # type: ignore[arg-type]
-    session = VmSession(vm, [heartbeat], VmisAgent())
+    session = VmSession(vm, [heartbeat], {"vmis": VmisAgent()})
     link = VmisAgentLink(session, logging.getLogger("bench"))
     channel = Channel(Role.HOST, link)
     link.channel = channel

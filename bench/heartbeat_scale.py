@@ -157,8 +157,9 @@ def py_spy() -> str:
     return found
 
 
-def vmis_run(base: Path, n: int, seconds: float, service: str, *, settle: float,
-             profile: str | None = None) -> tuple[float, float]:
+def start_manager(base: Path, n: int) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+    """A host manager (``vmis host serve``) with the N guests of *base* registered, each
+    beating every second; returns its process and an API client."""
     sock = base / "host.sock"
     env = dict(os.environ, VMIS_SOCKET=str(sock))
     with open(base / "host.log", "w") as log:  # the child keeps its own copy
@@ -191,7 +192,18 @@ def vmis_run(base: Path, n: int, seconds: float, service: str, *, settle: float,
             if time.monotonic() - t0 > 300:
                 raise SystemExit(f"only {ok}/{n} VMs reached heartbeat OK")
             time.sleep(0.5)
-        print(f"  {n} VMs registered and beating after {time.monotonic() - t0:.1f} s")
+    except BaseException:
+        host.kill()
+        host.wait()
+        raise
+    print(f"  {n} VMs registered and beating after {time.monotonic() - t0:.1f} s")
+    return host, client
+
+
+def vmis_run(base: Path, n: int, seconds: float, service: str, *, settle: float,
+             profile: str | None = None) -> tuple[float, float]:
+    host, client = start_manager(base, n)
+    try:
         time.sleep(settle)  # the steady state: connection set-up done, time sync backed off
         spy = None
         if profile:

@@ -12,7 +12,7 @@ import pytest
 from support.lab import start_lab
 from vmis.lab.lab import Lab
 
-pytest_plugins = ["support.postgres"]
+pytest_plugins = ["support.postgres", "support.qga_sandbox"]
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ and the classes the same::
      +-- RequestRefused           a service refused a request with a code (``.code``, protocol §5.1)
      |    +-- ServiceError        this side's service refuses; the agent answers with that code
      |    +-- RemoteServiceError  the peer refused our request: its error reply, as received
+     |    +-- TargetBusy          a copy's destination is busy (another copy, a freeze): exit 75
      +-- ProtocolError            the wire protocol was violated (docs/protocol.md)
      |    +-- LocalProtocolError  we tried to send something illegal
      |    +-- RemoteProtocolError the peer sent something illegal
@@ -91,6 +92,7 @@ __all__ = [
     "ServiceUnavailable",
     "SnapshotError",
     "StateError",
+    "TargetBusy",
     "ThawError",
     "UnknownOSError",
     "UpdatePathDataError",
@@ -102,12 +104,17 @@ __all__ = [
 class VmisError(Exception):
     """Root of every error vmis raises on purpose; raise the class that says what happened."""
 
+    #: the exit status of a command line that ends with this error
+    exit_status = 1
+
 
 # Section: the request was wrong
 
 
 class UsageError(VmisError):
     """The command line is wrong; the message says how."""
+
+    exit_status = 2
 
 
 class ConfigError(VmisError):
@@ -186,6 +193,20 @@ class RemoteServiceError(RequestRefused):
     own, so an agent relaying one answers ``failed`` rather than the peer's
     code, and a copy keeps its partial file after the guest's refusal.
     """
+
+
+class TargetBusy(RequestRefused):
+    """A copy's destination is being written by another copy right now, or cannot be
+    written for a while (the guest's filesystems are frozen for a backup).
+
+    Its code is ``busy`` (docs/protocol.md §5.1). A command line that ends with
+    it exits with status 75 (``EX_TEMPFAIL`` of sysexits.h: try again later).
+    """
+
+    exit_status = 75
+
+    def __init__(self, message: str) -> None:
+        super().__init__("busy", message)
 
 
 # Section: the wire and the channels

@@ -58,17 +58,17 @@ def run_main(body: Callable[[], int], prefix: Callable[[VmisError], str],
 
     A :class:`VmisError` is one line on stderr (``prefix: message``), or one
     JSON object when *words* (the command line) ask for JSON (:func:`report_error`),
-    and status 2 for a usage error, 1 otherwise. Anything else is a bug: one
-    line too (its traceback in the log of a program that keeps one, or with
-    ``$VMIS_DEBUG`` set), status 1. Ctrl-C is 130, and a reader that went away
-    (``| head``) is not an error.
+    and its class's ``exit_status`` (2 for a usage error, 75 for a busy target,
+    1 otherwise). Anything else is a bug: one line too (its traceback in the log
+    of a program that keeps one, or with ``$VMIS_DEBUG`` set), status 1. Ctrl-C
+    is 130, and a reader that went away (``| head``) is not an error.
     """
     as_json = wants_json(words)
     try:
         return body()
     except VmisError as exc:
         report_error(prefix(exc), exc, as_json)
-        return 2 if isinstance(exc, UsageError) else 1
+        return exc.exit_status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

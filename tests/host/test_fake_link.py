@@ -122,10 +122,11 @@ class FakeKind:
 
 async def test_heartbeat_and_kvp_host_halves_run_over_a_fake_link(tmp_path):
     kind = FakeKind()
-    manager = HostManager(Store(f"sqlite:///{tmp_path / 'host.db'}"), guest_kind=kind)
+    manager = HostManager(Store(f"sqlite:///{tmp_path / 'host.db'}"), guest_kinds={"fake": kind})
     await manager.start()
     try:
-        manager.add_vm("FakeVM", "unix:/nonexistent", heartbeat_interval_ms=200)
+        manager.add_vm("FakeVM", "unix:/nonexistent", guest_agent="fake",
+                       heartbeat_interval_ms=200)
         session = manager.session("FakeVM")
         assert await session.wait_connected(5)
         link = kind.links[-1]

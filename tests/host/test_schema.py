@@ -18,6 +18,8 @@ from alembic.script import ScriptDirectory
 from support.pair import eventually, host_guest_pair
 
 from vmis.errors import ConfigError
+from vmis.host import migrations
+from vmis.host.migrations.versions.r0001_initial import _tables as initial_tables
 from vmis.host.schema import target_metadata, upgrade
 from vmis.host.store import Store
 from vmis.services.kvp.host import KvpHost
@@ -31,10 +33,7 @@ def db_url(request, tmp_path) -> str:
 
 
 def newest_revision() -> str:
-    """The head of vmis.host.migrations' revisions: what every store is brought to."""
-
-    from vmis.host import migrations
-
+    """The head of the revisions in vmis/host/migrations/versions/."""
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
     head = ScriptDirectory.from_config(config).get_current_head()
@@ -61,9 +60,12 @@ def test_the_migrated_schema_is_the_codes_own(db_url):
 def test_a_store_made_before_migrations_is_taken_over_with_its_data(tmp_path):
     url = f"sqlite:///{tmp_path / 'host.db'}"
     engine = sa.create_engine(url)
-    old = [t for t in target_metadata().sorted_tables
-           if t.name in ("vms", "service_settings")]  # what a manager of 0.1 made first
-    target_metadata().create_all(engine, tables=old)
+    # what a manager of 0.1 made first: its tables as they were then (revision 0001's)
+    old = sa.MetaData()
+    for name, columns, options in initial_tables():
+        if name in ("vms", "service_settings"):
+            sa.Table(name, old, *columns, **options)
+    old.create_all(engine)
     insert_old_vm(engine)
     store = Store(url)
     assert [vm.name for vm in store.list_vms()] == ["OldVM"]
@@ -92,6 +94,22 @@ def test_a_store_of_revision_0001_gets_the_libvirt_columns_and_keeps_its_vms(tmp
                        libvirt_domain="27479ace-c680-484f-90bd-43eb0462b9e3")
     assert store.get_vm("lvvm") == new and new.libvirt_uri == "qemu:///system"
     assert schema_differences(store.engine) == []
+
+
+def test_a_store_of_revision_0001_gets_the_guest_agent_column_with_its_vms(db_url):
+    engine = sa.create_engine(db_url)
+    upgrade(engine, "0001")  # a store as vmis 0.1 left it
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO vms (id, name, name_key, channel, kind, heartbeat_interval_ms, "
+            "heartbeat_latency_ms, heartbeat_error_threshold, created) VALUES "
+            "('id-1', 'OldVM', 'oldvm', 'unix:/x', 'external', 2000, 1000, 2, "
+            "'2026-11-01 00:00:00')"))
+    store = Store(db_url)
+    [vm] = store.list_vms()
+    assert (vm.name, vm.guest_agent) == ("OldVM", "vmis")  # the only kind there was
+    assert schema_differences(store.engine) == []
+    assert store.add_vm("QgaVM", "unix:/y", guest_agent="qemu-ga").guest_agent == "qemu-ga"
 
 
 async def test_a_host_manager_runs_on_postgresql(short_tmp, postgres_url):

@@ -1,6 +1,7 @@
 """Two Connections wired in memory (h11's ConnectionPair): handshake, correlation, resync."""
 
 import itertools
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -232,3 +233,14 @@ def test_property_session_survives_chunking(payloads, chunk):
         p.guest.send_response(r, r.payload[::-1])
     answers = p.deliver(p.guest, p.host, chunk)
     assert {a.id: a.payload for a in answers} == {i: b[::-1] for i, b in zip(ids, payloads)}
+
+
+def test_json_carries_names_that_are_not_utf8():
+    # A Linux file name is bytes: surrogateescape strings travel as \\uDCxx
+    # escapes and come back as the same string, hence the same bytes.
+    name = b"caf\xe9-\xff.txt".decode("utf-8", "surrogateescape")
+    payload = encode_json({"name": name, "plain": "ünïcode"})
+    assert payload.decode("ascii")  # escaped, still valid UTF-8 JSON
+    assert decode_json(payload) == {"name": name, "plain": "ünïcode"}
+    assert os.fsencode(decode_json(payload)["name"]) == b"caf\xe9-\xff.txt"
+    assert encode_json({"a": "ü"}) == '{"a":"ü"}'.encode()  # the usual case unescaped

@@ -10,6 +10,7 @@ import pytest
 from vmis.errors import ConfigError
 from vmis.qemu.cmdline import (
     AGENT_PORT_NAME,
+    QGA_PORT_NAME,
     BootSpec,
     DiskMode,
     MachineConfig,
@@ -61,13 +62,17 @@ def test_default_machine_layout(tmp_path: Path) -> None:
     assert values(argv, "-bios") == ["/usr/share/qemu/qboot.rom"]
     assert values(argv, "-append") == ["console=ttyS0 root=/dev/vda"]
     found = devices(argv)
-    port = found["virtserialport"]
-    assert port["name"] == AGENT_PORT_NAME
+    ports = {str(opts["name"]): opts for opts in (
+        parse_qemu_opts(v, implied="driver") for v in values(argv, "-device"))
+        if opts["driver"] == "virtserialport"}
+    assert set(ports) == {AGENT_PORT_NAME, QGA_PORT_NAME}
     chardevs = {str(o["id"]): o for o in (parse_qemu_opts(v) for v in values(argv, "-chardev"))}
-    agent = chardevs[str(port["chardev"])]
-    assert agent["type"] == "socket"
-    assert agent["path"] == str(tmp_path / "work" / "agent.sock")
-    assert (agent["server"], agent["wait"]) == ("on", "off")
+    for name, socket in ((AGENT_PORT_NAME, "agent.sock"), (QGA_PORT_NAME, "qga.sock")):
+        # the vmis agent's port, and qemu-ga's beside it (docs/guest-links.md)
+        agent = chardevs[str(ports[name]["chardev"])]
+        assert agent["type"] == "socket"
+        assert agent["path"] == str(tmp_path / "work" / socket)
+        assert (agent["server"], agent["wait"]) == ("on", "off")
     assert "virtio-net-pci" in found and "ide-cd" in found
     assert "vhost-vsock-pci" not in found
     assert values(argv, "-netdev") == ["user,id=net0,restrict=on"]

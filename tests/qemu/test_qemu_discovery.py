@@ -108,12 +108,35 @@ def test_libvirt_style_fd_sockets_need_the_fd_table() -> None:
 def test_hmp_monitors_and_other_ports_are_not_taken() -> None:
     found = discover_from_cmdline(
         "qemu -chardev socket,id=m,path=/hmp.sock,server=on,wait=off -mon chardev=m "
-        "-chardev socket,id=g,path=/qga.sock,server=on,wait=off "
-        "-device virtserialport,chardev=g,name=org.qemu.guest_agent.0"
+        "-chardev socket,id=o,path=/other.sock,server=on,wait=off "
+        "-device virtserialport,chardev=o,name=com.example.other.0"
     )
     assert found.qmp is None and found.channel is None
     assert any("no QMP monitor" in note for note in found.notes)
     assert any("no virtserialport named org.vmis.agent.0" in note for note in found.notes)
+
+
+QGA_ONLY = (
+    "qemu-system-x86_64 -name guest=db1 -qmp unix:/run/vm/db1.qmp,server,nowait "
+    "-device virtio-serial-pci "
+    "-chardev socket,path=/run/vm/db1.qga,server=on,wait=off,id=qga0 "
+    "-device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"
+)
+
+
+def test_a_vm_with_only_qemu_ga_is_offered_as_a_qemu_ga_guest() -> None:
+    found = discover_from_cmdline(QGA_ONLY)
+    assert (found.channel, found.guest_agent, found.channel_chardev) == (
+        Path("/run/vm/db1.qga"), "qemu-ga", "qga0")
+    assert any("using qemu-ga's port org.qemu.guest_agent.0" in note for note in found.notes)
+
+
+def test_the_vmis_port_wins_over_qemu_ga() -> None:
+    both = HAND_WRITTEN + (" -chardev socket,path=/run/vm/web1.qga,server=on,wait=off,id=q "
+                           "-device virtserialport,chardev=q,name=org.qemu.guest_agent.0")
+    found = discover_from_cmdline(both)
+    assert (found.channel, found.guest_agent) == (Path("/run/vm/web1-agent.sock"), "vmis")
+    assert found.notes == ()
 
 
 def test_relative_paths_resolve_against_qemu_cwd_and_tcp_is_reported() -> None:
@@ -256,6 +279,15 @@ def test_connect_mode_channel_is_flagged() -> None:
     found = discover_from_libvirt_xml(xml)
     assert found.channel == Path("/x")
     assert any("mode='connect'" in note for note in found.notes)
+
+
+def test_a_domain_with_only_qemu_ga_is_a_qemu_ga_guest_with_libvirts_caveat() -> None:
+    start = LIVE_XML.index("    <channel type='unix'>\n      <source mode='bind' path='/run/vmis")
+    end = LIVE_XML.index("</channel>", start) + len("</channel>\n")
+    found = discover_from_libvirt_xml(LIVE_XML[:start] + LIVE_XML[end:], state_dir=Path("/s"))
+    assert found.channel == Path("/var/lib/libvirt/qemu/channel/target/qga.0")
+    assert (found.guest_agent, found.channel_chardev) == ("qemu-ga", "charchannel0")
+    assert any("libvirt connects to that channel itself" in note for note in found.notes)
 
 
 def test_domain_without_agent_channel() -> None:

@@ -185,7 +185,15 @@ def test_vm_add_discovers_channel_and_qmp_or_says_why_not(lab_dir, short_tmp):
     added = run_vmis(lab_dir, "vm", "add", "-FromCmdline", cmdline)
     assert added.code == 0, added.err
     assert added.out.startswith(f"VM web3 registered (unix:{short_tmp}/a.sock, QMP "
-                                f"{short_tmp}/q.sock), id ")
+                                f"{short_tmp}/q.sock, guest agent vmis), id ")
+    # a VM with qemu-ga's port and no vmis port is offered as a qemu-ga guest
+    qga = cmdline.replace("web3", "db1").replace("name=org.vmis.agent.0",
+                                                 "name=org.qemu.guest_agent.0")
+    added = run_vmis(lab_dir, "vm", "add", "-FromCmdline", qga, "--json")
+    assert added.code == 0, added.err
+    assert (json.loads(added.out)["GuestAgent"], json.loads(added.out)["Name"]) == (
+        "qemu-ga", "db1")
+    assert "using qemu-ga's port org.qemu.guest_agent.0" in added.err
 
     xml = short_tmp / "web4.xml"
     xml.write_text("<domain type='kvm' id='7'><name>web4</name><devices>"
@@ -201,9 +209,10 @@ def test_vm_add_discovers_channel_and_qmp_or_says_why_not(lab_dir, short_tmp):
 
     bare = run_vmis(lab_dir, "vm", "add", "x", "-FromCmdline", "qemu-system-x86_64 -m 64")
     assert bare.code == 1 and bare.err.splitlines() == [
-        "vm: no vmis agent channel (virtio-serial port org.vmis.agent.0 on a Unix "
-        "socket) in the command line: no QMP monitor (-qmp or -mon mode=control) on the "
-        "command line; no virtserialport named org.vmis.agent.0 on the command line"]
+        "vm: no guest agent channel (virtio-serial port org.vmis.agent.0, or qemu-ga's "
+        "org.qemu.guest_agent.0, on a Unix socket) in the command line: no QMP monitor (-qmp "
+        "or -mon mode=control) on the command line; no virtserialport named org.vmis.agent.0 "
+        "on the command line"]
     both = run_vmis(lab_dir, "vm", "add", "x", "-FromPid", "1", "-FromCmdline", "qemu")
     assert both.code == 2 and "use one of -FromPid, -FromCmdline" in both.err
     nothing = run_vmis(lab_dir, "vm", "add", "x")

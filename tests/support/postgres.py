@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,10 @@ class Cluster:
         self._admin.dispose()
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[Cluster]:
-    """A PostgreSQL cluster on a private socket directory, for the whole test session."""
+@contextmanager
+def running_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster on a private socket directory, stopped and removed after
+    (the tests' fixture below; bench/fleet_requests.py)."""
     bin_dir = _binaries()
     base = Path(tempfile.mkdtemp(prefix="vmis-pg-", dir="/tmp"))
     data, sockets = base / "data", base / "run"
@@ -78,6 +80,13 @@ def postgres_cluster() -> Iterator[Cluster]:
         subprocess.run(_as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
                                     "-w", "stop"), capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster on a private socket directory, for the whole test session."""
+    with running_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

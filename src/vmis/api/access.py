@@ -66,6 +66,10 @@ ROLES: dict[tuple[str, str], Role | None] = {
     ("GET", "/v1/ping"): READER,
     ("GET", "/v1/account"): READER,
     ("GET", "/v1/vms"): READER,
+    # the fleet (vmis.host.fleet): this host, every host; moving a VM is registering it
+    ("GET", "/v1/host"): READER,
+    ("GET", "/v1/hosts"): READER,
+    ("POST", "/v1/vms/{name}/move"): ADMINISTRATOR,
     ("POST", "/v1/vms"): ADMINISTRATOR,
     ("PATCH", "/v1/vms/{name}"): ADMINISTRATOR,
     ("DELETE", "/v1/vms/{name}"): ADMINISTRATOR,
@@ -84,9 +88,16 @@ ROLES: dict[tuple[str, str], Role | None] = {
     # libvirt's domains (vmis.api.libvirt): registering them is registering VMs
     ("GET", "/v1/libvirt/connections"): READER,
     ("POST", "/v1/libvirt/vms"): ADMINISTRATOR,
+    # what happens and how much (vmis.api.events, vmis.api.metrics)
+    ("GET", "/v1/events"): READER,
+    ("GET", "/v1/events/recent"): READER,
+    ("GET", "/metrics"): READER,
     # the services' faces (vmis.api.services)
     ("POST", "/v1/vms/{name}/copy"): OPERATOR,
+    ("GET", "/v1/copies"): READER,
+    ("POST", "/v1/vms/{name}/copies/stop"): OPERATOR,
     ("GET", "/v1/kvp"): READER,
+    ("GET", "/v1/kvp/limits"): READER,
     ("POST", "/v1/kvp/set"): OPERATOR,
     ("POST", "/v1/kvp/remove"): OPERATOR,
     ("POST", "/v1/power/stop"): OPERATOR,

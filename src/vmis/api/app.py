@@ -18,6 +18,7 @@ from vmis.api.access import app_routes, check_roles
 from vmis.api.docs import install_docs
 from vmis.api.errors import error_to_json, status_for
 from vmis.api.guard import AccessGuard, authorize
+from vmis.api.metrics import Metrics
 from vmis.api.routes import ROUTERS
 from vmis.errors import ConfigError, ManagerApiError, NotFoundError, UsageError, VmisError
 from vmis.host.accounts import Accounts
@@ -59,6 +60,8 @@ def create_app(manager: HostManager) -> FastAPI:
                   dependencies=[Depends(authorize)])
     app.state.manager = manager
     app.state.accounts = accounts
+    # made with the app: the copy and checkpoint totals count from now on
+    app.state.metrics = Metrics(manager)
 
     @app.exception_handler(VmisError)
     async def vmis_error(conn: HTTPConnection, exc: VmisError) -> JSONResponse:

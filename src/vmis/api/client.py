@@ -9,6 +9,7 @@ the first stream opens.
 
 A remote manager (:class:`~vmis.api.remote.Remote`: ``-Server`` or
 ``$VMIS_URL``) is reached the same way over TCP, TLS and its token added.
+The event stream (Server-Sent Events, :meth:`ApiClient.sse`) uses httpx too.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from __future__ import annotations
 import json as jsonlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, urlencode
 
 from vmis.api.remote import Remote
-from vmis.errors import ConfigError, ConnectError, ManagerApiError, RequestTimeout
+from vmis.errors import ChannelClosed, ConfigError, ConnectError, ManagerApiError, RequestTimeout
+
+if TYPE_CHECKING:
+    from vmis.api.sse import SseEvent
 
 __all__ = ["SYSTEM_SOCKET", "ApiClient", "api_path", "default_lab_dir", "default_socket"]
 
@@ -235,6 +239,19 @@ class ApiClient:
             _raise(answer.status, body)
         return body
 
+    def _streams(self) -> Any:
+        """The httpx client of the streams, made (and httpx imported) at the first."""
+        import httpx
+
+        if self._httpx is None and self.remote is not None:
+            self._httpx = httpx.Client(
+                base_url=self.remote.url, headers=self.remote.headers(), timeout=self.timeout,
+                verify=self.remote.library_context(self.timeout) or False)
+        elif self._httpx is None:
+            self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
+                                       base_url="http://vmis", timeout=self.timeout)
+        return self._httpx
+
     def stream(self, method: str, path: str, *, json: Any = None,
                timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """A request whose answer is JSON lines (progress of long work), through httpx.
@@ -245,23 +262,10 @@ class ApiClient:
 
         from vmis.api.errors import error_from_json
 
-        if self._httpx is None and self.remote is not None:
-            self._httpx = httpx.Client(
-                base_url=self.remote.url, headers=self.remote.headers(), timeout=self.timeout,
-                verify=self.remote.library_context(self.timeout) or False)
-        elif self._httpx is None:
-            self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
-                                       base_url="http://vmis", timeout=self.timeout)
         try:
-            with self._httpx.stream(method, f"/v1{path}", json=json,
-                                    timeout=timeout) as response:
-                if not response.is_success:
-                    response.read()
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = {"error": response.text or response.reason_phrase}
-                    _raise(response.status_code, body)
+            with self._streams().stream(method, f"/v1{path}", json=json,
+                                        timeout=timeout) as response:
+                _raise_unless_success(response)
                 for line in response.iter_lines():
                     if line.strip():
                         item = jsonlib.loads(line)
@@ -302,6 +306,53 @@ class ApiClient:
                 f"the vmis host manager is not running or does not stream (no WebSocket at "
                 f"{self.where}: {exc}); start it with 'vmis host serve' or 'vmis lab up'",
                 exc) from exc
+
+
+    def sse(self, path: str, params: dict[str, Any] | None = None, read_timeout: float = 45.0,
+            opened: Callable[[], None] | None = None) -> Iterator[SseEvent]:
+        """The events of a Server-Sent Events answer (the event stream), through httpx;
+        ends when the manager ends the stream.
+
+        :param read_timeout: seconds without a byte (the stream sends a keepalive
+            every 15 s) after which the connection counts as dropped.
+        :param opened: called once the manager has accepted the stream.
+        :raise ConnectError: When the manager is not running.
+        :raise ChannelClosed: When the connection drops once the stream has begun.
+        """
+        import httpx
+
+        from vmis.api.sse import SseDecoder
+
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        decoder = SseDecoder()
+        try:
+            with self._streams().stream("GET", f"/v1{path}", params=query, timeout=timeout,
+                                        headers={"Accept": "text/event-stream"}) as response:
+                _raise_unless_success(response)
+                if opened is not None:
+                    opened()
+                for line in response.iter_lines():
+                    event = decoder.feed(line)
+                    if event is not None:
+                        yield event
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise self._unreachable(exc) from exc
+        except httpx.TransportError as exc:
+            raise ChannelClosed(f"the event stream dropped ({type(exc).__name__}"
+                                f"{': ' + str(exc) if str(exc) else ''})") from exc
+
+
+def _raise_unless_success(response: Any) -> None:
+    """Raise what a stream's error answer (an httpx response, not read yet) says."""
+    if response.is_success:
+        return
+    response.read()
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text or response.reason_phrase}
+    _raise(response.status_code, body)
 
 
 def _raise(status: int, body: Any) -> NoReturn:

@@ -69,6 +69,15 @@ def ndjson_response(description: str, *kinds: str) -> dict[int | str, Any]:
         "application/x-ndjson": {"schema": {"oneOf": lines}}}}}
 
 
+def text_response(description: str, media_type: str,
+                  schema: dict[str, Any] | None = None) -> dict[int | str, Any]:
+    """A route's ``responses=`` for an answer in a text format of its own
+    (``text/event-stream``, Prometheus' exposition); *schema* is the one of
+    its parts (an event's data), a string when not given."""
+    return {200: {"description": description,
+                  "content": {media_type: {"schema": schema or {"type": "string"}}}}}
+
+
 def _error_statuses() -> list[int]:
     return sorted({status for _, status in STATUS_BY_ERROR} | {401, 403})
 

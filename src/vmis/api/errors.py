@@ -49,6 +49,8 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.VmisError], int], ...] = (
     # this side's half refused (a copy's destination exists ...); the guest's refusal
     # reaches the API through the manager, as from a gateway
     (errors.ServiceError, 409),
+    # the destination is busy (another copy writes it, the guest is frozen): retry
+    (errors.TargetBusy, 409),
     (errors.RemoteServiceError, 502),
     (errors.RequestRefused, 502),
     (errors.RequestTimeout, 504),

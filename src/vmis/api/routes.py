@@ -1,5 +1,5 @@
-"""Every router of the API: the control plane's, the accounts', the hypervisor
-operations', the online update's, and each service's face.
+"""Every router of the API: the control plane's, the accounts', the event stream's,
+the metrics', the hypervisor operations', the online update's, and each service's face.
 
 A service with an API face has a module in vmis.api.services and one line
 here (docs/architecture.md, "Add a screen"), and each of its routes a line in
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from vmis.api import accounts, control, hypervisor, libvirt, updates
+from vmis.api import accounts, control, events, hypervisor, libvirt, metrics, updates
 from vmis.api.services import fcopy, kvp, shutdown, timesync, vmsession, vss
 
 __all__ = ["ROUTERS"]
@@ -18,6 +18,8 @@ __all__ = ["ROUTERS"]
 ROUTERS: tuple[APIRouter, ...] = (
     control.router,
     accounts.router,
+    events.router,
+    metrics.router,
     updates.router,
     # each service's face, in catalogue order
     fcopy.router,

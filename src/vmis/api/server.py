@@ -226,9 +226,13 @@ def _stop(servers: list[_Server]) -> None:
         server.should_exit = True
 
 
-async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None,
-                listen: Listen | None = None, libvirt_uris: Sequence[str] = ()) -> None:
-    """Run the manager until SIGTERM/SIGINT or cancellation.
+async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = None, *,
+                listen: Listen | None = None, libvirt_uris: Sequence[str] = (),
+                host_name: str | None = None) -> None:
+    """Run the manager until SIGTERM/SIGINT, cancellation, or another manager taking
+    its host name over (docs/fleet.md).
+
+    :param host_name: this host's name in its fleet (default: the machine's).
 
     :param libvirt_uris: libvirt connections whose domains the manager drives
         (``host serve -Hypervisor``).
@@ -242,20 +246,40 @@ async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = No
     tcp = bind_tcp(*listen.host_port()) if listen is not None else None
     store = Store(db_url)
     sock = bind_socket(socket_path)
-    manager = HostManager(store, hypervisors=hypervisors, data_dir=data_dir)
-    await manager.start()
+    manager = HostManager(store, hypervisors=hypervisors, data_dir=data_dir,
+                          host_name=host_name)
+    try:
+        await manager.start()
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+        raise
     app = create_app(manager)
     servers = [_server(on_unix_socket(app, local_user()))]
     if tcp is not None:
         servers.append(_server(app, tls))
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        # The event streams end first: the server waits for open responses.
+        manager.end_events()
+        _stop(servers)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _stop, servers)
-    _log.info("host manager listening on %s (database %s)", socket_path, safe_url(db_url))
+        loop.add_signal_handler(sig, stop)
+    _log.info("host manager %s listening on %s (database %s)", manager.fleet.me.name,
+              socket_path, safe_url(db_url))
     tasks = [asyncio.create_task(servers[0].serve(sockets=[sock]))]
     if tcp is not None:
         tasks.append(asyncio.create_task(servers[1].serve(sockets=[tcp])))
         _log_tcp(tcp, tls)
+
+    async def stop_when_lost() -> None:
+        await manager.fleet.lost.wait()
+        stop()
+
+    watcher = asyncio.create_task(stop_when_lost())
     try:
         while not all(s.started for s in servers) and not any(t.done() for t in tasks):
             await asyncio.sleep(0.02)
@@ -265,6 +289,7 @@ async def serve(db_url: str, socket_path: Path, ready: asyncio.Event | None = No
         _stop(servers)  # one ended (a failure): end the other too
         await asyncio.gather(*tasks)
     finally:
+        watcher.cancel()
         await manager.close()
         for backend in hypervisors:
             close = getattr(backend, "close", None)

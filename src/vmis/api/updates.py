@@ -2,7 +2,10 @@
 
 The answer is JSON lines: ``{"type": "progress", "VMName", "Stage", ...}``
 as each VM moves through copying, installing, restarting and done, then one
-``{"type": "result", "VMs": [...]}``.
+``{"type": "result", "VMs": [...]}``. With ``computer`` (-ComputerName,
+docs/fleet.md) another host's VM is updated by its owner, with the owner's
+own agent, through a request: its progress is one ``requested`` line, then
+its result with the others.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from vmis.api.context import manager_of
 from vmis.api.docs import ndjson_response
 from vmis.api.errors import error_to_json
 from vmis.api.guard import note
-from vmis.errors import VmisError
-from vmis.host.update import RESTART_TIMEOUT, Bundle, update_vms
+from vmis.errors import ConfigError, VmisError
+from vmis.host.update import RESTART_TIMEOUT, Bundle, Progress, update_vms
 
 __all__ = ["router"]
 
@@ -35,20 +38,36 @@ class UpdateIn(BaseModel):
     #: a bundle file on the host; default: the agent of this host's vmis
     bundle: str | None = None
     timeout: float = Field(default=RESTART_TIMEOUT, gt=0, le=3600)
+    computer: list[str] | None = None
 
 
 @router.post("/update", responses=ndjson_response(
     "progress lines as each VM moves on, then the result of every VM", "progress", "result"))
 async def update(request: Request, body: UpdateIn) -> StreamingResponse:
     manager = manager_of(request)
-    manager.match(body.vms)  # unknown VMs fail here, as an ordinary error answer
+    # unknown VMs fail here, as an ordinary error answer
+    targets = manager.fleet.targets(body.vms, body.computer) if body.computer else None
+    if targets is None:
+        manager.match(body.vms)
+    if targets is not None and targets.remote and body.bundle:
+        raise ConfigError("-BundlePath names a file on this host; another host's VMs get "
+                          "that host's own agent: update them without -BundlePath")
     bundle = Bundle.from_file(Path(body.bundle)) if body.bundle else \
         await asyncio.to_thread(Bundle.current)
 
+    async def everywhere(progress: Progress) -> list[dict[str, Any]]:
+        async def here(names: list[str]) -> list[dict[str, Any]]:
+            return await update_vms(manager, names, bundle, progress, timeout=body.timeout)
+
+        for vm in targets.remote if targets is not None else []:
+            progress({"type": "progress", "VMName": vm.name, "Stage": "requested",
+                      "ComputerName": vm.host_name})
+        return await manager.fleet.across("update", body.vms, body.computer,
+                                          {"timeout": body.timeout}, local=here)
+
     async def lines() -> AsyncIterator[bytes]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        task = asyncio.create_task(update_vms(manager, body.vms, bundle, queue.put_nowait,
-                                              timeout=body.timeout))
+        task = asyncio.create_task(everywhere(queue.put_nowait))
         try:
             while not task.done() or not queue.empty():
                 getter = asyncio.ensure_future(queue.get())

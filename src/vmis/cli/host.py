@@ -19,6 +19,7 @@ from typing import Any
 import vmis
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
+from vmis.cli.fleetcmd import COMPUTER, FLEET_COMMANDS, host_column, warn_pending
 from vmis.cli.table import Column, format_table, report_failures
 from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
 from vmis.errors import NotFoundError, UsageError, VmisError
@@ -27,6 +28,9 @@ from vmis.psargs import Command, Param, find_verb, run_command, run_main
 __all__ = ["COMMANDS", "main"]
 
 JSON = Param("json", "switch", help="print JSON for scripts")
+GUEST_AGENT = Param("GuestAgent", choices=("vmis", "qemu-ga"),
+                    help="the guest agent the VM runs: vmis (default) or qemu-ga, the QEMU "
+                         "guest agent (docs/guest-links.md)")
 
 
 def _out(data: Any) -> None:
@@ -45,43 +49,51 @@ SERVICE_COLUMNS = [Column("VMName", min_width=11), Column("Name"), Column("Enabl
                    Column("PrimaryStatusDescription"), Column("SecondaryStatusDescription")]
 
 
-def print_services(rows: list[dict[str, Any]]) -> None:
-    """Get-VMIntegrationService's table (docs/hyperv.md §3), reasons as warnings."""
-    print(format_table(SERVICE_COLUMNS, [
+def print_services(rows: list[dict[str, Any]], hosts: bool = False) -> None:
+    """Get-VMIntegrationService's table (docs/hyperv.md §3), reasons as warnings.
+
+    :param hosts: add the ComputerName column (the command was given -ComputerName).
+    """
+    print(format_table(SERVICE_COLUMNS + ([Column("ComputerName")] if hosts else []), [
         (r["VMName"], r["Name"], r["Enabled"], r["PrimaryStatusDescription"],
-         r["SecondaryStatusDescription"]) for r in rows
+         r["SecondaryStatusDescription"], *([r["ComputerName"]] if hosts else [])) for r in rows
     ]))
     for r in rows:
         if r["Reason"]:
-            warn(f"{r['VMName']}: {r['Name']}: {r['PrimaryStatusDescription']}: {r['Reason']}")
+            status = r["PrimaryStatusDescription"] or "no status"
+            warn(f"{r['VMName']}: {r['Name']}: {status}: {r['Reason']}")
 
 
 def cmd_get_services(api: ApiClient, args: dict[str, Any]) -> int:
-    params = {"vm": args["VMName"]}
+    params = {"vm": args["VMName"], "computer": args["ComputerName"]}
     if args["Name"]:
         params["name"] = args["Name"]
     rows = api.call("GET", "/services", params=params)
     if args["json"]:
         _out(rows)
     else:
-        print_services(rows)
+        print_services(rows, bool(args["ComputerName"]))
     return 0
 
 
 def _set_services(api: ApiClient, args: dict[str, Any], enable: bool, verb: str) -> int:
     results = api.call("POST", f"/services/{'enable' if enable else 'disable'}",
-                       json={"vms": args["VMName"], "names": args["Name"]})
+                       json={"vms": args["VMName"], "names": args["Name"],
+                             "computer": args["ComputerName"]})
     if args["json"]:
         _out(results)
     else:
-        pending = sorted({r["VMName"] for r in results if not r["Applied"] and not r["Error"]})
+        pending = sorted({r["VMName"] for r in results
+                          if not r["Applied"] and not r["Error"] and not r.get("Pending")})
         for name in pending:
             warn(f"{name}: no guest agent connected; the change is saved and applies when it "
                  "connects")
+        warn_pending(results)
         if args["Passthru"]:
             names = sorted({r["Name"] for r in results})
-            print_services(api.call("GET", "/services",
-                                    params={"vm": args["VMName"], "name": names}))
+            print_services(api.call("GET", "/services", params={
+                "vm": args["VMName"], "name": names, "computer": args["ComputerName"]}),
+                bool(args["ComputerName"]))
     return report_failures(results, verb, args["json"])
 
 
@@ -97,16 +109,19 @@ def cmd_disable(api: ApiClient, args: dict[str, Any]) -> int:
 
 
 def cmd_get_vm(api: ApiClient, args: dict[str, Any]) -> int:
-    params = {"name": args["Name"]} if args["Name"] else None
-    rows = api.call("GET", "/vm-status", params=params)
+    rows = api.call("GET", "/vm-status", params={"name": args["Name"],
+                                                 "computer": args["ComputerName"]})
     if args["json"]:
         _out(rows)
         return 0
+    hosts = bool(args["ComputerName"])
     print(format_table(
         [Column("Name"), Column("State"), Column("Heartbeat"),
-         Column("IntegrationServicesVersion"), Column("IntegrationServicesState")],
+         Column("IntegrationServicesVersion"), Column("IntegrationServicesState"),
+         *([Column("ComputerName"), Column("HostState")] if hosts else [])],
         [(r["Name"], r["State"], r["Heartbeat"], r["IntegrationServicesVersion"],
-          r["IntegrationServicesState"]) for r in rows],
+          r["IntegrationServicesState"], *([r["ComputerName"], r["HostState"]] if hosts else []))
+         for r in rows],
     ))
     return 0
 
@@ -117,9 +132,11 @@ def cmd_vm_add(api: ApiClient, args: dict[str, Any]) -> int:
     if args["Libvirt"] and (done := add_libvirt_domains(api, args)) is not None:
         return done
     name, channel, qmp = args["Name"], args["Channel"], args["Qmp"]
+    agent = args["GuestAgent"]
     found = discover_for_add(args)
     if found is not None:
         name, channel, qmp = name or found.name, channel or found.channel, qmp or found.qmp
+        agent = agent or found.guest_agent
         for note in found.notes:
             warn(note)
     if not name:
@@ -128,27 +145,29 @@ def cmd_vm_add(api: ApiClient, args: dict[str, Any]) -> int:
         raise UsageError("vm add: missing mandatory parameter -Channel (or read it off a "
                          "running VM with -FromPid, -FromCmdline, -FromLibvirtXml or -Libvirt).")
     vm = api.call("POST", "/vms", json={
-        "name": name, "channel": channel, "qmp": qmp,
+        "name": name, "channel": channel, "qmp": qmp, "guest_agent": agent or "vmis",
         "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
     })
     if args["json"]:
         _out(vm)
     else:
         monitor = f", QMP {vm['Qmp']}" if vm["Qmp"] else ""
-        print(f"VM {vm['Name']} registered ({vm['Channel']}{monitor}), id {vm['Id']}")
+        print(f"VM {vm['Name']} registered ({vm['Channel']}{monitor}, guest agent "
+              f"{vm['GuestAgent']}), id {vm['Id']}")
     return 0
 
 
 def cmd_vm_list(api: ApiClient, args: dict[str, Any]) -> int:
-    vms = api.call("GET", "/vms")
+    vms = api.call("GET", "/vms", params={"computer": args["ComputerName"]})
     if args["json"]:
         _out(vms)
         return 0
     print(format_table(
-        [Column("Name"), Column("Connected"), Column("Heartbeat"), Column("AgentVersion"),
-         Column("Channel"), Column("Id")],
-        [(v["Name"], v["Connected"], v["Heartbeat"], v["AgentVersion"] or "", v["Channel"],
-          v["Id"]) for v in vms],
+        [Column("Name"), Column("Connected"), Column("Heartbeat"), Column("GuestAgent"),
+         Column("AgentVersion"), Column("Channel"), Column("Id"), *host_column(args)],
+        [(v["Name"], v["Connected"], v["Heartbeat"], v["GuestAgent"], v["AgentVersion"] or "",
+          v["Channel"], v["Id"], *([v["ComputerName"]] if args["ComputerName"] else []))
+         for v in vms],
     ))
     return 0
 
@@ -180,7 +199,7 @@ def cmd_vm_remove(api: ApiClient, args: dict[str, Any]) -> int:
 
 
 def cmd_vm_set(api: ApiClient, args: dict[str, Any]) -> int:
-    patch = {"channel": args["Channel"], "qmp": args["Qmp"],
+    patch = {"channel": args["Channel"], "qmp": args["Qmp"], "guest_agent": args["GuestAgent"],
              "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
              "heartbeat_latency_ms": args["HeartbeatLatencyMs"],
              "heartbeat_error_threshold": args["HeartbeatErrorThreshold"]}
@@ -214,7 +233,8 @@ def cmd_host_serve(args: dict[str, Any]) -> int:
     from vmis.api.server import Listen, serve
 
     socket_path = Path(args["Socket"] or os.environ.get("VMIS_SOCKET") or SYSTEM_SOCKET)
-    db = args["Db"] or "sqlite:////var/lib/vmis/host.db"
+    # $VMIS_DB keeps a password out of the process list, which every user reads
+    db = args["Db"] or os.environ.get("VMIS_DB") or "sqlite:////var/lib/vmis/host.db"
     tls = args["CertificatePath"] or args["KeyPath"] or args["SelfSignedCertificate"]
     if tls and not args["Listen"]:
         raise UsageError("host serve: -CertificatePath, -KeyPath and -SelfSignedCertificate "
@@ -224,22 +244,37 @@ def cmd_host_serve(args: dict[str, Any]) -> int:
                     args["SelfSignedCertificate"]) if args["Listen"] else None
     logging.basicConfig(level=args["LogLevel"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_fast(serve(db, socket_path, listen=listen, libvirt_uris=args["Hypervisor"] or ()))
+    if args["Db"] and _has_password(args["Db"]):
+        logging.getLogger("vmis.host").warning(
+            "the database password is on the command line, where every user of this machine "
+            "can read it: give it in ~/.pgpass (PGPASSFILE) or $VMIS_DB instead")
+    run_fast(serve(db, socket_path, listen=listen, libvirt_uris=args["Hypervisor"] or (),
+                   host_name=args["ComputerName"]))
     return 0
+
+
+def _has_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
 
 
 COMMANDS: tuple[Command, ...] = (
     Command("Get-VMIntegrationService", "List a VM's integration services and their status.", (
         Param("VMName", "list", required=True, position=0, aliases=("VM",),
               help="VM names; wildcards allowed"),
-        Param("Name", "list", position=1, help="service names; wildcards allowed"), JSON,
+        Param("Name", "list", position=1, help="service names; wildcards allowed"), COMPUTER,
+        JSON,
     ), cmd_get_services, aliases=("services", "gvmis"),
         examples=('vmis Get-VMIntegrationService -VMName DemoVM',)),
     Command("Enable-VMIntegrationService", "Let a VM use integration services.", (
         Param("Name", "list", required=True, position=0, help='service names, "*" for all'),
         Param("VMName", "list", required=True, position=1, aliases=("VM",),
               help="VM names; wildcards allowed"),
-        Param("Passthru", "switch", help="print the resulting rows"), JSON,
+        Param("Passthru", "switch", help="print the resulting rows"), COMPUTER, JSON,
     ), cmd_enable, aliases=("enable",),
         examples=('vmis Enable-VMIntegrationService -VMName DemoVM -Name "Guest Service '
                   'Interface"',)),
@@ -247,16 +282,17 @@ COMMANDS: tuple[Command, ...] = (
         Param("Name", "list", required=True, position=0, help='service names, "*" for all'),
         Param("VMName", "list", required=True, position=1, aliases=("VM",),
               help="VM names; wildcards allowed"),
-        Param("Passthru", "switch", help="print the resulting rows"), JSON,
+        Param("Passthru", "switch", help="print the resulting rows"), COMPUTER, JSON,
     ), cmd_disable, aliases=("disable",)),
     Command("Get-VM", "Show VMs: state, heartbeat, integration services version.", (
         Param("Name", "list", position=0, aliases=("VMName",),
-              help="VM names; wildcards allowed (default all)"), JSON,
-    ), cmd_get_vm, aliases=("vms",)),
+              help="VM names; wildcards allowed (default all)"), COMPUTER, JSON,
+    ), cmd_get_vm, aliases=("vms",), examples=("vmis Get-VM -ComputerName '*'",)),
     Command("vm add", "Register a VM with the host manager.", (
         Param("Name", position=0, help="the VM's name (default: the discovered one)"),
         Param("Channel", help="unix:/path | vsock:CID:PORT | hvsock:/path:PORT"),
         Param("Qmp", aliases=("QemuQmp",), help="QEMU QMP socket of the VM"),
+        GUEST_AGENT,
         Param("FromPid", "int", help="read -Channel and -Qmp off this running QEMU process"),
         Param("FromCmdline", help="read them off a QEMU command line (one quoted word)"),
         Param("FromLibvirtXml", help="read them off a libvirt domain XML file (virsh dumpxml)"),
@@ -268,10 +304,11 @@ COMMANDS: tuple[Command, ...] = (
         "vmis vm add web1 -Channel unix:/run/vmis/web1.agent -Qmp /run/vmis/web1.qmp",
         "vmis vm add web1 -FromPid 12345",
         "vmis vm add -Libvirt '*'",
+        "vmis vm add db1 -Channel unix:/run/qemu/db1.qga -GuestAgent qemu-ga",
     )),
-    Command("vm list", "List registered VMs.", (JSON,), cmd_vm_list),
+    Command("vm list", "List registered VMs.", (COMPUTER, JSON), cmd_vm_list),
     Command("vm set", "Change a registered VM's settings.", (
-        Param("Name", required=True, position=0), Param("Channel"), Param("Qmp"),
+        Param("Name", required=True, position=0), Param("Channel"), Param("Qmp"), GUEST_AGENT,
         Param("HeartbeatIntervalMs", "int"), Param("HeartbeatLatencyMs", "int"),
         Param("HeartbeatErrorThreshold", "int"), JSON,
     ), cmd_vm_set),
@@ -286,7 +323,11 @@ COMMANDS: tuple[Command, ...] = (
 LOCAL_COMMANDS: tuple[Command, ...] = (
     Command("host serve", "Run the host manager (API on a Unix socket, mode 0600; on TCP "
                           "with -Listen).", (
-        Param("Db", help="SQLAlchemy URL (default sqlite:////var/lib/vmis/host.db)"),
+        Param("Db", help="SQLAlchemy URL, or $VMIS_DB (default "
+                         "sqlite:////var/lib/vmis/host.db); postgresql+psycopg://... joins a "
+                         "fleet (docs/fleet.md)"),
+        Param("ComputerName", help="this host's name in its fleet (default: the machine's "
+                                   "host name)"),
         Param("Socket", help="API socket (default /run/vmis/host.sock, or $VMIS_SOCKET)"),
         Param("Listen", help="also serve the API on TCP, HOST:PORT (port 8443 if left out); "
                              "every call there needs a token; without TLS, loopback only"),
@@ -302,6 +343,7 @@ LOCAL_COMMANDS: tuple[Command, ...] = (
         "vmis host serve -Hypervisor qemu:///system",
         "vmis host serve -Listen 0.0.0.0:8443 -SelfSignedCertificate",
         "vmis host serve -Listen 127.0.0.1:8080",
+        "vmis host serve -Db postgresql+psycopg://vmis@db.example/vmis -ComputerName hv01",
     )),
     *UPDATE_PATH_COMMANDS,
     *SETUP_DISK_COMMANDS,
@@ -317,13 +359,14 @@ SERVER = Param("Server", help="the host manager to ask: https://HOST:PORT, or HO
 
 def _all_commands() -> tuple[Command, ...]:
     from vmis.cli.accountcmd import ACCOUNT_COMMANDS
+    from vmis.cli.eventcmd import EVENT_COMMANDS
     from vmis.cli.host_commands import SERVICE_COMMANDS
     from vmis.cli.hypervisorcmd import HYPERVISOR_COMMANDS
     from vmis.cli.labcmd import LAB_COMMANDS
     from vmis.cli.updatecmd import UPDATE_COMMANDS
 
-    remote = COMMANDS + HYPERVISOR_COMMANDS + UPDATE_COMMANDS + SERVICE_COMMANDS \
-        + ACCOUNT_COMMANDS
+    remote = COMMANDS + FLEET_COMMANDS + EVENT_COMMANDS + HYPERVISOR_COMMANDS \
+        + UPDATE_COMMANDS + SERVICE_COMMANDS + ACCOUNT_COMMANDS
     return tuple(c._replace(params=(*c.params, SERVER)) for c in remote) \
         + LOCAL_COMMANDS + LAB_COMMANDS
 

@@ -42,12 +42,14 @@ class Discovery:
     """What ``vm add`` learnt from a running QEMU or a libvirt domain."""
 
     def __init__(self, name: str | None, channel: str | None, qmp: str | None,
-                 notes: tuple[str, ...], source: str) -> None:
+                 notes: tuple[str, ...], source: str, *, guest_agent: str = "vmis") -> None:
         self.name = name
         self.channel = channel
         self.qmp = qmp
         self.notes = notes
         self.source = source
+        #: the agent behind the channel: vmis, or qemu-ga (no vmis port, qemu-ga's)
+        self.guest_agent = guest_agent
 
 
 def _virsh_dumpxml(domain: str) -> str:
@@ -112,11 +114,12 @@ def discover_for_add(args: dict[str, Any]) -> Discovery | None:
         source = f"libvirt domain {value[0]}"
     if found.channel is None:
         why = "; ".join(found.notes) or "no reason given"
-        raise NotFoundError(f"no vmis agent channel (virtio-serial port "
-                            f"org.vmis.agent.0 on a Unix socket) in {source}: {why}")
+        raise NotFoundError(f"no guest agent channel (virtio-serial port org.vmis.agent.0, or "
+                            f"qemu-ga's org.qemu.guest_agent.0, on a Unix socket) in {source}: "
+                            f"{why}")
     return Discovery(found.name, f"unix:{found.channel}",
                      str(found.qmp) if found.qmp is not None else None, tuple(found.notes),
-                     source)
+                     source, guest_agent=found.guest_agent)
 
 
 def add_libvirt_domains(api: ApiClient, args: dict[str, Any]) -> int | None:

@@ -32,7 +32,8 @@ def cmd_up(args: dict[str, Any]) -> int:
         print("booting QEMU (the first run builds the guest image: a few minutes; a boot takes "
               "about a minute under TCG)...", file=sys.stderr)
     vms = run_lab_up(lab, names, args["ClockOffset"], agent_bundle=bundle, qemu=args["Qemu"],
-                     image=image, memory_mib=args["Memory"])
+                     image=image, memory_mib=args["Memory"], db=args["Db"],
+                     computer=args["ComputerName"])
     if args["json"]:
         print(json.dumps([vm.status() for vm in vms], indent=2))
     else:
@@ -62,8 +63,10 @@ def cmd_status(args: dict[str, Any]) -> int:
     if args["json"]:
         print(json.dumps(status, indent=2))
         return 0
+    fleet = (f", host {status['ComputerName'] or '(this machine)'} of the fleet on "
+             f"{status['Database']}" if status["Database"] else "")
     print(f"lab directory {status['Directory']}, host manager "
-          f"{'pid ' + str(status['HostPid']) if status['HostPid'] else 'not running'}")
+          f"{'pid ' + str(status['HostPid']) if status['HostPid'] else 'not running'}{fleet}")
     print(format_table([Column("Name"), Column("Kind"), Column("Running"), Column("Pid"),
                         Column("Root")],
                        [(v["Name"], v["Kind"], v["Running"], v["Pid"] or "", v["Root"])
@@ -91,8 +94,14 @@ LAB_COMMANDS: tuple[Command, ...] = (
               help="boot a real QEMU VM from the project's guest image (built if missing)"),
         Param("Image", help="with -Qemu: boot this built guest image (its directory)"),
         Param("Memory", "int", aliases=("MemoryMiB",), help="with -Qemu: RAM in MiB (512)"),
+        Param("Db", help="the lab's host manager joins the fleet of this PostgreSQL store "
+                         "(postgresql+psycopg://...; a password is better in ~/.pgpass)"),
+        Param("ComputerName", help="with -Db: the lab's host name in the fleet (default: this "
+                                   "machine's); two labs on one machine need two names"),
         JSON,
-    ), cmd_up, examples=("vmis lab up DemoVM", "vmis lab up RealVM -Qemu"), local=True),
+    ), cmd_up, examples=("vmis lab up DemoVM", "vmis lab up RealVM -Qemu",
+                         "VMIS_LAB_DIR=/tmp/hv02 vmis lab up Web2 -Db "
+                         "postgresql+psycopg:///vmis -ComputerName hv02"), local=True),
     Command("lab down", "Stop lab VMs (all, and the host manager, without names).", (
         Param("Name", "list", position=0), JSON,
     ), cmd_down, local=True),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vmis.api.client import ApiClient
+from vmis.cli.fleetcmd import COMPUTER, warn_pending
 from vmis.cli.table import Column, format_table, report_failures
 from vmis.psargs import Command, Param
 
@@ -46,7 +47,7 @@ class _Display:
 
 
 def cmd_update(api: ApiClient, args: dict[str, Any]) -> int:
-    body: dict[str, Any] = {"vms": args["VMName"]}
+    body: dict[str, Any] = {"vms": args["VMName"], "computer": args["ComputerName"]}
     if args["BundlePath"]:
         body["bundle"] = str(Path(args["BundlePath"]).absolute())
     if args["TimeoutSec"]:
@@ -69,8 +70,10 @@ def cmd_update(api: ApiClient, args: dict[str, Any]) -> int:
              Column("Version"), Column("Seconds")],
             [(r["VMName"], r["From"], r["To"], r["Result"], r["Version"], r["Seconds"])
              for r in results]))
+    warn_pending(results)
     report_failures(results, "Update-VMIntegrationServices", args["json"])
-    return 0 if all(r["Result"] in ("updated", "current") for r in results) else 1
+    # pending: its host applies it when it can (docs/fleet.md), as a saved change
+    return 0 if all(r["Result"] in ("updated", "current", "pending") for r in results) else 1
 
 
 UPDATE_COMMANDS: tuple[Command, ...] = (
@@ -80,6 +83,7 @@ UPDATE_COMMANDS: tuple[Command, ...] = (
                       help="VM names; wildcards allowed"),
                 Param("BundlePath", help="install this bundle instead of this host's agent"),
                 Param("TimeoutSec", "float", help="seconds to wait for each new agent"),
+                COMPUTER,
                 Param("json", "switch", help="print JSON for scripts"),
             ), cmd_update, aliases=("update",),
             examples=("vmis Update-VMIntegrationServices -VMName 'web*'",)),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmis.errors import ConfigError, ExternalProgramError
+from vmis.services.shutdown import LIST_INHIBITORS, parse_inhibitors
 from vmis.services.timesync import SLEW_RATE
 from vmis.services.vss.freeze import FakeFreezer, IoctlFreezer
 
@@ -47,11 +49,9 @@ __all__ = [
     "SystemPower",
     "VirtualClock",
     "make_adapters",
-    "parse_inhibitors",
 ]
 
 _log = logging.getLogger("vmis.guest.adapters")
-
 
 
 class Clock(Protocol):
@@ -119,35 +119,6 @@ class SystemClock:
 
     def slew_remaining_ns(self) -> int:
         return self._adjtime(None)
-
-
-#: logind's D-Bus call that lists inhibitors, as systemctl itself consults them
-LIST_INHIBITORS = ("busctl", "--json=short", "call", "org.freedesktop.login1",
-                   "/org/freedesktop/login1", "org.freedesktop.login1.Manager",
-                   "ListInhibitors")
-
-
-def parse_inhibitors(output: str) -> list[str]:
-    """Block inhibitors on shutdown from ``busctl --json=short`` ListInhibitors output.
-
-    The reply is ``a(ssssuu)``: what (``shutdown:sleep``), who, why, mode
-    (``block``, ``block-weak``, ``delay``), uid, pid. Delay inhibitors only
-    postpone a shutdown, so they do not count.
-
-    :raise ValueError: When the output is not such a reply.
-    """
-    reply = json.loads(output)
-    data = reply.get("data") if isinstance(reply, dict) else None
-    if not isinstance(data, list) or not data or not isinstance(data[0], list):
-        raise ValueError("not an a(ssssuu) reply")
-    found = []
-    for item in data[0]:
-        if not (isinstance(item, list) and len(item) == 6):
-            raise ValueError(f"unexpected inhibitor entry {item!r}")
-        what, who, why, mode, _uid, pid = item
-        if "shutdown" in str(what).split(":") and str(mode).startswith("block"):
-            found.append(f"{who} (pid {pid}): {why}")
-    return found
 
 
 class SystemPower:
@@ -383,6 +354,10 @@ class LabFreezer(FakeFreezer):
     def __init__(self, root: Path, kernel_root: Path | None = None) -> None:
         super().__init__()
         self.state_file = root / "run/vmis/freezer.json"
+        # A kernel keeps filesystems frozen after the process that froze them
+        # dies: a new agent's freezer starts from what the last one recorded.
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            self.frozen = set(json.loads(self.state_file.read_text())["frozen"])
         mounts = (kernel_root or root) / "proc/mounts"
         if not mounts.exists():
             mounts.parent.mkdir(parents=True, exist_ok=True)

@@ -99,6 +99,10 @@ class Agent:
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Run until :meth:`shutdown` is called or the task is cancelled."""
+        # First of all: a previous agent may have died with the guest frozen,
+        # and anything this one writes would wait for the thaw.
+        for service in self.manager.services.values():
+            service.recover()
         self.updates.on_start()
         if self.updates.pending() is not None:
             self._spawn(self._confirm_or_roll_back())
@@ -263,7 +267,10 @@ class Agent:
             settings = body.get("settings") or {}
             if not isinstance(settings, dict):
                 raise ServiceError("bad-request", "settings must be an object")
-            status = await self.manager.set_host_enabled(spec, bool(body["enabled"]), settings)
+            enabled = body.get("enabled")
+            if not isinstance(enabled, bool):
+                raise ServiceError("bad-request", "enabled must be true or false")
+            status = await self.manager.set_host_enabled(spec, enabled, settings)
             return encode_json(status)
         if request.op == ControlOp.PING:
             return b""

@@ -66,6 +66,9 @@ Every setting, with its default::
     # links are resolved first, so a link cannot lead outside them;
     # docs/services/fcopy.md §5); "/" allows everything
     allowed_roots = /tmp /var/tmp /home /root /srv /opt
+    # seconds a partial file of an interrupted copy may stay untouched before
+    # it is removed (a rerun of the copy resumes it until then; §4.1)
+    partial_max_age = 86400
 
     [vmsession]
     # what the host may run with Invoke-Command (vmis.services.vmsession.policy)
@@ -87,7 +90,7 @@ from vmis.errors import ConfigError, NotFoundError, ServiceError
 from vmis.protocol import DEFAULT_MAX_PAYLOAD
 from vmis.protocol.frames import MIN_MAX_PAYLOAD
 from vmis.services.catalog import CATALOG, StartupType, by_guest_name
-from vmis.services.fcopy import DEFAULT_ALLOWED_ROOTS
+from vmis.services.fcopy import DEFAULT_ALLOWED_ROOTS, PARTIAL_MAX_AGE
 from vmis.services.fcopy.paths import parse_roots
 from vmis.services.vmsession.policy import SessionConfig
 
@@ -121,6 +124,8 @@ class AgentConfig:
     chrony_socket: str = "/run/chrony.vmis.sock"
     ntp_daemons: str = "auto"
     allowed_roots: str = DEFAULT_ALLOWED_ROOTS
+    #: seconds a resumable partial file of a copy may stay untouched before it is removed
+    partial_max_age: float = PARTIAL_MAX_AGE
     pool_dir: str = "/var/lib/hyperv"
     #: guest service name -> start type before any Set-Service
     startup: dict[str, StartupType] = field(
@@ -137,7 +142,7 @@ _SECTIONS = {
     "vss": ("freeze_timeout", "hook_timeout"),
     "shutdown": ("poweroff_command", "reboot_command", "check_inhibitors"),
     "timesync": ("step_threshold", "chrony_socket", "ntp_daemons"),
-    "fcopy": ("allowed_roots",),
+    "fcopy": ("allowed_roots", "partial_max_age"),
     "kvp": ("pool_dir",),
 }
 

@@ -2,9 +2,11 @@
 
 The manager is where the host's parts meet (docs/architecture.md): the store,
 one host half per catalogued service (vmis.services.host_half), the guest
-kind that opens links to guests (vmis.services.link) and the hypervisor
-backends (vmis.services.hypervisor). It gives the host halves what they may
-use of it (a :class:`~vmis.services.host_half.HostContext`). The control
+kind that opens links to guests (vmis.services.link), the hypervisor
+backends (vmis.services.hypervisor), and its part in a fleet of hosts
+sharing one store (vmis.host.fleet: it runs sessions only for the VMs it
+owns). It gives the host halves what they may use of it (a
+:class:`~vmis.services.host_half.HostContext`). The control
 plane's operations are methods here, so the HTTP layer stays a thin
 translation; each service's own operations are methods of its host half
 (``manager.service(KvpHost).set(...)``). Names given by users follow
@@ -18,28 +20,32 @@ import asyncio
 import fnmatch
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from vmis.errors import NotFoundError, ServiceUnavailable
-from vmis.host.events import EventHub
+from vmis.errors import ConfigError, NotFoundError, ServiceUnavailable
+from vmis.host.events import EventHub, first_id_now
+from vmis.host.fleet.fleet import Fleet, Targets
+from vmis.host.fleet.hosts import RemoteVm
+from vmis.host.fleet.reports import remote_vm_list, service_rows, vm_rows
+from vmis.host.request_stats import request_stats
 from vmis.host.session import VmSession
-from vmis.host.store import Store
+from vmis.host.store import Store, set_enabled
 from vmis.host.vminfo import vm_row
 from vmis.host.vmname import check_vm_name
+from vmis.links.qemu_ga import QemuGa
 from vmis.links.vmis_agent import VmisAgent
 from vmis.services.catalog import CATALOG, ServiceSpec, match_host_names
 from vmis.services.host_half import Contact, HostContext, HostService, VmRecord
 from vmis.services.hypervisor import Hypervisor, known_state
 from vmis.services.link import GuestKind
-from vmis.services.status import ServiceStatus
 from vmis.transport.address import parse_address
 
-__all__ = ["HostManager"]
+__all__ = ["HostManager", "default_guest_kinds"]
 
 S = TypeVar("S", bound=HostService[Any])
 
@@ -55,20 +61,29 @@ class HostManager:
     """Owns the store, the services' host halves and the VM sessions.
 
     :param store: the registry.
-    :param guest_kind: opens links to the VMs' guests (default: the vmis agent).
+    :param guest_kinds: the kinds of guest agent, by name: each opens links to
+        the VMs whose record names it (default: the vmis agent and qemu-ga).
     :param hypervisors: the backends that act on VMs' machines, asked in order.
     :param data_dir: where the manager keeps its files (setup disks, machines).
+    :param host_name: this host's name in its fleet (docs/fleet.md); default the machine's.
+    :raise ConfigError: For a host name a host may not have.
     """
 
-    def __init__(self, store: Store, *, guest_kind: GuestKind | None = None,
-                 hypervisors: Sequence[Hypervisor] = (), data_dir: Path | None = None) -> None:
+    def __init__(self, store: Store, *, guest_kinds: Mapping[str, GuestKind] | None = None,
+                 hypervisors: Sequence[Hypervisor] = (), data_dir: Path | None = None,
+                 host_name: str | None = None) -> None:
         self.store = store
-        self.guest_kind: GuestKind = guest_kind or VmisAgent()
+        self.guest_kinds: dict[str, GuestKind] = dict(
+            guest_kinds if guest_kinds is not None else default_guest_kinds())
         self.hypervisors = list(hypervisors)
         self.data_dir = data_dir
         #: what changes, for screens that follow it live
-        self.events = EventHub()
+        self.events = EventHub(first=first_id_now())
+        #: the host halves' requests to guests, by service key (docs/metrics.md)
+        self.requests = request_stats()
         self.sessions: dict[str, VmSession] = {}
+        #: this host among the hosts that share the store
+        self.fleet = Fleet(self, host_name)
         self._sweeper: asyncio.Task[None] | None = None
         self._seen: dict[str, str] = {}
         self._services: dict[str, HostService[Any]] = {}
@@ -111,17 +126,33 @@ class HostManager:
     # Section: lifecycle
 
     async def start(self) -> None:
-        """Start the services, then a session for every registered VM."""
+        """Join the fleet, start the services, then a session for every VM this host owns.
+
+        :raise StateError: When a host manager of the same name runs.
+        """
+        self.fleet.join()
         for service in self._services.values():
             await service.start()
-        for vm in self.store.list_vms():
+        for vm in self.store.list_vms(host=self.fleet.me.key):
             self._start_session(vm)
         self._sweeper = asyncio.create_task(self._sweep(), name="heartbeat-sweep")
-        self.publish("host", State="Up", VMs=len(self.sessions))
+        self.fleet.start()
+        self.publish("host", State="Up", VMs=len(self.sessions), ComputerName=self.fleet.me.name)
+
+    def end_events(self) -> None:
+        """Publish the manager's ``host`` Down and end the event streams (idempotent).
+
+        The server calls it as soon as it is told to stop: a stream's client
+        is told, and its open response ends, so the server need not wait for it.
+        """
+        if not self.events.closed:
+            self.publish("host", State="Down")
+            self.events.close()
 
     async def close(self) -> None:
-        """Stop every session, then the services."""
-        self.publish("host", State="Down")
+        """Leave the fleet, stop every session, then the services."""
+        self.end_events()
+        await self.fleet.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*(s.stop() for s in self.sessions.values()))
@@ -130,7 +161,8 @@ class HostManager:
             await service.close()
 
     def _start_session(self, vm: VmRecord) -> VmSession:
-        session = VmSession(vm, self._services.values(), self.guest_kind, self.events)
+        session = VmSession(vm, self._services.values(), self.guest_kinds, self.events,
+                            self.requests)
         self.sessions[vm.id] = session
         session.start()
         return session
@@ -168,23 +200,32 @@ class HostManager:
     # Section: VMs
 
     def add_vm(self, name: str, channel: str, *, qmp: str | None = None, kind: str = "external",
-               heartbeat_interval_ms: int | None = None, libvirt_uri: str | None = None,
-               libvirt_domain: str | None = None) -> VmRecord:
+               guest_agent: str = "vmis", heartbeat_interval_ms: int | None = None,
+               libvirt_uri: str | None = None, libvirt_domain: str | None = None) -> VmRecord:
         """Register a VM and start its session.
 
-        :raise ConfigError: For an invalid name (vmis.host.vmname) or channel address.
+        :param guest_agent: the kind of guest agent it runs (``vmis``, ``qemu-ga``).
+        :raise ConfigError: For an invalid name (vmis.host.vmname) or channel address,
+            or an unknown guest agent.
         :raise StateError: When the name is taken.
         """
         check_vm_name(name)
         parse_address(channel)
-        vm = self.store.add_vm(name, channel, qmp=qmp, kind=kind,
+        self._check_guest_agent(guest_agent)
+        vm = self.store.add_vm(name, channel, qmp=qmp, kind=kind, guest_agent=guest_agent,
+                               host=self.fleet.me.key,
                                heartbeat_interval_ms=heartbeat_interval_ms,
                                libvirt_uri=libvirt_uri, libvirt_domain=libvirt_domain)
         self._start_session(vm)
-        _log.info("VM %s added (%s)", name, channel)
-        self.publish("vm-added", vm_name=vm.name, vm_id=vm.id, Channel=vm.channel, Kind=vm.kind)
+        _log.info("VM %s added (%s, %s)", name, channel, guest_agent)
+        self.publish("vm-added", vm_name=vm.name, vm_id=vm.id, Channel=vm.channel, Kind=vm.kind,
+                     GuestAgent=vm.guest_agent)
         return vm
 
+    def _check_guest_agent(self, name: str) -> None:
+        if name not in self.guest_kinds:
+            raise ConfigError(f"unknown guest agent {name!r}: use "
+                              f"{' or '.join(sorted(self.guest_kinds))}")
     async def remove_vm(self, name: str, *, by_id: bool = False) -> VmRecord:
         """Unregister a VM and end its session.
 
@@ -202,12 +243,37 @@ class HostManager:
         return vm
 
     def update_vm(self, name: str, **values: Any) -> VmRecord:
-        """Change a VM's channel, QMP socket or heartbeat settings."""
+        """Change a VM's channel, QMP socket, guest agent or heartbeat settings.
+
+        :raise NotFoundError: When this host has no such VM (another may).
+        """
         if "channel" in values:
             parse_address(values["channel"])
-        vm = self.store.update_vm(name, **values)
-        self.sessions[vm.id].update(vm)
+        if "guest_agent" in values:
+            self._check_guest_agent(values["guest_agent"])
+        session = self.session(name)
+        vm = self.store.update_vm(session.vm.name, host=self.fleet.me.key, **values)
+        session.update(vm)
         return vm
+
+    def adopt(self, vm: VmRecord) -> VmSession:
+        """Start the session of a VM another host gave this one (Move-VM, docs/fleet.md)."""
+        session = self._start_session(vm)
+        _log.info("VM %s is this host's now (%s)", vm.name, vm.channel)
+        self.publish("vm-added", vm_name=vm.name, vm_id=vm.id, Channel=vm.channel, Kind=vm.kind,
+                     Adopted=True)
+        return session
+
+    async def release(self, session: VmSession, why: str) -> None:
+        """End the session of a VM that stays registered: it is another host's now."""
+        vm = session.vm
+        if self.sessions.get(vm.id) is not session:
+            return
+        del self.sessions[vm.id]
+        self._seen.pop(vm.id, None)
+        await session.stop()
+        _log.info("VM %s released: %s", vm.name, why)
+        self.publish("vm-removed", vm_name=vm.name, vm_id=vm.id, Released=why)
 
     def session(self, name: str) -> VmSession:
         """The session of one VM, by exact (case-insensitive) name.
@@ -218,6 +284,11 @@ class HostManager:
         for session in self.sessions.values():
             if session.vm.name.lower() == key:
                 return session
+        elsewhere = self.fleet.where_else(name)
+        if elsewhere is not None:
+            raise NotFoundError(f"VM {name!r} is on host {elsewhere}, not on this host "
+                                f"({self.fleet.me.name}): run the command there, or with "
+                                f"-ComputerName {elsewhere} if it takes one (docs/fleet.md)")
         raise NotFoundError(f"no VM named {name!r} is registered (see 'vmis vm list')")
 
     def _by_id(self, vm_id: str) -> VmSession:
@@ -254,40 +325,55 @@ class HostManager:
             raise NotFoundError(f"no VM matches {', '.join(patterns)}")
         return sorted(chosen.values(), key=lambda s: s.vm.name.lower())
 
-    def list_vms(self) -> list[dict[str, Any]]:
-        """Registered VMs with their connection state."""
-        return [self.vm_info(s) for s in sorted(self.sessions.values(),
-                                                key=lambda s: s.vm.name.lower())]
+    def list_vms(self, computers: list[str] | None = None) -> list[dict[str, Any]]:
+        """Registered VMs with their connection state: this host's, or those of the
+        hosts *computers* names (``-ComputerName``, docs/fleet.md)."""
+        targets = self._targets(None, computers)
+        rows = [{**self.vm_info(s), **self.fleet.local_columns()} for s in targets.local]
+        return _by_name(rows + remote_vm_list(self.engine, targets.remote))
 
-    @staticmethod
-    def vm_info(session: VmSession) -> dict[str, Any]:
+    def vm_info(self, session: VmSession) -> dict[str, Any]:
         """One VM's registry entry and connection facts."""
         vm = session.vm
         return {
             "Name": vm.name, "Id": vm.id, "Channel": vm.channel, "Qmp": vm.qmp, "Kind": vm.kind,
+            "GuestAgent": vm.guest_agent,
             "Connected": session.connected, "Heartbeat": session.contact(),
             "AgentVersion": session.agent.get("version"), "LastError": session.last_error,
+            "BeatLatencyMs": session.agent.get("beat_latency_ms"),
             "HeartbeatIntervalMs": vm.heartbeat_interval_ms,
             "LibvirtUri": vm.libvirt_uri, "LibvirtDomain": vm.libvirt_domain,
+            "ComputerName": self.fleet.me.name,
         }
 
-    async def get_vms(self, patterns: list[str] | None) -> list[dict[str, Any]]:
-        """Get-VM rows (vmis.host.vminfo)."""
-        sessions = self.match(patterns) if patterns else sorted(
-            self.sessions.values(), key=lambda s: s.vm.name.lower())
-        return list(await asyncio.gather(*(vm_row(s, self.hypervisor_for(s.vm))
-                                           for s in sessions)))
+    def _targets(self, patterns: list[str] | None, computers: list[str] | None) -> Targets:
+        if computers:
+            return self.fleet.targets(patterns, computers)
+        return Targets(self.match(patterns) if patterns else sorted(
+            self.sessions.values(), key=lambda s: s.vm.name.lower()), [])
+
+    async def get_vms(self, patterns: list[str] | None,
+                      computers: list[str] | None = None) -> list[dict[str, Any]]:
+        """Get-VM rows (vmis.host.vminfo): this host's VMs, or those of the hosts
+        *computers* names (their owners' reports, vmis.host.fleet.reports)."""
+        targets = self._targets(patterns, computers)
+        rows = [{**row, **self.fleet.local_columns()} for row in await asyncio.gather(
+            *(vm_row(s, self.hypervisor_for(s.vm)) for s in targets.local))]
+        return _by_name(rows + vm_rows(self.engine, targets.remote))
 
     # Section: integration services
 
-    async def services(self, vm_patterns: list[str],
-                       names: list[str] | None) -> list[ServiceStatus]:
-        """Get-VMIntegrationService rows; an Off VM's services show no status."""
+    async def services(self, vm_patterns: list[str], names: list[str] | None,
+                       computers: list[str] | None = None) -> list[dict[str, Any]]:
+        """Get-VMIntegrationService rows; an Off VM's services show no status; another
+        host's VMs show what their owners reported (docs/fleet.md)."""
         specs = match_host_names(names) if names else list(CATALOG.host_services)
-        sessions = self.match(vm_patterns)
+        targets = self._targets(vm_patterns, computers)
+        sessions = targets.local
         off = await asyncio.gather(*(self.is_off(s) for s in sessions))
-        return [s.status(spec, off=o) for s, o in zip(sessions, off, strict=True)
-                for spec in specs]
+        rows = [{**s.status(spec, off=o).to_json(), **self.fleet.local_columns()}
+                for s, o in zip(sessions, off, strict=True) for spec in specs]
+        return _by_name(rows + service_rows(self.engine, targets.remote, specs), "VMName")
 
     async def is_off(self, session: VmSession) -> bool:
         """Whether the VM is off: stopped from here, or so its hypervisor says."""
@@ -298,29 +384,52 @@ class HostManager:
         hypervisor = self.hypervisor_for(session.vm)
         return hypervisor is not None and await known_state(hypervisor, session) == "Off"
 
-    async def set_enabled(self, vm_patterns: list[str], names: list[str],
-                          enabled: bool) -> list[dict[str, Any]]:
+    async def set_enabled(self, vm_patterns: list[str], names: list[str], enabled: bool,
+                          computers: list[str] | None = None) -> list[dict[str, Any]]:
         """Enable-/Disable-VMIntegrationService on matching VMs.
 
         The desired state is saved first (one transaction for all VMs), then
         pushed to every connected guest concurrently; a VM without a session
         gets it when one starts. A guest that refuses (its service disabled
         in the guest) is reported per VM and service, the rest still apply.
+        Another host's VM gets its desired state saved the same way, and a
+        request that has its owner push it (docs/fleet.md).
 
         :return: one entry per VM and service: ``{"VMName", "Name", "Enabled",
-            "Applied", "Error", "ErrorType"}``.
+            "Applied", "Error", "ErrorType", "ComputerName"}``, and ``Pending``
+            (with ``PendingReason``) for another host's VM that was not told yet.
         """
-        sessions = self.match(vm_patterns)
         specs = match_host_names(names)
         if not specs:
             raise NotFoundError(f"no integration service matches {', '.join(names)}")
-        self.store.set_enabled((s.vm.id, spec.key, enabled) for s in sessions for spec in specs)
-        for s in sessions:
-            s.vm = _with_enabled(s.vm, {spec.key: enabled for spec in specs})
-            for spec in specs:
-                s.publish("settings", Name=spec.host_name, Enabled=enabled)
 
+        async def here(patterns: list[str]) -> list[dict[str, Any]]:
+            sessions = self.match(patterns)
+            self.store.set_enabled((s.vm.id, spec.key, enabled)
+                                   for s in sessions for spec in specs)
+            for s in sessions:
+                s.vm = _with_enabled(s.vm, {spec.key: enabled for spec in specs})
+                for spec in specs:
+                    s.publish("settings", Name=spec.host_name, Enabled=enabled)
+            return await self.push_settings(sessions, specs)
+
+        def desired(conn: Connection, remote: Sequence[RemoteVm]) -> dict[str, Any]:
+            set_enabled(conn, [(vm.id, spec.key, enabled) for vm in remote for spec in specs])
+            return {}
+
+        return await self.fleet.across(
+            "services", vm_patterns, computers,
+            {"names": [spec.host_name for spec in specs], "enabled": enabled}, local=here,
+            prepare=desired)
+
+    async def push_settings(self, sessions: Sequence[VmSession],
+                            specs: Sequence[ServiceSpec]) -> list[dict[str, Any]]:
+        """Push the desired state of *specs* (the VMs' records') to the connected guests.
+
+        :return: one entry per VM and service (see :meth:`set_enabled`).
+        """
         async def push(session: VmSession, spec: ServiceSpec) -> dict[str, Any]:
+            enabled = session.vm.enabled[spec.key]
             entry: dict[str, Any] = {"VMName": session.vm.name, "Name": spec.host_name,
                                      "Enabled": enabled, "Applied": False, "Error": None,
                                      "ErrorType": None}
@@ -336,5 +445,16 @@ class HostManager:
         return results
 
 
+def default_guest_kinds() -> dict[str, GuestKind]:
+    """The kinds of guest agent a host manager knows unless told otherwise."""
+    kinds: tuple[GuestKind, ...] = (VmisAgent(), QemuGa())
+    return {kind.name: kind for kind in kinds}
+
+
 def _with_enabled(vm: VmRecord, changes: dict[str, bool]) -> VmRecord:
     return replace(vm, enabled={**vm.enabled, **changes})
+
+
+def _by_name(rows: list[dict[str, Any]], key: str = "Name") -> list[dict[str, Any]]:
+    # stable: one VM's rows keep their order (its services in catalogue order)
+    return sorted(rows, key=lambda row: str(row[key]).lower())

@@ -33,7 +33,8 @@ _MIGRATION_LOCK = 0x766D6973  # "vmis"
 def target_metadata() -> sa.MetaData:
     """Every table of the store, the host halves' included."""
     import vmis.host.accounts  # the API's tokens and audit log
-    import vmis.host.store  # noqa: F401  (the registry's tables)
+    import vmis.host.fleet.tables
+    import vmis.host.store  # noqa: F401  (the registry's tables, the fleet's)
 
     for spec in CATALOG:
         spec.half("host")  # a host half's module defines its tables

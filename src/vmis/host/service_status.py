@@ -34,6 +34,9 @@ class SessionFacts(Protocol):
     def agent(self) -> Mapping[str, Any]: ...
 
     @property
+    def absent(self) -> Mapping[str, str]: ...
+
+    @property
     def guest(self) -> Mapping[str, ServiceOffer]: ...
 
     def contact(self, now: float | None = None) -> str: ...
@@ -73,6 +76,8 @@ def out_of_date(session: SessionFacts, spec: ServiceSpec, guest: ServiceOffer | 
     """Why the guest cannot serve *spec*: its agent's limit, or the vmis version it needs."""
     if guest is not None and guest.limit:
         return guest.limit
+    if guest is None and spec.key in session.absent:
+        return session.absent[spec.key]
     label = spec.host_name or spec.guest_name
     agent = session.agent.get("version", "unknown")
     needs = (f"update its integration services to vmis {spec.since} or newer "

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from vmis.errors import ConfigError, NotFoundError, StateError
+from vmis.host.fleet.tables import hosts
 from vmis.host.private import private_sqlite
 from vmis.host.schema import upgrade
 from vmis.services.catalog import CATALOG
@@ -32,7 +33,7 @@ from vmis.services.heartbeat import (
 )
 from vmis.services.host_half import VmRecord, metadata
 
-__all__ = ["Store", "safe_url"]
+__all__ = ["Store", "safe_url", "service_settings", "set_enabled", "vms"]
 
 vms = sa.Table(
     "vms",
@@ -46,6 +47,8 @@ vms = sa.Table(
     sa.Column("qmp", sa.String(1024)),
     #: "external", "lab", "qemu" or "libvirt": who starts and stops the VM
     sa.Column("kind", sa.String(16), nullable=False, server_default="external"),
+    #: the guest agent the VM runs: "vmis" or "qemu-ga" (a GuestKind's name)
+    sa.Column("guest_agent", sa.String(16), nullable=False, server_default="vmis"),
     sa.Column("heartbeat_interval_ms", sa.Integer, nullable=False,
               server_default=str(DEFAULT_INTERVAL_MS)),
     sa.Column("heartbeat_latency_ms", sa.Integer, nullable=False,
@@ -56,6 +59,9 @@ vms = sa.Table(
     #: a VM libvirt runs: its connection URI and domain UUID (vmis.libvirt)
     sa.Column("libvirt_uri", sa.String(1024)),
     sa.Column("libvirt_domain", sa.String(36)),
+    #: the host manager that owns it (``hosts.name_key``, docs/fleet.md): only it runs
+    #: the VM's session; NULL for a VM from before fleets, adopted by the first to start
+    sa.Column("host", sa.String(255), index=True),
 )
 
 service_settings = sa.Table(
@@ -96,16 +102,19 @@ class Store:
     # Section: VMs
 
     def add_vm(self, name: str, channel: str, *, qmp: str | None = None,
-               kind: str = "external", heartbeat_interval_ms: int | None = None,
+               kind: str = "external", guest_agent: str = "vmis",
+               heartbeat_interval_ms: int | None = None, host: str | None = None,
                libvirt_uri: str | None = None, libvirt_domain: str | None = None) -> VmRecord:
         """Register a VM with the default service settings (docs/services/README.md).
 
-        :raise StateError: When a VM of that name exists.
+        :param host: the host that owns it (docs/fleet.md), by key.
+        :raise StateError: When a VM of that name exists (in a fleet: on any host).
         """
         vm_id = str(uuid.uuid4())
         values: dict[str, Any] = dict(
             id=vm_id, name=name, name_key=name.lower(), channel=channel, qmp=qmp, kind=kind,
-            created=datetime.now(UTC), libvirt_uri=libvirt_uri, libvirt_domain=libvirt_domain,
+            guest_agent=guest_agent, created=datetime.now(UTC), host=host,
+            libvirt_uri=libvirt_uri, libvirt_domain=libvirt_domain,
         )
         if heartbeat_interval_ms is not None:
             values["heartbeat_interval_ms"] = heartbeat_interval_ms
@@ -117,15 +126,35 @@ class Store:
                     for s in CATALOG.host_services
                 ])
         except IntegrityError:
-            raise StateError(f"a VM named {name!r} is already registered") from None
-        return self.get_vm(name)
+            owner = self._owner_name(name)
+            where = f" (on host {owner})" if owner and host and owner.lower() != host else ""
+            raise StateError(f"a VM named {name!r} is already registered{where}") from None
+        return self.get_vm_by_id(vm_id)
 
-    def update_vm(self, name: str, **values: Any) -> VmRecord:
-        """Change a VM's channel, QMP socket or heartbeat settings."""
-        vm = self.get_vm(name)
+    def _owner_name(self, name: str) -> str | None:
+        """The name of the host that owns the VM called *name* (docs/fleet.md), if any."""
         with self._tx() as conn:
-            conn.execute(vms.update().where(vms.c.id == vm.id).values(**values))
-        return self.get_vm(name)
+            owner: str | None = conn.execute(
+                sa.select(sa.func.coalesce(hosts.c.name, vms.c.host))
+                .select_from(vms.outerjoin(hosts, hosts.c.name_key == vms.c.host))
+                .where(vms.c.name_key == name.lower())).scalar()
+        return owner
+
+    def update_vm(self, name: str, *, host: str | None = None, **values: Any) -> VmRecord:
+        """Change a VM's channel, QMP socket or heartbeat settings.
+
+        :param host: change it only while this host owns it.
+        :raise StateError: When another host owns it.
+        """
+        vm = self.get_vm(name)
+        query = vms.update().where(vms.c.id == vm.id)
+        if host is not None:
+            query = query.where(vms.c.host == host)
+        with self._tx() as conn:
+            if conn.execute(query.values(**values)).rowcount == 0:
+                raise StateError(f"VM {vm.name} is on host {self._owner_name(name)}: change "
+                                 "it there")
+        return self.get_vm_by_id(vm.id)
 
     def remove_vm(self, name: str) -> VmRecord:
         """Unregister a VM.
@@ -157,9 +186,19 @@ class Store:
             raise NotFoundError(f"no VM named {name!r} is registered (see 'vmis vm list')")
         return found[0]
 
-    def list_vms(self) -> list[VmRecord]:
-        """Every registered VM, by name."""
-        return self._load(None)
+    def get_vm_by_id(self, vm_id: str) -> VmRecord:
+        """Look a VM up by id.
+
+        :raise NotFoundError: When there is no such VM.
+        """
+        found = self._load(vms.c.id == vm_id)
+        if not found:
+            raise NotFoundError(f"no VM with id {vm_id!r} is registered (see 'vmis vm list')")
+        return found[0]
+
+    def list_vms(self, host: str | None = None) -> list[VmRecord]:
+        """Every registered VM, by name; with *host*, those that host owns."""
+        return self._load(None if host is None else vms.c.host == host)
 
     def _load(self, where: Any) -> list[VmRecord]:
         query = sa.select(vms).order_by(vms.c.name_key)
@@ -177,6 +216,7 @@ class Store:
         return [
             VmRecord(
                 id=r["id"], name=r["name"], channel=r["channel"], qmp=r["qmp"], kind=r["kind"],
+                guest_agent=r["guest_agent"],
                 heartbeat_interval_ms=r["heartbeat_interval_ms"],
                 heartbeat_latency_ms=r["heartbeat_latency_ms"],
                 heartbeat_error_threshold=r["heartbeat_error_threshold"],
@@ -191,28 +231,33 @@ class Store:
 
     def set_enabled(self, changes: Iterable[tuple[str, str, bool]]) -> None:
         """Record ``(vm_id, service key, enabled)`` changes in one transaction."""
-        # One statement per kind of change, run with many parameter sets: a
-        # statement built and compiled per VM made Enable-VMIntegrationService
-        # on a thousand VMs spend most of its time here (bench/heartbeat_scale.py).
-        wanted = {(v, s): e for v, s, e in changes}  # the last word per VM and service
-        if not wanted:
-            return
-        c = service_settings.c
         with self._tx() as conn:
-            present = {(row.vm_id, row.service) for row in conn.execute(
-                sa.select(c.vm_id, c.service)
-                .where(c.service.in_({service for _, service in wanted})))}
-            updates = [{"b_vm": v, "b_service": s, "b_enabled": e}
-                       for (v, s), e in wanted.items() if (v, s) in present]
-            inserts = [{"vm_id": v, "service": s, "enabled": e}
-                       for (v, s), e in wanted.items() if (v, s) not in present]
-            if updates:
-                conn.execute(service_settings.update()
-                             .where(c.vm_id == sa.bindparam("b_vm"))
-                             .where(c.service == sa.bindparam("b_service"))
-                             .values(enabled=sa.bindparam("b_enabled")), updates)
-            if inserts:
-                conn.execute(service_settings.insert(), inserts)
+            set_enabled(conn, changes)
+
+
+def set_enabled(conn: Connection, changes: Iterable[tuple[str, str, bool]]) -> None:
+    """Record ``(vm_id, service key, enabled)`` changes in *conn*'s transaction."""
+    # One statement per kind of change, run with many parameter sets: a
+    # statement built and compiled per VM made Enable-VMIntegrationService
+    # on a thousand VMs spend most of its time here (bench/heartbeat_scale.py).
+    wanted = {(v, s): e for v, s, e in changes}  # the last word per VM and service
+    if not wanted:
+        return
+    c = service_settings.c
+    present = {(row.vm_id, row.service) for row in conn.execute(
+        sa.select(c.vm_id, c.service)
+        .where(c.service.in_({service for _, service in wanted})))}
+    updates = [{"b_vm": v, "b_service": s, "b_enabled": e}
+               for (v, s), e in wanted.items() if (v, s) in present]
+    inserts = [{"vm_id": v, "service": s, "enabled": e}
+               for (v, s), e in wanted.items() if (v, s) not in present]
+    if updates:
+        conn.execute(service_settings.update()
+                     .where(c.vm_id == sa.bindparam("b_vm"))
+                     .where(c.service == sa.bindparam("b_service"))
+                     .values(enabled=sa.bindparam("b_enabled")), updates)
+    if inserts:
+        conn.execute(service_settings.insert(), inserts)
 
 
 def _keep_private(database: str | None) -> None:

@@ -43,7 +43,7 @@ from vmis.packaging.bundle import bundle_bytes, bundle_version
 from vmis.services.catalog import by_key
 from vmis.services.fcopy.host import FcopyHost
 
-__all__ = ["Bundle", "update_vms"]
+__all__ = ["Bundle", "Progress", "update_vms"]
 
 GSI = by_key("fcopy")
 #: where the host stages the bundle in the guest (an fcopy-allowed root)
@@ -112,6 +112,11 @@ async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, st
     enabled_for_update = False
     started = time.monotonic()
     try:
+        if session.vm.guest_agent != "vmis":
+            raise ServiceUnavailable(
+                f"{name} runs {session.vm.guest_agent}, which vmis does not update: update "
+                "it with the guest's package manager, or install the vmis agent "
+                "(Insert-SetupDisk) and register the VM with -GuestAgent vmis")
         if not session.connected:
             raise ServiceUnavailable(f"{name}: no contact with the guest agent "
                                      f"({session.last_error})")

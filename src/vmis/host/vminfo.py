@@ -73,6 +73,8 @@ async def vm_row(session: VmSession, hypervisor: Hypervisor | None) -> dict[str,
             state = "Unknown"
     heartbeat = heartbeat_status(session, state)
     version = session.agent.get("version") if session.contacted else None
+    # An agent vmis does not update (qemu-ga) is neither up to date nor behind.
+    vmis_agent = session.vm.guest_agent == "vmis"
     hb_spec = by_key("heartbeat")
     primary = session.status(hb_spec, off=state == "Off").primary
     status = "Operating normally" if session.connected else (
@@ -84,6 +86,7 @@ async def vm_row(session: VmSession, hypervisor: Hypervisor | None) -> dict[str,
         "Status": status,
         "Heartbeat": heartbeat.name if heartbeat is not None else None,
         "IntegrationServicesVersion": version,
-        "IntegrationServicesState": integration_state(version),
+        "IntegrationServicesState": integration_state(version) if vmis_agent else "",
         "HostIntegrationServicesVersion": vmis.__version__,
+        "GuestAgent": session.vm.guest_agent,
     }

@@ -40,6 +40,8 @@ __all__ = ["FcopyHandler"]
 
 #: Mode of copied files (the C daemon's 0744).
 FILE_MODE = 0o744
+#: file offsets are a signed 64-bit off_t
+_MAX_OFFSET = 2**63
 
 
 class _Copy:
@@ -156,6 +158,11 @@ class FcopyHandler:
         copy = self._copy
         if copy is None:
             self._log.error("FCOPY: data without a started copy")
+            return HResult.HV_E_FAIL
+        if chunk.offset + len(chunk.data) >= _MAX_OFFSET:
+            # the wire's u64 offset; a file offset is an off_t (the C daemon's
+            # pwrite fails with EINVAL here)
+            self._log.error("FCOPY: offset %d is past the largest file", chunk.offset)
             return HResult.HV_E_FAIL
         try:
             written = os.pwrite(copy.fd, chunk.data, chunk.offset)

@@ -144,9 +144,14 @@ class Ring:
     def recv_raw(self) -> bytes | None:
         """Take the next packet (descriptor included), or ``None`` if the ring is empty.
 
-        :raise RemoteProtocolError: When the descriptor is impossible (the
-            channel is dead).
+        :raise RemoteProtocolError: When the ring's indexes or the descriptor
+            are impossible (the channel is dead).
         """
+        w, r = self.windex, self.rindex
+        if w >= self.dsize or r >= self.dsize or (w | r) % 8:
+            # outside the data area or not on a packet boundary: no packet can be read
+            raise RemoteProtocolError(f"bad VMBus ring indexes (write {w}, read {r}, "
+                                      f"size {self.dsize})")
         avail = self.avail_read()
         if avail < CHANPKT.size + 8:
             return None
@@ -154,6 +159,8 @@ class Ring:
         if hlen < CHANPKT.size // 8 or hlen > tlen:
             raise RemoteProtocolError(f"bad VMBus packet descriptor (hlen {hlen}, tlen {tlen})")
         length = tlen * 8
+        if length + 8 > self.dsize:
+            raise RemoteProtocolError(f"VMBus packet of {length} bytes in a ring of {self.dsize}")
         if avail < length + 8:
             return None
         packet = self._copy_from(self.rindex, length)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,20 +118,72 @@ class Lab:
         except ConnectError:
             return False
 
-    def ensure_host(self) -> int:
-        """Start the lab's host manager unless one answers; return its pid."""
+    @property
+    def fleet_file(self) -> Path:
+        """The lab's fleet settings, when its manager joins a fleet (no password in it)."""
+        return self.dir / "fleet.json"
+
+    def fleet(self) -> dict[str, str]:
+        """``{"Db", "ComputerName"}`` of a lab whose manager joins a fleet, else ``{}``."""
+        try:
+            settings = json.loads(self.fleet_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return settings if isinstance(settings, dict) else {}
+
+    def ensure_host(self, db: str | None = None, computer: str | None = None) -> int:
+        """Start the lab's host manager unless one answers; return its pid.
+
+        :param db: the store: a fleet's PostgreSQL URL (docs/fleet.md); default the
+            lab's own SQLite file, or the fleet this lab joined before.
+        :param computer: this host's name in the fleet (default the machine's).
+        :raise StateError: When the running manager has another store or name, or
+            the manager could not start (a host of that name runs, say).
+        """
         private_dir(self.dir)
+        saved = self.fleet()
+        if db is None and computer is None:
+            db, computer = saved.get("Db"), saved.get("ComputerName")
+        elif db is None:
+            db = saved.get("Db")
         pid = self.host_pid()
         if pid and self._host_answers():
+            self._check_host(db, computer)
             return pid
         stop_pid(pid)
         log = self.dir / "host.log"
         argv = [sys.executable, "-m", "vmis.cli.host", "host", "serve",
-                "-Db", f"sqlite:///{self.dir / 'host.db'}", "-Socket", str(self.socket)]
-        pid = spawn(argv, log).pid
-        write_private(self.dir / "host.pid", f"{pid}\n")
-        wait_for(self._host_answers, START_TIMEOUT, "the lab host manager", log)
-        return pid
+                "-Socket", str(self.socket)]
+        if computer:
+            argv += ["-ComputerName", computer]
+        # The URL goes in the environment, never in argv: a password there would be in
+        # the process list for every user; the file keeps the URL without it.
+        env = dict(os.environ, VMIS_DB=db or f"sqlite:///{self.dir / 'host.db'}",
+                   VMIS_DATA_DIR=str(self.dir))
+        if db:
+            write_private(self.fleet_file, json.dumps(
+                {"Db": without_password(db), "ComputerName": computer or ""}) + "\n")
+        else:
+            self.fleet_file.unlink(missing_ok=True)
+        process = spawn(argv, log, env=env)
+        write_private(self.dir / "host.pid", f"{process.pid}\n")
+        wait_for(lambda: self._host_answers() or process.poll() is not None, START_TIMEOUT,
+                 "the lab host manager", log)
+        code = process.poll()
+        if code is not None:
+            raise StateError(f"the lab host manager exited at start ({how_it_ended(code)})"
+                             f"{log_hint(log)}")
+        return process.pid
+
+    def _check_host(self, db: str | None, computer: str | None) -> None:
+        with self.api() as api:
+            running = api.call("GET", "/host")
+        if computer and running["ComputerName"].lower() != computer.lower():
+            raise StateError(f"the lab's host manager runs as host {running['ComputerName']}, "
+                             f"not {computer}: vmis lab down first")
+        if db and without_password(db) != without_password(running["Database"]):
+            raise StateError(f"the lab's host manager runs on {running['Database']}, not on "
+                             f"that database: vmis lab down first")
 
     # Section: lab VMs
 
@@ -163,27 +216,42 @@ class Lab:
         return self.vm(check_vm_name(name))
 
     def _claim(self, name: str) -> None:
-        """Make sure *name* is free or a lab VM's before the lab touches anything.
+        """Make sure *name* is free or a lab VM of this lab's host before the lab touches
+        anything.
 
         :raise StateError: When the host has a VM of that name that is not a lab
-            VM: ``lab up`` would re-point its channel.
+            VM (``lab up`` would re-point its channel), or another host of the
+            fleet has one (docs/fleet.md).
         """
         with self.api() as api:
-            registered = api.call("GET", "/vms")
+            registered = api.call("GET", "/vms", params={"computer": "*"})
+            host = api.call("GET", "/host")["ComputerName"]
         for vm in registered:
-            if vm["Name"].lower() == name.lower() and vm["Kind"] != "lab":
+            if vm["Name"].lower() != name.lower():
+                continue
+            if vm["ComputerName"].lower() != host.lower():
+                raise StateError(
+                    f"{vm['Name']} is registered on host {vm['ComputerName']}; it was left "
+                    f"as it is: choose another name, or Move-VM {vm['Name']} to host "
+                    f"{host} first")
+            if vm["Kind"] != "lab":
                 raise StateError(
                     f"{vm['Name']} is registered as a VM of kind {vm['Kind']} (channel "
                     f"{vm['Channel']}), not a lab VM; it was left as it is: choose another "
                     f"name, or unregister it first (vmis vm remove {vm['Name']})")
 
     def _register(self, name: str, where: dict[str, str]) -> None:
-        """Register a lab VM with the host (or update where it is) and dial it now."""
+        """Register a lab VM with the host (or update where it is) and dial it now.
+
+        :raise StateError: When another host registered the name first (a race
+            :meth:`_claim` cannot see).
+        """
         with self.api() as api:
-            try:
-                api.call("POST", "/vms", json={"name": name, "kind": "lab", **where})
-            except StateError:
+            here = {vm["Name"].lower() for vm in api.call("GET", "/vms")}
+            if name.lower() in here:
                 api.call("PATCH", api_path("vms", name), json=where)
+            else:
+                api.call("POST", "/vms", json={"name": name, "kind": "lab", **where})
             api.call("POST", api_path("vms", name, "reconnect"))
 
     def start_vm(self, name: str, clock_offset: float | None = None,
@@ -306,8 +374,11 @@ class Lab:
 
     def status(self) -> dict[str, Any]:
         """The host manager and every lab VM, for ``lab status``."""
+        fleet = self.fleet()
         return {"Directory": str(self.dir), "HostPid": self.host_pid(),
-                "HostSocket": str(self.socket), "VMs": [vm.status() for vm in self.vms()]}
+                "HostSocket": str(self.socket), "Database": fleet.get("Db"),
+                "ComputerName": fleet.get("ComputerName") or None,
+                "VMs": [vm.status() for vm in self.vms()]}
 
     def guest_root(self, name: str) -> Path:
         """The root directory of a lab VM, where ``vmis-guest --root`` acts as inside it.
@@ -324,19 +395,34 @@ class Lab:
         return vm.root
 
 
+def without_password(url: str) -> str:
+    """*url* with any password left out (the lab keeps its fleet's URL in a file)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        # (URL.set takes None for "unchanged": the tuple's own _replace removes it)
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
+    except (ArgumentError, ValueError):
+        return url
+
+
 def run_lab_up(lab: Lab, names: list[str], clock_offset: float | None,
                timeout: float | None = None, agent_bundle: Path | None = None, *,
                qemu: bool = False, image: Path | None = None,
-               memory_mib: int | None = None) -> list[LabVm]:
+               memory_mib: int | None = None, db: str | None = None,
+               computer: str | None = None) -> list[LabVm]:
     """``vmis lab up``: host manager, then each VM, then wait for heartbeats.
 
     :param qemu: boot real QEMU VMs from the project's guest image (or *image*)
         instead of agent processes; their heartbeat gets a longer wait
         (:data:`vmis.lab.qemuvm.BOOT_TIMEOUT`) since the guest boots first.
+    :param db: a fleet's store, and *computer* this lab's host name in it
+        (:meth:`Lab.ensure_host`).
     """
     for name in names:  # before anything starts: a refused name leaves nothing running
         check_vm_name(name)
-    lab.ensure_host()
+    lab.ensure_host(db, computer)
     if qemu:
         from vmis.lab.qemuvm import BOOT_TIMEOUT
 

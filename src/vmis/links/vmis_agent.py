@@ -17,7 +17,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from vmis.errors import ProtocolError, RemoteServiceError
+from vmis.errors import ProtocolError, RemoteProtocolError, RemoteServiceError
 from vmis.protocol import (
     FRAMEWORK_VERSIONS,
     ControlOp,
@@ -74,9 +74,18 @@ def _hello_offer(vm: VmRecord, channel: Channel) -> dict[str, Any]:
 
 
 def _hello_answer(answer: Mapping[str, Any]) -> LinkHello:
+    """What the guest offers, from its HELLO answer (docs/protocol.md §3.2).
+
+    :raise RemoteProtocolError: When ``services`` or ``agent`` is not an
+        object, or a version is malformed.
+    """
     services: dict[str, ServiceOffer] = {}
     known = {s.key for s in CATALOG}
-    for key, entry in (answer.get("services") or {}).items():
+    offered, agent = answer.get("services") or {}, answer.get("agent") or {}
+    if not isinstance(offered, dict) or not isinstance(agent, dict):
+        raise RemoteProtocolError("the guest's HELLO answer has a services or agent member "
+                                  "that is not an object")
+    for key, entry in offered.items():
         if key not in known or not isinstance(entry, dict):
             continue
         version = entry.get("version")
@@ -87,7 +96,7 @@ def _hello_answer(answer: Mapping[str, Any]) -> LinkHello:
             str(entry.get("startup", "automatic")),
             parse_version_list(offers) if isinstance(offers, list) else [],
         )
-    return LinkHello(answer.get("agent") or {}, services)
+    return LinkHello(agent, services)
 
 
 class VmisAgentLink:

@@ -33,6 +33,8 @@ GUEST_SIDE = (
 HOST_ONLY = (
     "services/host_half.py", "services/link.py", "services/hypervisor.py",
     "services/*/host.py", "services/fcopy/engine.py", "services/fcopy/file_copier.py",
+    "services/fcopy/tree_copier.py", "services/fcopy/legacy_trees.py",
+    "services/fcopy/copies.py",
     "services/timesync/burst.py", "services/vss/checkpoint.py", "data/update_paths.toml",
 )
 
@@ -137,6 +139,7 @@ def bundle_version(data: bytes) -> str:
 
     :raise ValueError: When *data* is not a vmis agent bundle, or is damaged.
     """
+    import lzma
     import re
     import zlib
 
@@ -145,16 +148,17 @@ def bundle_version(data: bytes) -> str:
             for member in zf.infolist():
                 try:
                     zf.read(member)
-                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
-                        RuntimeError) as exc:
+                # a damaged bzip2 stream raises OSError, a damaged lzma one LZMAError
+                except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError,
+                        NotImplementedError, RuntimeError) as exc:
                     # a damaged header can also read as an unknown method,
                     # an encrypted member, or a member cut short
                     raise ValueError(
                         f"the bundle is damaged: {member.filename} fails its CRC check ({exc})"
                     ) from None
             init = zf.read("vmis/__init__.py").decode()
-    except (KeyError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
-            RuntimeError, UnicodeDecodeError) as exc:
+    except (KeyError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError,
+            NotImplementedError, RuntimeError, UnicodeDecodeError) as exc:
         raise ValueError(f"not a vmis agent bundle ({exc})") from None
     match = re.search(r"^__version__\s*=\s*[\"']([^\"']+)[\"']", init, re.MULTILINE)
     if match is None:

@@ -89,6 +89,8 @@ _TRANSITIONS: dict[tuple[Role, State, str], State] = {
     (Role.GUEST, State.NEGOTIATING, "sync_received"): State.NEGOTIATING,
     (Role.GUEST, State.RUNNING, "sync_received"): State.NEGOTIATING,
     (Role.GUEST, State.NEGOTIATING, "hello_answered"): State.RUNNING,
+    # docs/protocol.md §3.2: a HELLO in a running session is negotiated again
+    (Role.GUEST, State.RUNNING, "hello_answered"): State.RUNNING,
     (Role.GUEST, State.NEGOTIATING, "reset"): State.HUNTING,
     (Role.GUEST, State.RUNNING, "reset"): State.HUNTING,
     (Role.GUEST, State.HUNTING, "reset"): State.HUNTING,
@@ -185,8 +187,17 @@ Event = (
 
 
 def encode_json(obj: Any) -> bytes:
-    """Encode a json payload (docs/protocol.md §2.2)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """Encode a json payload (docs/protocol.md §2.2).
+
+    A string may hold bytes that are not UTF-8 as lone surrogates (a file
+    name decoded with ``surrogateescape``): such a payload is written with
+    ``\\uXXXX`` escapes, which decode back to the same string.
+    """
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def decode_json(payload: Received) -> dict[str, Any]:
@@ -196,8 +207,10 @@ def decode_json(payload: Received) -> dict[str, Any]:
     """
     try:
         obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RemoteProtocolError(f"payload is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON, or a number longer than Python
+        # converts (4300 digits); RecursionError: nested deeper than the stack
+        raise RemoteProtocolError(f"payload is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("payload is not a JSON object")
     return obj

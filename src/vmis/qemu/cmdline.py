@@ -12,6 +12,9 @@ on them):
 ``-mon chardev=qmp``   QMP on a Unix socket (``qmp.sock``)
 ``agent0``             socket chardev (``agent.sock``, ``server=on,wait=off``)
                        behind the virtserialport ``org.vmis.agent.0``
+``qga0``               socket chardev (``qga.sock``) behind the virtserialport
+                       ``org.qemu.guest_agent.0`` that qemu-ga opens, if the
+                       guest runs it (docs/guest-links.md)
 ``root``               the root disk, virtio-blk; ``snapshot=on`` or a qcow2 overlay
 ``cdrom0``             an IDE CD-ROM drive, empty until ``blockdev-change-medium``
 ``net0``               virtio-net on QEMU user-mode networking, ``restrict=on``
@@ -33,6 +36,8 @@ __all__ = [
     "AGENT_CHARDEV_ID",
     "AGENT_PORT_NAME",
     "CDROM_DEVICE_ID",
+    "QGA_CHARDEV_ID",
+    "QGA_PORT_NAME",
     "ROOT_DRIVE_ID",
     "BootSpec",
     "DiskMode",
@@ -47,6 +52,10 @@ __all__ = [
 AGENT_PORT_NAME = "org.vmis.agent.0"
 #: QEMU id of the chardev behind the agent port; QMP's ``query-chardev`` reports it.
 AGENT_CHARDEV_ID = "agent0"
+#: Name of the port qemu-ga, the QEMU guest agent, opens (docs/guest-links.md).
+QGA_PORT_NAME = "org.qemu.guest_agent.0"
+#: QEMU id of the chardev behind qemu-ga's port.
+QGA_CHARDEV_ID = "qga0"
 #: QEMU id (``-device ... id=``) of the CD-ROM drive, used by ``blockdev-change-medium``.
 CDROM_DEVICE_ID = "cdrom0"
 #: Block backend name of the root disk, used by ``blockdev-snapshot-sync``.
@@ -148,6 +157,11 @@ class MachinePaths:
         return self.workdir / "agent.sock"
 
     @property
+    def qga(self) -> Path:
+        """Host end of qemu-ga's virtio-serial port (``org.qemu.guest_agent.0``)."""
+        return self.workdir / "qga.sock"
+
+    @property
     def console(self) -> Path:
         """The guest's serial console, appended to by QEMU."""
         return self.workdir / "console.log"
@@ -177,7 +191,7 @@ class MachinePaths:
 
         :raise ConfigError: When the work directory's path is too long.
         """
-        for sock in (self.qmp, self.channel):
+        for sock in (self.qmp, self.channel, self.qga):
             if len(str(sock).encode()) > _MAX_SOCKET_PATH:
                 raise ConfigError(
                     f"socket path {sock} is longer than {_MAX_SOCKET_PATH} bytes; "
@@ -256,6 +270,10 @@ def build_command(
         f"socket,id={AGENT_CHARDEV_ID},path={qemu_escape(str(paths.channel))},server=on,wait=off",
         "-device",
         f"virtserialport,bus=vser0.0,chardev={AGENT_CHARDEV_ID},name={AGENT_PORT_NAME},id=agentport0",
+        "-chardev",
+        f"socket,id={QGA_CHARDEV_ID},path={qemu_escape(str(paths.qga))},server=on,wait=off",
+        "-device",
+        f"virtserialport,bus=vser0.0,chardev={QGA_CHARDEV_ID},name={QGA_PORT_NAME},id=qgaport0",
         # Entropy from the host: Python and systemd start without waiting for the pool.
         "-object", "rng-random,id=rng0,filename=/dev/urandom",
         "-device", "virtio-rng-pci,rng=rng0",

@@ -6,7 +6,9 @@ For VMs vmis did not start: the administrator points vmis at a QEMU process
 - the QMP monitor socket (``-qmp unix:...``, ``-mon chardev=X,mode=control``),
 - the host end of the virtio-serial port ``org.vmis.agent.0``
   (``-device virtserialport,chardev=X,name=org.vmis.agent.0`` and the
-  ``-chardev socket,id=X,path=...`` behind it),
+  ``-chardev socket,id=X,path=...`` behind it); without one, qemu-ga's port
+  ``org.qemu.guest_agent.0``, offered as a guest that runs qemu-ga
+  (:attr:`Discovered.guest_agent`, docs/guest-links.md),
 - the guest CID of a vhost-vsock device.
 
 Newer libvirt passes listening sockets to QEMU as file descriptors
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from vmis.errors import ConfigError, NotFoundError
-from vmis.qemu.cmdline import AGENT_PORT_NAME
+from vmis.qemu.cmdline import AGENT_PORT_NAME, QGA_PORT_NAME
 
 __all__ = [
     "LIBVIRT_QEMU_DIR",
@@ -62,6 +64,9 @@ class Discovered:
     qmp: Path | None = None
     #: host end of the agent's virtio-serial port (a Unix socket QEMU listens on)
     channel: Path | None = None
+    #: the agent behind :attr:`channel`: ``vmis``, or ``qemu-ga`` when the VM
+    #: has no vmis port but qemu-ga's
+    guest_agent: str = "vmis"
     #: QEMU's chardev id behind the agent port (for QMP ``query-chardev``)
     channel_chardev: str | None = None
     #: guest CID of the vhost-vsock device, if the VM has one
@@ -197,6 +202,7 @@ def discover_from_cmdline(
     qmp: Path | None = None
     channel: Path | None = None
     channel_chardev: str | None = None
+    qga_chardev: str | None = None
     vsock_cid: int | None = None
     monitors: list[str] = []
 
@@ -251,6 +257,8 @@ def discover_from_cmdline(
             driver = opts.get("driver")
             if driver == "virtserialport" and opts.get("name") == AGENT_PORT_NAME:
                 channel_chardev = str(opts.get("chardev")) if opts.get("chardev") else None
+            elif driver == "virtserialport" and opts.get("name") == QGA_PORT_NAME:
+                qga_chardev = str(opts.get("chardev")) if opts.get("chardev") else None
             elif driver in ("vhost-vsock-pci", "vhost-vsock-device", "vhost-vsock-ccw"):
                 cid = opts.get("guest-cid")
                 if cid is not None:
@@ -262,14 +270,22 @@ def discover_from_cmdline(
                 break
         if qmp is None and not monitors:
             notes.append("no QMP monitor (-qmp or -mon mode=control) on the command line")
+    guest_agent = "vmis"
     if channel_chardev is not None:
         channel = chardev_path(channel_chardev)
     else:
         notes.append(f"no virtserialport named {AGENT_PORT_NAME} on the command line")
+        if qga_chardev is not None:
+            channel = chardev_path(qga_chardev)
+            if channel is not None:
+                channel_chardev, guest_agent = qga_chardev, "qemu-ga"
+                notes.append(f"using qemu-ga's port {QGA_PORT_NAME} instead: the VM is "
+                             "managed through qemu-ga (-GuestAgent qemu-ga)")
     return Discovered(
         name=name,
         qmp=qmp,
         channel=channel,
+        guest_agent=guest_agent,
         channel_chardev=channel_chardev,
         vsock_cid=vsock_cid,
         notes=tuple(notes),
@@ -325,6 +341,7 @@ def discover_from_pid(pid: int, *, proc: Path = Path("/proc")) -> Discovered:
         name=found.name,
         qmp=found.qmp,
         channel=found.channel,
+        guest_agent=found.guest_agent,
         channel_chardev=found.channel_chardev,
         vsock_cid=found.vsock_cid,
         pid=pid,
@@ -344,7 +361,8 @@ def discover_from_libvirt_xml(xml: str, *, state_dir: Path = LIBVIRT_QEMU_DIR) -
     """Discover from a libvirt domain XML (``virsh dumpxml <domain>``).
 
     - agent channel: ``<channel type='unix'>`` whose ``<target type='virtio'>``
-      is named ``org.vmis.agent.0``; without a ``path`` (an inactive domain
+      is named ``org.vmis.agent.0`` (else ``org.qemu.guest_agent.0``, as a
+      qemu-ga guest, with a note); without a ``path`` (an inactive domain
       whose path libvirt generates), the path libvirt generates for a running
       one is derived from the domain id;
     - QMP: a ``-qmp`` added through ``<qemu:commandline>`` if any (vmis can
@@ -370,34 +388,20 @@ def discover_from_libvirt_xml(xml: str, *, state_dir: Path = LIBVIRT_QEMU_DIR) -
     if name and dom_id and dom_id != "-1":
         running_dir = f"domain-{dom_id}-{libvirt_short_name(name)}"
 
-    channel: Path | None = None
-    channel_chardev: str | None = None
-    for element in root.iterfind("devices/channel"):
-        target = element.find("target")
-        if target is None or target.get("name") != AGENT_PORT_NAME:
-            continue
-        alias = element.find("alias")
-        if alias is not None and alias.get("name"):
-            channel_chardev = f"char{alias.get('name')}"
-        if element.get("type") != "unix":
-            notes.append(f"the {AGENT_PORT_NAME} channel is type={element.get('type')!r}, not unix")
-            break
-        source = element.find("source")
-        mode = source.get("mode", "bind") if source is not None else "bind"
-        if mode != "bind":
-            notes.append(
-                f"the {AGENT_PORT_NAME} channel has mode={mode!r}: QEMU dials out, "
-                "so vmis would have to listen; use mode='bind'"
-            )
-        path = source.get("path") if source is not None else None
-        if path:
-            channel = Path(path)
-        elif running_dir is not None:
-            channel = state_dir / "channel" / "target" / running_dir / AGENT_PORT_NAME
-        else:
-            notes.append("the channel's socket path is chosen by libvirt when the domain starts")
-        break
-    else:
+    channels = {target.get("name"): element for element in root.iterfind("devices/channel")
+                if (target := element.find("target")) is not None}
+    guest_agent = "vmis"
+    port = AGENT_PORT_NAME
+    if AGENT_PORT_NAME not in channels and QGA_PORT_NAME in channels:
+        guest_agent, port = "qemu-ga", QGA_PORT_NAME
+        notes.append(
+            f"no <channel> named {AGENT_PORT_NAME}; using qemu-ga's {QGA_PORT_NAME}: the VM is "
+            "managed through qemu-ga (-GuestAgent qemu-ga). libvirt connects to that channel "
+            "itself while the domain runs and QEMU serves one client at a time, so vmis "
+            "reaches qemu-ga there only while libvirt does not (docs/real-vms.md)")
+    channel, channel_chardev = _libvirt_channel(channels.get(port), port, running_dir,
+                                                state_dir, notes)
+    if port not in channels:
         notes.append(f"no <channel> with target name {AGENT_PORT_NAME}")
 
     qmp: Path | None = None
@@ -424,7 +428,36 @@ def discover_from_libvirt_xml(xml: str, *, state_dir: Path = LIBVIRT_QEMU_DIR) -
         name=name,
         qmp=qmp,
         channel=channel,
+        guest_agent=guest_agent,
         channel_chardev=channel_chardev,
         vsock_cid=vsock_cid,
         notes=tuple(notes),
     )
+
+
+def _libvirt_channel(element: ET.Element | None, port: str, running_dir: str | None,
+                     state_dir: Path, notes: list[str]) -> tuple[Path | None, str | None]:
+    """The socket path and chardev id of one ``<channel>``; notes say what is missing."""
+    if element is None:
+        return None, None
+    channel_chardev = None
+    alias = element.find("alias")
+    if alias is not None and alias.get("name"):
+        channel_chardev = f"char{alias.get('name')}"
+    if element.get("type") != "unix":
+        notes.append(f"the {port} channel is type={element.get('type')!r}, not unix")
+        return None, channel_chardev
+    source = element.find("source")
+    mode = source.get("mode", "bind") if source is not None else "bind"
+    if mode != "bind":
+        notes.append(
+            f"the {port} channel has mode={mode!r}: QEMU dials out, "
+            "so vmis would have to listen; use mode='bind'"
+        )
+    path = source.get("path") if source is not None else None
+    if path:
+        return Path(path), channel_chardev
+    if running_dir is not None:
+        return state_dir / "channel" / "target" / running_dir / port, channel_chardev
+    notes.append("the channel's socket path is chosen by libvirt when the domain starts")
+    return None, channel_chardev

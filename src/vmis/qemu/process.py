@@ -288,7 +288,7 @@ class QemuProcess:
             )
         self.paths.check()
         self.paths.workdir.mkdir(parents=True, exist_ok=True)
-        for stale in (self.paths.qmp, self.paths.channel):
+        for stale in (self.paths.qmp, self.paths.channel, self.paths.qga):
             stale.unlink(missing_ok=True)
         if self.config.disk_mode is DiskMode.OVERLAY:
             self._prepare_overlay()
@@ -433,7 +433,8 @@ class QemuProcess:
         Logs stay for post-mortems; overlays stay unless ``remove_disk``.
         """
         self.kill()
-        for path in (self.paths.qmp, self.paths.channel, self.paths.pidfile, self.paths.state):
+        for path in (self.paths.qmp, self.paths.channel, self.paths.qga, self.paths.pidfile,
+                     self.paths.state):
             path.unlink(missing_ok=True)
         if remove_disk:
             for disk in self.disk_chain:

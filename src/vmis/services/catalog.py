@@ -178,8 +178,8 @@ class Catalog(Sequence[ServiceSpec]):
 
 CATALOG = Catalog((
     ServiceSpec(ServiceId.FCOPY, "fcopy", "Guest Service Interface", "vmicguestinterface",
-        "Hyper-V Guest Service Interface", False, StartupType.MANUAL, ((1, 0),),
-        "file copy between host and guest (Copy-VMFile)"),
+        "Hyper-V Guest Service Interface", False, StartupType.MANUAL, ((1, 1), (1, 0)),
+        "file copy between host and guest (Copy-VMFile)", since="0.2.0"),
     ServiceSpec(ServiceId.HEARTBEAT, "heartbeat", "Heartbeat", "vmicheartbeat",
         "Hyper-V Heartbeat Service", True, StartupType.AUTOMATIC, ((1, 0),),
         "liveness and application health of the guest"),

@@ -146,6 +146,13 @@ class GuestService:
         """Apply host settings sent with SET_SERVICE (default: keep them)."""
         self.settings = dict(settings)
 
+    def recover(self) -> None:
+        """Undo what an agent that died left behind (VSS: filesystems it left frozen).
+
+        Called once when the agent starts, before any service starts, whether
+        or not this one will run.
+        """
+
     def on_session(self, running: bool) -> None:
         """A host session started (True) or ended (False)."""
 

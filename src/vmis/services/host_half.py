@@ -22,6 +22,7 @@ import abc
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import sqlalchemy as sa
@@ -66,6 +67,8 @@ class VmRecord:
     channel: str
     qmp: str | None
     kind: str
+    #: the guest agent it runs: the name of the GuestKind that opens its links
+    guest_agent: str
     heartbeat_interval_ms: int
     heartbeat_latency_ms: int
     heartbeat_error_threshold: int
@@ -129,9 +132,17 @@ class VmContext(Protocol):
         (``publish("kvp", Pool="Guest", Items=3)``: PascalCase members)."""
         ...
 
+    def check_status(self) -> None:
+        """Publish the services' statuses that changed: a part calls it when what
+        its ``refine_status`` goes by changed (Heartbeat: the application health)."""
+        ...
+
 
 class HostContext(Protocol):
     """What a host half sees of the host manager."""
+
+    #: where the manager keeps files of its own (None: nowhere, e.g. in tests)
+    data_dir: Path | None
 
     @property
     def engine(self) -> Engine:

@@ -5,7 +5,8 @@ service's requests and notifications through the VM's current link and gets
 the guest's notifications from it. A link is one live connection to one
 guest's agent; when it ends, the VM's session (vmis.host.session) opens a new
 one. Each kind of guest is a :class:`GuestKind` that opens links: the vmis
-agent over the vmis protocol (vmis.links.vmis_agent) is the first.
+agent over the vmis protocol (vmis.links.vmis_agent) and qemu-ga, the QEMU
+guest agent, over its own JSON protocol (vmis.links.qemu_ga).
 
 Requests and notifications keep the service's own op codes and payloads
 (docs/services/*.md): a link to a guest that runs another agent translates
@@ -70,6 +71,10 @@ class LinkHello:
     agent: dict[str, Any]
     #: service key -> offer; a key that is missing: the guest lacks the service
     services: dict[str, ServiceOffer]
+    #: service key -> why the guest's agent lacks it, for an agent vmis does not
+    #: update (qemu-ga: the release that added what the service needs); a vmis
+    #: agent's missing service names the vmis release instead (docs/status.md)
+    absent: dict[str, str] = field(default_factory=dict)
 
 
 class LinkEvents(Protocol):
@@ -92,7 +97,7 @@ class LinkEvents(Protocol):
 class GuestLink(Protocol):
     """One open connection to a guest's agent."""
 
-    #: the guest kind's name (``"vmis"``)
+    #: the guest kind's name (``"vmis"``, ``"qemu-ga"``)
     kind: str
     #: what the guest said when the link opened; offers are kept current
     hello: LinkHello
@@ -168,7 +173,7 @@ class GuestLink(Protocol):
 class GuestKind(Protocol):
     """Opens links to the guests that run one kind of agent."""
 
-    #: ``"vmis"``; a VM record names the kind of its guest
+    #: ``"vmis"``, ``"qemu-ga"``; a VM record names the kind of its guest
     name: str
 
     async def open(self, vm: VmRecord, events: LinkEvents) -> GuestLink:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from vmis.errors import ConnectError
 from vmis.transport.address import (
@@ -17,9 +18,13 @@ from vmis.transport.address import (
 )
 from vmis.transport.channel import Channel
 
-__all__ = ["dial"]
+__all__ = ["dial", "dial_stream"]
 
 _HANDSHAKE_LIMIT = 256
+
+#: the protocol a dialled connection gets: a vmis Channel, or another agent's
+#: byte stream (vmis.links.qemu_ga)
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 @contextlib.contextmanager
@@ -46,12 +51,21 @@ async def dial(
 
     :raise ConnectError: When the address cannot be reached.
     """
+    return await dial_stream(address, channel_factory, timeout)
+
+
+async def dial_stream(address: Address, protocol_factory: Callable[[], P],
+                      timeout: float = 5.0) -> P:
+    """Connect to a guest with any asyncio protocol; return it, connected.
+
+    :raise ConnectError: When the address cannot be reached.
+    """
     loop = asyncio.get_running_loop()
     with map_os_errors(address):
         async with asyncio.timeout(timeout):
             if isinstance(address, UnixAddress):
-                _, channel = await loop.create_unix_connection(channel_factory, address.path)
-                return channel
+                _, protocol = await loop.create_unix_connection(protocol_factory, address.path)
+                return protocol
             if isinstance(address, VsockAddress):
                 sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
                 sock.setblocking(False)
@@ -60,17 +74,15 @@ async def dial(
                 except BaseException:
                     sock.close()
                     raise
-                _, channel = await loop.create_connection(channel_factory, sock=sock)
-                return channel
+                _, protocol = await loop.create_connection(protocol_factory, sock=sock)
+                return protocol
             if isinstance(address, HybridVsockAddress):
-                return await _dial_hybrid(address, channel_factory)
+                return await _dial_hybrid(address, protocol_factory)
     assert isinstance(address, SerialAddress)
     raise ConnectError(f"{address}: a serial address is the guest's end; the host dials unix:")
 
 
-async def _dial_hybrid(
-    address: HybridVsockAddress, channel_factory: Callable[[], Channel]
-) -> Channel:
+async def _dial_hybrid(address: HybridVsockAddress, protocol_factory: Callable[[], P]) -> P:
     # Firecracker's vsock device: connect to the host-side Unix socket, send
     # "CONNECT <port>\n", and the device answers "OK <host port>\n" once the
     # guest has accepted; from then on the socket is the guest connection.
@@ -91,11 +103,11 @@ async def _dial_hybrid(
         line, _, rest = buf.partition(b"\n")
         if not line.startswith(b"OK"):
             raise ConnectError(f"{address}: handshake refused: {line[:80]!r}")
-        _, channel = await loop.create_connection(channel_factory, sock=sock)
+        _, protocol = await loop.create_connection(protocol_factory, sock=sock)
     except BaseException:
         sock.close()
         raise
     if rest:
         # Bytes the guest sent right after the handshake belong to the session.
-        channel.data_received(rest)
-    return channel
+        protocol.data_received(rest)  # type: ignore[attr-defined]
+    return protocol

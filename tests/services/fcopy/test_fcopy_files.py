@@ -8,6 +8,7 @@ import pytest
 
 from vmis.errors import ServiceError
 from vmis.services.fcopy import CHECKPOINT_BYTES, resume_token
+from vmis.services.fcopy.claims import CLAIMS
 from vmis.services.fcopy.metadata import file_mode
 from vmis.services.fcopy.reader import Reader
 from vmis.services.fcopy.receiver import Receiver, part_names
@@ -50,6 +51,7 @@ def test_interrupted_copy_resumes_at_its_last_checkpoint(tmp_path):
     # A crash: no close, only the periodic checkpoint exists.
     os.close(r.fd)
     os.close(r.dir_fd)
+    CLAIMS.release(r.held)  # the process is gone, and its claims with it
     r2 = receiver(tmp_path, len(data))
     offset, prefix = r2.open(resume=True)
     assert offset == CHECKPOINT_BYTES

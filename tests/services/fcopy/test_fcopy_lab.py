@@ -185,3 +185,123 @@ def test_killed_agent_leaves_no_destination_and_the_rerun_resumes(gsi_lab, lab_d
     assert result["BytesSent"] == SIZE - result["BytesResumed"] < SIZE
     assert result["Sha256"] == digest == sha_file(dest)
     assert not any(p.name.endswith(PART_SUFFIX) for p in (vm.root / "tmp").iterdir())
+
+
+def _start_copy(lab_dir, *args):
+    return subprocess.Popen([sys.executable, "-m", "vmis.cli.host", "Copy-VMFile", *args],
+                            env=env_of(lab_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for_part(directory, at_least, copying):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        parts = [p for p in directory.iterdir() if p.name.endswith(PART_SUFFIX)]
+        if parts and parts[0].stat().st_size >= at_least:
+            return parts[0]
+        assert copying.poll() is None, copying.communicate()
+        time.sleep(0.002)
+    raise AssertionError("the copy never got going")
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_a_copy_whose_client_goes_away_resumes_at_once(gsi_lab, lab_dir, short_tmp, how):
+    # Issue 16: Ctrl-C (or a killed client) and the same command again: it
+    # resumes at once, where it stopped, and the guest holds nothing after.
+    src = short_tmp / "resume.bin"
+    digest = make_file(src, SIZE)
+    tmp = gsi_lab.vm("DemoVM").root / "tmp"
+    copying = _start_copy(lab_dir, "DemoVM", str(src), "/tmp/", "-FileSource", "Host")
+    try:
+        _wait_for_part(tmp, 64 * MIB, copying)
+        copying.send_signal(how)
+        _, err = copying.communicate(timeout=60)
+    finally:
+        if copying.poll() is None:
+            copying.kill()
+    if how == signal.SIGINT:
+        assert copying.returncode == 130 and "the same command resumes" in err, err
+    rerun = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(src), "/tmp/", "-FileSource", "Host",
+                     "--json")
+    assert rerun.code == 0, rerun.err
+    result = json.loads(rerun.out)
+    assert result["BytesResumed"] >= 32 * MIB
+    assert result["Sha256"] == digest == sha_file(tmp / "resume.bin")
+    status = run_vmis(lab_dir, "lab", "guest", "DemoVM", "fcopy", "status", "--json")
+    assert json.loads(status.out)["Copies"] == []
+    assert not [p for p in tmp.iterdir() if PART_SUFFIX in p.name]
+    (tmp / "resume.bin").unlink()
+
+
+def test_what_a_tree_copy_skips_is_named_and_the_exit_status_says_so(gsi_lab, lab_dir,
+                                                                    short_tmp):
+    tree = short_tmp / "site"
+    tree.mkdir()
+    (tree / "index.html").write_text("x")
+    os.symlink("index.html", tree / "link")
+    os.mkfifo(tree / "fifo")
+    result = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(tree), "/tmp/site", "-FileSource",
+                      "Host", "-Recurse")
+    assert result.code == 3, result.err
+    assert result.err.splitlines() == [
+        f"Copy-VMFile: skipped {tree}/fifo: a FIFO",
+        f"Copy-VMFile: skipped {tree}/link: a symbolic link",
+        "Copy-VMFile: 2 entries not copied; -CopySymlinks copies symbolic links as links, "
+        "-FollowSymlinks what they point to"]
+    again = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(tree), "/tmp/site2", "-FileSource",
+                     "Host", "-Recurse", "-CopySymlinks", "--json")
+    assert again.code == 3 and json.loads(again.out)["Skipped"] == [
+        {"Path": f"{tree}/fifo", "Reason": "a FIFO"}]
+    root = gsi_lab.vm("DemoVM").root
+    assert os.readlink(root / "tmp/site2/link") == "index.html"
+
+
+def test_two_copies_to_one_target_the_loser_says_busy_and_exits_75(gsi_lab, lab_dir,
+                                                                  short_tmp):
+    a, b = short_tmp / "a.bin", short_tmp / "b.bin"
+    make_file(a, SIZE)
+    b.write_bytes(b"other")
+    tmp = gsi_lab.vm("DemoVM").root / "tmp"
+    first = _start_copy(lab_dir, "DemoVM", str(a), "/tmp/target", "-FileSource", "Host")
+    try:
+        _wait_for_part(tmp, 16 * MIB, first)
+        second = run_vmis(lab_dir, "Copy-VMFile", "DemoVM", str(b), "/tmp/target",
+                          "-FileSource", "Host", "-Force")
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert (second.code, second.err.count("\n")) == (75, 1), second.err
+    assert "/tmp/target is being written by another copy" in second.err
+    assert first.returncode == 0, err
+    assert sha_file(tmp / "target") == sha_file(a)
+    (tmp / "target").unlink()
+
+
+def test_get_and_stop_vmfilecopy(gsi_lab, lab_dir, short_tmp):
+    src = short_tmp / "listed.bin"
+    make_file(src, 1024 * MIB)  # big enough to be listed and stopped while it runs
+    tmp = gsi_lab.vm("DemoVM").root / "tmp"
+    copying = _start_copy(lab_dir, "DemoVM", str(src), "/tmp/", "-FileSource", "Host")
+    try:
+        _wait_for_part(tmp, 32 * MIB, copying)
+        listed = run_vmis(lab_dir, "Get-VMFileCopy", "-VMName", "DemoVM")
+        lines = listed.out.splitlines()
+        assert lines[0].split() == ["VMName", "Id", "State", "FileSource", "Done", "Path"]
+        vm, copy_id, state, source = lines[2].split()[:4]
+        assert (vm, state, source) == ("DemoVM", "Running", "Host"), listed.out
+        stopped = run_vmis(lab_dir, "Stop-VMFileCopy", "DemoVM", "-Id", copy_id)
+        assert stopped.code == 0, stopped.err
+        _, err = copying.communicate(timeout=60)
+    finally:
+        if copying.poll() is None:
+            copying.kill()
+    assert copying.returncode == 1 and "stopped (Stop-VMFileCopy)" in err, err
+    assert err.count("\n") == 1
+    rows = json.loads(run_vmis(lab_dir, "Get-VMFileCopy", "DemoVM", "--json").out)
+    assert [(r["State"], r["Path"], r["Resumable"]) for r in rows] == [
+        ("Partial", "/tmp/listed.bin", True)]
+    gone = run_vmis(lab_dir, "Stop-VMFileCopy", "DemoVM", "-Path", "/tmp/listed.bin", "-Discard")
+    assert gone.code == 0 and gone.err == f"removed {rows[0]['Part']}\n"
+    assert json.loads(run_vmis(lab_dir, "Get-VMFileCopy", "--json").out) == []
+    assert not [p for p in tmp.iterdir() if "listed.bin" in p.name]

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from support.pair import eventually, host_guest_pair
 
-from vmis.errors import RemoteServiceError, ServiceUnavailable, StateError
+from vmis.errors import RemoteServiceError, ServiceUnavailable, StateError, TargetBusy
 from vmis.services.fcopy.receiver import PART_SUFFIX
-from vmis.services.fcopy.guest import _Write
+from vmis.services.fcopy.guest_handles import WriteOpen
 from vmis.services.fcopy.host import FcopyHost
 
 MIB = 1024 * 1024
@@ -206,7 +206,7 @@ async def test_recurse_copies_a_tree_both_ways_with_modes_and_mtimes(pair, short
     result = await copy(pair, tree, "/tmp/", recurse=True)
     assert result["Destination"] == "/tmp/site"
     assert (result["Files"], result["Directories"]) == (3, 4)
-    assert result["Skipped"] == [str(tree / "a/link")]
+    assert result["Skipped"] == [{"Path": str(tree / "a/link"), "Reason": "a symbolic link"}]
     assert {i["Path"]: i["Sha256"] for i in result["Items"]} == {
         f"/tmp/site/{rel}": sha(data) for rel, (data, _) in files.items()}
 
@@ -242,8 +242,9 @@ async def test_copies_into_a_frozen_guest_are_refused_and_out_of_it_allowed(pair
     (pair.root / "tmp/out").write_bytes(b"data")
     pair.agent.ctx.set_frozen(True)
     try:
-        code, message = await remote_error(copy(pair, src, "/tmp/"))
-        assert code == "busy" and "frozen" in message
+        with pytest.raises(TargetBusy, match="frozen") as info:
+            await copy(pair, src, "/tmp/")
+        assert info.value.code == "busy"
         await copy(pair, "/tmp/out", short_tmp / "out", "Guest")
         assert (short_tmp / "out").read_bytes() == b"data"
     finally:
@@ -265,7 +266,7 @@ async def test_a_freeze_pauses_a_copy_in_progress_until_the_thaw(pair, short_tmp
                                               "Host", progress=progress))
     await asyncio.wait_for(frozen.wait(), 30)
     await asyncio.sleep(0.3)  # what was already being written finishes
-    writers = [w.receiver for w in fcopy(pair)._open.values() if isinstance(w, _Write)]
+    writers = [w.receiver for w in [w for _, w in fcopy(pair).handles.items()] if isinstance(w, WriteOpen)]
     assert len(writers) == 1
     held = writers[0].written
     await asyncio.sleep(0.5)
@@ -303,7 +304,7 @@ async def test_an_interrupted_copy_into_the_guest_resumes(pair, short_tmp):
     assert not (pair.root / "tmp/big").exists()
     parts = [p for p in (pair.root / "tmp").iterdir() if p.name.endswith(PART_SUFFIX)]
     assert len(parts) == 1
-    await eventually(lambda: not fcopy(pair)._open)  # the guest let go of it
+    await eventually(lambda: not len(fcopy(pair).handles))  # the guest let go of it
     result = await copy(pair, src, "/tmp/")
     assert result["BytesResumed"] >= 16 * MIB
     assert result["BytesSent"] == len(data) - result["BytesResumed"]
@@ -331,7 +332,7 @@ async def test_a_changed_source_starts_over_and_drops_the_old_partial(pair, shor
     src = host_file(short_tmp, "big", data)
     await interrupted(pair, lambda progress: copy_vm_file(
         pair, "DemoVM", str(src), "/tmp/", "Host", progress=progress), 16 * MIB)
-    await eventually(lambda: not fcopy(pair)._open)
+    await eventually(lambda: not len(fcopy(pair).handles))
     data2 = os.urandom(32 * MIB)
     host_file(short_tmp, "big", data2, mtime_ns=1_600_000_000_000_000_000)
     result = await copy(pair, src, "/tmp/")
@@ -346,7 +347,7 @@ async def test_partial_data_that_differs_from_the_source_is_not_kept(pair, short
     src = host_file(short_tmp, "big", data)
     await interrupted(pair, lambda progress: copy_vm_file(
         pair, "DemoVM", str(src), "/tmp/", "Host", progress=progress), 16 * MIB)
-    await eventually(lambda: not fcopy(pair)._open)
+    await eventually(lambda: not len(fcopy(pair).handles))
     other = bytearray(data)
     other[:100] = bytes(100)
     host_file(short_tmp, "big", bytes(other))  # same mtime as before
@@ -463,7 +464,7 @@ async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, s
     code, message = await remote_error(copy(pair, src, "/tmp/full.bin"))
     assert code == "too-large" and "No space left on device" in message
     assert not (pair.root / "tmp/full.bin").exists()
-    await eventually(lambda: not fcopy(pair)._open)
+    await eventually(lambda: not len(fcopy(pair).handles))
     monkeypatch.setattr(Receiver, "_pwrite", real)
     result = await copy(pair, src, "/tmp/full.bin")
     assert (pair.root / "tmp/full.bin").read_bytes() == data

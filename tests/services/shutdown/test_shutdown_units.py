@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from vmis.errors import ServiceError, VmisError
-from vmis.guest.adapters import LAB_INHIBIT_DIR, LabPower, SystemPower, parse_inhibitors
+from vmis.guest.adapters import LAB_INHIBIT_DIR, LabPower, SystemPower
 from vmis.guest.config import AgentConfig
 from vmis.protocol import RequestReceived, ServiceId, decode_json, encode_json
 from vmis.services.guest_half import GuestContext
-from vmis.services.shutdown import ShutdownOp
+from vmis.services.shutdown import ShutdownOp, parse_inhibitors
 from vmis.services.shutdown.guest import ShutdownService
 
 # What `busctl --json=short call ... ListInhibitors` prints: the a(ssssuu) reply

@@ -343,3 +343,38 @@ async def test_wire_errors_and_status(short_tmp):
         service = pair.agent.manager.services["vss"]
         assert not service.running and service.cycle.reason == "stopping"
         assert not pair.agent.ctx.frozen
+
+
+# Section: an agent that died frozen
+
+
+async def test_a_new_agent_thaws_what_an_agent_that_died_frozen_left_frozen(tmp_path):
+    root = make_root(tmp_path)
+    service, ctx = await start_service(root)
+    await service.freeze("c-dead", "nightly")
+    assert (root / "run/vmis/vss-frozen").read_text() == "c-dead"
+    # The process dies: no thaw, no clean-up; the kernel (the lab freezer's state) keeps
+    # the filesystems frozen, and a new agent's freezer sees that.
+    assert service._watchdog is not None
+    service._watchdog.cancel()  # it dies with the process
+    reborn = VssService(GuestContext(root=root, config=AgentConfig(), notify=lambda *a: None,
+                                     adapters={"freezer": LabFreezer(root)}))
+    freezer = reborn.ctx.adapters["freezer"]
+    assert freezer.frozen == {"/", "/var"}
+    reborn.recover()
+    assert freezer.frozen == set() and not (root / "run/vmis/vss-frozen").exists()
+    reborn.recover()  # nothing left to do: no thaw call
+    assert [c for c in freezer.calls if c[0] == "thaw"] == [("thaw", "/"), ("thaw", "/var")]
+
+
+async def test_an_agent_that_thawed_leaves_no_mark_and_its_successor_thaws_nothing(tmp_path):
+    root = make_root(tmp_path)
+    service, ctx = await start_service(root)
+    await service.freeze("c1")
+    await service.thaw("c1", "host")
+    assert not (root / "run/vmis/vss-frozen").exists()
+    await service.stop()
+    reborn = VssService(GuestContext(root=root, config=AgentConfig(), notify=lambda *a: None,
+                                     adapters={"freezer": LabFreezer(root)}))
+    reborn.recover()
+    assert reborn.ctx.adapters["freezer"].calls == []

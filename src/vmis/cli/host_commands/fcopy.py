@@ -1,10 +1,11 @@
-"""``vmis Copy-VMFile``: copy files and trees between the host and a guest.
+"""``vmis Copy-VMFile``, ``Get-VMFileCopy``, ``Stop-VMFileCopy``: copies between host and guest.
 
 Hyper-V's parameters with Hyper-V's meaning (-CreateFullPath, -Force, a
 destination that is a directory takes the source's name), plus
-``-FileSource Guest`` (guest to host) and ``-Recurse``. The host manager
-makes the copy; this command resolves the host path against the current
-directory, starts the copy and draws its progress on a terminal.
+``-FileSource Guest`` (guest to host), ``-Recurse`` and what a tree's
+symbolic links become. The host manager makes the copy; this command
+resolves the host path against the current directory, starts the copy,
+draws its progress on a terminal, and says what a tree copy skipped.
 docs/services/fcopy.md §7.
 """
 
@@ -16,10 +17,16 @@ import sys
 from typing import Any
 
 from vmis.api.client import ApiClient, api_path
+from vmis.cli.table import Column, format_table
 from vmis.errors import ChannelError, ManagerApiError, UsageError
 from vmis.psargs import Command, Param
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "EXIT_SKIPPED"]
+
+JSON = Param("json", "switch", help="print JSON for scripts")
+#: the exit status of a copy that completed but left entries out (links,
+#: special files): they were named on stderr (docs/services/fcopy.md §7)
+EXIT_SKIPPED = 3
 
 
 def _human(n: float) -> str:
@@ -86,9 +93,12 @@ def cmd_copy(api: ApiClient, args: dict[str, Any]) -> int:
         guest = source
     if not guest.startswith("/"):
         raise UsageError(f"Copy-VMFile: the guest path must be absolute: {guest!r}")
+    if args["CopySymlinks"] and args["FollowSymlinks"]:
+        raise UsageError("Copy-VMFile: -CopySymlinks and -FollowSymlinks exclude each other")
+    links = "copy" if args["CopySymlinks"] else "follow" if args["FollowSymlinks"] else "skip"
     body = {"source": source, "destination": destination, "file_source": file_source,
             "create_full_path": args["CreateFullPath"], "force": args["Force"],
-            "recurse": args["Recurse"]}
+            "recurse": args["Recurse"], "links": links}
     bar = _Bar(sys.stderr.isatty() and not args["json"], os.path.basename(source))
     result: dict[str, Any] | None = None
     try:
@@ -117,6 +127,54 @@ def cmd_copy(api: ApiClient, args: dict[str, Any]) -> int:
         print(f"{what}, {_human(result['Bytes'])} -> {result['Destination']} in "
               f"{result['Seconds']:.2f} s ({_human(result['BytesPerSecond'])}/s)",
               file=sys.stderr)
+    return _report_skipped(result.get("Skipped") or [])
+
+
+def _report_skipped(skipped: list[dict[str, Any]]) -> int:
+    """Name every entry a tree copy left out on stderr; the exit status."""
+    for item in skipped:
+        print(f"Copy-VMFile: skipped {item['Path']}: {item['Reason']}", file=sys.stderr)
+    if not skipped:
+        return 0
+    links = any("symbolic link" in item["Reason"] for item in skipped)
+    print(f"Copy-VMFile: {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} not copied"
+          + ("; -CopySymlinks copies symbolic links as links, -FollowSymlinks what they "
+             "point to" if links else ""), file=sys.stderr)
+    return EXIT_SKIPPED
+
+
+def _size(row: dict[str, Any]) -> str:
+    done, size = row.get("Bytes"), row.get("Size")
+    if done is None:
+        return ""
+    return f"{_human(done)}/{_human(size)}" if size else _human(done)
+
+
+def cmd_get_copies(api: ApiClient, args: dict[str, Any]) -> int:
+    rows = api.call("GET", "/copies", params={"vm": args["VMName"] or []})
+    if args["json"]:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if rows:
+        print(format_table(
+            [Column("VMName"), Column("Id"), Column("State"), Column("FileSource"),
+             Column("Done"), Column("Path")],
+            [(r["VMName"], r.get("Id"), r["State"], r.get("FileSource"), _size(r),
+              r.get("Path") or r.get("Error", "")) for r in rows]))
+    return 0
+
+
+def cmd_stop_copies(api: ApiClient, args: dict[str, Any]) -> int:
+    if not (args["Id"] or args["Path"] or args["All"]):
+        raise UsageError("Stop-VMFileCopy: name copies with -Id or -Path, or -All")
+    paths = [_absolute(p) if not p.startswith("/") else p for p in args["Path"] or []]
+    result = api.call("POST", api_path("vms", args["VMName"], "copies", "stop"),
+                      json={"id": [int(i) for i in args["Id"] or []], "path": paths,
+                            "all": args["All"], "discard": args["Discard"]})
+    if args["json"]:
+        print(json.dumps(result, indent=2))
+    for path in result["Removed"]:
+        print(f"removed {path}", file=sys.stderr)
     return 0
 
 
@@ -134,6 +192,9 @@ COMMANDS: tuple[Command, ...] = (
         Param("CreateFullPath", "switch", help="create missing directories of the destination"),
         Param("Force", "switch", help="overwrite existing files"),
         Param("Recurse", "switch", help="copy a directory and everything in it"),
+        Param("CopySymlinks", "switch", help="-Recurse: copy symbolic links as links "
+                                             "(default: skip them, exit status 3)"),
+        Param("FollowSymlinks", "switch", help="-Recurse: copy what symbolic links point to"),
         Param("json", "switch", help="print the result as JSON (bytes, files, seconds, "
                                      "throughput, SHA-256)"),
     ), cmd_copy, aliases=("cpvmf",), examples=(
@@ -141,5 +202,22 @@ COMMANDS: tuple[Command, ...] = (
         '-FileSource Host -CreateFullPath',
         'vmis Copy-VMFile DemoVM /var/log/syslog ./logs/ -FileSource Guest -CreateFullPath',
         'vmis Copy-VMFile DemoVM ./site /srv/www -FileSource Host -Recurse -Force',
+    )),
+    Command("Get-VMFileCopy", "List copies: running, left open in the guest, partial files.", (
+        Param("VMName", "list", position=0, aliases=("Name",), help="VMs (wildcards; all)"),
+        JSON,
+    ), cmd_get_copies, examples=('vmis Get-VMFileCopy -VMName DemoVM',)),
+    Command("Stop-VMFileCopy", "Stop copies, close what the guest holds, remove partial files.", (
+        Param("VMName", required=True, position=0, aliases=("Name",), help="the VM"),
+        Param("Id", "list", help="running copies to stop (Get-VMFileCopy's Id)"),
+        Param("Path", "list", help="destinations whose open copies and partial files go"),
+        Param("All", "switch", help="every copy of the VM, and every partial file"),
+        Param("Discard", "switch", help="also remove the stopped copies' partial files "
+                                        "(default: kept, the same Copy-VMFile resumes)"),
+        JSON,
+    ), cmd_stop_copies, examples=(
+        'vmis Stop-VMFileCopy DemoVM -Id 3',
+        'vmis Stop-VMFileCopy DemoVM -Path /srv/big.iso -Discard',
+        'vmis Stop-VMFileCopy DemoVM -All -Discard',
     )),
 )

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from vmis.api.client import ApiClient
+from vmis.cli.fleetcmd import COMPUTER, host_column
 from vmis.cli.table import Column, format_table, report_failures
 from vmis.psargs import Command, Param
 from vmis.services.kvp import POOL_NAMES
@@ -45,23 +46,35 @@ def _pool_cell(row: dict[str, Any]) -> str:
 
 
 def cmd_get(api: ApiClient, args: dict[str, Any]) -> int:
-    params: dict[str, Any] = {"vm": args["VMName"]}
+    params: dict[str, Any] = {"vm": args["VMName"], "computer": args["ComputerName"]}
     if args["Pool"]:
         params["pool"] = args["Pool"]
     rows = api.call("GET", "/kvp", params=params)
     if args["json"]:
         print(json.dumps(rows, indent=2))
         return 0
+    hosts = bool(args["ComputerName"])
     print(format_table(
-        [Column("VMName", min_width=11), Column("Pool"), Column("Key"), Column("Value")],
-        [(r["VMName"], _pool_cell(r), _cell(r["Key"]), _cell(r["Value"])) for r in rows],
+        [Column("VMName", min_width=11), Column("Pool"), Column("Key"), Column("Value"),
+         *host_column(args)],
+        [(r["VMName"], _pool_cell(r), _cell(r["Key"]), _cell(r["Value"]),
+          *([r["ComputerName"]] if hosts else [])) for r in rows],
     ))
-    stale = sorted({r["VMName"] for r in rows if not r["Connected"] and r["Pending"] is None})
-    for name in stale:
-        _warn(f"{name}: no contact with the guest agent; these are the pools it last reported")
+    stale = sorted({(r["VMName"], r.get("HostState", "Responding")) for r in rows
+                    if not r["Connected"] and r["Pending"] is None})
+    for name, host_state in stale:
+        if host_state != "Responding":
+            _warn(f"{name}: its host is not responding; these are the pools it last reported")
+        else:
+            _warn(f"{name}: no contact with the guest agent; these are the pools it last "
+                  "reported")
     if any(r["Pending"] for r in rows):
         _warn("pending writes are saved by the host manager and delivered, in order, when the "
               "guest can take them")
+    if args["Pool"] != "Auto":
+        # a guest agent without some pools (qemu-ga) says so
+        for limit in api.call("GET", "/kvp/limits", params={"vm": args["VMName"]}):
+            _warn(f"{limit['VMName']}: {limit['Limit']}")
     return 0
 
 
@@ -71,7 +84,7 @@ def _report(verb: str, results: list[dict[str, Any]], args: dict[str, Any]) -> i
     else:
         for r in results:
             if r["Pending"]:
-                reason = str(r["Reason"] or "not delivered yet")
+                reason = str(r.get("PendingReason") or r["Reason"] or "not delivered yet")
                 if not reason.startswith(f"{r['VMName']}:"):
                     reason = f"{r['VMName']}: {reason}"
                 _warn(f"{reason}; the write is saved and delivered when the guest can take it")
@@ -80,12 +93,14 @@ def _report(verb: str, results: list[dict[str, Any]], args: dict[str, Any]) -> i
 
 def cmd_set(api: ApiClient, args: dict[str, Any]) -> int:
     results = api.call("POST", "/kvp/set", json={"vms": args["VMName"], "key": args["Key"],
-                                                 "value": args["Value"]})
+                                                 "value": args["Value"],
+                                                 "computer": args["ComputerName"]})
     return _report("Set-VMKvp", results, args)
 
 
 def cmd_remove(api: ApiClient, args: dict[str, Any]) -> int:
-    results = api.call("POST", "/kvp/remove", json={"vms": args["VMName"], "key": args["Key"]})
+    results = api.call("POST", "/kvp/remove", json={"vms": args["VMName"], "key": args["Key"],
+                                                    "computer": args["ComputerName"]})
     return _report("Remove-VMKvp", results, args)
 
 
@@ -95,18 +110,18 @@ COMMANDS: tuple[Command, ...] = (
         Param("Pool", choices=tuple(POOL_NAMES.values()),
               help="External (host to guest), Guest (guest to host), Auto (guest facts), "
                    "AutoExternal (host facts), AutoInternal"),
-        JSON,
+        COMPUTER, JSON,
     ), cmd_get, aliases=("kvp",),
         examples=("vmis Get-VMKvp -VMName DemoVM -Pool Auto",)),
     Command("Set-VMKvp", "Give VMs a key-value pair (External pool; saved if not delivered).", (
         VMNAME,
         Param("Key", required=True, position=1, help="at most 511 bytes of UTF-8"),
         Param("Value", required=True, position=2, help="at most 2047 bytes of UTF-8"),
-        JSON,
+        COMPUTER, JSON,
     ), cmd_set, examples=('vmis Set-VMKvp -VMName DemoVM -Key Role -Value "web frontend"',)),
     Command("Remove-VMKvp", "Remove a key-value pair from VMs' External pool.", (
         VMNAME,
         Param("Key", required=True, position=1),
-        JSON,
+        COMPUTER, JSON,
     ), cmd_remove, examples=("vmis Remove-VMKvp -VMName DemoVM -Key Role",)),
 )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmis.api.client import ApiClient
+from vmis.cli.fleetcmd import COMPUTER, warn_pending
 from vmis.cli.table import report_results
 from vmis.errors import UsageError
 from vmis.psargs import Command, Param
@@ -70,14 +71,18 @@ def _power(api: ApiClient, args: dict[str, Any], verb: str, path: str) -> int:
         "vms": args["Name"], "force": args["Force"],
         "reason": args["Reason"] or default_reason(verb),
         "timeout": timeout, "turn_off": args.get("TurnOff", False),
+        "computer": args["ComputerName"],
     })
     for r in results:
         if not r["Error"] and r.get("Kind") == "lab" and r["Action"] == "Stop":
             _wait_lab_process(r, started + timeout)
+    warn_pending(results)
     return report_results(results, verb, args["json"], _outcome)
 
 
 def _outcome(r: Mapping[str, Any]) -> str:
+    if r.get("Pending"):
+        return f"{r['VMName']}: pending on host {r['ComputerName']}"
     if r.get("AlreadyOff"):
         return f"{r['VMName']}: already off"
     if r["Action"] == "TurnOff":
@@ -111,10 +116,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("Stop-VM", "Shut a VM down through its guest (Shutdown integration service).", (
         NAME, FORCE,
         Param("TurnOff", "switch", help="cut the power instead, through QMP (QEMU quits)"),
-        REASON, TIMEOUT, JSON,
+        REASON, TIMEOUT, COMPUTER, JSON,
     ), cmd_stop,
         examples=("vmis Stop-VM -Name DemoVM", "vmis Stop-VM DemoVM -Force -TimeoutSec 60")),
     Command("Restart-VM", "Restart a VM through its guest (Shutdown integration service).", (
-        NAME, FORCE, REASON, TIMEOUT, JSON,
+        NAME, FORCE, REASON, TIMEOUT, COMPUTER, JSON,
     ), cmd_restart, examples=("vmis Restart-VM -Name DemoVM",)),
 )

@@ -45,7 +45,12 @@ SUITE = "bookworm"
 #: would need dbus and costs about 10 s of boot under TCG. kmod: ``lsmod``
 #: and ``modprobe``. iproute2: ``ip`` for the KVP intrinsic items. The NIC's
 #: DHCP client is systemd-networkd, already part of the systemd package.
-PACKAGES: tuple[str, ...] = ("python3", "systemd-sysv", "udev", "kmod", "acpid", "iproute2")
+#: qemu-guest-agent: Debian's qemu-ga, started by its udev rule when the
+#: machine has the ``org.qemu.guest_agent.0`` port, for the qemu-ga link's
+#: real-VM tests (docs/guest-links.md); it runs beside the vmis agent, each on
+#: its own port.
+PACKAGES: tuple[str, ...] = ("python3", "systemd-sysv", "udev", "kmod", "acpid", "iproute2",
+                             "qemu-guest-agent")
 
 #: Modules the initramfs loads to mount the root file system, in load order
 #: (dependencies are added by the build). crc32c_generic first: ext4 asks the

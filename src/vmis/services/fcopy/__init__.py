@@ -26,12 +26,17 @@ import json
 from enum import IntEnum
 
 __all__ = [
+    "BATCH_BYTES",
+    "BATCH_FILES",
     "CHECKPOINT_BYTES",
     "CHUNK_SIZE",
     "DATA_TIMEOUT",
     "DEFAULT_ALLOWED_ROOTS",
     "HEAD_ROOM",
+    "LEASE",
     "LIST_PAGE",
+    "PARTIAL_MAX_AGE",
+    "TREES",
     "WINDOW",
     "FcopyOp",
     "resume_token",
@@ -67,6 +72,23 @@ class FcopyOp(IntEnum):
     CLOSE = 12
     #: json {path, start} -> {entries, next}: one directory, a page at a time
     LIST = 13
+    # Version 1.1: trees as a stream, owners, the copies of a guest (§2.2)
+    #: json {path, name, owner, ...} -> {tree, path}: start receiving a tree
+    TREE_CREATE = 14
+    #: json+raw {tree, seq, dirs, files, links} + data -> {sha256}: a batch of a tree
+    TREE_PUT = 15
+    #: json {tree, dirs} -> {path, files}: make the tree durable and place it
+    TREE_COMMIT = 16
+    #: json {path, owner, links} -> {tree, path, entries, next, skipped}: walk a tree
+    TREE_OPEN = 17
+    #: json {tree, start} -> {entries, next}: more of a walked tree
+    TREE_LIST = 18
+    #: json {tree, files} -> json+raw {files} + data: small files of a walked tree
+    TREE_GET = 19
+    #: json {} -> {open, partials}: the guest's open copies and partial files
+    COPIES = 20
+    #: json {path | all} -> {closed, removed}: give copies up, remove partial files
+    DISCARD = 21
 
 
 #: bytes of file data per frame: large frames amortise the per-frame costs
@@ -89,6 +111,24 @@ LIST_PAGE = 1000
 DATA_TIMEOUT = 960.0
 #: guest directories copies may touch when the configuration names none
 DEFAULT_ALLOWED_ROOTS = "/tmp /var/tmp /home /root /srv /opt"
+#: the service version that has the tree operations and owners (§2.2)
+TREES = (1, 1)
+#: a tree's files of at most this size travel whole, several to a request
+SMALL_FILE = 1024 * 1024
+#: data bytes, and files, in one batch of small files (TREE_PUT, TREE_GET)
+BATCH_BYTES = 1024 * 1024
+BATCH_FILES = 1024
+#: batches in flight per tree copy
+BATCH_WINDOW = 4
+#: entries of a walked tree per TREE_OPEN or TREE_LIST answer
+TREE_PAGE = 4096
+#: seconds an open copy in the guest may go without a request before it is
+#: closed (its partial file kept): the fallback when its host forgot it
+LEASE = 600.0
+#: seconds a resumable partial file may stay untouched before it is removed
+PARTIAL_MAX_AGE = 24 * 3600.0
+#: seconds between two sweeps for stale partial files
+SWEEP_INTERVAL = 3600.0
 
 
 def resume_token(direction: str, source: str, size: int, mtime_ns: int, destination: str) -> str:

@@ -39,7 +39,8 @@ from vmis.protocol import (
     encode_json_raw,
 )
 from vmis.services.fcopy import CHUNK_SIZE, DATA_TIMEOUT, HEAD_ROOM, WINDOW, FcopyOp, resume_token
-from vmis.services.fcopy.paths import RootedPaths, check_name
+from vmis.services.fcopy.partials import PartialIndex
+from vmis.services.fcopy.paths import RootedPaths, check_name, shown
 from vmis.services.fcopy.reader import Reader
 from vmis.services.fcopy.receiver import Receiver
 
@@ -81,7 +82,8 @@ class _Stats:
     resumed: int = 0
     items: list[dict[str, Any]] = field(default_factory=list)
     directories: int = 0
-    skipped: list[str] = field(default_factory=list)
+    #: (path, why) of what a tree copy left out
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 class FileCopier:
@@ -93,19 +95,24 @@ class FileCopier:
     :param progress: called with the running :class:`CopyProgress`.
     :param chunk_size: data bytes per frame (capped by the limits above).
     :param window: data requests in flight per file.
+    :param owner: this copy's id: the guest's handles of it carry it (1.1).
+    :param index: notes host directories that get partial files (copies out of the guest).
     """
 
     def __init__(self, request: Requester, *, peer_max_payload: int, own_max_payload: int,
                  progress: Callable[[CopyProgress], None] | None = None,
-                 chunk_size: int = CHUNK_SIZE, window: int = WINDOW) -> None:
+                 chunk_size: int = CHUNK_SIZE, window: int = WINDOW, owner: str = "",
+                 index: PartialIndex | None = None) -> None:
         self._request = request
+        self.owner = owner
+        self._index = index
         self.send_chunk = max(1, min(chunk_size, peer_max_payload - HEAD_ROOM))
         self.recv_chunk = max(1, min(chunk_size, own_max_payload - HEAD_ROOM))
         self.window = max(1, window)
         self.progress = CopyProgress()
         self._on_progress = progress
         self._stats = _Stats()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="fcopy-host")
+        self._pool: ThreadPoolExecutor | None = None
         self._local = RootedPaths(Path("/"), ["/"])
 
     # Section: plumbing
@@ -117,8 +124,22 @@ class FileCopier:
                     timeout: float = _SHORT_TIMEOUT) -> dict[str, Any]:
         return decode_json(await self._call(op, encode_json(body), timeout))
 
+    @property
+    def _worker(self) -> ThreadPoolExecutor:
+        """The copy's own thread (made when first needed): its file work, in order."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fcopy-host")
+        return self._pool
+
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(self._worker.submit(fn, *args))
+
+    def _after_worker(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Tidy up once the worker's queued work is done (now, if there is no worker)."""
+        if self._pool is None:
+            fn(*args)
+        else:
+            self._pool.submit(fn, *args)
 
     def _advance(self, n: int) -> None:
         self.progress.bytes_done += n
@@ -127,7 +148,10 @@ class FileCopier:
 
     def _file_done(self, item: dict[str, Any]) -> None:
         self._stats.items.append(item)
-        self.progress.files_done += 1
+        self._files_done(1)
+
+    def _files_done(self, count: int) -> None:
+        self.progress.files_done += count
         if self._on_progress is not None:
             self._on_progress(self.progress)
 
@@ -138,27 +162,36 @@ class FileCopier:
 
     # Section: host to guest
 
-    async def _file_to_guest(self, source: Path, st: os.stat_result, destination: str,
-                             name: str, *, exact: bool, create: bool,
-                             force: bool) -> dict[str, Any]:
-        self.progress.current = str(source)
+    async def _file_to_guest(self, source: Path, destination: str, name: str, *, exact: bool,
+                             create: bool, force: bool) -> dict[str, Any]:
         try:
             fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise LocalFileError(f"cannot read {source}: {exc.strerror}") from exc
-        reader = Reader(fd, str(source))
+            raise LocalFileError(f"cannot read {shown(str(source))}: {exc.strerror}") from exc
+        return await self._send_file(fd, str(source), f"{destination}\0{name}", {
+            "path": destination, "name": name, "force": force, "create_path": create,
+            "exact": exact})
+
+    async def _send_file(self, fd: int, source: str, target: str,
+                         where: dict[str, Any]) -> dict[str, Any]:
+        """Send the open file *fd* (taken over) to the guest destination *where* names.
+
+        :param target: the destination, as the resume token names it.
+        :param where: OPEN_WRITE's fields for the destination: a path and a
+            name, or (1.1) a tree and a path in it.
+        """
+        reader = Reader(fd, source)
+        self.progress.current = reader.display
         try:
-            token = resume_token("to-guest", str(source), reader.size, reader.st.st_mtime_ns,
-                                 f"{destination}\0{name}")
-            meta = {"path": destination, "name": name, "size": reader.size,
-                    "mode": stat.S_IMODE(reader.st.st_mode), "atime_ns": reader.st.st_atime_ns,
-                    "mtime_ns": reader.st.st_mtime_ns, "token": token, "force": force,
-                    "create_path": create, "exact": exact}
-            if reader.size <= self.send_chunk:
+            token = resume_token("to-guest", source, reader.size, reader.st.st_mtime_ns, target)
+            meta = {**where, "size": reader.size, "mode": stat.S_IMODE(reader.st.st_mode),
+                    "atime_ns": reader.st.st_atime_ns, "mtime_ns": reader.st.st_mtime_ns,
+                    "token": token, "owner": self.owner}
+            if reader.size <= self.send_chunk and "tree" not in where:
                 return await self._put(reader, meta)
             return await self._stream_to_guest(reader, meta)
         finally:
-            self._worker.submit(reader.close)
+            self._after_worker(reader.close)
 
     async def _put(self, reader: Reader, meta: dict[str, Any]) -> dict[str, Any]:
         def whole() -> tuple[bytes, str]:
@@ -166,13 +199,15 @@ class FileCopier:
             data = reader.read(0, reader.size)
             return data, reader.finish()
 
-        data, digest = await self._in_worker(whole)
+        # A small file is read in the loop's shared threads: a copy of its own
+        # thread costs more than the read (a thread start, about a millisecond).
+        data, digest = await asyncio.to_thread(whole)
         answer = decode_json(await self._call(
             FcopyOp.PUT, encode_json_raw({**meta, "sha256": digest}, data), DATA_TIMEOUT))
         self._check_digest(answer, digest, reader.display)
         self._stats.sent += len(data)
         self._advance(len(data))
-        item = {"Path": answer["path"], "Bytes": reader.size, "Sha256": digest}
+        item = {"Path": shown(answer["path"]), "Bytes": reader.size, "Sha256": digest}
         self._file_done(item)
         return item
 
@@ -223,7 +258,7 @@ class FileCopier:
             await self._best_effort(FcopyOp.ABORT, {"handle": handle, "keep": keep})
             raise
         self._check_digest(answer, digest, reader.display)
-        item = {"Path": answer["path"], "Bytes": reader.size, "Sha256": digest,
+        item = {"Path": shown(answer["path"]), "Bytes": reader.size, "Sha256": digest,
                 "Resumed": offset}
         self._file_done(item)
         return item
@@ -243,12 +278,29 @@ class FileCopier:
 
     # Section: guest to host
 
+    async def _open_guest_file(self, source: str, probe: bool = False
+                               ) -> tuple[dict[str, Any], memoryview]:
+        """OPEN_READ: the file's facts and, if it is small, its bytes.
+
+        :param probe: (1.1) a directory answers ``type: dir`` instead of failing.
+        """
+        raw = await self._call(FcopyOp.OPEN_READ, encode_json(
+            {"path": source, "inline_max": self.recv_chunk, "owner": self.owner,
+             "probe": probe}), DATA_TIMEOUT)
+        return decode_json_raw(raw)
+
     async def _file_from_guest(self, source: str, destination: str, *, exact: bool,
                                create: bool, force: bool) -> dict[str, Any]:
-        self.progress.current = source
-        raw = await self._call(FcopyOp.OPEN_READ, encode_json(
-            {"path": source, "inline_max": self.recv_chunk}), DATA_TIMEOUT)
-        info, inline = decode_json_raw(raw)
+        info, inline = await self._open_guest_file(source)
+        return await self._file_from_opened(info, inline, destination, exact=exact,
+                                            create=create, force=force)
+
+    async def _file_from_opened(self, info: dict[str, Any], inline: memoryview,
+                                destination: str, *, exact: bool, create: bool,
+                                force: bool) -> dict[str, Any]:
+        """Receive a guest file OPEN_READ opened (*info*, and *inline* if it is small)."""
+        source = str(info["path"])
+        self.progress.current = shown(source)
         handle = int(info.get("handle", 0))
         try:
             target = self._local.destination(destination, check_name(source.rsplit("/", 1)[-1]),
@@ -259,16 +311,23 @@ class FileCopier:
                 await self._best_effort(FcopyOp.ABORT, {"handle": handle})
             raise
         assert target.name is not None
-        size = int(info["size"])
-        token = resume_token("from-guest", str(info["path"]), size, int(info["mtime_ns"]),
-                             target.path)
-        receiver = Receiver(target.dir_fd, target.name, target.path, token, size,
-                            mode=int(info["mode"]), atime_ns=int(info["atime_ns"]),
-                            mtime_ns=int(info["mtime_ns"]), force=force)
+        # Indexed when it can be resumed: a small file comes in one answer.
+        receiver = self._receiver(info, target.dir_fd, target.name, target.path, force=force,
+                                  index=self._index if handle else None)
         target.dir_fd = -1
         if not handle:
             return await self._receive_inline(receiver, bytes(inline), str(info["sha256"]))
         return await self._stream_from_guest(receiver, handle)
+
+    @staticmethod
+    def _receiver(info: dict[str, Any], dir_fd: int, name: str, path: str, *, force: bool,
+                  index: PartialIndex | None) -> Receiver:
+        """A receiver on this machine of the guest file OPEN_READ described."""
+        size = int(info["size"])
+        token = resume_token("from-guest", str(info["path"]), size, int(info["mtime_ns"]), path)
+        return Receiver(dir_fd, name, path, token, size, mode=int(info["mode"]),
+                        atime_ns=int(info["atime_ns"]), mtime_ns=int(info["mtime_ns"]),
+                        force=force, index=index)
 
     async def _receive_inline(self, receiver: Receiver, data: bytes,
                               digest: str) -> dict[str, Any]:
@@ -281,14 +340,21 @@ class FileCopier:
             finally:
                 receiver.close(keep=False)
 
-        mine = await self._in_worker(whole)
+        mine = await asyncio.to_thread(whole)
         self._stats.sent += len(data)
         self._advance(len(data))
         item = {"Path": receiver.display, "Bytes": len(data), "Sha256": mine}
         self._file_done(item)
         return item
 
-    async def _stream_from_guest(self, receiver: Receiver, handle: int) -> dict[str, Any]:
+    async def _stream_from_guest(self, receiver: Receiver, handle: int,
+                                 adopt: Callable[[Receiver], None] | None = None
+                                 ) -> dict[str, Any]:
+        """Receive the open guest file *handle* into *receiver*.
+
+        :param adopt: for a file of a tree: takes the verified partial file
+            (then left unplaced) instead of it being moved into place.
+        """
         reads: deque[tuple[int, asyncio.Task[Received]]] = deque()
         writes: deque[asyncio.Future[Any]] = deque()
         keep = True
@@ -328,7 +394,7 @@ class FileCopier:
             theirs = (await self._json(FcopyOp.CLOSE, {"handle": handle}, DATA_TIMEOUT))["sha256"]
             handle = 0
             keep = False
-            digest = await self._in_worker(receiver.commit, str(theirs))
+            digest = await self._in_worker(_finish, receiver, str(theirs), adopt)
         except BaseException as exc:
             for _, task in reads:
                 task.cancel()
@@ -354,3 +420,10 @@ class FileCopier:
                 "Resumed": receiver.resumed}
         self._file_done(item)
         return item
+
+
+def _finish(receiver: Receiver, sha256: str, adopt: Callable[[Receiver], None] | None) -> str:
+    digest = receiver.commit(sha256, place=adopt is None)
+    if adopt is not None:
+        adopt(receiver)
+    return digest

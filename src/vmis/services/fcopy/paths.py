@@ -34,11 +34,33 @@ from pathlib import Path
 
 from vmis.errors import ServiceError
 
-__all__ = ["Resolved", "RootedPaths", "check_name", "parse_roots", "split_path"]
+__all__ = ["Resolved", "RootedPaths", "check_name", "parse_roots", "shown", "split_path"]
 
 #: symbolic links followed while resolving one path (Linux's MAXSYMLINKS)
 MAX_LINKS = 40
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def shown(path: str) -> str:
+    """A path for messages and results: bytes that are not UTF-8 as ``\\xNN``.
+
+    Paths themselves are ``str`` decoded with ``surrogateescape`` (as
+    ``os.fsdecode`` does): they keep every byte of a Linux name, and travel
+    so (docs/protocol.md §2.2), but a terminal or a JSON answer gets this.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False  # a surrogate no file name byte decodes to
+    return True
 
 
 def split_path(path: str) -> list[str]:
@@ -49,11 +71,11 @@ def split_path(path: str) -> list[str]:
     """
     if not isinstance(path, str) or not path.startswith("/"):
         raise ServiceError("bad-request", f"guest paths must be absolute: {path!r}")
-    if "\0" in path:
-        raise ServiceError("bad-request", "a path may not contain NUL")
+    if "\0" in path or not _encodable(path):
+        raise ServiceError("bad-request", f"not a valid path: {path!r}")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise ServiceError("denied", f"'..' is not allowed in a guest path: {path}")
+        raise ServiceError("denied", f"'..' is not allowed in a guest path: {shown(path)}")
     return parts
 
 
@@ -63,9 +85,20 @@ def check_name(name: object) -> str:
     :raise ServiceError: ``bad-request`` otherwise.
     """
     if (not isinstance(name, str) or not name or "/" in name or "\0" in name
-            or name in (".", "..")):
+            or name in (".", "..") or not _encodable(name)):
         raise ServiceError("bad-request", f"not a valid file name: {name!r}")
     return name
+
+
+def split_rel(rel: object) -> list[str]:
+    """The names of a path relative to a tree's top (``a/b/c``), as sent by a peer.
+
+    :raise ServiceError: ``bad-request`` for an empty or absolute path, or a
+        component that is not a valid name (``..`` included).
+    """
+    if not isinstance(rel, str) or not rel or rel.startswith("/"):
+        raise ServiceError("bad-request", f"not a relative path: {rel!r}")
+    return [check_name(name) for name in rel.split("/")]
 
 
 def parse_roots(text: str) -> list[str]:
@@ -77,7 +110,7 @@ def parse_roots(text: str) -> list[str]:
 
 
 def _display(parts: Sequence[str]) -> str:
-    return "/" + "/".join(parts)
+    return shown("/" + "/".join(parts))
 
 
 @dataclass
@@ -99,7 +132,12 @@ class Resolved:
 
     @property
     def path(self) -> str:
-        """The resolved guest path, for messages and answers."""
+        """The resolved guest path, as answers carry it (:func:`shown` for messages)."""
+        return "/" + "/".join(self.parts)
+
+    @property
+    def shown(self) -> str:
+        """The resolved guest path for messages and results."""
         return _display(self.parts)
 
     @property
@@ -132,7 +170,8 @@ class RootedPaths:
 
     # Section: resolution
 
-    def _open_root(self) -> int:
+    def open_root(self) -> int:
+        """A descriptor of the root (the caller closes it)."""
         return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def resolve(self, path: str | Sequence[str], *, follow_last: bool = True,
@@ -148,7 +187,7 @@ class RootedPaths:
         """
         todo = list(split_path(path) if isinstance(path, str) else path)
         todo.reverse()
-        fd = self._open_root()
+        fd = self.open_root()
         cur: list[str] = []
         links = 0
         try:
@@ -183,7 +222,7 @@ class RootedPaths:
                     target = os.readlink(comp, dir_fd=fd)
                     if target.startswith("/"):
                         os.close(fd)
-                        fd = self._open_root()
+                        fd = self.open_root()
                         cur = []
                     todo.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
                     if not todo:  # a link to "/": the root itself
@@ -234,30 +273,63 @@ class RootedPaths:
         try:
             if path.endswith("/") and r.st is None and r.name is not None:
                 if not create:
-                    raise ServiceError("not-found", f"{r.path} does not exist "
+                    raise ServiceError("not-found", f"{r.shown} does not exist "
                                                     "(-CreateFullPath creates it)")
                 self.check(r, "creating a directory")
                 os.mkdir(r.name, 0o755, dir_fd=r.dir_fd)
                 r.st = os.lstat(r.name, dir_fd=r.dir_fd)
             if r.name is None or r.is_dir:
                 if exact:
-                    raise ServiceError("exists", f"{r.path} is a directory")
+                    raise ServiceError("exists", f"{r.shown} is a directory")
                 inner = self.resolve([*r.parts, check_name(name)])
                 r.close()
                 r = inner
                 if r.is_dir:
-                    raise ServiceError("exists", f"{r.path} is a directory")
+                    raise ServiceError("exists", f"{r.shown} is a directory")
             self.check(r, what)
             if r.st is not None and not stat.S_ISREG(r.st.st_mode):
-                raise ServiceError("exists", f"{r.path} exists and is not a regular file")
+                raise ServiceError("exists", f"{r.shown} exists and is not a regular file")
             if r.st is not None and not force:
-                raise ServiceError("exists", f"{r.path} exists (-Force overwrites it)")
+                raise ServiceError("exists", f"{r.shown} exists (-Force overwrites it)")
+            return r
+        except BaseException:
+            r.close()
+            raise
+
+    def tree_top(self, path: str, name: str, *, create: bool, what: str) -> Resolved:
+        """Where a copied directory tree goes (cp -r's rules, docs/services/fcopy.md §3.2).
+
+        An existing directory *path* receives the tree under *name*, its
+        source's name; a path that does not exist becomes the tree's top (its
+        parent must exist, or *create*); a file in the way is ``exists``.
+
+        :return: the top, resolved (``st`` None: it does not exist yet); the
+            caller owns it.
+        :raise ServiceError: ``exists``, ``not-found``, ``denied``.
+        """
+        r = self.resolve(split_path(path), create_dirs=create)
+        try:
+            if r.name is None or r.is_dir:
+                inner = self.resolve([*r.parts, check_name(name)])
+                r.close()
+                r = inner
+            self.check(r, what)
+            if r.st is not None and not r.is_dir:
+                raise ServiceError("exists", f"{r.shown} exists and is not a directory")
             return r
         except BaseException:
             r.close()
             raise
 
     # Section: policy
+
+    def resolved_roots(self) -> list[list[str]]:
+        """The allowed roots, resolved (links followed); a root that does not exist is left out.
+
+        Resolving them costs a few system calls per root: a caller that checks
+        many paths at once (a tree) resolves them once and passes them on.
+        """
+        return list(self._resolved_roots())
 
     def _resolved_roots(self) -> Iterator[list[str]]:
         for root in self.allowed:
@@ -268,9 +340,11 @@ class RootedPaths:
             except (ServiceError, OSError):
                 continue  # a root that does not exist allows nothing
 
-    def allowed_path(self, parts: Sequence[str]) -> bool:
-        """True if a resolved path lies inside an allowed root."""
-        return any(list(parts[: len(root)]) == root for root in self._resolved_roots())
+    def allowed_path(self, parts: Sequence[str],
+                     roots: Sequence[Sequence[str]] | None = None) -> bool:
+        """True if a resolved path lies inside an allowed root (*roots*: resolved already)."""
+        return any(list(parts[: len(root)]) == list(root)
+                   for root in (self._resolved_roots() if roots is None else roots))
 
     def _check_allowed(self, parts: Sequence[str], what: str) -> None:
         if self.allowed_path(parts):

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from vmis.errors import ServiceError
 from vmis.services.fcopy.file_io import HASH_BLOCK, nothing, os_error
+from vmis.services.fcopy.paths import shown
 
 __all__ = ["Reader"]
 
@@ -26,12 +27,13 @@ class Reader:
     """One file read in order from offset 0 (or a resume offset), hashed as it goes.
 
     :param fd: the open file; the reader takes ownership.
-    :param display: its path, for messages.
+    :param path: its path (answers; :attr:`display` for messages).
     """
 
-    def __init__(self, fd: int, display: str) -> None:
+    def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
-        self.display = display
+        self.path = path
+        self.display = shown(path)
         self.st = os.fstat(fd)
         self.size = self.st.st_size
         self._hash = hashlib.sha256()

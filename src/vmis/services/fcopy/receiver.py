@@ -14,7 +14,6 @@ Standard library only.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -27,25 +26,17 @@ from typing import Any
 
 from vmis.errors import ServiceError
 from vmis.services.fcopy import CHECKPOINT_BYTES
-from vmis.services.fcopy.file_io import HASH_BLOCK, nothing, os_error
+from vmis.services.fcopy.claims import CLAIMS, Claim
+from vmis.services.fcopy.file_io import HASH_BLOCK, nothing, os_error, place_file
 from vmis.services.fcopy.metadata import file_mode, set_times
+from vmis.services.fcopy.partials import PART_SUFFIX, RESUME_SUFFIX, PartialIndex, part_names
+from vmis.services.fcopy.paths import shown
 
 __all__ = ["PART_SUFFIX", "Receiver", "part_names"]
 
-PART_SUFFIX = ".vmis-part"
-RESUME_SUFFIX = ".vmis-resume"
-#: bytes of the destination name kept in partial file names (NAME_MAX is 255)
-_NAME_KEEP = 200
 #: a receiver starts writing its data to disk every this many bytes
 _FLUSH_BYTES = 32 * 1024 * 1024
 _RECORD_VERSION = 1
-
-
-def part_names(name: str, token: str) -> tuple[str, str]:
-    """The partial file and resume record names of a destination name and token."""
-    raw = name.encode("utf-8", "surrogateescape")[:_NAME_KEEP]
-    keep = raw.decode("utf-8", "ignore")
-    return f".{keep}.{token[:16]}{PART_SUFFIX}", f".{keep}.{token[:16]}{RESUME_SUFFIX}"
 
 
 class Receiver:
@@ -58,20 +49,30 @@ class Receiver:
     with the sender's, fsyncs, sets mode and times and renames the partial
     file over the destination: the destination never holds a partial file.
 
+    The destination is claimed (:mod:`.claims`) from :meth:`open` until the
+    file is in place or given up, so no other copy of this process writes it
+    meanwhile.
+
     :param dir_fd: the destination directory; the receiver takes ownership.
     :param name: the destination's name in it.
-    :param display: the destination's path, for messages.
+    :param path: the destination's path (answers; :attr:`display` for messages).
     :param token: the copy's resume token.
     :param size: the file's size, announced by the sender.
     :param gate: waited on before every write (the guest's thaw event), or None.
+    :param index: where to note the partial file, so that it is cleaned up
+        if never resumed (None: a tree's index entry covers it).
     """
 
-    def __init__(self, dir_fd: int, name: str, display: str, token: str, size: int, *,
+    def __init__(self, dir_fd: int, name: str, path: str, token: str, size: int, *,
                  mode: int, atime_ns: int, mtime_ns: int, force: bool,
-                 gate: Callable[[], None] | None = None) -> None:
+                 gate: Callable[[], None] | None = None,
+                 index: PartialIndex | None = None) -> None:
         self.dir_fd = dir_fd
         self.name = name
-        self.display = display
+        self.path = path
+        self.display = shown(path)
+        self._index = index
+        self.held: Claim | None = None
         self.token = token
         self.size = size
         self.mode = file_mode(mode)
@@ -110,9 +111,15 @@ class Receiver:
             must find the same hash for its first ``offset`` bytes.
         """
         try:
+            self.held = CLAIMS.take(CLAIMS.key(self.dir_fd, self.name), self.display)
+            if self._index is not None:
+                self._index.hold(self.token)
             if resume and self._try_resume():
                 return self.written, self._hash.copy().hexdigest()
             self._create()
+        except ServiceError:
+            self._close_dir()
+            raise
         except OSError as exc:
             self.close(keep=False)
             raise os_error(exc, f"cannot create a file in the directory of {self.display}") \
@@ -172,10 +179,19 @@ class Receiver:
     def _create(self) -> None:
         self._remove_parts(self.part, self.record)
         self._remove_stale()
+        if self._index is not None:
+            self._index.add(self._directory(), self.token)
         self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)
         self._hash = hashlib.sha256()
         self.written = self.expected = self.resumed = self._checkpointed = 0
+
+    def _directory(self) -> str:
+        return self.path.rsplit("/", 1)[0] or "/"
+
+    def _unindex(self) -> None:
+        if self._index is not None:
+            self._index.remove(self._directory(), self.token)
 
     def _remove_parts(self, *names: str) -> None:
         for n in names:
@@ -338,9 +354,13 @@ class Receiver:
 
     # Section: finishing
 
-    def commit(self, sha256: str) -> str:
+    def commit(self, sha256: str, place: bool = True) -> str:
         """Verify the whole file against the sender's hash, then move it into place.
 
+        :param place: False for a file of a tree copy: verified and complete,
+            but left as the partial file (its record saying so, its claim
+            kept in :attr:`held`) for the tree to make durable and place with
+            the others (:class:`~.tree_writer.TreeWriter`).
         :return: the file's SHA-256.
         :raise ServiceError: ``failed`` for a short file or a hash mismatch
             (the partial file is deleted: it can never become right),
@@ -366,43 +386,23 @@ class Receiver:
             try:
                 os.fchmod(self.fd, self.mode)
                 set_times(self.fd, self.atime_ns, self.mtime_ns)
-                os.fsync(self.fd)
-                self._place()
-                os.fsync(self.dir_fd)
+                if place:
+                    os.fsync(self.fd)
+                    place_file(self.dir_fd, self.part, self.name, self.force, self.display)
+                    os.fsync(self.dir_fd)
+                else:
+                    self._write_record(self.size, self._hash)
             except OSError as exc:
                 raise os_error(exc, f"cannot finish {self.display}") from exc
             os.close(self.fd)
             self.fd = -1
-            self._remove_parts(self.record, self.record + ".tmp")
+            if place:
+                self._remove_parts(self.record, self.record + ".tmp")
+                self._unindex()
+                self._let_go()
             self._close_dir()
             self._stop_workers()
             return digest
-
-    def _place(self) -> None:
-        try:
-            st = os.lstat(self.name, dir_fd=self.dir_fd)
-        except FileNotFoundError:
-            st = None
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            raise ServiceError("exists", f"{self.display} is a directory")
-        if self.force:
-            os.rename(self.part, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-            return
-        if st is not None:
-            raise ServiceError("exists", f"{self.display} exists (-Force overwrites it)")
-        try:
-            # link() never replaces: a file that appeared since the check stays.
-            os.link(self.part, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd,
-                    follow_symlinks=False)
-        except FileExistsError:
-            raise ServiceError("exists", f"{self.display} exists (-Force overwrites it)") \
-                from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                raise
-            os.rename(self.part, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-            return
-        os.unlink(self.part, dir_fd=self.dir_fd)
 
     def close(self, keep: bool) -> None:
         """Give the copy up: keep the partial file for a resume, or delete it.
@@ -421,7 +421,17 @@ class Receiver:
                 self.fd = -1
                 if not keep:
                     self._remove_parts(self.part, self.record, self.record + ".tmp")
+                    self._unindex()
+            self._let_go()
             self._close_dir()
+
+    def _let_go(self) -> None:
+        """Give the destination's claim back (and let the sweep see the partial file)."""
+        if self.held is not None:
+            CLAIMS.release(self.held)
+            self.held = None
+            if self._index is not None:
+                self._index.release(self.token)
 
     def _close_dir(self) -> None:
         if self.dir_fd >= 0:

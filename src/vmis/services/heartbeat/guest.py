@@ -26,6 +26,8 @@ __all__ = ["SERVICE", "HeartbeatService", "run_checks"]
 
 HEALTH_DIR = "/etc/vmis/health.d"
 _MIN_INTERVAL_MS = 100
+#: and at most an hour: a longer wait is no heartbeat
+_MAX_INTERVAL_MS = 3_600_000
 
 
 async def _run_check(path: Path, timeout: float) -> bool:
@@ -76,9 +78,12 @@ class HeartbeatService(GuestService):
 
     @property
     def interval(self) -> float:
-        """Seconds between beats (host setting ``interval_ms``)."""
+        """Seconds between beats (host setting ``interval_ms``; the default if it is no
+        whole number, and within the bounds the beat loop can keep)."""
         ms = self.settings.get("interval_ms", DEFAULT_INTERVAL_MS)
-        return max(int(ms), _MIN_INTERVAL_MS) / 1000
+        if not isinstance(ms, int) or isinstance(ms, bool):
+            ms = DEFAULT_INTERVAL_MS
+        return min(max(ms, _MIN_INTERVAL_MS), _MAX_INTERVAL_MS) / 1000
 
     def configure(self, settings: Mapping[str, Any]) -> None:
         super().configure(settings)

@@ -76,6 +76,8 @@ class HeartbeatMonitor:
         self._clock = clock
         #: monotonic time of the last beat of this session, None before the first
         self.last_beat: float | None = None
+        #: seconds between the last two beats, None before the second (a metric)
+        self.gap: float | None = None
         #: sequence number of the last beat
         self.seq = 0
         #: "ok" or "critical": the guest's coalesced application health
@@ -99,7 +101,11 @@ class HeartbeatMonitor:
         """Record a BEAT; True when contact was not OK just before it (a transition)."""
         now = self._clock()
         last = self.last_beat
-        recovered = last is None or self._ended or now - last > self._lost_after
+        if last is None:
+            recovered = True
+        else:
+            self.gap = gap = now - last
+            recovered = self._ended or gap > self._lost_after
         self.last_beat = now
         self.seq = seq
         self.health = health
@@ -205,6 +211,7 @@ class HeartbeatPart(VmPart):
         failed = body.get("failed") or []
         self.monitor.set_health(str(body.get("health", "ok")),
                                 [str(f) for f in failed] if isinstance(failed, list) else [])
+        self.vm.check_status()  # Application Critical, or OK again
         self.vm.log.info("application health: %s %s", self.monitor.health,
                          self.monitor.failed or "")
 

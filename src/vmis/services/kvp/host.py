@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from vmis.errors import (
     ChannelError,
@@ -47,7 +48,8 @@ from vmis.services.kvp.intrinsic import default_fqdn
 from vmis.services.kvp.pool import Pool
 from vmis.services.link import NotificationHandler
 
-__all__ = ["SERVICE", "KvpHost", "VmKvp", "kvp_pending"]
+__all__ = ["SERVICE", "KvpHost", "VmKvp", "check_write", "enqueue", "kvp_pending",
+           "pool_rows"]
 
 SPEC = by_key("kvp")
 #: seconds one KVP request may take (a pool rewrite is an fsync or two)
@@ -55,6 +57,9 @@ REQUEST_TIMEOUT = 15.0
 #: seconds a delivery started by a guest push waits for the service to count
 #: as running (the push of a starting service overtakes the SET_SERVICE answer)
 SETTLE_TIMEOUT = 5.0
+#: outcomes of writes nobody waited for that a part keeps, for a request from another
+#: host that arrives after its write was delivered (docs/fleet.md)
+RECENT_OUTCOMES = 1024
 #: guest error codes after which a write can never succeed: it is dropped
 _PERMANENT = ("bad-request", "too-large", "denied", "unknown-op")
 
@@ -95,6 +100,8 @@ class VmKvp(VmPart):
         self._facts_for: object | None = None
         self._waiting: set[int] = set()
         self._outcomes: dict[int, VmisError | None] = {}
+        #: outcomes of writes no caller waited for, newest last
+        self._recent: dict[int, VmisError | None] = {}
         # Kept in step with the table by _enqueue and _done: guest pushes (many,
         # on a big host) then cost no database query when nothing is pending.
         self._pending = len(self.pending_rows())
@@ -102,6 +109,11 @@ class VmKvp(VmPart):
 
     def handlers(self) -> Mapping[int, NotificationHandler]:
         return {KvpOp.POOL: self.on_pool}
+
+    @property
+    def pending(self) -> int:
+        """How many host writes wait for the guest (kept in step with ``kvp_pending``)."""
+        return self._pending
 
     async def on_running(self) -> None:
         # In the background: a guest slow to write its pools must not hold up
@@ -117,7 +129,8 @@ class VmKvp(VmPart):
             pool = Pool(int(body["pool"]))
             items = [(str(k), str(v)) for k, v in body["items"]]
             first, last = int(body.get("part", 0)) == 0, bool(body.get("last", True))
-        except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+        except (ProtocolError, KeyError, TypeError, ValueError, OverflowError) as exc:
+            # OverflowError: int() of an infinite "pool" or "part" (json's Infinity)
             self.vm.log.warning("bad KVP POOL notification: %s", exc)
             return
         if first:
@@ -151,14 +164,13 @@ class VmKvp(VmPart):
 
     def _enqueue(self, key: str, value: str | None) -> int:
         with self.kvp.host.engine.begin() as conn:
-            result = conn.execute(kvp_pending.insert().values(
-                vm_id=self.vm.vm.id, pool=int(Pool.EXTERNAL), key=key, value=value,
-                created=datetime.now(UTC),
-            ))
-            row_id = result.inserted_primary_key
-            assert row_id is not None
+            row_id = enqueue(conn, self.vm.vm.id, key, value)
         self._pending += 1
-        return int(row_id[0])
+        return row_id
+
+    def recount(self) -> None:
+        """Count the pending writes again: another host wrote some (docs/fleet.md)."""
+        self._pending = len(self.pending_rows())
 
     def _done(self, row_id: int, outcome: VmisError | None, key: str = "") -> None:
         with self.kvp.host.engine.begin() as conn:
@@ -168,27 +180,45 @@ class VmKvp(VmPart):
                         Delivered=outcome is None, Error=str(outcome) if outcome else None)
         if row_id in self._waiting:
             self._outcomes[row_id] = outcome
+        else:  # another host's write, delivered before its request reached this one
+            self._recent[row_id] = outcome
+            while len(self._recent) > RECENT_OUTCOMES:
+                self._recent.pop(next(iter(self._recent)))
 
     async def write(self, key: str, value: str | None) -> dict[str, Any]:
         """Set (or with ``value=None`` remove) *key* in External: saved, then delivered.
 
         :return: the row of docs/services/kvp.md §3.2 for this VM.
         """
-        row_id = self._enqueue(key, value)
-        self._waiting.add(row_id)
+        [result] = await self.delivered([(self._enqueue(key, value), key, value)])
+        return result
+
+    async def delivered(self, writes: Sequence[tuple[int, str, str | None]]
+                        ) -> list[dict[str, Any]]:
+        """Deliver what is pending and say what became of these saved writes
+        (``(row id, key, value)``: this host's, or another host's, docs/fleet.md).
+
+        :return: the row of docs/services/kvp.md §3.2 for this VM, per write.
+        """
+        ids = [row_id for row_id, _, _ in writes]
+        self._waiting.update(ids)
         try:
             await self.deliver()
-            outcome = self._outcomes.pop(row_id, "pending")
+            outcomes = [self._outcomes.pop(row_id, self._recent.pop(row_id, "pending"))
+                        for row_id in ids]
         finally:
-            self._waiting.discard(row_id)
-        result: dict[str, Any] = {
-            "VMName": self.vm.vm.name, "Pool": pool_name(Pool.EXTERNAL), "Key": key,
-            "Value": value, "Delivered": outcome is None, "Pending": outcome == "pending",
-            "Reason": self.last_error if outcome == "pending" else "", "Error": None,
-        }
-        if isinstance(outcome, VmisError):
-            result["Error"] = str(outcome)
-        return result
+            self._waiting.difference_update(ids)
+        results = []
+        for (_, key, value), outcome in zip(writes, outcomes, strict=True):
+            result: dict[str, Any] = {
+                "VMName": self.vm.vm.name, "Pool": pool_name(Pool.EXTERNAL), "Key": key,
+                "Value": value, "Delivered": outcome is None, "Pending": outcome == "pending",
+                "Reason": self.last_error if outcome == "pending" else "", "Error": None,
+            }
+            if isinstance(outcome, VmisError):
+                result["Error"] = str(outcome)
+            results.append(result)
+        return results
 
     # Section: delivery
 
@@ -305,18 +335,16 @@ class KvpHost(HostService[VmKvp]):
         rows: list[dict[str, Any]] = []
         for vm in self.host.match(patterns):
             state = vm.part(KvpHost)
-            common = {"VMName": vm.vm.name, "Connected": vm.connected}
-            for p in pools:
-                reported = state.reported.get(p)
-                rows += [{**common, "Pool": pool_name(p), "Key": k, "Value": v, "Pending": None,
-                          "ReportedAt": reported.isoformat() if reported else None}
-                         for k, v in state.pools.get(p, [])]
-                if p is Pool.EXTERNAL:
-                    rows += [{**common, "Pool": pool_name(p), "Key": r.key, "Value": r.value,
-                              "Pending": "remove" if r.value is None else "set",
-                              "ReportedAt": None}
-                             for r in state.pending_rows()]
+            reported = {p: (items, state.reported.get(p)) for p, items in state.pools.items()}
+            rows += pool_rows(vm.vm.name, vm.connected, reported, state.pending_rows(), pools)
         return rows
+
+    def limits(self, patterns: list[str]) -> list[dict[str, str]]:
+        """What the guest agents of matching VMs cannot do of KVP (an agent's offer
+        limit, e.g. qemu-ga's missing pools); for Get-VMKvp's warnings."""
+        return [{"VMName": vm.vm.name, "Limit": offer.limit}
+                for vm in self.host.match(patterns)
+                if (offer := vm.guest.get(SPEC.key)) is not None and offer.limit]
 
     async def set(self, patterns: list[str], key: str, value: str) -> list[dict[str, Any]]:
         """Set-VMKvp: write *key* = *value* to the External pool of matching VMs.
@@ -325,7 +353,7 @@ class KvpHost(HostService[VmKvp]):
             nothing is saved then.
         :raise NotFoundError: For an unknown VM.
         """
-        _check(key, value)
+        check_write(key, value)
         return await self._write(patterns, key, value)
 
     async def remove(self, patterns: list[str], key: str) -> list[dict[str, Any]]:
@@ -334,7 +362,7 @@ class KvpHost(HostService[VmKvp]):
         :raise ConfigError: For a key no pool can hold.
         :raise NotFoundError: For an unknown VM.
         """
-        _check(key, "")
+        check_write(key, "")
         return await self._write(patterns, key, None)
 
     async def _write(self, patterns: Sequence[str], key: str,
@@ -343,7 +371,38 @@ class KvpHost(HostService[VmKvp]):
         return list(await asyncio.gather(*(vm.part(KvpHost).write(key, value) for vm in vms)))
 
 
-def _check(key: str, value: str) -> None:
+def enqueue(conn: Connection, vm_id: str, key: str, value: str | None) -> int:
+    """Save a host write to a VM's External pool (``value`` None: a removal); its row id."""
+    result = conn.execute(kvp_pending.insert().values(
+        vm_id=vm_id, pool=int(Pool.EXTERNAL), key=key, value=value, created=datetime.now(UTC)))
+    row_id = result.inserted_primary_key
+    assert row_id is not None
+    return int(row_id[0])
+
+
+def pool_rows(vm_name: str, connected: bool,
+              reported: Mapping[Pool, tuple[Sequence[Sequence[str]], datetime | None]],
+              pending: Sequence[Any], pools: Sequence[Pool]) -> list[dict[str, Any]]:
+    """Get-VMKvp's rows of one VM: *pools* as the guest last pushed them (pool -> items,
+    when), and the pending host writes (kvp_pending rows) under External."""
+    common = {"VMName": vm_name, "Connected": connected}
+    rows: list[dict[str, Any]] = []
+    for p in pools:
+        items, at = reported.get(p, ((), None))
+        rows += [{**common, "Pool": pool_name(p), "Key": k, "Value": v, "Pending": None,
+                  "ReportedAt": at.isoformat() if at else None} for k, v in items]
+        if p is Pool.EXTERNAL:
+            rows += [{**common, "Pool": pool_name(p), "Key": r.key, "Value": r.value,
+                      "Pending": "remove" if r.value is None else "set", "ReportedAt": None}
+                     for r in pending]
+    return rows
+
+
+def check_write(key: str, value: str) -> None:
+    """Refuse a key or value no pool record can hold, before anything is saved.
+
+    :raise ConfigError: Naming the sizes.
+    """
     try:
         check_item(key, value)
     except KvpFormatError as exc:

@@ -48,6 +48,7 @@ __all__ = [
     "OsInfo",
     "default_fqdn",
     "fqdn_for",
+    "join_within",
     "read_os_info",
     "release_root",
 ]
@@ -207,8 +208,9 @@ def fqdn_for(root: Path) -> Callable[[], str]:
     return from_root
 
 
-def _joined(values: list[str], limit: int) -> str:
-    # Keep whole entries: stop before the one that would overflow the field.
+def join_within(values: list[str], limit: int) -> str:
+    """*values* joined with ``;``, as many whole ones as fit in *limit* bytes (an
+    address list in one KVP value; hv_kvp_daemon stops at the field's end too)."""
     out = ""
     for v in values:
         candidate = v if not out else f"{out};{v}"
@@ -250,7 +252,7 @@ class Intrinsics:
         if key in ("NetworkAddressIPv4", "NetworkAddressIPv6"):
             family = socket.AF_INET if key == "NetworkAddressIPv4" else socket.AF_INET6
             found = [a.address for a in addresses() if a.family == family and not a.loopback]
-            return _joined(found, VALUE_SIZE - 1)
+            return join_within(found, VALUE_SIZE - 1)
         return {
             "IntegrationServicesVersion": self.version,
             "OSBuildNumber": self._os.build,

@@ -145,11 +145,13 @@ def decode_record(raw: bytes) -> tuple[str, str]:
 
 
 def _key_bytes(key: str) -> bytes | None:
-    # None for text with no UTF-8 form: no record can hold such a key.
+    # None for text no record can hold: no UTF-8 form, or a NUL (which would
+    # match the record whose key ends where the NUL is: "\0" the empty key).
     try:
-        return key.encode(_ENCODING, _ERRORS)
+        raw = key.encode(_ENCODING, _ERRORS)
     except UnicodeEncodeError:
         return None
+    return None if b"\0" in raw else raw
 
 
 def _key_matches(record: bytes, key: bytes) -> bool:

@@ -6,9 +6,11 @@ learns that the request was accepted before the channel goes away; a power
 command that then fails is reported with a FAILED notification.
 """
 
+import json
 from enum import Enum, IntEnum
 
-__all__ = ["ACT_DELAY", "MAX_REASON_BYTES", "PowerAction", "ShutdownOp"]
+__all__ = ["ACT_DELAY", "LIST_INHIBITORS", "MAX_REASON_BYTES", "PowerAction", "ShutdownOp",
+           "parse_inhibitors"]
 
 #: Hyper-V's shutdown_msg_data.display_message holds 2048 bytes
 MAX_REASON_BYTES = 2048
@@ -30,3 +32,32 @@ class PowerAction(Enum):
 
     POWEROFF = "poweroff"
     REBOOT = "reboot"
+
+
+#: logind's D-Bus call that lists inhibitors, as systemctl itself consults them
+LIST_INHIBITORS = ("busctl", "--json=short", "call", "org.freedesktop.login1",
+                   "/org/freedesktop/login1", "org.freedesktop.login1.Manager",
+                   "ListInhibitors")
+
+
+def parse_inhibitors(output: str) -> list[str]:
+    """Block inhibitors on shutdown from ``busctl --json=short`` ListInhibitors output.
+
+    The reply is ``a(ssssuu)``: what (``shutdown:sleep``), who, why, mode
+    (``block``, ``block-weak``, ``delay``), uid, pid. Delay inhibitors only
+    postpone a shutdown, so they do not count.
+
+    :raise ValueError: When the output is not such a reply.
+    """
+    reply = json.loads(output)
+    data = reply.get("data") if isinstance(reply, dict) else None
+    if not isinstance(data, list) or not data or not isinstance(data[0], list):
+        raise ValueError("not an a(ssssuu) reply")
+    found = []
+    for item in data[0]:
+        if not (isinstance(item, list) and len(item) == 6):
+            raise ValueError(f"unexpected inhibitor entry {item!r}")
+        what, who, why, mode, _uid, pid = item
+        if "shutdown" in str(what).split(":") and str(mode).startswith("block"):
+            found.append(f"{who} (pid {pid}): {why}")
+    return found

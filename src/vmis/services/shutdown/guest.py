@@ -52,7 +52,11 @@ class ShutdownService(GuestService):
                                "use poweroff or reboot") from None
         force = bool(body.get("force", False))
         reason = str(body.get("reason") or "requested by the host")
-        if len(reason.encode()) > MAX_REASON_BYTES:
+        try:
+            size = len(reason.encode())
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the json): no text
+            raise ServiceError("bad-request", "the reason is not valid text") from None
+        if size > MAX_REASON_BYTES:
             raise ServiceError("too-large", f"the reason is longer than {MAX_REASON_BYTES} bytes")
         if self.pending is not None:
             # Msvm_ShutdownComponent 32782: shutdown in progress

@@ -138,13 +138,16 @@ class Sample:
     def from_json(cls, body: Mapping[str, Any]) -> Sample:
         """Read the four timestamps from a json object.
 
-        :raise RemoteProtocolError: When one is missing or not an integer.
+        :raise RemoteProtocolError: When one is missing, not an integer, or
+            past the 64 bits of a clock's nanoseconds.
         """
         values = []
         for key in ("t1", "t2", "t3", "t4"):
             value = body.get(key)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise RemoteProtocolError(f"time sample: {key} must be an integer (ns)")
+            if not isinstance(value, int) or isinstance(value, bool) \
+                    or not -2**63 <= value < 2**63:
+                raise RemoteProtocolError(f"time sample: {key} must be an integer (ns, "
+                                          "64 bits)")
             values.append(value)
         return cls(*values)
 

@@ -138,7 +138,10 @@ DRIFT_BUDGET_NS = SYNCHRONIZED_NS // 2
 def _iso(ns: int | None) -> str | None:
     if ns is None:
         return None
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds")
+    try:
+        return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return None  # a time the guest reported that no calendar holds
 
 
 @dataclass
@@ -237,7 +240,8 @@ class TimeSyncMonitor:
             self._free = (now_ns, sample.offset_ns if action == "none" else 0, sample.rtt_ns)
         offset = answer.get("offset_ns")
         self.slew_ms = (int(abs(offset) / SLEW_RATE / 1e6)
-                        if action == "slew" and isinstance(offset, int) else 0)
+                        if action == "slew" and isinstance(offset, int) and abs(offset) < 2**63
+                        else 0)
 
     def _after_sync(self, sample: Sample, answer: dict[str, Any]) -> None:
         """Ask for another SYNC when this one's step may have left the clock out of step.

@@ -5,7 +5,8 @@ loop starts with a SYNC burst, then sends a SAMPLE burst every
 ``IntervalMs`` (per VM, table ``timesync_settings``, default 10 s), longer
 while the guest stays in step or slews (TimeSyncMonitor.next_wait_ms). A
 CLOCK_EVENT from the guest (resume or jump detected inside it) makes the
-next burst a SYNC and runs it at once. The loop ends with the session.
+next burst a SYNC and runs it at once, and so does a jump of the host's own
+clock, for every guest. The loop ends with the session.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from vmis.errors import (
 from vmis.services.catalog import by_key
 from vmis.services.host_half import HostContext, HostService, VmContext, VmPart, metadata
 from vmis.services.link import GuestLink, NotificationHandler
-from vmis.services.timesync import DEFAULT_INTERVAL_MS, Flag, TimeSyncOp
+from vmis.services.timesync import DEFAULT_INTERVAL_MS, DEFAULT_STEP_THRESHOLD, Flag, TimeSyncOp
 from vmis.services.timesync.burst import TimeSyncMonitor, sync_once
+from vmis.services.timesync.jumps import JumpDetector
 
 __all__ = ["MAX_INTERVAL_MS", "MIN_INTERVAL_MS", "SERVICE", "TimeSyncHost", "VmTimeSync"]
 
@@ -39,6 +41,8 @@ MIN_INTERVAL_MS = 200
 MAX_INTERVAL_MS = 3_600_000
 #: seconds one request of a burst may take before the burst is given up
 REQUEST_TIMEOUT = 5.0
+#: seconds between two looks at the host's own clock for a jump
+CLOCK_WATCH_INTERVAL = 1.0
 
 timesync_settings = sa.Table(
     "timesync_settings",
@@ -140,8 +144,10 @@ class VmTimeSync(VmPart):
         if body is None:
             return
         delta = body.get("delta_ns")
+        # nanoseconds of a clock: anything past 64 bits is not one (nor a float)
         self.vm.log.info("guest reports a clock %s (%s s); syncing now", body.get("event"),
-                         f"{delta / 1e9:+.3f}" if isinstance(delta, int) else "?")
+                         f"{delta / 1e9:+.3f}" if isinstance(delta, int)
+                         and abs(delta) < 2**63 else "?")
         self.request_sync()
 
 
@@ -158,9 +164,41 @@ class TimeSyncHost(HostService[VmTimeSync]):
     def __init__(self, host: HostContext, clock: Any = time.time_ns) -> None:
         super().__init__(host)
         self.clock = clock
+        self._watch: asyncio.Task[None] | None = None
 
     def new_part(self, vm: VmContext) -> VmTimeSync:
         return VmTimeSync(vm, self)
+
+    async def start(self) -> None:
+        self._watch = asyncio.create_task(self._watch_clock(), name="timesync:host-clock")
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+
+    def _now(self) -> int:
+        # self.clock read at each call: whatever clock the half has now
+        return int(self.clock())
+
+    async def _watch_clock(self) -> None:
+        """Sync every guest at once when this host's clock jumps (or the host resumed).
+
+        Otherwise a guest would follow at its next burst, up to 32 intervals
+        (320 s) away for one whose clock kept still.
+        """
+        detector = JumpDetector(self._now, int(DEFAULT_STEP_THRESHOLD * 1e9))
+        while True:
+            await asyncio.sleep(CLOCK_WATCH_INTERVAL)
+            event = detector.check()
+            if event is None:
+                continue
+            kind, delta = event
+            sessions = self.host.match(["*"])
+            self.log.warning("the host's clock %s (%+.3f s): syncing %d guests now",
+                             "jumped" if kind == "jump" else "resumed", delta / 1e9,
+                             len(sessions))
+            for session in sessions:
+                session.part(TimeSyncHost).request_sync()
 
     # Section: settings
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vmis.errors import ServiceError
+from vmis.errors import RemoteProtocolError, ServiceError
 from vmis.protocol import (
     RequestReceived,
     ServiceId,
@@ -289,8 +289,12 @@ class VmSessionService(GuestService):
             session.kill(signum)
         return encode_json({"session": session.sid})
 
+    def _open_session(self, sid: object) -> GuestSession | None:
+        # A number from the host's json: anything else (a list, a string) names no session.
+        return self.sessions.get(sid) if type(sid) is int else None
+
     def _session(self, body: Mapping[str, Any]) -> GuestSession:
-        session = self.sessions.get(body.get("session"))  # type: ignore[arg-type]
+        session = self._open_session(body.get("session"))
         if session is None:
             raise ServiceError("not-found", f"no open session {body.get('session')!r}")
         session.last_heard = asyncio.get_running_loop().time()
@@ -300,7 +304,7 @@ class VmSessionService(GuestService):
 
     def _on_input(self, payload: bytes) -> None:
         body, raw = decode_json_raw(payload)
-        session = self.sessions.get(body.get("session"))  # type: ignore[arg-type]
+        session = self._open_session(body.get("session"))
         if session is None:
             return  # late input for a session that ended
         session.last_heard = asyncio.get_running_loop().time()
@@ -308,7 +312,7 @@ class VmSessionService(GuestService):
 
     def _on_window(self, payload: bytes) -> None:
         body = decode_json(payload)
-        session = self.sessions.get(body.get("session"))  # type: ignore[arg-type]
+        session = self._open_session(body.get("session"))
         n = body.get("bytes")
         if session is not None and isinstance(n, int) and n > 0:
             session.last_heard = asyncio.get_running_loop().time()
@@ -316,9 +320,12 @@ class VmSessionService(GuestService):
 
     def _on_keepalive(self, payload: bytes) -> None:
         body = decode_json(payload)
+        sids = body.get("sessions") or []
+        if not isinstance(sids, list):
+            raise RemoteProtocolError("KEEPALIVE sessions must be a list of numbers")
         now = asyncio.get_running_loop().time()
-        for sid in body.get("sessions") or []:
-            session = self.sessions.get(sid)
+        for sid in sids:
+            session = self._open_session(sid)
             if session is not None:
                 session.last_heard = now
 

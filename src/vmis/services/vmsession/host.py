@@ -105,6 +105,11 @@ class _Failed:
         self.error = error
 
 
+def _whole(value: object, default: int) -> int:
+    """A whole number of the guest's START answer, or *default* for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
 # Section: per-VM registry
 
 
@@ -247,7 +252,8 @@ class RemoteCommand:
             vm.require(SPEC)
         except ServiceUnavailable as exc:
             state = vm.guest.get(SPEC.key)
-            if state is not None and state.state != "running":
+            # the hint is the vmis agent's; another agent's limit says what to do
+            if state is not None and state.state != "running" and not state.limit:
                 raise ServiceUnavailable(f"{exc}; {ENABLE_HINT}") from None
             raise
         assert vm.link is not None
@@ -281,8 +287,8 @@ class RemoteCommand:
             registry.open.pop(cmd.sid, None)
             raise
         cmd.info = answer
-        cmd._keepalive = max(int(answer.get("keepalive_ms", 15000)), 50) / 1000
-        cmd._input_credit = int(answer.get("input_window", 0)) if stdin else 0
+        cmd._keepalive = min(max(_whole(answer.get("keepalive_ms"), 15000), 50), 3_600_000) / 1000
+        cmd._input_credit = max(_whole(answer.get("input_window"), 0), 0) if stdin else 0
         cmd._input_closed = not stdin
         cmd._watchdog = asyncio.create_task(cmd._watch(), name=f"vmsession:{cmd.sid}")
         vm.log.info("session %d requested by %s: started %s as %s in %s (pid %s)", cmd.sid,

@@ -25,6 +25,7 @@ against any peer.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -231,9 +232,22 @@ class CheckpointReport:
         }
 
 
+def _number(value: object) -> float:
+    """A number of the guest's answer (ms, s), or 0 when it sent something else."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and \
+            math.isfinite(value):
+        return float(value)
+    return 0.0
+
+
+def _list(value: object) -> list[Any]:
+    """A list of the guest's answer, or an empty one when it sent something else."""
+    return value if isinstance(value, list) else []
+
+
 def _hook_rows(cycle: Mapping[str, Any] | None, phases: tuple[str, ...]) -> list[StepRow]:
     rows = []
-    for hook in (cycle or {}).get("hooks") or []:
+    for hook in _list((cycle or {}).get("hooks")):
         if not isinstance(hook, dict) or hook.get("phase") not in phases:
             continue
         detail = ""
@@ -244,7 +258,7 @@ def _hook_rows(cycle: Mapping[str, Any] | None, phases: tuple[str, ...]) -> list
             if lines:
                 detail += f": {lines[-1][:200]}"
         rows.append(StepRow(f"{hook.get('phase')} hook", str(hook.get("name")),
-                            str(hook.get("result")), float(hook.get("duration_ms") or 0) / 1000,
+                            str(hook.get("result")), _number(hook.get("duration_ms")) / 1000,
                             detail))
     return rows
 
@@ -333,11 +347,12 @@ class CheckpointRun:
             await self._freeze_failed(exc)
             return None
         received = time.monotonic()
-        report.frozen = [str(m) for m in answer.get("frozen") or []]
+        # The guest is frozen now: nothing it answers may keep the run from its THAW.
+        report.frozen = [str(m) for m in _list(answer.get("frozen"))]
         report.steps += _hook_rows(answer, ("freeze",))
         report.steps.append(StepRow("freeze", ", ".join(report.frozen) or "(none)", "ok",
-                                    float(answer.get("freeze_ms") or 0) / 1000))
-        window = float(answer.get("thaw_in") or answer.get("timeout") or 0)
+                                    _number(answer.get("freeze_ms")) / 1000))
+        window = _number(answer.get("thaw_in")) or _number(answer.get("timeout"))
         return received + window - _margin(window)
 
     async def _freeze_failed(self, exc: VmisError) -> None:
@@ -431,10 +446,10 @@ class CheckpointRun:
         report.guest_state = str(answer.get("state"))
         if cycle is not None and cycle.get("id") == self.plan.checkpoint_id:
             report.frozen_seconds = cycle.get("frozen_for")
-            thawed = ", ".join(str(m) for m in cycle.get("thawed") or [])
+            thawed = ", ".join(str(m) for m in _list(cycle.get("thawed")))
             row_result = "ok" if result == "thawed" else result
             report.steps.append(StepRow("thaw", thawed or "(none)", row_result,
-                                        float(cycle.get("thaw_ms") or 0) / 1000))
+                                        _number(cycle.get("thaw_ms")) / 1000))
             hooks = _hook_rows(cycle, ("thaw",))
             report.steps += hooks
             report.warnings += [f"thaw hook {h.target}: {h.detail}" for h in hooks

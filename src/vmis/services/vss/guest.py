@@ -24,6 +24,11 @@ Rules this module keeps, because a guest left frozen hangs every writer:
   write a bytecode cache.
 - **Every transition holds one lock**, so FREEZE, THAW, the watchdog and a
   service stop never interleave; a stop thaws first.
+- **An agent that dies frozen is undone by the next.** Before freezing, the
+  service leaves a mark in ``/run/vmis`` (a tmpfs, never frozen, empty after
+  a reboot) and removes it once thawed; an agent that starts and finds it
+  thaws every filesystem before anything else (:meth:`VssService.recover`),
+  as the kernel keeps them frozen after the process that froze them is gone.
 """
 
 from __future__ import annotations
@@ -53,12 +58,14 @@ from vmis.services.vss import (
 from vmis.services.vss.freeze import FilesystemFreeze, Freezer, IoctlFreezer
 from vmis.services.vss.hooks import HookResult, list_hooks, run_hooks
 
-__all__ = ["SERVICE", "Cycle", "LogHold", "VssService"]
+__all__ = ["FROZEN_MARK", "SERVICE", "Cycle", "LogHold", "VssService"]
 
 #: seconds between two attempts when a thaw failed
 THAW_RETRY = 2.0
 #: longest checkpoint id or name accepted
 _MAX_TEXT = 256
+#: the mark of a freeze in progress: a tmpfs in a real guest, never frozen
+FROZEN_MARK = "/run/vmis/vss-frozen"
 
 
 # Section: holding the log while frozen
@@ -255,12 +262,16 @@ class VssService(GuestService):
     async def _on_freeze(self, request: RequestReceived) -> bytes:
         body = decode_json(request.payload)
         timeout = body.get("timeout")
+        # "not > 0" refuses NaN too (json.loads reads it); a number past the
+        # longest freeze allowed (infinity, a 400-digit integer) is that longest
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            or not timeout > 0
         ):
             raise ServiceError("bad-request", "timeout must be a positive number of seconds")
         cycle = await self.freeze(_text(body, "id") or uuid.uuid4().hex, _text(body, "name"),
-                                  float(timeout) if timeout is not None else None)
+                                  float(min(timeout, MAX_FREEZE_TIMEOUT))
+                                  if timeout is not None else None)
         return encode_json(cycle.to_json())
 
     async def _on_thaw(self, request: RequestReceived) -> bytes:
@@ -277,6 +288,29 @@ class VssService(GuestService):
         return await self.thaw(None, "guest")
 
     # Section: lifecycle
+
+    @property
+    def _mark(self) -> Path:
+        return self.ctx.path(FROZEN_MARK)
+
+    def recover(self) -> None:
+        """Thaw what an agent that died frozen left frozen (its mark is still there)."""
+        mark = self._mark
+        try:
+            checkpoint = mark.read_text().strip()
+        except FileNotFoundError:
+            return
+        if self._fs is None:
+            return
+        try:
+            thawed = self._fs.thaw()
+        except ThawError as exc:  # the mark stays: the next start tries again
+            self.log.error("VSS: the previous agent died with the guest frozen; thawing "
+                           "failed: %s", exc)
+            return
+        mark.unlink(missing_ok=True)
+        self.log.warning("VSS: the previous agent died with the guest frozen for checkpoint "
+                         "%s; thawed %s", checkpoint or "?", ", ".join(thawed) or "nothing")
 
     def on_session(self, running: bool) -> None:
         if not running:
@@ -340,6 +374,7 @@ class VssService(GuestService):
                 await self._failed(cycle, f"freeze hook {results[-1].summary()}", "hook")
             if epoch != self._epoch or not self.running:
                 await self._failed(cycle, self._gone_reason(), "session")
+            self._set_mark(cycle)
             self.ctx.set_frozen(True)
             cycle.frozen_at = time.monotonic()
             cycle.deadline = cycle.frozen_at + cycle.timeout
@@ -347,9 +382,11 @@ class VssService(GuestService):
                 cycle.frozen = await self._freeze_filesystems(fs)
             except FreezeError as exc:
                 self.ctx.set_frozen(False)
+                self._clear_mark()
                 await self._failed(cycle, str(exc), "freeze")
             except OSError as exc:
                 self.ctx.set_frozen(False)
+                self._clear_mark()
                 await self._failed(cycle, f"cannot read the mount table: {exc}", "freeze")
             finally:
                 cycle.freeze_seconds = time.monotonic() - cycle.frozen_at
@@ -361,6 +398,17 @@ class VssService(GuestService):
                 raise ServiceError("failed", f"{reason}; the filesystems were thawed again")
             self._watchdog = self.spawn(self._watch(cycle, cycle.deadline), "watchdog")
             return cycle
+
+    def _set_mark(self, cycle: Cycle) -> None:
+        try:
+            self._mark.parent.mkdir(parents=True, exist_ok=True)
+            self._mark.write_text(cycle.id)
+        except OSError as exc:  # the freeze still goes ahead; only a crash is not undone
+            self.log.warning("VSS: cannot mark the freeze in %s: %s", FROZEN_MARK, exc)
+
+    def _clear_mark(self) -> None:
+        with contextlib.suppress(OSError):
+            self._mark.unlink(missing_ok=True)
 
     def _gone_reason(self) -> str:
         if not self.running:
@@ -379,6 +427,7 @@ class VssService(GuestService):
                 await asyncio.wait([work])
             with contextlib.suppress(ThawError):
                 fs.thaw()
+                self._clear_mark()
             self.ctx.set_frozen(False)
             raise
 
@@ -446,6 +495,7 @@ class VssService(GuestService):
             if self.running:
                 self._watchdog = self.spawn(self._watch(cycle, retry), "thaw-retry")
             raise ServiceError("failed", cycle.error) from exc
+        self._clear_mark()
         cycle.thaw_seconds = time.monotonic() - start
         cycle.thawed_at = time.monotonic()
         cycle.reason = reason

@@ -275,7 +275,8 @@ class VssHost(HostService[VmVss]):
         else:
             session.log.error("checkpoint %r failed: %s", plan.name, report.error)
         session.publish("checkpoint", Name=plan.name, Status=report.status, Taken=report.taken,
-                        Error=report.error, DurationSeconds=report.duration)
+                        Error=report.error, DurationSeconds=report.duration,
+                        FrozenSeconds=report.frozen_seconds)
         return report
 
     def _record(self, report: CheckpointReport, insert: bool = False) -> None:

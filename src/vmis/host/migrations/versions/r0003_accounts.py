@@ -3,7 +3,7 @@
 vmis.host.accounts holds the live tables; docs/api.md §2 what they are for.
 
 Revision ID: 0003
-Revises: 0001 (0002, guest kinds, is written in parallel: the lead chains them on merging)
+Revises: 0002
 Create Date: 2026-12-20
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

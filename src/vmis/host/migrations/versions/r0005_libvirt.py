@@ -4,7 +4,7 @@ A store whose ``vms`` table already has the columns (made by ``create_all``
 from this code before it was migrated, as revision 0001 allows) keeps them.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-06
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
