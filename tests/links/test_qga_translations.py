@@ -21,6 +21,8 @@ from support.qga_peer import QgaError, QgaPeer, guest_info
 
 from vmis.host.manager import HostManager
 from vmis.host.store import Store
+from vmis.links.qemu_ga import kvp
+from vmis.services.kvp.host import KvpHost
 from vmis.services.shutdown import PowerAction
 from vmis.services.shutdown.host import ShutdownHost
 from vmis.services.timesync.host import TimeSyncHost
@@ -43,6 +45,10 @@ class Guest:
         self.programs: dict[str, dict[str, Any]] = {}
         self.started: list[list[str]] = []
         self._next_pid = 100
+        #: guest-network-get-interfaces: the loopback only until the network is up
+        self.interfaces: list[dict[str, Any]] = [
+            {"name": "lo", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "127.0.0.1",
+                                             "prefix": 8}]}]
 
     def handlers(self) -> dict[str, Any]:
         return {
@@ -60,6 +66,7 @@ class Guest:
             "guest-fsfreeze-status": lambda a: "frozen" if self.frozen else "thawed",
             "guest-fsfreeze-freeze": self._freeze,
             "guest-fsfreeze-thaw": self._thaw,
+            "guest-network-get-interfaces": lambda a: self.interfaces,
             "guest-get-fsinfo": lambda a: [{"mountpoint": "/", "type": "ext4"},
                                            {"mountpoint": "/var", "type": "ext4"}],
             "guest-shutdown": self._shutdown,
@@ -194,6 +201,34 @@ async def test_time_sync_steps_a_clock_an_hour_ahead_with_guest_set_time(scripte
     row = await eventually(lambda: (r := timesync.rows(["QgaVM"])[0])["State"] == "Unslewed"
                            and r, timeout=15)
     assert "cannot slew" in row["Note"] and len(peer.commands("guest-set-time")) == 1
+
+
+@pytest.fixture
+def quick_kvp_refresh(monkeypatch):
+    """Facts read every 0.2 s instead of every 10 (set before the link opens)."""
+    monkeypatch.setattr(kvp, "REFRESH", 0.2)
+
+
+async def test_the_auto_pool_follows_the_guests_facts_after_connect(quick_kvp_refresh, scripted):
+    manager, _session, guest, peer = scripted
+    pool = manager.service(KvpHost)
+
+    def auto() -> dict[str, str]:
+        return {r["Key"]: r["Value"] for r in pool.rows(["QgaVM"], "Auto")}
+
+    # read at connect: qemu-ga starts before the guest's network, which has no address yet
+    assert (await eventually(auto))["NetworkAddressIPv4"] == ""
+    reads = len(peer.commands("guest-network-get-interfaces"))
+    guest.interfaces.append({"name": "ens3", "ip-addresses": [
+        {"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24},
+        {"ip-address-type": "ipv6", "ip-address": "fec0::5054:ff:fe12:3456", "prefix": 64}]})
+    rows = await eventually(lambda: (r := auto())["NetworkAddressIPv4"] and r, timeout=10)
+    assert (rows["NetworkAddressIPv4"], rows["NetworkAddressIPv6"]) == (
+        "10.0.2.15", "fec0::5054:ff:fe12:3456")
+    assert rows["OSName"] == "Debian GNU/Linux"  # the other facts pushed again with them
+    assert len(peer.commands("guest-network-get-interfaces")) > reads
+    guest.interfaces.pop()  # the address went away (DHCP lease lost, link down)
+    await eventually(lambda: auto()["NetworkAddressIPv4"] == "", timeout=10)
 
 
 async def test_stop_vm_through_guest_shutdown_which_answers_nothing(scripted):
