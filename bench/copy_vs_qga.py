@@ -22,7 +22,6 @@ Target (issue 17): vmis / qemu-ga >= 10 both ways.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -36,8 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from copy_tree import VM, Lab, finish, settle  # noqa: E402
-from qga_copy import MIB, QgaSandbox, baseline_in, baseline_out  # noqa: E402
+from copy_tree import VM, Lab, finish, settle
+from qga_copy import MIB, QgaSandbox, baseline_in, baseline_out
 
 
 def rate(size_mib: int, work: Callable[[], Any]) -> float:

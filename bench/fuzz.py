@@ -64,7 +64,8 @@ def run_one(name: str, runs: int, seed: int, out: Path,
     with open(work / "libfuzzer.log", "w") as log:
         proc = subprocess.run(
             [sys.executable, "-m", "support.fuzz.run", name, f"-runs={runs}", f"-seed={seed}",
-             "-timeout=60", f"-max_total_time={seconds_limit}", "-print_final_stats=1", f"-artifact_prefix={work}/", str(corpus)],
+             "-timeout=60", f"-max_total_time={seconds_limit}", "-print_final_stats=1",
+             f"-artifact_prefix={work}/", str(corpus)],
             stderr=log, stdout=subprocess.DEVNULL, env=_env(scratch, crashes), check=False)
     seconds = time.monotonic() - started
     shutil.rmtree(scratch, ignore_errors=True)

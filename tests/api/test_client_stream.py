@@ -121,7 +121,7 @@ def test_a_stream_that_breaks_off_is_channel_closed(short_tmp):
 
 def test_not_http_is_one_clear_error(short_tmp):
     with server(short_tmp / "s.sock", b"SSH-2.0-OpenSSH\r\n\r\n"), \
-            pytest.raises(ManagerApiError, match="not HTTP/1.1"):
+            pytest.raises(ManagerApiError, match=r"not HTTP/1\.1"):
         list(ApiClient(short_tmp / "s.sock").stream("POST", "/update", json={}))
 
 
