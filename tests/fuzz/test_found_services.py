@@ -6,7 +6,7 @@ transport (the host then dialled again, the guest's commands were killed).
 Those are shown end to end, over a real host-guest pair; the rest on the
 function that failed.
 
-Harnesses: host_handlers, guest_handlers, timesync_samples, kvp_pool.
+Harnesses: host_handlers, guest_handlers, timesync_samples, kvp_pool, wire_helpers.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import logging
 import pytest
 from support.pair import eventually, host_guest_pair, quick_config
 
-from vmis.errors import RemoteProtocolError, RemoteServiceError
+from vmis.errors import NotFoundError, RemoteProtocolError, RemoteServiceError
 from vmis.guest.config import AgentConfig
 from vmis.protocol import encode_json
 from vmis.protocol.services import CONTROL, ControlOp
 from vmis.services.catalog import StartupType, by_key
-from vmis.services.kvp import KvpOp
+from vmis.services.kvp import KvpOp, parse_pool
 from vmis.services.kvp.pool import KEY_SIZE, KvpPool, Pool
 from vmis.services.shutdown import ShutdownOp
 from vmis.services.timesync import Flag, Sample, TimeSyncOp
@@ -168,6 +168,21 @@ def test_a_kvp_key_with_a_nul_names_no_record(tmp_path):
     assert pool.get("\0") is None and pool.get("a\0") is None
     assert pool.delete("\0") is False and pool.delete("a\0b") is False
     assert pool.items() == [("", "empty key"), ("a", "1")]
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u09e9", "1\u00b2", "\u0661"])
+def test_a_pool_named_by_digits_int_refuses_is_no_pool(text):
+    # wire_helpers: digits to str.isdigit() but not to int() raised ValueError out of
+    # parse_pool (Get-VMKvp -Pool ... was a traceback)
+    with pytest.raises(NotFoundError, match="no KVP pool"):
+        parse_pool(text)
+
+
+def test_a_pool_number_between_spaces_still_names_it():
+    # wire_helpers' input: strip() takes the separator \x1d around the digit, int() did not
+    assert parse_pool("\r\r\x1d\r\r\r\r0\r\r\r\r") == Pool.EXTERNAL
+    assert parse_pool(" 0\n") == Pool.EXTERNAL and parse_pool("\t4 ") == Pool.AUTO_INTERNAL
+    assert parse_pool(2) == Pool.AUTO and parse_pool(" auto ") == Pool.AUTO
 
 
 async def _fuzz_guest_manager(tmp_path):
