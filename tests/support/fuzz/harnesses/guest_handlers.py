@@ -126,9 +126,9 @@ class _Guest:
             await vss.thaw(None, "guest")  # type: ignore[attr-defined]
         self.agent.ctx.set_frozen(False)
         fcopy = self.services["fcopy"]
-        fcopy._close_all()  # type: ignore[attr-defined]
+        fcopy.close_all()  # type: ignore[attr-defined]
         await asyncio.sleep(0)
-        fcopy._next_handle = 1  # type: ignore[attr-defined]
+        fcopy.handles._next = 1  # type: ignore[attr-defined]
         shutdown = self.services["shutdown"]
         shutdown.pending = None  # type: ignore[attr-defined]
         await self._start_all()

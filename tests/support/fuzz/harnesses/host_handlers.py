@@ -145,7 +145,7 @@ class _Host:
         self.failures = LoggedFailures("vmis", "asyncio")
         self.kind = FuzzKind()
         self.manager = HostManager(Store(f"sqlite:///{self.dir / 'host.db'}"),
-                                   guest_kind=self.kind)
+                                   guest_kinds={"vmis": self.kind})
         self.loop.run_until_complete(self._start())
         assert self.kind.link is not None
         self.link: FuzzLink = self.kind.link
