@@ -334,8 +334,6 @@ class ApiClient:
         :raise ChannelClosed: When the connection fails once the answer has begun.
         :raise VmisError: The error the manager reported, before or during the stream.
         """
-        from vmis.api.errors import error_from_json
-
         request = self._request(method, path, json=json)
         sock = self._connect(self.timeout)
         begun = False
@@ -352,6 +350,8 @@ class ApiClient:
                 if line.strip():
                     item = jsonlib.loads(line)
                     if isinstance(item, dict) and item.get("type") == "error":
+                        from vmis.api.errors import error_from_json  # inspect: errors only
+
                         raise error_from_json(item, type_key="class")
                     yield item
         except TimeoutError as exc:
