@@ -234,8 +234,7 @@ async def _fuzz_guest_manager(tmp_path):
     from vmis.host.store import Store
 
     kind = FuzzKind()
-    manager = HostManager(Store(f"sqlite:///{tmp_path / 'host.db'}"),
-                          guest_kinds={"vmis": kind})
+    manager = HostManager(Store(f"sqlite:///{tmp_path / 'host.db'}"), guest_kinds={"vmis": kind})
     await manager.start()
     manager.add_vm("FakeVM", "unix:/nonexistent")
     assert await manager.session("FakeVM").wait_connected(10)

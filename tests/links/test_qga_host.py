@@ -23,7 +23,7 @@ from support.pair import eventually
 from vmis.errors import RemoteServiceError, ServiceUnavailable
 from vmis.host.manager import HostManager
 from vmis.host.store import Store
-from vmis.services.catalog import by_key
+from vmis.services.catalog import CATALOG, by_key
 from vmis.services.fcopy.host import FcopyHost
 from vmis.services.kvp.host import KvpHost
 from vmis.services.shutdown import PowerAction
@@ -50,7 +50,9 @@ async def qga_vm(tmp_path, qga_sandbox):
 async def test_the_table_of_a_qemu_ga_guest_names_what_qemu_ga_blocks(qga_vm):
     manager, session, _ = qga_vm
     await eventually(lambda: session.status(HB).primary is OK, timeout=10)
-    rows = {r.name: r for r in await manager.services(["QgaVM"], None)}
+    # the rows Get-VMIntegrationService prints, as the session computes them
+    rows = {r.name: r for r in (session.status(spec) for spec in CATALOG.host_services)}
+    assert [row["Name"] for row in await manager.services(["QgaVM"], None)] == list(rows)
     assert [(n, r.enabled, r.primary, r.secondary) for n, r in rows.items()] == [
         ("Guest Service Interface", False, OK, None),
         ("Heartbeat", True, OK, OK),

@@ -228,7 +228,7 @@ def test_a_copy_whose_client_goes_away_resumes_at_once(gsi_lab, lab_dir, short_t
     assert result["BytesResumed"] >= 32 * MIB
     assert result["Sha256"] == digest == sha_file(tmp / "resume.bin")
     status = run_vmis(lab_dir, "lab", "guest", "DemoVM", "fcopy", "status", "--json")
-    assert json.loads(status.out)["copies"] == []
+    assert json.loads(status.out)["Copies"] == []
     assert not [p for p in tmp.iterdir() if PART_SUFFIX in p.name]
     (tmp / "resume.bin").unlink()
 
