@@ -9,7 +9,7 @@ corpus and at each power-of-two input count. A crash does not stop the run
 each kind is kept with its traceback in ``--out`` (default: a directory
 under /tmp, printed).
 
-    .venv/bin/python bench/fuzz.py [--runs 1000000] [--harness NAME ...] [--seed 1]
+    .venv/bin/python bench/fuzz.py [--runs 1000000] [--seconds 0] [--harness NAME ...] [--seed 1]
     .venv/bin/python bench/fuzz.py --update-seeds 8    # refresh tests/fuzz/corpus
 
 Each harness starts from its seed corpus in tests/fuzz/corpus (copied: the
@@ -50,8 +50,10 @@ def _env(scratch: Path, crashes: Path | None) -> dict[str, str]:
     return env
 
 
-def run_one(name: str, runs: int, seed: int, out: Path) -> dict[str, object]:
-    """Fuzz *name* for *runs* inputs; the figures of the run."""
+def run_one(name: str, runs: int, seed: int, out: Path,
+            seconds_limit: int = 0) -> dict[str, object]:
+    """Fuzz *name* for *runs* inputs (or *seconds_limit* seconds, if sooner); the figures of
+    the run."""
     work = out / name
     corpus, crashes, scratch = work / "corpus", work / "crashes", work / "scratch"
     for d in (corpus, crashes, scratch):
@@ -62,7 +64,8 @@ def run_one(name: str, runs: int, seed: int, out: Path) -> dict[str, object]:
     with open(work / "libfuzzer.log", "w") as log:
         proc = subprocess.run(
             [sys.executable, "-m", "support.fuzz.run", name, f"-runs={runs}", f"-seed={seed}",
-             "-timeout=60", "-print_final_stats=1", f"-artifact_prefix={work}/", str(corpus)],
+             "-timeout=60", f"-max_total_time={seconds_limit}", "-print_final_stats=1",
+             f"-artifact_prefix={work}/", str(corpus)],
             stderr=log, stdout=subprocess.DEVNULL, env=_env(scratch, crashes), check=False)
     seconds = time.monotonic() - started
     shutil.rmtree(scratch, ignore_errors=True)
@@ -122,6 +125,9 @@ def update_seeds(name: str, work: Path, keep: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1_000_000, help="inputs per harness")
+    parser.add_argument("--seconds", type=int, default=0,
+                        help="stop each harness after this many seconds even if it has not run "
+                             "--runs inputs (0: no limit)")
     parser.add_argument("--harness", action="append", choices=HARNESSES,
                         help="only these (repeatable); default: all")
     parser.add_argument("--seed", type=int, default=1, help="libFuzzer's random seed")
@@ -130,13 +136,14 @@ def main() -> None:
                         help="after the run, keep N inputs per harness as its seed corpus")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="vmis-fuzz-bench-"))
-    print(f"fuzzing, {args.runs} inputs per harness, seed {args.seed}; work in {out}",
-          flush=True)
+    limit = f" or {args.seconds} s" if args.seconds else ""
+    print(f"fuzzing, {args.runs} inputs{limit} per harness, seed {args.seed}, load "
+          f"{os.getloadavg()[0]:.1f}; work in {out}", flush=True)
     print(f"{'harness':18}{'inputs':>10}{'exec/s':>8}{'crashes':>9}{'kinds':>6}"
           f"{'cov start':>10}{'cov end':>8}  growth (inputs:cov)", flush=True)
     results = []
     for name in args.harness or HARNESSES:
-        r = run_one(name, args.runs, args.seed, out)
+        r = run_one(name, args.runs, args.seed, out, args.seconds)
         results.append(r)
         runs, seconds = int(r["runs"]), float(r["seconds"])  # type: ignore[arg-type]
         growth = r["growth"]

@@ -242,6 +242,32 @@ def test_the_common_paths_answer_without_importing_anything_heavy(lab, lab_dir):
     assert "Running  vmicheartbeat" in out and heavy == []
 
 
+def test_a_copy_streams_its_progress_without_importing_anything_heavy(lab, lab_dir, short_tmp):
+    # Copy-VMFile reads the manager's JSON lines with the standard library: httpx (and ssl)
+    # cost its command line more than a small copy itself (bench/copy_latency.py)
+    assert run_vmis(lab_dir, "Enable-VMIntegrationService", "-VMName", "DemoVM", "-Name",
+                    "Guest Service Interface").code == 0
+    tree = short_tmp / "tree"
+    (tree / "sub").mkdir(parents=True)
+    for i in range(50):
+        (tree / "sub" / f"f{i}").write_bytes(os.urandom(100 * i))
+    env = dict(os.environ, VMIS_SOCKET=str(lab.socket))
+    deadline = time.monotonic() + 30
+    while True:  # the service starts in the guest a moment after it is enabled
+        try:
+            out, heavy = heavy_modules_loaded("host", [
+                "Copy-VMFile", "DemoVM", str(tree), "/tmp/tree", "-FileSource", "Host",
+                "-Recurse", "-Force", "--json"], HOST_HEAVY, env)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert json.loads(out)["Files"] == 50 and heavy == []
+    copied = lab.guest_root("DemoVM") / "tmp/tree/sub/f49"
+    assert copied.read_bytes() == (tree / "sub/f49").read_bytes()
+
+
 def _keys(value):
     if isinstance(value, dict):
         return [k for k, v in value.items() for k in (k, *_keys(v))]

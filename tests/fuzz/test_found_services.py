@@ -6,23 +6,26 @@ transport (the host then dialled again, the guest's commands were killed).
 Those are shown end to end, over a real host-guest pair; the rest on the
 function that failed.
 
-Harnesses: host_handlers, guest_handlers, timesync_samples, kvp_pool.
+Harnesses: host_handlers, guest_handlers, timesync_samples, kvp_pool, wire_helpers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
 import pytest
 from support.pair import eventually, host_guest_pair, quick_config
 
-from vmis.errors import RemoteProtocolError, RemoteServiceError
+from vmis.errors import NotFoundError, RemoteProtocolError, RemoteServiceError
 from vmis.guest.config import AgentConfig
 from vmis.protocol import encode_json
 from vmis.protocol.services import CONTROL, ControlOp
+from vmis.protocol.session import encode_json_raw
 from vmis.services.catalog import StartupType, by_key
-from vmis.services.kvp import KvpOp
+from vmis.services.fcopy import FcopyOp
+from vmis.services.kvp import KvpOp, parse_pool
 from vmis.services.kvp.pool import KEY_SIZE, KvpPool, Pool
 from vmis.services.shutdown import ShutdownOp
 from vmis.services.timesync import Flag, Sample, TimeSyncOp
@@ -32,6 +35,7 @@ from vmis.services.vss import MAX_FREEZE_TIMEOUT, VssOp
 
 KVP, TIMESYNC, VSS = by_key("kvp"), by_key("timesync"), by_key("vss")
 VMSESSION, SHUTDOWN = by_key("vmsession"), by_key("shutdown")
+FCOPY = by_key("fcopy")
 
 
 async def _still_the_same_session(pair, link) -> None:
@@ -168,6 +172,58 @@ def test_a_kvp_key_with_a_nul_names_no_record(tmp_path):
     assert pool.get("\0") is None and pool.get("a\0") is None
     assert pool.delete("\0") is False and pool.delete("a\0b") is False
     assert pool.items() == [("", "empty key"), ("a", "1")]
+
+
+_NO_FILE_HOLDS = [{"mode": 2**40}, {"mode": -1}, {"atime_ns": 2**63 * 10**9},
+                  {"mtime_ns": -(2**63) * 10**9 - 1}, {"mtime_ns": 1.5}]
+
+
+@pytest.mark.parametrize("meta", _NO_FILE_HOLDS)
+async def test_a_copy_with_a_mode_or_time_no_file_can_hold_is_refused_at_once(short_tmp, meta):
+    # guest_handlers: stat.S_IMODE and os.utime raised OverflowError ("failed: internal
+    # error"); the time only at COMMIT, after the whole file had been sent
+    async with host_guest_pair(short_tmp) as pair:
+        (pair.root / "tmp").mkdir(exist_ok=True)
+        await pair.manager.set_enabled(["DemoVM"], ["Guest Service Interface"], True)
+        await eventually(lambda: pair.session.guest["fcopy"].state == "running")
+        fcopy = pair.agent.manager.services["fcopy"]
+        body = {"path": "/tmp/", "name": "x", "size": 10, "token": "d" * 32, "owner": "o",
+                "mode": 0o644, "atime_ns": 1, "mtime_ns": 1, **meta}
+        with pytest.raises(RemoteServiceError) as refused:
+            await pair.session.link.request(FCOPY.id, FcopyOp.OPEN_WRITE, encode_json(body))
+        assert refused.value.code == "bad-request"
+        data = b"0123456789"
+        with pytest.raises(RemoteServiceError) as refused:
+            await pair.session.link.request(FCOPY.id, FcopyOp.PUT, encode_json_raw(
+                {**body, "sha256": hashlib.sha256(data).hexdigest()}, data))
+        assert refused.value.code == "bad-request"
+        assert len(fcopy.handles) == 0 and not (pair.root / "tmp/x").exists()
+
+
+async def test_a_freeze_id_that_is_not_text_is_refused_and_nothing_stays_frozen(short_tmp):
+    # guest_handlers: the freeze's mark file could not hold the id's lone surrogate
+    # (UnicodeEncodeError, "failed: internal error") after the guest had frozen
+    async with host_guest_pair(short_tmp) as pair:
+        with pytest.raises(RemoteServiceError) as refused:
+            await pair.session.link.request(VSS.id, VssOp.FREEZE, encode_json(
+                {"id": "a\udadd", "timeout": 5}))
+        assert refused.value.code == "bad-request"
+        assert not pair.agent.ctx.frozen
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u09e9", "1\u00b2", "\u0661"])
+def test_a_pool_named_by_digits_int_refuses_is_no_pool(text):
+    # wire_helpers: digits to str.isdigit() but not to int() raised ValueError out of
+    # parse_pool (Get-VMKvp -Pool ... was a traceback)
+    with pytest.raises(NotFoundError, match="no KVP pool"):
+        parse_pool(text)
+
+
+def test_a_pool_number_between_spaces_still_names_it():
+    # wire_helpers' input: strip() takes the separator \x1d around the digit, int() did not
+    assert parse_pool("\r\r\x1d\r\r\r\r0\r\r\r\r") == Pool.EXTERNAL
+    assert parse_pool(" 0\n") == Pool.EXTERNAL and parse_pool("\t4 ") == Pool.AUTO_INTERNAL
+    assert parse_pool(2) == Pool.AUTO and parse_pool(" auto ") == Pool.AUTO
 
 
 async def _fuzz_guest_manager(tmp_path):

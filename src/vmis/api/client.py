@@ -4,12 +4,14 @@ A plain call (a JSON request, a JSON answer) is one HTTP/1.1 exchange on a
 new connection, written with the standard library's socket alone: the
 command lines' common path (``vmis Get-VMIntegrationService``) must start
 fast (bench/cli_start.py), and importing httpx took longer than all the rest
-of that command. Streams (JSON lines of long work) use httpx, imported when
-the first stream opens.
+of that command. A stream of JSON lines (the progress of long work:
+Copy-VMFile, Update-VMIntegrationServices) is read the same way, line by
+line as the manager sends it: importing httpx and making its transport cost
+a copy's command line more than a small copy itself (bench/copy_latency.py).
 
 A remote manager (:class:`~vmis.api.remote.Remote`: ``-Server`` or
 ``$VMIS_URL``) is reached the same way over TCP, TLS and its token added.
-The event stream (Server-Sent Events, :meth:`ApiClient.sse`) uses httpx too.
+The event stream (Server-Sent Events, :meth:`ApiClient.sse`) uses httpx.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json as jsonlib
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, urlencode
@@ -26,6 +28,8 @@ from vmis.api.remote import Remote
 from vmis.errors import ChannelClosed, ConfigError, ConnectError, ManagerApiError, RequestTimeout
 
 if TYPE_CHECKING:
+    from io import BufferedReader
+
     from vmis.api.sse import SseEvent
 
 __all__ = ["SYSTEM_SOCKET", "ApiClient", "api_path", "default_lab_dir", "default_socket"]
@@ -34,6 +38,9 @@ __all__ = ["SYSTEM_SOCKET", "ApiClient", "api_path", "default_lab_dir", "default
 SYSTEM_SOCKET = Path("/run/vmis/host.sock")
 #: the longest answer a plain call reads (a Get-VM of thousands of VMs is far less)
 MAX_ANSWER = 256 * 1024 * 1024
+#: the longest head of an answer, and the longest line of a stream
+MAX_HEAD = 64 * 1024
+MAX_LINE = 64 * 1024 * 1024
 
 
 def default_lab_dir() -> Path:
@@ -98,10 +105,8 @@ def _dechunk(data: bytes) -> bytes:
         data = data[size + 2:]
 
 
-def _parse(data: bytes) -> _Answer:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        raise ValueError("no end of the headers")
+def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
+    """The status, reason and headers (names in lower case) of an answer's head."""
     status_line, *lines = head.decode("latin-1").split("\r\n")
     version, status, *reason = status_line.split(" ", 2)
     if not version.startswith("HTTP/1."):
@@ -110,6 +115,14 @@ def _parse(data: bytes) -> _Answer:
     for line in lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    return int(status), reason[0] if reason else "", headers
+
+
+def _parse(data: bytes) -> _Answer:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError("no end of the headers")
+    status, reason, headers = _parse_head(head)
     if headers.get("transfer-encoding", "").lower() == "chunked":
         body = _dechunk(body)
     elif "content-length" in headers:
@@ -117,7 +130,74 @@ def _parse(data: bytes) -> _Answer:
         if len(body) < length:
             raise ValueError("the answer is cut short")
         body = body[:length]
-    return _Answer(int(status), reason[0] if reason else "", headers, body)
+    return _Answer(status, reason, headers, body)
+
+
+def _read_head(reader: BufferedReader) -> bytes:
+    """An answer's head from a stream, up to its empty line (not included)."""
+    head = bytearray()
+    while True:
+        line = reader.readline(MAX_HEAD)
+        if not line:
+            raise ConnectionResetError("closed without an answer")
+        if not line.endswith(b"\n"):
+            raise ValueError("no end of the headers")
+        if line in (b"\r\n", b"\n"):
+            return bytes(head.rstrip(b"\r\n"))
+        head += line
+        if len(head) > MAX_HEAD:
+            raise ValueError(f"headers over {MAX_HEAD} bytes")
+
+
+def _chunks(reader: BufferedReader) -> Iterator[bytes]:
+    """A ``Transfer-Encoding: chunked`` body, chunk by chunk as it arrives."""
+    while True:
+        size_line = reader.readline(1024)
+        if not size_line:
+            raise _cut_short()
+        if not size_line.endswith(b"\n"):
+            raise ValueError("a chunk size line is too long")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return
+        data = reader.read(size + 2)
+        if len(data) < size + 2:
+            raise _cut_short()
+        yield data[:size]
+
+
+def _body_pieces(reader: BufferedReader, headers: dict[str, str]) -> Iterator[bytes]:
+    """An answer's body as it arrives: chunked, of a stated length, or up to the close."""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        yield from _chunks(reader)
+        return
+    left = int(headers["content-length"]) if "content-length" in headers else -1
+    while left != 0:
+        piece = reader.read1(65536 if left < 0 else min(left, 65536))
+        if not piece:
+            if left > 0:
+                raise _cut_short()
+            return
+        left -= len(piece) if left > 0 else 0
+        yield piece
+
+
+def _cut_short() -> OSError:
+    """The connection ended inside an answer (the manager went away)."""
+    return ConnectionAbortedError("the connection closed inside the answer")
+
+
+def _lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a body that arrives in pieces cut anywhere."""
+    rest = b""
+    for piece in pieces:
+        rest += piece
+        *whole, rest = rest.split(b"\n")
+        yield from whole
+        if len(rest) > MAX_LINE:
+            raise ValueError(f"a line over {MAX_LINE} bytes")
+    if rest:
+        yield rest
 
 
 class ApiClient:
@@ -177,6 +257,12 @@ class ApiClient:
         :raise ConfigError: When it finds the request's fields invalid.
         :raise VmisError: The error the manager reported, as the class it raised.
         """
+        request = self._request(method, path, json=json, params=params)
+        return self._decode(self._exchange(request, self.timeout if timeout is None else timeout))
+
+    def _request(self, method: str, path: str, *, json: Any = None,
+                 params: dict[str, Any] | None = None) -> bytes:
+        """The bytes of one HTTP/1.1 request (the connection closed after its answer)."""
         target = f"/v1{path}"
         query = {k: v for k, v in (params or {}).items() if v is not None}
         if query:
@@ -191,8 +277,7 @@ class ApiClient:
             head.append("Content-Type: application/json")
         if body is not None or method in ("POST", "PUT", "PATCH"):
             head.append(f"Content-Length: {len(body or b'')}")
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + (body or b"")
-        return self._decode(self._exchange(request, self.timeout if timeout is None else timeout))
+        return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + (body or b"")
 
     def _connect(self, timeout: float) -> socket.socket:
         if self.remote is not None:
@@ -239,8 +324,50 @@ class ApiClient:
             _raise(answer.status, body)
         return body
 
+    def stream(self, method: str, path: str, *, json: Any = None,
+               timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """A request whose answer is JSON lines (progress of long work), each decoded as it
+        arrives.
+
+        :param timeout: seconds without a byte from the manager (None: no limit).
+        :raise ConnectError: When the manager is not running.
+        :raise ChannelClosed: When the connection fails once the answer has begun.
+        :raise VmisError: The error the manager reported, before or during the stream.
+        """
+        request = self._request(method, path, json=json)
+        sock = self._connect(self.timeout)
+        begun = False
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(request)
+            reader = sock.makefile("rb")
+            status, reason, headers = _parse_head(_read_head(reader))
+            begun = True
+            if not 200 <= status < 300:
+                body = b"".join(_body_pieces(reader, headers))
+                self._decode(_Answer(status, reason, headers, body))
+            for line in _lines(_body_pieces(reader, headers)):
+                if line.strip():
+                    item = jsonlib.loads(line)
+                    if isinstance(item, dict) and item.get("type") == "error":
+                        from vmis.api.errors import error_from_json  # inspect: errors only
+
+                        raise error_from_json(item, type_key="class")
+                    yield item
+        except TimeoutError as exc:
+            raise RequestTimeout(f"the host manager sent nothing for {timeout:g} s") from exc
+        except OSError as exc:
+            if not begun:  # reset, broken pipe: it went away before answering
+                raise self._unreachable(exc) from exc
+            raise ChannelClosed(f"the host manager's answer broke off ({exc})") from exc
+        except ValueError as exc:
+            raise ManagerApiError(f"the host manager's answer is not HTTP/1.1 JSON lines: "
+                                  f"{exc}") from None
+        finally:
+            sock.close()
+
     def _streams(self) -> Any:
-        """The httpx client of the streams, made (and httpx imported) at the first."""
+        """The httpx client of the event stream, made (and httpx imported) at the first."""
         import httpx
 
         if self._httpx is None and self.remote is not None:
@@ -251,29 +378,6 @@ class ApiClient:
             self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
                                        base_url="http://vmis", timeout=self.timeout)
         return self._httpx
-
-    def stream(self, method: str, path: str, *, json: Any = None,
-               timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """A request whose answer is JSON lines (progress of long work), through httpx.
-
-        :raise httpx.HTTPError: When the connection fails once the answer has begun.
-        """
-        import httpx
-
-        from vmis.api.errors import error_from_json
-
-        try:
-            with self._streams().stream(method, f"/v1{path}", json=json,
-                                        timeout=timeout) as response:
-                _raise_unless_success(response)
-                for line in response.iter_lines():
-                    if line.strip():
-                        item = jsonlib.loads(line)
-                        if isinstance(item, dict) and item.get("type") == "error":
-                            raise error_from_json(item, type_key="class")
-                        yield item
-        except (httpx.ConnectError, FileNotFoundError) as exc:
-            raise self._unreachable(exc) from exc
 
     async def websocket(self, path: str, **options: Any) -> Any:
         """A WebSocket to *path* under ``/v1`` (Invoke-Command), through websockets:

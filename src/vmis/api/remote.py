@@ -18,9 +18,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
 from vmis.errors import ConfigError, ConnectError
@@ -42,9 +41,13 @@ def _pretty(digest: str) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2)).upper()
 
 
-@dataclass(frozen=True, slots=True)
-class Remote:
-    """A host manager reached over TCP."""
+class Remote(NamedTuple):
+    """A host manager reached over TCP.
+
+    A NamedTuple, not a dataclass: every command line imports this module, and
+    ``dataclasses`` brings ``inspect`` (with ``ast``, ``dis``, ``tokenize``) along,
+    a third of the command line's start (bench/cli_start.py).
+    """
 
     scheme: str
     host: str

@@ -28,9 +28,11 @@ def pid_alive(pid: int | None, marker: str = "vmis") -> bool:
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        # it may be gone between the two reads (ESRCH, ENOENT): then it is not alive
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1]
     except OSError:
         return False
-    if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+    if state.startswith("Z"):
         return False  # a zombie: exited, not yet reaped
     return marker.encode() in cmdline
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.table import Column, format_table
-from vmis.errors import ChannelError, ManagerApiError, UsageError
+from vmis.errors import ChannelClosed, ChannelError, ManagerApiError, UsageError
 from vmis.psargs import Command, Param
 
 __all__ = ["COMMANDS", "EXIT_SKIPPED"]
@@ -81,8 +81,6 @@ def _absolute(path: str) -> str:
 
 
 def cmd_copy(api: ApiClient, args: dict[str, Any]) -> int:
-    import httpx  # with the stream that needs it: other commands start without it
-
     source, destination, file_source = args["SourcePath"], args["DestinationPath"], \
         args["FileSource"]
     if file_source == "Host":
@@ -112,7 +110,7 @@ def cmd_copy(api: ApiClient, args: dict[str, Any]) -> int:
         bar.stop()
         print("Copy-VMFile: interrupted; the same command resumes the copy", file=sys.stderr)
         raise
-    except httpx.HTTPError as exc:
+    except ChannelClosed as exc:
         raise ChannelError(f"lost the host manager during the copy ({exc}); the same command "
                            "resumes it") from exc
     finally:

@@ -11,9 +11,13 @@ import os
 import stat
 from typing import Any
 
+from vmis.errors import ServiceError
 from vmis.services.fcopy import LIST_PAGE
 
-__all__ = ["entry_type", "file_mode", "list_dir", "set_times", "stat_entry"]
+__all__ = ["check_times", "entry_type", "file_mode", "list_dir", "set_times", "stat_entry"]
+
+#: the file times a file can hold, in nanoseconds: time_t's 64-bit seconds
+_TIME_NS = (-(2**63) * 10**9, 2**63 * 10**9)
 
 
 def file_mode(mode: int) -> int:
@@ -21,7 +25,11 @@ def file_mode(mode: int) -> int:
 
     A file copied by the agent belongs to root; keeping a set-user-ID bit
     would turn any host file into a root program in the guest.
+
+    :raise ServiceError: ``bad-request`` for a peer's mode that is no mode_t.
     """
+    if not isinstance(mode, int) or not 0 <= mode <= 0xFFFFFFFF:
+        raise ServiceError("bad-request", f"not a file mode: {mode!r}")
     return stat.S_IMODE(mode) & 0o1777
 
 
@@ -69,6 +77,21 @@ def list_dir(dir_fd: int, start: int) -> tuple[list[dict[str, Any]], int | None,
     return entries, nxt, skipped
 
 
+def check_times(atime_ns: int, mtime_ns: int) -> None:
+    """Check a peer's file times before a copy starts, not when it ends.
+
+    :raise ServiceError: ``bad-request`` for a time no file can hold.
+    """
+    for value in (atime_ns, mtime_ns):
+        if not isinstance(value, int) or isinstance(value, bool) \
+                or not _TIME_NS[0] <= value < _TIME_NS[1]:
+            raise ServiceError("bad-request", f"not a file time (ns): {value!r}")
+
+
 def set_times(fd: int, atime_ns: int, mtime_ns: int) -> None:
-    """Set an open file's times."""
+    """Set an open file's times.
+
+    :raise ServiceError: ``bad-request`` for a time no file can hold.
+    """
+    check_times(atime_ns, mtime_ns)
     os.utime(fd, ns=(atime_ns, mtime_ns))

@@ -28,7 +28,7 @@ from vmis.errors import ServiceError
 from vmis.services.fcopy import CHECKPOINT_BYTES
 from vmis.services.fcopy.claims import CLAIMS, Claim
 from vmis.services.fcopy.file_io import HASH_BLOCK, nothing, os_error, place_file
-from vmis.services.fcopy.metadata import file_mode, set_times
+from vmis.services.fcopy.metadata import check_times, file_mode, set_times
 from vmis.services.fcopy.partials import PART_SUFFIX, RESUME_SUFFIX, PartialIndex, part_names
 from vmis.services.fcopy.paths import shown
 
@@ -76,6 +76,7 @@ class Receiver:
         self.token = token
         self.size = size
         self.mode = file_mode(mode)
+        check_times(atime_ns, mtime_ns)  # refused now, not after the whole file came
         self.atime_ns = atime_ns
         self.mtime_ns = mtime_ns
         self.force = force

@@ -80,8 +80,10 @@ def parse_pool(text: str | int) -> Pool:
 
     :raise NotFoundError: Naming the valid pools.
     """
-    if isinstance(text, int) or text.strip().isdigit():
-        number = int(text)
+    # ASCII digits only: str.isdigit() also takes "²" and "৩", and strip() takes
+    # separators ("\x1d") that int() refuses; either was a ValueError, not this one line
+    if isinstance(text, int) or (text.strip().isascii() and text.strip().isdigit()):
+        number = text if isinstance(text, int) else int(text.strip())
         if number in Pool._value2member_map_:
             return Pool(number)
     else:

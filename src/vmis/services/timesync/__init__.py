@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from vmis.errors import RemoteProtocolError
 
@@ -111,9 +110,12 @@ class Action(Enum):
     DEFER = "defer"
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One exchange's four timestamps, nanoseconds since the Unix epoch."""
+class Sample(NamedTuple):
+    """One exchange's four timestamps, nanoseconds since the Unix epoch.
+
+    A NamedTuple, not a dataclass: the command line imports this module for
+    its defaults, and ``dataclasses`` imports ``inspect`` (bench/cli_start.py).
+    """
 
     t1: int
     t2: int

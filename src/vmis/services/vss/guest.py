@@ -196,6 +196,10 @@ def _text(body: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or len(value) > _MAX_TEXT:
         raise ServiceError("bad-request", f"{key} must be a string of at most {_MAX_TEXT} "
                                           "characters")
+    try:  # a lone surrogate (json's \udxxx) cannot be written to the freeze's mark file
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ServiceError("bad-request", f"{key} must be UTF-8 text") from None
     return value
 
 
