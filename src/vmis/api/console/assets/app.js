@@ -52,7 +52,8 @@ async function start() {
   route();
 }
 
-whenSignedOut((message) => showSignIn(message));
+// the first refusal says why (its token was removed); calls still on their way say less
+whenSignedOut((message) => { if (account) showSignIn(message); });
 window.addEventListener('hashchange', route);
 
 $('sign-in-form').addEventListener('submit', async (event) => {
