@@ -16,8 +16,8 @@ a shared machine whose CPUs are busy, the wall clock also counts the wait
 for a CPU, the CPU time does not.
 
 Each figure is a row of :data:`FIGURES`, a name and a function of the run's
-:class:`Run`; the web console's own figures (its page, its first render)
-are rows to add there, measured against the same baseline.
+:class:`Run`. The web console's first render in a browser is
+bench/console_scale.py's, against the same baseline.
 
     .venv/bin/python bench/api_scale.py [-n 1024] [--clients 20] [--rounds 100]
 
@@ -46,7 +46,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heartbeat_scale import FARM, cpu_seconds, start_manager, wait_line  # beside this file
+from heartbeat_scale import cpu_seconds, start_farms, start_manager, wait_line  # beside this file
 
 CLIENTS = textwrap.dedent("""
     import asyncio, json, sys, time
@@ -191,15 +191,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vmis-bench-", dir="/tmp") as tmp:
         base = Path(tmp)
-        share = -(-args.n // args.farms)
-        farms = [subprocess.Popen([sys.executable, "-c", FARM, str(base), str(first),
-                                   str(min(share, args.n - first))], stdout=subprocess.PIPE,
-                                  text=True)
-                 for first in range(0, args.n, share)]
+        farms = start_farms(base, args.n, args.farms)
         host = None
         try:
-            for farm in farms:
-                wait_line(farm, "guest farm")
             print(f"API scale, N={args.n} guests in {len(farms)} processes, 1 s heartbeats, "
                   f"{args.clients} SSE clients")
             host, client = start_manager(base, args.n)

@@ -157,15 +157,32 @@ def py_spy() -> str:
     return found
 
 
-def start_manager(base: Path, n: int) -> tuple[subprocess.Popen[bytes], httpx.Client]:
-    """A host manager (``vmis host serve``) with the N guests of *base* registered, each
-    beating every second; returns its process and an API client."""
+def start_farms(base: Path, n: int, farms: int) -> list[subprocess.Popen[str]]:
+    """N guest agents in *farms* processes (their roots in *base*), once all are ready."""
+    share = -(-n // farms)
+    started = [subprocess.Popen([sys.executable, "-c", FARM, str(base), str(first),
+                                 str(min(share, n - first))], stdout=subprocess.PIPE, text=True)
+               for first in range(0, n, share)]
+    try:
+        for farm in started:
+            wait_line(farm, "guest farm")
+    except BaseException:
+        for farm in started:
+            farm.kill()
+            farm.wait()
+        raise
+    return started
+
+
+def start_manager(base: Path, n: int, *args: str) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+    """A host manager (``vmis host serve``, with *args*) with the N guests of *base*
+    registered, each beating every second; returns its process and an API client."""
     sock = base / "host.sock"
     env = dict(os.environ, VMIS_SOCKET=str(sock))
     with open(base / "host.log", "w") as log:  # the child keeps its own copy
         host = subprocess.Popen(
             [sys.executable, "-m", "vmis.cli.host", "host", "serve", "-Db",
-             f"sqlite:///{base}/host.db", "-Socket", str(sock), "-LogLevel", "warning"],
+             f"sqlite:///{base}/host.db", "-Socket", str(sock), "-LogLevel", "warning", *args],
             env=env, stderr=log)
     try:
         client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
@@ -275,14 +292,8 @@ def main() -> None:
         parser.error("-n and --farms must be at least 1")
     with tempfile.TemporaryDirectory(prefix="vmis-bench-", dir="/tmp") as tmp:
         base = Path(tmp)
-        share = -(-args.n // args.farms)
-        farms = [subprocess.Popen([sys.executable, "-c", FARM, str(base), str(first),
-                                   str(min(share, args.n - first))], stdout=subprocess.PIPE,
-                                  text=True)
-                 for first in range(0, args.n, share)]
+        farms = start_farms(base, args.n, args.farms)
         try:
-            for farm in farms:
-                wait_line(farm, "guest farm")
             if args.profile:
                 py_spy()  # fail now, not after the baseline
             print(f"heartbeat scale, N={args.n} guests in {len(farms)} processes, "

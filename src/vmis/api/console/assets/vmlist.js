@@ -99,7 +99,6 @@ export function vmList(view, account) {
   }
 
   async function load() {
-    const pools = get('/v1/kvp', { vm: '*', pool: 'Auto' }).catch(() => []);
     const status = await get('/v1/vm-status');
     const fragment = document.createDocumentFragment();
     rows.clear();
@@ -109,7 +108,8 @@ export function vmList(view, account) {
     }
     tbody.replaceChildren(fragment);
     view.querySelector('#vm-table').dataset.rows = String(status.length);
-    showPools(await pools);
+    // after the table: the pools are ten times the rows, and would delay its first paint
+    showPools(await get('/v1/kvp', { vm: '*', pool: 'Auto' }).catch(() => []));
   }
 
   async function refresh(name) {
