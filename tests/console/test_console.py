@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 from playwright.sync_api import Browser, Page, expect
-
 from support.lab import run_vmis
+
 from vmis.api.client import ApiClient
 from vmis.lab.lab import Lab
 
