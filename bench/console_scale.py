@@ -26,20 +26,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_scale import percentile, timed  # beside this file
-from heartbeat_scale import start_farms, start_manager
+from api_scale import get, percentile, timed  # beside this file
+from heartbeat_scale import farmed_guests, running_manager, scale_arguments
 
 TARGET = 1.0
 #: the first frame painted once the table has every row, in ms since navigation start
@@ -87,45 +84,24 @@ def console_loads(url: str, token: str, n: int, loads: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=1024, help="number of lab guests")
+    scale_arguments(parser)
     parser.add_argument("--loads", type=int, default=10, help="page loads measured")
-    parser.add_argument("--farms", type=int, default=2,
-                        help="processes the guest agents are spread over")
-    parser.add_argument("--settle", type=float, default=20.0,
-                        help="seconds to wait after all VMs beat")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vmis-bench-", dir="/tmp") as tmp:
-        base = Path(tmp)
-        farms = start_farms(base, args.n, args.farms)
-        host = None
-        try:
-            print(f"console scale, N={args.n} guests in {len(farms)} processes, 1 s heartbeats")
-            port = free_port()
-            host, client = start_manager(base, args.n, "-Listen", f"127.0.0.1:{port}")
+    port = free_port()
+    with farmed_guests(args.n, args.farms) as (base, farms):
+        print(f"console scale, N={args.n} guests in {farms} processes, 1 s heartbeats")
+        with running_manager(base, args.n, "-Listen", f"127.0.0.1:{port}") as (_, client):
             time.sleep(args.settle)
             token = client.post("/v1/tokens", json={"name": "bench", "role": "Reader"}
                                 ).json()["Token"]
             url = f"http://127.0.0.1:{port}/"
             with httpx.Client(base_url=url, timeout=120,
                               headers={"Authorization": f"Bearer {token}"}) as tcp:
-                def getter(path: str, **params: object) -> Callable[[], object]:
-                    def call() -> object:
-                        answer = tcp.get(path, params=params)
-                        answer.raise_for_status()
-                        return answer.content
-                    return call
-                bare = timed(getter("/v1/vms"), 20)
+                bare = timed(get(tcp, "/v1/vms"), 20)
                 # what the list reads: the rows, then the guests' Auto pools
-                rows = timed(getter("/v1/vm-status"), 20)
-                pools = timed(getter("/v1/kvp", vm="*", pool="Auto"), 5)
+                rows = timed(get(tcp, "/v1/vm-status"), 20)
+                pools = timed(get(tcp, "/v1/kvp", vm="*", pool="Auto"), 5)
             ready = console_loads(url, token, args.n, args.loads)
-        finally:
-            if host is not None:
-                host.send_signal(signal.SIGTERM)
-                host.wait(30)
-            for farm in farms:
-                farm.kill()
-                farm.wait()
     baseline = statistics.median(bare)
     print(f"{'':36}{'median ms':>11}{'p99 ms':>9}{'x /v1/vms':>11}  target")
     for name, values, target in (("GET /v1/vms (bare API, TCP)", bare, None),
