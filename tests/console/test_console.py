@@ -137,6 +137,17 @@ def test_sign_in_apply_services_live_changes_kvp_copy_and_sign_out(browser: Brow
     assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
     page.screenshot(path=tmp_path / "integration-services-pane.png")
 
+    # a checkpoint taken from the page, listed; the offset plot has its line
+    assert run_vmis(lab_dir, "vm", "set-snapshot-command", "-Name", "DemoVM",
+                    "-Command", "true").code == 0
+    page.get_by_label("Checkpoint name").fill("from-the-console")
+    page.get_by_role("button", name="Checkpoint", exact=True).click()
+    expect(page.locator("#checkpoint-message")).to_contain_text("Completed", timeout=WAIT)
+    expect(page.locator("#section-checkpoints tr", has_text="from-the-console")
+           ).to_contain_text("Completed")
+    expect(page.locator("#offset-plot polyline")).to_have_count(1, timeout=WAIT)
+    expect(page.locator("#offset-label")).to_contain_text("Guest clock offset")
+
     # the agent dies: Lost Communication, live
     os.kill(Lab(lab_dir).vm("DemoVM").pid, signal.SIGKILL)
     expect(page.locator("#vm-heartbeat")).to_have_text("Lost Communication", timeout=WAIT)
@@ -199,9 +210,9 @@ def test_a_reader_sees_disabled_controls_csrf_and_a_removed_token(browser: Brows
     assert foreign.status_code == 401 and "another site" in foreign.json()["error"]
     assert httpx.get(f"{url}v1/account", cookies=cookies).status_code == 200
 
-    # the token is removed: the session ends, and the page says so on its next call
+    # the token is removed: the session ends, its event stream too, and the page
+    # signs out by itself (the stream is looked at every 5 s)
     assert run_vmis(lab_dir, "token", "remove", "viewer").code == 0
-    page.get_by_role("link", name="← Virtual machines").click()
     expect(page.get_by_label("Token")).to_be_visible(timeout=WAIT)
     expect(page.get_by_role("alert")).to_contain_text("removed")
     assert httpx.get(f"{url}v1/account", cookies=cookies).status_code == 401

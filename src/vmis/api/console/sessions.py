@@ -5,9 +5,10 @@ SameSite=Strict cookie (``vmis_session``), and a CSRF token in a cookie the
 page's script reads (``vmis_csrf``) and sends back in ``X-VMIS-CSRF`` with
 every request that may change state. The manager keeps, per session, the
 SHA-256 of the token (never the secret) and looks the token up in the
-store on every request, so removing the token ends its sessions at once;
-signing out ends one. Sessions live in the manager's memory: a restart
-signs every browser out, and each manager of a fleet has its own.
+store on every request (and every few seconds of an open event stream), so
+removing the token ends its sessions at once; signing out ends one.
+Sessions live in the manager's memory: a restart signs every browser out,
+and each manager of a fleet has its own.
 """
 
 from __future__ import annotations
@@ -113,8 +114,7 @@ def signed_in_token(conn: HTTPConnection, accounts: Accounts) -> TokenInfo | Non
             raise AuthenticationError(f"the console's request lacks its CSRF token "
                                       f"({CSRF_HEADER.upper()}): reload the page")
     token = accounts.find_digest(session.token_sha256)
-    if token is None:
-        sessions.close(session_id)
+    if token is None:  # kept, so every call of the page says why (12 h at most)
         raise AuthenticationError("the console's session has ended: its API token was "
                                   "removed")
     return token

@@ -37,8 +37,9 @@ export function kvpView(section, name, account) {
   });
   section.replaceChildren(el('h3', {}, 'Key-Value Pair Exchange'), form, message, pools);
 
-  function externalRow(item) {
-    const input = el('input', { value: item.Value, 'aria-label': `Value of ${item.Key}`,
+  function externalRow(item, editing) {
+    const input = el('input', { value: editing.get(item.Key) ?? item.Value,
+      'aria-label': `Value of ${item.Key}`, 'data-key': item.Key, 'data-saved': item.Value,
       disabled: !canChange });
     return [item.Key,
       el('span', {}, input, ' ',
@@ -53,12 +54,20 @@ export function kvpView(section, name, account) {
   async function load() {
     const items = await get('/v1/kvp', { vm: name });
     const of = (pool) => items.filter((i) => i.Pool === pool);
+    // a value being edited stays as typed, and focused, when the pools are drawn again
+    const inputs = [...pools.querySelectorAll('input[data-key]')];
+    const editing = new Map(inputs.filter((i) => i.value !== i.dataset.saved)
+      .map((i) => [i.dataset.key, i.value]));
+    const focused = inputs.find((i) => i === document.activeElement)?.dataset.key;
     pools.replaceChildren(
       table('External (the host writes, the guest reads)', ['Key', 'Value', 'State'],
-        of('External').map(externalRow)),
+        of('External').map((item) => externalRow(item, editing))),
       table('Guest (the guest writes)', ['Key', 'Value'], of('Guest').map((i) => [i.Key, i.Value])),
       table('Auto (what the guest reports of itself)', ['Key', 'Value'],
         of('Auto').map((i) => [i.Key, i.Value])));
+    if (focused !== undefined) {
+      pools.querySelector(`input[data-key="${CSS.escape(focused)}"]`)?.focus();
+    }
   }
 
   load().catch((error) => { message.textContent = error.message; });
