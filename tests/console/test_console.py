@@ -210,6 +210,15 @@ def test_a_reader_sees_disabled_controls_csrf_and_a_removed_token(browser: Brows
     assert foreign.status_code == 401 and "another site" in foreign.json()["error"]
     assert httpx.get(f"{url}v1/account", cookies=cookies).status_code == 200
 
+    # the list follows a VM's heartbeat live too
+    page.get_by_role("link", name="← Virtual machines").click()
+    heartbeat = page.locator("#vm-table tr[data-vm=DemoVM] .heartbeat")
+    expect(heartbeat).to_have_text("OK (Applications Healthy)", timeout=WAIT)
+    page.evaluate("window.notReloaded = true")
+    os.kill(Lab(lab_dir).vm("DemoVM").pid, signal.SIGKILL)
+    expect(heartbeat).to_have_text("Lost Communication", timeout=WAIT)
+    assert page.evaluate("window.notReloaded") is True
+
     # the token is removed: the session ends, its event stream too, and the page
     # signs out by itself (the stream is looked at every 5 s)
     assert run_vmis(lab_dir, "token", "remove", "viewer").code == 0

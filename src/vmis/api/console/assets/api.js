@@ -57,6 +57,24 @@ export async function post(path, body) {
   return answer && answer.json();
 }
 
+/**
+ * f(names) once for the names given within *ms*: a burst of events (a thousand VMs'
+ * heartbeats after a restart) is one call, not a thousand.
+ */
+export function batched(f, ms = 200) {
+  const names = new Set();
+  let timer = null;
+  return (name) => {
+    names.add(name);
+    timer ??= setTimeout(() => {
+      const these = [...names];
+      names.clear();
+      timer = null;
+      f(these);
+    }, ms);
+  };
+}
+
 /** A host's value as Hyper-V Manager writes it: LostCommunication, Lost Communication. */
 export function words(value) {
   if (value === null || value === undefined || value === '') return '';

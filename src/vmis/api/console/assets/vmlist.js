@@ -1,7 +1,7 @@
 // The VM list: Get-VM's columns, the guest's OS and addresses from its Auto KVP pool,
 // and Enable-/Disable-VMIntegrationService on the VMs ticked.
 
-import { ROLES, el, get, post, words } from './api.js';
+import { ROLES, batched, el, get, post, words } from './api.js';
 import { on } from './events.js';
 
 export const SERVICES = ['Guest Service Interface', 'Heartbeat', 'Key-Value Pair Exchange',
@@ -112,20 +112,23 @@ export function vmList(view, account) {
     showPools(await get('/v1/kvp', { vm: '*', pool: 'Auto' }).catch(() => []));
   }
 
-  async function refresh(name) {
-    const [vm] = await get('/v1/vm-status', { name });
-    if (vm && rows.has(vm.Name.toLowerCase())) showStatus(vm);
-  }
+  // more VMs than this in one burst: read them all (a URL of a thousand names is long)
+  const few = (names) => (names.length > 100 ? '*' : names);
+  const refresh = batched((names) => get('/v1/vm-status', { name: few(names) })
+    .then((vms) => vms.filter((vm) => rows.has(vm.Name.toLowerCase())).forEach(showStatus),
+      () => {}));
+  const refreshPools = batched((names) => get('/v1/kvp', { vm: few(names), pool: 'Auto' })
+    .then(showPools, () => {}));
+  const reload = batched(() => load().catch(() => {}));
 
   load().catch((error) => { message.textContent = error.message; });
   return [
-    on('heartbeat', (e) => refresh(e.VMName).catch(() => {})),
-    on('service', (e) => refresh(e.VMName).catch(() => {})),
-    on('vm-added', () => load().catch(() => {})),
-    on('vm-removed', () => load().catch(() => {})),
-    on('host', () => load().catch(() => {})),
-    on('kvp', (e) => {
-      if (e.Pool === 'Auto') get('/v1/kvp', { vm: e.VMName, pool: 'Auto' }).then(showPools, () => {});
-    }),
+    on('heartbeat', (e) => refresh(e.VMName)),
+    // the guest's application health is the Heartbeat service's status
+    on('service', (e) => { if (e.Name === 'Heartbeat') refresh(e.VMName); }),
+    on('vm-added', () => reload('')),
+    on('vm-removed', () => reload('')),
+    on('host', () => reload('')),
+    on('kvp', (e) => { if (e.Pool === 'Auto') refreshPools(e.VMName); }),
   ];
 }
