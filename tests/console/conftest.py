@@ -15,7 +15,9 @@ import pytest
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
+# module, not session: while Playwright's sync API is open, an event loop runs in this
+# thread, and the asyncio tests of the next modules could not start theirs
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     assert CHROMIUM.exists(), "no /usr/bin/chromium: dev/setup --test installs it"
     from playwright.sync_api import sync_playwright
