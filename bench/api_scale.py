@@ -16,8 +16,8 @@ a shared machine whose CPUs are busy, the wall clock also counts the wait
 for a CPU, the CPU time does not.
 
 Each figure is a row of :data:`FIGURES`, a name and a function of the run's
-:class:`Run`; the web console's own figures (its page, its first render)
-are rows to add there, measured against the same baseline.
+:class:`Run`. The web console's first render in a browser is
+bench/console_scale.py's, against the same baseline.
 
     .venv/bin/python bench/api_scale.py [-n 1024] [--clients 20] [--rounds 100]
 
@@ -32,11 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -46,7 +44,13 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heartbeat_scale import FARM, cpu_seconds, start_manager, wait_line  # beside this file
+from heartbeat_scale import (  # beside this file
+    cpu_seconds,
+    farmed_guests,
+    running_manager,
+    scale_arguments,
+    wait_line,
+)
 
 CLIENTS = textwrap.dedent("""
     import asyncio, json, sys, time
@@ -118,24 +122,25 @@ def timed(call: Callable[[], object], times: int) -> list[float]:
     return out
 
 
-def get(run: Run, path: str, **params: object) -> Callable[[], object]:
+def get(client: httpx.Client, path: str, **params: object) -> Callable[[], object]:
+    """A GET to time: its answer read whole, an error status raised."""
     def call() -> object:
-        answer = run.client.get(path, params=params)
+        answer = client.get(path, params=params)
         answer.raise_for_status()
         return answer.content
     return call
 
 
 def bare_vms(run: Run) -> list[float]:
-    return timed(get(run, "/v1/vms"), 20)
+    return timed(get(run.client, "/v1/vms"), 20)
 
 
 def bare_services(run: Run) -> list[float]:
-    return timed(get(run, "/v1/services", vm="*"), 20)
+    return timed(get(run.client, "/v1/services", vm="*"), 20)
 
 
 def scrape(run: Run) -> list[float]:
-    return timed(get(run, "/metrics"), 20)
+    return timed(get(run.client, "/metrics"), 20)
 
 
 def sse_fanout(run: Run) -> list[float]:
@@ -179,30 +184,15 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=1024, help="number of lab guests")
+    scale_arguments(parser)
     parser.add_argument("--clients", type=int, default=20, help="SSE clients")
     parser.add_argument("--rounds", type=int, default=100,
                         help="enable/disable rounds (two events each)")
-    parser.add_argument("--farms", type=int, default=2,
-                        help="processes the guest agents are spread over")
-    parser.add_argument("--settle", type=float, default=20.0,
-                        help="seconds to wait after all VMs beat (connection set-up, the "
-                             "first time sync bursts)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vmis-bench-", dir="/tmp") as tmp:
-        base = Path(tmp)
-        share = -(-args.n // args.farms)
-        farms = [subprocess.Popen([sys.executable, "-c", FARM, str(base), str(first),
-                                   str(min(share, args.n - first))], stdout=subprocess.PIPE,
-                                  text=True)
-                 for first in range(0, args.n, share)]
-        host = None
-        try:
-            for farm in farms:
-                wait_line(farm, "guest farm")
-            print(f"API scale, N={args.n} guests in {len(farms)} processes, 1 s heartbeats, "
-                  f"{args.clients} SSE clients")
-            host, client = start_manager(base, args.n)
+    with farmed_guests(args.n, args.farms) as (base, farms):
+        print(f"API scale, N={args.n} guests in {farms} processes, 1 s heartbeats, "
+              f"{args.clients} SSE clients")
+        with running_manager(base, args.n) as (host, client):
             time.sleep(args.settle)
             run = Run(client, base / "host.sock", host.pid, args.n, args.clients, args.rounds)
             cpu, start = cpu_seconds(host.pid), time.monotonic()
@@ -215,13 +205,6 @@ def main() -> None:
                 calls = 2 * args.rounds if name == "event to SSE clients" else len(
                     run.figures[name])
                 run.cpu[name] = max(0.0, 1000 * used / calls)
-        finally:
-            if host is not None:
-                host.send_signal(signal.SIGTERM)
-                host.wait(30)
-            for farm in farms:
-                farm.kill()
-                farm.wait()
     baseline = statistics.median(run.figures["GET /v1/vms"])
     print(f"{'':28}{'what':>20}{'median ms':>11}{'p99 ms':>9}{'x /v1/vms':>11}"
           f"{'CPU ms':>8}  target")

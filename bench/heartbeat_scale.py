@@ -34,6 +34,8 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -157,15 +159,69 @@ def py_spy() -> str:
     return found
 
 
-def start_manager(base: Path, n: int) -> tuple[subprocess.Popen[bytes], httpx.Client]:
-    """A host manager (``vmis host serve``) with the N guests of *base* registered, each
-    beating every second; returns its process and an API client."""
+def start_farms(base: Path, n: int, farms: int) -> list[subprocess.Popen[str]]:
+    """N guest agents in *farms* processes (their roots in *base*), once all are ready."""
+    share = -(-n // farms)
+    started = [subprocess.Popen([sys.executable, "-c", FARM, str(base), str(first),
+                                 str(min(share, n - first))], stdout=subprocess.PIPE, text=True)
+               for first in range(0, n, share)]
+    try:
+        for farm in started:
+            wait_line(farm, "guest farm")
+    except BaseException:
+        for farm in started:
+            farm.kill()
+            farm.wait()
+        raise
+    return started
+
+
+@contextmanager
+def farmed_guests(n: int, farms: int) -> Iterator[tuple[Path, int]]:
+    """A temporary directory with N guest agents in *farms* processes: (it, how many
+    processes); the farms stopped and the directory removed after."""
+    with tempfile.TemporaryDirectory(prefix="vmis-bench-", dir="/tmp") as tmp:
+        base = Path(tmp)
+        started = start_farms(base, n, farms)
+        try:
+            yield base, len(started)
+        finally:
+            for farm in started:
+                farm.kill()
+                farm.wait()
+
+
+@contextmanager
+def running_manager(base: Path, n: int,
+                    *args: str) -> Iterator[tuple[subprocess.Popen[bytes], httpx.Client]]:
+    """:func:`start_manager`, stopped (SIGTERM) after."""
+    host, client = start_manager(base, n, *args)
+    try:
+        yield host, client
+    finally:
+        host.send_signal(signal.SIGTERM)
+        host.wait(30)
+
+
+def scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scale benches' own parameters: -n, --farms, --settle."""
+    parser.add_argument("-n", type=int, default=1024, help="number of lab guests")
+    parser.add_argument("--farms", type=int, default=2,
+                        help="processes the guest agents are spread over")
+    parser.add_argument("--settle", type=float, default=20.0,
+                        help="seconds to wait after all VMs beat (connection set-up, the "
+                             "first time sync bursts)")
+
+
+def start_manager(base: Path, n: int, *args: str) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+    """A host manager (``vmis host serve``, with *args*) with the N guests of *base*
+    registered, each beating every second; returns its process and an API client."""
     sock = base / "host.sock"
     env = dict(os.environ, VMIS_SOCKET=str(sock))
     with open(base / "host.log", "w") as log:  # the child keeps its own copy
         host = subprocess.Popen(
             [sys.executable, "-m", "vmis.cli.host", "host", "serve", "-Db",
-             f"sqlite:///{base}/host.db", "-Socket", str(sock), "-LogLevel", "warning"],
+             f"sqlite:///{base}/host.db", "-Socket", str(sock), "-LogLevel", "warning", *args],
             env=env, stderr=log)
     try:
         client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)),
@@ -273,27 +329,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.n < 1 or args.farms < 1:
         parser.error("-n and --farms must be at least 1")
-    with tempfile.TemporaryDirectory(prefix="vmis-bench-", dir="/tmp") as tmp:
-        base = Path(tmp)
-        share = -(-args.n // args.farms)
-        farms = [subprocess.Popen([sys.executable, "-c", FARM, str(base), str(first),
-                                   str(min(share, args.n - first))], stdout=subprocess.PIPE,
-                                  text=True)
-                 for first in range(0, args.n, share)]
-        try:
-            for farm in farms:
-                wait_line(farm, "guest farm")
-            if args.profile:
-                py_spy()  # fail now, not after the baseline
-            print(f"heartbeat scale, N={args.n} guests in {len(farms)} processes, "
-                  f"1 s heartbeats, {args.seconds:g} s CPU window")
-            base_cpu, base_enable = bare_run(base, args.n, args.seconds)
-            cpu, enable = vmis_run(base, args.n, args.seconds, args.service,
-                                   settle=args.settle, profile=args.profile)
-        finally:
-            for farm in farms:
-                farm.kill()
-                farm.wait()
+    with farmed_guests(args.n, args.farms) as (base, farms):
+        if args.profile:
+            py_spy()  # fail now, not after the baseline
+        print(f"heartbeat scale, N={args.n} guests in {farms} processes, "
+              f"1 s heartbeats, {args.seconds:g} s CPU window")
+        base_cpu, base_enable = bare_run(base, args.n, args.seconds)
+        cpu, enable = vmis_run(base, args.n, args.seconds, args.service,
+                               settle=args.settle, profile=args.profile)
     print(f"{'':28}{'vmis host manager':>20}{'bare protocol host':>20}{'ratio':>8}")
     ratio = f"{cpu / base_cpu:>8.2f}" if base_cpu else f"{'-':>8}"
     print(f"{'host CPU, % of one core':28}{cpu:>19.2f}%{base_cpu:>19.2f}%{ratio}")

@@ -11,7 +11,9 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 from support.served import served_manager
 
@@ -119,3 +121,21 @@ def test_invoke_commands_websocket_checks_the_token_and_the_role(short_tmp):
         assert [(e["Account"], e["Method"], e["Result"]) for e in log] == [
             ("ops", "WEBSOCKET", "Refused"), ("admin", "WEBSOCKET", "Failed")]
         assert log[1]["Detail"].startswith("uname -a")
+
+
+def test_an_event_stream_ends_when_its_token_is_removed(short_tmp):
+    with served_manager(short_tmp) as served:
+        token = served.token("watcher", "Reader")
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.stream("GET", f"{served.url}/v1/events", headers=headers,
+                          params={"keepalive": 0.2}, timeout=30) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("retry:")
+            with served.local() as api:
+                api.call("DELETE", "/tokens/watcher")
+            removed = time.monotonic()
+            for _ in lines:  # keepalives, until the stream ends
+                assert time.monotonic() - removed < 20, "the stream outlived its token"
+            assert time.monotonic() - removed < 20
+        again = httpx.get(f"{served.url}/v1/events", headers=headers, timeout=30)
+        assert again.status_code == 401

@@ -14,9 +14,9 @@ its role once the route is known. A request's account comes from
 :func:`resolve_account`, which asks each of :data:`AUTHENTICATORS` in
 turn: the Unix socket's caller is the manager's own user (``local:<user>``,
 an Administrator: whoever can open the 0600 socket can read the store
-anyway), then a token in ``Authorization: Bearer``. A later way to present
-a token (the web console's session cookie) is one more function in that
-list (docs/api.md §2).
+anyway), then a token in ``Authorization: Bearer``, then the web console's
+session cookie (vmis.api.console.sessions), which stands for a token
+(docs/api.md §5).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vmis.api.console.sessions import signed_in_token
 from vmis.errors import AccessDenied, AuthenticationError, InternalError
 from vmis.host.accounts import Accounts, Role
 
@@ -62,6 +63,12 @@ ROLES: dict[tuple[str, str], Role | None] = {
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/assets"): PUBLIC,
+    # the web console (vmis.api.console): its page and files hold no data; signing in
+    # and out exchanges a token for a session cookie and back (SIGN_IN)
+    ("GET", "/"): PUBLIC,
+    ("GET", "/console/assets"): PUBLIC,
+    ("POST", "/console/session"): PUBLIC,
+    ("DELETE", "/console/session"): PUBLIC,
     # the control plane (vmis.api.control): registering VMs is the Administrator's
     ("GET", "/v1/ping"): READER,
     ("GET", "/v1/account"): READER,
@@ -119,6 +126,11 @@ ROLES: dict[tuple[str, str], Role | None] = {
     ("GET", "/v1/audit"): ADMINISTRATOR,
 }
 
+#: the routes that change no state of the manager but who a browser is, so the one
+#: exception to "a route that is not a GET needs at least an Operator": a sign-in
+#: is made without an account (vmis.api.console.routes)
+SIGN_IN = frozenset({("POST", "/console/session"), ("DELETE", "/console/session")})
+
 #: the scope key where the Unix socket's listener names its caller (vmis.api.server)
 LOCAL_USER = "vmis.local_user"
 #: the scope key of the account the guard resolved
@@ -132,7 +144,7 @@ class Account:
     #: ``local:<user>`` on the Unix socket, else the token's name
     name: str
     role: Role
-    #: how it was presented: ``socket``, ``token`` (and later ``cookie``)
+    #: how it was presented: ``socket``, ``token``, ``cookie`` (the web console)
     via: str
 
     def to_json(self) -> dict[str, Any]:
@@ -178,10 +190,16 @@ def _bearer(conn: HTTPConnection, accounts: Accounts) -> Account | None:
     return Account(token.name, token.role, "token")
 
 
+def _cookie(conn: HTTPConnection, accounts: Accounts) -> Account | None:
+    token = signed_in_token(conn, accounts)
+    return None if token is None else Account(token.name, token.role, "cookie")
+
+
 #: the ways a request may say who it is, asked in order: each gives the account,
 #: None when the request does not use that way, or raises AuthenticationError
 #: when it does with a credential that is not valid
-AUTHENTICATORS: list[Callable[[HTTPConnection, Accounts], Account | None]] = [_socket, _bearer]
+AUTHENTICATORS: list[Callable[[HTTPConnection, Accounts], Account | None]] = [
+    _socket, _bearer, _cookie]
 
 
 def resolve_account(conn: HTTPConnection, accounts: Accounts) -> Account:
@@ -275,7 +293,8 @@ def check_roles(routes: Sequence[BaseRoute]) -> None:
                  if (m, p) not in present]
     problems += [f"{m} {p}: changes state, so needs at least the Operator role"
                  for (m, p), role in sorted(ROLES.items(), key=lambda i: i[0])
-                 if m != "GET" and (role is PUBLIC or role < OPERATOR)]
+                 if m != "GET" and (m, p) not in SIGN_IN
+                 and (role is PUBLIC or role < OPERATOR)]
     # a mounted app (static files, another ASGI app) has no FastAPI dependencies, so
     # authorize never sees it: the guard's "any valid token" is all it can have
     problems += [f"GET {path}: a mounted app can only be public or for Readers"

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 
 import vmis
 from vmis.api.access import app_routes, check_roles
+from vmis.api.console.routes import install_console
 from vmis.api.docs import install_docs
 from vmis.api.errors import error_to_json, status_for
 from vmis.api.guard import AccessGuard, authorize
@@ -82,6 +83,7 @@ def create_app(manager: HostManager) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_docs(app)
+    install_console(app)
     check_roles(app.routes)
     app.add_middleware(AccessGuard, accounts=accounts)
     return app

@@ -27,7 +27,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from vmis.api.access import PUBLIC, ROLES
+from vmis.api.access import PUBLIC, ROLES, SIGN_IN
 from vmis.api.errors import STATUS_BY_ERROR
 
 __all__ = ["ASSETS", "ERROR_SCHEMA", "install_docs", "ndjson_response"]
@@ -95,9 +95,12 @@ def _complete(document: dict[str, Any]) -> dict[str, Any]:
             role = ROLES.get((method.upper(), path), PUBLIC)
             if role is PUBLIC:
                 operation["security"] = []
-                continue
-            operation["security"] = [{"token": []}]
-            operation["x-vmis-role"] = role.label
+                # signing in and out answer errors as every route does (a bad token: 401)
+                if (method.upper(), path) not in SIGN_IN:
+                    continue
+            else:
+                operation["security"] = [{"token": []}]
+                operation["x-vmis-role"] = role.label
             responses = operation.setdefault("responses", {})
             for status in _error_statuses():
                 responses.setdefault(str(status), {"description": _REASONS[status],

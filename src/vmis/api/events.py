@@ -12,16 +12,17 @@ next event published.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
+from vmis.api.access import account_of, resolve_account
 from vmis.api.context import manager_of
 from vmis.api.docs import text_response
 from vmis.api.sse import KEEPALIVE, KEEPALIVE_COMMENT, EncodedEvents, retry_field
-from vmis.errors import ConfigError
+from vmis.errors import AuthenticationError, ConfigError
 from vmis.host.events import Event, event_filter
 
 __all__ = ["router"]
@@ -30,6 +31,8 @@ router = APIRouter(prefix="/v1")
 
 #: the most events one write of the stream carries (the rest follow at once)
 BATCH = 256
+#: seconds between two looks at whether a stream's token is still there
+RECHECK = 5.0
 #: the blocks the streams send, shared by them
 _encode = EncodedEvents()
 
@@ -67,16 +70,27 @@ async def events(  # noqa: PLR0917 (FastAPI's parameters, each a query field)
     # leaves no subscription behind) is not missed.
     start = hub.last_id if after is None else after
 
+    signed_in = _still_signed_in(request)
+
     async def stream() -> AsyncIterator[bytes]:
         subscription = hub.subscribe(start, accept)
+        loop = asyncio.get_running_loop()
+        written = checked = loop.time()
         try:
             yield retry_field()
             while True:
+                now = loop.time()
+                if now - checked >= RECHECK:
+                    checked = now
+                    if not signed_in():
+                        return  # its token was removed, its session ended
                 try:
-                    async with asyncio.timeout(keepalive):
+                    async with asyncio.timeout(min(RECHECK, written + keepalive - now)):
                         event = await anext(subscription)
                 except TimeoutError:
-                    yield KEEPALIVE_COMMENT
+                    if loop.time() - written >= keepalive:
+                        written = loop.time()
+                        yield KEEPALIVE_COMMENT
                     continue
                 except StopAsyncIteration:
                     return  # the manager is going down; its last event was host Down
@@ -85,6 +99,7 @@ async def events(  # noqa: PLR0917 (FastAPI's parameters, each a query field)
                 chunk = [_encode(event)]
                 while len(chunk) < BATCH and (more := subscription.get_nowait()) is not None:
                     chunk.append(_encode(more))
+                written = loop.time()
                 yield b"".join(chunk)
         finally:
             subscription.close()
@@ -92,6 +107,25 @@ async def events(  # noqa: PLR0917 (FastAPI's parameters, each a query field)
     # no-cache: what a proxy keeps is stale; X-Accel-Buffering: nginx passes each write on
     return StreamingResponse(stream(), media_type="text/event-stream", headers={
         "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _still_signed_in(request: Request) -> Callable[[], bool]:
+    """Whether the stream's caller still has its account: a stream outlives the
+    request's check, and a removed token (or an ended console session) must not
+    go on reading (the socket's caller always has its account)."""
+    account = account_of(request)
+    accounts = request.app.state.accounts
+
+    def check() -> bool:
+        if account.via == "socket":
+            return True
+        try:
+            resolve_account(request, accounts)
+        except AuthenticationError:
+            return False
+        return True
+
+    return check
 
 
 @router.get("/events/recent")

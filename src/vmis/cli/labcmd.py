@@ -67,6 +67,9 @@ def cmd_status(args: dict[str, Any]) -> int:
              f"{status['Database']}" if status["Database"] else "")
     print(f"lab directory {status['Directory']}, host manager "
           f"{'pid ' + str(status['HostPid']) if status['HostPid'] else 'not running'}{fleet}")
+    if status["ConsoleUrl"]:
+        print(f"web console {status['ConsoleUrl']} (sign in with a token: "
+              f"vmis token add me -Role Administrator)")
     print(format_table([Column("Name"), Column("Kind"), Column("Running"), Column("Pid"),
                         Column("Root")],
                        [(v["Name"], v["Kind"], v["Running"], v["Pid"] or "", v["Root"])

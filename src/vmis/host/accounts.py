@@ -219,7 +219,11 @@ class Accounts:
         Looked up in the store on every call, not cached, so a token removed
         on any manager of a shared store stops working everywhere at once.
         """
-        digest = hash_secret(secret)
+        return self.find_digest(hash_secret(secret))
+
+    def find_digest(self, digest: str) -> TokenInfo | None:
+        """The token whose secret has this SHA-256 (hex), if any: what the web
+        console's session keeps instead of the secret (vmis.api.console.sessions)."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(api_tokens)
                                .where(api_tokens.c.secret_sha256 == digest)).mappings().first()

@@ -40,8 +40,8 @@ KEEP = 10_000
 #: how many events one subscriber may have waiting before it starts losing them
 QUEUE = 10_000
 #: every event type, as the filters of the API and the command line name them
-TYPES = ("host", "vm-added", "vm-removed", "heartbeat", "service", "settings", "kvp", "copy",
-         "checkpoint", "update", "dropped")
+TYPES = ("host", "vm-added", "vm-removed", "heartbeat", "service", "settings", "kvp", "timesync",
+         "copy", "checkpoint", "update", "dropped")
 
 
 def first_id_now() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ __all__ = ["START_TIMEOUT", "Lab", "LabVm", "run_lab_up"]
 
 #: seconds to wait for a process to come up
 START_TIMEOUT = 20.0
+#: how host serve logs its TCP listener (vmis.api.server)
+_API_URL = re.compile(r"API on (http://\S+)")
 
 
 @dataclass
@@ -152,8 +155,9 @@ class Lab:
             return pid
         stop_pid(pid)
         log = self.dir / "host.log"
+        # the API on a free loopback port too: the web console's (lab status's ConsoleUrl)
         argv = [sys.executable, "-m", "vmis.cli.host", "host", "serve",
-                "-Socket", str(self.socket)]
+                "-Socket", str(self.socket), "-Listen", "127.0.0.1:0"]
         if computer:
             argv += ["-ComputerName", computer]
         # The URL goes in the environment, never in argv: a password there would be in
@@ -165,6 +169,8 @@ class Lab:
                 {"Db": without_password(db), "ComputerName": computer or ""}) + "\n")
         else:
             self.fleet_file.unlink(missing_ok=True)
+        logged = log.stat().st_size if log.exists() else 0
+        self.console_file.unlink(missing_ok=True)
         process = spawn(argv, log, env=env)
         write_private(self.dir / "host.pid", f"{process.pid}\n")
         wait_for(lambda: self._host_answers() or process.poll() is not None, START_TIMEOUT,
@@ -173,7 +179,26 @@ class Lab:
         if code is not None:
             raise StateError(f"the lab host manager exited at start ({how_it_ended(code)})"
                              f"{log_hint(log)}")
+        with log.open("rb") as text:
+            text.seek(logged)
+            found = _API_URL.search(text.read().decode(errors="replace"))
+        if found:
+            write_private(self.console_file, found[1] + "/\n")
         return process.pid
+
+    @property
+    def console_file(self) -> Path:
+        """Where the lab keeps its manager's console URL (its port is chosen at start)."""
+        return self.dir / "console.url"
+
+    def console_url(self) -> str | None:
+        """The web console of the lab's running manager (docs/console.md), if any."""
+        if self.host_pid() is None:
+            return None
+        try:
+            return self.console_file.read_text().strip() or None
+        except OSError:
+            return None
 
     def _check_host(self, db: str | None, computer: str | None) -> None:
         with self.api() as api:
@@ -376,7 +401,8 @@ class Lab:
         """The host manager and every lab VM, for ``lab status``."""
         fleet = self.fleet()
         return {"Directory": str(self.dir), "HostPid": self.host_pid(),
-                "HostSocket": str(self.socket), "Database": fleet.get("Db"),
+                "HostSocket": str(self.socket), "ConsoleUrl": self.console_url(),
+                "Database": fleet.get("Db"),
                 "ComputerName": fleet.get("ComputerName") or None,
                 "VMs": [vm.status() for vm in self.vms()]}
 

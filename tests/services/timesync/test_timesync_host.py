@@ -73,9 +73,13 @@ class FakeSession:
     def __init__(self, guest: FakeGuest) -> None:
         self.guest = guest
         self.log = logging.getLogger("test.timesync")
+        self.events: list[tuple[str, dict]] = []
 
     def require(self, spec) -> None:
         pass
+
+    def publish(self, type: str, **data) -> None:
+        self.events.append((type, data))
 
     async def request(self, spec, op, payload, timeout=None) -> bytes:
         return await self.guest.request(op, payload)
@@ -151,7 +155,8 @@ async def test_an_in_step_guest_costs_one_round_trip_and_hears_the_verdict_next_
     manager = HostManager(Store(f"sqlite:///{tmp_path / 'h.db'}"))
     guest = FakeGuest(ahead=0, delays=[], mode="own")
     timesync = TimeSyncHost(manager, clock=guest.clock)
-    part = timesync.new_part(FakeSession(guest))
+    session = FakeSession(guest)
+    part = timesync.new_part(session)
     mon = part.monitor
     assert await part.sync()  # the SYNC burst: 8 samples and the APPLY
     assert len(guest.samples) == 8 and len(guest.applied) == 1 and mon.backoff == 1
@@ -165,6 +170,10 @@ async def test_an_in_step_guest_costs_one_round_trip_and_hears_the_verdict_next_
     # what only the guest knows is kept from its last APPLY answer
     assert row["Daemon"] == "none here" and row["LastStep"] is not None
     assert mon.backoff == 2
+    # each burst is an event: the web console's offset plot (docs/events.md)
+    assert [(t, d["OffsetNs"], d["Action"]) for t, d in session.events][-1] == \
+        ("timesync", 0, "none")
+    assert len(session.events) == 2 and session.events[0][1]["RoundTripNs"] > 0
     # in step: one sample per burst, carrying the verdict on the last one
     assert await part.sync()
     assert len(guest.samples) == 11 and len(guest.applied) == 1

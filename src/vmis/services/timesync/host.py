@@ -134,6 +134,9 @@ class VmTimeSync(VmPart):
             session.log.debug("time sync failed: %s", exc)
             return False
         mon.record(sample, flag, answer, clock())
+        # the console's offset plot, and anyone watching a guest's clock
+        session.publish("timesync", OffsetNs=sample.offset_ns, RoundTripNs=sample.rtt_ns,
+                        Action=str(answer.get("action") or "none"))
         if answer.get("action") == "step":
             session.log.info("time sync (%s): guest stepped by %+.6f s", flag.value,
                              -sample.offset_ns / 1e9)

@@ -1,0 +1,42 @@
+// One VM: its heartbeat, the Integration Services pane, and each service's view.
+
+import { el, get, words } from './api.js';
+import { checkpointsView } from './checkpoints.js';
+import { copyView } from './copy.js';
+import { on } from './events.js';
+import { kvpView } from './kvp.js';
+import { servicesPane } from './services.js';
+import { timeSyncView } from './timesync.js';
+
+export function vmPane(view, name, account) {
+  const heartbeat = el('span', { id: 'vm-heartbeat' });
+  const state = el('span', { id: 'vm-state' });
+  const sections = ['is', 'guest', 'kvp', 'timesync', 'checkpoints', 'copy']
+    .map((id) => el('section', { id: `section-${id}` }));
+  const [is, guest, kvp, timesync, checkpoints, copy] = sections;
+  view.replaceChildren(
+    el('p', {}, el('a', { href: '#/' }, '← Virtual machines')),
+    el('h2', {}, `Settings for ${name}`),
+    el('p', {}, 'State: ', state, ' · Heartbeat: ', heartbeat),
+    el('div', { class: 'pane' }, is, guest),
+    kvp, timesync, checkpoints, copy);
+
+  async function load() {
+    const [vm] = await get('/v1/vm-status', { name });
+    if (!vm) return;
+    state.textContent = words(vm.State);
+    heartbeat.textContent = words(vm.Heartbeat);
+    heartbeat.className = /^Ok/.test(vm.Heartbeat || '') ? 'ok' : 'bad';
+  }
+
+  load().catch(() => {});
+  const mine = (e) => e.VMName && e.VMName.toLowerCase() === name.toLowerCase();
+  return [
+    on('heartbeat', (e) => { if (mine(e)) load().catch(() => {}); }),
+    ...servicesPane(is, guest, name, account),
+    ...kvpView(kvp, name, account),
+    ...timeSyncView(timesync, name),
+    ...checkpointsView(checkpoints, name, account),
+    ...copyView(copy, name, account),
+  ];
+}
