@@ -125,7 +125,8 @@ async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, st
             report("done", Result="current")
             return result
         if not session.vm.enabled.get(GSI.key, False):
-            await manager.set_enabled([name], [GSI.host_name or ""], True)
+            await manager.set_enabled([name], [GSI.host_name or ""], True,
+                                      override_policy=True)
             enabled_for_update = True
         guest_path = f"{STAGING_DIR}/vmis-guest-{bundle.version}.pyz"
         report("copying", Bytes=len(bundle.data))
@@ -154,7 +155,8 @@ async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, st
     finally:
         if enabled_for_update:
             try:
-                await manager.set_enabled([name], [GSI.host_name or ""], False)
+                await manager.set_enabled([name], [GSI.host_name or ""], False,
+                                          override_policy=True)
             except VmisError as exc:
                 session.log.warning("could not disable the Guest Service Interface again: %s",
                                     exc)

@@ -142,6 +142,7 @@ class Reporter:
             "info": manager.vm_info(session),
             "services": [session.status(spec, off=off).to_json()
                          for spec in CATALOG.host_services],
+            "since": {key: at.isoformat() for key, at in session.since.items()},
             "kvp": {"Connected": session.connected,
                     "Pools": {str(int(p)): items for p, items in kvp.pools.items()},
                     "ReportedAt": {str(int(p)): at.isoformat()
