@@ -454,8 +454,10 @@ class HostManager:
             return entry
 
         results = list(await asyncio.gather(*(push(s, spec) for s in sessions for spec in specs)))
+        pushed = {r["VMName"] for r in results if r["Applied"]}
         for s in sessions:
-            s.check_status()
+            if s.vm.name not in pushed:  # a push checks its VM's status itself
+                s.check_status()
         return results
 
 

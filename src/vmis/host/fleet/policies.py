@@ -63,7 +63,10 @@ class Policies:
         self._task: asyncio.Task[None] | None = None
         #: convergences run (a metric: tests and bench/fleet_scale.py read it)
         self.runs = 0
-        #: time.monotonic() when the last convergence ended
+        #: time.monotonic() when the last convergence had written the desired state
+        #: and given it to the sessions (the pushes to the guests then follow)
+        self.reached_at = 0.0
+        #: time.monotonic() when the last convergence ended (pushes included)
         self.converged_at = 0.0
 
     @property
@@ -122,6 +125,7 @@ class Policies:
                 session.publish("settings", Name=by_key(key).host_name, Enabled=enabled,
                                 Policy=True)
             sessions.append((session, changed))
+        self.reached_at = time.monotonic()
         by_services: dict[tuple[str, ...], list[Any]] = {}
         for session, changed in sessions:
             by_services.setdefault(tuple(sorted(changed)), []).append(session)

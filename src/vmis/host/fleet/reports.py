@@ -140,7 +140,9 @@ class Reporter:
         bodies = {
             "vm": await vm_row(session, manager.hypervisor_for(session.vm)),
             "info": manager.vm_info(session),
-            "services": [session.status(spec, off=off).to_json()
+            # a connected session's rows are those check_status keeps current
+            "services": [(session.last_status(spec) if session.connected
+                          else session.status(spec, off=off)).to_json()
                          for spec in CATALOG.host_services],
             "since": {key: at.isoformat() for key, at in session.since.items()},
             "kvp": {"Connected": session.connected,
@@ -171,14 +173,27 @@ class Reporter:
 # Section: another host's side
 
 
-def _bodies(engine: Engine, vm_ids: Sequence[str], kind: str) -> dict[str, Any]:
-    if not vm_ids:
+#: beyond this many VMs a read selects them by their owners rather than by a list of
+#: ids: Get-VM -ComputerName '*' of a large fleet would bind one parameter per VM
+MANY = 200
+
+
+def _of(remote: Sequence[RemoteVm], column: Any) -> Any:
+    """A WHERE clause on *column* (a VM id) that takes at least these VMs."""
+    if len(remote) <= MANY:
+        return column.in_([vm.id for vm in remote])
+    return column.in_(sa.select(vms.c.id).where(vms.c.host.in_({vm.host_key for vm in remote})))
+
+
+def _bodies(engine: Engine, remote: Sequence[RemoteVm], kind: str) -> dict[str, Any]:
+    if not remote:
         return {}
+    wanted = {vm.id for vm in remote}
     with engine.begin() as conn:
         found = conn.execute(sa.select(vm_reports.c.vm_id, vm_reports.c.body)
-                             .where(vm_reports.c.vm_id.in_(vm_ids))
+                             .where(_of(remote, vm_reports.c.vm_id))
                              .where(vm_reports.c.kind == kind)).all()
-    return {vm_id: json.loads(body) for vm_id, body in found}
+    return {vm_id: json.loads(body) for vm_id, body in found if vm_id in wanted}
 
 
 def _host_columns(vm: RemoteVm) -> dict[str, Any]:
@@ -198,10 +213,9 @@ def _unknown(vm: RemoteVm) -> str:
 def remote_vm_list(engine: Engine, remote: Sequence[RemoteVm]) -> list[dict[str, Any]]:
     """``vm list`` rows of other hosts' VMs: the registry's facts, and the connection's
     as their owners last reported it."""
-    bodies = _bodies(engine, [vm.id for vm in remote], "info")
+    bodies = _bodies(engine, remote, "info")
     with engine.begin() as conn:
-        records = {r.id: r for r in conn.execute(sa.select(vms).where(
-            vms.c.id.in_([vm.id for vm in remote])))}
+        records = {r.id: r for r in conn.execute(sa.select(vms).where(_of(remote, vms.c.id)))}
     rows = []
     for vm in remote:
         record = records.get(vm.id)
@@ -219,7 +233,7 @@ def remote_vm_list(engine: Engine, remote: Sequence[RemoteVm]) -> list[dict[str,
 
 def vm_rows(engine: Engine, remote: Sequence[RemoteVm]) -> list[dict[str, Any]]:
     """Get-VM rows of other hosts' VMs, as their owners last reported them."""
-    bodies = _bodies(engine, [vm.id for vm in remote], "vm")
+    bodies = _bodies(engine, remote, "vm")
     rows = []
     for vm in remote:
         row = bodies.get(vm.id) or {
@@ -236,11 +250,10 @@ def service_rows(engine: Engine, remote: Sequence[RemoteVm],
                  specs: Sequence[ServiceSpec]) -> list[dict[str, Any]]:
     """Get-VMIntegrationService rows of other hosts' VMs: Enabled from the desired
     state (the store's), the status as their owners last reported it."""
-    bodies = _bodies(engine, [vm.id for vm in remote], "services")
+    bodies = _bodies(engine, remote, "services")
     with engine.begin() as conn:
         wanted = {(s.vm_id, s.service): bool(s.enabled) for s in conn.execute(
-            sa.select(service_settings).where(service_settings.c.vm_id.in_(
-                [vm.id for vm in remote])))}
+            sa.select(service_settings).where(_of(remote, service_settings.c.vm_id)))}
     rows = []
     for vm in remote:
         reported = {r["Name"]: r for r in bodies.get(vm.id, [])}
@@ -260,10 +273,10 @@ def kvp_rows(engine: Engine, remote: Sequence[RemoteVm],
     """Get-VMKvp rows of other hosts' VMs: the pools their owners last reported, and
     the writes pending in the store (which are the store's to tell, owner up or not)."""
     pools = [parse_pool(pool)] if pool else list(Pool)
-    bodies = _bodies(engine, [vm.id for vm in remote], "kvp")
+    bodies = _bodies(engine, remote, "kvp")
     with engine.begin() as conn:
-        pending = conn.execute(sa.select(kvp_pending).where(kvp_pending.c.vm_id.in_(
-            [vm.id for vm in remote])).order_by(kvp_pending.c.id)).all()
+        pending = conn.execute(sa.select(kvp_pending).where(_of(remote, kvp_pending.c.vm_id))
+                               .order_by(kvp_pending.c.id)).all()
     rows = []
     for vm in remote:
         body = bodies.get(vm.id, {})
