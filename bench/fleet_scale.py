@@ -247,14 +247,14 @@ async def run(url: str, data_dir: Path, hosts: int, per_host: int, seconds: floa
             api_took.append(time.perf_counter() - t0)
             assert answer.status_code == 200 and len(answer.json()) == hosts * per_host
             t0 = time.perf_counter()
-            await managers[0].get_vms(None, ["*"])
+            await managers[0].get_vms_json(None, ["*"])
             call_took.append(time.perf_counter() - t0)
         figures["getvm_api"], figures["getvm_call"] = api_took, call_took
 
         # a policy change until every owning host has converged its VMs
         reach, applied = [], []
         for i in range(rounds):
-            await asyncio.sleep(1.0)  # the last round's reports are written
+            await settle(managers, writes, 1.0)  # a change to a quiet fleet: reports written
             runs = [m.policies.runs for m in managers]
             t0 = time.monotonic()
             key = "enable" if i % 2 else "disable"

@@ -75,6 +75,8 @@ async def test_bad_policies_are_one_line_errors(short_tmp):
             await policies.set_policy("empty")
         with pytest.raises(ConfigError, match="VSS: both enabled and disabled"):
             await policies.set_policy("both", enable=["VSS"], disable=["V*"])
+        with pytest.raises(ConfigError, match="at most 255 characters"):
+            await policies.set_policy("x" * 300, enable=["VSS"])
         with pytest.raises(ConfigError, match="invalid version 'new'"):
             await policies.set_policy("v", minimum_version="new")
         with pytest.raises(NotFoundError):

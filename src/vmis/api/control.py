@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import vmis
@@ -118,9 +117,10 @@ def _control_router() -> APIRouter:
         request: Request, name: Annotated[list[str] | None, Query()] = None,
         computer: Computers = None,
     ) -> Response:
-        # Plain JSON values already: FastAPI's encoder would walk every one of a
-        # fleet's 10,240 rows again (bench/fleet_scale.py)
-        return JSONResponse(await manager_of(request).get_vms(name, computer))
+        # JSON text as the manager makes it: FastAPI's encoder would walk every one
+        # of a fleet's 10,240 rows again (bench/fleet_scale.py)
+        return Response(await manager_of(request).get_vms_json(name, computer),
+                        media_type="application/json")
 
     @router.get("/services")
     async def services(

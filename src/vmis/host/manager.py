@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,7 +33,7 @@ from vmis.host.events import EventHub, first_id_now
 from vmis.host.fleet.fleet import Fleet, Targets
 from vmis.host.fleet.hosts import RemoteVm
 from vmis.host.fleet.policies import Policies
-from vmis.host.fleet.reports import remote_vm_list, service_rows, vm_rows
+from vmis.host.fleet.reports import remote_vm_list, service_rows, vm_rows, vm_rows_text
 from vmis.host.request_stats import request_stats
 from vmis.host.session import VmSession
 from vmis.host.store import Store, set_enabled
@@ -367,6 +368,21 @@ class HostManager:
         rows = [{**row, **self.fleet.local_columns()} for row in await asyncio.gather(
             *(vm_row(s, self.hypervisor_for(s.vm)) for s in targets.local))]
         return _by_name(rows + vm_rows(self.engine, targets.remote))
+
+    async def get_vms_json(self, patterns: list[str] | None,
+                           computers: list[str] | None = None) -> str:
+        """:meth:`get_vms` as JSON text: every VM of a fleet's hosts without decoding
+        and encoding their owners' rows again (vmis.host.fleet.reports.vm_rows_text)."""
+        if patterns or not computers or not self.fleet.shared:
+            return json.dumps(await self.get_vms(patterns, computers))
+        local, others = self.fleet.resolve(computers)
+        sessions = list(self.sessions.values()) if local else []
+        rows = [(s.vm.name.lower(), json.dumps({**row, **self.fleet.local_columns()}))
+                for s, row in zip(sessions, await asyncio.gather(
+                    *(vm_row(s, self.hypervisor_for(s.vm)) for s in sessions)), strict=True)]
+        rows += await asyncio.to_thread(vm_rows_text, self.engine, others)
+        rows.sort(key=lambda row: row[0])
+        return "[" + ", ".join(text for _, text in rows) + "]"
 
     # Section: integration services
 

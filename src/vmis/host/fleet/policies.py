@@ -155,8 +155,12 @@ class Policies:
         :raise NotFoundError: For an unknown service name.
         """
         name = name.strip()
-        if not name or any(c in name for c in "*?["):
-            raise ConfigError(f"invalid policy name {name!r}: a name without wildcards")
+        if not name or any(c in name for c in "*?[") or len(name) > 255:
+            raise ConfigError(f"invalid policy name {name[:60]!r}: a name without wildcards, "
+                              "of at most 255 characters")
+        for what, pattern in (("-ComputerName", computer), ("-VMName", vm_name)):
+            if pattern is not None and len(pattern) > 255:
+                raise ConfigError(f"{what}: at most 255 characters")
         on, off = service_keys(enable), service_keys(disable)
         if both := [by_key(k).host_name for k in on if k in off]:
             raise ConfigError(f"{', '.join(map(str, both))}: both enabled and disabled")

@@ -62,7 +62,7 @@ def version_key(version: str) -> tuple[int, ...]:
 
     :raise ConfigError: For anything but dotted numbers.
     """
-    if not _VERSION.match(version.strip()):
+    if len(version) > 64 or not _VERSION.match(version.strip()):
         raise ConfigError(f"invalid version {version!r}: use dotted numbers, such as 1.4.0")
     return tuple(int(p) for p in version.strip().split("."))
 
@@ -85,6 +85,9 @@ def parse_tags(items: Iterable[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"invalid tag {item!r}: use key=value (role=web)")
+        if len(key.strip()) > 255 or len(value.strip()) > 1024:
+            raise ConfigError(f"tag {key.strip()[:40]!r}...: a tag's name has at most 255 "
+                              "characters, its value at most 1024")
         tags[key.strip().lower()] = value.strip()
     return tags
 
