@@ -35,7 +35,7 @@ from vmis.errors import ConfigError, NotFoundError
 from vmis.host.fleet.requests import notify
 from vmis.host.fleet.tables import db_now, hosts, service_policies, vm_tags
 from vmis.host.store import service_settings, set_enabled, vms
-from vmis.services.catalog import CATALOG, by_key
+from vmis.services.catalog import by_key
 
 __all__ = [
     "Decision",
@@ -255,10 +255,11 @@ def converge(conn: Connection, host_key: str,
     changes: dict[str, dict[str, bool]] = {}
     for vm_id, services in wanted.items():
         for key, (enabled, _) in services.items():
-            if present.get((vm_id, key), by_key(key).default_enabled) != enabled or \
-                    (vm_id, key) not in present:
+            if present.get((vm_id, key)) != enabled:
                 changes.setdefault(vm_id, {})[key] = enabled
-    set_enabled(conn, [(v, k, e) for v, c in changes.items() for k, e in c.items()])
+    # the rows present are known here: set_enabled need not read every VM's of the fleet
+    set_enabled(conn, [(v, k, e) for v, d in changes.items() for k, e in d.items()],
+                present=set(present))
     return changes
 
 
@@ -287,7 +288,3 @@ def service_keys(names: Sequence[str]) -> tuple[str, ...]:
     from vmis.services.catalog import match_host_names
 
     return tuple(spec.key for spec in match_host_names(list(names))) if names else ()
-
-
-def host_service_keys() -> list[str]:
-    return [spec.key for spec in CATALOG.host_services]
