@@ -188,13 +188,14 @@ def timing(took: list[float]) -> str:
 
 
 async def settle(managers: list[HostManager], writes: list[Writes], quiet: float) -> None:
-    """Wait until the start-up burst is over: no host writes for *quiet* seconds."""
+    """Wait until a burst is over: no host has reports to write, and none wrote
+    anything for *quiet* seconds."""
     last = [-1] * len(writes)
     calm_since = time.monotonic()
     while time.monotonic() - calm_since < quiet:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.1)
         now = [w.count for w in writes]
-        if now != last:
+        if now != last or any(m.fleet.reporter.busy for m in managers):
             last, calm_since = now, time.monotonic()
 
 

@@ -82,6 +82,7 @@ class Reporter:
         self._tasks: list[asyncio.Task[None]] = []
         #: reports written (a metric; tests read it)
         self.written = 0
+        self._writing = False
 
     def start(self) -> None:
         subscription = self.manager.events.subscribe(accept=lambda e: e.vm_id is not None)
@@ -94,6 +95,11 @@ class Reporter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+    @property
+    def busy(self) -> bool:
+        """Whether reports are waiting to be written, or being written."""
+        return bool(self._dirty) or self._writing
 
     def mark(self, vm_ids: Iterable[str]) -> None:
         """Have these VMs' reports written again soon."""
@@ -115,6 +121,7 @@ class Reporter:
             await asyncio.sleep(FLUSH_DELAY)
             self._wake.clear()
             chosen, self._dirty = self._dirty, set()
+            self._writing = True
             try:
                 await self.write(chosen)
             except (SQLAlchemyError, OSError) as exc:
@@ -124,6 +131,8 @@ class Reporter:
                 await asyncio.sleep(RETRY_DELAY)
             except Exception:  # a bug: logged, and the next change is published still
                 _log.exception("publishing %d VMs' status for the fleet failed", len(chosen))
+            finally:
+                self._writing = False
 
     async def write(self, vm_ids: Iterable[str]) -> None:
         """Write the reports of these VMs (those still this host's) now."""
