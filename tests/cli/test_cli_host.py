@@ -26,7 +26,9 @@ def test_help_lists_every_command_in_its_order(capsys):
     assert [c.name for c in _all_commands()] == [
         "Get-VMIntegrationService", "Enable-VMIntegrationService",
         "Disable-VMIntegrationService", "Get-VM", "vm add", "vm list", "vm set", "vm remove",
-        "Get-VMHost", "Move-VM", "Get-VMEvent", "Start-VM", "Insert-SetupDisk", "Eject-SetupDisk",
+        "Get-VMHost", "Move-VM", "Set-VMIntegrationServicePolicy",
+        "Get-VMIntegrationServicePolicy", "Remove-VMIntegrationServicePolicy", "Set-VM",
+        "Get-VMIntegrationServiceCompliance", "Get-VMEvent", "Start-VM", "Insert-SetupDisk", "Eject-SetupDisk",
         "vm create", "Update-VMIntegrationServices", "Copy-VMFile", "Get-VMFileCopy",
         "Stop-VMFileCopy", "Get-VMKvp", "Set-VMKvp", "Remove-VMKvp",
         "Stop-VM", "Restart-VM", "Get-VMTimeSync", "Set-VMTimeSync", "Invoke-Command",

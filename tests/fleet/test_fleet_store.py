@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from support.pair import _start_agent, eventually
+from support.fleet import guest, host
+from support.pair import eventually
 
 from vmis.errors import ConfigError, NotFoundError, StateError
 from vmis.host.fleet.hosts import (
@@ -30,27 +31,6 @@ from vmis.host.manager import HostManager
 from vmis.host.session import VmSession
 from vmis.host.store import Store, vms
 from vmis.services.heartbeat.host import HeartbeatHost
-
-
-@asynccontextmanager
-async def host(url: str, name: str) -> AsyncIterator[HostManager]:
-    manager = HostManager(Store(url), host_name=name)
-    await manager.start()
-    try:
-        yield manager
-    finally:
-        await manager.close()
-
-
-@asynccontextmanager
-async def guest(root: Path) -> AsyncIterator[str]:
-    """A guest agent on *root*; its channel address."""
-    agent, task = await _start_agent(root)
-    try:
-        yield f"unix:{root / 'run/vmis/channel.sock'}"
-    finally:
-        agent.shutdown()
-        await asyncio.wait_for(task, 10)
 
 
 @asynccontextmanager

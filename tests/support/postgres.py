@@ -54,9 +54,12 @@ class Cluster:
 
 
 @contextmanager
-def running_cluster() -> Iterator[Cluster]:
+def running_cluster(options: str = "") -> Iterator[Cluster]:
     """A PostgreSQL cluster on a private socket directory, stopped and removed after
-    (the tests' fixture below; bench/fleet_requests.py)."""
+    (the tests' fixture below; bench/fleet_requests.py, bench/fleet_scale.py).
+
+    :param options: more server options (``-c max_connections=400``).
+    """
     bin_dir = _binaries()
     base = Path(tempfile.mkdtemp(prefix="vmis-pg-", dir="/tmp"))
     data, sockets = base / "data", base / "run"
@@ -70,7 +73,7 @@ def running_cluster() -> Iterator[Cluster]:
                    check=True, capture_output=True)
     subprocess.run(_as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-l",
                                 str(base / "server.log"), "-o",
-                                f"-k {sockets} -h '' -c fsync=off", "-w", "start"),
+                                f"-k {sockets} -h '' -c fsync=off {options}", "-w", "start"),
                    check=True, capture_output=True)
     cluster = Cluster(sockets)
     try:

@@ -87,6 +87,13 @@ ROLES: dict[tuple[str, str], Role | None] = {
     ("POST", "/v1/services/disable"): OPERATOR,
     # the online update puts new code into guests (vmis.api.updates)
     ("POST", "/v1/update"): ADMINISTRATOR,
+    # desired-state policy (vmis.api.policy): a policy changes every VM it selects, a
+    # tag only changes which policies select a VM, compliance is a read
+    ("GET", "/v1/policies"): READER,
+    ("PUT", "/v1/policies/{name}"): ADMINISTRATOR,
+    ("DELETE", "/v1/policies/{name}"): ADMINISTRATOR,
+    ("POST", "/v1/vms/tags"): OPERATOR,
+    ("GET", "/v1/compliance"): READER,
     # hypervisor operations (vmis.api.hypervisor): the setup disk is an update's
     ("POST", "/v1/vms/start"): OPERATOR,
     ("POST", "/v1/setup-disk/insert"): ADMINISTRATOR,

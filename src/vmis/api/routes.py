@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from vmis.api import accounts, control, events, hypervisor, libvirt, metrics, updates
+from vmis.api import (
+    accounts,
+    control,
+    events,
+    hypervisor,
+    libvirt,
+    metrics,
+    policy,
+    updates,
+)
 from vmis.api.services import fcopy, kvp, shutdown, timesync, vmsession, vss
 
 __all__ = ["ROUTERS"]
@@ -21,6 +30,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     events.router,
     metrics.router,
     updates.router,
+    policy.router,
     # each service's face, in catalogue order
     fcopy.router,
     kvp.router,

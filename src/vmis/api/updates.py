@@ -5,7 +5,10 @@ as each VM moves through copying, installing, restarting and done, then one
 ``{"type": "result", "VMs": [...]}``. With ``computer`` (-ComputerName,
 docs/fleet.md) another host's VM is updated by its owner, with the owner's
 own agent, through a request: its progress is one ``requested`` line, then
-its result with the others.
+its result with the others. With ``batch_percent`` it is a staged rollout
+(vmis.host.rollout): ``{"type": "rollout", "Stage", "Batch", ...}`` lines
+as batches start, prove healthy or not and are rolled back, and each VM's
+result says its ``Batch``, whether it was ``Healthy`` and why not.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from vmis.api.docs import ndjson_response
 from vmis.api.errors import error_to_json
 from vmis.api.guard import note
 from vmis.errors import ConfigError, VmisError
+from vmis.host.rollout import RolloutPlan, rollout
 from vmis.host.update import RESTART_TIMEOUT, Bundle, Progress, update_vms
 
 __all__ = ["router"]
@@ -39,6 +43,10 @@ class UpdateIn(BaseModel):
     bundle: str | None = None
     timeout: float = Field(default=RESTART_TIMEOUT, gt=0, le=3600)
     computer: list[str] | None = None
+    #: a staged rollout (vmis.host.rollout): batches of at most this % of the VMs
+    batch_percent: float | None = Field(default=None, gt=0, le=100)
+    #: seconds each batch is watched before the next (with batch_percent)
+    health_wait: float = Field(default=60.0, ge=0, le=3600)
 
 
 @router.post("/update", responses=ndjson_response(
@@ -56,6 +64,11 @@ async def update(request: Request, body: UpdateIn) -> StreamingResponse:
         await asyncio.to_thread(Bundle.current)
 
     async def everywhere(progress: Progress) -> list[dict[str, Any]]:
+        if body.batch_percent is not None:
+            plan = RolloutPlan(body.batch_percent, body.health_wait, body.timeout)
+            return await rollout(manager, body.vms, body.computer, bundle, plan=plan,
+                                 progress=progress)
+
         async def here(names: list[str]) -> list[dict[str, Any]]:
             return await update_vms(manager, names, bundle, progress, timeout=body.timeout)
 

@@ -363,10 +363,11 @@ def _all_commands() -> tuple[Command, ...]:
     from vmis.cli.host_commands import SERVICE_COMMANDS
     from vmis.cli.hypervisorcmd import HYPERVISOR_COMMANDS
     from vmis.cli.labcmd import LAB_COMMANDS
+    from vmis.cli.policycmd import POLICY_COMMANDS
     from vmis.cli.updatecmd import UPDATE_COMMANDS
 
-    remote = COMMANDS + FLEET_COMMANDS + EVENT_COMMANDS + HYPERVISOR_COMMANDS \
-        + UPDATE_COMMANDS + SERVICE_COMMANDS + ACCOUNT_COMMANDS
+    remote = COMMANDS + FLEET_COMMANDS + POLICY_COMMANDS + EVENT_COMMANDS \
+        + HYPERVISOR_COMMANDS + UPDATE_COMMANDS + SERVICE_COMMANDS + ACCOUNT_COMMANDS
     return tuple(c._replace(params=(*c.params, SERVER)) for c in remote) \
         + LOCAL_COMMANDS + LAB_COMMANDS
 

@@ -46,30 +46,66 @@ class _Display:
             self.progress.stop()
 
 
+def _rollout_line(line: dict[str, Any]) -> None:
+    """A staged rollout's progress, one line each on stderr."""
+    stage = line["Stage"]
+    if stage == "batch":
+        text = f"batch {line['Batch']}/{line['Batches']}: {', '.join(line['VMs'])}"
+    elif stage in ("healthy", "unhealthy"):
+        text = f"batch {line['Batch']}/{line['Batches']}: {stage}"
+    elif stage == "rollback":
+        text = f"rolling {line['VMName']} back to {line['To']}"
+    else:
+        text = "rollout stopped" if line.get("Stopped") else "rollout done"
+    print(text, file=sys.stderr)
+
+
 def cmd_update(api: ApiClient, args: dict[str, Any]) -> int:
     body: dict[str, Any] = {"vms": args["VMName"], "computer": args["ComputerName"]}
     if args["BundlePath"]:
         body["bundle"] = str(Path(args["BundlePath"]).absolute())
     if args["TimeoutSec"]:
         body["timeout"] = args["TimeoutSec"]
+    staged = args["BatchPercent"] is not None
+    if staged:
+        body["batch_percent"] = args["BatchPercent"]
+    if args["HealthWaitSec"] is not None:
+        if not staged:
+            print("Update-VMIntegrationServices: -HealthWaitSec goes with -BatchPercent",
+                  file=sys.stderr)
+            return 1
+        body["health_wait"] = args["HealthWaitSec"]
     display = _Display(sys.stderr.isatty() and not args["json"])
     results: list[dict[str, Any]] = []
     try:
         for line in api.stream("POST", "/update", json=body, timeout=None):
             if line.get("type") == "progress":
                 display.update(line)
+            elif line.get("type") == "rollout" and not args["json"]:
+                _rollout_line(line)
             elif line.get("type") == "result":
                 results = line["VMs"]
     finally:
         display.stop()
     if args["json"]:
         print(json.dumps(results, indent=2))
+    elif staged:
+        print(format_table(
+            [Column("Batch"), Column("VMName"), Column("ComputerName"), Column("From"),
+             Column("To"), Column("Result"), Column("Version"), Column("Healthy")],
+            [(r["Batch"], r["VMName"], r["ComputerName"], r["From"], r["To"], r["Result"],
+              r["Version"], r["Healthy"]) for r in results]))
     else:
         print(format_table(
             [Column("VMName"), Column("From"), Column("To"), Column("Result"),
              Column("Version"), Column("Seconds")],
             [(r["VMName"], r["From"], r["To"], r["Result"], r["Version"], r["Seconds"])
              for r in results]))
+    if staged and not args["json"]:
+        for r in results:
+            if r["Healthy"] is False:
+                print(f"WARNING: {r['VMName']}: unhealthy: {r['HealthReason']}",
+                      file=sys.stderr)
     warn_pending(results)
     report_failures(results, "Update-VMIntegrationServices", args["json"])
     # pending: its host applies it when it can (docs/fleet.md), as a saved change
@@ -83,10 +119,17 @@ UPDATE_COMMANDS: tuple[Command, ...] = (
                       help="VM names; wildcards allowed"),
                 Param("BundlePath", help="install this bundle instead of this host's agent"),
                 Param("TimeoutSec", "float", help="seconds to wait for each new agent"),
+                Param("BatchPercent", "float",
+                      help="a staged rollout: batches of at most this % of the VMs; an "
+                           "unhealthy batch stops it and is rolled back"),
+                Param("HealthWaitSec", "float",
+                      help="seconds each batch must stay healthy (default 60)"),
                 COMPUTER,
                 Param("json", "switch", help="print JSON for scripts"),
             ), cmd_update, aliases=("update",),
-            examples=("vmis Update-VMIntegrationServices -VMName 'web*'",)),
+            examples=("vmis Update-VMIntegrationServices -VMName 'web*'",
+                      "vmis Update-VMIntegrationServices -ComputerName '*' -VMName '*' "
+                      "-BatchPercent 20 -HealthWaitSec 60")),
 )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,7 +32,8 @@ from vmis.errors import ConfigError, NotFoundError, ServiceUnavailable
 from vmis.host.events import EventHub, first_id_now
 from vmis.host.fleet.fleet import Fleet, Targets
 from vmis.host.fleet.hosts import RemoteVm
-from vmis.host.fleet.reports import remote_vm_list, service_rows, vm_rows
+from vmis.host.fleet.policies import Policies
+from vmis.host.fleet.reports import remote_vm_list, service_rows, vm_rows, vm_rows_text
 from vmis.host.request_stats import request_stats
 from vmis.host.session import VmSession
 from vmis.host.store import Store, set_enabled
@@ -84,6 +86,8 @@ class HostManager:
         self.sessions: dict[str, VmSession] = {}
         #: this host among the hosts that share the store
         self.fleet = Fleet(self, host_name)
+        #: integration service policies, and this host's VMs converged to them
+        self.policies = Policies(self)
         self._sweeper: asyncio.Task[None] | None = None
         self._seen: dict[str, str] = {}
         self._services: dict[str, HostService[Any]] = {}
@@ -131,6 +135,7 @@ class HostManager:
         :raise StateError: When a host manager of the same name runs.
         """
         self.fleet.join()
+        self.policies.converge_now()  # the sessions start with the policies' word
         for service in self._services.values():
             await service.start()
         for vm in self.store.list_vms(host=self.fleet.me.key):
@@ -153,6 +158,7 @@ class HostManager:
         """Leave the fleet, stop every session, then the services."""
         self.end_events()
         await self.fleet.close()
+        await self.policies.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*(s.stop() for s in self.sessions.values()))
@@ -216,6 +222,8 @@ class HostManager:
                                host=self.fleet.me.key,
                                heartbeat_interval_ms=heartbeat_interval_ms,
                                libvirt_uri=libvirt_uri, libvirt_domain=libvirt_domain)
+        if self.policies.converge_vm(vm.id):
+            vm = self.store.get_vm_by_id(vm.id)
         self._start_session(vm)
         _log.info("VM %s added (%s, %s)", name, channel, guest_agent)
         self.publish("vm-added", vm_name=vm.name, vm_id=vm.id, Channel=vm.channel, Kind=vm.kind,
@@ -361,6 +369,21 @@ class HostManager:
             *(vm_row(s, self.hypervisor_for(s.vm)) for s in targets.local))]
         return _by_name(rows + vm_rows(self.engine, targets.remote))
 
+    async def get_vms_json(self, patterns: list[str] | None,
+                           computers: list[str] | None = None) -> str:
+        """:meth:`get_vms` as JSON text: every VM of a fleet's hosts without decoding
+        and encoding their owners' rows again (vmis.host.fleet.reports.vm_rows_text)."""
+        if patterns or not computers or not self.fleet.shared:
+            return json.dumps(await self.get_vms(patterns, computers))
+        local, others = self.fleet.resolve(computers)
+        sessions = list(self.sessions.values()) if local else []
+        rows = [(s.vm.name.lower(), json.dumps({**row, **self.fleet.local_columns()}))
+                for s, row in zip(sessions, await asyncio.gather(
+                    *(vm_row(s, self.hypervisor_for(s.vm)) for s in sessions)), strict=True)]
+        rows += await asyncio.to_thread(vm_rows_text, self.engine, others)
+        rows.sort(key=lambda row: row[0])
+        return "[" + ", ".join(text for _, text in rows) + "]"
+
     # Section: integration services
 
     async def services(self, vm_patterns: list[str], names: list[str] | None,
@@ -385,7 +408,8 @@ class HostManager:
         return hypervisor is not None and await known_state(hypervisor, session) == "Off"
 
     async def set_enabled(self, vm_patterns: list[str], names: list[str], enabled: bool,
-                          computers: list[str] | None = None) -> list[dict[str, Any]]:
+                          computers: list[str] | None = None, *,
+                          override_policy: bool = False) -> list[dict[str, Any]]:
         """Enable-/Disable-VMIntegrationService on matching VMs.
 
         The desired state is saved first (one transaction for all VMs), then
@@ -402,6 +426,12 @@ class HostManager:
         specs = match_host_names(names)
         if not specs:
             raise NotFoundError(f"no integration service matches {', '.join(names)}")
+        if not override_policy:  # a policy's word wins (docs/fleet.md §5)
+            targets = self._targets(vm_patterns, computers)
+            await asyncio.to_thread(self.policies.refuse_conflicts, [
+                *((s.vm.id, s.vm.name, self.fleet.me.key) for s in targets.local),
+                *((v.id, v.name, v.host_key) for v in targets.remote)],
+                [spec.key for spec in specs], enabled)
 
         async def here(patterns: list[str]) -> list[dict[str, Any]]:
             sessions = self.match(patterns)
@@ -440,8 +470,10 @@ class HostManager:
             return entry
 
         results = list(await asyncio.gather(*(push(s, spec) for s in sessions for spec in specs)))
+        pushed = {r["VMName"] for r in results if r["Applied"]}
         for s in sessions:
-            s.check_status()
+            if s.vm.name not in pushed:  # a push checks its VM's status itself
+                s.check_status()
         return results
 
 

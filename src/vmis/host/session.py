@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from vmis.errors import (
@@ -102,6 +103,10 @@ class VmSession:
         self._published: dict[str, tuple[bool, str | None, str | None, str]] = {}
         #: the rows last computed by check_status, by service key (see last_status)
         self._rows: dict[str, ServiceStatus] = {}
+        #: when each service's status (and, under ``agent``, the agent's version) last
+        #: changed: a compliance row's Since (vmis.host.fleet.compliance)
+        self.since: dict[str, datetime] = {}
+        self._agent_seen: Any = None
         self.link: GuestLink | None = None
         #: True once any session with this VM completed its handshake
         self.contacted = False
@@ -160,12 +165,16 @@ class VmSession:
         look; called where a status can change (not per beat: the sweep calls it on a
         contact change)."""
         off = self._powered_off and not self.connected
+        if self.agent.get("version") != self._agent_seen or "agent" not in self.since:
+            self._agent_seen = self.agent.get("version")
+            self.since["agent"] = datetime.now(UTC)
         for spec in CATALOG.host_services:
             row = self._rows[spec.key] = self.status(spec, off=off)
             seen = (row.enabled, row.primary.description if row.primary else None,
                     row.secondary.description if row.secondary else None, row.reason)
             if self._published.get(spec.key) != seen:
                 self._published[spec.key] = seen
+                self.since[spec.key] = datetime.now(UTC)
                 self.publish("service", Name=row.name, Enabled=row.enabled,
                              PrimaryStatusDescription=seen[1],
                              SecondaryStatusDescription=seen[2], Reason=row.reason)

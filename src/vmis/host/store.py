@@ -235,8 +235,13 @@ class Store:
             set_enabled(conn, changes)
 
 
-def set_enabled(conn: Connection, changes: Iterable[tuple[str, str, bool]]) -> None:
-    """Record ``(vm_id, service key, enabled)`` changes in *conn*'s transaction."""
+def set_enabled(conn: Connection, changes: Iterable[tuple[str, str, bool]],
+                present: set[tuple[str, str]] | None = None) -> None:
+    """Record ``(vm_id, service key, enabled)`` changes in *conn*'s transaction.
+
+    :param present: the ``(vm_id, service key)`` rows that exist, when the caller
+        read them already (at least those of *changes*).
+    """
     # One statement per kind of change, run with many parameter sets: a
     # statement built and compiled per VM made Enable-VMIntegrationService
     # on a thousand VMs spend most of its time here (bench/heartbeat_scale.py).
@@ -244,9 +249,10 @@ def set_enabled(conn: Connection, changes: Iterable[tuple[str, str, bool]]) -> N
     if not wanted:
         return
     c = service_settings.c
-    present = {(row.vm_id, row.service) for row in conn.execute(
-        sa.select(c.vm_id, c.service)
-        .where(c.service.in_({service for _, service in wanted})))}
+    if present is None:
+        present = {(row.vm_id, row.service) for row in conn.execute(
+            sa.select(c.vm_id, c.service)
+            .where(c.service.in_({service for _, service in wanted})))}
     updates = [{"b_vm": v, "b_service": s, "b_enabled": e}
                for (v, s), e in wanted.items() if (v, s) in present]
     inserts = [{"vm_id": v, "service": s, "enabled": e}

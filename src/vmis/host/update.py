@@ -22,7 +22,8 @@ import asyncio
 import hashlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from vmis.packaging.bundle import bundle_bytes, bundle_version
 from vmis.services.catalog import by_key
 from vmis.services.fcopy.host import FcopyHost
 
-__all__ = ["Bundle", "Progress", "update_vms"]
+__all__ = ["Bundle", "Progress", "staged_bundle", "update_sessions", "update_vms"]
 
 GSI = by_key("fcopy")
 #: where the host stages the bundle in the guest (an fcopy-allowed root)
@@ -125,7 +126,8 @@ async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, st
             report("done", Result="current")
             return result
         if not session.vm.enabled.get(GSI.key, False):
-            await manager.set_enabled([name], [GSI.host_name or ""], True)
+            await manager.set_enabled([name], [GSI.host_name or ""], True,
+                                      override_policy=True)
             enabled_for_update = True
         guest_path = f"{STAGING_DIR}/vmis-guest-{bundle.version}.pyz"
         report("copying", Bytes=len(bundle.data))
@@ -154,7 +156,8 @@ async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, st
     finally:
         if enabled_for_update:
             try:
-                await manager.set_enabled([name], [GSI.host_name or ""], False)
+                await manager.set_enabled([name], [GSI.host_name or ""], False,
+                                          override_policy=True)
             except VmisError as exc:
                 session.log.warning("could not disable the Guest Service Interface again: %s",
                                     exc)
@@ -165,13 +168,26 @@ async def update_vm(manager: HostManager, session: VmSession, bundle: Bundle, st
     return result
 
 
-async def update_vms(manager: HostManager, patterns: list[str], bundle: Bundle,
-                     progress: Progress, timeout: float = RESTART_TIMEOUT) -> list[dict[str, Any]]:
-    """Update every matching VM concurrently; one result per VM."""
-    sessions = manager.match(patterns)
+@contextmanager
+def staged_bundle(bundle: Bundle) -> Iterator[Path]:
+    """The bundle in a file of its own, which the copy into the guest reads."""
     with tempfile.TemporaryDirectory(prefix="vmis-update-") as tmp:
         staged = Path(tmp) / f"vmis-guest-{bundle.version}.pyz"
         staged.write_bytes(bundle.data)
+        yield staged
+
+
+async def update_sessions(manager: HostManager, sessions: Sequence[VmSession], bundle: Bundle,
+                          progress: Progress, timeout: float = RESTART_TIMEOUT
+                          ) -> list[dict[str, Any]]:
+    """Update these VMs concurrently; one result per VM."""
+    with staged_bundle(bundle) as staged:
         return list(await asyncio.gather(*(
             update_vm(manager, s, bundle, staged, progress, timeout=timeout) for s in sessions
         )))
+
+
+async def update_vms(manager: HostManager, patterns: list[str], bundle: Bundle,
+                     progress: Progress, timeout: float = RESTART_TIMEOUT) -> list[dict[str, Any]]:
+    """Update every matching VM concurrently; one result per VM."""
+    return await update_sessions(manager, manager.match(patterns), bundle, progress, timeout)

@@ -13,4 +13,7 @@ LISTEN/NOTIFY. On SQLite the store is one host's, and this is that host.
 ``requests``  requests between hosts: written, taken, applied, answered, waited for
 ``actions``   what a request may ask of a VM's owner
 ``fleet``     :class:`~vmis.host.fleet.fleet.Fleet`, the host manager's part in its fleet
+``policy``    integration service policies and VM tags in the store; what they decide
+``policies``  the policy commands, and this host converging its VMs to policy
+``compliance`` Get-VMIntegrationServiceCompliance: desired state against the guests'
 """

@@ -128,6 +128,22 @@ async def _update(manager: HostManager, session: VmSession, params: Params) -> E
                             timeout=params["timeout"])
 
 
+async def _rollback(manager: HostManager, session: VmSession, params: Params) -> Entries:
+    import asyncio
+
+    from vmis.errors import StateError
+    from vmis.host.update import Bundle, update_vms
+
+    # a staged rollout's unhealthy batch (vmis.host.rollout): back to the version the
+    # VM had, which this host can give only when it is its own agent's
+    bundle = await asyncio.to_thread(Bundle.current)
+    if bundle.version != params["version"]:
+        raise StateError(f"{session.vm.name}: cannot roll back to {params['version']}: host "
+                         f"{manager.fleet.me.name} has the agent {bundle.version} only")
+    return await update_vms(manager, [session.vm.name], bundle, lambda line: None,
+                            timeout=params["timeout"])
+
+
 def _update_entries(vm_name: str, params: Params) -> Entries:
     return [{"VMName": vm_name, "From": None, "To": None, "Result": "pending", "Version": None,
              "Seconds": None}]
@@ -152,6 +168,8 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     Action("restart", _power(PowerAction.REBOOT), _power_entries("Restart"),
            lambda p: float(p["timeout"]) + MARGIN, needs_guest=lambda p: not p["turn_off"]),
     Action("update", _update, _update_entries, lambda p: float(p["timeout"]) + 150.0,
+           needs_guest=lambda p: True),
+    Action("rollback", _rollback, _update_entries, lambda p: float(p["timeout"]) + 150.0,
            needs_guest=lambda p: True),
     Action("move", _move, _move_entries, lambda p: 20.0),
 )}

@@ -136,6 +136,8 @@ class Fleet:
             self.requests.arrived()
         elif payload.startswith("done:"):
             self.requests.answered()
+        elif payload == "policy":
+            self.manager.policies.poke()
         elif payload == "vms":
             task = asyncio.create_task(self.reconcile(), name="fleet-reconcile")
             self._background.add(task)
@@ -144,6 +146,7 @@ class Fleet:
     async def _caught_up(self) -> None:
         await self.requests.catch_up()
         await self.reconcile()
+        self.manager.policies.poke()  # a policy changed while nothing listened
 
     async def _keep_lease(self) -> None:
         failing = False
@@ -199,6 +202,7 @@ class Fleet:
                     return
                 if record.id not in self.manager.sessions:
                     self.manager.adopt(record)
+                    self.manager.policies.poke()  # policies may select it here, not there
 
     # Section: -ComputerName
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from vmis.host.fleet.hosts import RemoteVm
+from vmis.host.fleet.hosts import HostRow, RemoteVm
 from vmis.host.fleet.tables import db_now, vm_reports
 from vmis.host.store import service_settings, vms
 from vmis.host.vminfo import vm_row
@@ -50,6 +50,7 @@ __all__ = [
     "remote_vm_list",
     "service_rows",
     "vm_rows",
+    "vm_rows_text",
 ]
 
 _log = logging.getLogger("vmis.host.fleet")
@@ -59,6 +60,8 @@ NOT_RESPONDING = "Not Responding"
 #: seconds the reporter waits after a VM's first event before writing: the other
 #: events of the same change (a reconnect is several) go in the same write
 FLUSH_DELAY = 0.1
+#: VMs whose reports are made between two looks at the rest of the event loop
+YIELD_EVERY = 32
 #: seconds before a write that failed (the store out of reach) is tried again
 RETRY_DELAY = 2.0
 
@@ -79,6 +82,7 @@ class Reporter:
         self._tasks: list[asyncio.Task[None]] = []
         #: reports written (a metric; tests read it)
         self.written = 0
+        self._writing = False
 
     def start(self) -> None:
         subscription = self.manager.events.subscribe(accept=lambda e: e.vm_id is not None)
@@ -91,6 +95,11 @@ class Reporter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+
+    @property
+    def busy(self) -> bool:
+        """Whether reports are waiting to be written, or being written."""
+        return bool(self._dirty) or self._writing
 
     def mark(self, vm_ids: Iterable[str]) -> None:
         """Have these VMs' reports written again soon."""
@@ -112,6 +121,7 @@ class Reporter:
             await asyncio.sleep(FLUSH_DELAY)
             self._wake.clear()
             chosen, self._dirty = self._dirty, set()
+            self._writing = True
             try:
                 await self.write(chosen)
             except (SQLAlchemyError, OSError) as exc:
@@ -121,14 +131,20 @@ class Reporter:
                 await asyncio.sleep(RETRY_DELAY)
             except Exception:  # a bug: logged, and the next change is published still
                 _log.exception("publishing %d VMs' status for the fleet failed", len(chosen))
+            finally:
+                self._writing = False
 
     async def write(self, vm_ids: Iterable[str]) -> None:
         """Write the reports of these VMs (those still this host's) now."""
         rows: list[dict[str, Any]] = []
-        for vm_id in vm_ids:
+        for count, vm_id in enumerate(vm_ids, 1):
             session = self.manager.sessions.get(vm_id)
             if session is not None:
                 rows += await self._reports(session)
+            if count % YIELD_EVERY == 0:
+                # a thousand VMs' reports are half a second of work: let the rest of
+                # the manager (its API, a policy to converge) in between
+                await asyncio.sleep(0)
         if rows:
             await asyncio.to_thread(self._save, rows)
             self.written += len(rows)
@@ -140,8 +156,11 @@ class Reporter:
         bodies = {
             "vm": await vm_row(session, manager.hypervisor_for(session.vm)),
             "info": manager.vm_info(session),
-            "services": [session.status(spec, off=off).to_json()
+            # a connected session's rows are those check_status keeps current
+            "services": [(session.last_status(spec) if session.connected
+                          else session.status(spec, off=off)).to_json()
                          for spec in CATALOG.host_services],
+            "since": {key: at.isoformat() for key, at in session.since.items()},
             "kvp": {"Connected": session.connected,
                     "Pools": {str(int(p)): items for p, items in kvp.pools.items()},
                     "ReportedAt": {str(int(p)): at.isoformat()
@@ -170,14 +189,27 @@ class Reporter:
 # Section: another host's side
 
 
-def _bodies(engine: Engine, vm_ids: Sequence[str], kind: str) -> dict[str, Any]:
-    if not vm_ids:
+#: beyond this many VMs a read selects them by their owners rather than by a list of
+#: ids: Get-VM -ComputerName '*' of a large fleet would bind one parameter per VM
+MANY = 200
+
+
+def _of(remote: Sequence[RemoteVm], column: Any) -> Any:
+    """A WHERE clause on *column* (a VM id) that takes at least these VMs."""
+    if len(remote) <= MANY:
+        return column.in_([vm.id for vm in remote])
+    return column.in_(sa.select(vms.c.id).where(vms.c.host.in_({vm.host_key for vm in remote})))
+
+
+def _bodies(engine: Engine, remote: Sequence[RemoteVm], kind: str) -> dict[str, Any]:
+    if not remote:
         return {}
+    wanted = {vm.id for vm in remote}
     with engine.begin() as conn:
         found = conn.execute(sa.select(vm_reports.c.vm_id, vm_reports.c.body)
-                             .where(vm_reports.c.vm_id.in_(vm_ids))
+                             .where(_of(remote, vm_reports.c.vm_id))
                              .where(vm_reports.c.kind == kind)).all()
-    return {vm_id: json.loads(body) for vm_id, body in found}
+    return {vm_id: json.loads(body) for vm_id, body in found if vm_id in wanted}
 
 
 def _host_columns(vm: RemoteVm) -> dict[str, Any]:
@@ -197,10 +229,9 @@ def _unknown(vm: RemoteVm) -> str:
 def remote_vm_list(engine: Engine, remote: Sequence[RemoteVm]) -> list[dict[str, Any]]:
     """``vm list`` rows of other hosts' VMs: the registry's facts, and the connection's
     as their owners last reported it."""
-    bodies = _bodies(engine, [vm.id for vm in remote], "info")
+    bodies = _bodies(engine, remote, "info")
     with engine.begin() as conn:
-        records = {r.id: r for r in conn.execute(sa.select(vms).where(
-            vms.c.id.in_([vm.id for vm in remote])))}
+        records = {r.id: r for r in conn.execute(sa.select(vms).where(_of(remote, vms.c.id)))}
     rows = []
     for vm in remote:
         record = records.get(vm.id)
@@ -216,9 +247,14 @@ def remote_vm_list(engine: Engine, remote: Sequence[RemoteVm]) -> list[dict[str,
     return rows
 
 
-def vm_rows(engine: Engine, remote: Sequence[RemoteVm]) -> list[dict[str, Any]]:
-    """Get-VM rows of other hosts' VMs, as their owners last reported them."""
-    bodies = _bodies(engine, [vm.id for vm in remote], "vm")
+def vm_rows(engine: Engine, remote: Sequence[RemoteVm],
+            texts: Mapping[str, str | None] | None = None) -> list[dict[str, Any]]:
+    """Get-VM rows of other hosts' VMs, as their owners last reported them.
+
+    :param texts: their reports' bodies when read already (by VM id).
+    """
+    bodies = _bodies(engine, remote, "vm") if texts is None else {
+        vm_id: json.loads(text) for vm_id, text in texts.items() if text is not None}
     rows = []
     for vm in remote:
         row = bodies.get(vm.id) or {
@@ -231,15 +267,41 @@ def vm_rows(engine: Engine, remote: Sequence[RemoteVm]) -> list[dict[str, Any]]:
     return rows
 
 
+def vm_rows_text(engine: Engine, others: Sequence[HostRow]) -> list[tuple[str, str]]:
+    """Get-VM rows of every VM of the hosts *others*, as JSON text ready to send, each
+    with its sort key (the lower-case name): a fleet's 10,240 rows are not decoded and
+    encoded again (bench/fleet_scale.py). The same rows as :func:`vm_rows`."""
+    if not others:
+        return []
+    by_key = {h.key: h for h in others}
+    with engine.begin() as conn:
+        found = conn.execute(
+            sa.select(vms.c.name_key, vms.c.id, vms.c.name, vms.c.host, vm_reports.c.body)
+            .select_from(vms.outerjoin(vm_reports, (vm_reports.c.vm_id == vms.c.id)
+                                       & (vm_reports.c.kind == "vm")))
+            .where(vms.c.host.in_(list(by_key)))).tuples().all()
+    rows = []
+    for name_key, vm_id, name, host_key, body in found:
+        host = by_key[host_key]
+        if body is None or not host.responding or not body.endswith("}"):
+            remote = RemoteVm(vm_id, name, host.key, host.name, host.responding,
+                              host.last_seen)
+            rows.append((name_key, json.dumps(vm_rows(engine, [remote], {vm_id: body})[0])))
+            continue
+        # the owner's row names the VM already (Name, Id): the host's columns go on
+        rows.append((name_key, f'{body[:-1]}, "ComputerName": {json.dumps(host.name)}, '
+                               f'"HostState": "{RESPONDING}"}}'))
+    return rows
+
+
 def service_rows(engine: Engine, remote: Sequence[RemoteVm],
                  specs: Sequence[ServiceSpec]) -> list[dict[str, Any]]:
     """Get-VMIntegrationService rows of other hosts' VMs: Enabled from the desired
     state (the store's), the status as their owners last reported it."""
-    bodies = _bodies(engine, [vm.id for vm in remote], "services")
+    bodies = _bodies(engine, remote, "services")
     with engine.begin() as conn:
         wanted = {(s.vm_id, s.service): bool(s.enabled) for s in conn.execute(
-            sa.select(service_settings).where(service_settings.c.vm_id.in_(
-                [vm.id for vm in remote])))}
+            sa.select(service_settings).where(_of(remote, service_settings.c.vm_id)))}
     rows = []
     for vm in remote:
         reported = {r["Name"]: r for r in bodies.get(vm.id, [])}
@@ -259,10 +321,10 @@ def kvp_rows(engine: Engine, remote: Sequence[RemoteVm],
     """Get-VMKvp rows of other hosts' VMs: the pools their owners last reported, and
     the writes pending in the store (which are the store's to tell, owner up or not)."""
     pools = [parse_pool(pool)] if pool else list(Pool)
-    bodies = _bodies(engine, [vm.id for vm in remote], "kvp")
+    bodies = _bodies(engine, remote, "kvp")
     with engine.begin() as conn:
-        pending = conn.execute(sa.select(kvp_pending).where(kvp_pending.c.vm_id.in_(
-            [vm.id for vm in remote])).order_by(kvp_pending.c.id)).all()
+        pending = conn.execute(sa.select(kvp_pending).where(_of(remote, kvp_pending.c.vm_id))
+                               .order_by(kvp_pending.c.id)).all()
     rows = []
     for vm in remote:
         body = bodies.get(vm.id, {})

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from vmis.services.host_half import metadata
 
-__all__ = ["db_now", "host_requests", "hosts", "vm_reports"]
+__all__ = ["db_now", "host_requests", "hosts", "service_policies", "vm_reports", "vm_tags"]
 
 hosts = sa.Table(
     "hosts",
@@ -47,7 +47,8 @@ vm_reports = sa.Table(
     metadata,
     sa.Column("vm_id", sa.String(36), sa.ForeignKey("vms.id", ondelete="CASCADE"),
               primary_key=True),
-    #: ``vm`` (a Get-VM row), ``info`` (a ``vm list`` row), ``services``
+    #: ``vm`` (a Get-VM row), ``info`` (a ``vm list`` row), ``since`` (when each
+    #: service's status last changed), ``services``
     #: (Get-VMIntegrationService rows), ``kvp`` (the guest's pools as last pushed)
     sa.Column("kind", sa.String(16), primary_key=True),
     #: JSON
@@ -81,6 +82,39 @@ host_requests = sa.Table(
     sa.Index("ix_host_requests_host_state", "host", "state"),
     # ids are never reused: a caller tells its own request's fate by id
     sqlite_autoincrement=True,
+)
+
+
+#: a VM's tags (Set-VM -Tag), which policies select VMs by
+vm_tags = sa.Table(
+    "vm_tags",
+    metadata,
+    sa.Column("vm_id", sa.String(36), sa.ForeignKey("vms.id", ondelete="CASCADE"),
+              primary_key=True),
+    #: lower-case: tag names are case-insensitive, as VM names are
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("value", sa.String(1024), nullable=False),
+)
+
+#: Set-VMIntegrationServicePolicy (vmis.host.fleet.policy): which services the VMs it
+#: selects have, and the least agent version
+service_policies = sa.Table(
+    "service_policies",
+    metadata,
+    #: lower-case name
+    sa.Column("name_key", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    #: the hosts it holds on (-ComputerName pattern), the VMs (-VMName pattern);
+    #: NULL: every one
+    sa.Column("computer", sa.String(255)),
+    sa.Column("vm_name", sa.String(255)),
+    #: JSON: {key: value} every one of which a VM's tags must have
+    sa.Column("tags", sa.Text, nullable=False),
+    #: JSON: service keys (vmis.services.catalog) it enables, and those it disables
+    sa.Column("enable", sa.Text, nullable=False),
+    sa.Column("disable", sa.Text, nullable=False),
+    sa.Column("minimum_version", sa.String(64)),
+    sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
 )
 
 
