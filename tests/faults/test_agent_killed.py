@@ -16,6 +16,8 @@ starts it again (``vmis lab up``), and checks the outcome a user relies on:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import time
@@ -49,13 +51,24 @@ def _partial(directory: Path, name: str) -> Path | None:
     return next(iter(directory.glob(f".{name}.*.vmis-part")), None)
 
 
+def _recorded(directory: Path, name: str) -> int:
+    """The bytes the partial file's resume record vouches for (0 without one)."""
+    for record in directory.glob(f".{name}.*.vmis-resume"):
+        with contextlib.suppress(OSError, ValueError):
+            return int(json.loads(record.read_bytes()).get("verified", 0))
+    return 0
+
+
 def _kill_when_partial_reaches(faults: FaultLab, directory: Path, name: str,
                                size: int, copy) -> int:
-    """SIGKILL the agent once the partial file holds *size* bytes; its size then."""
+    """SIGKILL the agent once the partial file holds *size* bytes and its first resume
+    record (8 MiB) is written; its size then. The record is written behind the data
+    (docs/services/fcopy.md §4), later on a busy machine."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not copy.done:
         part = _partial(directory, name)
-        if part is not None and part.stat().st_size >= size:
+        if part is not None and part.stat().st_size >= size \
+                and _recorded(directory, name) >= 8 * MIB:
             faults.kill_agent()
             return part.stat().st_size
         time.sleep(0.001)

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,11 +93,21 @@ async def assert_agent_healthy(path):
     channel.close()
 
 
-async def test_agent_survives_garbage_truncated_and_oversized_frames(short_tmp, caplog):
+@pytest.fixture
+def channel_log(caplog):
+    """The channel's ERROR records, caught on its own logger: an earlier test of the
+    run may have cut the propagation of ``vmis`` (a daemon's or a harness's logging)."""
+    channel = logging.getLogger("vmis.channel")
+    caplog.set_level(logging.ERROR, logger="vmis.channel")
+    channel.addHandler(caplog.handler)
+    yield caplog
+    channel.removeHandler(caplog.handler)
+
+
+async def test_agent_survives_garbage_truncated_and_oversized_frames(short_tmp, channel_log):
     agent, task = await _start_agent(short_tmp, config=quick_config(max_payload=65536))
     path = str(short_tmp / "run/vmis/channel.sock")
     try:
-        caplog.set_level(logging.ERROR, logger="vmis.channel")
         # garbage only
         await raw_session(path, random.Random(1).randbytes(5000))
         # a valid sync, then an oversized frame header
@@ -109,7 +120,7 @@ async def test_agent_survives_garbage_truncated_and_oversized_frames(short_tmp, 
         await raw_session(path, sync_bytes() + bytes(bad))
         assert not task.done(), "the agent exited"
         # logged when the peer has seen the end of the session, which may come after
-        await eventually(lambda: any("protocol error" in r.getMessage() for r in caplog.records))
+        await eventually(lambda: any("protocol error" in r.getMessage() for r in channel_log.records))
         await assert_agent_healthy(path)
     finally:
         agent.shutdown()
@@ -157,8 +168,7 @@ async def fake_guest_server(path, behaviour):
     return await asyncio.start_unix_server(client, path)
 
 
-async def test_host_ends_a_garbage_session_logs_it_and_reconnects(short_tmp, caplog):
-    caplog.set_level(logging.ERROR, logger="vmis.channel")
+async def test_host_ends_a_garbage_session_logs_it_and_reconnects(short_tmp, channel_log):
     attempts = 0
 
     async def garbage(writer):
@@ -175,7 +185,7 @@ async def test_host_ends_a_garbage_session_logs_it_and_reconnects(short_tmp, cap
         session = pair.manager.session("Evil")
         await eventually(lambda: attempts >= 2, timeout=15)
         # logged when the peer has seen the end of the session, which may come after
-        await eventually(lambda: any("protocol error" in r.getMessage() for r in caplog.records))
+        await eventually(lambda: any("protocol error" in r.getMessage() for r in channel_log.records))
         assert not session.connected and session._task is not None and not session._task.done()
         # the other VM never noticed
         assert await pair.session.wait_connected(10)
