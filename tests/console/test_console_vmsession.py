@@ -79,6 +79,17 @@ def test_an_administrator_runs_a_command_and_sees_a_refusal(browser: Browser, se
     expect(log).to_have_text("a b|c|")
     page.screenshot(path=tmp_path / "vm-session.png")
 
+    # Stop: Ctrl-C to the command, which dies of SIGINT (128 + 2)
+    command.fill("sleep 300")
+    command.press("Enter")
+    stop = page.get_by_role("button", name="Stop", exact=True)
+    expect(stop).to_be_enabled(timeout=WAIT)
+    expect(status).to_contain_text("Running", timeout=WAIT)
+    page.wait_for_timeout(500)  # the command started in the guest
+    stop.click()
+    expect(status).to_contain_text("Exit status 130", timeout=WAIT)
+    expect(stop).to_be_disabled()
+
     # not on the guest's allow-list: the guest's own words
     command.fill("/usr/sbin/nologin")
     page.get_by_role("button", name="Run", exact=True).click()
