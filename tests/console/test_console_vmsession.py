@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
-from support.lab import configured_lab
+from playwright.sync_api import Browser, BrowserContext, Page, expect
+from support.lab import SESSION_AGENT_CONF, configured_lab
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -19,22 +19,10 @@ from vmis.lab.lab import Lab
 
 WAIT = 30_000
 
-CONF = """[agent]
-channel = unix:/run/vmis/channel.sock
-adapters = fake
-[heartbeat]
-health_interval = 1
-health_timeout = 5
-[vmsession]
-allow = /usr/bin/*, /bin/*
-[services]
-vmicvmsession = automatic
-"""
-
 
 @pytest.fixture(scope="module")
 def session_lab() -> Iterator[Path]:
-    with configured_lab(CONF) as directory:
+    with configured_lab(SESSION_AGENT_CONF) as directory:
         yield directory
 
 
@@ -43,20 +31,23 @@ def _token(lab_dir: Path, name: str, role: str) -> str:
         return str(api.call("POST", "/tokens", json={"name": name, "role": role})["Token"])
 
 
-def _sign_in(page: Page, url: str, token: str) -> None:
+def _signed_in(browser: Browser, lab_dir: Path, account: str,
+               role: str) -> tuple[str, BrowserContext, Page]:
+    """The console's URL, and a new browser context signed in as a new *account*."""
+    url = Lab(lab_dir).console_url()
+    assert url is not None
+    context = browser.new_context()
+    page = context.new_page()
     page.goto(url)
-    page.get_by_label("Token").fill(token)
+    page.get_by_label("Token").fill(_token(lab_dir, account, role))
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("button", name="Sign out")).to_be_visible(timeout=WAIT)
+    return url, context, page
 
 
 def test_an_administrator_runs_a_command_and_sees_a_refusal(browser: Browser, session_lab,
                                                             tmp_path):
-    url = Lab(session_lab).console_url()
-    assert url is not None
-    context = browser.new_context()
-    page = context.new_page()
-    _sign_in(page, url, _token(session_lab, "root-console", "Administrator"))
+    url, context, page = _signed_in(browser, session_lab, "root-console", "Administrator")
     page.goto(f"{url}#/vm/DemoVM")
     command = page.get_by_label("Command", exact=True)
     expect(command).to_be_visible(timeout=WAIT)
@@ -107,11 +98,7 @@ def test_an_administrator_runs_a_command_and_sees_a_refusal(browser: Browser, se
 
 
 def test_a_reader_has_no_view_and_a_foreign_origin_is_refused(browser: Browser, session_lab):
-    url = Lab(session_lab).console_url()
-    assert url is not None
-    context = browser.new_context()
-    page = context.new_page()
-    _sign_in(page, url, _token(session_lab, "reader-console", "Reader"))
+    url, context, page = _signed_in(browser, session_lab, "reader-console", "Reader")
     page.goto(f"{url}#/vm/DemoVM")
     expect(page.get_by_role("checkbox", name="VSS", exact=True)).to_be_visible(timeout=WAIT)
     expect(page.get_by_label("Command", exact=True)).to_have_count(0)
@@ -134,9 +121,7 @@ def test_a_reader_has_no_view_and_a_foreign_origin_is_refused(browser: Browser, 
     context.close()
 
     # an Administrator's cookie: the page's own origin opens, another site's is refused
-    admin_context = browser.new_context()
-    admin_page = admin_context.new_page()
-    _sign_in(admin_page, url, _token(session_lab, "admin-origin", "Administrator"))
+    _, admin_context, _ = _signed_in(browser, session_lab, "admin-origin", "Administrator")
     admin = {c["name"]: c["value"] for c in admin_context.cookies()}
     assert handshake(admin, origin) == 101
     assert handshake(admin, "http://evil.example") == 401
