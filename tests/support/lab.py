@@ -22,6 +22,23 @@ class Result:
     err: str
 
 
+#: a lab VM's agent.conf whose VM Session allows /usr/bin and /bin; with
+#: SESSION_ENABLED after it, VM Session starts (startup Automatic)
+SESSION_CONF = """[agent]
+channel = unix:/run/vmis/channel.sock
+adapters = fake
+[heartbeat]
+health_interval = 1
+health_timeout = 5
+[vmsession]
+allow = /usr/bin/*, /bin/*
+keepalive = 0.5
+kill_grace = 1
+"""
+SESSION_ENABLED = "[services]\nvmicvmsession = automatic\n"
+SESSION_AGENT_CONF = SESSION_CONF + SESSION_ENABLED
+
+
 def run_vmis(lab_dir: Path, *args: str, timeout: float = 120, guest: bool = False,
              input: str | None = None, path: str | None = None) -> Result:
     """Run the ``vmis`` (or ``vmis-guest``) command line as a user would, in a subprocess.

@@ -20,7 +20,7 @@ import vmis
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
 from vmis.cli.fleetcmd import COMPUTER, FLEET_COMMANDS, host_column, warn_pending
-from vmis.cli.table import Column, format_table, report_failures
+from vmis.cli.table import Column, format_table, format_uptime, report_failures
 from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
 from vmis.errors import NotFoundError, UsageError, VmisError
 from vmis.psargs import Command, Param, find_verb, run_command, run_main
@@ -116,10 +116,11 @@ def cmd_get_vm(api: ApiClient, args: dict[str, Any]) -> int:
         return 0
     hosts = bool(args["ComputerName"])
     print(format_table(
-        [Column("Name"), Column("State"), Column("Heartbeat"),
+        [Column("Name"), Column("State"), Column("Heartbeat"), Column("Uptime"),
          Column("IntegrationServicesVersion"), Column("IntegrationServicesState"),
          *([Column("ComputerName"), Column("HostState")] if hosts else [])],
-        [(r["Name"], r["State"], r["Heartbeat"], r["IntegrationServicesVersion"],
+        [(r["Name"], r["State"], r["Heartbeat"], format_uptime(r.get("Uptime")),
+          r["IntegrationServicesVersion"],
           r["IntegrationServicesState"], *([r["ComputerName"], r["HostState"]] if hosts else []))
          for r in rows],
     ))

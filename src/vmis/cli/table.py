@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 
 from vmis.psargs import report_error
 
-__all__ = ["Column", "format_list", "format_table", "report_failures", "report_results"]
+__all__ = ["Column", "format_list", "format_table", "format_uptime", "report_failures",
+           "report_results"]
 
 
 class Column(NamedTuple):
@@ -34,6 +35,16 @@ def _cut(text: str, width: int) -> str:
 
 #: control characters (Unicode Cc) as escapes, so that a cell stays on its line
 _CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def format_uptime(seconds: object) -> str:
+    """A TimeSpan as Get-VM's Uptime column writes it: ``hh:mm:ss``, ``d.hh:mm:ss``
+    past a day; empty when unknown."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return ""
+    days, rest = divmod(int(seconds), 86400)
+    clock = f"{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}"
+    return f"{days}.{clock}" if days else clock
 
 
 def _cell(value: object) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import platform
 import socket
 import uuid
@@ -53,6 +54,23 @@ _log = logging.getLogger("vmis.guest")
 RESTART_SETTINGS = ("channel", "control_socket", "state_dir", "max_payload", "adapters",
                     "pool_dir")
 
+
+
+def system_uptime(proc: Path = Path("/proc")) -> float | None:
+    """Seconds since this system's init (PID 1) started, or None where /proc cannot tell.
+
+    Not /proc/uptime alone: in a process lab VM (its own PID namespace and
+    /proc) that is the host's; PID 1 is the VM's init either way, and in a
+    real guest it starts within a second of the kernel.
+    """
+    try:
+        uptime = float((proc / "uptime").read_text().split()[0])
+        # field 22, starttime, in clock ticks since boot; the name in field 2 may hold spaces
+        fields = (proc / "1/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(max(0.0, uptime - started), 3)
 
 class Agent:
     """The guest agent.
@@ -319,6 +337,7 @@ class Agent:
                 "os": platform.system(),
                 "hostname": socket.gethostname(),
                 "boot_id": self.boot_id,
+                "uptime": system_uptime(),
                 "last_update": self.updates.result(),
             },
         }

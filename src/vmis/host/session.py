@@ -108,6 +108,9 @@ class VmSession:
         self.since: dict[str, datetime] = {}
         self._agent_seen: Any = None
         self.link: GuestLink | None = None
+        #: when the guest's system started, on this host's monotonic clock, as its agent
+        #: said in the handshake (its ``uptime``); None when it did not (qemu-ga)
+        self.booted_at: float | None = None
         #: True once any session with this VM completed its handshake
         self.contacted = False
         #: True while a link is open
@@ -315,6 +318,9 @@ class VmSession:
             self.mismatch = ""
             self._powered_off = False  # a guest that answers runs
             self._hello = link.hello
+            uptime = self.agent.get("uptime")
+            self.booted_at = time.monotonic() - uptime \
+                if isinstance(uptime, int | float) and not isinstance(uptime, bool) else None
             self._backoff.reset()
             self.contacted = True
             self.connected = True

@@ -1,5 +1,8 @@
 """Get-VM: a VM's state, heartbeat and integration services version (docs/status.md).
 
+``Uptime`` is how long the guest's system has run, in seconds, as its
+agent reported it at the handshake (null without one).
+
 ``IntegrationServicesState`` compares the guest agent's version (from its
 handshake) with the version this host ships: ``Up to date`` when the guest's
 is the same or newer, ``Update required`` when older, empty before any
@@ -9,6 +12,7 @@ contact (Hyper-V's ICStatus None/UpToDate/RequiresUpdate).
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import vmis
@@ -19,7 +23,7 @@ from vmis.services.host_half import Contact
 from vmis.services.hypervisor import Hypervisor, known_state
 from vmis.services.status import VMHeartbeatStatus
 
-__all__ = ["heartbeat_status", "integration_state", "parse_version", "vm_row"]
+__all__ = ["heartbeat_status", "integration_state", "parse_version", "uptime", "vm_row"]
 
 UP_TO_DATE = "Up to date"
 UPDATE_REQUIRED = "Update required"
@@ -58,6 +62,20 @@ def heartbeat_status(session: VmSession, state: str) -> VMHeartbeatStatus | None
     return VMHeartbeatStatus.OkApplicationsHealthy
 
 
+def uptime(session: VmSession, state: str) -> int | None:
+    """Get-VM's Uptime in whole seconds: 0 when the VM is off, None when unknown.
+
+    The guest's agent says in its handshake how long its system has run
+    (docs/protocol.md §3.2); without a link now the guest may have restarted
+    since, so the host does not guess.
+    """
+    if state == "Off":
+        return 0
+    if not session.connected or session.booted_at is None:
+        return None
+    return max(0, int(time.monotonic() - session.booted_at))
+
+
 async def vm_row(session: VmSession, hypervisor: Hypervisor | None) -> dict[str, Any]:
     """One Get-VM object.
 
@@ -85,6 +103,7 @@ async def vm_row(session: VmSession, hypervisor: Hypervisor | None) -> dict[str,
         "State": state,
         "Status": status,
         "Heartbeat": heartbeat.name if heartbeat is not None else None,
+        "Uptime": uptime(session, state),
         "IntegrationServicesVersion": version,
         "IntegrationServicesState": integration_state(version) if vmis_agent else "",
         "HostIntegrationServicesVersion": vmis.__version__,

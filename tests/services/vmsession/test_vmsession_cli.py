@@ -16,24 +16,18 @@ import time
 from pathlib import Path
 
 import pytest
+from support.lab import (
+    SESSION_CONF,
+    SESSION_ENABLED,
+    configured_lab,
+    guest_proc,
+    run_vmis,
+    start_lab,
+)
 
-from support.lab import configured_lab, guest_proc, run_vmis, start_lab
 from vmis.lab.lab import Lab
 
-CONF = """[agent]
-channel = unix:/run/vmis/channel.sock
-adapters = fake
-[heartbeat]
-health_interval = 1
-health_timeout = 5
-[vmsession]
-allow = /usr/bin/*, /bin/*
-keepalive = 0.5
-kill_grace = 1
-"""
-
-
-ENABLED = "[services]\nvmicvmsession = automatic\n"
+CONF, ENABLED = SESSION_CONF, SESSION_ENABLED
 
 
 def write_conf(lab_dir: Path, enabled: bool) -> None:

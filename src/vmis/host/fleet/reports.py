@@ -154,7 +154,9 @@ class Reporter:
         off = await manager.is_off(session)
         kvp = session.part(KvpHost)
         bodies = {
-            "vm": await vm_row(session, manager.hypervisor_for(session.vm)),
+            # Uptime changes every second but a report only when something happens:
+            # other hosts would show a stale one, so they show none
+            "vm": {**await vm_row(session, manager.hypervisor_for(session.vm)), "Uptime": None},
             "info": manager.vm_info(session),
             # a connected session's rows are those check_status keeps current
             "services": [(session.last_status(spec) if session.connected
@@ -258,7 +260,7 @@ def vm_rows(engine: Engine, remote: Sequence[RemoteVm],
     rows = []
     for vm in remote:
         row = bodies.get(vm.id) or {
-            "State": "Unknown", "Status": "", "Heartbeat": None,
+            "State": "Unknown", "Status": "", "Heartbeat": None, "Uptime": None,
             "IntegrationServicesVersion": None, "IntegrationServicesState": "",
             "HostIntegrationServicesVersion": None}
         if not vm.responding:  # never the last OK as if it still held

@@ -83,6 +83,16 @@ export function words(value) {
   return text.startsWith('Ok ') ? `OK (${text.slice(3)})` : text.replace(/^Ok$/, 'OK');
 }
 
+/** Get-VM's Uptime as Hyper-V writes it: hh:mm:ss, d.hh:mm:ss past a day; '' when unknown. */
+export function uptime(seconds) {
+  if (typeof seconds !== 'number') return '';
+  const whole = Math.max(0, Math.floor(seconds));
+  const days = Math.floor(whole / 86400);
+  const two = (n) => String(n).padStart(2, '0');
+  const clock = `${two(Math.floor(whole / 3600) % 24)}:${two(Math.floor(whole / 60) % 60)}:${two(whole % 60)}`;
+  return days ? `${days}.${clock}` : clock;
+}
+
 /** An element: el('td', {class: 'bad'}, 'text', child...). */
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);

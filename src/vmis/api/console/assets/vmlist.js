@@ -1,7 +1,7 @@
 // The VM list: Get-VM's columns, the guest's OS and addresses from its Auto KVP pool,
 // and Enable-/Disable-VMIntegrationService on the VMs ticked.
 
-import { ROLES, batched, el, get, post, words } from './api.js';
+import { ROLES, batched, el, get, post, uptime, words } from './api.js';
 import { on } from './events.js';
 
 export const SERVICES = ['Guest Service Interface', 'Heartbeat', 'Key-Value Pair Exchange',
@@ -48,7 +48,7 @@ export function vmList(view, account) {
       el('caption', {}, 'Virtual machines of this host'),
       el('thead', {}, el('tr', {},
         el('th', { scope: 'col' }, selectAll),
-        ...['Name', 'State', 'Heartbeat', 'Integration services', 'Guest OS', 'Addresses']
+        ...['Name', 'State', 'Heartbeat', 'Uptime', 'Integration services', 'Guest OS', 'Addresses']
           .map((h) => el('th', { scope: 'col' }, h)))),
       tbody));
   selectAll.addEventListener('change', () => {
@@ -60,22 +60,34 @@ export function vmList(view, account) {
     let row = rows.get(key);
     if (!row) {
       const cells = {
-        state: el('td'), heartbeat: el('td', { class: 'heartbeat' }), version: el('td'),
+        state: el('td'), heartbeat: el('td', { class: 'heartbeat' }),
+        uptime: el('td', { class: 'uptime' }), version: el('td'),
         os: el('td'), addresses: el('td'),
       };
       const box = el('input', { type: 'checkbox', 'aria-label': `Select ${vm.Name}` });
       const tr = el('tr', { 'data-vm': vm.Name },
         el('td', {}, box),
         el('th', { scope: 'row' }, el('a', { href: `#/vm/${encodeURIComponent(vm.Name)}` }, vm.Name)),
-        cells.state, cells.heartbeat, cells.version, cells.os, cells.addresses);
+        cells.state, cells.heartbeat, cells.uptime, cells.version, cells.os, cells.addresses);
       row = { name: vm.Name, tr, cells, box };
       rows.set(key, row);
     }
     return row;
   }
 
+  function showUptime(row, now) {
+    const known = row.uptime;
+    const seconds = known ? known.seconds + (known.ticking ? (now - known.at) / 1000 : 0) : null;
+    row.cells.uptime.textContent = uptime(seconds);
+  }
+
   function showStatus(vm) {
-    const { cells } = rowOf(vm);
+    const row = rowOf(vm);
+    const { cells } = row;
+    // a running VM's uptime goes on between reads, as Hyper-V Manager's does
+    row.uptime = typeof vm.Uptime === 'number'
+      ? { seconds: vm.Uptime, at: performance.now(), ticking: vm.State === 'Running' } : null;
+    showUptime(row, performance.now());
     cells.state.textContent = words(vm.State);
     cells.heartbeat.textContent = words(vm.Heartbeat);
     cells.heartbeat.className = /^Ok/.test(vm.Heartbeat || '') ? 'heartbeat ok' : 'heartbeat bad';
@@ -122,7 +134,12 @@ export function vmList(view, account) {
   const reload = batched(() => load().catch(() => {}));
 
   load().catch((error) => { message.textContent = error.message; });
+  const clock = setInterval(() => {
+    const now = performance.now();
+    for (const row of rows.values()) if (row.uptime?.ticking) showUptime(row, now);
+  }, 1000);
   return [
+    () => clearInterval(clock),
     on('heartbeat', (e) => refresh(e.VMName)),
     // the guest's application health is the Heartbeat service's status
     on('service', (e) => { if (e.Name === 'Heartbeat') refresh(e.VMName); }),

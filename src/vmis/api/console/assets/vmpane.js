@@ -1,12 +1,13 @@
 // One VM: its heartbeat, the Integration Services pane, and each service's view.
 
-import { el, get, words } from './api.js';
+import { ROLES, el, get, words } from './api.js';
 import { checkpointsView } from './checkpoints.js';
 import { copyView } from './copy.js';
 import { on } from './events.js';
 import { kvpView } from './kvp.js';
 import { servicesPane } from './services.js';
 import { timeSyncView } from './timesync.js';
+import { vmSessionView } from './vmsession.js';
 
 export function vmPane(view, name, account) {
   const heartbeat = el('span', { id: 'vm-heartbeat' });
@@ -14,12 +15,15 @@ export function vmPane(view, name, account) {
   const sections = ['is', 'guest', 'kvp', 'timesync', 'checkpoints', 'copy']
     .map((id) => el('section', { id: `section-${id}` }));
   const [is, guest, kvp, timesync, checkpoints, copy] = sections;
+  // the server refuses the others anyway (403): they get no view
+  const admin = ROLES[account.Role] >= ROLES.Administrator;
+  const session = admin ? el('section', { id: 'section-vmsession' }) : null;
   view.replaceChildren(
     el('p', {}, el('a', { href: '#/' }, '← Virtual machines')),
     el('h2', {}, `Settings for ${name}`),
     el('p', {}, 'State: ', state, ' · Heartbeat: ', heartbeat),
     el('div', { class: 'pane' }, is, guest),
-    kvp, timesync, checkpoints, copy);
+    kvp, timesync, checkpoints, copy, session);
 
   async function load() {
     const [vm] = await get('/v1/vm-status', { name });
@@ -38,5 +42,6 @@ export function vmPane(view, name, account) {
     ...timeSyncView(timesync, name),
     ...checkpointsView(checkpoints, name, account),
     ...copyView(copy, name, account),
+    ...(admin ? vmSessionView(session, name) : []),
   ];
 }
