@@ -93,15 +93,26 @@ async def assert_agent_healthy(path):
     channel.close()
 
 
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture
-def channel_log(caplog):
-    """The channel's ERROR records, caught on its own logger: an earlier test of the
-    run may have cut the propagation of ``vmis`` (a daemon's or a harness's logging)."""
+def channel_log():
+    """The channel's ERROR records, kept by a handler on its own logger (not
+    pytest's per-phase capture, which an earlier test of the run can starve)."""
     channel = logging.getLogger("vmis.channel")
-    caplog.set_level(logging.ERROR, logger="vmis.channel")
-    channel.addHandler(caplog.handler)
-    yield caplog
-    channel.removeHandler(caplog.handler)
+    kept, level = _Kept(), channel.level
+    channel.addHandler(kept)
+    channel.setLevel(logging.ERROR)
+    yield kept
+    channel.removeHandler(kept)
+    channel.setLevel(level)
 
 
 async def test_agent_survives_garbage_truncated_and_oversized_frames(short_tmp, channel_log):

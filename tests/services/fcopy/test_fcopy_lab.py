@@ -5,6 +5,7 @@ guest agent killed mid-copy leaves no destination file, and the rerun
 resumes.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -135,6 +136,14 @@ def test_cli_errors_are_one_line(gsi_lab, lab_dir, short_tmp):
     assert off.code == 1 and "Enable-VMIntegrationService" in off.err
 
 
+def _recorded(directory: Path) -> int:
+    """The bytes a resume record in *directory* vouches for (0 without one)."""
+    for record in directory.glob("*.vmis-resume"):
+        with contextlib.suppress(OSError, ValueError):
+            return int(json.loads(record.read_bytes()).get("verified", 0))
+    return 0
+
+
 def test_killed_agent_leaves_no_destination_and_the_rerun_resumes(gsi_lab, lab_dir, short_tmp):
     src = short_tmp / "big.bin"
     digest = make_file(src, SIZE)
@@ -149,7 +158,9 @@ def test_killed_agent_leaves_no_destination_and_the_rerun_resumes(gsi_lab, lab_d
         part = None
         while time.monotonic() < deadline:
             parts = [p for p in (vm.root / "tmp").iterdir() if p.name.endswith(PART_SUFFIX)]
-            if parts and parts[0].stat().st_size >= 64 * MIB:
+            # and its resume record, written behind the data, vouches for 40 MiB
+            if parts and parts[0].stat().st_size >= 64 * MIB \
+                    and _recorded(vm.root / "tmp") >= 40 * MIB:
                 part = parts[0]
                 break
             assert copying.poll() is None, copying.communicate()
