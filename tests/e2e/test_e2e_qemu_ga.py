@@ -245,5 +245,9 @@ def test_stop_vm_through_guest_shutdown(qga_guest):
     result = qga_guest.json("Stop-VM", "-Name", VM, timeout=300)[0]
     assert result["Error"] is None and result["PoweredOff"] is True, result
     assert "reboot: Power down" in qga_guest.machine.paths.console.read_text(errors="replace")
+    # the manager saw QMP's socket go, which QEMU closes before its process has exited
+    deadline = time.monotonic() + 30
+    while qga_guest.machine.is_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not qga_guest.machine.is_running()
     assert qga_guest.json("Get-VM", VM)[0]["State"] == "Off"
