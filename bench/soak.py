@@ -26,6 +26,10 @@ Then the churn stops, every agent is started, and after a grace period of
   checks above say whether anything was lost).
 
     .venv/bin/python bench/soak.py [--vms 100] [--minutes 10] [--workers 4] [--seed 1]
+                                   [--heap [--heap-every 60]]
+
+--heap traces the manager's heap (bench/heap_watch.py) and names the
+allocation sites that grew from the first minute of churn to the end.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import heap_watch
 
 from vmis.api.client import ApiClient
 from vmis.errors import VmisError
@@ -237,8 +245,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--settle", type=float, default=60.0,
                         help="seconds after the churn for everything to come back")
+    parser.add_argument("--heap", action="store_true",
+                        help="trace the manager's heap (bench/heap_watch.py) and name what grew")
+    parser.add_argument("--heap-every", type=float, default=60.0,
+                        help="seconds between heap snapshots")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="vmis-soak-", dir="/tmp"))
+    if args.heap:
+        heap_watch.prepare(base / "heap", args.heap_every, frames=8)
     lab = Lab(base / "lab")
     names = [f"vm{i:03d}" for i in range(args.vms)]
     started = time.monotonic()
@@ -300,6 +314,11 @@ def main() -> None:
               f"{rss[-1][1] / 1024:.1f}; growth after the first minute "
               f"{(after[-1] - after[0]) / 1024:+.1f} MiB")
         print("samples (s:MiB): " + " ".join(f"{t:.0f}:{k / 1024:.0f}" for t, k in rss))
+        if args.heap:
+            # snapshots count from the manager's start; the churn began about `ready` later
+            ready = t0 - started
+            for line in heap_watch.report(base / "heap", after=ready + 60):
+                print(line)
         sys.exit(1 if lost or stuck else 0)
     finally:
         lab.down(None)

@@ -204,10 +204,10 @@ def test_a_reader_sees_disabled_controls_csrf_and_a_removed_token(browser: Brows
     cookies = {c["name"]: c["value"] for c in context.cookies()}
     body = {"vms": ["DemoVM"], "names": ["VSS"]}
     bare = httpx.post(f"{url}v1/services/disable", json=body, cookies=cookies)
-    assert bare.status_code == 401 and "CSRF" in bare.json()["error"]
+    assert bare.status_code == 403 and "CSRF" in bare.json()["error"]
     foreign = httpx.post(f"{url}v1/services/disable", json=body, cookies=cookies, headers={
         "X-VMIS-CSRF": cookies["vmis_csrf"], "Origin": "http://evil.example"})
-    assert foreign.status_code == 401 and "another site" in foreign.json()["error"]
+    assert foreign.status_code == 403 and "another site" in foreign.json()["error"]
     assert httpx.get(f"{url}v1/account", cookies=cookies).status_code == 200
 
     # the list follows a VM's heartbeat live too

@@ -124,5 +124,5 @@ def test_a_reader_has_no_view_and_a_foreign_origin_is_refused(browser: Browser, 
     _, admin_context, _ = _signed_in(browser, session_lab, "admin-origin", "Administrator")
     admin = {c["name"]: c["value"] for c in admin_context.cookies()}
     assert handshake(admin, origin) == 101
-    assert handshake(admin, "http://evil.example") == 401
+    assert handshake(admin, "http://evil.example") == 403
     admin_context.close()

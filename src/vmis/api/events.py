@@ -22,7 +22,7 @@ from vmis.api.access import account_of, resolve_account
 from vmis.api.context import manager_of
 from vmis.api.docs import text_response
 from vmis.api.sse import KEEPALIVE, KEEPALIVE_COMMENT, EncodedEvents, retry_field
-from vmis.errors import AuthenticationError, ConfigError
+from vmis.errors import AccessError, ConfigError
 from vmis.host.events import Event, event_filter
 
 __all__ = ["router"]
@@ -121,7 +121,7 @@ def _still_signed_in(request: Request) -> Callable[[], bool]:
             return True
         try:
             resolve_account(request, accounts)
-        except AuthenticationError:
+        except AccessError:
             return False
         return True
 

@@ -4,7 +4,8 @@ Two halves, because the route is known only once FastAPI has routed a request:
 
 - :class:`AccessGuard`, an ASGI middleware, resolves the caller's account
   before routing (:func:`vmis.api.access.resolve_account`) and answers 401
-  without one, except on the API's own description; when the call ends it
+  without one (403 for a console request that fails its CSRF or origin
+  check), except on the API's own description; when the call ends it
   completes its audit entry with the status and result.
 - :func:`authorize`, a dependency of the app and so of every route, HTTP
   and WebSocket alike, looks the route up in :data:`vmis.api.access.ROLES`,
@@ -41,7 +42,7 @@ from vmis.api.access import (
     set_account,
 )
 from vmis.api.errors import error_to_json, status_for
-from vmis.errors import AccessDenied, AccessError, AuthenticationError, NotFoundError, VmisError
+from vmis.errors import AccessDenied, AccessError, NotFoundError, VmisError
 from vmis.host.accounts import Accounts, AuditEntry
 
 __all__ = ["AccessGuard", "authorize", "note"]
@@ -162,7 +163,7 @@ class AccessGuard:
             return
         try:
             account = resolve_account(HTTPConnection(scope), self.accounts)
-        except AuthenticationError as exc:
+        except AccessError as exc:
             client = scope["client"][0] if scope.get("client") else "unix"
             _log.warning("refused %s %s from %s: %s", scope.get("method", "WEBSOCKET"),
                          scope["path"], client, exc)

@@ -26,7 +26,7 @@ from vmis.api.console.sessions import (
     sessions_of,
     signed_in_token,
 )
-from vmis.errors import AuthenticationError
+from vmis.errors import AccessDenied, AuthenticationError
 from vmis.host.accounts import Accounts, AuditEntry, TokenInfo
 
 __all__ = ["ASSETS", "install_console"]
@@ -59,7 +59,7 @@ async def sign_in(request: Request, response: Response, body: SignIn) -> dict[st
     """Sign the browser in with an API token: a session cookie (HttpOnly,
     SameSite=Strict) and the CSRF token the page sends back."""
     if not same_origin(request):
-        raise AuthenticationError("the console refuses a sign-in from another site's page")
+        raise AccessDenied("the console refuses a sign-in from another site's page")
     token = _accounts(request).find(body.token.strip())
     if token is None:
         raise AuthenticationError("that is not a valid API token (an administrator makes "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
-from vmis.errors import AuthenticationError
+from vmis.errors import AccessDenied, AuthenticationError
 from vmis.host.accounts import Accounts, TokenInfo, hash_secret
 
 __all__ = ["CSRF_COOKIE", "CSRF_HEADER", "SESSION_COOKIE", "SESSION_SECONDS", "ConsoleSession",
@@ -96,7 +96,9 @@ def signed_in_token(conn: HTTPConnection, accounts: Accounts) -> TokenInfo | Non
     (which cannot carry the header) only the latter.
 
     :raise AuthenticationError: For a session that ended (signed out,
-        expired, its token removed) or a request that fails the CSRF check.
+        expired, its token removed): sign in again (HTTP 401).
+    :raise AccessDenied: For a request that fails the CSRF or origin check:
+        the session is good, this request is refused (HTTP 403).
     """
     session_id = conn.cookies.get(SESSION_COOKIE)
     if session_id is None:
@@ -107,11 +109,11 @@ def signed_in_token(conn: HTTPConnection, accounts: Accounts) -> TokenInfo | Non
         raise AuthenticationError("the console's session has ended: sign in again")
     websocket = conn.scope["type"] == "websocket"
     if not same_origin(conn):
-        raise AuthenticationError("the console refuses a request from another site's page")
+        raise AccessDenied("the console refuses a request from another site's page")
     if not websocket and conn.scope["method"] not in _SAFE:
         sent = conn.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-            raise AuthenticationError(f"the console's request lacks its CSRF token "
+            raise AccessDenied(f"the console's request lacks its CSRF token "
                                       f"({CSRF_HEADER.upper()}): reload the page")
     token = accounts.find_digest(session.token_sha256)
     if token is None:  # kept, so every call of the page says why (12 h at most)
