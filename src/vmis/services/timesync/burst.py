@@ -162,6 +162,8 @@ class TimeSyncMonitor:
     syncs: int = 0
     #: why the last attempt failed, "" after a success
     error: str = ""
+    #: a failure since the last success was logged as a warning
+    warned: bool = False
     #: the burst loop of the current session, if any
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)

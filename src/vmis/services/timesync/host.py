@@ -24,6 +24,7 @@ from vmis.errors import (
     ConfigError,
     ProtocolError,
     RemoteServiceError,
+    RequestTimeout,
     ServiceUnavailable,
 )
 from vmis.services.catalog import by_key
@@ -127,12 +128,24 @@ class VmTimeSync(VmPart):
             sample, answer = await sync_once(request, flag, clock, burst, mon.verdict)
         except (ServiceUnavailable, ChannelError, RemoteServiceError, ProtocolError,
                 ValueError) as exc:
+            # Said once per new failure: a guest that refuses or garbles every
+            # burst would otherwise fill the log each interval. A lost session
+            # is the session's own warning, not time sync's.
+            lost = isinstance(exc, ServiceUnavailable) or (
+                isinstance(exc, ChannelError) and not isinstance(exc, RequestTimeout))
+            if str(exc) != mon.error and not lost:
+                session.log.warning("time sync failed (tried again every interval): %s", exc)
+                mon.warned = True
+            else:
+                session.log.debug("time sync failed: %s", exc)
             mon.error = str(exc)
             if flag is Flag.SYNC:
                 mon.sync_pending = True
             mon.backoff = 1  # tried again after the interval, not the longest wait
-            session.log.debug("time sync failed: %s", exc)
             return False
+        if mon.warned:
+            session.log.info("time sync works again (it failed: %s)", mon.error)
+            mon.warned = False
         mon.record(sample, flag, answer, clock())
         # the console's offset plot, and anyone watching a guest's clock
         session.publish("timesync", OffsetNs=sample.offset_ns, RoundTripNs=sample.rtt_ns,
