@@ -41,6 +41,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -230,6 +231,23 @@ class Soak:
         return stuck
 
 
+def threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def trimmed_rss_kib(pid: int) -> int | None:
+    """The manager's RSS once glibc has handed its free memory back (malloc_trim(0),
+    called in it through gdb): what it holds, not what its allocator keeps in reserve.
+    None without gdb."""
+    try:
+        subprocess.run(["gdb", "-p", str(pid), "-batch", "-nx", "-ex",
+                        "call (int) malloc_trim(0)"], capture_output=True, timeout=120,
+                       check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rss_kib(pid)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -247,6 +265,9 @@ def main() -> None:
                         help="seconds after the churn for everything to come back")
     parser.add_argument("--heap", action="store_true",
                         help="trace the manager's heap (bench/heap_watch.py) and name what grew")
+    parser.add_argument("--trim", action="store_true",
+                        help="at the end, also the manager's RSS after glibc's malloc_trim(0) "
+                             "(through gdb): the memory its allocator only kept in reserve")
     parser.add_argument("--heap-every", type=float, default=60.0,
                         help="seconds between heap snapshots")
     args = parser.parse_args()
@@ -281,7 +302,8 @@ def main() -> None:
         while time.monotonic() - t0 < args.minutes * 60:
             rss.append((time.monotonic() - t0, rss_kib(host_pid)))
             print(f"  {rss[-1][0]:6.0f} s  manager RSS {rss[-1][1] / 1024:6.1f} MiB  "
-                  f"operations {sum(soak.counts.values())}", flush=True)
+                  f"threads {threads_of(host_pid)}  operations {sum(soak.counts.values())}",
+                  flush=True)
             time.sleep(10)
         soak.stop.set()
         for t in threads:
@@ -314,6 +336,11 @@ def main() -> None:
               f"{rss[-1][1] / 1024:.1f}; growth after the first minute "
               f"{(after[-1] - after[0]) / 1024:+.1f} MiB")
         print("samples (s:MiB): " + " ".join(f"{t:.0f}:{k / 1024:.0f}" for t, k in rss))
+        if args.trim:
+            trimmed = trimmed_rss_kib(host_pid)
+            print("manager RSS after malloc_trim(0): " + (
+                "no gdb" if trimmed is None else f"{trimmed / 1024:.1f} MiB (threads "
+                f"{threads_of(host_pid)})"))
         if args.heap:
             # snapshots count from the manager's start; the churn began about `ready` later
             ready = t0 - started

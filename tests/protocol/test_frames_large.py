@@ -221,3 +221,37 @@ def test_end_of_stream_inside_a_payload_received_into_its_buffer():
     dec.feed(b"")
     with pytest.raises(RemoteProtocolError, match="inside a frame payload"):
         dec.next_frame()
+
+
+def test_decoders_of_one_thread_share_one_scratch_buffer_and_keep_their_streams_apart():
+    # a host holds a decoder per VM: a 64 KiB buffer each would be 64 MiB at 1024 VMs
+    import threading
+    import tracemalloc
+
+    whole = [b"".join(bytes(b) for b in encode_frame(
+        Frame(Kind.NOTIFY, 3, 1, 0, f"vm{i}".encode() * 5))) for i in range(200)]
+    tracemalloc.start()
+    try:
+        decoders = [FrameDecoder() for _ in range(200)]
+        before = tracemalloc.get_traced_memory()[0]
+        # interleaved, as a loop serves many channels: each decoder gets its own bytes,
+        # its first half, then every other decoder's turn, then its second half
+        got: list[list[Frame]] = [[] for _ in decoders]
+        for part in (0, 1):
+            for i, dec in enumerate(decoders):
+                half = len(whole[i]) // 2
+                data = whole[i][:half] if part == 0 else whole[i][half:]
+                got[i] += recv_in(dec, data, [7])
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert [g[0].payload for g in got] == [f"vm{i}".encode() * 5 for i in range(200)]
+    assert grown < 512 * 1024, grown  # not 200 x 64 KiB
+    views = {id(dec.get_buffer().obj) for dec in decoders}
+    assert len(views) == 1
+    # another thread has its own
+    other: list[int] = []
+    thread = threading.Thread(target=lambda: other.append(id(FrameDecoder().get_buffer().obj)))
+    thread.start()
+    thread.join()
+    assert other[0] not in views
