@@ -81,3 +81,37 @@ async def test_large_payloads_through_the_fd_stream_transport_land_in_their_own_
         host.close()
         guest.close()
         await host.wait_closed()
+
+
+async def test_the_channels_of_a_thread_share_one_receive_buffer_between_large_payloads():
+    # a host holds a channel per VM: 64 KiB each would be 64 MiB at 1024 VMs
+    import threading
+    import tracemalloc
+
+    pairs = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(40):
+            pairs.append(await connected_pair())
+        # many small requests over every pair at once, interleaved by the loop
+        answers = await asyncio.gather(*(host.request(6, 4, f"{i}:{n}".encode(), timeout=30)
+                                         for i, (host, _) in enumerate(pairs)
+                                         for n in range(20)))
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        for host, guest in pairs:
+            host.close()
+            guest.close()
+            await host.wait_closed()
+    assert answers == [f"{i}:{n}".encode() for i in range(40) for n in range(20)]
+    assert grown < 2 * 1024 * 1024, grown  # 80 channels' own buffers would be 5 MiB
+    buffers = {id(channel.get_buffer(-1).obj) for pair in pairs for channel in pair}
+    assert len(buffers) == 1
+    other: list[int] = []
+    thread = threading.Thread(target=lambda: other.append(
+        id(pairs[0][0].get_buffer(-1).obj)))
+    thread.start()
+    thread.join()
+    assert other[0] not in buffers  # another thread, its own

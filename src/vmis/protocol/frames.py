@@ -15,7 +15,6 @@ there once too, never gathered and joined.
 from __future__ import annotations
 
 import struct
-import threading
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
@@ -56,20 +55,6 @@ _LARGE_FROM = 64 * 1024
 #: copied once more into the payload's own buffer
 _SCRATCH = 64 * 1024
 _MAX_U32 = 0xFFFFFFFF
-
-#: One scratch buffer per thread, shared by all of that thread's decoders: a
-#: host holds a decoder per VM, and 64 KiB each is 64 MiB at 1024 VMs. Sharing
-#: is safe because a transport calls get_buffer(), reads into it and calls
-#: buffer_updated() back to back (asyncio and uvloop alike), and
-#: buffer_updated() copies the bytes out before any other decoder can run.
-_scratch = threading.local()
-
-
-def _scratch_view() -> memoryview:
-    view: memoryview | None = getattr(_scratch, "view", None)
-    if view is None:
-        view = _scratch.view = memoryview(bytearray(_SCRATCH))
-    return view
 
 
 class Kind(IntEnum):
@@ -197,8 +182,11 @@ class FrameDecoder:
         self._large: tuple[Kind, int, int, int] | None = None
         self._payload = bytearray()
         self._fill = 0
-        #: the thread's scratch buffer, once get_buffer() has handed it out
+        #: the scratch buffer get_buffer() last handed out (our own, or the caller's)
         self._scratch_view: memoryview | None = None
+        # Made at the first get_buffer() without a scratch of the caller's: a
+        # decoder fed with feed() never needs one, and a host holds one per VM.
+        self._own_scratch: memoryview | None = None
 
     # Section: feeding
 
@@ -224,18 +212,26 @@ class FrameDecoder:
             return
         self._buf += data
 
-    def get_buffer(self) -> memoryview:
+    def get_buffer(self, scratch: memoryview | None = None) -> memoryview:
         """Where the caller may write the next received bytes (then :meth:`buffer_updated`).
 
         During a large payload this is the part of the payload still to
-        come, and never reaches past it; otherwise a scratch buffer (the
-        thread's, shared by its decoders) whose bytes :meth:`buffer_updated`
-        copies into the receive buffer: call the two back to back.
+        come, and never reaches past it; otherwise a scratch buffer whose
+        bytes :meth:`buffer_updated` copies into the receive buffer.
+
+        :param scratch: the caller's scratch buffer (at least a frame header
+            long), which it may share between decoders that it serves one
+            get_buffer/buffer_updated pair at a time; default one of the
+            decoder's own, 64 KiB.
         """
         if self._large is not None and self._fill < len(self._payload):
             return memoryview(self._payload)[self._fill :]
-        self._scratch_view = _scratch_view()
-        return self._scratch_view
+        if scratch is None:
+            if self._own_scratch is None:
+                self._own_scratch = memoryview(bytearray(_SCRATCH))
+            scratch = self._own_scratch
+        self._scratch_view = scratch
+        return scratch
 
     def buffer_updated(self, nbytes: int) -> None:
         """*nbytes* were written at the start of the last :meth:`get_buffer`."""

@@ -397,13 +397,14 @@ class Connection:
         """Feed bytes from the channel; ``b""`` means the stream ended."""
         self._decoder.feed(data)
 
-    def receive_buffer(self) -> memoryview:
+    def receive_buffer(self, scratch: memoryview | None = None) -> memoryview:
         """Where the caller may read the next bytes into (then :meth:`received_into`).
 
         The alternative to :meth:`receive_data` that spares a copy: a large
-        payload is read straight into its own buffer (FrameDecoder.get_buffer).
+        payload is read straight into its own buffer (FrameDecoder.get_buffer,
+        which says what *scratch* is for).
         """
-        return self._decoder.get_buffer()
+        return self._decoder.get_buffer(scratch)
 
     def received_into(self, nbytes: int) -> None:
         """*nbytes* were read into the start of the last :meth:`receive_buffer`."""

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 from typing import Any, Protocol
 
 from vmis.errors import (
@@ -72,6 +73,22 @@ class ChannelHandler(Protocol):
 
     def on_session_lost(self, channel: Channel, reason: str) -> None:
         """The session ended: framing error (both), end of stream (both)."""
+
+
+#: One receive buffer per thread for the bytes between large payloads, shared
+#: by the thread's channels: a host has a channel per VM, and a buffer each
+#: would be 64 MiB at 1024 VMs. Sharing is safe because a transport calls
+#: get_buffer(), reads into it and calls buffer_updated() back to back (asyncio
+#: and uvloop alike), and the decoder copies the bytes out in buffer_updated().
+_per_thread = threading.local()
+_SCRATCH = 64 * 1024
+
+
+def _scratch() -> memoryview:
+    view: memoryview | None = getattr(_per_thread, "scratch", None)
+    if view is None:
+        view = _per_thread.scratch = memoryview(bytearray(_SCRATCH))
+    return view
 
 
 class Channel(asyncio.BufferedProtocol):
@@ -130,7 +147,7 @@ class Channel(asyncio.BufferedProtocol):
         self._pump()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn.receive_buffer()
+        return self.conn.receive_buffer(_scratch())
 
     def buffer_updated(self, nbytes: int) -> None:
         self.conn.received_into(nbytes)
