@@ -115,6 +115,9 @@ def test_the_seed_table_and_enable_disable(qga_guest):
     [vm] = qga_guest.json("Get-VM", VM)
     assert vm["IntegrationServicesVersion"].startswith("qemu-ga 7.2")
     assert vm["GuestAgent"] == "qemu-ga" and vm["State"] == "Running"
+    # qemu-ga reports no uptime: Get-VM's is the VM's, since its QEMU started
+    since_start = time.time() - qga_guest.machine.started_at
+    assert abs(vm["Uptime"] - since_start) < 5, (vm["Uptime"], since_start)
 
     qga_guest.ok("Disable-VMIntegrationService", "-VMName", VM, "-Name", "Heartbeat")
     assert qga_guest.json("Get-VM", VM)[0]["Heartbeat"] == "Disabled"

@@ -97,6 +97,11 @@ def test_an_external_qemu_is_driven_through_qmp(lab_dir, external_qemu):
     started = vmis_json(lab_dir, "Start-VM", "ext1")[0]
     assert started["Action"] == "Started" and started["State"] == "Running"
     assert asyncio.run(qmp.status()) == "running"
+    # No agent answers: Get-VM's Uptime is the QEMU process's, found through its QMP socket.
+    first = vmis_json(lab_dir, "Get-VM", "ext1")[0]["Uptime"]
+    assert isinstance(first, int) and 0 <= first < 120, first
+    time.sleep(2.2)
+    assert vmis_json(lab_dir, "Get-VM", "ext1")[0]["Uptime"] >= first + 2
 
     asyncio.run(qmp.pause())
     assert state(lab_dir, "ext1") == "Paused"

@@ -1,7 +1,10 @@
 """Get-VM: a VM's state, heartbeat and integration services version (docs/status.md).
 
 ``Uptime`` is how long the guest's system has run, in seconds, as its
-agent reported it at the handshake (null without one).
+agent reported it at the handshake; for a guest that reports none (stock
+qemu-ga, an agent not connected) how long the VM has been powered on, as
+its hypervisor backend knows it (Hyper-V's own Uptime counts that); null
+when neither can tell.
 
 ``IntegrationServicesState`` compares the guest agent's version (from its
 handshake) with the version this host ships: ``Up to date`` when the guest's
@@ -16,6 +19,7 @@ import time
 from typing import Any
 
 import vmis
+from vmis.errors import VmisError
 from vmis.host.session import VmSession
 from vmis.services.catalog import by_key
 from vmis.services.heartbeat.host import HeartbeatHost
@@ -76,6 +80,18 @@ def uptime(session: VmSession, state: str) -> int | None:
     return max(0, int(time.monotonic() - session.booted_at))
 
 
+async def _uptime(session: VmSession, state: str, hypervisor: Hypervisor | None) -> int | None:
+    reported = uptime(session, state)
+    if reported is not None or hypervisor is None or state not in ("Running", "Paused"):
+        return reported
+    try:
+        started = await hypervisor.started_at(session.vm)
+    except VmisError as exc:
+        session.log.debug("%s cannot tell when the VM started: %s", hypervisor.name, exc)
+        return None
+    return None if started is None else max(0, int(time.time() - started))
+
+
 async def vm_row(session: VmSession, hypervisor: Hypervisor | None) -> dict[str, Any]:
     """One Get-VM object.
 
@@ -103,7 +119,7 @@ async def vm_row(session: VmSession, hypervisor: Hypervisor | None) -> dict[str,
         "State": state,
         "Status": status,
         "Heartbeat": heartbeat.name if heartbeat is not None else None,
-        "Uptime": uptime(session, state),
+        "Uptime": await _uptime(session, state, hypervisor),
         "IntegrationServicesVersion": version,
         "IntegrationServicesState": integration_state(version) if vmis_agent else "",
         "HostIntegrationServicesVersion": vmis.__version__,

@@ -170,6 +170,11 @@ class LibvirtHypervisor:
     async def wait_off(self, vm: VmRecord, timeout: float) -> bool:
         return await wait_until_off(self, vm, timeout, _POLL)
 
+    async def started_at(self, vm: VmRecord) -> float | None:
+        # libvirt's API says nothing of when a domain started (virDomainGetInfo
+        # has CPU time, not a start time), and its QEMU may run elsewhere.
+        return None
+
     # Section: the CD-ROM drive
 
     async def _change_disc(self, vm: VmRecord, image: Path | None, what: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from vmis.errors import MonitorError, NotFoundError, SnapshotError, StateError
 from vmis.qemu.cmdline import DiskMode, MachinePaths
 from vmis.qemu.machine import QemuMachine
 from vmis.qemu.monitor import QmpMonitor
+from vmis.qemu.proc import listener_pid, process_started_at, runs_with
 from vmis.services.host_half import VmRecord
 from vmis.services.hypervisor import (
     NewMachine,
@@ -107,6 +108,8 @@ class QemuHypervisor:
         self._started: dict[Path, QemuMachine] = {}
         # Names whose work directory create() made (discard() removes only those).
         self._made: set[str] = set()
+        # QMP socket -> pid of the QEMU listening on it (started_at)
+        self._qemu_pids: dict[str, int] = {}
 
     def handles(self, vm: VmRecord) -> bool:
         return bool(vm.qmp)
@@ -217,6 +220,23 @@ class QemuHypervisor:
 
     async def wait_off(self, vm: VmRecord, timeout: float) -> bool:
         return await wait_until_off(self, vm, timeout, _POLL)
+
+    async def started_at(self, vm: VmRecord) -> float | None:
+        machine = self.machine_of(vm)
+        if machine is not None:
+            pid = machine.pid
+            return None if pid is None else process_started_at(pid)
+        # A QEMU vmis did not start: the process listening on its QMP socket,
+        # looked up once and then only checked (its pid may be reused after it exits).
+        qmp = str(vm.qmp)
+        pid = self._qemu_pids.get(qmp)
+        if pid is None or not runs_with(pid, qmp):
+            pid = await asyncio.to_thread(listener_pid, Path(qmp))
+            if pid is None or not runs_with(pid, qmp):
+                self._qemu_pids.pop(qmp, None)
+                return None
+            self._qemu_pids[qmp] = pid
+        return process_started_at(pid)
 
     async def _cdrom(self, vm: VmRecord) -> str:
         """The qdev id (or QOM path) of the VM's CD-ROM drive: ``cdrom0`` where there is one."""

@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol, Self
 from vmis.errors import MachineStartError, NotFoundError, QemuNotInstalled, StateError
 from vmis.qemu.cmdline import BootSpec, DiskMode, MachineConfig, MachinePaths, build_command
 from vmis.qemu.monitor import qmp_ready
+from vmis.qemu.proc import stat_fields
 
 __all__ = ["Bootable", "QemuProcess", "create_overlay", "default_vsock_cid", "host_has_vhost_vsock"]
 
@@ -63,13 +64,8 @@ def default_vsock_cid(workdir: Path) -> int:
 
 def _proc_identity(pid: int) -> str | None:
     """The start time (clock ticks since boot) of a live process, ``None`` if gone or a zombie."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may contain spaces and parentheses; fields resume after the last ')'.
-    fields = raw[raw.rfind(")") + 2 :].split()
-    if len(fields) < 20 or fields[0] == "X":
+    fields = stat_fields(pid)
+    if fields is None or fields[0] == "X":
         return None
     if fields[0] == "Z":
         # The main thread of a multi-threaded process turns into a zombie

@@ -152,6 +152,11 @@ class Hypervisor(Protocol):
         """Wait until the VM is off; ``True`` if it was within *timeout* seconds."""
         ...
 
+    async def started_at(self, vm: VmRecord) -> float | None:
+        """When the running VM was powered on (seconds since the epoch): Get-VM's
+        Uptime where the guest does not report one. None when the backend cannot tell."""
+        ...
+
     async def insert_disc(self, vm: VmRecord, image: Path) -> dict[str, Any]:
         """Put a disc image into the VM's CD-ROM drive (replacing any disc)."""
         ...
