@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from support.lab import start_lab
 from vmis.lab.lab import Lab
 
 pytest_plugins = ["support.postgres", "support.qga_sandbox"]
+
+# A suite started in the background by a shell without job control (`cmd &` in a
+# script, as CI runners may) inherits SIGINT ignored, and so would every command
+# the tests start: the Ctrl-C tests' commands would never stop. A handler of our
+# own is reset to the default at exec, so the children get Python's usual one.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

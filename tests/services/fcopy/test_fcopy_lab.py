@@ -222,12 +222,22 @@ def test_a_copy_whose_client_goes_away_resumes_at_once(gsi_lab, lab_dir, short_t
     src = short_tmp / "resume.bin"
     digest = make_file(src, SIZE)
     tmp = gsi_lab.vm("DemoVM").root / "tmp"
+    agent = gsi_lab.vm("DemoVM").pid
+    assert agent is not None
     copying = _start_copy(lab_dir, "DemoVM", str(src), "/tmp/", "-FileSource", "Host")
+    stopped = False
     try:
         _wait_for_part(tmp, 64 * MIB, copying)
+        # The agent held still while the client goes away: on a loaded machine the
+        # rest of the copy could otherwise end before the client's signal is handled.
+        os.kill(agent, signal.SIGSTOP)
+        stopped = True
+        assert any(PART_SUFFIX in p.name for p in tmp.iterdir()), "the copy ended first"
         copying.send_signal(how)
         _, err = copying.communicate(timeout=60)
     finally:
+        if stopped:
+            os.kill(agent, signal.SIGCONT)
         if copying.poll() is None:
             copying.kill()
     if how == signal.SIGINT:
