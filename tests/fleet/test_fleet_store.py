@@ -227,3 +227,20 @@ def test_host_names(monkeypatch):
     monkeypatch.setattr("socket.gethostname", lambda: "localhost")
     made = HostIdentity.named(None).name
     assert made.startswith("host-") and made == default_host_name()  # the same every time
+
+
+async def test_a_rollback_for_another_hosts_vm_reaches_its_owner_who_says_what_it_can_give(
+        short_tmp, postgres_url):
+    # a staged rollout's unhealthy batch on another host (vmis.host.rollout): the owner
+    # puts its VM back with its own agent, so it refuses a version it does not have
+    import vmis
+
+    async with vm_on_hv1(short_tmp, postgres_url) as (hv1, hv2, session):
+        [entry] = await hv2.fleet.requests.run(
+            "rollback", hv2.fleet.targets(["VM1"], ["hv1"]).remote,
+            {"timeout": 30, "version": "0.0.1"})
+        assert entry["VMName"] == "VM1" and entry["ComputerName"] == "hv1"
+        assert entry["Result"] != "updated"
+        assert entry["Error"] == (f"VM1: cannot roll back to 0.0.1: host hv1 has the agent "
+                                  f"{vmis.__version__} only"), entry
+        assert session.connected  # nothing was done to the guest
