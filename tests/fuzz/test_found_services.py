@@ -272,3 +272,26 @@ async def test_a_malformed_start_answer_gives_a_command_with_the_defaults(tmp_pa
         cmd.abandon()
     finally:
         await manager.close()
+
+
+@pytest.mark.parametrize("token", ["ab\0" + "c" * 29, "../../../../tmp/x" + "0" * 16, "short",
+                                   "é" * 32, "a" * 65, 32])
+async def test_a_copy_whose_token_cannot_name_a_partial_file_is_refused(short_tmp, token):
+    # guest_handlers: the token's start names the partial file; one with a NUL raised
+    # ValueError in os.unlink ("failed: internal error"), and a '/' named another path
+    async with host_guest_pair(short_tmp) as pair:
+        (pair.root / "tmp").mkdir(exist_ok=True)
+        await pair.manager.set_enabled(["DemoVM"], ["Guest Service Interface"], True)
+        await eventually(lambda: pair.session.guest["fcopy"].state == "running")
+        fcopy = pair.agent.manager.services["fcopy"]
+        body = {"path": "/tmp/", "name": "x", "size": 10, "token": token, "owner": "o",
+                "mode": 0o644, "atime_ns": 1, "mtime_ns": 1}
+        data = b"0123456789"
+        for op, payload in ((FcopyOp.OPEN_WRITE, encode_json(body)),
+                            (FcopyOp.PUT, encode_json_raw(
+                                {**body, "sha256": hashlib.sha256(data).hexdigest()}, data))):
+            with pytest.raises(RemoteServiceError) as refused:
+                await pair.session.link.request(FCOPY.id, op, payload)
+            assert refused.value.code == "bad-request", refused.value
+            assert "token" in str(refused.value)
+        assert len(fcopy.handles) == 0 and list((pair.root / "tmp").iterdir()) == []

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from vmis.errors import ServiceError
 
-__all__ = ["Resolved", "RootedPaths", "check_name", "parse_roots", "shown", "split_path"]
+__all__ = ["Resolved", "RootedPaths", "check_name", "check_token", "parse_roots", "shown",
+           "split_path"]
 
 #: symbolic links followed while resolving one path (Linux's MAXSYMLINKS)
 MAX_LINKS = 40
@@ -88,6 +89,19 @@ def check_name(name: object) -> str:
             or name in (".", "..") or not _encodable(name)):
         raise ServiceError("bad-request", f"not a valid file name: {name!r}")
     return name
+
+
+def check_token(token: object) -> str:
+    """A copy's resume token, as sent by a peer: 16 to 64 ASCII letters or digits
+    (vmis sends 32 hex digits, docs/services/fcopy.md §4). Its start names the
+    partial file, so a separator or a NUL in it would name another file, or none.
+
+    :raise ServiceError: ``bad-request`` otherwise.
+    """
+    if not isinstance(token, str) or not 16 <= len(token) <= 64 or not (
+            token.isascii() and token.isalnum()):
+        raise ServiceError("bad-request", f"not a valid copy token: {token!r}")
+    return token
 
 
 def split_rel(rel: object) -> list[str]:

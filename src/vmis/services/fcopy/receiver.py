@@ -30,7 +30,7 @@ from vmis.services.fcopy.claims import CLAIMS, Claim
 from vmis.services.fcopy.file_io import HASH_BLOCK, nothing, os_error, place_file
 from vmis.services.fcopy.metadata import check_times, file_mode, set_times
 from vmis.services.fcopy.partials import PART_SUFFIX, RESUME_SUFFIX, PartialIndex, part_names
-from vmis.services.fcopy.paths import shown
+from vmis.services.fcopy.paths import check_token, shown
 
 __all__ = ["PART_SUFFIX", "Receiver", "part_names"]
 
@@ -73,7 +73,7 @@ class Receiver:
         self.display = shown(path)
         self._index = index
         self.held: Claim | None = None
-        self.token = token
+        self.token = check_token(token)  # it names the partial file
         self.size = size
         self.mode = file_mode(mode)
         check_times(atime_ns, mtime_ns)  # refused now, not after the whole file came
