@@ -174,6 +174,14 @@ def test_a_kvp_key_with_a_nul_names_no_record(tmp_path):
     assert pool.items() == [("", "empty key"), ("a", "1")]
 
 
+async def _fcopy_running(pair):
+    """The guest's copy service, running, with /tmp in the guest's root."""
+    (pair.root / "tmp").mkdir(exist_ok=True)
+    await pair.manager.set_enabled(["DemoVM"], ["Guest Service Interface"], True)
+    await eventually(lambda: pair.session.guest["fcopy"].state == "running")
+    return pair.agent.manager.services["fcopy"]
+
+
 _NO_FILE_HOLDS = [{"mode": 2**40}, {"mode": -1}, {"atime_ns": 2**63 * 10**9},
                   {"mtime_ns": -(2**63) * 10**9 - 1}, {"mtime_ns": 1.5}]
 
@@ -183,10 +191,7 @@ async def test_a_copy_with_a_mode_or_time_no_file_can_hold_is_refused_at_once(sh
     # guest_handlers: stat.S_IMODE and os.utime raised OverflowError ("failed: internal
     # error"); the time only at COMMIT, after the whole file had been sent
     async with host_guest_pair(short_tmp) as pair:
-        (pair.root / "tmp").mkdir(exist_ok=True)
-        await pair.manager.set_enabled(["DemoVM"], ["Guest Service Interface"], True)
-        await eventually(lambda: pair.session.guest["fcopy"].state == "running")
-        fcopy = pair.agent.manager.services["fcopy"]
+        fcopy = await _fcopy_running(pair)
         body = {"path": "/tmp/", "name": "x", "size": 10, "token": "d" * 32, "owner": "o",
                 "mode": 0o644, "atime_ns": 1, "mtime_ns": 1, **meta}
         with pytest.raises(RemoteServiceError) as refused:
@@ -280,10 +285,7 @@ async def test_a_copy_whose_token_cannot_name_a_partial_file_is_refused(short_tm
     # guest_handlers: the token's start names the partial file; one with a NUL raised
     # ValueError in os.unlink ("failed: internal error"), and a '/' named another path
     async with host_guest_pair(short_tmp) as pair:
-        (pair.root / "tmp").mkdir(exist_ok=True)
-        await pair.manager.set_enabled(["DemoVM"], ["Guest Service Interface"], True)
-        await eventually(lambda: pair.session.guest["fcopy"].state == "running")
-        fcopy = pair.agent.manager.services["fcopy"]
+        fcopy = await _fcopy_running(pair)
         body = {"path": "/tmp/", "name": "x", "size": 10, "token": token, "owner": "o",
                 "mode": 0o644, "atime_ns": 1, "mtime_ns": 1}
         data = b"0123456789"
