@@ -455,7 +455,7 @@ async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, s
     src = host_file(short_tmp, "full.bin", data)
     real = Receiver._pwrite
 
-    def failing(self, offset, chunk):
+    def failing(self, offset, chunk, direct=None):
         if offset >= 16 * MIB:
             raise ServiceError("too-large", f"writing {self.display}: No space left on device")
         real(self, offset, chunk)
@@ -480,7 +480,7 @@ async def test_a_failing_disk_on_the_host_ends_the_copy_out_of_the_guest(pair, s
     data = os.urandom(20 * MIB)
     (pair.root / "tmp/out.bin").write_bytes(data)
 
-    def failing(self, offset, chunk):
+    def failing(self, offset, chunk, direct=None):
         raise ServiceError("failed", f"writing {self.display}: Input/output error")
 
     monkeypatch.setattr(Receiver, "_pwrite", failing)

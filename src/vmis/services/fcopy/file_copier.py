@@ -327,7 +327,7 @@ class FileCopier:
         token = resume_token("from-guest", str(info["path"]), size, int(info["mtime_ns"]), path)
         return Receiver(dir_fd, name, path, token, size, mode=int(info["mode"]),
                         atime_ns=int(info["atime_ns"]), mtime_ns=int(info["mtime_ns"]),
-                        force=force, index=index)
+                        force=force, index=index, direct=True)
 
     async def _receive_inline(self, receiver: Receiver, data: bytes,
                               digest: str) -> dict[str, Any]:

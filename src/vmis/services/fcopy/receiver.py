@@ -27,6 +27,7 @@ from typing import Any
 from vmis.errors import ServiceError
 from vmis.services.fcopy import CHECKPOINT_BYTES
 from vmis.services.fcopy.claims import CLAIMS, Claim
+from vmis.services.fcopy.direct_io import DirectWriter
 from vmis.services.fcopy.file_io import HASH_BLOCK, nothing, os_error, place_file
 from vmis.services.fcopy.metadata import check_times, file_mode, set_times
 from vmis.services.fcopy.partials import PART_SUFFIX, RESUME_SUFFIX, PartialIndex, part_names
@@ -61,12 +62,17 @@ class Receiver:
     :param gate: waited on before every write (the guest's thaw event), or None.
     :param index: where to note the partial file, so that it is cleaned up
         if never resumed (None: a tree's index entry covers it).
+    :param direct: write streamed data past the page cache where the
+        filesystem allows (:mod:`.direct_io`): the host's copies out of
+        guests, which would otherwise take the page cache the guests'
+        memory competes with; a file copied into a guest is often read
+        soon after, so the guest writes through its page cache.
     """
 
     def __init__(self, dir_fd: int, name: str, path: str, token: str, size: int, *,
                  mode: int, atime_ns: int, mtime_ns: int, force: bool,
                  gate: Callable[[], None] | None = None,
-                 index: PartialIndex | None = None) -> None:
+                 index: PartialIndex | None = None, direct: bool = False) -> None:
         self.dir_fd = dir_fd
         self.name = name
         self.path = path
@@ -99,6 +105,9 @@ class Receiver:
         self._flusher: ThreadPoolExecutor | None = None
         self._flushing: Future[None] | None = None
         self._flushed = 0
+        self._write_direct = direct
+        #: a streamed file's writes go past the page cache while they can
+        self._direct: DirectWriter | None = None
 
     # Section: opening
 
@@ -260,17 +269,19 @@ class Receiver:
             self._io = ThreadPoolExecutor(1, thread_name_prefix="fcopy-write")
             self._hasher = ThreadPoolExecutor(1, thread_name_prefix="fcopy-hash")
             self._flusher = ThreadPoolExecutor(1, thread_name_prefix="fcopy-sync")
-        written = self._io.submit(self._pwrite, offset, data)
+            self._direct = DirectWriter() if self._write_direct else None
+        written = self._io.submit(self._pwrite, offset, data, self._direct)
         return self._hasher.submit(self._digest, offset, data, written)
 
-    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+    def _pwrite(self, offset: int, data: bytes | bytearray | memoryview,
+                direct: DirectWriter | None = None) -> None:
         if self._gate is not None:
             self._gate()
         view = memoryview(data)
         if self.fd < 0:
             raise ServiceError("failed", "the copy was closed")
         try:
-            pos = 0
+            pos = direct.write(self.fd, view, offset) if direct is not None else 0
             while pos < len(view):
                 pos += os.pwrite(self.fd, view[pos:], offset + pos)
         except OSError as exc:
@@ -300,7 +311,8 @@ class Receiver:
                 else:
                     self._write_record(self.written, state)
             if (self._flusher is not None and self.written - self._flushed >= _FLUSH_BYTES
-                    and (self._flushing is None or self._flushing.done())):
+                    and (self._flushing is None or self._flushing.done())
+                    and not (self._direct is not None and self._direct.on)):
                 # Start the disk writing now, alongside the copy, instead of
                 # leaving a whole file of dirty pages to the fsync of commit().
                 self._flushed = self.written
@@ -327,6 +339,9 @@ class Receiver:
             if pool is not None:
                 pool.shutdown(wait=False)
         self._io = self._hasher = self._flusher = None
+        if self._direct is not None:
+            self._direct.release()  # its descriptor's flags go with the descriptor
+            self._direct = None
 
     def _checkpoint(self) -> None:
         """Record the bytes written so far, now (a clean stop)."""
