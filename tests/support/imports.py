@@ -10,10 +10,12 @@ from collections.abc import Mapping, Sequence
 
 #: what the host CLI's common path must not load: the HTTP client and server stacks,
 #: the manager and its database, QEMU, the lab, the advisor's data, rich, asyncio;
-#: dataclasses (it imports inspect, ast and dis: a third of the command line's start)
+#: dataclasses (it imports inspect, ast and dis: a third of the command line's start);
+#: hashlib (OpenSSL's: 3 ms, for a remote manager's certificate fingerprint only)
 HOST_HEAVY = ("httpx", "rich", "fastapi", "starlette", "pydantic", "uvicorn", "websockets",
               "sqlalchemy", "alembic", "qemu", "vmis.host", "vmis.qemu", "vmis.lab",
-              "vmis.advisor", "asyncio", "ssl", "dataclasses", "inspect")
+              "vmis.advisor", "asyncio", "ssl", "dataclasses", "inspect", "hashlib",
+              "_hashlib")
 #: what the guest tools' common path must not load: the agent, its transports, asyncio
 GUEST_HEAVY = ("asyncio", "ssl", "logging", "vmis.guest.agent", "vmis.guest.control",
                "vmis.guest.manager", "vmis.transport", "vmis.services.fcopy.guest")

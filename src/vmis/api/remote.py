@@ -15,7 +15,6 @@ command lines' plain calls on the local socket must start fast
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from pathlib import Path
@@ -149,7 +148,7 @@ class Remote(NamedTuple):
         if self.pin is None:
             return
         der = tls.getpeercert(binary_form=True) or b""
-        digest = hashlib.sha256(der).hexdigest()
+        digest = _sha256(der)
         if digest != self.pin:
             tls.close()
             raise self._mismatch(digest)
@@ -167,7 +166,7 @@ class Remote(NamedTuple):
         seen = ""
         try:
             der = self.peer_certificate(timeout)
-            seen = f"; its SHA-256 fingerprint is {_pretty(hashlib.sha256(der).hexdigest())}"
+            seen = f"; its SHA-256 fingerprint is {_pretty(_sha256(der))}"
         except (OSError, ssl.SSLError):
             pass
         return ConnectError(
@@ -203,7 +202,7 @@ class Remote(NamedTuple):
             der = self.peer_certificate(timeout)
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"no host manager answers at {self.url}: {exc}", exc) from exc
-        digest = hashlib.sha256(der).hexdigest()
+        digest = _sha256(der)
         if digest != self.pin:
             raise self._mismatch(digest)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -211,3 +210,10 @@ class Remote(NamedTuple):
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf as its own anchor
         context.load_verify_locations(cadata=ssl.DER_cert_to_PEM_cert(der))
         return context
+
+
+def _sha256(der: bytes) -> str:
+    # imported here: OpenSSL's hashlib costs every command line 3 ms to load
+    import hashlib
+
+    return hashlib.sha256(der).hexdigest()
