@@ -17,6 +17,7 @@ import pytest
 from support.pair import eventually, host_guest_pair
 
 from vmis.errors import RemoteServiceError, StateError
+from vmis.protocol import decode_json, decode_json_raw
 from vmis.services.fcopy import BATCH_FILES, FcopyOp
 from vmis.services.fcopy.host import FcopyHost
 from vmis.services.fcopy.partials import PART_SUFFIX
@@ -172,6 +173,69 @@ async def test_an_interrupted_tree_resumes_its_large_file_and_drops_what_changed
     staging = [p for p in os.listdir(pair.root / "tmp") if p.endswith(PART_SUFFIX)]
     assert len(staging) == 1  # the whole tree, hidden beside its destination
     (src / "d1/sub1/f0001.bin").unlink()  # gone from the source before the rerun
+    result = await copy(pair, src, "/tmp/dst")
+    assert result["BytesResumed"] >= 8 * MIB
+    assert tree_of(pair.root / "tmp/dst") == tree_of(src)
+    assert os.listdir(pair.root / "tmp") == ["dst"]
+
+
+async def test_a_trees_large_files_are_copied_side_by_side_both_ways(pair, short_tmp):
+    from vmis.services.fcopy.tree_copier import LARGE_WINDOW
+
+    src = short_tmp / "src"
+    made = make_tree(src, files=20)
+    for i in range(7):
+        made[f"big/b{i}.bin"] = os.urandom(4 * MIB + 4096 * i + 7)  # streamed, not inline
+        (src / "big").mkdir(exist_ok=True)
+        (src / f"big/b{i}.bin").write_bytes(made[f"big/b{i}.bin"])
+    open_now, most = 0, 0
+    session_request = pair.session.request
+
+    async def counting(spec, op, payload=b"", timeout=30.0):
+        nonlocal open_now, most
+        opens = spec.key == "fcopy" and op in (FcopyOp.OPEN_WRITE, FcopyOp.OPEN_READ) \
+            and b'"tree"' in bytes(payload)
+        answer = await session_request(spec, op, payload, timeout=timeout)
+        if opens and (decode_json_raw(answer)[0] if op == FcopyOp.OPEN_READ
+                      else decode_json(answer)).get("handle"):
+            open_now += 1
+            most = max(most, open_now)
+        if spec.key == "fcopy" and op in (FcopyOp.COMMIT, FcopyOp.CLOSE):
+            open_now -= 1
+        return answer
+
+    pair.session.request = counting
+    result = await copy(pair, src, "/tmp/dst")
+    assert tree_of(pair.root / "tmp/dst") == tree_of(src)
+    assert {i["Path"]: i["Sha256"] for i in result["Items"]} == {
+        f"/tmp/dst/{rel}": hashlib.sha256(data).hexdigest() for rel, data in made.items()}
+    assert (most, open_now) == (LARGE_WINDOW, 0)
+    most = 0
+    back = await copy(pair, "/tmp/dst", short_tmp / "back", "Guest")
+    assert tree_of(short_tmp / "back") == tree_of(src) and back["Files"] == len(made)
+    assert (most, open_now) == (LARGE_WINDOW, 0)
+
+
+async def test_a_tree_stopped_among_its_large_files_leaves_nothing_and_resumes(pair,
+                                                                               short_tmp):
+    src = short_tmp / "src"
+    make_tree(src, files=10)
+    (src / "big").mkdir()
+    for i in range(5):
+        (src / f"big/b{i}.bin").write_bytes(os.urandom(12 * MIB + i))
+    reached = asyncio.Event()
+
+    def progress(p):
+        if p.bytes_done >= 30 * MIB:
+            reached.set()
+
+    task = asyncio.ensure_future(copy(pair, src, "/tmp/dst", progress=progress))
+    await asyncio.wait_for(reached.wait(), 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not (pair.root / "tmp/dst").exists()
+    assert len([p for p in os.listdir(pair.root / "tmp") if p.endswith(PART_SUFFIX)]) == 1
     result = await copy(pair, src, "/tmp/dst")
     assert result["BytesResumed"] >= 8 * MIB
     assert tree_of(pair.root / "tmp/dst") == tree_of(src)

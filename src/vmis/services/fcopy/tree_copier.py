@@ -4,10 +4,10 @@ docs/services/fcopy.md §3.2. Into the guest: the host tree is walked,
 TREE_CREATE opens its top in the guest, the directories and small files go
 in batches of up to :data:`BATCH_BYTES` (read and hashed one batch ahead,
 :data:`BATCH_WINDOW` batches in flight), large files as single-file
-streams into the tree, and TREE_COMMIT makes the whole tree durable and
-places it. Out of the guest: TREE_OPEN walks the guest tree, TREE_GET
-brings small files in batches (written one batch behind, in a worker
-thread), large files stream, and a
+streams into the tree (:data:`LARGE_WINDOW` at a time), and TREE_COMMIT
+makes the whole tree durable and places it. Out of the guest: TREE_OPEN
+walks the guest tree, TREE_GET brings small files in batches (written one batch behind, in a worker
+thread), large files stream (:data:`LARGE_WINDOW` at a time), and a
 :class:`~vmis.services.fcopy.tree_writer.TreeWriter` makes the tree durable
 and places it on this machine. No host-only dependency.
 """
@@ -38,6 +38,11 @@ from vmis.services.fcopy.tree_source import Entry, Tree, TreeSource, walk
 from vmis.services.fcopy.tree_writer import DirMeta, TreeWriter, open_tree
 
 __all__ = ["TreeCopier"]
+
+#: a tree's large files copied side by side: their round trips and each
+#: one's start and end overlap; each has its own window of WINDOW frames,
+#: so this many times 16 MiB is what a tree copy holds in flight
+LARGE_WINDOW = 2
 
 
 def _batches(files: list[tuple[int, Entry]]) -> list[list[tuple[int, Entry]]]:
@@ -70,13 +75,14 @@ class TreeCopier(FileCopier):
     """Tree copies through the 1.1 operations; constructed as :class:`FileCopier`."""
 
     async def _pipeline(self, jobs: list[Any], start: Callable[[Any], Awaitable[Any]],
-                        finish: Callable[[Any, Any], Awaitable[None]]) -> None:
-        """Run ``start(job)`` for each job, BATCH_WINDOW at a time, and ``finish(job,
+                        finish: Callable[[Any, Any], Awaitable[None]],
+                        window: int = BATCH_WINDOW) -> None:
+        """Run ``start(job)`` for each job, *window* at a time, and ``finish(job,
         result)`` for each in order; on failure nothing is left running."""
         running: deque[tuple[Any, asyncio.Future[Any]]] = deque()
         try:
             for job in jobs:
-                while len(running) >= BATCH_WINDOW:
+                while len(running) >= window:
                     done, fut = running.popleft()
                     await finish(done, await fut)
                 running.append((job, asyncio.ensure_future(start(job))))
@@ -118,10 +124,13 @@ class TreeCopier(FileCopier):
         reader = TreeSource(self._local)
         try:
             await self._put_batches(handle, top, tree, _batches(small), reader)
-            for entry in large:
+
+            async def send(entry: Entry) -> None:
                 fd = await self._in_worker(reader.open, entry)
                 await self._send_file(fd, "/" + "/".join(entry.parts), f"{top}/{entry.rel}",
                                       {"tree": handle, "rel": entry.rel, "force": force})
+
+            await self._pipeline(large, send, _nothing, LARGE_WINDOW)
             answer = await self._json(FcopyOp.TREE_COMMIT, {
                 "tree": handle, "dirs": [list(m) for m in _dir_metas(tree.dirs)]}, DATA_TIMEOUT)
         except BaseException:
@@ -203,9 +212,13 @@ class TreeCopier(FileCopier):
             await self._in_worker(writer.make_dirs, [d.rel for d in dirs[1:]])
             await self._get_batches(handle, writer,
                                     _batches([f for f in files if f[1].size <= SMALL_FILE]))
-            for i, entry in files:
-                if entry.size > SMALL_FILE:
-                    await self._receive_member(handle, i, entry, writer, force)
+
+            async def receive(member: tuple[int, Entry]) -> None:
+                assert writer is not None
+                await self._receive_member(handle, member[0], member[1], writer, force)
+
+            await self._pipeline([f for f in files if f[1].size > SMALL_FILE], receive,
+                                 _nothing, LARGE_WINDOW)
             for entry in entries:
                 if entry.kind == "link":
                     await self._in_worker(writer.link, entry.rel, entry.target,
@@ -295,6 +308,10 @@ class TreeCopier(FileCopier):
             writer.adopt(entry.rel, r.part, r.record, held)
 
         await self._stream_from_guest(receiver, member, adopt)
+
+
+async def _nothing(job: Any, result: Any) -> None:
+    """A pipeline's jobs that finish on their own."""
 
 
 def _read_batch(reader: TreeSource, job: dict[str, Any]) -> tuple[list[list[Any]], bytes]:
