@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.logs import KeptRecords
 
 from vmis.errors import ConfigError, StateError
 from vmis.hyperv.daemon import HoldableHandler, PidFile, StopSignal
@@ -199,17 +200,8 @@ def test_pid_file(tmp_path: Path):
             PidFile(tmp_path / "ro/x.pid").acquire()
 
 
-class Sink(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def test_holdable_handler_holds_and_bounds(tmp_path: Path):
-    sink = Sink()
+    sink = KeptRecords()
     holder = HoldableHandler(sink, limit=3)
     log = logging.getLogger("vmis.hyperv.test.holder")
     log.handlers[:] = [holder]
@@ -219,12 +211,12 @@ def test_holdable_handler_holds_and_bounds(tmp_path: Path):
     holder.hold()
     for i in range(5):
         log.info("held %d", i)
-    assert sink.messages == ["before"]
+    assert sink.messages() == ["before"]
     holder.resume()
-    assert sink.messages == ["before", "2 log records dropped while frozen",
+    assert sink.messages() == ["before", "2 log records dropped while frozen",
                              "held 2", "held 3", "held 4"]
     log.info("after")
-    assert sink.messages[-1] == "after" and not holder.holding
+    assert sink.messages()[-1] == "after" and not holder.holding
 
 
 def test_stop_signal_wakes_a_wait():

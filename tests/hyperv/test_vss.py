@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support.hv_emulator.kernel import HvUtilState, KernelEmulator
+from support.logs import KeptRecords
+
 from vmis.hyperv.constants import HResult, VssOp
 from vmis.hyperv.daemon import HoldableHandler
 from vmis.hyperv.vss import VssHandler
@@ -30,18 +31,6 @@ proc /proc proc rw 0 0
 """
 
 
-class ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self) -> list[str]:
-        return [r.getMessage() for r in self.records]
-
-
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     (tmp_path / "proc").mkdir()
@@ -52,7 +41,7 @@ def root(tmp_path: Path) -> Path:
 class Setup:
     def __init__(self, root: Path, fake: FakeFreezer, thaw_timeout: float = 60.0) -> None:
         self.fake = fake
-        self.sink = ListHandler()
+        self.sink = KeptRecords()
         self.holder = HoldableHandler(self.sink)
         self.log = logging.getLogger(f"vmis.hyperv.test.vss.{id(self)}")
         self.log.handlers[:] = [self.holder]

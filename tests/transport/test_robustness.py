@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support.logs import kept_records
 from support.pair import _start_agent, eventually, host_guest_pair, quick_config
 from vmis.errors import RemoteProtocolError
 from vmis.protocol import Connection, Role, State, Synced
@@ -93,26 +94,12 @@ async def assert_agent_healthy(path):
     channel.close()
 
 
-class _Kept(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
 def channel_log():
     """The channel's ERROR records, kept by a handler on its own logger (not
     pytest's per-phase capture, which an earlier test of the run can starve)."""
-    channel = logging.getLogger("vmis.channel")
-    kept, level = _Kept(), channel.level
-    channel.addHandler(kept)
-    channel.setLevel(logging.ERROR)
-    yield kept
-    channel.removeHandler(kept)
-    channel.setLevel(level)
+    with kept_records(logging.getLogger("vmis.channel"), logging.ERROR) as kept:
+        yield kept
 
 
 async def test_agent_survives_garbage_truncated_and_oversized_frames(short_tmp, channel_log):

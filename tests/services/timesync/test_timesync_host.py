@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from support.logs import kept_records
 
 from vmis.errors import RequestTimeout
 from vmis.host.manager import HostManager
@@ -104,42 +105,26 @@ async def test_a_sync_asked_for_during_a_burst_is_kept_for_the_next(tmp_path):
     assert mon.syncs == 3 and mon.last_flag == Flag.SYNC.value
 
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def at(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
-
-
 async def test_a_failed_sync_burst_stays_pending_and_is_said_once(tmp_path):
     manager = HostManager(Store(f"sqlite:///{tmp_path / 'h.db'}"))
     guest = FakeGuest(ahead=S, delays=[])
     timesync = TimeSyncHost(manager, clock=guest.clock)
     session = FakeSession(guest)
-    lines = Lines()
-    session.log.addHandler(lines)
-    session.log.setLevel(logging.DEBUG)
-    try:
+    with kept_records(session.log, logging.DEBUG) as lines:
         part = timesync.new_part(session)
         mon = part.monitor
         guest.fail_apply = True
         for _ in range(3):  # three intervals of the same failure: one warning
             assert not await part.sync()
         assert mon.sync_pending and "no answer" in mon.error
-        assert lines.at(logging.WARNING) == [
+        assert lines.messages(logging.WARNING) == [
             "time sync failed (tried again every interval): no answer within 5 s"]
-        assert len(lines.at(logging.DEBUG)) == 2
+        assert len(lines.messages(logging.DEBUG)) == 2
         guest.fail_apply = False
         assert await part.sync()
         assert guest.applied[-1]["flag"] == "sync" and mon.error == ""
-        assert lines.at(logging.INFO)[0] == "time sync works again (it failed: no answer within 5 s)"
-    finally:
-        session.log.removeHandler(lines)
+        assert lines.messages(logging.INFO)[0] == \
+            "time sync works again (it failed: no answer within 5 s)"
     row = mon.row("DemoVM")
     assert row["OffsetNs"] == S and row["RoundTripNs"] == 2000 and row["Flag"] == "sync"
 

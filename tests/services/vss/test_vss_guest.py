@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.logs import kept_records
 from support.pair import eventually, host_guest_pair
 from vss_support import add_hook, hook_log, make_root
 
@@ -255,33 +256,21 @@ async def test_real_freezer_is_refused_in_a_lab_root(tmp_path):
 async def test_log_records_wait_until_the_thaw(tmp_path):
     root = make_root(tmp_path)
     add_hook(root, "10-db", "echo 'db flushed'")
-    seen: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            seen.append(record.getMessage())
-
-    handler = Collect(logging.DEBUG)
-    root_logger = logging.getLogger()
-    old_level = root_logger.level
-    root_logger.addHandler(handler)
-    root_logger.setLevel(logging.DEBUG)
-    service, _ = await start_service(root)
-    try:
-        await service.freeze("c1")
-        before = len(seen)
-        logging.getLogger("vmis.guest.test").warning("written while frozen")
-        assert len(seen) == before  # held, not emitted
-        await service.thaw("c1", "host")
-        messages = seen[before:]
-        assert messages[0] == "written while frozen"
-        # the hooks' output reaches the log only after the thaw
-        assert any("db flushed" in m for m in messages)
-        assert not any("db flushed" in m for m in seen[:before])
-    finally:
-        await service.stop()
-        root_logger.removeHandler(handler)
-        root_logger.setLevel(old_level)
+    with kept_records(logging.getLogger(), logging.DEBUG) as kept:
+        service, _ = await start_service(root)
+        try:
+            await service.freeze("c1")
+            before = len(kept.messages())
+            logging.getLogger("vmis.guest.test").warning("written while frozen")
+            assert len(kept.messages()) == before  # held, not emitted
+            await service.thaw("c1", "host")
+            messages = kept.messages()[before:]
+            assert messages[0] == "written while frozen"
+            # the hooks' output reaches the log only after the thaw
+            assert any("db flushed" in m for m in messages)
+            assert not any("db flushed" in m for m in kept.messages()[:before])
+        finally:
+            await service.stop()
 
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:
