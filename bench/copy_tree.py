@@ -29,7 +29,9 @@ Both contenders' syncs (``syncfs``, ``sync -f``) write whatever the whole
 filesystem holds dirty, other programs' writes included: on a shared
 machine the disk's share of each figure varies from round to round.
 ``--dir /dev/shm`` puts everything on a tmpfs, where a sync has nothing to
-write: what is left is each contender's own work.
+write: what is left is each contender's own work. Every copy keeps its
+destination until the run ends (a few GiB on the disk for the mixed tree):
+a file made right after many deletions costs more on ext4.
 
 Target (issue 17): the copy's own time >= 0.5 x tar for 2000x8KiB, both ways.
 """
@@ -190,22 +192,23 @@ class Lab:
 def run_tree(kind: str, lab: Lab, work: Path, rounds: int) -> dict[str, Any]:
     source = work / kind
     files, size = make_tree(kind, source)
-    guest_tmp = lab.vm.root / "tmp"
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in (
         "tar", "cli-start", "to-guest", "to-guest-api", "from-guest", "from-guest-api")}
     print(f"\n{kind}: {files} files, {size / MIB:.1f} MiB", flush=True)
+    # Every copy of the run gets a destination of its own, and nothing is
+    # removed before the run ends: on an ext4 without a journal, a file made
+    # within 30 s of many deletions costs up to ten times more (the inode
+    # allocator steps over recently deleted inodes one by one, ext4's
+    # recently_deleted()), so removing each copy before the next would bill
+    # whoever comes next for the last one's rm.
     for n in range(rounds):
-        rows["tar"].append(tar_copy(source, work / "tar-out"))
-        shutil.rmtree(work / "tar-out")
+        tree, back = f"/tmp/{kind}-{n}", work / f"{kind}-back{n}"
+        rows["tar"].append(tar_copy(source, work / f"{kind}-tar{n}"))
         rows["cli-start"].append(lab.timed(lambda: lab.cli("Get-VMFileCopy", VM, "--json")))
-        rows["to-guest"].append(lab.copy_cli(str(source), "/tmp/tree", "Host"))
-        rows["from-guest"].append(lab.copy_cli("/tmp/tree", str(work / "back"), "Guest"))
-        shutil.rmtree(work / "back")
-        rows["from-guest-api"].append(lab.copy_api("/tmp/tree", str(work / "back"), "Guest"))
-        shutil.rmtree(work / "back")
-        shutil.rmtree(guest_tmp / "tree")
-        rows["to-guest-api"].append(lab.copy_api(str(source), "/tmp/tree", "Host"))
-        shutil.rmtree(guest_tmp / "tree")
+        rows["to-guest"].append(lab.copy_cli(str(source), tree, "Host"))
+        rows["from-guest"].append(lab.copy_cli(tree, str(back), "Guest"))
+        rows["from-guest-api"].append(lab.copy_api(tree, f"{back}-api", "Guest"))
+        rows["to-guest-api"].append(lab.copy_api(str(source), f"{tree}-api", "Host"))
         for key in ("to-guest", "from-guest", "to-guest-api", "from-guest-api"):
             result = rows[key][-1]["result"]
             if result["Files"] != files or result["Skipped"]:
@@ -238,7 +241,6 @@ def run_tree(kind: str, lab: Lab, work: Path, rounds: int) -> dict[str, Any]:
               f"{s['cpu_host_manager_s']:.2f} agent {s['cpu_agent_s']:.2f} s", flush=True)
     print(f"  tar {tar:.3f} s (CPU {summary['tar_cpu_s']:.2f} s); CLI start + one call "
           f"{start:.3f} s", flush=True)
-    shutil.rmtree(source)
     return summary
 
 
