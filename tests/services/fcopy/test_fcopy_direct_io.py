@@ -220,7 +220,6 @@ def test_only_local_disk_filesystems_are_written_direct(direct_dir, monkeypatch,
                     f"40 27 {os.major(st.st_dev)}:{os.minor(st.st_dev)} / /data rw,relatime "
                     f"shared:1 - {fstype} /dev/x rw\n")
     monkeypatch.setattr(direct_io, "_MOUNTINFO", str(info))
-    monkeypatch.setattr(direct_io.filesystem_type, "__defaults__", (str(info),))
     assert direct_io.filesystem_type(fd) == fstype
     writer = DirectWriter()
     assert writer.write(fd, memoryview(bytes(ALIGN)), 0) == (ALIGN if direct else 0)
@@ -228,13 +227,14 @@ def test_only_local_disk_filesystems_are_written_direct(direct_dir, monkeypatch,
     os.close(fd)
 
 
-def test_the_filesystem_of_a_descriptor_is_found_in_mountinfo(tmp_path):
-    from vmis.services.fcopy.direct_io import filesystem_type
+def test_the_filesystem_of_a_descriptor_is_found_in_mountinfo(tmp_path, monkeypatch):
+    from vmis.services.fcopy import direct_io
 
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     found = filesystem_type(fd)
-    os.close(fd)
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split(" - ")[1].split()[0] for line in f]
     assert found in mounts
-    assert filesystem_type(0, "/nonexistent/mountinfo") is None
+    monkeypatch.setattr(direct_io, "_MOUNTINFO", "/nonexistent/mountinfo")
+    assert filesystem_type(fd) is None
+    os.close(fd)

@@ -44,7 +44,7 @@ LOCAL_DISK = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
 _MOUNTINFO = "/proc/self/mountinfo"
 
 
-def filesystem_type(fd: int, mountinfo: str = _MOUNTINFO) -> str | None:
+def filesystem_type(fd: int) -> str | None:
     """The type of the filesystem holding *fd* (``ext4``...), or None if unknown.
 
     Found by the device number in /proc/self/mountinfo (proc(5)): the
@@ -53,7 +53,7 @@ def filesystem_type(fd: int, mountinfo: str = _MOUNTINFO) -> str | None:
     st = os.fstat(fd)
     device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
     try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+        with open(_MOUNTINFO, encoding="utf-8", errors="replace") as f:
             for line in f:
                 fields = line.split()
                 if len(fields) > 2 and fields[2] == device and " - " in line:

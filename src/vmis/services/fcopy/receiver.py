@@ -105,9 +105,8 @@ class Receiver:
         self._flusher: ThreadPoolExecutor | None = None
         self._flushing: Future[None] | None = None
         self._flushed = 0
-        self._write_direct = direct
         #: a streamed file's writes go past the page cache while they can
-        self._direct: DirectWriter | None = None
+        self._direct = DirectWriter() if direct else None
 
     # Section: opening
 
@@ -269,7 +268,6 @@ class Receiver:
             self._io = ThreadPoolExecutor(1, thread_name_prefix="fcopy-write")
             self._hasher = ThreadPoolExecutor(1, thread_name_prefix="fcopy-hash")
             self._flusher = ThreadPoolExecutor(1, thread_name_prefix="fcopy-sync")
-            self._direct = DirectWriter() if self._write_direct else None
         written = self._io.submit(self._pwrite, offset, data, self._direct)
         return self._hasher.submit(self._digest, offset, data, written)
 
@@ -341,7 +339,6 @@ class Receiver:
         self._io = self._hasher = self._flusher = None
         if self._direct is not None:
             self._direct.release()  # its descriptor's flags go with the descriptor
-            self._direct = None
 
     def _checkpoint(self) -> None:
         """Record the bytes written so far, now (a clean stop)."""

@@ -6,10 +6,10 @@ in batches of up to :data:`BATCH_BYTES` (read and hashed one batch ahead,
 :data:`BATCH_WINDOW` batches in flight), large files as single-file
 streams into the tree (:data:`LARGE_WINDOW` at a time), and TREE_COMMIT
 makes the whole tree durable and places it. Out of the guest: TREE_OPEN
-walks the guest tree, TREE_GET brings small files in batches (written one batch behind, in a worker
-thread), large files stream (:data:`LARGE_WINDOW` at a time), and a
-:class:`~vmis.services.fcopy.tree_writer.TreeWriter` makes the tree durable
-and places it on this machine. No host-only dependency.
+walks the guest tree, TREE_GET brings small files in batches (written one
+batch behind, in a worker thread), large files stream (:data:`LARGE_WINDOW`
+at a time), and a :class:`~vmis.services.fcopy.tree_writer.TreeWriter`
+makes the tree durable and places it on this machine. No host-only dependency.
 """
 
 from __future__ import annotations
