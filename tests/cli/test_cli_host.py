@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from support.imports import HOST_HEAVY, heavy_modules_loaded
-from vmis.cli.host import _all_commands, main
+from vmis.cli.host import _FIRST_WORDS, _all_commands, _commands_for, _group, main
+from vmis.psargs import find_verb
 from vmis.services.timesync import DEFAULT_INTERVAL_MS
 
 #: the bytes b"caf\xe9" as a command line's word: Latin-1, not UTF-8
@@ -70,6 +71,35 @@ def test_a_local_command_runs_without_a_manager(tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)
     assert main(["vm", "list"]) == 1
     assert "host manager is not running" in capsys.readouterr().err
+
+
+def test_each_group_lists_the_first_words_of_its_commands():
+    for group, words in _FIRST_WORDS.items():
+        firsts = {n.split()[0].lower() for c in _group(group) for n in (c.name, *c.aliases)}
+        assert set(words.split()) == firsts, group
+
+
+@pytest.mark.parametrize("name", sorted({n for c in _all_commands() for n in (c.name, *c.aliases)}))
+def test_a_command_line_finds_the_same_command_among_its_groups_as_among_all(name):
+    words = [*name.split(), "-?"]
+    assert find_verb(_commands_for(words[0]), words) == find_verb(_all_commands(), words)
+    shouted = [w.upper() for w in words]
+    assert find_verb(_commands_for(shouted[0]), shouted)[0] == find_verb(_all_commands(), words)[0]
+
+
+def test_an_unknown_command_is_looked_for_among_all_and_close_ones_are_named(capsys):
+    assert _commands_for("Copy-VMFil") == _all_commands()
+    assert main(["Copy-VMFil"]) == 2
+    assert "Did you mean Copy-VMFile, Get-VMFileCopy, Stop-VMFileCopy?" in capsys.readouterr().err
+
+
+def test_a_command_loads_its_own_commands_module_and_no_other():
+    others = ("vmis.cli.accountcmd", "vmis.cli.eventcmd", "vmis.cli.hypervisorcmd",
+              "vmis.cli.labcmd", "vmis.cli.policycmd", "vmis.cli.host_commands.kvp",
+              "vmis.cli.host_commands.vss", "vmis.services.kvp", "vmis.services.timesync")
+    _, loaded = heavy_modules_loaded("host", ["Copy-VMFile", "-?"],
+                                     (*others, "vmis.cli.host_commands.fcopy"))
+    assert loaded == ["vmis.cli.host_commands.fcopy"]
 
 
 def test_the_common_path_imports_nothing_heavy():

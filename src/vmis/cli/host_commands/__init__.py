@@ -1,19 +1,5 @@
-"""Host commands of the data-plane services, one module per service key, each with COMMANDS.
+"""Host commands of the data-plane services: one module per service key, each with COMMANDS.
 
-Listed here by name, in catalogue order (the order of ``vmis --help``), so the
-layering test sees every import: a new service's module is one more line.
+vmis.cli.host loads a module when a command line names one of its commands
+(its ``_FIRST_WORDS``); a new service's module is one more group there.
 """
-
-from vmis.cli.host_commands import fcopy, kvp, shutdown, timesync, vmsession, vss
-from vmis.psargs import Command
-
-__all__ = ["SERVICE_COMMANDS"]
-
-SERVICE_COMMANDS: tuple[Command, ...] = (
-    *fcopy.COMMANDS,
-    *kvp.COMMANDS,
-    *shutdown.COMMANDS,
-    *timesync.COMMANDS,
-    *vmsession.COMMANDS,
-    *vss.COMMANDS,
-)
