@@ -69,7 +69,7 @@ class FakeLink:
         return "the fake guest went away" if self._closed.is_set() else ""
 
     async def request(self, service: int, op: int, payload: Any = b"",
-                      timeout: float | None = 30.0) -> bytes:
+                      timeout: float | None = 30.0, into: Any = None) -> bytes:
         if not self.running:
             raise ChannelClosed("closed")
         body = decode_json(payload)

@@ -248,3 +248,86 @@ def test_decoders_served_one_at_a_time_may_share_the_callers_scratch_buffer():
     assert [g[0].payload for g in got[:-1]] == [f"vm{i}".encode() * 5 for i in range(50)]
     assert len(got[-1][0].payload) == 200_000 and got[-1][0].id == 9
     assert decoders[0]._own_scratch is None  # none of its own was made
+
+
+# Section: answers received into the caller's buffer (answer_into)
+
+
+def into_buffer(size: int = BIG) -> tuple[bytearray, memoryview]:
+    buffer = bytearray(size)
+    return buffer, memoryview(buffer)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(64, 400_000), min_size=1, max_size=6), st.booleans(),
+       st.sampled_from([64 * 1024, 64 * 1024 + 1, BIG]))
+def test_property_a_large_answer_lands_in_the_callers_buffer_in_any_chunking(sizes, fed,
+                                                                              length):
+    payload = os.urandom(length)
+    answer = Frame(Kind.RESPONSE, 6, 4, 5, payload)
+    around = [Frame(Kind.NOTIFY, 1, 1, 0, b"beat"), Frame(Kind.REQUEST, 6, 4, 5, payload)]
+    buffer, view = into_buffer()
+    dec = FrameDecoder()
+    dec.answer_into(5, view)
+    data = b"".join(wire(f) for f in [*around, answer, around[0]])
+    got = (feed_in if fed else recv_in)(dec, data, sizes)
+    assert got == [*around, answer, around[0]]
+    # the request with the same id got a buffer of its own; the answer is the caller's
+    assert not isinstance(got[1].payload, memoryview)
+    into = got[2].payload
+    assert isinstance(into, memoryview) and into.obj is buffer and len(into) == length
+    assert buffer[:length] == payload and not any(buffer[length:])
+
+
+def test_an_answer_fed_one_byte_at_a_time_lands_in_the_callers_buffer():
+    payload = os.urandom(64 * 1024 + 3)
+    buffer, view = into_buffer()
+    dec = FrameDecoder()
+    dec.answer_into(9, view)
+    [frame] = recv_in(dec, wire(Frame(Kind.RESPONSE, 6, 4, 9, payload)), [1])
+    assert isinstance(frame.payload, memoryview) and frame.payload.obj is buffer
+    assert frame.body == payload
+
+
+@pytest.mark.parametrize(("frame", "why"), [
+    (Frame(Kind.RESPONSE, 6, 4, 5, b"s" * 1000), "small: received as bytes"),
+    (Frame(Kind.RESPONSE, 6, 4, 5, b"L" * (BIG + 1)), "longer than the buffer"),
+    (Frame(Kind.RESPONSE, 6, 4, 6, b"o" * BIG), "another request's answer"),
+    (Frame(Kind.ERROR, 6, 4, 5, b"e" * BIG), "an error, not a response"),
+    (Frame(Kind.REQUEST, 6, 4, 5, b"r" * BIG), "the peer's request with the same id"),
+])
+def test_what_is_not_a_large_response_that_fits_keeps_its_own_buffer(frame, why):
+    buffer, view = into_buffer()
+    dec = FrameDecoder()
+    dec.answer_into(5, view)
+    [got] = recv_in(dec, wire(frame), [100_000])
+    assert got == frame and not isinstance(got.payload, memoryview), why
+    assert not any(buffer), why
+
+
+def test_a_buffer_serves_one_answer_and_a_dropped_or_cleared_one_none():
+    buffer, view = into_buffer()
+    dec = FrameDecoder()
+    dec.answer_into(5, view)
+    first, second = (Frame(Kind.RESPONSE, 6, 4, 5, os.urandom(BIG)) for _ in range(2))
+    got = recv_in(dec, wire(first) + wire(second), [70_000])
+    assert got == [first, second]
+    assert isinstance(got[0].payload, memoryview) and isinstance(got[1].payload, bytearray)
+    for forget in (lambda d: d.drop_answer_buffer(5), lambda d: d.drop_answer_buffer(),
+                   FrameDecoder.clear):
+        buffer, view = into_buffer()
+        dec = FrameDecoder()
+        dec.answer_into(5, view)
+        forget(dec)
+        assert recv_in(dec, wire(first), [70_000]) == [first] and not any(buffer)
+
+
+def test_hunting_after_an_answer_cut_off_in_the_callers_buffer_finds_the_sync():
+    buffer, view = into_buffer()
+    dec = FrameDecoder()
+    dec.answer_into(5, view)
+    cut = wire(Frame(Kind.RESPONSE, 6, 4, 5, os.urandom(BIG)))[: HEADER_SIZE + 90_000]
+    sync = Frame(Kind.REQUEST, 0, 1, 77, b"nonce")
+    assert recv_in(dec, cut, [30_000]) == []
+    dec.feed(wire(sync))
+    assert dec.hunt(SYNC) == sync

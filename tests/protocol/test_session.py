@@ -100,6 +100,28 @@ def test_stray_and_mismatched_answers():
     assert p.host.state is State.CLOSED
 
 
+def test_a_large_answer_arrives_in_the_requests_buffer_until_it_is_forgotten():
+    p = Pair()
+    p.handshake()
+    data = os.urandom(200_000)
+    buffer = bytearray(256 * 1024)
+    rid = p.host.send_request(6, 4, b"read", into=memoryview(buffer))
+    [req] = p.deliver(p.host, p.guest)
+    p.guest.send_response(req, data)
+    [answer] = p.deliver(p.guest, p.host, chunk=50_000)
+    assert isinstance(answer, ResponseReceived) and answer.id == rid
+    assert isinstance(answer.payload, memoryview) and answer.payload.obj is buffer
+    assert answer.payload == data
+    # forgotten (the caller gave up): its answer is a stray and the buffer is left alone
+    buffer = bytearray(256 * 1024)
+    rid = p.host.send_request(6, 4, b"read", into=memoryview(buffer))
+    [req] = p.deliver(p.host, p.guest)
+    p.host.forget(rid)
+    p.guest.send_response(req, data)
+    assert p.deliver(p.guest, p.host, chunk=50_000) == [StrayResponse(6, 4, rid)]
+    assert not any(buffer)
+
+
 def test_requests_before_hello_get_not_ready():
     p = Pair()
     p.host.start_sync()

@@ -491,7 +491,7 @@ class VmSession:
     # Section: requests of the host halves
 
     async def request(self, spec: ServiceSpec, op: int, payload: Payload = b"",
-                      timeout: float | None = 30.0) -> Received:
+                      timeout: float | None = 30.0, into: memoryview | None = None) -> Received:
         """Send a request of *spec*, checking first that the service can answer.
 
         :raise ServiceUnavailable: When the service is disabled on the host, the VM
@@ -506,7 +506,7 @@ class VmSession:
         assert self.link is not None
         start = time.perf_counter()
         try:
-            received = await self.link.request(spec.id, op, payload, timeout=timeout)
+            received = await self.link.request(spec.id, op, payload, timeout=timeout, into=into)
         except RemoteServiceError as exc:
             stats.record("refused", time.perf_counter() - start)
             if exc.code in ("service-stopped", "service-disabled", "unknown-service"):

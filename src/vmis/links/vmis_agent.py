@@ -139,8 +139,9 @@ class VmisAgentLink:
         return self._open_channel().lost_reason
 
     async def request(self, service: int, op: int, payload: Payload = b"",
-                      timeout: float | None = 30.0) -> Received:
-        return await self._open_channel().request(service, op, payload, timeout=timeout)
+                      timeout: float | None = 30.0, into: memoryview | None = None) -> Received:
+        return await self._open_channel().request(service, op, payload, timeout=timeout,
+                                                  into=into)
 
     def notify(self, service: int, op: int, payload: Payload = b"") -> None:
         self._open_channel().notify(service, op, payload)

@@ -74,8 +74,10 @@ class Kind(IntEnum):
 #: without being joined (bulk data is never copied to be framed)
 Payload = bytes | bytearray | memoryview | tuple[bytes | memoryview, ...]
 #: a received payload: ``bytes``, or for a large one the ``bytearray`` it was
-#: received into (nothing else holds it; it is not copied to become ``bytes``)
-Received = bytes | bytearray
+#: received into (nothing else holds it; it is not copied to become ``bytes``),
+#: or a view of the buffer the request's sender gave for its answer
+#: (:meth:`FrameDecoder.answer_into`)
+Received = bytes | bytearray | memoryview
 
 
 def payload_size(payload: Payload) -> int:
@@ -93,8 +95,9 @@ _NOTIFY = int(Kind.NOTIFY)
 class Frame:
     """One frame of docs/protocol.md §2.1, header fields plus payload.
 
-    Received frames carry :data:`Received` (``bytes``, or a ``bytearray`` for a
-    large payload); frames to send may carry a tuple of buffers.
+    Received frames carry :data:`Received` (``bytes``, or a ``bytearray`` or a
+    view of the caller's buffer for a large payload); frames to send may
+    carry a tuple of buffers.
     """
 
     kind: Kind
@@ -105,8 +108,8 @@ class Frame:
 
     @property
     def body(self) -> Received:
-        """The payload of a received frame (``bytes`` or ``bytearray``)."""
-        if not isinstance(self.payload, bytes | bytearray):
+        """The payload of a received frame (:data:`Received`)."""
+        if not isinstance(self.payload, bytes | bytearray | memoryview):
             raise LocalProtocolError("body is only defined for received frames")
         return self.payload
 
@@ -180,8 +183,10 @@ class FrameDecoder:
         #: a large frame in progress: its header fields, its payload buffer
         #: (allocated whole from the header) and how much of it has arrived
         self._large: tuple[Kind, int, int, int] | None = None
-        self._payload = bytearray()
+        self._payload: bytearray | memoryview = bytearray()
         self._fill = 0
+        #: request id -> where a large answer to it goes (answer_into)
+        self._into: dict[int, memoryview] = {}
         #: the scratch buffer get_buffer() last handed out (our own, or the caller's)
         self._scratch_view: memoryview | None = None
         # Made at the first get_buffer() without a scratch of the caller's: a
@@ -263,6 +268,31 @@ class FrameDecoder:
         self._large = None
         self._payload = bytearray()
         self._fill = 0
+        self._into.clear()
+
+    def answer_into(self, request_id: int, buffer: memoryview) -> None:
+        """Receive a large RESPONSE to *request_id* into *buffer* (its first bytes).
+
+        The frame then carries ``buffer[:length]``: the caller's memory, which
+        it may have aligned for direct I/O or may reuse once done with the
+        answer, instead of a new ``bytearray`` zeroed for each answer. A
+        response longer than *buffer*, or under the large-frame size, is
+        received as usual. The decoder forgets *buffer* once a response to
+        the id starts arriving, or at :meth:`drop_answer_buffer`.
+        """
+        self._into[request_id] = buffer
+
+    def drop_answer_buffer(self, request_id: int | None = None) -> None:
+        """Forget the buffer :meth:`answer_into` gave for *request_id* (None: every
+        request's), where no answer has started to arrive in it."""
+        if request_id is None:
+            self._into.clear()
+        else:
+            self._into.pop(request_id, None)
+
+    def _callers_buffer(self, kind: Kind, id: int, length: int) -> memoryview | None:
+        into = self._into.pop(id, None) if kind is Kind.RESPONSE and self._into else None
+        return into[:length] if into is not None and len(into) >= length else None
 
     # Section: decoding
 
@@ -296,13 +326,19 @@ class FrameDecoder:
                 # The rest goes straight into the payload's own buffer; what
                 # is here already is copied there once.
                 have = len(buf) - start
-                self._payload = bytearray(length)
+                into = self._callers_buffer(kind, id, length)
+                self._payload = bytearray(length) if into is None else into
                 self._payload[:have] = memoryview(buf)[start:]
                 self._fill = have
                 self._large = (kind, service, op, id)
                 self._consume(len(buf))
             return None
-        payload = bytes(buf[start:end])
+        into = self._callers_buffer(kind, id, length) if length >= _LARGE_FROM else None
+        if into is None:
+            payload: Received = bytes(buf[start:end])
+        else:
+            into[:] = memoryview(buf)[start:end]
+            payload = into
         self._consume(end)
         return Frame(kind, service, op, id, payload)
 

@@ -140,7 +140,8 @@ class ResponseReceived:
     service: int
     op: int
     id: int
-    #: ``bytearray`` when large (docs/protocol.md §2.2), ``bytes`` otherwise
+    #: ``bytearray`` when large (docs/protocol.md §2.2), ``bytes`` otherwise; a
+    #: view of the request's buffer when it gave one (Connection.send_request)
     payload: Received
 
 
@@ -206,7 +207,7 @@ def decode_json(payload: Received) -> dict[str, Any]:
     :raise RemoteProtocolError: When it is not valid UTF-8 JSON or not an object.
     """
     try:
-        obj = json.loads(payload)
+        obj = json.loads(payload if not isinstance(payload, memoryview) else bytes(payload))
     except (ValueError, RecursionError) as exc:
         # ValueError: not UTF-8, not JSON, or a number longer than Python
         # converts (4300 digits); RecursionError: nested deeper than the stack
@@ -330,15 +331,21 @@ class Connection:
         self._hello_id = self._request(CONTROL, ControlOp.HELLO, encode_json(offer))
         return self._hello_id
 
-    def send_request(self, service: int, op: int, payload: Payload = b"") -> int:
+    def send_request(self, service: int, op: int, payload: Payload = b"",
+                     into: memoryview | None = None) -> int:
         """Queue a request.
 
+        :param into: where a large answer is received (FrameDecoder.answer_into):
+            its payload is then a view of *into*.
         :return: the request id to match the answer with.
         :raise LocalProtocolError: Before the session is RUNNING, or when the
             payload exceeds the peer's limit.
         """
         self._require_running()
-        return self._request(service, op, payload)
+        rid = self._request(service, op, payload)
+        if into is not None:
+            self._decoder.answer_into(rid, into)
+        return rid
 
     def send_response(self, request: RequestReceived, payload: Payload = b"") -> None:
         """Queue the successful answer to *request*."""
@@ -365,6 +372,7 @@ class Connection:
     def forget(self, request_id: int) -> None:
         """Stop waiting for a request's answer (the caller gave up on it)."""
         self._outstanding.pop(request_id, None)
+        self._decoder.drop_answer_buffer(request_id)
 
     def data_to_send(self) -> list[bytes | memoryview]:
         """Take the buffers queued for the peer, in order; write them as they are."""
@@ -436,8 +444,12 @@ class Connection:
             self._fail()
             raise
 
-    def _fail(self) -> None:
+    def _forget_all(self) -> None:
         self._outstanding.clear()
+        self._decoder.drop_answer_buffer()
+
+    def _fail(self) -> None:
+        self._forget_all()
         if self.role is Role.HOST:
             self._state = State.CLOSED
         else:
@@ -486,7 +498,7 @@ class Connection:
         if self.role is Role.GUEST:
             if frame.kind is not Kind.REQUEST:
                 raise RemoteProtocolError("the host sent a SYNC answer")
-            self._outstanding.clear()
+            self._forget_all()
             replaced = self._state is State.RUNNING
             self._go("sync_received")
             self._emit(Frame(Kind.RESPONSE, CONTROL, ControlOp.SYNC, frame.id, frame.body))
@@ -500,6 +512,7 @@ class Connection:
 
     def _handle_answer(self, frame: Frame) -> Event:
         expected = self._outstanding.pop(frame.id, None)
+        self._decoder.drop_answer_buffer(frame.id)
         if expected is None:
             return StrayResponse(frame.service, frame.op, frame.id)
         if expected != (frame.service, frame.op):

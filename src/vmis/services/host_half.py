@@ -111,8 +111,9 @@ class VmContext(Protocol):
         ...
 
     async def request(self, spec: ServiceSpec, op: int, payload: Payload = b"",
-                      timeout: float | None = 30.0) -> Received:
-        """One request of *spec* through the link, after :meth:`require`."""
+                      timeout: float | None = 30.0, into: memoryview | None = None) -> Received:
+        """One request of *spec* through the link, after :meth:`require`
+        (*into*: Link.request's)."""
         ...
 
     def reconnect_now(self) -> None:

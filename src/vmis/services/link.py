@@ -123,8 +123,11 @@ class GuestLink(Protocol):
         ...
 
     async def request(self, service: int, op: int, payload: Payload = b"",
-                      timeout: float | None = 30.0) -> Received:
+                      timeout: float | None = 30.0, into: memoryview | None = None) -> Received:
         """One request of a service; the answer's payload.
+
+        *into* is the caller's buffer for a large answer, which then comes as
+        ``into[:length]``; a link may ignore it (the answer then comes as usual).
 
         :raise RemoteServiceError: When the guest answers with an error.
         :raise RequestTimeout: When no answer comes within *timeout* seconds.

@@ -305,11 +305,14 @@ class Channel(asyncio.BufferedProtocol):
         return body
 
     async def request(
-        self, service: int, op: int, payload: Payload = b"", timeout: float | None = 30.0
+        self, service: int, op: int, payload: Payload = b"", timeout: float | None = 30.0,
+        into: memoryview | None = None,
     ) -> Received:
         """Send a request and return the answer's payload.
 
         :param timeout: seconds to wait for the answer; None waits forever.
+        :param into: where a large answer is received; it is then ``into[:length]``
+            (Connection.send_request).
         :raise RemoteServiceError: When the peer answers with an error.
         :raise RequestTimeout: When no answer comes in time.
         :raise ChannelClosed: When the session ends first.
@@ -317,7 +320,7 @@ class Channel(asyncio.BufferedProtocol):
         """
         if self.transport is None or self.transport.is_closing():
             raise ChannelClosed("the channel is closed")
-        rid = self.conn.send_request(service, op, payload)
+        rid = self.conn.send_request(service, op, payload, into)
         return await self._wait(rid, timeout)
 
     async def _wait(self, rid: int, timeout: float | None) -> Received:

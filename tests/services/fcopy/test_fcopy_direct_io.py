@@ -7,7 +7,13 @@ import os
 
 import pytest
 
-from vmis.services.fcopy.direct_io import ALIGN, LOCAL_DISK, DirectWriter, filesystem_type
+from vmis.services.fcopy.direct_io import (
+    ALIGN,
+    LOCAL_DISK,
+    DirectWriter,
+    PageBuffers,
+    filesystem_type,
+)
 from vmis.services.fcopy.receiver import Receiver
 
 MIB = 1024 * 1024
@@ -84,6 +90,45 @@ def test_an_unaligned_offset_turns_direct_writing_off_for_good(direct_dir):
     assert writer.write(fd, memoryview(data), 0) == 0  # never again, even aligned
     os.close(fd)
     assert (direct_dir / "f").read_bytes() == data
+
+
+def test_a_chunk_in_a_page_buffer_is_written_from_where_it_is(direct_dir, monkeypatch):
+    data = os.urandom(2 * MIB)
+    buffers = PageBuffers(MIB)
+    fd = os.open(direct_dir / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    writer = DirectWriter()
+    written = []
+    pwrite = os.pwrite
+
+    def spy(fd, view, offset):
+        written.append(view.obj)
+        return pwrite(fd, view, offset)
+
+    monkeypatch.setattr(os, "pwrite", spy)
+    for off in (0, MIB):
+        buffer = buffers.take()
+        buffer[:] = data[off : off + MIB]
+        assert writer.write(fd, memoryview(buffer), off, aligned=True) == MIB
+        # no staging buffer: the chunk's own pages went to the disk
+        assert written.pop() is buffer and writer._stage is None
+        buffers.give(buffer)
+    assert writer.on and is_direct(fd) and buffers.made == 1
+    os.close(fd)
+    assert (direct_dir / "f").read_bytes() == data
+
+
+def test_page_buffers_are_reused_page_aligned_and_unmapped_when_closed():
+    buffers = PageBuffers(3 * ALIGN + 5)
+    a, b = buffers.take(), buffers.take()
+    assert a is not b and len(a) == 3 * ALIGN + 5 and buffers.made == 2
+    buffers.give(a)
+    assert buffers.take() is a and buffers.made == 2
+    view = memoryview(b)  # a buffer still in use is left to the garbage collector
+    buffers.give(a)
+    buffers.give(b)
+    buffers.close()
+    assert a.closed and not b.closed
+    view.release()
 
 
 def test_another_descriptor_is_never_written_direct(direct_dir):

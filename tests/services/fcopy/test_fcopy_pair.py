@@ -97,6 +97,37 @@ async def test_guest_to_host_small_and_large(pair, short_tmp):
         assert stat.S_IMODE(back.stat().st_mode) == 0o600
 
 
+async def test_a_copy_out_of_the_guest_receives_its_chunks_in_reused_page_buffers(
+        pair, short_tmp, monkeypatch):
+    from vmis.services.fcopy import CHUNK_SIZE, WINDOW
+    from vmis.services.fcopy.direct_io import PageBuffers
+    from vmis.services.fcopy.receiver import Receiver
+
+    data = os.urandom(12 * CHUNK_SIZE + 5)
+    host_file(pair.root / "tmp", "big", data)
+    made, seen = [], []
+    take, submit = PageBuffers.take, Receiver.submit
+
+    def counting_take(self):
+        buffer = take(self)
+        made.append(self.made)
+        return buffer
+
+    def recording_submit(self, offset, chunk, aligned=False):
+        seen.append(aligned)
+        return submit(self, offset, chunk, aligned=aligned)
+
+    monkeypatch.setattr(PageBuffers, "take", counting_take)
+    monkeypatch.setattr(Receiver, "submit", recording_submit)
+    result = await copy(pair, "/tmp/big", short_tmp / "big", "Guest")
+    assert (short_tmp / "big").read_bytes() == data and result["Sha256"] == sha(data)
+    # every whole chunk came in a buffer of the copy's (the last 5 bytes, a small
+    # answer, as usual), and the buffers went round: no more were made than READs
+    # and writes were in flight at once
+    assert seen == [True] * 12 + [False]
+    assert len(made) == 13 and max(made) <= 2 * WINDOW + 1
+
+
 async def test_non_ascii_names_travel_intact(pair, short_tmp):
     src = host_file(short_tmp, "résumé ✓.txt", b"hello")
     await copy(pair, src, "/tmp/")
@@ -455,7 +486,7 @@ async def test_a_failing_disk_in_the_guest_ends_the_copy_with_its_reason(pair, s
     src = host_file(short_tmp, "full.bin", data)
     real = Receiver._pwrite
 
-    def failing(self, offset, chunk, direct=None):
+    def failing(self, offset, chunk, direct=None, aligned=False):
         if offset >= 16 * MIB:
             raise ServiceError("too-large", f"writing {self.display}: No space left on device")
         real(self, offset, chunk)
@@ -480,7 +511,7 @@ async def test_a_failing_disk_on_the_host_ends_the_copy_out_of_the_guest(pair, s
     data = os.urandom(20 * MIB)
     (pair.root / "tmp/out.bin").write_bytes(data)
 
-    def failing(self, offset, chunk, direct=None):
+    def failing(self, offset, chunk, direct=None, aligned=False):
         raise ServiceError("failed", f"writing {self.display}: Input/output error")
 
     monkeypatch.setattr(Receiver, "_pwrite", failing)

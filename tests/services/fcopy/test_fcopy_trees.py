@@ -88,10 +88,10 @@ async def test_a_tree_of_many_batches_and_a_large_file_both_ways(pair, short_tmp
     requests = []
     session_request = pair.session.request
 
-    async def counting(spec, op, payload=b"", timeout=30.0):
+    async def counting(spec, op, payload=b"", timeout=30.0, into=None):
         if spec.key == "fcopy":
             requests.append(FcopyOp(op))
-        return await session_request(spec, op, payload, timeout=timeout)
+        return await session_request(spec, op, payload, timeout=timeout, into=into)
 
     pair.session.request = counting
     result = await copy(pair, src, "/tmp/dst")
@@ -201,11 +201,11 @@ async def test_a_trees_large_files_are_copied_side_by_side_both_ways(pair, short
     open_now, most = 0, 0
     session_request = pair.session.request
 
-    async def counting(spec, op, payload=b"", timeout=30.0):
+    async def counting(spec, op, payload=b"", timeout=30.0, into=None):
         nonlocal open_now, most
         opens = spec.key == "fcopy" and op in (FcopyOp.OPEN_WRITE, FcopyOp.OPEN_READ) \
             and b'"tree"' in bytes(payload)
-        answer = await session_request(spec, op, payload, timeout=timeout)
+        answer = await session_request(spec, op, payload, timeout=timeout, into=into)
         if opens and (decode_json_raw(answer)[0] if op == FcopyOp.OPEN_READ
                       else decode_json(answer)).get("handle"):
             open_now += 1

@@ -99,7 +99,8 @@ class QemuGaLink:
         return self.conn.lost_reason
 
     async def request(self, service: int, op: int, payload: Payload = b"",
-                      timeout: float | None = 30.0) -> Received:
+                      timeout: float | None = 30.0, into: memoryview | None = None) -> Received:
+        # qemu-ga's answers are JSON with base64: there is no raw payload to place
         translator = self._translators.get(service)
         if translator is None:
             raise RemoteServiceError("unknown-service", f"no service {service} over qemu-ga")

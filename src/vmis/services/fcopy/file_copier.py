@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import mmap
 import os
 import stat
 from collections import deque
@@ -39,6 +41,7 @@ from vmis.protocol import (
     encode_json_raw,
 )
 from vmis.services.fcopy import CHUNK_SIZE, DATA_TIMEOUT, HEAD_ROOM, WINDOW, FcopyOp, resume_token
+from vmis.services.fcopy.direct_io import PageBuffers
 from vmis.services.fcopy.partials import PartialIndex
 from vmis.services.fcopy.paths import RootedPaths, check_name, shown
 from vmis.services.fcopy.reader import Reader
@@ -53,10 +56,11 @@ _SHORT_TIMEOUT = 30.0
 
 
 class Requester(Protocol):
-    """Sends one fcopy request and returns the answer's payload."""
+    """Sends one fcopy request and returns the answer's payload (received into
+    *into* when it is large: Link.request)."""
 
-    def __call__(self, op: int, payload: Payload,
-                 timeout: float | None) -> Awaitable[Received]: ...
+    def __call__(self, op: int, payload: Payload, timeout: float | None,
+                 into: memoryview | None = None) -> Awaitable[Received]: ...
 
 
 @dataclass
@@ -355,8 +359,11 @@ class FileCopier:
         :param adopt: for a file of a tree: takes the verified partial file
             (then left unplaced) instead of it being moved into place.
         """
-        reads: deque[tuple[int, asyncio.Task[Received]]] = deque()
+        reads: deque[tuple[int, mmap.mmap, asyncio.Task[Received]]] = deque()
         writes: deque[asyncio.Future[Any]] = deque()
+        # This file's own: a buffer a cancelled READ may still be receiving
+        # into is never handed to another file.
+        buffers = PageBuffers(self.recv_chunk)
         keep = True
         failed = False
         try:
@@ -377,14 +384,20 @@ class FileCopier:
             while asked < receiver.size or reads:
                 while asked < receiver.size and len(reads) < self.window:
                     n = min(self.recv_chunk, receiver.size - asked)
-                    reads.append((asked, asyncio.ensure_future(self._call(
+                    buffer = buffers.take()
+                    reads.append((asked, buffer, asyncio.ensure_future(self._request(
                         FcopyOp.READ, encode_json({"handle": handle, "offset": asked,
-                                                   "length": n}), DATA_TIMEOUT))))
+                                                   "length": n}), DATA_TIMEOUT,
+                        memoryview(buffer)))))
                     asked += n
-                at, task = reads.popleft()
+                at, buffer, task = reads.popleft()
                 data = await task
                 receiver.claim(at, len(data))
-                writes.append(asyncio.wrap_future(receiver.submit(at, data)))
+                # received into the buffer (a link may answer in its own)
+                mine = isinstance(data, memoryview) and data.obj is buffer
+                written = receiver.submit(at, data, aligned=mine)
+                written.add_done_callback(functools.partial(_give_back, buffers, buffer))
+                writes.append(asyncio.wrap_future(written))
                 while len(writes) > self.window or (writes and writes[0].done()):
                     await writes.popleft()
                 self._stats.sent += len(data)
@@ -396,9 +409,9 @@ class FileCopier:
             keep = False
             digest = await self._in_worker(_finish, receiver, str(theirs), adopt)
         except BaseException as exc:
-            for _, task in reads:
+            for _, _, task in reads:
                 task.cancel()
-            await asyncio.gather(*(t for _, t in reads), *writes, return_exceptions=True)
+            await asyncio.gather(*(t for _, _, t in reads), *writes, return_exceptions=True)
             if handle:
                 await self._best_effort(FcopyOp.ABORT, {"handle": handle})
             keep = keep and not isinstance(exc, ServiceError)
@@ -409,6 +422,7 @@ class FileCopier:
             # checkpointed for a resume) before anyone hears of the failure.
             # Shielded: a cancellation does not stop the close.
             closing = asyncio.shield(asyncio.wrap_future(self._worker.submit(receiver.close, keep)))
+            closing.add_done_callback(lambda _: buffers.close())
             try:
                 await closing
             except Exception as err:
@@ -420,6 +434,10 @@ class FileCopier:
                 "Resumed": receiver.resumed}
         self._file_done(item)
         return item
+
+
+def _give_back(buffers: PageBuffers, buffer: mmap.mmap, _: object) -> None:
+    buffers.give(buffer)
 
 
 def _finish(receiver: Receiver, sha256: str, adopt: Callable[[Receiver], None] | None) -> str:

@@ -148,8 +148,9 @@ class FcopyHost(HostService[VmPart]):
         assert link is not None
         offer = session.guest.get(SPEC.key)
 
-        def request(op: int, payload: Any, timeout: float | None) -> Any:
-            return session.request(SPEC, op, payload, timeout=timeout)
+        def request(op: int, payload: Any, timeout: float | None,
+                    into: memoryview | None = None) -> Any:
+            return session.request(SPEC, op, payload, timeout=timeout, into=into)
 
         return CopyEngine(request, peer_max_payload=link.peer_max_payload,
                           own_max_payload=link.max_payload, progress=copy.on_progress,

@@ -257,29 +257,32 @@ class Receiver:
         self._hash.update(data)
         self._advance(offset + len(data))
 
-    def submit(self, offset: int, data: bytes | bytearray | memoryview) -> Future[None]:
+    def submit(self, offset: int, data: bytes | bytearray | memoryview,
+               aligned: bool = False) -> Future[None]:
         """Queue claimed data: one thread writes it while another hashes it.
 
         Writing and hashing each keep the offset order; the future is done
         when both are, so an answer sent then vouches for the data on disk
-        and in the hash.
+        and in the hash, and *data* is no longer used.
+
+        :param aligned: *data* starts at a page boundary (DirectWriter.write).
         """
         if self._io is None or self._hasher is None:
             self._io = ThreadPoolExecutor(1, thread_name_prefix="fcopy-write")
             self._hasher = ThreadPoolExecutor(1, thread_name_prefix="fcopy-hash")
             self._flusher = ThreadPoolExecutor(1, thread_name_prefix="fcopy-sync")
-        written = self._io.submit(self._pwrite, offset, data, self._direct)
+        written = self._io.submit(self._pwrite, offset, data, self._direct, aligned)
         return self._hasher.submit(self._digest, offset, data, written)
 
     def _pwrite(self, offset: int, data: bytes | bytearray | memoryview,
-                direct: DirectWriter | None = None) -> None:
+                direct: DirectWriter | None = None, aligned: bool = False) -> None:
         if self._gate is not None:
             self._gate()
         view = memoryview(data)
         if self.fd < 0:
             raise ServiceError("failed", "the copy was closed")
         try:
-            pos = direct.write(self.fd, view, offset) if direct is not None else 0
+            pos = direct.write(self.fd, view, offset, aligned) if direct is not None else 0
             while pos < len(view):
                 pos += os.pwrite(self.fd, view[pos:], offset + pos)
         except OSError as exc:

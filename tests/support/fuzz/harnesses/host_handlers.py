@@ -92,7 +92,7 @@ class FuzzLink:
         return "closed" if self._closed.is_set() else ""
 
     async def request(self, service: int, op: int, payload: Any = b"",
-                      timeout: float | None = 30.0) -> bytes:
+                      timeout: float | None = 30.0, into: Any = None) -> bytes:
         if not self.running:
             raise ChannelClosed("closed")
         queue = self.answers.get((service, op))
