@@ -95,7 +95,8 @@ def test_an_unknown_command_is_looked_for_among_all_and_close_ones_are_named(cap
 
 def test_a_command_loads_its_own_commands_module_and_no_other():
     others = ("vmis.cli.accountcmd", "vmis.cli.eventcmd", "vmis.cli.hypervisorcmd",
-              "vmis.cli.labcmd", "vmis.cli.policycmd", "vmis.cli.host_commands.kvp",
+              "vmis.cli.labcmd", "vmis.cli.policycmd", "vmis.cli.advisorcmd",
+              "vmis.cli.updatecmd", "vmis.cli.host_commands.kvp",
               "vmis.cli.host_commands.vss", "vmis.services.kvp", "vmis.services.timesync")
     _, loaded = heavy_modules_loaded("host", ["Copy-VMFile", "-?"],
                                      (*others, "vmis.cli.host_commands.fcopy"))

@@ -18,10 +18,8 @@ from typing import Any
 
 import vmis
 from vmis.api.client import ApiClient, api_path
-from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
 from vmis.cli.fleetcmd import COMPUTER, FLEET_COMMANDS, host_column, warn_pending
 from vmis.cli.table import Column, format_table, format_uptime, report_failures
-from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
 from vmis.errors import NotFoundError, UsageError, VmisError
 from vmis.psargs import Command, Param, find_verb, run_command, run_main
 
@@ -321,7 +319,7 @@ COMMANDS: tuple[Command, ...] = (
                                 "vmis vm remove -Id 5f0c9a6e-0d1b-4c1e-9a51-3d2f8e8b7c11")),
 )
 
-LOCAL_COMMANDS: tuple[Command, ...] = (
+HOST_SERVE: tuple[Command, ...] = (
     Command("host serve", "Run the host manager (API on a Unix socket, mode 0600; on TCP "
                           "with -Listen).", (
         Param("Db", help="SQLAlchemy URL, or $VMIS_DB (default "
@@ -346,8 +344,6 @@ LOCAL_COMMANDS: tuple[Command, ...] = (
         "vmis host serve -Listen 127.0.0.1:8080",
         "vmis host serve -Db postgresql+psycopg://vmis@db.example/vmis -ComputerName hv01",
     )),
-    *UPDATE_PATH_COMMANDS,
-    *SETUP_DISK_COMMANDS,
 )
 
 
@@ -426,7 +422,9 @@ def _group(name: str) -> tuple[Command, ...]:
             from vmis.cli.accountcmd import ACCOUNT_COMMANDS
             return ACCOUNT_COMMANDS
         case "local":
-            return LOCAL_COMMANDS
+            from vmis.cli.advisorcmd import UPDATE_PATH_COMMANDS
+            from vmis.cli.updatecmd import SETUP_DISK_COMMANDS
+            return HOST_SERVE + UPDATE_PATH_COMMANDS + SETUP_DISK_COMMANDS
         case "lab":
             from vmis.cli.labcmd import LAB_COMMANDS
             return LAB_COMMANDS
