@@ -174,7 +174,8 @@ class Lab:
             answer = self.http.post(f"/v1/vms/{VM}/copy", json={
                 "source": source, "destination": destination, "file_source": file_source,
                 "recurse": True})
-            answer.raise_for_status()
+            if answer.is_error:
+                raise RuntimeError(f"the copy's API call: {answer.status_code} {answer.text}")
             return answer.json()
 
         row = self.timed(call)

@@ -16,9 +16,11 @@ HOST_HEAVY = ("httpx", "rich", "fastapi", "starlette", "pydantic", "uvicorn", "w
               "sqlalchemy", "alembic", "qemu", "vmis.host", "vmis.qemu", "vmis.lab",
               "vmis.advisor", "asyncio", "ssl", "dataclasses", "inspect", "hashlib",
               "_hashlib")
-#: what the guest tools' common path must not load: the agent, its transports, asyncio
+#: what the guest tools' common path must not load: the agent, its transports, asyncio;
+#: hashlib and secrets (hmac, random: 8 ms, for a host's nonces and resume tokens only)
 GUEST_HEAVY = ("asyncio", "ssl", "logging", "vmis.guest.agent", "vmis.guest.control",
-               "vmis.guest.manager", "vmis.transport", "vmis.services.fcopy.guest")
+               "vmis.guest.manager", "vmis.transport", "vmis.services.fcopy.guest",
+               "hashlib", "_hashlib", "secrets", "hmac")
 
 
 def heavy_modules_loaded(program: str, words: Sequence[str], heavy: Sequence[str],

@@ -16,7 +16,6 @@ turns frames into are read together.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -240,12 +239,21 @@ def decode_json_raw(payload: Received) -> tuple[dict[str, Any], memoryview]:
 # Section: the connection
 
 
+def _token_bytes(n: int) -> bytes:
+    # Imported when a host makes its first nonce: secrets loads hashlib, hmac and
+    # random, 8 ms of every command line that reads the protocol's constants.
+    import secrets
+
+    return secrets.token_bytes(n)
+
+
 class Connection:
     """One end of a vmis session (docs/protocol.md §3).
 
     :param role: ``Role.HOST`` dials and starts the resync; ``Role.GUEST`` hunts.
     :param max_payload: our own receive limit, announced in HELLO.
-    :param random_bytes: nonce source, injectable for deterministic tests.
+    :param random_bytes: nonce source, injectable for deterministic tests
+        (default ``secrets.token_bytes``).
     """
 
     def __init__(
@@ -253,13 +261,13 @@ class Connection:
         role: Role,
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
-        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
         #: which end this is
         self.role = role
         self._state = State.HUNTING
         self._decoder = FrameDecoder(max_payload)
-        self._random = random_bytes
+        self._random = random_bytes or _token_bytes
         self._out: list[bytes | memoryview] = []
         self._nonce = b""
         self._next_id = 1
