@@ -261,13 +261,13 @@ class Connection:
         role: Role,
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
-        random_bytes: Callable[[int], bytes] | None = None,
+        random_bytes: Callable[[int], bytes] = _token_bytes,
     ) -> None:
         #: which end this is
         self.role = role
         self._state = State.HUNTING
         self._decoder = FrameDecoder(max_payload)
-        self._random = random_bytes or _token_bytes
+        self._random = random_bytes
         self._out: list[bytes | memoryview] = []
         self._nonce = b""
         self._next_id = 1

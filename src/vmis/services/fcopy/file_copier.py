@@ -359,7 +359,7 @@ class FileCopier:
         :param adopt: for a file of a tree: takes the verified partial file
             (then left unplaced) instead of it being moved into place.
         """
-        reads: deque[tuple[int, mmap.mmap, asyncio.Task[Received]]] = deque()
+        reads: deque[tuple[int, mmap.mmap | None, asyncio.Task[Received]]] = deque()
         writes: deque[asyncio.Future[Any]] = deque()
         # This file's own: a buffer a cancelled READ may still be receiving
         # into is never handed to another file.
@@ -384,19 +384,22 @@ class FileCopier:
             while asked < receiver.size or reads:
                 while asked < receiver.size and len(reads) < self.window:
                     n = min(self.recv_chunk, receiver.size - asked)
-                    buffer = buffers.take()
+                    # a whole chunk only: a file's short tail would fault in a
+                    # new buffer of a whole chunk for a few bytes
+                    buffer = buffers.take() if n == self.recv_chunk else None
                     reads.append((asked, buffer, asyncio.ensure_future(self._request(
                         FcopyOp.READ, encode_json({"handle": handle, "offset": asked,
                                                    "length": n}), DATA_TIMEOUT,
-                        memoryview(buffer)))))
+                        None if buffer is None else memoryview(buffer)))))
                     asked += n
                 at, buffer, task = reads.popleft()
                 data = await task
                 receiver.claim(at, len(data))
                 # received into the buffer (a link may answer in its own)
-                mine = isinstance(data, memoryview) and data.obj is buffer
+                mine = buffer is not None and isinstance(data, memoryview) and data.obj is buffer
                 written = receiver.submit(at, data, aligned=mine)
-                written.add_done_callback(functools.partial(_give_back, buffers, buffer))
+                if buffer is not None:
+                    written.add_done_callback(functools.partial(_give_back, buffers, buffer))
                 writes.append(asyncio.wrap_future(written))
                 while len(writes) > self.window or (writes and writes[0].done()):
                     await writes.popleft()
