@@ -3,15 +3,19 @@
 import errno
 import fcntl
 import hashlib
+import mmap
 import os
+import time
 
 import pytest
 
 from vmis.services.fcopy.direct_io import (
     ALIGN,
     LOCAL_DISK,
+    SPARES,
     DirectWriter,
     PageBuffers,
+    SpareBuffers,
     filesystem_type,
 )
 from vmis.services.fcopy.receiver import Receiver
@@ -117,18 +121,67 @@ def test_a_chunk_in_a_page_buffer_is_written_from_where_it_is(direct_dir, monkey
     assert (direct_dir / "f").read_bytes() == data
 
 
-def test_page_buffers_are_reused_page_aligned_and_unmapped_when_closed():
+def test_page_buffers_are_reused_and_become_the_next_files_spares():
+    SPARES.drop()
     buffers = PageBuffers(3 * ALIGN + 5)
     a, b = buffers.take(), buffers.take()
     assert a is not b and len(a) == 3 * ALIGN + 5 and buffers.made == 2
     buffers.give(a)
     assert buffers.take() is a and buffers.made == 2
-    view = memoryview(b)  # a buffer still in use is left to the garbage collector
+    kept = buffers.take()  # never given back: a READ may still be receiving into it
     buffers.give(a)
     buffers.give(b)
     buffers.close()
-    assert a.closed and not b.closed
+    # the next file starts with the spares, mapped and faulted in already
+    following = PageBuffers(3 * ALIGN + 5)
+    firsts = {id(following.take()), id(following.take())}
+    assert firsts == {id(a), id(b)} and following.made == 2
+    assert following.take() is not kept and following.made == 3
+    # another size is not served from them
+    assert PageBuffers(ALIGN).take() not in (a, b)
+    SPARES.drop()
+    assert not a.closed  # still the following file's
+
+
+def test_spare_buffers_are_capped_and_dropped():
+    SPARES.drop()
+    size = SPARES.limit // 3 + ALIGN
+    buffers = PageBuffers(size)
+    taken = [buffers.take() for _ in range(3)]
+    for buffer in taken:
+        buffers.give(buffer)
+    buffers.close()
+    # two fit under the cap; the third is unmapped
+    kept = [b for b in taken if not b.closed]
+    assert len(kept) == 2
+    following = PageBuffers(size)
+    assert {id(following.take()), id(following.take())} == {id(b) for b in kept}
+    assert following.take() not in taken
+    # a spare still exported when dropped is left to the garbage collector
+    spares = PageBuffers(ALIGN)
+    spare, exported = spares.take(), spares.take()
+    view = memoryview(exported)
+    spares.give(spare)
+    spares.give(exported)
+    spares.close()
+    SPARES.drop()
+    assert spare.closed and not exported.closed
+    assert PageBuffers(ALIGN).take() not in (spare, exported)
     view.release()
+
+
+def test_spares_are_unmapped_once_idle():
+    clock = [100.0]
+    spares = SpareBuffers(4 * ALIGN, idle=0.05, clock=lambda: clock[0])
+    one, two = (mmap.mmap(-1, ALIGN) for _ in range(2))
+    assert spares.keep(one)
+    clock[0] += 0.04
+    assert spares.keep(two)  # used again: the timer that fires next finds it busy
+    deadline = time.monotonic() + 10
+    while spares._timer is not None and not one.closed and time.monotonic() < deadline:
+        clock[0] += 0.01
+        time.sleep(0.01)
+    assert one.closed and two.closed and spares.take(ALIGN) is None
 
 
 def test_another_descriptor_is_never_written_direct(direct_dir):
