@@ -34,8 +34,8 @@ from pathlib import Path
 from vmis.lab.lab import Lab, run_lab_up
 
 #: how the console scripts start (setuptools' wrapper, without its file lookup)
-HOST = "import sys; from vmis.cli.host import main; sys.exit(main())"
-GUEST = "import sys; from vmis.cli.guest import main; sys.exit(main())"
+HOST = "import sys; from vmis.cli.host import console; sys.exit(console())"
+GUEST = "import sys; from vmis.cli.guest import console; sys.exit(console())"
 
 
 def _cpu() -> float:

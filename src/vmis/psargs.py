@@ -26,7 +26,7 @@ import itertools
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from vmis.errors import InternalError, RequestRefused, UsageError, VmisError
 
@@ -34,6 +34,7 @@ __all__ = [
     "HELP_WORDS",
     "Command",
     "Param",
+    "exit_now",
     "find_command",
     "find_verb",
     "leading_options",
@@ -85,6 +86,32 @@ def run_main(body: Callable[[], int], prefix: Callable[[VmisError], str],
                             "VMIS_DEBUG=1 shows where)")
         report_error(prefix(bug), bug, as_json)
         return 1
+
+
+def exit_now(status: int) -> NoReturn:
+    """End a command line's process with *status*, without tearing the interpreter down.
+
+    A command's work is done once its output is flushed; unloading the modules
+    it imported and freeing their objects one by one took 4 ms of a 35 ms
+    ``vmis Copy-VMFile`` (bench/cli_start.py). The functions registered with
+    :mod:`atexit` still run and stdout and stderr are flushed. A process
+    with another thread that is not a daemon (the interpreter waits for it),
+    or whose output cannot be flushed, ends the ordinary way.
+    """
+    threading = sys.modules.get("threading")
+    if threading is None or all(t.daemon or t is threading.current_thread()
+                                for t in threading.enumerate()):
+        import atexit
+        import os
+
+        try:
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:  # the ordinary exit reports it
+            sys.exit(status)
+        os._exit(status)
+    sys.exit(status)
 
 
 def wants_json(words: Sequence[str]) -> bool:

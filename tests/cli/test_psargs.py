@@ -138,3 +138,41 @@ def test_an_unexpected_error_is_one_line_too(capsys, monkeypatch):
     monkeypatch.setenv("VMIS_DEBUG", "1")
     with pytest.raises(KeyError):
         run_main(bug, lambda exc: "vmis")
+
+
+def _exit_now(script, tmp_path):
+    """Run *script*, which ends with psargs.exit_now, in a new interpreter."""
+    import subprocess
+    import sys
+
+    prelude = (
+        "import atexit, os, sys, threading, time\n"
+        "from vmis.psargs import exit_now\n"
+        f"MARK = {str(tmp_path / 'mark')!r}\n"
+        "class TornDown:\n"
+        "    def __del__(self):\n"
+        "        os.write(1, b' torn down')\n"
+        "kept = TornDown()\n"
+        "atexit.register(lambda: open(MARK, 'a').write('atexit '))\n"
+    )
+    return subprocess.run([sys.executable, "-c", prelude + script], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_exit_now_flushes_runs_atexit_and_skips_the_teardown(tmp_path):
+    done = _exit_now("print('answer', end='')\nexit_now(3)\n", tmp_path)
+    assert done.returncode == 3 and done.stdout == "answer"
+    assert (tmp_path / "mark").read_text() == "atexit "
+
+
+def test_exit_now_waits_the_ordinary_way_for_a_thread_that_is_not_a_daemon(tmp_path):
+    done = _exit_now(
+        "def late():\n"
+        "    time.sleep(0.2)\n"
+        "    open(MARK, 'a').write('thread ')\n"
+        "threading.Thread(target=late).start()\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "print('answer', end='')\n"
+        "exit_now(0)\n", tmp_path)
+    assert done.returncode == 0 and done.stdout == "answer torn down"
+    assert (tmp_path / "mark").read_text() == "thread atexit "

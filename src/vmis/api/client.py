@@ -20,22 +20,22 @@ import json as jsonlib
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote, urlencode
 
-from vmis.api.remote import Remote
 from vmis.errors import ChannelClosed, ConfigError, ConnectError, ManagerApiError, RequestTimeout
 
 if TYPE_CHECKING:
     from io import BufferedReader
+    from pathlib import Path
 
+    from vmis.api.remote import Remote
     from vmis.api.sse import SseEvent
 
 __all__ = ["SYSTEM_SOCKET", "ApiClient", "api_path", "default_lab_dir", "default_socket"]
 
 #: where a system-wide host manager listens
-SYSTEM_SOCKET = Path("/run/vmis/host.sock")
+SYSTEM_SOCKET = "/run/vmis/host.sock"
 #: the longest answer a plain call reads (a Get-VM of thousands of VMs is far less)
 MAX_ANSWER = 256 * 1024 * 1024
 #: the longest head of an answer, and the longest line of a stream
@@ -51,14 +51,21 @@ def default_lab_dir() -> Path:
     wherever it runs. A relative ``$XDG_STATE_HOME`` is ignored, as the XDG
     Base Directory specification requires.
     """
+    from pathlib import Path  # the lab's commands: the common path does without it
+
+    return Path(_lab_dir())
+
+
+def _lab_dir() -> str:
     if explicit := os.environ.get("VMIS_LAB_DIR"):
-        return Path(explicit).expanduser().absolute()
+        return os.path.abspath(os.path.expanduser(explicit))
     state = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
-    return base / "vmis" / "lab"
+    base = state if os.path.isabs(state) else os.path.join(os.path.expanduser("~"), ".local",
+                                                           "state")
+    return os.path.join(base, "vmis", "lab")
 
 
-def default_socket() -> Path:
+def default_socket() -> str:
     """The manager socket the CLI talks to.
 
     ``$VMIS_SOCKET`` if set; else the lab's manager when the lab directory
@@ -66,9 +73,9 @@ def default_socket() -> Path:
     ``/run/vmis/host.sock``.
     """
     if env := os.environ.get("VMIS_SOCKET"):
-        return Path(env)
-    lab = default_lab_dir() / "host.sock"
-    if lab.exists():
+        return env
+    lab = os.path.join(_lab_dir(), "host.sock")
+    if os.path.exists(lab):
         return lab
     return SYSTEM_SOCKET
 
@@ -208,9 +215,9 @@ class ApiClient:
     :param remote: a manager over TCP instead (its URL, token, trust).
     """
 
-    def __init__(self, socket: Path | None = None, timeout: float = 60.0,
+    def __init__(self, socket: str | Path | None = None, timeout: float = 60.0,
                  remote: Remote | None = None) -> None:
-        self.socket = socket or default_socket()
+        self.socket = os.fspath(socket or default_socket())
         self.timeout = timeout
         self.remote = remote
         self._httpx: Any = None
@@ -218,12 +225,16 @@ class ApiClient:
     @classmethod
     def for_target(cls, server: str | None = None) -> ApiClient:
         """The client of ``-Server`` (else ``$VMIS_URL``), else of the local socket."""
+        if not (server or os.environ.get("VMIS_URL")):
+            return cls()
+        from vmis.api.remote import Remote  # TLS and URLs: not the local socket's concern
+
         return cls(remote=Remote.from_environment(server))
 
     @property
     def where(self) -> str:
         """The manager, for messages: its URL or its socket."""
-        return self.remote.url if self.remote is not None else str(self.socket)
+        return self.remote.url if self.remote is not None else self.socket
 
     def close(self) -> None:
         if self._httpx is not None:
@@ -285,7 +296,7 @@ class ApiClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect(str(self.socket))
+            sock.connect(self.socket)
         except OSError as exc:
             sock.close()
             raise self._unreachable(exc) from exc
@@ -375,7 +386,7 @@ class ApiClient:
                 base_url=self.remote.url, headers=self.remote.headers(), timeout=self.timeout,
                 verify=self.remote.library_context(self.timeout) or False)
         elif self._httpx is None:
-            self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
+            self._httpx = httpx.Client(transport=httpx.HTTPTransport(uds=self.socket),
                                        base_url="http://vmis", timeout=self.timeout)
         return self._httpx
 
@@ -391,7 +402,7 @@ class ApiClient:
 
         try:
             if self.remote is None:
-                return await unix_connect(str(self.socket), f"ws://vmis/v1{path}", **options)
+                return await unix_connect(self.socket, f"ws://vmis/v1{path}", **options)
             scheme = "wss" if self.remote.scheme == "https" else "ws"
             return await connect(
                 f"{scheme}://{self.remote.host_header}/v1{path}",

@@ -11,14 +11,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import vmis
 from vmis.cli.table import Column, format_table
 from vmis.errors import ConfigError, UsageError, VmisError
 from vmis.guest.client import ControlClient
 from vmis.guest.config import CONFIG_PATH, AgentConfig, load_config
-from vmis.psargs import Command, Param, find_verb, run_command, run_main
+from vmis.psargs import Command, Param, exit_now, find_verb, run_command, run_main
 from vmis.services.catalog import CATALOG, ServiceSpec, StartupType, match_guest_names
 
 __all__ = ["main"]
@@ -297,5 +297,10 @@ def _run(words: list[str]) -> int:
     return run_command(cmd, rest, lambda args: cmd.run(g, args))
 
 
+def console() -> NoReturn:
+    """The ``vmis-guest`` console script: :func:`main`, then :func:`~vmis.psargs.exit_now`."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

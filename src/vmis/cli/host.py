@@ -13,15 +13,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import vmis
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.fleetcmd import COMPUTER, FLEET_COMMANDS, host_column, warn_pending
 from vmis.cli.table import Column, format_table, format_uptime, report_failures
 from vmis.errors import NotFoundError, UsageError, VmisError
-from vmis.psargs import Command, Param, find_verb, run_command, run_main
+from vmis.psargs import Command, Param, exit_now, find_verb, run_command, run_main
 
 __all__ = ["COMMANDS", "main"]
 
@@ -227,6 +226,7 @@ def run_fast(main: Any) -> None:
 
 def cmd_host_serve(args: dict[str, Any]) -> int:
     import logging
+    from pathlib import Path
 
     from vmis.api.client import SYSTEM_SOCKET
     from vmis.api.server import Listen, serve
@@ -494,5 +494,10 @@ def _call(cmd: Command, args: dict[str, Any]) -> int:
     return code
 
 
+def console() -> NoReturn:
+    """The ``vmis`` console script: :func:`main`, then :func:`~vmis.psargs.exit_now`."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

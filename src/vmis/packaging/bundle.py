@@ -44,11 +44,9 @@ def is_guest_side(relative: str) -> bool:
     inside = any(relative == spec or relative.startswith(spec + "/") for spec in GUEST_SIDE)
     return inside and not any(fnmatch.fnmatchcase(relative, p) for p in HOST_ONLY)
 
-_MAIN = b"""import sys
+_MAIN = b"""from vmis.cli.guest import console
 
-from vmis.cli.guest import main
-
-sys.exit(main())
+console()
 """
 #: zip entries carry this time so a rebuild gives the same bytes (1980-01-01)
 _EPOCH = (1980, 1, 1, 0, 0, 0)
