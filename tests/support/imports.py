@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 #: the manager and its database, QEMU, the lab, the advisor's data, rich, asyncio;
 #: dataclasses (it imports inspect, ast and dis: a third of the command line's start);
 #: hashlib (OpenSSL's: 3 ms, for a remote manager's certificate fingerprint only);
-#: pathlib and a remote manager's module (URLs, TLS): 5 ms, for the local socket
+#: pathlib, urllib.parse and a remote manager's module (URLs, TLS): 7 ms, for the local socket
 HOST_HEAVY = ("httpx", "rich", "fastapi", "starlette", "pydantic", "uvicorn", "websockets",
               "sqlalchemy", "alembic", "qemu", "vmis.host", "vmis.qemu", "vmis.lab",
               "vmis.advisor", "asyncio", "ssl", "dataclasses", "inspect", "hashlib",
-              "_hashlib", "pathlib", "vmis.api.remote")
+              "_hashlib", "pathlib", "vmis.api.remote", "urllib.parse", "ipaddress")
 #: what the guest tools' common path must not load: the agent, its transports, asyncio;
 #: hashlib and secrets (hmac, random: 8 ms, for a host's nonces and resume tokens only)
 GUEST_HEAVY = ("asyncio", "ssl", "logging", "vmis.guest.agent", "vmis.guest.control",
