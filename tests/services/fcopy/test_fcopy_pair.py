@@ -519,3 +519,70 @@ async def test_a_failing_disk_on_the_host_ends_the_copy_out_of_the_guest(pair, s
         await copy(pair, "/tmp/out.bin", short_tmp / "out.bin", "Guest")
     assert [p.name for p in short_tmp.iterdir() if p.name.startswith(".out.bin")
             or p.name == "out.bin"] == []
+
+
+def _recording_requests(monkeypatch):
+    """The fcopy ops the host sends that are not data (READ), in order; tests add events."""
+    from vmis.services.fcopy.file_copier import FileCopier
+
+    events = []
+    call = FileCopier._call
+
+    def recording(self, op, payload, timeout):
+        events.append(op.name)
+        return call(self, op, payload, timeout)
+
+    monkeypatch.setattr(FileCopier, "_call", recording)
+    return events
+
+
+async def test_the_guest_closes_its_file_while_the_last_chunks_are_written(
+        pair, short_tmp, monkeypatch):
+    import time as clock
+
+    from vmis.services.fcopy import CHUNK_SIZE
+    from vmis.services.fcopy.receiver import Receiver
+
+    data = os.urandom(3 * CHUNK_SIZE)
+    host_file(pair.root / "tmp", "big", data)
+    events = _recording_requests(monkeypatch)
+    pwrite = Receiver._pwrite
+
+    def slow_last_write(self, offset, chunk, *args, **kwargs):
+        if offset == 2 * CHUNK_SIZE:
+            clock.sleep(0.3)  # the worker thread's: the guest answers CLOSE meanwhile
+            events.append("last write done")
+        return pwrite(self, offset, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(Receiver, "_pwrite", slow_last_write)
+    result = await copy(pair, "/tmp/big", short_tmp / "big", "Guest")
+    assert (short_tmp / "big").read_bytes() == data and result["Sha256"] == sha(data)
+    assert events.index("CLOSE") < events.index("last write done")
+    assert len(fcopy(pair).handles) == 0
+
+
+async def test_a_last_write_that_fails_after_the_guest_closed_sends_no_abort(
+        pair, short_tmp, monkeypatch):
+    from vmis.errors import ServiceError, VmisError
+    from vmis.services.fcopy import CHUNK_SIZE
+    from vmis.services.fcopy.receiver import Receiver
+
+    data = os.urandom(3 * CHUNK_SIZE)
+    host_file(pair.root / "tmp", "big", data)
+    events = _recording_requests(monkeypatch)
+    pwrite = Receiver._pwrite
+
+    def failing_last_write(self, offset, chunk, *args, **kwargs):
+        if offset == 2 * CHUNK_SIZE:
+            import time as clock
+
+            clock.sleep(0.3)
+            raise ServiceError("failed", f"writing {self.display}: Input/output error")
+        return pwrite(self, offset, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(Receiver, "_pwrite", failing_last_write)
+    with pytest.raises(VmisError, match="Input/output error"):
+        await copy(pair, "/tmp/big", short_tmp / "big", "Guest")
+    assert "CLOSE" in events and "ABORT" not in events
+    assert len(fcopy(pair).handles) == 0
+    assert not (short_tmp / "big").exists()

@@ -364,6 +364,7 @@ class FileCopier:
         # This file's own: a buffer a cancelled READ may still be receiving
         # into is never handed to another file.
         buffers = PageBuffers(self.recv_chunk)
+        closed: asyncio.Future[dict[str, Any]] | None = None
         keep = True
         failed = False
         try:
@@ -405,9 +406,13 @@ class FileCopier:
                     await writes.popleft()
                 self._stats.sent += len(data)
                 self._advance(len(data))
+            # Every byte is here: the guest finishes its hash while the last
+            # chunks are written and hashed here, not after.
+            closed = asyncio.ensure_future(self._json(FcopyOp.CLOSE, {"handle": handle},
+                                                      DATA_TIMEOUT))
             while writes:
                 await writes.popleft()
-            theirs = (await self._json(FcopyOp.CLOSE, {"handle": handle}, DATA_TIMEOUT))["sha256"]
+            theirs = (await closed)["sha256"]
             handle = 0
             keep = False
             digest = await self._in_worker(_finish, receiver, str(theirs), adopt)
@@ -415,6 +420,14 @@ class FileCopier:
             for _, _, task in reads:
                 task.cancel()
             await asyncio.gather(*(t for _, _, t in reads), *writes, return_exceptions=True)
+            if closed is not None and handle:
+                # a handle the guest closed needs no ABORT; one it did not, or may
+                # not have (no answer in 5 s), gets one
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait({closed}, timeout=5)
+                if closed.done() and not closed.cancelled() and closed.exception() is None:
+                    handle = 0
+                closed.cancel()
             if handle:
                 await self._best_effort(FcopyOp.ABORT, {"handle": handle})
             keep = keep and not isinstance(exc, ServiceError)
