@@ -21,7 +21,7 @@ from vmis.guest.config import CONFIG_PATH, AgentConfig, load_config
 from vmis.psargs import Command, Param, exit_now, find_verb, run_command, run_main
 from vmis.services.catalog import CATALOG, ServiceSpec, StartupType, match_guest_names
 
-__all__ = ["main"]
+__all__ = ["console", "main"]
 
 
 class Globals:

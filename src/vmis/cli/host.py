@@ -22,7 +22,7 @@ from vmis.cli.table import Column, format_table, format_uptime, report_failures
 from vmis.errors import NotFoundError, UsageError, VmisError
 from vmis.psargs import Command, Param, exit_now, find_verb, run_command, run_main
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "console", "main"]
 
 JSON = Param("json", "switch", help="print JSON for scripts")
 GUEST_AGENT = Param("GuestAgent", choices=("vmis", "qemu-ga"),
