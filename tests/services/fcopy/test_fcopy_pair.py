@@ -406,6 +406,27 @@ async def test_api_streams_progress_then_the_result(pair, short_tmp):
     assert all(0 <= line["bytes"] <= line["total"] == len(data) for line in lines[:-1])
 
 
+async def test_api_answers_a_plain_call_with_the_streams_result(pair, short_tmp):
+    tree = short_tmp / "tree"
+    (tree / "d").mkdir(parents=True)
+    for i in range(30):
+        (tree / "d" / f"f{i}\u00e9").write_bytes(os.urandom(i))
+    body = {"source": str(tree), "destination": "/tmp/", "file_source": "Host",
+            "recurse": True, "force": True}
+    plain = await pair.api.post("/v1/vms/DemoVM/copy", json=body, timeout=60)
+    assert plain.status_code == 200
+    assert plain.headers["content-type"] == "application/json"
+    async with pair.api.stream("POST", "/v1/vms/DemoVM/copy?stream=true", json=body,
+                               timeout=60) as response:
+        lines = [json.loads(line) async for line in response.aiter_lines() if line.strip()]
+    streamed = {k: v for k, v in lines[-1].items() if k != "type"}
+    answer = plain.json()
+    assert len(answer["Items"]) == 30 and answer["Items"][0]["Path"].endswith("\u00e9")
+    for result in (answer, streamed):
+        result.pop("Seconds"), result.pop("BytesPerSecond")
+    assert answer == streamed
+
+
 async def test_api_reports_errors_before_and_during_the_copy(pair, short_tmp):
     bad = await pair.api.post("/v1/vms/NoSuchVM/copy",
                               json={"source": "/x", "destination": "/tmp/"})

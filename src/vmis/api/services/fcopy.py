@@ -85,10 +85,13 @@ async def copy(request: Request, name: str, body: CopyIn,
     _publish(request, name, body, running, task)
     if not stream:
         try:
-            return await asyncio.shield(task)
+            result = await asyncio.shield(task)
         except asyncio.CancelledError:
             running.stop("the client went away")
             raise
+        # Encoded here, not by FastAPI's jsonable_encoder, which walks every
+        # value in Python: 17-24 ms for the 2,000 items of a tree's result.
+        return Response(_line(result), media_type="application/json")
     try:
         # A copy over before its first progress line needs no stream: its one
         # line is a plain answer, without a streaming response's machinery.
