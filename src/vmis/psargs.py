@@ -96,11 +96,14 @@ def exit_now(status: int) -> NoReturn:
     ``vmis Copy-VMFile`` (bench/cli_start.py). The functions registered with
     :mod:`atexit` still run and stdout and stderr are flushed. A process
     with another thread that is not a daemon (the interpreter waits for it),
-    or whose output cannot be flushed, ends the ordinary way.
+    whose output cannot be flushed, or that runs under a profiler or a
+    debugger (``python -m cProfile`` reports on the way out) ends the
+    ordinary way.
     """
     threading = sys.modules.get("threading")
-    if threading is None or all(t.daemon or t is threading.current_thread()
-                                for t in threading.enumerate()):
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if not watched and (threading is None or all(t.daemon or t is threading.current_thread()
+                                                  for t in threading.enumerate())):
         import atexit
         import os
 

@@ -176,3 +176,15 @@ def test_exit_now_waits_the_ordinary_way_for_a_thread_that_is_not_a_daemon(tmp_p
         "exit_now(0)\n", tmp_path)
     assert done.returncode == 0 and done.stdout == "answer torn down"
     assert (tmp_path / "mark").read_text() == "thread atexit "
+
+
+def test_exit_now_leaves_a_profiler_its_report(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "command.py"
+    script.write_text("from vmis.psargs import exit_now\nprint('answer')\nexit_now(0)\n")
+    done = subprocess.run([sys.executable, "-m", "cProfile", str(script)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("answer")
+    assert "function calls" in done.stdout
