@@ -188,3 +188,24 @@ def test_exit_now_leaves_a_profiler_its_report(tmp_path):
                           text=True, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout.startswith("answer")
     assert "function calls" in done.stdout
+
+
+def test_json_is_indented_for_a_terminal_and_one_line_for_a_pipe():
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    code = "from vmis.psargs import print_json; print_json({'Files': 2, 'Items': [1, 2]})"
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60, check=True).stdout
+    assert piped == '{"Files": 2, "Items": [1, 2]}\n'
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run([sys.executable, "-c", code], stdout=follower, timeout=60, check=True)
+        shown = os.read(leader, 4096).decode().replace("\r\n", "\n")
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert shown == '{\n  "Files": 2,\n  "Items": [\n    1,\n    2\n  ]\n}\n'
+    assert json.loads(shown) == json.loads(piped)

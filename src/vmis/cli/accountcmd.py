@@ -7,7 +7,6 @@ to stderr. The secret is shown this once: the manager keeps only its hash.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,7 @@ from typing import Any
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.table import Column, format_table
 from vmis.errors import UsageError
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 
 __all__ = ["ACCOUNT_COMMANDS", "parse_since"]
 
@@ -26,14 +25,10 @@ _AGO = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])", re.IGNORECASE)
 _UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def _out(data: Any) -> None:
-    print(json.dumps(data, indent=2))
-
-
 def cmd_token_add(api: ApiClient, args: dict[str, Any]) -> int:
     token = api.call("POST", "/tokens", json={"name": args["Name"], "role": args["Role"]})
     if args["json"]:
-        _out(token)
+        print_json(token)
         return 0
     print(token["Token"])
     print(f"token {token['Name']!r} ({token['Role']}) made; its secret, above, is not shown "
@@ -44,7 +39,7 @@ def cmd_token_add(api: ApiClient, args: dict[str, Any]) -> int:
 def cmd_token_list(api: ApiClient, args: dict[str, Any]) -> int:
     tokens = api.call("GET", "/tokens")
     if args["json"]:
-        _out(tokens)
+        print_json(tokens)
         return 0
     print(format_table([Column("Name"), Column("Role"), Column("Created"), Column("CreatedBy")],
                        [(t["Name"], t["Role"], t["Created"][:19].replace("T", " "),
@@ -55,7 +50,7 @@ def cmd_token_list(api: ApiClient, args: dict[str, Any]) -> int:
 def cmd_token_remove(api: ApiClient, args: dict[str, Any]) -> int:
     removed = [api.call("DELETE", api_path("tokens", name)) for name in args["Name"]]
     if args["json"]:
-        _out(removed)
+        print_json(removed)
     else:
         for token in removed:
             print(f"token {token['Name']!r} ({token['Role']}) removed: it is refused from now on")
@@ -87,7 +82,7 @@ def cmd_audit(api: ApiClient, args: dict[str, Any]) -> int:
         params["since"] = parse_since(args["Since"]).isoformat()
     rows = api.call("GET", "/audit", params=params)
     if args["json"]:
-        _out(rows)
+        print_json(rows)
         return 0
     print(format_table(
         [Column("Time"), Column("Account"), Column("Action"), Column("VMName"),

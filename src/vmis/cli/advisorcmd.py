@@ -14,11 +14,10 @@ One answer prints in Format-List shape, several in Format-Table shape;
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from vmis.cli.table import Column, format_list, format_table
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 
 if TYPE_CHECKING:
     from vmis.advisor.answers import Advice
@@ -63,13 +62,13 @@ def cmd_update_path(args: dict[str, Any]) -> int:
     if "*" in host + guest or "?" in host + guest:
         answers = advisor.update_paths(host, guest)
         if args["json"]:
-            print(json.dumps([a.to_json() for a in answers], indent=2))
+            print_json([a.to_json() for a in answers])
         else:
             print(_format_many(answers))
         return 0
     advice = advisor.update_path(host, guest)
     if args["json"]:
-        print(json.dumps(advice.to_json(), indent=2))
+        print_json(advice.to_json())
     else:
         print(format_advice(advice))
     return 0

@@ -9,14 +9,13 @@ pending (another host not responding, or slow) on the WARNING stream.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.table import Column, format_table, report_failures
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 
 __all__ = ["COMPUTER", "FLEET_COMMANDS", "host_column", "warn_pending"]
 
@@ -48,7 +47,7 @@ def warn_pending(results: Iterable[Mapping[str, Any]]) -> None:
 def cmd_get_vmhost(api: ApiClient, args: dict[str, Any]) -> int:
     rows = api.call("GET", "/hosts", params={"computer": args["ComputerName"]})
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     print(format_table(
         [Column("Name"), Column("State"), Column("VMs"), Column("Version"),
@@ -63,7 +62,7 @@ def cmd_move_vm(api: ApiClient, args: dict[str, Any]) -> int:
         "destination": args["DestinationHost"], "computer": args["ComputerName"],
         "channel": args["Channel"], "qmp": args["Qmp"]})
     if args["json"]:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     elif result.get("Moved"):
         print(f"VM {result['VMName']} moved from host {result['SourceHost']} to host "
               f"{result['DestinationHost']} (channel {result['Channel']})")

@@ -18,7 +18,7 @@ from vmis.cli.table import Column, format_table
 from vmis.errors import ConfigError, UsageError, VmisError
 from vmis.guest.client import ControlClient
 from vmis.guest.config import CONFIG_PATH, AgentConfig, load_config
-from vmis.psargs import Command, Param, exit_now, find_verb, run_command, run_main
+from vmis.psargs import Command, Param, exit_now, find_verb, print_json, run_command, run_main
 from vmis.services.catalog import CATALOG, ServiceSpec, StartupType, match_guest_names
 
 __all__ = ["console", "main"]
@@ -136,7 +136,7 @@ def cmd_get_service(g: Globals, args: dict[str, Any]) -> int:
             for spec in match_guest_names(args["Name"] or ["vm*"])
             if listing.get(spec.guest_name, {}).get("state", "absent") != "absent"]
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     print(format_table([Column("Status", 8), Column("Name", 18), Column("DisplayName", 38)],
                        [(r["Status"], r["Name"], r["DisplayName"]) for r in rows]))
@@ -147,7 +147,7 @@ def _one_service(g: Globals, args: dict[str, Any], op: str, **extra: Any) -> int
     results = [_service(spec, g.client().call(op, name=spec.guest_name, **extra))
                for spec in match_guest_names(args["Name"])]
     if args["json"]:
-        print(json.dumps(results, indent=2))
+        print_json(results)
     return 0
 
 

@@ -9,7 +9,6 @@ and a non-zero exit.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from vmis.api.client import ApiClient, api_path
 from vmis.cli.fleetcmd import COMPUTER, FLEET_COMMANDS, host_column, warn_pending
 from vmis.cli.table import Column, format_table, format_uptime, report_failures
 from vmis.errors import NotFoundError, UsageError, VmisError
-from vmis.psargs import Command, Param, exit_now, find_verb, run_command, run_main
+from vmis.psargs import Command, Param, exit_now, find_verb, print_json, run_command, run_main
 
 __all__ = ["COMMANDS", "console", "main"]
 
@@ -28,10 +27,6 @@ JSON = Param("json", "switch", help="print JSON for scripts")
 GUEST_AGENT = Param("GuestAgent", choices=("vmis", "qemu-ga"),
                     help="the guest agent the VM runs: vmis (default) or qemu-ga, the QEMU "
                          "guest agent (docs/guest-links.md)")
-
-
-def _out(data: Any) -> None:
-    print(json.dumps(data, indent=2))
 
 
 def warn(text: str) -> None:
@@ -67,7 +62,7 @@ def cmd_get_services(api: ApiClient, args: dict[str, Any]) -> int:
         params["name"] = args["Name"]
     rows = api.call("GET", "/services", params=params)
     if args["json"]:
-        _out(rows)
+        print_json(rows)
     else:
         print_services(rows, bool(args["ComputerName"]))
     return 0
@@ -78,7 +73,7 @@ def _set_services(api: ApiClient, args: dict[str, Any], enable: bool, verb: str)
                        json={"vms": args["VMName"], "names": args["Name"],
                              "computer": args["ComputerName"]})
     if args["json"]:
-        _out(results)
+        print_json(results)
     else:
         pending = sorted({r["VMName"] for r in results
                           if not r["Applied"] and not r["Error"] and not r.get("Pending")})
@@ -109,7 +104,7 @@ def cmd_get_vm(api: ApiClient, args: dict[str, Any]) -> int:
     rows = api.call("GET", "/vm-status", params={"name": args["Name"],
                                                  "computer": args["ComputerName"]})
     if args["json"]:
-        _out(rows)
+        print_json(rows)
         return 0
     hosts = bool(args["ComputerName"])
     print(format_table(
@@ -147,7 +142,7 @@ def cmd_vm_add(api: ApiClient, args: dict[str, Any]) -> int:
         "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
     })
     if args["json"]:
-        _out(vm)
+        print_json(vm)
     else:
         monitor = f", QMP {vm['Qmp']}" if vm["Qmp"] else ""
         print(f"VM {vm['Name']} registered ({vm['Channel']}{monitor}, guest agent "
@@ -158,7 +153,7 @@ def cmd_vm_add(api: ApiClient, args: dict[str, Any]) -> int:
 def cmd_vm_list(api: ApiClient, args: dict[str, Any]) -> int:
     vms = api.call("GET", "/vms", params={"computer": args["ComputerName"]})
     if args["json"]:
-        _out(vms)
+        print_json(vms)
         return 0
     print(format_table(
         [Column("Name"), Column("Connected"), Column("Heartbeat"), Column("GuestAgent"),
@@ -189,7 +184,7 @@ def cmd_vm_remove(api: ApiClient, args: dict[str, Any]) -> int:
     removed += [api.call("DELETE", api_path("vms", vm_id), params={"by_id": "true"})
                 for vm_id in ids]
     if args["json"]:
-        _out(removed)
+        print_json(removed)
     else:
         for vm in removed:
             print(f"VM {vm['Name']!r} removed (id {vm['Id']})")
@@ -204,7 +199,7 @@ def cmd_vm_set(api: ApiClient, args: dict[str, Any]) -> int:
     vm = api.call("PATCH", api_path("vms", args["Name"]),
                   json={k: v for k, v in patch.items() if v is not None})
     if args["json"]:
-        _out(vm)
+        print_json(vm)
     return 0
 
 

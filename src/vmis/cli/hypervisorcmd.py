@@ -10,7 +10,6 @@ libvirt connections discovers libvirt domains itself (:func:`add_libvirt_domains
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from vmis.api.client import ApiClient
 from vmis.cli.table import report_results
 from vmis.errors import ConfigError, ExternalProgramError, NotFoundError, UsageError
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 
 __all__ = ["HYPERVISOR_COMMANDS", "Discovery", "add_libvirt_domains", "discover_for_add"]
 
@@ -143,7 +142,7 @@ def add_libvirt_domains(api: ApiClient, args: dict[str, Any]) -> int | None:
         "heartbeat_interval_ms": args["HeartbeatIntervalMs"],
     })
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     for row in rows:
         if row["Registered"]:
@@ -203,7 +202,7 @@ def cmd_vm_create(api: ApiClient, args: dict[str, Any]) -> int:
         "clock_offset": args["ClockOffset"], "persistent": args["Persistent"],
     })
     if args["json"]:
-        print(json.dumps(vm, indent=2))
+        print_json(vm)
     else:
         disk = "persistent disk" if vm["Persistent"] else "disk writes discarded at power-off"
         print(f"VM {vm['Name']} created in {vm['WorkDir']} ({vm['MemoryMiB']} MiB, "

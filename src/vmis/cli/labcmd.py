@@ -9,7 +9,7 @@ from typing import Any
 
 from vmis.cli.table import Column, format_table
 from vmis.errors import UsageError
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 
 __all__ = ["LAB_COMMANDS"]
 
@@ -35,7 +35,7 @@ def cmd_up(args: dict[str, Any]) -> int:
                      image=image, memory_mib=args["Memory"], db=args["Db"],
                      computer=args["ComputerName"])
     if args["json"]:
-        print(json.dumps([vm.status() for vm in vms], indent=2))
+        print_json([vm.status() for vm in vms])
     else:
         for vm in vms:
             if vm.is_qemu:
@@ -61,7 +61,7 @@ def cmd_status(args: dict[str, Any]) -> int:
 
     status = Lab().status()
     if args["json"]:
-        print(json.dumps(status, indent=2))
+        print_json(status)
         return 0
     fleet = (f", host {status['ComputerName'] or '(this machine)'} of the fleet on "
              f"{status['Database']}" if status["Database"] else "")

@@ -4,14 +4,13 @@ Get-VMIntegrationServiceCompliance."""
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.fleetcmd import COMPUTER, host_column
 from vmis.cli.table import Column, format_table
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 
 __all__ = ["POLICY_COMMANDS"]
 
@@ -45,7 +44,7 @@ def cmd_set_policy(api: ApiClient, args: dict[str, Any]) -> int:
         "tags": args["Tag"] or [], "enable": args["Enable"] or [],
         "disable": args["Disable"] or [], "minimum_version": args["MinimumVersion"]})
     if args["json"]:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     else:
         _print_policies([result])
         print(f"\n{result['VMs']} VMs selected; their hosts converge them now.")
@@ -55,7 +54,7 @@ def cmd_set_policy(api: ApiClient, args: dict[str, Any]) -> int:
 def cmd_get_policy(api: ApiClient, args: dict[str, Any]) -> int:
     rows = api.call("GET", "/policies", params={"name": args["Name"]})
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
     else:
         _print_policies(rows)
     return 0
@@ -66,7 +65,7 @@ def cmd_remove_policy(api: ApiClient, args: dict[str, Any]) -> int:
     for name in args["Name"]:
         removed += api.call("DELETE", api_path("policies", name))
     if args["json"]:
-        print(json.dumps(removed, indent=2))
+        print_json(removed)
     return 0
 
 
@@ -74,7 +73,7 @@ def cmd_set_vm(api: ApiClient, args: dict[str, Any]) -> int:
     rows = api.call("POST", "/vms/tags", json={
         "vms": args["Name"], "tags": args["Tag"] or [], "remove": args["RemoveTag"] or []})
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
     elif args["Passthru"]:
         print(format_table([Column("VMName"), Column("ComputerName"), Column("Tag")],
                            [(r["VMName"], r["ComputerName"], _tags(r["Tag"])) for r in rows]))
@@ -85,7 +84,7 @@ def cmd_compliance(api: ApiClient, args: dict[str, Any]) -> int:
     rows = api.call("GET", "/compliance", params={"vm": args["VMName"],
                                                   "computer": args["ComputerName"]})
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     hosts = bool(host_column(args))
     print(format_table(

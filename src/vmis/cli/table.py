@@ -9,11 +9,10 @@ Standard library only: the guest tools use it as well.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from vmis.psargs import report_error
+from vmis.psargs import print_json, report_error
 
 __all__ = ["Column", "format_list", "format_table", "format_uptime", "report_failures",
            "report_results"]
@@ -96,7 +95,7 @@ def report_results(results: Sequence[Mapping[str, Any]], verb: str, as_json: boo
     """End a command run on several VMs: JSON (or a *line* per VM that worked),
     each VM's error on stderr (:func:`report_failures`); 1 if any failed."""
     if as_json:
-        print(json.dumps(list(results), indent=2))
+        print_json(list(results))
     else:
         for r in results:
             if not r["Error"]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from vmis.api.client import ApiClient
 from vmis.cli.fleetcmd import COMPUTER, warn_pending
 from vmis.cli.table import Column, format_table, report_failures
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 
 __all__ = ["SETUP_DISK_COMMANDS", "UPDATE_COMMANDS"]
 
@@ -88,7 +87,7 @@ def cmd_update(api: ApiClient, args: dict[str, Any]) -> int:
     finally:
         display.stop()
     if args["json"]:
-        print(json.dumps(results, indent=2))
+        print_json(results)
     elif staged:
         print(format_table(
             [Column("Batch"), Column("VMName"), Column("ComputerName"), Column("From"),
@@ -139,7 +138,7 @@ def cmd_setup_disk_build(args: dict[str, Any]) -> int:
     path = Path(args["Path"] or "vmis-setup.iso").absolute()
     result = build_setup_disk(path)
     if args["json"]:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     else:
         print(f"{path}: vmis {result['version']} setup disk, label {result['label']}, "
               f"sha256 {result['iso_sha256']}")
@@ -158,7 +157,7 @@ def cmd_install_offline(args: dict[str, Any]) -> int:
                   "appliance; it takes a minute)...", file=sys.stderr)
         result = install_into_image(target, args["Format"])
     if args["json"]:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     else:
         print(f"vmis guest agent {result['Installed']} installed into {result['Target']}"
               f" ({result['Kind']})")

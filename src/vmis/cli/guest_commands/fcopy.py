@@ -5,11 +5,10 @@ Standard library only. docs/services/fcopy.md §7.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from vmis.cli.table import Column, format_table
-from vmis.psargs import Command, Param, pascal_keys
+from vmis.psargs import Command, Param, pascal_keys, print_json
 from vmis.services.fcopy.paths import shown
 
 __all__ = ["COMMANDS"]
@@ -18,7 +17,7 @@ __all__ = ["COMMANDS"]
 def cmd_status(g: Any, args: dict[str, Any]) -> int:
     status = g.client().call("fcopy.status")
     if args["json"]:
-        print(json.dumps(pascal_keys(status), indent=2))
+        print_json(pascal_keys(status))
         return 0
     print(f"AllowedRoots:  {' '.join(status['allowed_roots'])}")
     print(f"Frozen:        {status['frozen']}")

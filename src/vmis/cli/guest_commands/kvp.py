@@ -10,11 +10,10 @@ Standard library only.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from vmis.cli.table import Column, format_table
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 
 __all__ = ["COMMANDS"]
 
@@ -29,7 +28,7 @@ def _pool(args: dict[str, Any]) -> dict[str, Any]:
 def cmd_get(g: Any, args: dict[str, Any]) -> int:
     item = g.client().call("kvp.get", key=args["Key"], **_pool(args))
     if args["json"]:
-        print(json.dumps(item, indent=2))
+        print_json(item)
     else:
         # the bare value, so that scripts can say $(vmis-guest kvp get Role)
         print(item["Value"])
@@ -39,21 +38,21 @@ def cmd_get(g: Any, args: dict[str, Any]) -> int:
 def cmd_set(g: Any, args: dict[str, Any]) -> int:
     item = g.client().call("kvp.set", key=args["Key"], value=args["Value"], **_pool(args))
     if args["json"]:
-        print(json.dumps(item, indent=2))
+        print_json(item)
     return 0
 
 
 def cmd_delete(g: Any, args: dict[str, Any]) -> int:
     item = g.client().call("kvp.delete", key=args["Key"], **_pool(args))
     if args["json"]:
-        print(json.dumps(item, indent=2))
+        print_json(item)
     return 0
 
 
 def cmd_list(g: Any, args: dict[str, Any]) -> int:
     rows = g.client().call("kvp.list", **_pool(args))
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     print(format_table([Column("Pool"), Column("Key"), Column("Value")],
                        [(r["Pool"], r["Key"], r["Value"]) for r in rows]))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from vmis.cli.table import format_list
-from vmis.psargs import Command, Param, pascal_keys
+from vmis.psargs import Command, Param, pascal_keys, print_json
 
 __all__ = ["COMMANDS"]
 
@@ -26,7 +25,7 @@ def _ms(ns: Any) -> str:
 def cmd_status(g: Any, args: dict[str, Any]) -> int:
     status = g.client().call("timesync.status")
     if args["json"]:
-        print(json.dumps(pascal_keys(status), indent=2))
+        print_json(pascal_keys(status))
         return 0
     print(format_list([[
         ("State", status["state"]), ("Mode", status["mode"]), ("Daemon", status["daemon"]),

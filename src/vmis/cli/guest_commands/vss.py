@@ -5,11 +5,10 @@ Standard library only (docs/services/vss.md §6).
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from vmis.cli.table import Column, format_list, format_table
-from vmis.psargs import Command, Param, pascal_keys
+from vmis.psargs import Command, Param, pascal_keys, print_json
 
 if TYPE_CHECKING:
     from vmis.cli.guest import Globals
@@ -48,7 +47,7 @@ def _print_cycle(cycle: dict[str, Any]) -> None:
 def cmd_status(g: Globals, args: dict[str, Any]) -> int:
     status = g.client().call("vss.status")
     if args["json"]:
-        print(json.dumps(pascal_keys(status), indent=2))
+        print_json(pascal_keys(status))
         return 0
     print(format_list([[
         ("State", status["state"]),
@@ -66,7 +65,7 @@ def cmd_status(g: Globals, args: dict[str, Any]) -> int:
 def cmd_thaw(g: Globals, args: dict[str, Any]) -> int:
     result = g.client().call("vss.thaw")
     if args["json"]:
-        print(json.dumps(pascal_keys(result), indent=2))
+        print_json(pascal_keys(result))
     elif result["result"] == "thawed":
         print(f"thawed: {', '.join(result['cycle']['thawed']) or 'nothing'}")
     else:

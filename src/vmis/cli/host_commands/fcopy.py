@@ -11,7 +11,6 @@ docs/services/fcopy.md §7.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.table import Column, format_table
 from vmis.errors import ChannelClosed, ChannelError, ManagerApiError, UsageError
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 
 __all__ = ["COMMANDS", "EXIT_SKIPPED"]
 
@@ -119,7 +118,7 @@ def cmd_copy(api: ApiClient, args: dict[str, Any]) -> int:
         raise ManagerApiError("the host manager ended the copy without a result")
     result.pop("type", None)
     if args["json"]:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     elif sys.stderr.isatty():
         what = f"{result['Files']} files" if result["Files"] != 1 else "1 file"
         print(f"{what}, {_human(result['Bytes'])} -> {result['Destination']} in "
@@ -151,7 +150,7 @@ def _size(row: dict[str, Any]) -> str:
 def cmd_get_copies(api: ApiClient, args: dict[str, Any]) -> int:
     rows = api.call("GET", "/copies", params={"vm": args["VMName"] or []})
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     if rows:
         print(format_table(
@@ -170,7 +169,7 @@ def cmd_stop_copies(api: ApiClient, args: dict[str, Any]) -> int:
                       json={"id": [int(i) for i in args["Id"] or []], "path": paths,
                             "all": args["All"], "discard": args["Discard"]})
     if args["json"]:
-        print(json.dumps(result, indent=2))
+        print_json(result)
     for path in result["Removed"]:
         print(f"removed {path}", file=sys.stderr)
     return 0

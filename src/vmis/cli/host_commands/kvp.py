@@ -7,14 +7,13 @@ can (a warning says so, and Get-VMKvp lists it as pending).
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from vmis.api.client import ApiClient
 from vmis.cli.fleetcmd import COMPUTER, host_column
 from vmis.cli.table import Column, format_table, report_failures
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 from vmis.services.kvp import POOL_NAMES
 
 __all__ = ["COMMANDS"]
@@ -51,7 +50,7 @@ def cmd_get(api: ApiClient, args: dict[str, Any]) -> int:
         params["pool"] = args["Pool"]
     rows = api.call("GET", "/kvp", params=params)
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     hosts = bool(args["ComputerName"])
     print(format_table(
@@ -80,7 +79,7 @@ def cmd_get(api: ApiClient, args: dict[str, Any]) -> int:
 
 def _report(verb: str, results: list[dict[str, Any]], args: dict[str, Any]) -> int:
     if args["json"]:
-        print(json.dumps(results, indent=2))
+        print_json(results)
     else:
         for r in results:
             if r["Pending"]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from vmis.api.client import ApiClient
 from vmis.cli.table import Column, format_table
 from vmis.errors import UsageError
-from vmis.psargs import Command, Param
+from vmis.psargs import Command, Param, print_json
 from vmis.services.timesync import DEFAULT_INTERVAL_MS
 
 __all__ = ["COMMANDS"]
@@ -41,7 +40,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
 def cmd_get(api: ApiClient, args: dict[str, Any]) -> int:
     rows = api.call("GET", "/timesync", params={"vm": args["VMName"]})
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
     else:
         _print(rows)
     return 0
@@ -54,7 +53,7 @@ def cmd_set(api: ApiClient, args: dict[str, Any]) -> int:
     rows = api.call("PATCH", "/timesync", json={"vms": args["VMName"],
                                                 "interval_ms": round(seconds * 1000)})
     if args["json"]:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
     elif args["Passthru"]:
         _print(rows)
     return 0

@@ -15,13 +15,12 @@ timeout(1)), 255 when vmis failed (refused, no contact, ...; as ssh).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from vmis.api.client import ApiClient
 from vmis.errors import UsageError, VmisError
-from vmis.psargs import Command, Param, report_error, usage
+from vmis.psargs import Command, Param, print_json, report_error, usage
 
 __all__ = ["COMMANDS"]
 
@@ -117,12 +116,12 @@ def cmd_invoke(api: ApiClient, args: dict[str, Any]) -> int:
         if note:
             report_error("Invoke-Command", note, False)
         return status
-    print(json.dumps({
+    print_json({
         "VMName": vm, "Command": start["argv"], "ExitCode": status,
         "Signal": end.get("signal"), "Reason": end.get("reason"),
         "DurationMs": end.get("duration_ms"), "Note": note,
         "Stdout": _text(collect[1]), "Stderr": _text(collect[2]),
-    }, indent=2))
+    })
     return status
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 from vmis.api.client import ApiClient, api_path
 from vmis.cli.table import Column, format_list, format_table
-from vmis.psargs import Command, Param, report_error
+from vmis.psargs import Command, Param, print_json, report_error
 from vmis.services.vss import SnapshotType
 
 __all__ = ["COMMANDS"]
@@ -19,10 +18,6 @@ CHECKPOINT_CALL_TIMEOUT = 3600.0
 
 STEP_COLUMNS = [Column("Step"), Column("Target"), Column("Result"), Column("Duration"),
                 Column("Detail")]
-
-
-def _out(data: Any) -> None:
-    print(json.dumps(data, indent=2))
 
 
 def _warn(text: str) -> None:
@@ -63,7 +58,7 @@ def cmd_checkpoint(api: ApiClient, args: dict[str, Any]) -> int:
                       timeout=CHECKPOINT_CALL_TIMEOUT,
                       json={k: v for k, v in body.items() if v is not None})
     if args["json"]:
-        _out(report)  # its Warnings included
+        print_json(report)  # its Warnings included
     else:
         print_report(report)
         for warning in report["Warnings"]:
@@ -78,7 +73,7 @@ def cmd_checkpoint(api: ApiClient, args: dict[str, Any]) -> int:
 def cmd_get_checkpoints(api: ApiClient, args: dict[str, Any]) -> int:
     rows = api.call("GET", "/checkpoints", params={"vm": args["VMName"]})
     if args["json"]:
-        _out(rows)
+        print_json(rows)
         return 0
     print(format_table(
         [Column("VMName"), Column("Name"), Column("SnapshotType"), Column("Taken"),
@@ -92,7 +87,7 @@ def cmd_get_checkpoints(api: ApiClient, args: dict[str, Any]) -> int:
 def cmd_get_vss(api: ApiClient, args: dict[str, Any]) -> int:
     status = api.call("GET", api_path("vms", args["Name"], "vss"))
     if args["json"]:
-        _out(status)
+        print_json(status)
         return 0
     guest = status["Guest"] or {}
     cycle = guest.get("cycle") or {}
@@ -132,7 +127,7 @@ def cmd_set_snapshot_command(api: ApiClient, args: dict[str, Any]) -> int:
         body["snapshot_timeout"] = args["Timeout"]
     result = api.call("PATCH", api_path("vms", args["Name"], "vss"), json=body)
     if args["json"]:
-        _out(result)
+        print_json(result)
     else:
         print(f"{result['VMName']}: snapshot step: {result['SnapshotStep'] or 'none'} "
               f"(crash-consistent snapshots may take {result['SnapshotTimeout']:g} s)")
