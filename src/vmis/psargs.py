@@ -123,8 +123,8 @@ def print_json(data: Any) -> None:
     program that reads a pipe.
 
     Indented JSON comes from the json module's Python encoder; one line from its C
-    encoder, 10 to 20 times faster: the 2,000 items of a tree copy's result took
-    20 ms indented.
+    encoder: the 2,000 items of a tree copy's result took 13-14 ms indented and
+    3.4 ms on one line.
     """
     import json
 
