@@ -102,20 +102,20 @@ def exit_now(status: int) -> NoReturn:
     ordinary way.
     """
     threading = sys.modules.get("threading")
-    watched = sys.getprofile() is not None or sys.gettrace() is not None
-    if not watched and (threading is None or all(t.daemon or t is threading.current_thread()
-                                                  for t in threading.enumerate())):
-        import atexit
-        import os
+    waited = threading is not None and any(
+        not t.daemon and t is not threading.current_thread() for t in threading.enumerate())
+    if waited or sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(status)
+    import atexit
+    import os
 
-        try:
-            atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except BaseException:  # the ordinary exit reports it
-            sys.exit(status)
-        os._exit(status)
-    sys.exit(status)
+    try:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # the ordinary exit reports it
+        sys.exit(status)
+    os._exit(status)
 
 
 def print_json(data: Any) -> None:

@@ -22,7 +22,6 @@ The daemon table (:data:`DAEMONS`) is data: a new service is one more
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import vmis
-from vmis.psargs import Command, Param, pascal_keys, run_command, run_main
+from vmis.psargs import Command, Param, pascal_keys, print_json, run_command, run_main
 
 __all__ = [
     "DAEMONS",
@@ -393,7 +392,7 @@ def _report(args: dict[str, Any], root: Path) -> int:
         return 1
     report = diagnose(root, args["Path"])
     if args["json"]:
-        print(json.dumps(pascal_keys(report.as_dict()), indent=2))
+        print_json(pascal_keys(report.as_dict()))
     else:
         print(render(report))
     return 0 if report.ok else 1

@@ -206,7 +206,7 @@ def decode_json(payload: Received) -> dict[str, Any]:
     :raise RemoteProtocolError: When it is not valid UTF-8 JSON or not an object.
     """
     try:
-        obj = json.loads(payload if not isinstance(payload, memoryview) else bytes(payload))
+        obj = json.loads(bytes(payload) if isinstance(payload, memoryview) else payload)
     except (ValueError, RecursionError) as exc:
         # ValueError: not UTF-8, not JSON, or a number longer than Python
         # converts (4300 digits); RecursionError: nested deeper than the stack

@@ -542,66 +542,57 @@ async def test_a_failing_disk_on_the_host_ends_the_copy_out_of_the_guest(pair, s
             or p.name == "out.bin"] == []
 
 
-def _recording_requests(monkeypatch):
-    """The fcopy ops the host sends that are not data (READ), in order; tests add events."""
-    from vmis.services.fcopy.file_copier import FileCopier
-
-    events = []
-    call = FileCopier._call
-
-    def recording(self, op, payload, timeout):
-        events.append(op.name)
-        return call(self, op, payload, timeout)
-
-    monkeypatch.setattr(FileCopier, "_call", recording)
-    return events
-
-
-async def test_the_guest_closes_its_file_while_the_last_chunks_are_written(
-        pair, short_tmp, monkeypatch):
-    import time as clock
+def _last_write_held(pair, monkeypatch, last):
+    """A file of three chunks in the guest whose last chunk the host writes only once it
+    has sent CLOSE (*last* then runs in the writer's thread, and may raise); returns the
+    file's bytes and the fcopy ops the host sent but READ, in order, with the writer's
+    events among them."""
+    import threading
 
     from vmis.services.fcopy import CHUNK_SIZE
+    from vmis.services.fcopy.file_copier import FileCopier
     from vmis.services.fcopy.receiver import Receiver
 
     data = os.urandom(3 * CHUNK_SIZE)
     host_file(pair.root / "tmp", "big", data)
-    events = _recording_requests(monkeypatch)
-    pwrite = Receiver._pwrite
+    events, close_sent = [], threading.Event()
+    call, pwrite = FileCopier._call, Receiver._pwrite
 
-    def slow_last_write(self, offset, chunk, *args, **kwargs):
+    def recording(self, op, payload, timeout):
+        events.append(op.name)
+        if op.name == "CLOSE":
+            close_sent.set()
+        return call(self, op, payload, timeout)
+
+    def held(self, offset, chunk, *args, **kwargs):
         if offset == 2 * CHUNK_SIZE:
-            clock.sleep(0.3)  # the worker thread's: the guest answers CLOSE meanwhile
-            events.append("last write done")
+            close_sent.wait(10)  # the old order, CLOSE after the writes, times out here
+            last(self, events)
         return pwrite(self, offset, chunk, *args, **kwargs)
 
-    monkeypatch.setattr(Receiver, "_pwrite", slow_last_write)
+    monkeypatch.setattr(FileCopier, "_call", recording)
+    monkeypatch.setattr(Receiver, "_pwrite", held)
+    return data, events
+
+
+async def test_the_guest_closes_its_file_while_the_last_chunks_are_written(
+        pair, short_tmp, monkeypatch):
+    data, events = _last_write_held(pair, monkeypatch,
+                                    lambda receiver, events: events.append("last write"))
     result = await copy(pair, "/tmp/big", short_tmp / "big", "Guest")
     assert (short_tmp / "big").read_bytes() == data and result["Sha256"] == sha(data)
-    assert events.index("CLOSE") < events.index("last write done")
+    assert events.index("CLOSE") < events.index("last write")
     assert len(fcopy(pair).handles) == 0
 
 
 async def test_a_last_write_that_fails_after_the_guest_closed_sends_no_abort(
         pair, short_tmp, monkeypatch):
     from vmis.errors import ServiceError, VmisError
-    from vmis.services.fcopy import CHUNK_SIZE
-    from vmis.services.fcopy.receiver import Receiver
 
-    data = os.urandom(3 * CHUNK_SIZE)
-    host_file(pair.root / "tmp", "big", data)
-    events = _recording_requests(monkeypatch)
-    pwrite = Receiver._pwrite
+    def failing(receiver, events):
+        raise ServiceError("failed", f"writing {receiver.display}: Input/output error")
 
-    def failing_last_write(self, offset, chunk, *args, **kwargs):
-        if offset == 2 * CHUNK_SIZE:
-            import time as clock
-
-            clock.sleep(0.3)
-            raise ServiceError("failed", f"writing {self.display}: Input/output error")
-        return pwrite(self, offset, chunk, *args, **kwargs)
-
-    monkeypatch.setattr(Receiver, "_pwrite", failing_last_write)
+    _, events = _last_write_held(pair, monkeypatch, failing)
     with pytest.raises(VmisError, match="Input/output error"):
         await copy(pair, "/tmp/big", short_tmp / "big", "Guest")
     assert "CLOSE" in events and "ABORT" not in events

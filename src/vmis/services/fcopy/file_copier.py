@@ -361,8 +361,9 @@ class FileCopier:
         """
         reads: deque[tuple[int, mmap.mmap | None, asyncio.Task[Received]]] = deque()
         writes: deque[asyncio.Future[Any]] = deque()
-        # This file's own: a buffer a cancelled READ may still be receiving
-        # into is never handed to another file.
+        # Only buffers given back (their chunk written and hashed) are reused,
+        # here or, once this file closes, by the next (direct_io.SPARES): one a
+        # cancelled READ may still be receiving into never is.
         buffers = PageBuffers(self.recv_chunk)
         closed: asyncio.Future[dict[str, Any]] | None = None
         keep = True
