@@ -57,6 +57,8 @@ KIB = 1024
 MIB = 1024 * KIB
 TICK = os.sysconf("SC_CLK_TCK")
 VM = "Bench"
+#: the ``vmis`` command as its console script starts it (``-m`` would add runpy's imports)
+VMIS = "import sys; from vmis.cli.host import console; sys.exit(console())"
 
 
 def cpu_of(pid: int) -> float:
@@ -131,6 +133,10 @@ class Lab:
         self.lab.wait_ready([VM])
         self.env = dict(os.environ, VMIS_LAB_DIR=str(directory),
                         VMIS_SOCKET=str(directory / "host.sock"))
+        # The command line runs as installed: its bytecode cached (the first
+        # run writes what is missing or stale; with the variable set, every run
+        # compiled again each module edited since its cache was written).
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.cli("Enable-VMIntegrationService", "-VMName", VM, "-Name",
                  "Guest Service Interface")
         deadline = time.monotonic() + 20
@@ -147,7 +153,7 @@ class Lab:
                                  base_url="http://vmis", timeout=None)
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "vmis.cli.host", *args], env=self.env,
+        done = subprocess.run([sys.executable, "-c", VMIS, *args], env=self.env,
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"vmis {' '.join(args)}: {done.stderr.strip()}")
