@@ -18,10 +18,14 @@ HOST_HEAVY = ("httpx", "rich", "fastapi", "starlette", "pydantic", "uvicorn", "w
               "vmis.advisor", "asyncio", "ssl", "dataclasses", "inspect", "hashlib",
               "_hashlib", "pathlib", "vmis.api.remote", "urllib.parse", "ipaddress")
 #: what the guest tools' common path must not load: the agent, its transports, asyncio;
-#: hashlib and secrets (hmac, random: 8 ms, for a host's nonces and resume tokens only)
+#: hashlib and secrets (hmac, random: 8 ms, for a host's nonces and resume tokens only);
+#: the whole configuration and the protocol's framing and session (their dataclasses
+#: import inspect: 25-30 ms of a 80 ms Get-Service); pathlib and urllib.parse (3-4 ms)
 GUEST_HEAVY = ("asyncio", "ssl", "logging", "vmis.guest.agent", "vmis.guest.control",
                "vmis.guest.manager", "vmis.transport", "vmis.services.fcopy.guest",
-               "hashlib", "_hashlib", "secrets", "hmac")
+               "hashlib", "_hashlib", "secrets", "hmac", "vmis.guest.config",
+               "vmis.protocol.session", "vmis.protocol.frames", "dataclasses", "inspect",
+               "pathlib", "urllib.parse")
 
 
 def heavy_modules_loaded(program: str, words: Sequence[str], heavy: Sequence[str],

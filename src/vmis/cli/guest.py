@@ -10,16 +10,18 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import vmis
 from vmis.cli.table import Column, format_table
 from vmis.errors import ConfigError, UsageError, VmisError
 from vmis.guest.client import ControlClient
-from vmis.guest.config import CONFIG_PATH, AgentConfig, load_config
+from vmis.guest.locations import CONFIG_PATH, control_socket
 from vmis.psargs import Command, Param, exit_now, find_verb, print_json, run_command, run_main
 from vmis.services.catalog import CATALOG, ServiceSpec, StartupType, match_guest_names
+
+if TYPE_CHECKING:
+    from vmis.guest.config import AgentConfig
 
 __all__ = ["console", "main"]
 
@@ -27,19 +29,26 @@ __all__ = ["console", "main"]
 class Globals:
     """Options that apply to every guest command."""
 
-    def __init__(self, root: Path, config_path: Path) -> None:
+    # Strings, not pathlib's Paths: pathlib (and the urllib.parse it imports) cost a guest
+    # tool 3-4 ms of its start; the commands that need a Path make one.
+    def __init__(self, root: str, config_path: str) -> None:
         self.root = root
         self.config_path = config_path
 
     def config(self) -> AgentConfig:
-        return load_config(self.config_path)
+        """The whole configuration, checked (the agent's commands)."""
+        from pathlib import Path
 
-    def inside(self, path: str) -> Path:
-        p = Path(path)
-        return self.root / p.relative_to("/") if p.is_absolute() else p
+        from vmis.guest.config import load_config
+
+        return load_config(Path(self.config_path))
+
+    def inside(self, path: str) -> str:
+        """A guest path on this machine: under ``--root`` when it is absolute."""
+        return os.path.join(self.root, path.lstrip("/")) if path.startswith("/") else path
 
     def client(self) -> ControlClient:
-        return ControlClient(self.inside(self.config().control_socket))
+        return ControlClient(self.inside(control_socket(self.config_path)))
 
 
 # Section: commands
@@ -61,6 +70,7 @@ def cmd_run(g: Globals, args: dict[str, Any]) -> int:
     import asyncio
     import logging
     import signal
+    from pathlib import Path
 
     from vmis.guest.adapters import make_adapters
     from vmis.guest.agent import Agent
@@ -76,7 +86,8 @@ def cmd_run(g: Globals, args: dict[str, Any]) -> int:
     versions: dict[str, Any] = {}
     if args["Offer"]:
         services, versions = parse_offer(args["Offer"], services)
-    agent = Agent(config, g.root, services, make_adapters(config.adapters, g.root, config),
+    root = Path(g.root)
+    agent = Agent(config, root, services, make_adapters(config.adapters, root, config),
                   versions)
 
     def reload() -> None:
@@ -112,8 +123,8 @@ def _exec_launcher(g: Globals, args: dict[str, Any]) -> None:
     launcher = g.inside("/usr/bin/vmis-guest")
     argv = ["run"] + [w for k, v in args.items() if v for w in (f"-{k}", str(v))]
     env = dict(os.environ, VMIS_PYTHON=sys.executable)
-    if g.root != Path("/"):
-        env["VMIS_GUEST_ROOT"] = str(g.root)
+    if os.path.normpath(g.root) != "/":
+        env["VMIS_GUEST_ROOT"] = g.root
     logging.shutdown()
     sys.stderr.flush()
     os.execve("/bin/sh", ["/bin/sh", str(launcher), *argv], env)
@@ -176,6 +187,7 @@ def cmd_version(g: Globals, args: dict[str, Any]) -> int:
 def cmd_install(g: Globals, args: dict[str, Any]) -> int:
     import shutil
     import subprocess
+    from pathlib import Path
 
     from vmis.packaging.bundle import bundle_bytes
     from vmis.packaging.install import install_agent
@@ -184,7 +196,7 @@ def cmd_install(g: Globals, args: dict[str, Any]) -> int:
     # that very file; from a source tree, build the bundle first.
     archive = Path(vmis.__file__).parent.parent
     bundle = archive.read_bytes() if archive.is_file() else bundle_bytes()
-    root = Path(args["Root"]) if args["Root"] else g.root
+    root = Path(args["Root"] or g.root)
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory")
     previous = (root / "usr/lib/vmis/VERSION")
@@ -213,9 +225,11 @@ def cmd_hyperv(g: Globals, args: dict[str, Any]) -> int:
 
 
 def cmd_diagnose(g: Globals, args: dict[str, Any]) -> int:
+    from pathlib import Path
+
     from vmis.guest.diagnose import main
 
-    return main(args["args"], root=g.root)
+    return main(args["args"], root=Path(g.root))
 
 
 JSON = Param("json", "switch", help="print JSON for scripts")
@@ -276,15 +290,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(words: list[str]) -> int:
-    root = Path(os.environ.get("VMIS_GUEST_ROOT", "/"))
-    config_path: Path | None = None
+    root = os.environ.get("VMIS_GUEST_ROOT", "/")
+    config_path: str | None = None
     while words and words[0] in ("--root", "--config"):
         if len(words) < 2:
             raise UsageError(f"{words[0]} needs a value")
         if words[0] == "--root":
-            root = Path(words[1])
+            root = words[1]
         else:
-            config_path = Path(words[1])
+            config_path = words[1]
         words = words[2:]
     if not words or words[0] in ("-h", "--help", "-?", "help"):
         print(_help())
@@ -293,7 +307,7 @@ def _run(words: list[str]) -> int:
         print(vmis.__version__)
         return 0
     cmd, rest = find_verb(_all_commands(), words)
-    g = Globals(root, config_path or root / CONFIG_PATH.lstrip("/"))
+    g = Globals(root, config_path or os.path.join(root, CONFIG_PATH.lstrip("/")))
     return run_command(cmd, rest, lambda args: cmd.run(g, args))
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
-from pathlib import Path
 from typing import Any
 
 from vmis.errors import ConnectError, RemoteServiceError
@@ -23,8 +23,8 @@ class ControlClient:
     :param timeout: seconds to wait for the agent.
     """
 
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 30.0) -> None:
+        self.path = os.fspath(path)
         self.timeout = timeout
 
     def call(self, op: str, **args: Any) -> Any:
@@ -37,7 +37,7 @@ class ControlClient:
         sock.settimeout(self.timeout)
         try:
             try:
-                sock.connect(str(self.path))
+                sock.connect(self.path)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise ConnectError(
                     f"the vmis guest agent is not running (no control socket at {self.path})", exc

@@ -87,6 +87,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from vmis.errors import ConfigError, NotFoundError, ServiceError
+from vmis.guest.locations import CONFIG_PATH, DEFAULT_CONTROL_SOCKET
 from vmis.protocol import DEFAULT_MAX_PAYLOAD
 from vmis.protocol.frames import MIN_MAX_PAYLOAD
 from vmis.services.catalog import CATALOG, StartupType, by_guest_name
@@ -96,8 +97,6 @@ from vmis.services.vmsession.policy import SessionConfig
 
 __all__ = ["CONFIG_PATH", "AgentConfig", "load_config"]
 
-#: the configuration file, relative to the agent's root
-CONFIG_PATH = "/etc/vmis/agent.conf"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -106,7 +105,7 @@ class AgentConfig:
     """Loaded once at start and passed down; never a global."""
 
     channel: str = "serial:org.vmis.agent.0"
-    control_socket: str = "/run/vmis/agent.sock"
+    control_socket: str = DEFAULT_CONTROL_SOCKET
     state_dir: str = "/var/lib/vmis"
     log_level: str = "info"
     max_payload: int = DEFAULT_MAX_PAYLOAD

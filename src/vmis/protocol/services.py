@@ -7,9 +7,8 @@ with :func:`negotiate`, so they can never disagree about the rule.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from vmis.errors import RemoteProtocolError
 
@@ -98,9 +97,9 @@ def parse_version_list(value: Any) -> list[Version]:
     return [parse_version(v) for v in value]
 
 
-@dataclass(frozen=True, slots=True)
-class Negotiated:
-    """Outcome of a negotiation, docs/protocol.md §3.2."""
+class Negotiated(NamedTuple):
+    """Outcome of a negotiation, docs/protocol.md §3.2 (a NamedTuple, not a dataclass: the
+    service catalogue imports this module, and a guest tool's start would import inspect)."""
 
     #: the framework version both speak
     framework: Version

@@ -17,12 +17,14 @@ from __future__ import annotations
 import fnmatch
 import importlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 from vmis.errors import NotFoundError
-from vmis.protocol.services import ServiceId, Version
+from vmis.protocol.services import ServiceId
+
+if TYPE_CHECKING:
+    from vmis.protocol.services import Version
 
 __all__ = [
     "CATALOG",
@@ -67,9 +69,12 @@ class StartupType(Enum):
             ) from None
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceSpec:
-    """Static facts about one integration service: one line of the catalogue."""
+class ServiceSpec(NamedTuple):
+    """Static facts about one integration service: one line of the catalogue.
+
+    A NamedTuple, not a dataclass: the guest tools list the catalogue, and
+    dataclasses would import inspect, ast and dis at their start.
+    """
 
     #: wire number, docs/protocol.md §4
     id: int

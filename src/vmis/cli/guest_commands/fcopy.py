@@ -9,12 +9,14 @@ from typing import Any
 
 from vmis.cli.table import Column, format_table
 from vmis.psargs import Command, Param, pascal_keys, print_json
-from vmis.services.fcopy.paths import shown
 
 __all__ = ["COMMANDS"]
 
 
 def cmd_status(g: Any, args: dict[str, Any]) -> int:
+    # here, not above: every guest command loads this module, and paths.py imports pathlib
+    from vmis.services.fcopy.paths import shown
+
     status = g.client().call("fcopy.status")
     if args["json"]:
         print_json(pascal_keys(status))
