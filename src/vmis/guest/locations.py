@@ -4,8 +4,8 @@ A tool such as ``vmis-guest Get-Service`` needs only the socket's path from
 the configuration; reading it here, with configparser alone, spares the
 tool what the whole configuration needs (vmis.guest.config: its
 dataclasses, which import inspect, and the checks of every service's
-settings): 25-30 ms of a 75 ms command (bench/cli_start.py). The agent
-checks the whole file when it starts.
+settings): 20-30 ms of what was a 70-100 ms command (bench/cli_start.py).
+The agent checks the whole file when it starts.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ Typical host-side use::
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from vmis.protocol.frames import (
         DEFAULT_MAX_PAYLOAD,
@@ -96,8 +96,8 @@ __all__ = [
 
 #: where each name above lives. A module is imported when one of its names is
 #: first used, so ``import vmis.protocol.services`` (the service catalogue's, and
-#: so the guest tools') does not load the framing and session code: their
-#: dataclasses cost a guest tool 10-15 ms of its start (bench/cli_start.py).
+#: so the guest tools') does not load the framing and session code: they and
+#: their dataclasses cost a guest tool 10-20 ms of its start (bench/cli_start.py).
 _HOMES = {
     **dict.fromkeys(("DEFAULT_MAX_PAYLOAD", "HEADER_SIZE", "MAGIC", "Frame", "FrameDecoder",
                      "Kind", "Payload", "Received", "encode_frame"), "frames"),
