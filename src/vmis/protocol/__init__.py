@@ -94,26 +94,21 @@ __all__ = [
 ]
 
 
-#: where each name above lives. A module is imported when one of its names is
-#: first used, so ``import vmis.protocol.services`` (the service catalogue's, and
-#: so the guest tools') does not load the framing and session code: they and
-#: their dataclasses cost a guest tool 10-20 ms of its start (bench/cli_start.py).
-_HOMES = {
-    **dict.fromkeys(("DEFAULT_MAX_PAYLOAD", "HEADER_SIZE", "MAGIC", "Frame", "FrameDecoder",
-                     "Kind", "Payload", "Received", "encode_frame"), "frames"),
-    **dict.fromkeys(("CONTROL", "FRAMEWORK_VERSIONS", "ControlOp", "Negotiated", "ServiceId",
-                     "Version", "negotiate"), "services"),
-    **dict.fromkeys(("NEED_DATA", "Connection", "ErrorReceived", "Event", "NeedData",
-                     "NotificationReceived", "RequestReceived", "ResponseReceived", "Role",
-                     "State", "StrayResponse", "Synced", "decode_json", "decode_json_raw",
-                     "encode_json", "encode_json_raw"), "session"),
-}
+#: the modules behind the names above, lightest first. A module is imported
+#: when one of its names is first used, so ``import vmis.protocol.services``
+#: (the service catalogue's, and so the guest tools') does not load the framing
+#: and session code: they and their dataclasses cost a guest tool 10-20 ms of
+#: its start (bench/cli_start.py).
+_MODULES = ("services", "frames", "session")
 
 
 def __getattr__(name: str) -> object:
-    module = _HOMES.get(name)
-    if module is None:
+    if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+    for module in _MODULES:
+        home = importlib.import_module(f"{__name__}.{module}")
+        if name in home.__all__:
+            value = getattr(home, name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"{__name__}.{name} is in no module of {_MODULES}")
